@@ -1,0 +1,416 @@
+//! One job's graph: the state of each thunk, what waits for what, how refs resolve through tail
+//! calls, and which thunk produced each blob (for lineage).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use thunkmesh_protocol::wire::{
+    ErrorCode, JobOutcome, OutputValue, Progress, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
+};
+use thunkmesh_protocol::{Id, Ref, Thunk};
+
+use crate::PlanError;
+
+/// Longest chain of tail calls followed when resolving one ref.
+const MAX_TAIL_DEPTH: usize = 100_000;
+
+/// What an output currently stands for.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Blob(Id),
+    Tail(Ref),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum State {
+    /// Not started; waiting for inputs or for demand.
+    Idle,
+    /// Every input is available somewhere.
+    Ready,
+    /// Assigned to a node.
+    Running,
+    /// Outputs known.
+    Done { outputs: BTreeMap<String, Value> },
+}
+
+/// What a ref stands for right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    Blob(Id),
+    /// Not known until this thunk is done.
+    Waiting(Id),
+    /// The ref can never resolve (bad tail); the message says why.
+    Broken(String),
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    thunk: Thunk,
+    state: State,
+    needed: bool,
+    attempts: u32,
+    reported: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Job {
+    entries: HashMap<Id, Entry>,
+    pub(crate) targets: Vec<Ref>,
+    ready: VecDeque<Id>,
+    pending: Vec<Id>,
+    waiters: HashMap<Id, Vec<Id>>,
+    resolve_waiters: HashMap<Id, Vec<Id>>,
+    producers: HashMap<Id, Id>,
+    resolved_out: Vec<(String, Reduction)>,
+    executed: BTreeSet<Id>,
+    pub(crate) upload_requested: BTreeSet<Id>,
+    pub(crate) upload_failures: u32,
+    pub(crate) stats: TransferStats,
+    pub(crate) nodes_lost: u64,
+}
+
+impl Job {
+    pub(crate) fn new(sub: &Submission) -> Result<Job, PlanError> {
+        let mut job = Job {
+            entries: HashMap::with_capacity(sub.thunks.len()),
+            targets: sub.targets.clone(),
+            ready: VecDeque::new(),
+            pending: Vec::new(),
+            waiters: HashMap::new(),
+            resolve_waiters: HashMap::new(),
+            producers: HashMap::new(),
+            resolved_out: Vec::new(),
+            executed: BTreeSet::new(),
+            upload_requested: BTreeSet::new(),
+            upload_failures: 0,
+            stats: TransferStats::default(),
+            nodes_lost: 0,
+        };
+        job.add_thunks(&sub.thunks, "")?;
+        job.check_refs(sub.thunks.iter().flat_map(|t| t.thunk.refs()).chain(&sub.targets))?;
+        for reduction in &sub.memo {
+            job.apply_memo(reduction);
+        }
+        for target in sub.targets.clone() {
+            job.demand_ref(&target);
+        }
+        Ok(job)
+    }
+
+    fn add_thunks(&mut self, thunks: &[SubmittedThunk], prefix: &str) -> Result<(), PlanError> {
+        for t in thunks {
+            let name = format!("{prefix}{}", t.name);
+            t.thunk.validate().map_err(|e| PlanError::InvalidThunk { name: name.clone(), reason: e.to_string() })?;
+            let entry =
+                Entry { name, thunk: t.thunk.clone(), state: State::Idle, needed: false, attempts: 0, reported: false };
+            self.entries.entry(t.thunk.id()).or_insert(entry);
+        }
+        Ok(())
+    }
+
+    fn check_refs<'a>(&self, refs: impl IntoIterator<Item = &'a Ref>) -> Result<(), PlanError> {
+        for r in refs {
+            if let Ref::Output { thunk, name } = r {
+                let known = self.entries.get(thunk).is_some_and(|e| e.thunk.outputs.contains(name));
+                if !known {
+                    return Err(PlanError::UnknownRef(r.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_memo(&mut self, reduction: &Reduction) {
+        let Some(entry) = self.entries.get_mut(&reduction.thunk) else { return };
+        let names: Vec<&String> = reduction.outputs.iter().map(|(n, _)| n).collect();
+        if names != entry.thunk.outputs.iter().collect::<Vec<_>>() {
+            return;
+        }
+        let outputs = reduction.outputs.iter().map(|(n, b)| (n.clone(), Value::Blob(*b))).collect();
+        entry.state = State::Done { outputs };
+        entry.reported = true;
+        for (_, blob) in &reduction.outputs {
+            self.producers.insert(*blob, reduction.thunk);
+        }
+    }
+
+    pub(crate) fn name(&self, thunk: Id) -> &str {
+        self.entries.get(&thunk).map_or("?", |e| e.name.as_str())
+    }
+
+    pub(crate) fn thunk(&self, thunk: Id) -> Option<(&str, &Thunk)> {
+        self.entries.get(&thunk).map(|e| (e.name.as_str(), &e.thunk))
+    }
+
+    pub(crate) fn resolve(&self, r: &Ref) -> Resolved {
+        let mut current = r;
+        for _ in 0..MAX_TAIL_DEPTH {
+            let (thunk, name) = match current {
+                Ref::Blob(id) => return Resolved::Blob(*id),
+                Ref::Output { thunk, name } => (thunk, name),
+            };
+            let Some(entry) = self.entries.get(thunk) else {
+                return Resolved::Broken(format!("`{current}` names a thunk this job does not define"));
+            };
+            let State::Done { outputs, .. } = &entry.state else { return Resolved::Waiting(*thunk) };
+            match outputs.get(name) {
+                Some(Value::Blob(id)) => return Resolved::Blob(*id),
+                Some(Value::Tail(next)) => current = next,
+                None => return Resolved::Broken(format!("thunk `{}` has no output `{name}`", entry.name)),
+            }
+        }
+        Resolved::Broken(format!("`{r}` follows more than {MAX_TAIL_DEPTH} tail calls"))
+    }
+
+    fn demand_ref(&mut self, r: &Ref) {
+        if let Ref::Output { thunk, .. } = r {
+            self.demand(*thunk);
+        }
+    }
+
+    fn demand(&mut self, thunk: Id) {
+        let Some(entry) = self.entries.get_mut(&thunk) else { return };
+        if !entry.needed {
+            entry.needed = true;
+            if matches!(entry.state, State::Idle) {
+                self.pending.push(thunk);
+            }
+        }
+    }
+
+    /// Forgets a done thunk's outputs so it runs again (its outputs live nowhere any more).
+    fn rerun(&mut self, thunk: Id) {
+        let Some(entry) = self.entries.get_mut(&thunk) else { return };
+        if entry.state.is_done() {
+            entry.state = State::Idle;
+            entry.needed = false;
+        }
+        self.demand(thunk);
+    }
+
+    pub(crate) fn demand_producer_of(&mut self, blob: Id) {
+        if let Some(&p) = self.producers.get(&blob) {
+            self.rerun(p);
+        }
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    pub(crate) fn evaluate_pending(&mut self, located: &dyn Fn(&Id) -> bool) -> Result<(), WireError> {
+        while let Some(thunk) = self.pending.pop() {
+            self.evaluate(thunk, located)?;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, thunk: Id, located: &dyn Fn(&Id) -> bool) -> Result<(), WireError> {
+        let Some(entry) = self.entries.get(&thunk) else { return Ok(()) };
+        if !entry.needed || !matches!(entry.state, State::Idle) {
+            return Ok(());
+        }
+        let refs: Vec<Ref> = entry.thunk.refs().cloned().collect();
+        let mut blocked = false;
+        for r in &refs {
+            let wait_for = match self.resolve(r) {
+                Resolved::Blob(blob) if located(&blob) => continue,
+                Resolved::Blob(blob) => match self.producers.get(&blob).copied() {
+                    Some(producer) => {
+                        self.rerun(producer);
+                        producer
+                    }
+                    None => return Err(self.unavailable(thunk, blob)),
+                },
+                Resolved::Waiting(producer) => {
+                    self.demand(producer);
+                    producer
+                }
+                Resolved::Broken(why) => return Err(WireError::new(ErrorCode::BadTail, why)),
+            };
+            self.waiters.entry(wait_for).or_default().push(thunk);
+            blocked = true;
+        }
+        if !blocked {
+            if let Some(entry) = self.entries.get_mut(&thunk) {
+                entry.state = State::Ready;
+            }
+            self.ready.push_back(thunk);
+        }
+        Ok(())
+    }
+
+    fn unavailable(&self, thunk: Id, blob: Id) -> WireError {
+        let message =
+            format!("input {blob} of thunk `{}` is not available on any node or in storage", self.name(thunk));
+        WireError::new(ErrorCode::InputUnavailable, message)
+    }
+
+    pub(crate) fn next_ready(&mut self) -> Option<Id> {
+        while let Some(thunk) = self.ready.pop_front() {
+            if self.entries.get(&thunk).is_some_and(|e| matches!(e.state, State::Ready)) {
+                return Some(thunk);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn resolved_inputs(&self, thunk: Id) -> Vec<Id> {
+        let Some(entry) = self.entries.get(&thunk) else { return Vec::new() };
+        entry
+            .thunk
+            .refs()
+            .filter_map(|r| match self.resolve(r) {
+                Resolved::Blob(b) => Some(b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(crate) fn mark_running(&mut self, thunk: Id) {
+        if let Some(e) = self.entries.get_mut(&thunk) {
+            e.state = State::Running;
+        }
+    }
+
+    /// A running thunk goes back to waiting (its node left or the attempt failed); returns its
+    /// attempt count.
+    pub(crate) fn requeue(&mut self, thunk: Id) -> u32 {
+        let Some(entry) = self.entries.get_mut(&thunk) else { return 0 };
+        if matches!(entry.state, State::Running) {
+            entry.state = State::Idle;
+        }
+        entry.attempts += 1;
+        if entry.needed {
+            self.pending.push(thunk);
+        }
+        entry.attempts
+    }
+
+    /// After a loss: every waiting or ready thunk is examined again.
+    pub(crate) fn reset_ready(&mut self) {
+        self.ready.clear();
+        for (id, e) in &mut self.entries {
+            if matches!(e.state, State::Ready) {
+                e.state = State::Idle;
+            }
+            if e.needed && matches!(e.state, State::Idle) {
+                self.pending.push(*id);
+            }
+        }
+        let targets = self.targets.clone();
+        targets.iter().for_each(|t| self.demand_ref(t));
+    }
+
+    /// Records a finished thunk's outputs; returns the blobs now held by the node that ran it.
+    pub(crate) fn complete(&mut self, thunk: Id, outputs: &[(String, OutputValue)]) -> Result<Vec<Id>, WireError> {
+        let (name, declared) = match self.entries.get(&thunk) {
+            Some(e) => (e.name.clone(), e.thunk.outputs.clone()),
+            None => return Ok(Vec::new()),
+        };
+        let reported: Vec<&String> = outputs.iter().map(|(n, _)| n).collect();
+        if reported != declared.iter().collect::<Vec<_>>() {
+            let message = format!("node reported outputs {reported:?} for thunk `{name}`, which declares {declared:?}");
+            return Err(WireError::new(ErrorCode::BadMessage, message));
+        }
+        let mut placed = Vec::new();
+        let mut values = BTreeMap::new();
+        for (out, value) in outputs {
+            let value = match value {
+                OutputValue::Blob(blob) => {
+                    self.producers.insert(*blob, thunk);
+                    placed.push(*blob);
+                    Value::Blob(*blob)
+                }
+                OutputValue::Tail { blob, thunks, result } => {
+                    placed.push(*blob);
+                    placed.extend(self.add_tail(&name, out, thunks, result)?);
+                    self.demand_ref(result);
+                    Value::Tail(result.clone())
+                }
+            };
+            values.insert(out.clone(), value);
+        }
+        if let Some(e) = self.entries.get_mut(&thunk) {
+            e.state = State::Done { outputs: values };
+        }
+        self.executed.insert(thunk);
+        self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
+        self.try_report(thunk);
+        for outer in self.resolve_waiters.remove(&thunk).unwrap_or_default() {
+            self.try_report(outer);
+        }
+        Ok(placed)
+    }
+
+    /// Adds a tail's thunks; returns the blobs its thunks read directly (held by the node that
+    /// wrote the tail).
+    fn add_tail(
+        &mut self,
+        parent: &str,
+        output: &str,
+        thunks: &[SubmittedThunk],
+        result: &Ref,
+    ) -> Result<Vec<Id>, WireError> {
+        let bad = |reason: String| {
+            WireError::new(ErrorCode::BadTail, format!("tail `{output}` of thunk `{parent}`: {reason}"))
+        };
+        self.add_thunks(thunks, &format!("{parent}/")).map_err(|e| bad(e.to_string()))?;
+        let refs = thunks.iter().flat_map(|t| t.thunk.refs()).chain(std::iter::once(result));
+        self.check_refs(refs).map_err(|e| bad(e.to_string()))?;
+        let blobs = thunks.iter().flat_map(|t| t.thunk.refs()).chain(std::iter::once(result));
+        Ok(blobs
+            .filter_map(|r| match r {
+                Ref::Blob(b) => Some(*b),
+                Ref::Output { .. } => None,
+            })
+            .collect())
+    }
+
+    /// Queues the thunk's reduction once every output resolves to a blob.
+    fn try_report(&mut self, thunk: Id) {
+        let Some(entry) = self.entries.get(&thunk) else { return };
+        if entry.reported || !entry.state.is_done() {
+            return;
+        }
+        let mut outputs = Vec::with_capacity(entry.thunk.outputs.len());
+        for name in &entry.thunk.outputs {
+            match self.resolve(&Ref::Output { thunk, name: name.clone() }) {
+                Resolved::Blob(b) => outputs.push((name.clone(), b)),
+                Resolved::Waiting(inner) => {
+                    self.resolve_waiters.entry(inner).or_default().push(thunk);
+                    return;
+                }
+                Resolved::Broken(_) => return,
+            }
+        }
+        let name = entry.name.clone();
+        if let Some(e) = self.entries.get_mut(&thunk) {
+            e.reported = true;
+        }
+        self.resolved_out.push((name, Reduction { thunk, outputs }));
+    }
+
+    pub(crate) fn take_resolved(&mut self) -> Vec<(String, Reduction)> {
+        std::mem::take(&mut self.resolved_out)
+    }
+
+    pub(crate) fn progress(&self) -> Progress {
+        let done = self.entries.values().filter(|e| e.state.is_done()).count();
+        let running = self.entries.values().filter(|e| matches!(e.state, State::Running)).count();
+        Progress { total: self.entries.len() as u64, done: done as u64, running: running as u64 }
+    }
+
+    pub(crate) fn outcome(&self, targets: Vec<(Ref, Id)>) -> JobOutcome {
+        let total = self.entries.len() as u64;
+        let executed = self.executed.len() as u64;
+        JobOutcome {
+            targets,
+            stats: self.stats,
+            executed,
+            cached: total - executed,
+            total,
+            nodes_lost: self.nodes_lost,
+        }
+    }
+}

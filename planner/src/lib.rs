@@ -1,0 +1,482 @@
+//! The scheduling core: a pure, synchronous state machine that decides which node forces which
+//! thunk, where each input can be had, and when a job is done.
+//!
+//! Events go in (`node_joined`, `submit`, `task_done`, `task_failed`, `stored`, `node_left`);
+//! decisions come out of [`Planner::poll`]. Nothing here touches a socket, a file or a clock, so
+//! the rendezvous drives it live and tests drive it step by step. The policy of this version:
+//! a ready thunk goes to the node with a free slot that already holds the most of its input
+//! bytes (ties: the least busy node, then the lowest id). Objects are tracked wherever they live
+//! (node caches, storage); an object that no longer lives anywhere is recomputed from the thunk
+//! that produced it (lineage).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod job;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use thunkmesh_protocol::wire::{ErrorCode, JobOutcome, OutputValue, Reduction, Submission, TransferStats, WireError};
+use thunkmesh_protocol::{Id, Ref};
+
+use job::{Job, Resolved, State};
+
+/// A node, as numbered by its driver.
+pub type NodeId = u64;
+/// A job, as numbered by its driver.
+pub type JobId = u64;
+/// One attempt at forcing one thunk.
+pub type TaskId = u64;
+
+/// Attempts at one thunk that fail for reasons outside the thunk before the job gives up.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// Where an object can be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Place {
+    /// In a node's cache.
+    Node(NodeId),
+    /// In the job's storage.
+    Storage,
+}
+
+/// Run a thunk on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assign {
+    /// Who runs it.
+    pub node: NodeId,
+    /// Whose thunk it is.
+    pub job: JobId,
+    /// This attempt.
+    pub task: TaskId,
+    /// The thunk.
+    pub thunk: Id,
+    /// Every ref of the thunk resolved to a blob, in the order of `Thunk::refs`.
+    pub resolved: Vec<Id>,
+    /// For each blob the node lacks, where it can be had (peers first, then storage).
+    pub sources: Vec<(Id, Vec<Place>)>,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Start a task.
+    Assign(Assign),
+    /// Ask a node to put an object into storage (a target that lives only in a cache).
+    Upload {
+        /// The node holding it.
+        node: NodeId,
+        /// The job that needs it stored.
+        job: JobId,
+        /// The object.
+        blob: Id,
+    },
+    /// A thunk's outputs are final: record the reduction.
+    Resolved {
+        /// The job.
+        job: JobId,
+        /// The thunk's name in the job.
+        name: String,
+        /// The memo entry.
+        reduction: Reduction,
+    },
+    /// The job's targets are all in storage.
+    JobDone {
+        /// The job.
+        job: JobId,
+        /// Targets and counts.
+        outcome: JobOutcome,
+    },
+    /// The job cannot complete.
+    JobFailed {
+        /// The job.
+        job: JobId,
+        /// Why, naming the thunk.
+        error: WireError,
+    },
+}
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The job id is already in use.
+    #[error("job {0} already exists")]
+    DuplicateJob(JobId),
+    /// A thunk is malformed.
+    #[error("thunk `{name}` is not valid: {reason}")]
+    InvalidThunk {
+        /// The thunk's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A ref points at a thunk or output that the job does not have.
+    #[error("`{0}` refers to a thunk output this job does not define")]
+    UnknownRef(String),
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    slots: u32,
+    running: BTreeSet<TaskId>,
+    holds: BTreeSet<Id>,
+}
+
+#[derive(Debug, Default)]
+struct Places {
+    storage: bool,
+    nodes: BTreeSet<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TaskInfo {
+    job: JobId,
+    thunk: Id,
+    node: NodeId,
+}
+
+/// The scheduling state machine. See the crate documentation.
+#[derive(Debug, Default)]
+pub struct Planner {
+    nodes: BTreeMap<NodeId, NodeState>,
+    objects: HashMap<Id, Places>,
+    jobs: BTreeMap<JobId, Job>,
+    tasks: HashMap<TaskId, TaskInfo>,
+    next_task: TaskId,
+    out: VecDeque<Decision>,
+}
+
+impl Planner {
+    /// An empty planner.
+    pub fn new() -> Planner {
+        Planner::default()
+    }
+
+    /// The next decision, if any.
+    pub fn poll(&mut self) -> Option<Decision> {
+        if self.out.is_empty() {
+            self.assign();
+        }
+        self.out.pop_front()
+    }
+
+    /// A node is ready with `slots` and already holds `inventory`.
+    pub fn node_joined(&mut self, node: NodeId, slots: u32, inventory: &[Id]) {
+        let state = self.nodes.entry(node).or_default();
+        state.slots = slots;
+        for &blob in inventory {
+            state.holds.insert(blob);
+            self.objects.entry(blob).or_default().nodes.insert(node);
+        }
+        let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+        for job in jobs {
+            self.reevaluate(job);
+        }
+    }
+
+    /// A node is gone, with everything in its cache; its running tasks are planned again.
+    pub fn node_left(&mut self, node: NodeId) {
+        let Some(state) = self.nodes.remove(&node) else { return };
+        for blob in &state.holds {
+            if let Some(p) = self.objects.get_mut(blob) {
+                p.nodes.remove(&node);
+            }
+        }
+        for task in state.running {
+            if let Some(info) = self.tasks.remove(&task)
+                && let Some(job) = self.jobs.get_mut(&info.job)
+            {
+                job.requeue(info.thunk);
+            }
+        }
+        let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in jobs {
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.nodes_lost += 1;
+            }
+            self.reevaluate(id);
+        }
+    }
+
+    /// A job: its thunks, its targets, what storage holds and what the memo cache knows.
+    pub fn submit(&mut self, id: JobId, sub: &Submission) -> Result<(), PlanError> {
+        if self.jobs.contains_key(&id) {
+            return Err(PlanError::DuplicateJob(id));
+        }
+        let job = Job::new(sub)?;
+        for &blob in &sub.stored {
+            self.objects.entry(blob).or_default().storage = true;
+        }
+        self.jobs.insert(id, job);
+        self.reevaluate(id);
+        Ok(())
+    }
+
+    /// A task finished: record its outputs on `node` and wake what waited for them.
+    pub fn task_done(&mut self, task: TaskId, outputs: &[(String, OutputValue)], stats: TransferStats) {
+        let Some(info) = self.finish_task(task) else { return };
+        let Some(job) = self.jobs.get_mut(&info.job) else { return };
+        job.stats += stats;
+        let placed = match job.complete(info.thunk, outputs) {
+            Ok(placed) => placed,
+            Err(error) => return self.fail(info.job, error),
+        };
+        for blob in placed {
+            self.place(blob, info.node);
+        }
+        self.settle(info.job);
+    }
+
+    /// A task failed. A fault of the thunk fails the job; anything else re-plans the thunk.
+    pub fn task_failed(&mut self, task: TaskId, error: &WireError, unavailable: &[Id], stats: TransferStats) {
+        let Some(info) = self.finish_task(task) else { return };
+        let Some(job) = self.jobs.get_mut(&info.job) else { return };
+        job.stats += stats;
+        let name = job.name(info.thunk).to_owned();
+        if error.code.is_thunk_fault() {
+            let message = format!("thunk `{name}` failed: {}", error.message);
+            return self.fail(info.job, WireError { code: error.code, message, detail: error.detail.clone() });
+        }
+        if job.requeue(info.thunk) > MAX_ATTEMPTS {
+            let message = format!("thunk `{name}` could not run after {MAX_ATTEMPTS} attempts: {}", error.message);
+            return self.fail(info.job, WireError { code: error.code, message, detail: error.detail.clone() });
+        }
+        for blob in unavailable {
+            self.forget_cached(*blob, info.node);
+        }
+        self.reevaluate(info.job);
+    }
+
+    /// A node answered an upload request: the object is in storage (or could not be put there).
+    pub fn stored(&mut self, node: NodeId, job: JobId, blob: Id, ok: bool, stats: TransferStats) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.stats += stats;
+            j.upload_requested.remove(&blob);
+        }
+        if ok {
+            self.objects.entry(blob).or_default().storage = true;
+        } else {
+            self.unplace(blob, node);
+            let failures = self.jobs.get_mut(&job).map(|j| {
+                j.upload_failures += 1;
+                j.upload_failures
+            });
+            if failures > Some(MAX_ATTEMPTS) {
+                let error = WireError::new(ErrorCode::NodeError, format!("could not write target {blob} to storage"));
+                return self.fail(job, error);
+            }
+        }
+        let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in jobs {
+            self.settle(id);
+        }
+    }
+
+    /// Drops a job (its client went away); running tasks finish and are ignored.
+    pub fn cancel(&mut self, job: JobId) {
+        self.jobs.remove(&job);
+    }
+
+    /// Counts for a job's progress display.
+    pub fn progress(&self, job: JobId) -> Option<thunkmesh_protocol::wire::Progress> {
+        self.jobs.get(&job).map(Job::progress)
+    }
+
+    /// The thunk and its name, for building an assignment.
+    pub fn thunk(&self, job: JobId, thunk: Id) -> Option<(&str, &thunkmesh_protocol::Thunk)> {
+        self.jobs.get(&job)?.thunk(thunk)
+    }
+
+    /// Nodes known, with their free slots.
+    pub fn free_slots(&self) -> impl Iterator<Item = (NodeId, u32)> + '_ {
+        self.nodes.iter().map(|(&n, s)| (n, s.slots.saturating_sub(s.running.len() as u32)))
+    }
+
+    fn finish_task(&mut self, task: TaskId) -> Option<TaskInfo> {
+        let info = self.tasks.remove(&task)?;
+        if let Some(node) = self.nodes.get_mut(&info.node) {
+            node.running.remove(&task);
+        }
+        Some(info)
+    }
+
+    fn fail(&mut self, job: JobId, error: WireError) {
+        if self.jobs.remove(&job).is_some() {
+            self.out.push_back(Decision::JobFailed { job, error });
+        }
+    }
+
+    fn place(&mut self, blob: Id, node: NodeId) {
+        if let Some(state) = self.nodes.get_mut(&node) {
+            state.holds.insert(blob);
+            self.objects.entry(blob).or_default().nodes.insert(node);
+        }
+    }
+
+    fn unplace(&mut self, blob: Id, node: NodeId) {
+        if let Some(state) = self.nodes.get_mut(&node) {
+            state.holds.remove(&blob);
+        }
+        if let Some(p) = self.objects.get_mut(&blob) {
+            p.nodes.remove(&node);
+        }
+    }
+
+    /// A node could not get `blob` from any source it was given: no node offered is trusted
+    /// to hold it any more (the asking node never did).
+    fn forget_cached(&mut self, blob: Id, asking: NodeId) {
+        let holders: Vec<NodeId> =
+            self.objects.get(&blob).map(|p| p.nodes.iter().copied().collect()).unwrap_or_default();
+        for node in holders.into_iter().filter(|&n| n != asking) {
+            self.unplace(blob, node);
+        }
+    }
+
+    fn located(&self, blob: &Id) -> bool {
+        self.objects.get(blob).is_some_and(|p| p.storage || !p.nodes.is_empty())
+    }
+
+    /// Re-examines every thunk of a job that is not running or done (after a loss).
+    fn reevaluate(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.reset_ready();
+        }
+        self.settle(id);
+    }
+
+    /// Brings a job up to date: evaluates what waits, reports resolutions, checks targets.
+    fn settle(&mut self, id: JobId) {
+        let Some(mut job) = self.jobs.remove(&id) else { return };
+        loop {
+            let located = |blob: &Id| self.located(blob);
+            let result = job.evaluate_pending(&located);
+            for (name, reduction) in job.take_resolved() {
+                self.out.push_back(Decision::Resolved { job: id, name, reduction });
+            }
+            if let Err(error) = result {
+                self.out.push_back(Decision::JobFailed { job: id, error });
+                return;
+            }
+            if let Some(outcome) = self.check_targets(id, &mut job) {
+                self.out.push_back(Decision::JobDone { job: id, outcome });
+                return;
+            }
+            if !job.has_pending() {
+                break;
+            }
+        }
+        self.jobs.insert(id, job);
+    }
+
+    /// Requests uploads of resolved targets that live only in caches; returns the outcome when
+    /// every target is in storage.
+    fn check_targets(&mut self, id: JobId, job: &mut Job) -> Option<JobOutcome> {
+        let mut all_stored = true;
+        let mut targets = Vec::with_capacity(job.targets.len());
+        for target in job.targets.clone() {
+            let Resolved::Blob(blob) = job.resolve(&target) else {
+                all_stored = false;
+                continue;
+            };
+            targets.push((target, blob));
+            let places = self.objects.get(&blob);
+            if places.is_some_and(|p| p.storage) {
+                continue;
+            }
+            all_stored = false;
+            let holder = places.and_then(|p| p.nodes.iter().next().copied());
+            match holder {
+                Some(node) if job.upload_requested.insert(blob) => {
+                    self.out.push_back(Decision::Upload { node, job: id, blob });
+                }
+                Some(_) => {}
+                None => job.demand_producer_of(blob),
+            }
+        }
+        if !all_stored {
+            return None;
+        }
+        Some(job.outcome(targets))
+    }
+
+    /// Hands ready thunks to nodes with free slots.
+    fn assign(&mut self) {
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            while let Some(node) = self.any_free_node() {
+                let Some(job) = self.jobs.get_mut(&id) else { break };
+                let Some(thunk) = job.next_ready() else { break };
+                let resolved = job.resolved_inputs(thunk);
+                let node = self.best_node(&resolved).unwrap_or(node);
+                self.start(id, thunk, node, resolved);
+            }
+        }
+    }
+
+    fn any_free_node(&self) -> Option<NodeId> {
+        self.free_slots().find(|&(_, free)| free > 0).map(|(n, _)| n)
+    }
+
+    /// The node with a free slot holding the most input bytes; ties go to the least busy.
+    fn best_node(&self, inputs: &[Id]) -> Option<NodeId> {
+        let mut best: Option<(u64, std::cmp::Reverse<usize>, std::cmp::Reverse<NodeId>)> = None;
+        for (&n, state) in &self.nodes {
+            if state.running.len() as u32 >= state.slots {
+                continue;
+            }
+            let local: u64 = inputs.iter().filter(|b| state.holds.contains(b)).map(|b| b.size).sum();
+            let key = (local, std::cmp::Reverse(state.running.len()), std::cmp::Reverse(n));
+            if best.is_none_or(|b| key > b) {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, std::cmp::Reverse(n))| n)
+    }
+
+    fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>) {
+        let task = self.next_task;
+        self.next_task += 1;
+        let sources = self.sources(node, &resolved);
+        if let Some(state) = self.nodes.get_mut(&node) {
+            state.running.insert(task);
+        }
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.mark_running(thunk);
+        }
+        self.tasks.insert(task, TaskInfo { job, thunk, node });
+        self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));
+    }
+
+    fn sources(&self, node: NodeId, resolved: &[Id]) -> Vec<(Id, Vec<Place>)> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for blob in resolved {
+            let Some(p) = self.objects.get(blob) else { continue };
+            if p.nodes.contains(&node) || !seen.insert(*blob) {
+                continue;
+            }
+            let mut places: Vec<Place> = p.nodes.iter().map(|&n| Place::Node(n)).collect();
+            if p.storage {
+                places.push(Place::Storage);
+            }
+            out.push((*blob, places));
+        }
+        out
+    }
+
+    /// Refs resolved so far, for tests and diagnostics.
+    pub fn resolve(&self, job: JobId, r: &Ref) -> Option<Id> {
+        match self.jobs.get(&job)?.resolve(r) {
+            Resolved::Blob(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl State {
+    fn is_done(&self) -> bool {
+        matches!(self, State::Done { .. })
+    }
+}

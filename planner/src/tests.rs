@@ -1,0 +1,329 @@
+//! Deterministic tests of the planner, stepped by hand: placement, lineage after a lost node,
+//! failures, the memo cache and tail calls.
+
+use std::collections::BTreeMap;
+
+use thunkmesh_protocol::wire::{
+    ErrorCode, OutputValue, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
+};
+use thunkmesh_protocol::{Id, Program, Ref, Thunk};
+
+use crate::{Assign, Decision, JobId, Place, Planner};
+
+const JOB: JobId = 7;
+
+fn program() -> Id {
+    Id::of_blob(b"#!/bin/sh\n")
+}
+
+fn thunk(tag: &str, inputs: &[(&str, Ref)]) -> Thunk {
+    Thunk {
+        program: Program::Ref(Ref::Blob(program())),
+        args: vec![tag.to_owned()],
+        env: BTreeMap::new(),
+        inputs: inputs.iter().map(|(p, r)| ((*p).to_owned(), r.clone())).collect(),
+        outputs: vec!["out".into()],
+        timeout_ms: 1000,
+    }
+}
+
+fn out(t: &Thunk) -> Ref {
+    Ref::Output { thunk: t.id(), name: "out".into() }
+}
+
+fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: Vec<Id>) -> Submission {
+    Submission {
+        store: "memory://".into(),
+        thunks: thunks.iter().map(|(n, t)| SubmittedThunk { name: (*n).into(), thunk: (*t).clone() }).collect(),
+        targets,
+        stored,
+        memo: vec![],
+    }
+}
+
+fn blob_output(bytes: &[u8]) -> Vec<(String, OutputValue)> {
+    vec![("out".into(), OutputValue::Blob(Id::of_blob(bytes)))]
+}
+
+fn drain(p: &mut Planner) -> Vec<Decision> {
+    std::iter::from_fn(|| p.poll()).collect()
+}
+
+fn assigns(ds: &[Decision]) -> Vec<Assign> {
+    ds.iter().filter_map(|d| if let Decision::Assign(a) = d { Some(a.clone()) } else { None }).collect()
+}
+
+/// Completes an upload request in the decisions, as a node would.
+fn answer_uploads(p: &mut Planner, ds: &[Decision]) {
+    for d in ds {
+        if let Decision::Upload { node, job, blob } = d {
+            p.stored(*node, *job, *blob, true, TransferStats::default());
+        }
+    }
+}
+
+fn job_done(ds: &[Decision]) -> Option<&crate::JobOutcome> {
+    ds.iter().find_map(|d| if let Decision::JobDone { outcome, .. } = d { Some(outcome) } else { None })
+}
+
+#[test]
+fn consumer_runs_where_its_input_was_produced() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    p.submit(JOB, &submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
+    let first = assigns(&drain(&mut p));
+    assert_eq!(first.len(), 1, "only `a` is ready");
+    assert_eq!(first[0].thunk, a.id());
+    let producer = first[0].node;
+    p.task_done(first[0].task, &blob_output(b"A"), TransferStats::default());
+    let second = assigns(&drain(&mut p));
+    assert_eq!(second[0].thunk, b.id());
+    assert_eq!(second[0].node, producer, "b goes where a's output lives");
+    assert!(second[0].sources.iter().all(|(blob, _)| *blob != Id::of_blob(b"A")), "nothing to fetch for a local input");
+}
+
+#[test]
+fn a_consumer_elsewhere_is_told_which_peer_holds_its_input() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[]);
+    let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
+    let sub = submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()]);
+    p.submit(JOB, &sub).expect("valid job");
+    let first = assigns(&drain(&mut p));
+    assert_eq!(first.len(), 2, "a and b run at once on the two nodes");
+    assert_ne!(first[0].node, first[1].node);
+    p.task_done(first[0].task, &blob_output(b"small"), TransferStats::default());
+    p.task_done(first[1].task, &blob_output(b"the larger output"), TransferStats::default());
+    let c_assign = assigns(&drain(&mut p)).remove(0);
+    let larger_on = first[1].node;
+    assert_eq!(c_assign.node, larger_on, "c goes where most of its input bytes are");
+    let small = Id::of_blob(b"small");
+    let (_, places) = c_assign.sources.iter().find(|(b, _)| *b == small).expect("small input must be fetched");
+    assert_eq!(places, &vec![Place::Node(first[0].node)]);
+}
+
+#[test]
+fn slots_are_never_exceeded() {
+    let mut p = Planner::new();
+    p.node_joined(1, 2, &[]);
+    let thunks: Vec<Thunk> = (0..5).map(|i| thunk(&i.to_string(), &[])).collect();
+    let named: Vec<(&str, &Thunk)> = thunks.iter().map(|t| ("t", t)).collect();
+    p.submit(JOB, &submission(&named, thunks.iter().map(out).collect(), vec![program()])).expect("valid job");
+    let first = assigns(&drain(&mut p));
+    assert_eq!(first.len(), 2);
+    p.task_done(first[0].task, &blob_output(b"0"), TransferStats::default());
+    assert_eq!(assigns(&drain(&mut p)).len(), 1, "one freed slot, one new task");
+}
+
+#[test]
+fn targets_living_only_in_a_cache_are_uploaded_then_the_job_is_done() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    let task = assigns(&drain(&mut p))[0].task;
+    p.task_done(task, &blob_output(b"A"), TransferStats { peer_bytes: 3, ..Default::default() });
+    let ds = drain(&mut p);
+    assert!(ds.contains(&Decision::Upload { node: 1, job: JOB, blob: Id::of_blob(b"A") }));
+    assert!(ds.iter().any(|d| matches!(d, Decision::Resolved { name, .. } if name == "a")));
+    assert!(job_done(&ds).is_none(), "not done before the target is stored");
+    answer_uploads(&mut p, &ds);
+    let ds = drain(&mut p);
+    let outcome = job_done(&ds).expect("job done");
+    assert_eq!(outcome.targets, vec![(out(&a), Id::of_blob(b"A"))]);
+    assert_eq!((outcome.executed, outcome.cached, outcome.stats.peer_bytes), (1, 0, 3));
+}
+
+#[test]
+fn lost_node_output_is_recomputed_from_its_thunk() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[]);
+    let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
+    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
+    let mut first = assigns(&drain(&mut p));
+    first.sort_by_key(|x| x.thunk != a.id());
+    let (on_a, on_b) = (first[0].node, first[1].node);
+    p.task_done(first[0].task, &blob_output(b"A"), TransferStats::default());
+    // The node that ran `a` dies before `b` is done: `a`'s only copy is gone.
+    p.node_left(on_a);
+    p.task_done(first[1].task, &blob_output(b"B"), TransferStats::default());
+    let again = assigns(&drain(&mut p));
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].thunk, again[0].node), (a.id(), on_b), "a runs again on the survivor");
+    p.task_done(again[0].task, &blob_output(b"A"), TransferStats::default());
+    let c_run = assigns(&drain(&mut p));
+    assert_eq!(c_run[0].thunk, c.id());
+    p.task_done(c_run[0].task, &blob_output(b"C"), TransferStats::default());
+    let ds = drain(&mut p);
+    answer_uploads(&mut p, &ds);
+    let outcome = drain(&mut p)
+        .into_iter()
+        .find_map(|d| if let Decision::JobDone { outcome, .. } = d { Some(outcome) } else { None });
+    assert_eq!(outcome.expect("job completes").nodes_lost, 1);
+}
+
+#[test]
+fn running_task_of_a_lost_node_is_planned_again() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    let first = assigns(&drain(&mut p));
+    p.node_left(1);
+    assert!(assigns(&drain(&mut p)).is_empty(), "no node left to run it");
+    p.node_joined(2, 1, &[]);
+    let again = assigns(&drain(&mut p));
+    assert_eq!((again[0].thunk, again[0].node), (a.id(), 2));
+    p.task_done(first[0].task, &blob_output(b"stale"), TransferStats::default());
+    assert!(p.resolve(JOB, &out(&a)).is_none(), "an answer for a lost task is ignored");
+}
+
+#[test]
+fn a_failing_thunk_fails_the_job_with_its_name_and_the_rest_goes_on() {
+    let mut p = Planner::new();
+    p.node_joined(1, 2, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[]);
+    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    p.submit(JOB + 1, &submission(&[("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
+    let tasks = assigns(&drain(&mut p));
+    let mut error = WireError::new(ErrorCode::ExitStatus, "exit status 3");
+    error.detail = "stderr: boom".into();
+    p.task_failed(tasks[0].task, &error, &[], TransferStats::default());
+    let ds = drain(&mut p);
+    let failed =
+        ds.iter().find_map(|d| if let Decision::JobFailed { job, error } = d { Some((job, error)) } else { None });
+    let (job, error) = failed.expect("job fails");
+    assert_eq!(*job, JOB);
+    assert_eq!(error.message, "thunk `a` failed: exit status 3");
+    assert_eq!(error.detail, "stderr: boom");
+    p.task_done(tasks[1].task, &blob_output(b"B"), TransferStats::default());
+    assert_eq!(p.resolve(JOB + 1, &out(&b)), Some(Id::of_blob(b"B")), "the other job goes on");
+}
+
+#[test]
+fn an_unavailable_input_reruns_its_producer_and_gives_up_after_repeated_node_errors() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    let error = WireError::new(ErrorCode::NodeError, "disk full");
+    for _ in 0..crate::MAX_ATTEMPTS {
+        let task = assigns(&drain(&mut p))[0].task;
+        p.task_failed(task, &error, &[], TransferStats::default());
+    }
+    let task = assigns(&drain(&mut p))[0].task;
+    p.task_failed(task, &error, &[], TransferStats::default());
+    let ds = drain(&mut p);
+    assert!(ds.iter().any(|d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("could not run after 5 attempts: disk full"))));
+}
+
+#[test]
+fn a_memoized_target_in_storage_runs_nothing() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    let mut sub = submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program(), Id::of_blob(b"B")]);
+    sub.memo = vec![Reduction { thunk: b.id(), outputs: vec![("out".into(), Id::of_blob(b"B"))] }];
+    p.submit(JOB, &sub).expect("valid job");
+    let ds = drain(&mut p);
+    assert!(assigns(&ds).is_empty());
+    let outcome = job_done(&ds).expect("done at once");
+    assert_eq!((outcome.executed, outcome.cached, outcome.total), (0, 2, 2));
+}
+
+#[test]
+fn a_memoized_intermediate_in_a_cache_is_reused_and_one_nowhere_is_recomputed() {
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    let mut sub = submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()]);
+    sub.memo = vec![Reduction { thunk: a.id(), outputs: vec![("out".into(), Id::of_blob(b"A"))] }];
+
+    let mut cached = Planner::new();
+    cached.node_joined(1, 1, &[Id::of_blob(b"A")]);
+    cached.submit(JOB, &sub).expect("valid job");
+    let runs = assigns(&drain(&mut cached));
+    assert_eq!(runs.iter().map(|a| a.thunk).collect::<Vec<_>>(), vec![b.id()]);
+
+    let mut lost = Planner::new();
+    lost.node_joined(1, 1, &[]);
+    lost.submit(JOB, &sub).expect("valid job");
+    let runs = assigns(&drain(&mut lost));
+    assert_eq!(runs.iter().map(|a| a.thunk).collect::<Vec<_>>(), vec![a.id()]);
+}
+
+#[test]
+fn a_tail_call_adds_thunks_and_the_output_resolves_to_their_result() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let fib = thunk("fib", &[]);
+    let inner = thunk("inner", &[("seed", Ref::Blob(Id::of_blob(b"seed")))]);
+    p.submit(JOB, &submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
+    let task = assigns(&drain(&mut p))[0].task;
+    let tail = OutputValue::Tail {
+        blob: Id::of_blob(b"# thunkmesh-tail v1\n..."),
+        thunks: vec![SubmittedThunk { name: "inner".into(), thunk: inner.clone() }],
+        result: out(&inner),
+    };
+    p.task_done(task, &[("out".into(), tail)], TransferStats::default());
+    let ds = drain(&mut p);
+    let next = assigns(&ds);
+    assert_eq!(next[0].thunk, inner.id());
+    assert_eq!(p.thunk(JOB, inner.id()).map(|(n, _)| n), Some("fib/inner"));
+    assert!(!ds.iter().any(|d| matches!(d, Decision::Resolved { name, .. } if name == "fib")), "fib is not final yet");
+    p.task_done(next[0].task, &blob_output(b"8"), TransferStats::default());
+    let ds = drain(&mut p);
+    let fib_reduction = ds.iter().find_map(|d| match d {
+        Decision::Resolved { name, reduction, .. } if name == "fib" => Some(reduction.clone()),
+        _ => None,
+    });
+    assert_eq!(fib_reduction.expect("fib resolves").outputs, vec![("out".into(), Id::of_blob(b"8"))]);
+    assert_eq!(p.resolve(JOB, &out(&fib)), Some(Id::of_blob(b"8")));
+}
+
+#[test]
+fn a_tail_naming_an_unknown_thunk_fails_the_job_clearly() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let fib = thunk("fib", &[]);
+    let ghost = thunk("ghost", &[]);
+    p.submit(JOB, &submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
+    let task = assigns(&drain(&mut p))[0].task;
+    let tail = OutputValue::Tail { blob: Id::of_blob(b"t"), thunks: vec![], result: out(&ghost) };
+    p.task_done(task, &[("out".into(), tail)], TransferStats::default());
+    let ds = drain(&mut p);
+    let error =
+        ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None });
+    let error = error.expect("job fails");
+    assert_eq!(error.code, ErrorCode::BadTail);
+    assert!(error.message.starts_with("tail `out` of thunk `fib`:"), "{}", error.message);
+}
+
+#[test]
+fn a_submission_with_a_dangling_ref_is_refused() {
+    let mut p = Planner::new();
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    let e = p.submit(JOB, &submission(&[("b", &b)], vec![out(&b)], vec![])).expect_err("a is missing");
+    assert!(e.to_string().contains("refers to a thunk output this job does not define"));
+}
+
+#[test]
+fn an_input_nowhere_with_no_producer_fails_the_job() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![])).expect("valid job");
+    let ds = drain(&mut p);
+    assert!(ds.iter().any(|d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("of thunk `a` is not available on any node or in storage"))));
+}

@@ -1,0 +1,652 @@
+//! Job files (TOML) and tails (the same syntax written by a thunk): parsing, validation, and
+//! resolution into thunks with ids.
+//!
+//! Parsing is pure: the caller reads the file, hashes the values and pins host programs, then
+//! calls [`JobSpec::resolve`]. Every error names the file and the place in it (thunk, key), and
+//! nothing is resolved unless the whole job is valid. `docs/jobs.md` documents the format.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::id::Id;
+use crate::thunk::{Program, Ref, Thunk, check_sandbox_path, check_sandbox_paths};
+
+/// The first line of a thunk output that is a tail call (a dynamic thunk).
+pub const TAIL_MARKER: &str = "# thunkmesh-tail v1\n";
+
+/// Timeout of a thunk that names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Whether an output's bytes are a tail to be forced in turn.
+pub fn is_tail(bytes: &[u8]) -> bool {
+    bytes.starts_with(TAIL_MARKER.as_bytes())
+}
+
+/// A job file (or tail) that failed to parse or validate: which file, where in it, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {place}{problem}")]
+pub struct JobError {
+    /// The file, as the user named it.
+    pub file: String,
+    /// Where in the file (`thunk `x`, key `inputs`: `), possibly empty.
+    pub place: String,
+    /// What is wrong.
+    pub problem: JobProblem,
+}
+
+/// What is wrong with a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobProblem {
+    /// Not TOML, an unknown key, or a value of the wrong type.
+    #[error("{0}")]
+    Syntax(String),
+    /// A ref names no value, thunk or output of the job.
+    #[error("`{0}` is not a value, nor `thunk#output` of a thunk in this job")]
+    UnknownRef(String),
+    /// Two thunks share a name.
+    #[error("thunk name `{0}` is used twice")]
+    DuplicateThunk(String),
+    /// A thunk lists an output twice.
+    #[error("output `{0}` is listed twice")]
+    DuplicateOutput(String),
+    /// A name is empty or holds `#` or `/`.
+    #[error("name `{0}` must be non-empty and contain no `#` or `/`")]
+    BadName(String),
+    /// A path leaves its sandbox (or the output directory), or paths overlap.
+    #[error("{0}")]
+    Path(String),
+    /// Thunks depend on each other in a loop.
+    #[error("thunks form a cycle: {0}")]
+    Cycle(String),
+    /// A timeout is not a duration like `30s` or `5m`.
+    #[error("timeout `{0}` is not a duration such as `30s` or `5m`")]
+    Timeout(String),
+    /// A job with no targets, or a tail without `result`.
+    #[error("{0}")]
+    Missing(String),
+    /// A file named by the job cannot be read.
+    #[error("cannot read `{path}`: {reason}")]
+    File {
+        /// The path as written in the job.
+        path: String,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// A host program is not usable.
+    #[error("host program `{path}`: {reason}")]
+    HostProgram {
+        /// The path as written in the job.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+impl JobError {
+    /// An error at `place` (may be empty) of `file`.
+    pub fn new(file: &str, place: impl Into<String>, problem: JobProblem) -> JobError {
+        JobError { file: file.to_owned(), place: place.into(), problem }
+    }
+}
+
+/// A ref as written in a job: a value name, or `thunk#output`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefSpec {
+    /// A value of the `[values]` table.
+    Value(String),
+    /// An output of a thunk of the job.
+    Output {
+        /// The thunk's name.
+        thunk: String,
+        /// The output path.
+        output: String,
+    },
+}
+
+impl fmt::Display for RefSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefSpec::Value(v) => write!(f, "{v}"),
+            RefSpec::Output { thunk, output } => write!(f, "{thunk}#{output}"),
+        }
+    }
+}
+
+/// A program as written in a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgramSpec {
+    /// Content-addressed.
+    Ref(RefSpec),
+    /// A host program by absolute path.
+    Host(String),
+}
+
+/// One validated thunk of a job, still by names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThunkSpec {
+    /// Unique in the job.
+    pub name: String,
+    /// What runs.
+    pub program: ProgramSpec,
+    /// argv after argv\[0\].
+    pub args: Vec<String>,
+    /// The whole environment.
+    pub env: BTreeMap<String, String>,
+    /// Sandbox path -> ref.
+    pub inputs: BTreeMap<String, RefSpec>,
+    /// Declared outputs, sorted.
+    pub outputs: Vec<String>,
+    /// Run time limit.
+    pub timeout: Duration,
+}
+
+/// Whether the text is a job file (values on the client's disk, targets) or a tail (values in
+/// the sandbox that wrote it, a `result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecKind {
+    /// A job file.
+    Job,
+    /// A tail written by a thunk.
+    Tail,
+}
+
+/// A validated job or tail, by names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    /// Value name -> path (relative to the job file, or to the sandbox for a tail).
+    pub values: BTreeMap<String, String>,
+    /// Thunks in dependency order (producers before consumers).
+    pub thunks: Vec<ThunkSpec>,
+    /// Output file -> ref (jobs only).
+    pub targets: BTreeMap<String, RefSpec>,
+    /// What a tail evaluates to (tails only).
+    pub result: Option<RefSpec>,
+}
+
+/// A job whose values and host programs are known: thunks with ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedJob {
+    /// Thunks in dependency order.
+    pub thunks: Vec<NamedThunk>,
+    /// Output file -> ref.
+    pub targets: BTreeMap<String, Ref>,
+    /// A tail's result.
+    pub result: Option<Ref>,
+}
+
+/// A thunk with the name the job gave it and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedThunk {
+    /// Name in the job (for messages only; not part of the id).
+    pub name: String,
+    /// The thunk's id.
+    pub id: Id,
+    /// The thunk.
+    pub thunk: Thunk,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    #[serde(default)]
+    values: BTreeMap<String, String>,
+    #[serde(default, rename = "thunk")]
+    thunks: Vec<RawThunk>,
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+    result: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThunk {
+    name: String,
+    program: RawProgram,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+    outputs: Vec<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawProgram {
+    Ref(String),
+    Host(RawHost),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    host: String,
+}
+
+impl JobSpec {
+    /// Parses and validates `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &str, kind: SpecKind) -> Result<JobSpec, JobError> {
+        let raw: RawJob = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
+        Checker { file, kind }.check(raw)
+    }
+
+    /// Builds the thunks, given the id of every value and the pin of every host program.
+    ///
+    /// Panics if a value or host program named by the spec is missing from the maps: the caller
+    /// builds them from [`JobSpec::values`] and [`JobSpec::host_programs`].
+    pub fn resolve(&self, values: &BTreeMap<String, Id>, hosts: &BTreeMap<String, Id>) -> ResolvedJob {
+        let mut outputs: HashMap<&str, Id> = HashMap::new();
+        let mut thunks = Vec::with_capacity(self.thunks.len());
+        for spec in &self.thunks {
+            let to_ref = |r: &RefSpec| resolve_ref(r, values, &outputs);
+            let program = match &spec.program {
+                ProgramSpec::Ref(r) => Program::Ref(to_ref(r)),
+                ProgramSpec::Host(path) => Program::Host { path: path.clone(), pin: hosts[path] },
+            };
+            let thunk = Thunk {
+                program,
+                args: spec.args.clone(),
+                env: spec.env.clone(),
+                inputs: spec.inputs.iter().map(|(p, r)| (p.clone(), to_ref(r))).collect(),
+                outputs: spec.outputs.clone(),
+                timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+            };
+            let id = thunk.id();
+            outputs.insert(&spec.name, id);
+            thunks.push(NamedThunk { name: spec.name.clone(), id, thunk });
+        }
+        let to_ref = |r: &RefSpec| resolve_ref(r, values, &outputs);
+        ResolvedJob {
+            thunks,
+            targets: self.targets.iter().map(|(f, r)| (f.clone(), to_ref(r))).collect(),
+            result: self.result.as_ref().map(to_ref),
+        }
+    }
+
+    /// Every host program path the job names.
+    pub fn host_programs(&self) -> BTreeSet<&str> {
+        self.thunks
+            .iter()
+            .filter_map(|t| match &t.program {
+                ProgramSpec::Host(p) => Some(p.as_str()),
+                ProgramSpec::Ref(_) => None,
+            })
+            .collect()
+    }
+}
+
+fn resolve_ref(r: &RefSpec, values: &BTreeMap<String, Id>, outputs: &HashMap<&str, Id>) -> Ref {
+    match r {
+        RefSpec::Value(v) => Ref::Blob(values[v]),
+        RefSpec::Output { thunk, output } => Ref::Output { thunk: outputs[thunk.as_str()], name: output.clone() },
+    }
+}
+
+fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> JobError {
+    let place = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: ")
+        }
+        None => String::new(),
+    };
+    JobError::new(file, place, JobProblem::Syntax(e.message().trim().to_owned()))
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    kind: SpecKind,
+}
+
+impl Checker<'_> {
+    fn err(&self, place: impl Into<String>, problem: JobProblem) -> JobError {
+        JobError::new(self.file, place, problem)
+    }
+
+    fn check(&self, raw: RawJob) -> Result<JobSpec, JobError> {
+        for (name, path) in &raw.values {
+            self.check_name(name, &format!("values, key `{name}`: "))?;
+            if self.kind == SpecKind::Tail {
+                check_sandbox_path(path)
+                    .map_err(|e| self.err(format!("values, key `{name}`: "), JobProblem::Path(e.to_string())))?;
+            }
+        }
+        let mut declared: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for t in &raw.thunks {
+            self.check_name(&t.name, "thunk: ")?;
+            let outs: BTreeSet<&str> = t.outputs.iter().map(String::as_str).collect();
+            if declared.insert(&t.name, outs).is_some() {
+                return Err(self.err("", JobProblem::DuplicateThunk(t.name.clone())));
+            }
+        }
+        let refs = RefTable { values: &raw.values, outputs: &declared };
+        let mut thunks = Vec::with_capacity(raw.thunks.len());
+        for t in &raw.thunks {
+            thunks.push(self.check_thunk(t, &refs)?);
+        }
+        let targets = self.check_targets(&raw, &refs)?;
+        let result = self.check_result(&raw, &refs)?;
+        let thunks = self.order(thunks)?;
+        Ok(JobSpec { values: raw.values, thunks, targets, result })
+    }
+
+    fn check_name(&self, name: &str, place: &str) -> Result<(), JobError> {
+        if name.is_empty() || name.contains(['#', '/']) {
+            return Err(self.err(place, JobProblem::BadName(name.to_owned())));
+        }
+        Ok(())
+    }
+
+    fn check_thunk(&self, t: &RawThunk, refs: &RefTable<'_>) -> Result<ThunkSpec, JobError> {
+        let place = |key: &str| format!("thunk `{}`, key `{key}`: ", t.name);
+        let program = match &t.program {
+            RawProgram::Ref(r) => ProgramSpec::Ref(refs.parse(r).map_err(|p| self.err(place("program"), p))?),
+            RawProgram::Host(h) if h.host.starts_with('/') => ProgramSpec::Host(h.host.clone()),
+            RawProgram::Host(h) => {
+                let reason = "must be an absolute path".to_owned();
+                let problem = JobProblem::HostProgram { path: h.host.clone(), reason };
+                return Err(self.err(place("program"), problem));
+            }
+        };
+        let mut inputs = BTreeMap::new();
+        for (path, r) in &t.inputs {
+            let r = refs.parse(r).map_err(|p| self.err(place(&format!("inputs.{path}")), p))?;
+            inputs.insert(path.clone(), r);
+        }
+        let mut outputs = t.outputs.clone();
+        outputs.sort();
+        if let Some(w) = outputs.windows(2).find(|w| w[0] == w[1]) {
+            return Err(self.err(place("outputs"), JobProblem::DuplicateOutput(w[0].clone())));
+        }
+        if outputs.is_empty() {
+            return Err(self.err(place("outputs"), JobProblem::Missing("a thunk needs at least one output".into())));
+        }
+        let paths: Vec<&str> = inputs.keys().chain(&outputs).map(String::as_str).collect();
+        check_sandbox_paths(&paths).map_err(|e| self.err(place("inputs/outputs"), JobProblem::Path(e.to_string())))?;
+        let timeout = match &t.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(s) => humantime::parse_duration(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| self.err(place("timeout"), JobProblem::Timeout(s.clone())))?,
+        };
+        let spec = ThunkSpec {
+            name: t.name.clone(),
+            program,
+            args: t.args.clone(),
+            env: t.env.clone(),
+            inputs,
+            outputs,
+            timeout,
+        };
+        self.check_strings(&spec)?;
+        Ok(spec)
+    }
+
+    /// Runs the thunk-level rules (env names, NUL bytes) on a stand-in with dummy refs.
+    fn check_strings(&self, spec: &ThunkSpec) -> Result<(), JobError> {
+        let dummy = Ref::Blob(Id::of_blob(b""));
+        let stand_in = Thunk {
+            program: match &spec.program {
+                ProgramSpec::Host(path) => Program::Host { path: path.clone(), pin: Id::of_blob(b"") },
+                ProgramSpec::Ref(_) => Program::Ref(dummy.clone()),
+            },
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            inputs: spec.inputs.keys().map(|k| (k.clone(), dummy.clone())).collect(),
+            outputs: spec.outputs.clone(),
+            timeout_ms: 1,
+        };
+        let place = format!("thunk `{}`: ", spec.name);
+        stand_in.validate().map_err(|e| self.err(place, JobProblem::Path(e.to_string())))
+    }
+
+    fn check_targets(&self, raw: &RawJob, refs: &RefTable<'_>) -> Result<BTreeMap<String, RefSpec>, JobError> {
+        if self.kind == SpecKind::Tail && !raw.targets.is_empty() {
+            return Err(self.err("", JobProblem::Syntax("a tail has a `result`, not `[targets]`".into())));
+        }
+        if self.kind == SpecKind::Job && raw.targets.is_empty() {
+            return Err(self.err("", JobProblem::Missing("the job has no `[targets]`: nothing to compute".into())));
+        }
+        let mut targets = BTreeMap::new();
+        for (file, r) in &raw.targets {
+            let place = format!("targets, key `{file}`: ");
+            check_sandbox_path(file).map_err(|e| self.err(&place, JobProblem::Path(e.to_string())))?;
+            targets.insert(file.clone(), refs.parse(r).map_err(|p| self.err(&place, p))?);
+        }
+        let files: Vec<&str> = targets.keys().map(String::as_str).collect();
+        check_sandbox_paths(&files).map_err(|e| self.err("targets: ", JobProblem::Path(e.to_string())))?;
+        Ok(targets)
+    }
+
+    fn check_result(&self, raw: &RawJob, refs: &RefTable<'_>) -> Result<Option<RefSpec>, JobError> {
+        match (&raw.result, self.kind) {
+            (Some(_), SpecKind::Job) => {
+                Err(self.err("", JobProblem::Syntax("`result` belongs in a tail; a job has `[targets]`".into())))
+            }
+            (None, SpecKind::Tail) => {
+                Err(self.err("", JobProblem::Missing("a tail needs `result = \"thunk#output\"`".into())))
+            }
+            (Some(r), SpecKind::Tail) => Ok(Some(refs.parse(r).map_err(|p| self.err("key `result`: ", p))?)),
+            (None, SpecKind::Job) => Ok(None),
+        }
+    }
+
+    /// Orders thunks producers-first, or names a cycle.
+    fn order(&self, thunks: Vec<ThunkSpec>) -> Result<Vec<ThunkSpec>, JobError> {
+        let index: HashMap<&str, usize> = thunks.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+        let deps: Vec<Vec<usize>> =
+            thunks.iter().map(|t| thunk_deps(t).filter_map(|n| index.get(n).copied()).collect()).collect();
+        let mut state = vec![Visit::New; thunks.len()];
+        let mut order = Vec::with_capacity(thunks.len());
+        for start in 0..thunks.len() {
+            if let Some(cycle) = visit(start, &deps, &mut state, &mut order) {
+                let names: Vec<&str> = cycle.iter().rev().map(|&i| thunks[i].name.as_str()).collect();
+                return Err(self.err("", JobProblem::Cycle(names.join(" -> "))));
+            }
+        }
+        let mut slots: Vec<Option<ThunkSpec>> = thunks.into_iter().map(Some).collect();
+        Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+    }
+}
+
+fn thunk_deps(t: &ThunkSpec) -> impl Iterator<Item = &str> {
+    let program = match &t.program {
+        ProgramSpec::Ref(r) => Some(r),
+        ProgramSpec::Host(_) => None,
+    };
+    program.into_iter().chain(t.inputs.values()).filter_map(|r| match r {
+        RefSpec::Output { thunk, .. } => Some(thunk.as_str()),
+        RefSpec::Value(_) => None,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Visit {
+    New,
+    Open,
+    Closed,
+}
+
+/// Depth-first post-order; returns the cycle (closing node first) if one is found.
+fn visit(i: usize, deps: &[Vec<usize>], state: &mut [Visit], order: &mut Vec<usize>) -> Option<Vec<usize>> {
+    match state[i] {
+        Visit::Closed => return None,
+        Visit::Open => return Some(vec![i]),
+        Visit::New => {}
+    }
+    state[i] = Visit::Open;
+    for &d in &deps[i] {
+        if let Some(mut cycle) = visit(d, deps, state, order) {
+            let closed = cycle.len() > 1 && cycle[0] == *cycle.last().unwrap_or(&usize::MAX);
+            if !closed {
+                cycle.push(i);
+            }
+            return Some(cycle);
+        }
+    }
+    state[i] = Visit::Closed;
+    order.push(i);
+    None
+}
+
+struct RefTable<'a> {
+    values: &'a BTreeMap<String, String>,
+    outputs: &'a BTreeMap<&'a str, BTreeSet<&'a str>>,
+}
+
+impl RefTable<'_> {
+    fn parse(&self, text: &str) -> Result<RefSpec, JobProblem> {
+        let unknown = || JobProblem::UnknownRef(text.to_owned());
+        match text.split_once('#') {
+            None if self.values.contains_key(text) => Ok(RefSpec::Value(text.to_owned())),
+            None => Err(unknown()),
+            Some((thunk, output)) => {
+                let outs = self.outputs.get(thunk).ok_or_else(unknown)?;
+                if !outs.contains(output) {
+                    return Err(unknown());
+                }
+                Ok(RefSpec::Output { thunk: thunk.to_owned(), output: output.to_owned() })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[values]
+corpus = "data/corpus.txt"
+script = "bin/count.sh"
+
+[[thunk]]
+name = "merge"
+program = { host = "/usr/bin/sort" }
+inputs = { "a" = "count-0#out.txt" }
+outputs = ["merged"]
+
+[[thunk]]
+name = "count-0"
+program = "script"
+args = ["in.txt", "out.txt"]
+env = { LC_ALL = "C" }
+inputs = { "in.txt" = "corpus" }
+outputs = ["out.txt"]
+timeout = "30s"
+
+[targets]
+"counts.txt" = "merge#merged"
+"#;
+
+    fn parse(text: &str) -> Result<JobSpec, JobError> {
+        JobSpec::parse(text, "job.toml", SpecKind::Job)
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("job should be refused").to_string()
+    }
+
+    #[test]
+    fn a_good_job_is_ordered_producers_first_and_resolves() {
+        let spec = parse(GOOD).expect("valid job");
+        let names: Vec<&str> = spec.thunks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["count-0", "merge"]);
+        assert_eq!(spec.thunks[0].timeout, Duration::from_secs(30));
+        assert_eq!(spec.thunks[1].timeout, DEFAULT_TIMEOUT);
+        let values =
+            BTreeMap::from([("corpus".to_owned(), Id::of_blob(b"c")), ("script".to_owned(), Id::of_blob(b"s"))]);
+        let hosts = BTreeMap::from([("/usr/bin/sort".to_owned(), Id::of_blob(b"sort"))]);
+        let job = spec.resolve(&values, &hosts);
+        let count = job.thunks[0].id;
+        assert_eq!(job.thunks[1].thunk.inputs["a"], Ref::Output { thunk: count, name: "out.txt".into() });
+        assert_eq!(job.targets["counts.txt"], Ref::Output { thunk: job.thunks[1].id, name: "merged".into() });
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = GOOD.replace("timeout = \"30s\"", "timout = \"30s\"");
+        let e = error(&text);
+        assert!(e.starts_with("job.toml: line 19, column 1: unknown field `timout`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_ref_names_thunk_and_key() {
+        let text = GOOD.replace("\"corpus\" }", "\"corpuss\" }");
+        assert_eq!(
+            error(&text),
+            "job.toml: thunk `count-0`, key `inputs.in.txt`: `corpuss` is not a value, nor `thunk#output` of a thunk in this job"
+        );
+        let text = GOOD.replace("count-0#out.txt", "count-0#nope");
+        assert!(error(&text).contains("thunk `merge`, key `inputs.a`: `count-0#nope` is not"));
+    }
+
+    #[test]
+    fn cycle_is_named() {
+        let text = GOOD.replace("inputs = { \"in.txt\" = \"corpus\" }", "inputs = { \"in.txt\" = \"merge#merged\" }");
+        let e = error(&text);
+        assert!(
+            e == "job.toml: thunks form a cycle: merge -> count-0 -> merge"
+                || e == "job.toml: thunks form a cycle: count-0 -> merge -> count-0",
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let text = GOOD.replace("name = \"merge\"", "name = \"count-0\"");
+        assert_eq!(error(&text), "job.toml: thunk name `count-0` is used twice");
+        let text = GOOD.replace("outputs = [\"out.txt\"]", "outputs = [\"out.txt\", \"out.txt\"]");
+        assert_eq!(error(&text), "job.toml: thunk `count-0`, key `outputs`: output `out.txt` is listed twice");
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        let text = GOOD.replace("outputs = [\"out.txt\"]", "outputs = [\"../out.txt\"]");
+        let text = text.replace("count-0#out.txt", "count-0#../out.txt");
+        assert_eq!(
+            error(&text),
+            "job.toml: thunk `count-0`, key `inputs/outputs`: path `../out.txt` must be relative and stay inside the sandbox"
+        );
+        let text = GOOD.replace("\"counts.txt\" =", "\"/etc/counts.txt\" =");
+        assert!(error(&text).starts_with("job.toml: targets, key `/etc/counts.txt`: path"));
+    }
+
+    #[test]
+    fn bad_timeout_and_relative_host_program_are_refused() {
+        let text = GOOD.replace("\"30s\"", "\"soon\"");
+        assert!(error(&text).contains("key `timeout`: timeout `soon` is not a duration"));
+        let text = GOOD.replace("/usr/bin/sort", "sort");
+        assert!(error(&text).contains("host program `sort`: must be an absolute path"));
+    }
+
+    #[test]
+    fn job_without_targets_and_tail_without_result_are_refused() {
+        let cut = GOOD.split("[targets]").next().unwrap_or_default();
+        assert!(error(cut).contains("the job has no `[targets]`"));
+        let tail = JobSpec::parse(cut, "tail", SpecKind::Tail).expect_err("no result");
+        assert!(tail.to_string().contains("a tail needs `result"));
+    }
+
+    #[test]
+    fn tail_values_stay_in_the_sandbox() {
+        let text = "result = \"a#o\"\n[values]\nx = \"../secret\"\n[[thunk]]\nname = \"a\"\nprogram = \"x\"\noutputs = [\"o\"]\n";
+        let e = JobSpec::parse(text, "tail", SpecKind::Tail).expect_err("escaping value");
+        assert!(e.to_string().contains("values, key `x`: path `../secret`"), "{e}");
+    }
+
+    #[test]
+    fn tail_marker_is_recognised() {
+        assert!(is_tail(b"# thunkmesh-tail v1\n[values]\n"));
+        assert!(!is_tail(b"# thunkmesh-tail v2\n"));
+    }
+}

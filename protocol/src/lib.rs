@@ -1,0 +1,14 @@
+//! The thunkmesh IR and wire: content ids, the thunk record and its canonical encoding, job files
+//! and tails, and the messages nodes, clients and the rendezvous exchange.
+//!
+//! No I/O happens here: no sockets, no files, no clock. Everything is a pure function of its
+//! arguments, so each rule can be tested on its own and replayed.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod id;
+pub mod job;
+pub mod thunk;
+pub mod wire;
+
+pub use id::{Id, Kind};
+pub use thunk::{Program, Ref, Thunk};

@@ -1,0 +1,558 @@
+//! Wire messages between clients, nodes and the rendezvous, and their framing.
+//!
+//! Every message is an rkyv archive in a frame: a 4-byte big-endian length, then the archive.
+//! Frames over [`MAX_FRAME`] are refused before anything is read into memory, and every archive
+//! is validated (bytecheck) before use. The first message on a connection is a [`Hello`] whose
+//! `version` must equal [`PROTOCOL_VERSION`]. `docs/wire.md` describes the exchanges.
+
+use std::ops::AddAssign;
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::id::Id;
+use crate::thunk::{Ref, Thunk};
+
+/// Version of the messages below; a peer with another version is refused at hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame accepted, in bytes (the length prefix not included).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Length of the frame header.
+pub const FRAME_HEADER: usize = 4;
+
+/// ALPN of the control connections to the rendezvous.
+pub const ALPN_RENDEZVOUS: &[u8] = b"thunkmesh-rdv/1";
+
+/// ALPN of node-to-node object transfer.
+pub const ALPN_PEER: &[u8] = b"thunkmesh-peer/1";
+
+/// First message of every connection.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The shared secret that admits a node or client.
+    pub token: String,
+    /// Who is speaking.
+    pub role: Role,
+}
+
+/// What a connection is for.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A worker that runs thunks and serves its cache.
+    Node(NodeHello),
+    /// A client that submits one job.
+    Client,
+    /// A node fetching objects from another node.
+    Peer,
+}
+
+/// What a node tells the rendezvous about itself.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeHello {
+    /// Human-readable name (host and pid, or as configured).
+    pub name: String,
+    /// Thunks it runs at once.
+    pub slots: u32,
+    /// SHA-256 of its certificate: peers pin it.
+    pub fingerprint: [u8; 32],
+    /// Objects already in its cache (from earlier runs).
+    pub inventory: Vec<Id>,
+}
+
+/// Messages a node or client sends to the rendezvous.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ToRendezvous {
+    /// A client's job.
+    Submit(Submission),
+    /// A node finished a task.
+    Done(TaskDone),
+    /// A node could not finish a task.
+    Failed(TaskFailed),
+    /// A node uploaded an object the rendezvous asked for.
+    Stored(Stored),
+}
+
+/// Messages the rendezvous sends to a node or client.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum FromRendezvous {
+    /// The hello was accepted.
+    Welcome {
+        /// The id the rendezvous gave this connection.
+        session: u64,
+    },
+    /// The hello (or a later message) was refused; the connection closes.
+    Refused(WireError),
+    /// Run this thunk (to a node).
+    Assign(Assignment),
+    /// Upload this object to storage (to a node).
+    Upload(UploadRequest),
+    /// A thunk of the job resolved (to a client).
+    Resolved(Resolution),
+    /// Counts of the job's thunks (to a client).
+    Progress(Progress),
+    /// The job is complete (to a client).
+    JobDone(JobOutcome),
+    /// The job failed (to a client).
+    JobFailed(WireError),
+}
+
+/// A job, as the client sends it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// Where nodes read inputs and write targets (a URL such as `file:///abs/path`).
+    pub store: String,
+    /// Every thunk that may need forcing.
+    pub thunks: Vec<SubmittedThunk>,
+    /// Refs whose values the client wants.
+    pub targets: Vec<Ref>,
+    /// Blobs already in storage.
+    pub stored: Vec<Id>,
+    /// Reductions found in the memo cache.
+    pub memo: Vec<Reduction>,
+}
+
+/// A thunk with the name the job gave it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SubmittedThunk {
+    /// Name in the job.
+    pub name: String,
+    /// The thunk.
+    pub thunk: Thunk,
+}
+
+/// A memo entry: a forced thunk and the final blob of each output.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Reduction {
+    /// The thunk.
+    pub thunk: Id,
+    /// Output name -> blob.
+    pub outputs: Vec<(String, Id)>,
+}
+
+/// Where a node can get an input it lacks.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Another node, by the address the rendezvous saw and its certificate fingerprint.
+    Peer {
+        /// `ip:port`.
+        addr: String,
+        /// SHA-256 of the peer's certificate.
+        fingerprint: [u8; 32],
+    },
+    /// Object storage.
+    Storage,
+}
+
+/// One input and the places it can be had, best first.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InputSource {
+    /// The blob.
+    pub blob: Id,
+    /// Where to get it if the node lacks it.
+    pub sources: Vec<Source>,
+}
+
+/// A thunk for a node to force.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// Identifies this attempt; echoed in the answer.
+    pub task: u64,
+    /// The thunk's name in its job (for messages).
+    pub name: String,
+    /// The thunk.
+    pub thunk: Thunk,
+    /// Every ref of the thunk, resolved to a blob, in the order of [`Thunk::refs`].
+    pub resolved: Vec<Id>,
+    /// Where to get the blobs the node lacks.
+    pub sources: Vec<InputSource>,
+    /// The job's storage URL.
+    pub store: String,
+}
+
+/// An output of a forced thunk.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum OutputValue {
+    /// Plain bytes, kept in the node's cache.
+    Blob(Id),
+    /// A tail call: more thunks, and the ref this output evaluates to.
+    Tail {
+        /// The bytes of the tail file itself.
+        blob: Id,
+        /// Thunks the tail defines.
+        thunks: Vec<SubmittedThunk>,
+        /// What the output evaluates to.
+        result: Ref,
+    },
+}
+
+/// Data moved while serving one request, summed into the job summary.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Objects fetched from peers.
+    pub peer_fetches: u64,
+    /// Bytes fetched from peers.
+    pub peer_bytes: u64,
+    /// GET (and HEAD) requests to storage.
+    pub storage_gets: u64,
+    /// PUT requests to storage.
+    pub storage_puts: u64,
+    /// Bytes read from storage.
+    pub storage_bytes_read: u64,
+    /// Bytes written to storage.
+    pub storage_bytes_written: u64,
+}
+
+impl AddAssign for TransferStats {
+    fn add_assign(&mut self, o: TransferStats) {
+        self.peer_fetches += o.peer_fetches;
+        self.peer_bytes += o.peer_bytes;
+        self.storage_gets += o.storage_gets;
+        self.storage_puts += o.storage_puts;
+        self.storage_bytes_read += o.storage_bytes_read;
+        self.storage_bytes_written += o.storage_bytes_written;
+    }
+}
+
+/// A task that ran to completion.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TaskDone {
+    /// From the assignment.
+    pub task: u64,
+    /// Output name -> value, for every declared output.
+    pub outputs: Vec<(String, OutputValue)>,
+    /// What the task moved.
+    pub stats: TransferStats,
+    /// How long the program ran, in microseconds.
+    pub run_micros: u64,
+}
+
+/// A task that did not complete.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TaskFailed {
+    /// From the assignment.
+    pub task: u64,
+    /// Why.
+    pub error: WireError,
+    /// Inputs the node was told to fetch but could not get from any source.
+    pub unavailable: Vec<Id>,
+    /// What the task moved before it failed.
+    pub stats: TransferStats,
+}
+
+/// A node's answer to an [`UploadRequest`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The object.
+    pub blob: Id,
+    /// Whether the upload succeeded.
+    pub ok: bool,
+    /// What the upload moved.
+    pub stats: TransferStats,
+}
+
+/// Ask a node to put an object it holds into storage.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UploadRequest {
+    /// The object.
+    pub blob: Id,
+    /// The storage URL.
+    pub store: String,
+}
+
+/// A thunk whose outputs are final (all tails followed), for the memo cache.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The reduction to record.
+    pub reduction: Reduction,
+    /// The thunk's name.
+    pub name: String,
+    /// Whether it ran in this job (false: it came from the memo cache).
+    pub executed: bool,
+}
+
+/// Counts of a job's thunks.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Thunks known (grows as tails add thunks).
+    pub total: u64,
+    /// Thunks resolved.
+    pub done: u64,
+    /// Thunks running now.
+    pub running: u64,
+}
+
+/// The end of a successful job.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    /// Each target ref and its blob (in storage).
+    pub targets: Vec<(Ref, Id)>,
+    /// Data moved by nodes for this job.
+    pub stats: TransferStats,
+    /// Thunks run in this job (re-runs after a lost node included).
+    pub executed: u64,
+    /// Thunks resolved from the memo cache.
+    pub cached: u64,
+    /// Thunks known when the job ended.
+    pub total: u64,
+    /// Nodes that left while the job ran.
+    pub nodes_lost: u64,
+}
+
+/// Why something failed, as it crosses the wire: a code and a message.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// One line for a person.
+    pub message: String,
+    /// More text: a thunk's stderr tail, for example.
+    pub detail: String,
+}
+
+/// Kinds of failure that cross the wire.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Wrong or missing token.
+    Unauthorized,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// A message was malformed or unexpected.
+    BadMessage,
+    /// A program exited non-zero or was killed by a signal.
+    ExitStatus,
+    /// A program ran past its timeout.
+    Timeout,
+    /// A declared output was not created.
+    MissingOutput,
+    /// A tail output is not a valid tail.
+    BadTail,
+    /// An input could not be fetched from any source.
+    InputUnavailable,
+    /// The node's own machinery failed (disk, sandbox, storage).
+    NodeError,
+    /// The requested object is not here.
+    NotFound,
+}
+
+impl ErrorCode {
+    /// Whether the failure belongs to the thunk (re-running it elsewhere will not help).
+    pub fn is_thunk_fault(self) -> bool {
+        matches!(self, ErrorCode::ExitStatus | ErrorCode::Timeout | ErrorCode::MissingOutput | ErrorCode::BadTail)
+    }
+}
+
+impl WireError {
+    /// An error with no detail.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError { code, message: message.into(), detail: String::new() }
+    }
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if !self.detail.is_empty() {
+            write!(f, "\n{}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// A node's request on a peer stream.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// Send this object.
+    Fetch(Id),
+}
+
+/// A node's answer on a peer stream; the object's bytes follow `Found`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum PeerResponse {
+    /// Bytes follow, exactly `size` of them.
+    Found {
+        /// Length of what follows.
+        size: u64,
+    },
+    /// Not served.
+    Refused(WireError),
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The archive does not validate as the expected message type.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a message as one frame (length prefix and archive).
+pub fn encode_frame<T>(msg: &T) -> Vec<u8>
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+    >,
+{
+    let body = rkyv::to_bytes::<rancor::Error>(msg).expect("serialising into memory does not fail");
+    let len = u32::try_from(body.len()).expect("messages are far smaller than 4 GiB");
+    let mut out = Vec::with_capacity(FRAME_HEADER + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads the body length from a frame header, refusing oversized frames.
+pub fn frame_len(header: [u8; FRAME_HEADER]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Validates and decodes a frame body.
+pub fn decode_body<T>(body: &[u8]) -> Result<T, FrameError>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    let mut aligned = AlignedVec::<16>::with_capacity(body.len());
+    aligned.extend_from_slice(body);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::thunk::tests::{arb_ref, arb_thunk};
+    use proptest::prelude::*;
+
+    fn round_trip<T>(msg: &T) -> T
+    where
+        T: Archive
+            + for<'a> Serialize<
+                rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+            >,
+        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+            + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    {
+        let frame = encode_frame(msg);
+        let len = frame_len(frame[..4].try_into().expect("4 bytes")).expect("in limit");
+        assert_eq!(len, frame.len() - 4);
+        decode_body(&frame[4..]).expect("valid frame")
+    }
+
+    fn arb_id() -> impl Strategy<Value = Id> {
+        (any::<[u8; 32]>(), any::<u64>()).prop_map(|(h, s)| Id::blob(h, s))
+    }
+
+    fn arb_stats() -> impl Strategy<Value = TransferStats> {
+        any::<[u64; 6]>().prop_map(|s| TransferStats {
+            peer_fetches: s[0],
+            peer_bytes: s[1],
+            storage_gets: s[2],
+            storage_puts: s[3],
+            storage_bytes_read: s[4],
+            storage_bytes_written: s[5],
+        })
+    }
+
+    fn arb_to_rendezvous() -> impl Strategy<Value = ToRendezvous> {
+        let submitted = || (".{0,8}", arb_thunk()).prop_map(|(name, thunk)| SubmittedThunk { name, thunk });
+        let output = prop_oneof![
+            arb_id().prop_map(OutputValue::Blob),
+            (arb_id(), proptest::collection::vec(submitted(), 0..2), arb_ref())
+                .prop_map(|(blob, thunks, result)| OutputValue::Tail { blob, thunks, result }),
+        ];
+        prop_oneof![
+            (
+                ".{0,10}",
+                proptest::collection::vec(submitted(), 0..3),
+                proptest::collection::vec(arb_ref(), 0..3),
+                proptest::collection::vec(arb_id(), 0..3)
+            )
+                .prop_map(|(store, thunks, targets, stored)| ToRendezvous::Submit(Submission {
+                    store,
+                    thunks,
+                    targets,
+                    stored,
+                    memo: vec![]
+                })),
+            (any::<u64>(), proptest::collection::vec(("[a-z]{1,4}", output), 0..3), arb_stats(), any::<u64>())
+                .prop_map(|(task, outputs, stats, run_micros)| ToRendezvous::Done(TaskDone {
+                    task,
+                    outputs,
+                    stats,
+                    run_micros
+                })),
+            (any::<u64>(), ".{0,20}", proptest::collection::vec(arb_id(), 0..2), arb_stats()).prop_map(
+                |(task, m, unavailable, stats)| {
+                    ToRendezvous::Failed(TaskFailed {
+                        task,
+                        error: WireError::new(ErrorCode::ExitStatus, m),
+                        unavailable,
+                        stats,
+                    })
+                }
+            ),
+            (arb_id(), any::<bool>(), arb_stats()).prop_map(|(blob, ok, stats)| ToRendezvous::Stored(Stored {
+                blob,
+                ok,
+                stats
+            })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn to_rendezvous_round_trips(msg in arb_to_rendezvous()) {
+            prop_assert_eq!(round_trip(&msg), msg);
+        }
+
+        #[test]
+        fn assignments_round_trip(task in any::<u64>(), thunk in arb_thunk(), blobs in proptest::collection::vec(arb_id(), 0..4), fp in any::<[u8; 32]>()) {
+            let sources = blobs.iter().map(|&blob| InputSource { blob, sources: vec![Source::Peer { addr: "127.0.0.1:9".into(), fingerprint: fp }, Source::Storage] }).collect();
+            let msg = FromRendezvous::Assign(Assignment { task, name: "t".into(), thunk, resolved: blobs, sources, store: "file:///x".into() });
+            prop_assert_eq!(round_trip(&msg), msg);
+        }
+
+        #[test]
+        fn garbage_is_refused_not_panicked_on(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            // Either it is refused, or it decodes to a message that re-encodes to a valid frame.
+            if let Ok(msg) = decode_body::<FromRendezvous>(&bytes) {
+                prop_assert_eq!(round_trip(&msg), msg);
+            }
+        }
+    }
+
+    #[test]
+    fn hello_has_a_stable_byte_layout() {
+        let hello = Hello { version: PROTOCOL_VERSION, token: "t0k".into(), role: Role::Client };
+        let frame = encode_frame(&hello);
+        assert_eq!(hex::encode(&frame), include_str!("../../docs/wire-hello-client.hex").trim());
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_from_the_header() {
+        let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert_eq!(frame_len(header), Err(FrameError::TooLarge(MAX_FRAME + 1)));
+    }
+
+    #[test]
+    fn a_truncated_archive_is_refused() {
+        let frame = encode_frame(&PeerRequest::Fetch(Id::of_blob(b"x")));
+        let cut = &frame[4..frame.len() - 3];
+        assert!(matches!(decode_body::<PeerRequest>(cut), Err(FrameError::Malformed(_))));
+    }
+}
