@@ -1,1 +1,189 @@
-//! placeholder
+//! The transport every thunkmesh process shares: one QUIC endpoint per process (serving and
+//! dialing on the same UDP socket), TLS identities and trust, framed messages on QUIC streams,
+//! and a helper that keeps spawned tasks attached to their owner.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod frame;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use frame::{recv_msg, send_msg};
+pub use tls::{Identity, Trust, fingerprint, parse_fingerprint};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use thunkmesh_protocol::wire::{ALPN_PEER, ALPN_RENDEZVOUS, FrameError};
+
+/// The name every self-signed thunkmesh certificate is issued for.
+pub const SERVER_NAME: &str = "thunkmesh";
+
+/// How often an idle connection sends a keep-alive.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
+
+/// How long a silent connection lives: a peer that vanished is noticed after this.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// A transport failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// Certificates, keys or fingerprints.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A local file or socket.
+    #[error("{path}: {source}")]
+    Io {
+        /// What was being read or bound.
+        path: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Could not start a connection.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// An established connection failed.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing to a stream failed.
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading from a stream failed.
+    #[error("read failed: {0}")]
+    Read(String),
+    /// A frame was oversized or malformed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream ended where a message was expected.
+    #[error("the peer closed the stream before sending {0}")]
+    Closed(&'static str),
+}
+
+impl NetError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> NetError {
+        NetError::Io { path: path.display().to_string(), source }
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("a few seconds fit in a QUIC idle timeout")));
+    t.max_concurrent_bidi_streams(1024u32.into());
+    Arc::new(t)
+}
+
+/// Binds one endpoint that serves `identity` (to the rendezvous' or peers' dialers) and dials.
+pub fn endpoint(bind: SocketAddr, identity: &Identity) -> Result<quinn::Endpoint, NetError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN_RENDEZVOUS.to_vec(), ALPN_PEER.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport());
+    quinn::Endpoint::server(server, bind).map_err(|e| NetError::Io { path: bind.to_string(), source: e })
+}
+
+/// A dialing configuration that trusts servers as `trust` says and speaks `alpn`.
+pub fn client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, NetError> {
+    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut tls = match trust {
+        Trust::Pinned(fp) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(tls::PinnedVerifier {
+                fingerprint: *fp,
+                provider: tls::provider(),
+            }))
+            .with_no_client_auth(),
+        Trust::Roots(roots) => builder.with_root_certificates(roots.clone()).with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// Dials `addr` (with `server_name` for CA trust) and waits for the handshake.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<quinn::Connection, NetError> {
+    let fail = |reason: String| NetError::Connect { addr: addr.to_string(), reason };
+    let connecting = endpoint.connect_with(config, addr, server_name).map_err(|e| fail(e.to_string()))?;
+    connecting.await.map_err(|e| fail(e.to_string()))
+}
+
+/// Resolves `host:port` to one socket address, preferring the first the resolver returns.
+pub async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
+    let fail = |reason: String| NetError::Connect { addr: addr.to_owned(), reason };
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| fail(e.to_string()))?;
+    addrs.next().ok_or_else(|| fail("the name resolves to no address".into()))
+}
+
+/// Compares two tokens in time that does not depend on where they differ (`blake3::Hash`
+/// equality is constant-time).
+pub fn same_token(given: &str, expected: &str) -> bool {
+    blake3::hash(given.as_bytes()) == blake3::hash(expected.as_bytes())
+}
+
+/// A spawned task that is aborted when this handle is dropped: no task outlives its owner.
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thunkmesh_protocol::wire::{Hello, PROTOCOL_VERSION, Role};
+
+    async fn pair(trust: impl FnOnce(&Identity) -> Trust) -> Result<(quinn::Connection, quinn::Connection), NetError> {
+        let server_id = Identity::generate()?;
+        let server = endpoint("127.0.0.1:0".parse().expect("addr"), &server_id)?;
+        let client = endpoint("127.0.0.1:0".parse().expect("addr"), &Identity::generate()?)?;
+        let addr = server.local_addr().map_err(|e| NetError::io(Path::new("server"), e))?;
+        let config = client_config(&trust(&server_id), ALPN_RENDEZVOUS)?;
+        let accept = tokio::spawn(async move { server.accept().await.expect("incoming").await });
+        let dialed = connect(&client, config, addr, SERVER_NAME).await?;
+        let accepted = accept.await.expect("join")?;
+        Ok((dialed, accepted))
+    }
+
+    #[tokio::test]
+    async fn pinned_fingerprint_connects_and_frames_cross() {
+        let (dialed, accepted) = pair(|id| Trust::Pinned(id.fingerprint())).await.expect("connected");
+        let (mut send, _) = dialed.open_bi().await.expect("open");
+        let hello = Hello { version: PROTOCOL_VERSION, token: "t".into(), role: Role::Client };
+        send_msg(&mut send, &hello).await.expect("send");
+        let (_, mut recv) = accepted.accept_bi().await.expect("accept");
+        let got: Option<Hello> = recv_msg(&mut recv).await.expect("frame");
+        assert_eq!(got, Some(hello));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_fingerprint_is_refused_with_both_values() {
+        let err = pair(|_| Trust::Pinned([7; 32])).await.expect_err("must refuse");
+        let text = err.to_string();
+        assert!(text.contains("is not the pinned 0707"), "{text}");
+    }
+}

@@ -1,1 +1,156 @@
-//! placeholder
+//! The worker: registers with the rendezvous over QUIC, forces the thunks it is assigned in
+//! fresh sandboxes, keeps their outputs in its cache, serves that cache to peers on the same
+//! endpoint, and uploads objects to storage when asked.
+//!
+//! [`run`] returns when the rendezvous goes away or `shutdown` completes; tasks still running
+//! then are aborted (their thunks are planned again elsewhere by the rendezvous).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod cache;
+mod exec;
+pub mod peer;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thunkmesh_net::{AbortOnDrop, Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
+use thunkmesh_protocol::wire::{
+    ALPN_RENDEZVOUS, FromRendezvous, Hello, NodeHello, PROTOCOL_VERSION, Role, ToRendezvous, WireError,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{Instrument, info, info_span, warn};
+
+use cache::{Cache, CacheError};
+use exec::Ctx;
+use peer::Peers;
+
+/// How a node finds and joins its rendezvous.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `host:port` of the rendezvous.
+    pub rendezvous: String,
+    /// Name to check in the rendezvous certificate (CA trust only).
+    pub server_name: String,
+    /// How to trust the rendezvous.
+    pub trust: Trust,
+    /// The mesh's secret.
+    pub token: String,
+    /// Thunks run at once.
+    pub slots: u32,
+    /// Where the object cache and sandboxes live.
+    pub cache_dir: PathBuf,
+    /// The local UDP address for the node's one endpoint.
+    pub bind: SocketAddr,
+    /// Shown in the rendezvous' logs.
+    pub name: String,
+}
+
+/// Why a node stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The transport failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The cache folder is unusable.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The rendezvous refused the node.
+    #[error("the rendezvous refused this node: {0}")]
+    Refused(WireError),
+    /// The rendezvous closed the control stream.
+    #[error("the rendezvous closed the connection")]
+    Disconnected,
+}
+
+/// Runs a node until the rendezvous goes away or `shutdown` completes.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let identity = Identity::generate()?;
+    let endpoint = thunkmesh_net::endpoint(config.bind, &identity)?;
+    let cache = Arc::new(Cache::open(&config.cache_dir)?);
+    let addr = thunkmesh_net::resolve(&config.rendezvous).await?;
+    let conn = connect(&endpoint, client_config(&config.trust, ALPN_RENDEZVOUS)?, addr, &config.server_name).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+    let hello = NodeHello {
+        name: config.name.clone(),
+        slots: config.slots,
+        fingerprint: identity.fingerprint(),
+        inventory: cache.inventory(),
+    };
+    let role = Role::Node(hello);
+    send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token: config.token.clone(), role }).await?;
+    let session = match recv_msg::<FromRendezvous>(&mut recv).await? {
+        Some(FromRendezvous::Welcome { session }) => session,
+        Some(FromRendezvous::Refused(e)) => return Err(NodeError::Refused(e)),
+        _ => return Err(NodeError::Disconnected),
+    };
+    info!(session, rendezvous = %addr, local = ?endpoint.local_addr().ok(), "registered");
+    let token: Arc<str> = config.token.clone().into();
+    let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), cache.clone(), token)));
+    let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token)));
+    let result = work(ctx, send, recv, shutdown).instrument(info_span!("node", session)).await;
+    conn.close(0u32.into(), b"node stopping");
+    endpoint.close(0u32.into(), b"node stopping");
+    result
+}
+
+/// Reads the rendezvous' control stream on its own task: a frame half-read is never abandoned.
+fn reader(mut recv: quinn::RecvStream) -> (AbortOnDrop<()>, mpsc::Receiver<Result<FromRendezvous, NetError>>) {
+    let (tx, rx) = mpsc::channel(256);
+    let task = tokio::spawn(async move {
+        loop {
+            let msg = match recv_msg(&mut recv).await {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let stop = msg.is_err();
+            if tx.send(msg).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (AbortOnDrop(task), rx)
+}
+
+async fn work(
+    ctx: Arc<Ctx>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let (_reader, mut inbox) = reader(recv);
+    let mut tasks: JoinSet<ToRendezvous> = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            msg = inbox.recv() => match msg {
+                None => return Err(NodeError::Disconnected),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(msg)) => start(&ctx, &mut tasks, msg),
+            },
+            Some(done) = tasks.join_next() => match done {
+                Ok(report) => send_msg(&mut send, &report).await?,
+                Err(e) => warn!(error = %e, "a task panicked"),
+            },
+        }
+    }
+}
+
+fn start(ctx: &Arc<Ctx>, tasks: &mut JoinSet<ToRendezvous>, msg: FromRendezvous) {
+    let ctx = ctx.clone();
+    match msg {
+        FromRendezvous::Assign(a) => {
+            let span = info_span!("task", task = a.task, thunk = %a.name);
+            tasks.spawn(async move { exec::force(&ctx, &a).await }.instrument(span));
+        }
+        FromRendezvous::Upload(u) => {
+            tasks.spawn(async move { exec::upload(&ctx, &u).await });
+        }
+        other => warn!(message = ?std::mem::discriminant(&other), "ignoring a message meant for clients"),
+    }
+}

@@ -211,9 +211,9 @@ impl Planner {
         Ok(())
     }
 
-    /// A task finished: record its outputs on `node` and wake what waited for them.
-    pub fn task_done(&mut self, task: TaskId, outputs: &[(String, OutputValue)], stats: TransferStats) {
-        let Some(info) = self.finish_task(task) else { return };
+    /// A task finished on `node`: record its outputs there and wake what waited for them.
+    pub fn task_done(&mut self, node: NodeId, task: TaskId, outputs: &[(String, OutputValue)], stats: TransferStats) {
+        let Some(info) = self.finish_task(node, task) else { return };
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
         job.stats += stats;
         let placed = match job.complete(info.thunk, outputs) {
@@ -227,8 +227,15 @@ impl Planner {
     }
 
     /// A task failed. A fault of the thunk fails the job; anything else re-plans the thunk.
-    pub fn task_failed(&mut self, task: TaskId, error: &WireError, unavailable: &[Id], stats: TransferStats) {
-        let Some(info) = self.finish_task(task) else { return };
+    pub fn task_failed(
+        &mut self,
+        node: NodeId,
+        task: TaskId,
+        error: &WireError,
+        unavailable: &[Id],
+        stats: TransferStats,
+    ) {
+        let Some(info) = self.finish_task(node, task) else { return };
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
         job.stats += stats;
         let name = job.name(info.thunk).to_owned();
@@ -291,7 +298,11 @@ impl Planner {
         self.nodes.iter().map(|(&n, s)| (n, s.slots.saturating_sub(s.running.len() as u32)))
     }
 
-    fn finish_task(&mut self, task: TaskId) -> Option<TaskInfo> {
+    /// Ends a task; an answer from a node the task was not given to is ignored.
+    fn finish_task(&mut self, node: NodeId, task: TaskId) -> Option<TaskInfo> {
+        if self.tasks.get(&task)?.node != node {
+            return None;
+        }
         let info = self.tasks.remove(&task)?;
         if let Some(node) = self.nodes.get_mut(&info.node) {
             node.running.remove(&task);

@@ -78,7 +78,7 @@ fn consumer_runs_where_its_input_was_produced() {
     assert_eq!(first.len(), 1, "only `a` is ready");
     assert_eq!(first[0].thunk, a.id());
     let producer = first[0].node;
-    p.task_done(first[0].task, &blob_output(b"A"), TransferStats::default());
+    p.task_done(first[0].node, first[0].task, &blob_output(b"A"), TransferStats::default());
     let second = assigns(&drain(&mut p));
     assert_eq!(second[0].thunk, b.id());
     assert_eq!(second[0].node, producer, "b goes where a's output lives");
@@ -98,8 +98,8 @@ fn a_consumer_elsewhere_is_told_which_peer_holds_its_input() {
     let first = assigns(&drain(&mut p));
     assert_eq!(first.len(), 2, "a and b run at once on the two nodes");
     assert_ne!(first[0].node, first[1].node);
-    p.task_done(first[0].task, &blob_output(b"small"), TransferStats::default());
-    p.task_done(first[1].task, &blob_output(b"the larger output"), TransferStats::default());
+    p.task_done(first[0].node, first[0].task, &blob_output(b"small"), TransferStats::default());
+    p.task_done(first[1].node, first[1].task, &blob_output(b"the larger output"), TransferStats::default());
     let c_assign = assigns(&drain(&mut p)).remove(0);
     let larger_on = first[1].node;
     assert_eq!(c_assign.node, larger_on, "c goes where most of its input bytes are");
@@ -117,7 +117,7 @@ fn slots_are_never_exceeded() {
     p.submit(JOB, &submission(&named, thunks.iter().map(out).collect(), vec![program()])).expect("valid job");
     let first = assigns(&drain(&mut p));
     assert_eq!(first.len(), 2);
-    p.task_done(first[0].task, &blob_output(b"0"), TransferStats::default());
+    p.task_done(first[0].node, first[0].task, &blob_output(b"0"), TransferStats::default());
     assert_eq!(assigns(&drain(&mut p)).len(), 1, "one freed slot, one new task");
 }
 
@@ -128,7 +128,7 @@ fn targets_living_only_in_a_cache_are_uploaded_then_the_job_is_done() {
     let a = thunk("a", &[]);
     p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p))[0].task;
-    p.task_done(task, &blob_output(b"A"), TransferStats { peer_bytes: 3, ..Default::default() });
+    p.task_done(1, task, &blob_output(b"A"), TransferStats { peer_bytes: 3, ..Default::default() });
     let ds = drain(&mut p);
     assert!(ds.contains(&Decision::Upload { node: 1, job: JOB, blob: Id::of_blob(b"A") }));
     assert!(ds.iter().any(|d| matches!(d, Decision::Resolved { name, .. } if name == "a")));
@@ -152,17 +152,17 @@ fn lost_node_output_is_recomputed_from_its_thunk() {
     let mut first = assigns(&drain(&mut p));
     first.sort_by_key(|x| x.thunk != a.id());
     let (on_a, on_b) = (first[0].node, first[1].node);
-    p.task_done(first[0].task, &blob_output(b"A"), TransferStats::default());
+    p.task_done(first[0].node, first[0].task, &blob_output(b"A"), TransferStats::default());
     // The node that ran `a` dies before `b` is done: `a`'s only copy is gone.
     p.node_left(on_a);
-    p.task_done(first[1].task, &blob_output(b"B"), TransferStats::default());
+    p.task_done(first[1].node, first[1].task, &blob_output(b"B"), TransferStats::default());
     let again = assigns(&drain(&mut p));
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].thunk, again[0].node), (a.id(), on_b), "a runs again on the survivor");
-    p.task_done(again[0].task, &blob_output(b"A"), TransferStats::default());
+    p.task_done(again[0].node, again[0].task, &blob_output(b"A"), TransferStats::default());
     let c_run = assigns(&drain(&mut p));
     assert_eq!(c_run[0].thunk, c.id());
-    p.task_done(c_run[0].task, &blob_output(b"C"), TransferStats::default());
+    p.task_done(c_run[0].node, c_run[0].task, &blob_output(b"C"), TransferStats::default());
     let ds = drain(&mut p);
     answer_uploads(&mut p, &ds);
     let outcome = drain(&mut p)
@@ -183,7 +183,7 @@ fn running_task_of_a_lost_node_is_planned_again() {
     p.node_joined(2, 1, &[]);
     let again = assigns(&drain(&mut p));
     assert_eq!((again[0].thunk, again[0].node), (a.id(), 2));
-    p.task_done(first[0].task, &blob_output(b"stale"), TransferStats::default());
+    p.task_done(first[0].node, first[0].task, &blob_output(b"stale"), TransferStats::default());
     assert!(p.resolve(JOB, &out(&a)).is_none(), "an answer for a lost task is ignored");
 }
 
@@ -198,7 +198,7 @@ fn a_failing_thunk_fails_the_job_with_its_name_and_the_rest_goes_on() {
     let tasks = assigns(&drain(&mut p));
     let mut error = WireError::new(ErrorCode::ExitStatus, "exit status 3");
     error.detail = "stderr: boom".into();
-    p.task_failed(tasks[0].task, &error, &[], TransferStats::default());
+    p.task_failed(tasks[0].node, tasks[0].task, &error, &[], TransferStats::default());
     let ds = drain(&mut p);
     let failed =
         ds.iter().find_map(|d| if let Decision::JobFailed { job, error } = d { Some((job, error)) } else { None });
@@ -206,7 +206,7 @@ fn a_failing_thunk_fails_the_job_with_its_name_and_the_rest_goes_on() {
     assert_eq!(*job, JOB);
     assert_eq!(error.message, "thunk `a` failed: exit status 3");
     assert_eq!(error.detail, "stderr: boom");
-    p.task_done(tasks[1].task, &blob_output(b"B"), TransferStats::default());
+    p.task_done(tasks[1].node, tasks[1].task, &blob_output(b"B"), TransferStats::default());
     assert_eq!(p.resolve(JOB + 1, &out(&b)), Some(Id::of_blob(b"B")), "the other job goes on");
 }
 
@@ -219,10 +219,10 @@ fn an_unavailable_input_reruns_its_producer_and_gives_up_after_repeated_node_err
     let error = WireError::new(ErrorCode::NodeError, "disk full");
     for _ in 0..crate::MAX_ATTEMPTS {
         let task = assigns(&drain(&mut p))[0].task;
-        p.task_failed(task, &error, &[], TransferStats::default());
+        p.task_failed(1, task, &error, &[], TransferStats::default());
     }
     let task = assigns(&drain(&mut p))[0].task;
-    p.task_failed(task, &error, &[], TransferStats::default());
+    p.task_failed(1, task, &error, &[], TransferStats::default());
     let ds = drain(&mut p);
     assert!(ds.iter().any(|d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("could not run after 5 attempts: disk full"))));
 }
@@ -275,13 +275,13 @@ fn a_tail_call_adds_thunks_and_the_output_resolves_to_their_result() {
         thunks: vec![SubmittedThunk { name: "inner".into(), thunk: inner.clone() }],
         result: out(&inner),
     };
-    p.task_done(task, &[("out".into(), tail)], TransferStats::default());
+    p.task_done(1, task, &[("out".into(), tail)], TransferStats::default());
     let ds = drain(&mut p);
     let next = assigns(&ds);
     assert_eq!(next[0].thunk, inner.id());
     assert_eq!(p.thunk(JOB, inner.id()).map(|(n, _)| n), Some("fib/inner"));
     assert!(!ds.iter().any(|d| matches!(d, Decision::Resolved { name, .. } if name == "fib")), "fib is not final yet");
-    p.task_done(next[0].task, &blob_output(b"8"), TransferStats::default());
+    p.task_done(next[0].node, next[0].task, &blob_output(b"8"), TransferStats::default());
     let ds = drain(&mut p);
     let fib_reduction = ds.iter().find_map(|d| match d {
         Decision::Resolved { name, reduction, .. } if name == "fib" => Some(reduction.clone()),
@@ -300,7 +300,7 @@ fn a_tail_naming_an_unknown_thunk_fails_the_job_clearly() {
     p.submit(JOB, &submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p))[0].task;
     let tail = OutputValue::Tail { blob: Id::of_blob(b"t"), thunks: vec![], result: out(&ghost) };
-    p.task_done(task, &[("out".into(), tail)], TransferStats::default());
+    p.task_done(1, task, &[("out".into(), tail)], TransferStats::default());
     let ds = drain(&mut p);
     let error =
         ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None });
@@ -326,4 +326,19 @@ fn an_input_nowhere_with_no_producer_fails_the_job() {
     p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![])).expect("valid job");
     let ds = drain(&mut p);
     assert!(ds.iter().any(|d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("of thunk `a` is not available on any node or in storage"))));
+}
+
+#[test]
+fn an_answer_from_a_node_the_task_was_not_given_to_is_ignored() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    let task = assigns(&drain(&mut p)).remove(0);
+    let other = if task.node == 1 { 2 } else { 1 };
+    p.task_done(other, task.task, &blob_output(b"forged"), TransferStats::default());
+    assert_eq!(p.resolve(JOB, &out(&a)), None);
+    p.task_done(task.node, task.task, &blob_output(b"real"), TransferStats::default());
+    assert_eq!(p.resolve(JOB, &out(&a)), Some(Id::of_blob(b"real")));
 }

@@ -102,8 +102,8 @@ pub enum ThunkError {
     /// An environment variable name is empty or holds `=` or NUL.
     #[error("environment variable name `{0}` is not valid")]
     EnvName(String),
-    /// A string holds NUL or is longer than [`MAX_STRING`].
-    #[error("a string is longer than {MAX_STRING} bytes or contains NUL")]
+    /// A string holds NUL (or a path a newline), or is longer than [`MAX_STRING`].
+    #[error("a string is longer than {MAX_STRING} bytes or contains NUL (or, in a path, a newline)")]
     BadString,
     /// The timeout is zero.
     #[error("the timeout must be more than zero")]
@@ -260,6 +260,9 @@ pub fn check_sandbox_paths(paths: &[&str]) -> Result<(), ThunkError> {
 /// Checks that one path is relative, has no `.`/`..`/empty component, and no NUL.
 pub fn check_sandbox_path(path: &str) -> Result<(), ThunkError> {
     check_string(path)?;
+    if path.contains('\n') {
+        return Err(ThunkError::BadString);
+    }
     let bad_component = path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if path.is_empty() || bad_component {
         return Err(ThunkError::EscapingPath(path.to_owned()));

@@ -247,6 +247,8 @@ pub struct TaskFailed {
 /// A node's answer to an [`UploadRequest`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
+    /// The job that asked.
+    pub job: u64,
     /// The object.
     pub blob: Id,
     /// Whether the upload succeeded.
@@ -258,6 +260,8 @@ pub struct Stored {
 /// Ask a node to put an object it holds into storage.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct UploadRequest {
+    /// The job that needs it.
+    pub job: u64,
     /// The object.
     pub blob: Id,
     /// The storage URL.
@@ -369,7 +373,12 @@ impl std::error::Error for WireError {}
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum PeerRequest {
     /// Send this object.
-    Fetch(Id),
+    Fetch {
+        /// The object.
+        blob: Id,
+        /// The mesh's token: only members fetch.
+        token: String,
+    },
 }
 
 /// A node's answer on a peer stream; the object's bytes follow `Found`.
@@ -506,11 +515,8 @@ mod tests {
                     })
                 }
             ),
-            (arb_id(), any::<bool>(), arb_stats()).prop_map(|(blob, ok, stats)| ToRendezvous::Stored(Stored {
-                blob,
-                ok,
-                stats
-            })),
+            (any::<u64>(), arb_id(), any::<bool>(), arb_stats())
+                .prop_map(|(job, blob, ok, stats)| ToRendezvous::Stored(Stored { job, blob, ok, stats })),
         ]
     }
 
@@ -551,7 +557,7 @@ mod tests {
 
     #[test]
     fn a_truncated_archive_is_refused() {
-        let frame = encode_frame(&PeerRequest::Fetch(Id::of_blob(b"x")));
+        let frame = encode_frame(&PeerRequest::Fetch { blob: Id::of_blob(b"x"), token: "t".into() });
         let cut = &frame[4..frame.len() - 3];
         assert!(matches!(decode_body::<PeerRequest>(cut), Err(FrameError::Malformed(_))));
     }

@@ -1,1 +1,103 @@
-//! placeholder
+//! The control-plane server: admits nodes and clients by token over QUIC, keeps the node registry,
+//! feeds events to the planner and carries its decisions back out. It never carries object bytes.
+//!
+//! Each connection runs in its own task, owned by the accept loop; all of them talk to one core
+//! task ([`core`]) that owns the planner, so the planner needs no lock. A connection that sends a
+//! malformed or unexpected message is closed with a reason; the server and other connections go on.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod conn;
+mod core;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thunkmesh_net::{AbortOnDrop, Identity, NetError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+/// How many events connections may queue for the core before they wait.
+const EVENT_QUEUE: usize = 4096;
+
+/// What the server needs to run.
+#[derive(Debug)]
+pub struct Config {
+    /// The secret nodes and clients present.
+    pub token: String,
+    /// The server's certificate and key.
+    pub identity: Identity,
+}
+
+/// A failure to start the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RendezvousError {
+    /// The endpoint could not be bound.
+    #[error("cannot start the rendezvous: {0}")]
+    Bind(#[from] NetError),
+}
+
+/// A rendezvous running in this process (the embedded default); stops when dropped.
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// SHA-256 of its certificate.
+    pub fingerprint: [u8; 32],
+    nodes: watch::Receiver<usize>,
+    _task: AbortOnDrop<()>,
+}
+
+impl Running {
+    /// Waits until at least `n` nodes are registered.
+    pub async fn wait_for_nodes(&mut self, n: usize) {
+        let _ = self.nodes.wait_for(|&count| count >= n).await;
+    }
+}
+
+/// Binds `bind` and serves in a background task owned by the returned handle.
+pub fn spawn(bind: SocketAddr, config: Config) -> Result<Running, RendezvousError> {
+    let endpoint = thunkmesh_net::endpoint(bind, &config.identity)?;
+    let addr = endpoint.local_addr().map_err(|source| NetError::Io { path: bind.to_string(), source })?;
+    let fingerprint = config.identity.fingerprint();
+    let (count, nodes) = watch::channel(0);
+    let task = tokio::spawn(serve_counting(endpoint, config.token, std::future::pending(), count));
+    Ok(Running { addr, fingerprint, nodes, _task: AbortOnDrop(task) })
+}
+
+/// Serves on `endpoint` until `shutdown` completes, then closes every connection.
+pub async fn serve(endpoint: quinn::Endpoint, token: String, shutdown: impl Future<Output = ()>) {
+    serve_counting(endpoint, token, shutdown, watch::channel(0).0).await;
+}
+
+async fn serve_counting(
+    endpoint: quinn::Endpoint,
+    token: String,
+    shutdown: impl Future<Output = ()>,
+    nodes: watch::Sender<usize>,
+) {
+    let (events, inbox) = mpsc::channel(EVENT_QUEUE);
+    let token: Arc<str> = token.into();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(core::Core::new(nodes).run(inbox));
+    tokio::pin!(shutdown);
+    info!(addr = ?endpoint.local_addr().ok(), "rendezvous listening");
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                tasks.spawn(conn::handle(incoming, token.clone(), events.clone()));
+            }
+            Some(done) = tasks.join_next() => {
+                if let Err(e) = done.map_err(|e| e.to_string()) {
+                    warn!(error = %e, "a connection task ended abnormally");
+                }
+            }
+        }
+    }
+    endpoint.close(0u32.into(), b"rendezvous shutting down");
+    tasks.shutdown().await;
+}

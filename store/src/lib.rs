@@ -1,1 +1,287 @@
-//! placeholder
+//! Object storage for what must outlive a job: the job's inputs, its targets, and the memo cache
+//! of reductions. One API over a local folder (`file://`) or memory (`memory://`, tests only),
+//! through the `object_store` crate; every request is counted for the job summary, and every
+//! blob read is verified against its id.
+//!
+//! Keys: `blobs/<blob id>` holds the bytes; `reductions/<thunk id>` holds a small text record,
+//! `thunkmesh-reduction v1` then one `<blob id> <output name>` line per output.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use thunkmesh_protocol::Id;
+use thunkmesh_protocol::wire::TransferStats;
+use tokio::io::AsyncWriteExt;
+
+const REDUCTION_HEADER: &str = "thunkmesh-reduction v1";
+
+/// A storage operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The URL is not one this build can open.
+    #[error("store URL `{0}` is not supported: use file:///absolute/path or memory://")]
+    Unsupported(String),
+    /// The URL does not parse.
+    #[error("store URL `{url}` is not valid: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The backend refused or failed a request.
+    #[error("storage request for `{key}` failed: {source}")]
+    Backend {
+        /// The object key.
+        key: String,
+        /// The backend's error.
+        source: object_store::Error,
+    },
+    /// A blob's bytes do not match its id.
+    #[error("object `{key}` in storage is corrupt: its bytes hash to {actual}")]
+    Corrupt {
+        /// The object key.
+        key: String,
+        /// What the bytes hash to.
+        actual: Id,
+    },
+    /// A reduction record does not parse.
+    #[error("reduction `{key}` in storage is malformed at line {line}")]
+    MalformedReduction {
+        /// The object key.
+        key: String,
+        /// The first bad line (1-based).
+        line: usize,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Local {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    gets: AtomicU64,
+    puts: AtomicU64,
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// A handle on one store, cheap to clone; clones share their counters.
+#[derive(Debug, Clone)]
+pub struct Store {
+    url: String,
+    inner: Arc<dyn ObjectStore>,
+    counters: Arc<Counters>,
+}
+
+impl Store {
+    /// Opens `file:///absolute/path` (created if missing) or `memory://`.
+    pub fn open(url: &str) -> Result<Store, StoreError> {
+        let parsed = url::Url::parse(url).map_err(|e| StoreError::BadUrl { url: url.into(), reason: e.to_string() })?;
+        let inner: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "memory" => Arc::new(object_store::memory::InMemory::new()),
+            "file" => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| StoreError::BadUrl { url: url.into(), reason: "not an absolute path".into() })?;
+                std::fs::create_dir_all(&dir).map_err(|source| StoreError::Local { path: dir.clone(), source })?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|source| StoreError::Backend { key: dir.display().to_string(), source })?;
+                Arc::new(local)
+            }
+            _ => return Err(StoreError::Unsupported(url.into())),
+        };
+        Ok(Store { url: url.into(), inner, counters: Arc::default() })
+    }
+
+    /// The `file://` URL of a local folder, made absolute.
+    pub fn folder_url(dir: &FsPath) -> Result<String, StoreError> {
+        let abs = std::path::absolute(dir).map_err(|source| StoreError::Local { path: dir.into(), source })?;
+        url::Url::from_directory_path(&abs)
+            .map(String::from)
+            .map_err(|()| StoreError::BadUrl { url: abs.display().to_string(), reason: "not an absolute path".into() })
+    }
+
+    /// The URL this store was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Requests and bytes so far, in the summary's terms.
+    pub fn stats(&self) -> TransferStats {
+        TransferStats {
+            storage_gets: self.counters.gets.load(Ordering::Relaxed),
+            storage_puts: self.counters.puts.load(Ordering::Relaxed),
+            storage_bytes_read: self.counters.read.load(Ordering::Relaxed),
+            storage_bytes_written: self.counters.written.load(Ordering::Relaxed),
+            ..TransferStats::default()
+        }
+    }
+
+    /// Whether storage holds the blob (a HEAD request: asks storage, never a local index).
+    pub async fn has_blob(&self, id: Id) -> Result<bool, StoreError> {
+        let key = blob_key(id);
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        match self.inner.head(&key).await {
+            Ok(meta) => Ok(meta.size == id.size),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StoreError::Backend { key: key.to_string(), source }),
+        }
+    }
+
+    /// Stores a blob's bytes under its id.
+    pub async fn put_blob(&self, id: Id, bytes: Bytes) -> Result<(), StoreError> {
+        self.put(blob_key(id), bytes).await
+    }
+
+    /// Streams a blob into `dest`, verifying every byte against the id; `Ok(false)` if absent.
+    pub async fn get_blob_to_file(&self, id: Id, dest: &FsPath) -> Result<bool, StoreError> {
+        let key = blob_key(id);
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        let result = match self.inner.get(&key).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(source) => return Err(StoreError::Backend { key: key.to_string(), source }),
+        };
+        let local = |source| StoreError::Local { path: dest.into(), source };
+        let mut file = tokio::fs::File::create(dest).await.map_err(local)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| StoreError::Backend { key: key.to_string(), source })?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(local)?;
+        }
+        file.flush().await.map_err(local)?;
+        self.counters.read.fetch_add(size, Ordering::Relaxed);
+        let actual = Id::blob(*hasher.finalize().as_bytes(), size);
+        if actual != id {
+            let _ = tokio::fs::remove_file(dest).await;
+            return Err(StoreError::Corrupt { key: key.to_string(), actual });
+        }
+        Ok(true)
+    }
+
+    /// The memo entry of a thunk, if one was recorded.
+    pub async fn get_reduction(&self, thunk: Id) -> Result<Option<Vec<(String, Id)>>, StoreError> {
+        let key = reduction_key(thunk);
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        let bytes = match self.inner.get(&key).await {
+            Ok(r) => r.bytes().await.map_err(|source| StoreError::Backend { key: key.to_string(), source })?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => return Err(StoreError::Backend { key: key.to_string(), source }),
+        };
+        self.counters.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        parse_reduction(&bytes).map(Some).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })
+    }
+
+    /// Records a thunk's memo entry.
+    pub async fn put_reduction(&self, thunk: Id, outputs: &[(String, Id)]) -> Result<(), StoreError> {
+        let mut text = format!("{REDUCTION_HEADER}\n");
+        for (name, id) in outputs {
+            text.push_str(&format!("{id} {name}\n"));
+        }
+        self.put(reduction_key(thunk), Bytes::from(text)).await
+    }
+
+    async fn put(&self, key: Path, bytes: Bytes) -> Result<(), StoreError> {
+        let len = bytes.len() as u64;
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .put(&key, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|source| StoreError::Backend { key: key.to_string(), source })?;
+        self.counters.written.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn blob_key(id: Id) -> Path {
+    Path::from(format!("blobs/{id}"))
+}
+
+fn reduction_key(thunk: Id) -> Path {
+    Path::from(format!("reductions/{thunk}"))
+}
+
+/// Parses a reduction record; the error is the first bad line, 1-based.
+fn parse_reduction(bytes: &[u8]) -> Result<Vec<(String, Id)>, usize> {
+    let text = std::str::from_utf8(bytes).map_err(|_| 1usize)?;
+    let mut lines = text.lines();
+    if lines.next() != Some(REDUCTION_HEADER) {
+        return Err(1);
+    }
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            let (id, name) = line.split_once(' ').ok_or(i + 2)?;
+            let id: Id = id.parse().map_err(|_| i + 2)?;
+            Ok((name.to_owned(), id))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blobs_round_trip_through_a_folder_and_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&Store::folder_url(dir.path()).expect("url")).expect("open");
+        let bytes = Bytes::from_static(b"hello storage");
+        let id = Id::of_blob(&bytes);
+        assert!(!store.has_blob(id).await.expect("head"));
+        store.put_blob(id, bytes.clone()).await.expect("put");
+        assert!(store.has_blob(id).await.expect("head"));
+        let dest = dir.path().join("copy");
+        assert!(store.get_blob_to_file(id, &dest).await.expect("get"));
+        assert_eq!(std::fs::read(&dest).expect("read"), bytes);
+        let s = store.stats();
+        assert_eq!((s.storage_gets, s.storage_puts, s.storage_bytes_read, s.storage_bytes_written), (3, 1, 13, 13));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_blob_is_refused_and_not_left_behind() {
+        let store = Store::open("memory://").expect("open");
+        let id = Id::of_blob(b"expected");
+        store.put_blob(id, Bytes::from_static(b"tampered")).await.expect("put");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("x");
+        let err = store.get_blob_to_file(id, &dest).await.expect_err("corrupt");
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+        assert!(!dest.exists());
+    }
+
+    #[tokio::test]
+    async fn reductions_round_trip_and_malformed_ones_name_the_line() {
+        let store = Store::open("memory://").expect("open");
+        let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, b"t");
+        assert_eq!(store.get_reduction(thunk).await.expect("get"), None);
+        let outputs = vec![("out dir/a b.txt".to_owned(), Id::of_blob(b"a"))];
+        store.put_reduction(thunk, &outputs).await.expect("put");
+        assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(outputs));
+        assert_eq!(parse_reduction(b"thunkmesh-reduction v1\nnot-an-id x\n"), Err(2));
+        assert_eq!(parse_reduction(b"something else\n"), Err(1));
+    }
+
+    #[test]
+    fn unsupported_urls_are_refused_with_the_url() {
+        let err = Store::open("ftp://x/y").expect_err("unsupported");
+        assert!(err.to_string().starts_with("store URL `ftp://x/y` is not supported"));
+    }
+}

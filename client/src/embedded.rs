@@ -1,0 +1,136 @@
+//! The embedded default: a rendezvous in this process on loopback and N node processes (this
+//! same binary, `node` subcommand), with a fresh random token. Everything stops when the
+//! [`LocalMesh`] is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use thunkmesh_net::{Identity, NetError, Trust};
+use thunkmesh_rendezvous::{Config, Running};
+
+use crate::submit::Target;
+
+/// How long local nodes have to start and register.
+const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why the local mesh could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The rendezvous could not start.
+    #[error(transparent)]
+    Rendezvous(#[from] thunkmesh_rendezvous::RendezvousError),
+    /// Identity generation failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Nodes exited or did not register in time.
+    #[error("local nodes did not start; their logs are in {logs}")]
+    NodesFailed {
+        /// Where the logs are.
+        logs: String,
+    },
+    /// A node process could not start.
+    #[error("cannot start local node {index} ({exe}): {source}")]
+    Spawn {
+        /// Which node.
+        index: usize,
+        /// The binary.
+        exe: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running local mesh.
+#[derive(Debug)]
+pub struct LocalMesh {
+    rendezvous: Running,
+    token: String,
+    nodes: Vec<tokio::process::Child>,
+    logs: PathBuf,
+}
+
+impl LocalMesh {
+    /// Starts the rendezvous and `workers` node processes of `exe`, with caches and logs under
+    /// `state_dir/nodes/`.
+    pub async fn start(workers: usize, exe: &Path, state_dir: &Path) -> Result<LocalMesh, MeshError> {
+        let workers = workers.max(1);
+        let token = format!("{:032x}", rand::random::<u128>());
+        let config = Config { token: token.clone(), identity: Identity::generate()? };
+        let rendezvous = thunkmesh_rendezvous::spawn(([127, 0, 0, 1], 0).into(), config)?;
+        let logs = state_dir.join("nodes");
+        let mut nodes = Vec::with_capacity(workers);
+        for index in 0..workers {
+            nodes.push(spawn_node(index, exe, &logs, &rendezvous, &token)?);
+        }
+        let mut mesh = LocalMesh { rendezvous, token, nodes, logs };
+        mesh.wait_until_registered(workers).await?;
+        Ok(mesh)
+    }
+
+    /// Waits until every node registered (so cached objects they announce count for planning),
+    /// or fails if one exits first or they take too long.
+    async fn wait_until_registered(&mut self, workers: usize) -> Result<(), MeshError> {
+        let logs = self.logs.display().to_string();
+        let registered = self.rendezvous.wait_for_nodes(workers);
+        let exited = futures::future::select_all(self.nodes.iter_mut().map(|n| Box::pin(n.wait())));
+        tokio::select! {
+            () = registered => Ok(()),
+            _ = exited => Err(MeshError::NodesFailed { logs }),
+            () = tokio::time::sleep(REGISTER_TIMEOUT) => Err(MeshError::NodesFailed { logs }),
+        }
+    }
+
+    /// How a client reaches this mesh.
+    pub fn target(&self) -> Target {
+        Target {
+            rendezvous: self.rendezvous.addr.to_string(),
+            server_name: thunkmesh_net::SERVER_NAME.into(),
+            trust: Trust::Pinned(self.rendezvous.fingerprint),
+            token: self.token.clone(),
+        }
+    }
+
+    /// Where node logs are.
+    pub fn logs(&self) -> &Path {
+        &self.logs
+    }
+
+    /// Completes when every node process has exited.
+    pub async fn all_exited(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.wait().await;
+        }
+    }
+}
+
+fn spawn_node(
+    index: usize,
+    exe: &Path,
+    logs: &Path,
+    rendezvous: &Running,
+    token: &str,
+) -> Result<tokio::process::Child, MeshError> {
+    let fail = |source| MeshError::Spawn { index, exe: exe.display().to_string(), source };
+    let dir = logs.join(index.to_string());
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    let log = std::fs::File::create(logs.join(format!("{index}.log"))).map_err(fail)?;
+    tokio::process::Command::new(exe)
+        .arg("node")
+        .args(["--rendezvous", &rendezvous.addr.to_string()])
+        .args(["--fingerprint", &hex(&rendezvous.fingerprint)])
+        .args(["--bind", "127.0.0.1:0", "--slots", "1", "--name", &format!("local-{index}")])
+        .arg("--cache-dir")
+        .arg(&dir)
+        .env("THUNKMESH_TOKEN", token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(fail)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

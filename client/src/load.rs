@@ -1,0 +1,100 @@
+//! Reading a job from disk: parse the file, hash every value, pin every host program, and
+//! resolve the thunks. Every error names the job file and the place in it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use thunkmesh_protocol::Id;
+use thunkmesh_protocol::job::{JobError, JobProblem, JobSpec, ResolvedJob, SpecKind};
+
+/// A job ready to submit: its thunks with ids, and where each value's bytes are on disk.
+#[derive(Debug, Clone)]
+pub struct LoadedJob {
+    /// The job file as the user named it.
+    pub file: String,
+    /// Thunks and targets with ids.
+    pub job: ResolvedJob,
+    /// Value blob -> the file holding its bytes.
+    pub values: BTreeMap<Id, PathBuf>,
+}
+
+/// Reads, validates and resolves the job file at `path`.
+pub fn load_job(path: &Path) -> Result<LoadedJob, JobError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| JobError::new(&file, "", JobProblem::File { path: file.clone(), reason: e.to_string() }))?;
+    let spec = JobSpec::parse(&text, &file, SpecKind::Job)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut ids = BTreeMap::new();
+    let mut values = BTreeMap::new();
+    for (name, rel) in &spec.values {
+        let on_disk = base.join(rel);
+        let id = hash(&on_disk).map_err(|e| {
+            let problem = JobProblem::File { path: rel.clone(), reason: e.to_string() };
+            JobError::new(&file, format!("values, key `{name}`: "), problem)
+        })?;
+        ids.insert(name.clone(), id);
+        values.insert(id, on_disk);
+    }
+    let mut hosts = BTreeMap::new();
+    for host in spec.host_programs() {
+        let id = pin_host(Path::new(host))
+            .map_err(|reason| JobError::new(&file, "", JobProblem::HostProgram { path: host.to_owned(), reason }))?;
+        hosts.insert(host.to_owned(), id);
+    }
+    Ok(LoadedJob { file, job: spec.resolve(&ids, &hosts), values })
+}
+
+fn hash(path: &Path) -> std::io::Result<Id> {
+    let mut hasher = blake3::Hasher::new();
+    let size = std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(Id::blob(*hasher.finalize().as_bytes(), size))
+}
+
+fn pin_host(path: &Path) -> Result<Id, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err("is not an executable file".into());
+    }
+    hash(path).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_job(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("job.toml");
+        std::fs::write(&path, text).expect("write job");
+        path
+    }
+
+    #[test]
+    fn values_are_hashed_relative_to_the_job_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("data")).expect("mkdir");
+        std::fs::write(dir.path().join("data/in.txt"), b"hello").expect("write");
+        let text = "[values]\nin = \"data/in.txt\"\n[[thunk]]\nname = \"t\"\nprogram = { host = \"/bin/sh\" }\ninputs = { \"x\" = \"in\" }\noutputs = [\"o\"]\n[targets]\n\"o\" = \"t#o\"\n";
+        let loaded = load_job(&write_job(dir.path(), text)).expect("loads");
+        assert_eq!(loaded.values.get(&Id::of_blob(b"hello")), Some(&dir.path().join("data/in.txt")));
+        assert_eq!(loaded.job.thunks.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_value_file_names_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "[values]\nin = \"nope.txt\"\n[[thunk]]\nname = \"t\"\nprogram = \"in\"\noutputs = [\"o\"]\n[targets]\n\"o\" = \"t#o\"\n";
+        let path = write_job(dir.path(), text);
+        let e = load_job(&path).expect_err("missing file").to_string();
+        assert!(e.ends_with("values, key `in`: cannot read `nope.txt`: No such file or directory (os error 2)"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_host_program_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "[[thunk]]\nname = \"t\"\nprogram = { host = \"/no/such/cc\" }\noutputs = [\"o\"]\n[targets]\n\"o\" = \"t#o\"\n";
+        let e = load_job(&write_job(dir.path(), text)).expect_err("missing host program").to_string();
+        assert!(e.contains("host program `/no/such/cc`: No such file or directory"), "{e}");
+    }
+}

@@ -1,0 +1,295 @@
+//! Running a loaded job on a mesh: consult the memo cache, upload the inputs storage lacks,
+//! submit, follow progress, record reductions as they arrive, and fetch the targets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::StreamExt;
+use thunkmesh_net::{Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
+use thunkmesh_protocol::job::NamedThunk;
+use thunkmesh_protocol::wire::{
+    ALPN_RENDEZVOUS, FromRendezvous, Hello, JobOutcome, PROTOCOL_VERSION, Progress, Reduction, Role, Submission,
+    SubmittedThunk, ToRendezvous, WireError,
+};
+use thunkmesh_protocol::{Id, Ref};
+use thunkmesh_store::{Store, StoreError};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::load::LoadedJob;
+use crate::summary::Summary;
+
+/// Storage requests in flight at once while consulting the memo cache or uploading.
+const PARALLEL_REQUESTS: usize = 32;
+
+/// Why a run did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The connection to the rendezvous failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The rendezvous refused the client.
+    #[error("the rendezvous refused this client: {0}")]
+    Refused(WireError),
+    /// A thunk (or the job) failed.
+    #[error("job failed: {0}")]
+    JobFailed(WireError),
+    /// The rendezvous went away before the job ended.
+    #[error("the rendezvous closed the connection before the job ended")]
+    Disconnected,
+    /// The local nodes all exited.
+    #[error("all local nodes exited; their logs are in {0}")]
+    NodesExited(String),
+    /// A target could not be written to the output directory.
+    #[error("cannot write target {path}: {reason}")]
+    Output {
+        /// The target file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where to send the job and how to trust it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port` of the rendezvous.
+    pub rendezvous: String,
+    /// Name to check in its certificate (CA trust only).
+    pub server_name: String,
+    /// How to trust it.
+    pub trust: Trust,
+    /// The mesh's secret.
+    pub token: String,
+}
+
+/// Shows progress on a terminal; silent elsewhere.
+pub trait Reporter: Send {
+    /// A phase before the job runs.
+    fn phase(&mut self, what: &str);
+    /// Counts from the rendezvous.
+    fn progress(&mut self, p: Progress);
+}
+
+/// What the memo cache said about the job.
+#[derive(Debug, Default)]
+struct MemoScan {
+    reductions: Vec<Reduction>,
+    stored: BTreeSet<Id>,
+    values_needed: BTreeSet<Id>,
+}
+
+/// Runs `job` on the mesh at `target`; targets go to `out_dir`.
+pub async fn run_job(
+    job: &LoadedJob,
+    store: &Store,
+    target: &Target,
+    out_dir: &Path,
+    reporter: &mut dyn Reporter,
+    started: Instant,
+) -> Result<Summary, RunError> {
+    reporter.phase("consulting the memo cache");
+    let scan = scan_memo(job, store).await?;
+    reporter.phase("uploading inputs");
+    let stored = upload_values(job, store, &scan).await?;
+    let submission = Submission {
+        store: store.url().to_owned(),
+        thunks: job
+            .job
+            .thunks
+            .iter()
+            .map(|t| SubmittedThunk { name: t.name.clone(), thunk: t.thunk.clone() })
+            .collect(),
+        targets: job.job.targets.values().cloned().collect::<BTreeSet<_>>().into_iter().collect(),
+        stored: stored.into_iter().chain(scan.stored).collect(),
+        memo: scan.reductions,
+    };
+    reporter.phase("waiting for nodes");
+    let outcome = submit(&submission, store, target, reporter).await?;
+    let targets = write_targets(job, store, &outcome, out_dir).await?;
+    Ok(Summary::new(&outcome, store.stats(), targets, started.elapsed()))
+}
+
+/// Walks back from the targets: a thunk whose reduction is known and whose target outputs are
+/// in storage needs nothing upstream; anything else may run, so its inputs are looked at too.
+async fn scan_memo(job: &LoadedJob, store: &Store) -> Result<MemoScan, StoreError> {
+    let by_id: HashMap<Id, &NamedThunk> = job.job.thunks.iter().map(|t| (t.id, t)).collect();
+    let mut wanted: BTreeMap<Id, BTreeSet<String>> = BTreeMap::new();
+    for r in job.job.targets.values() {
+        if let Ref::Output { thunk, name } = r {
+            wanted.entry(*thunk).or_default().insert(name.clone());
+        }
+    }
+    let mut scan = MemoScan::default();
+    let mut seen: BTreeSet<Id> = wanted.keys().copied().collect();
+    let mut frontier: Vec<Id> = seen.iter().copied().collect();
+    while !frontier.is_empty() {
+        let lookups = futures::stream::iter(frontier.drain(..))
+            .map(|id| async move { (id, store.get_reduction(id).await) })
+            .buffer_unordered(PARALLEL_REQUESTS)
+            .collect::<Vec<_>>()
+            .await;
+        for (id, found) in lookups {
+            let Some(thunk) = by_id.get(&id) else { continue };
+            let reduction = usable_reduction(thunk, found);
+            let satisfied = match &reduction {
+                Some(r) => targets_stored(r, wanted.get(&id), store, &mut scan.stored).await?,
+                None => false,
+            };
+            scan.reductions.extend(reduction);
+            if satisfied {
+                continue;
+            }
+            for r in thunk.thunk.refs() {
+                match r {
+                    Ref::Blob(b) => {
+                        scan.values_needed.insert(*b);
+                    }
+                    Ref::Output { thunk, .. } if seen.insert(*thunk) => frontier.push(*thunk),
+                    Ref::Output { .. } => {}
+                }
+            }
+        }
+    }
+    Ok(scan)
+}
+
+/// A stored reduction, if it matches the thunk's declared outputs (a stale or foreign record is
+/// ignored with a warning, never trusted).
+fn usable_reduction(thunk: &NamedThunk, found: Result<Option<Vec<(String, Id)>>, StoreError>) -> Option<Reduction> {
+    let outputs = match found {
+        Ok(Some(outputs)) => outputs,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(thunk = %thunk.name, error = %e, "ignoring an unreadable memo entry");
+            return None;
+        }
+    };
+    let names: Vec<&String> = outputs.iter().map(|(n, _)| n).collect();
+    if names != thunk.thunk.outputs.iter().collect::<Vec<_>>() {
+        warn!(thunk = %thunk.name, "ignoring a memo entry whose outputs do not match the thunk");
+        return None;
+    }
+    Some(Reduction { thunk: thunk.id, outputs })
+}
+
+/// Whether every wanted output of a memoized thunk is in storage (records those that are).
+async fn targets_stored(
+    r: &Reduction,
+    wanted: Option<&BTreeSet<String>>,
+    store: &Store,
+    stored: &mut BTreeSet<Id>,
+) -> Result<bool, StoreError> {
+    let Some(wanted) = wanted else { return Ok(false) };
+    for (name, blob) in r.outputs.iter().filter(|(n, _)| wanted.contains(n)) {
+        if !store.has_blob(*blob).await? {
+            debug!(output = %name, "memoized target is not in storage");
+            return Ok(false);
+        }
+        stored.insert(*blob);
+    }
+    Ok(true)
+}
+
+/// Uploads the values thunks may read that storage lacks (asking storage, never an index).
+async fn upload_values(job: &LoadedJob, store: &Store, scan: &MemoScan) -> Result<Vec<Id>, StoreError> {
+    let needed: Vec<(Id, &PathBuf)> =
+        job.values.iter().filter(|(id, _)| scan.values_needed.contains(id)).map(|(id, p)| (*id, p)).collect();
+    let uploads = futures::stream::iter(needed)
+        .map(|(id, path)| async move {
+            if !store.has_blob(id).await? {
+                let bytes =
+                    tokio::fs::read(path).await.map_err(|source| StoreError::Local { path: path.clone(), source })?;
+                store.put_blob(id, bytes.into()).await?;
+            }
+            Ok::<Id, StoreError>(id)
+        })
+        .buffer_unordered(PARALLEL_REQUESTS);
+    uploads.collect::<Vec<_>>().await.into_iter().collect()
+}
+
+async fn submit(
+    sub: &Submission,
+    store: &Store,
+    target: &Target,
+    reporter: &mut dyn Reporter,
+) -> Result<JobOutcome, RunError> {
+    let addr = thunkmesh_net::resolve(&target.rendezvous).await?;
+    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let endpoint =
+        thunkmesh_net::endpoint(bind.parse().map_err(|_| NetError::Closed("a bind address"))?, &Identity::generate()?)?;
+    let conn = connect(&endpoint, client_config(&target.trust, ALPN_RENDEZVOUS)?, addr, &target.server_name).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+    let hello = Hello { version: PROTOCOL_VERSION, token: target.token.clone(), role: Role::Client };
+    send_msg(&mut send, &hello).await?;
+    match recv_msg::<FromRendezvous>(&mut recv).await? {
+        Some(FromRendezvous::Welcome { .. }) => {}
+        Some(FromRendezvous::Refused(e)) => return Err(RunError::Refused(e)),
+        _ => return Err(RunError::Disconnected),
+    }
+    send_msg(&mut send, &ToRendezvous::Submit(sub.clone())).await?;
+    let mut memo_writes = JoinSet::new();
+    let result = follow(&mut recv, store, &mut memo_writes, reporter).await;
+    // Reductions of what completed are recorded even when the job failed: a rerun resumes.
+    while let Some(done) = memo_writes.join_next().await {
+        if let Ok(Err(e)) = done {
+            warn!(error = %e, "could not record a memo entry");
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    endpoint.close(0u32.into(), b"done");
+    result
+}
+
+async fn follow(
+    recv: &mut quinn::RecvStream,
+    store: &Store,
+    memo_writes: &mut JoinSet<Result<(), StoreError>>,
+    reporter: &mut dyn Reporter,
+) -> Result<JobOutcome, RunError> {
+    loop {
+        match recv_msg::<FromRendezvous>(recv).await {
+            Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
+            Ok(Some(FromRendezvous::Resolved(r))) => {
+                let store = store.clone();
+                memo_writes.spawn(async move { store.put_reduction(r.reduction.thunk, &r.reduction.outputs).await });
+            }
+            Ok(Some(FromRendezvous::JobDone(outcome))) => return Ok(outcome),
+            Ok(Some(FromRendezvous::JobFailed(e))) => return Err(RunError::JobFailed(e)),
+            Ok(Some(FromRendezvous::Refused(e))) => return Err(RunError::Refused(e)),
+            Ok(Some(_)) => warn!("ignoring a message meant for nodes"),
+            Ok(None) | Err(NetError::Read(_)) => return Err(RunError::Disconnected),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Copies each target from storage into `out_dir`; returns file -> blob id.
+async fn write_targets(
+    job: &LoadedJob,
+    store: &Store,
+    outcome: &JobOutcome,
+    out_dir: &Path,
+) -> Result<BTreeMap<String, Id>, RunError> {
+    let blobs: HashMap<&Ref, Id> = outcome.targets.iter().map(|(r, b)| (r, *b)).collect();
+    let mut written = BTreeMap::new();
+    for (file, r) in &job.job.targets {
+        let dest = out_dir.join(file);
+        let fail = |reason: String| RunError::Output { path: dest.clone(), reason };
+        let blob = *blobs.get(r).ok_or_else(|| fail("the rendezvous did not report it".into()))?;
+        let parent = dest.parent().unwrap_or(out_dir);
+        tokio::fs::create_dir_all(parent).await.map_err(|e| fail(e.to_string()))?;
+        let partial = parent.join(format!(".{}.partial", blob.hex()));
+        if !store.get_blob_to_file(blob, &partial).await? {
+            return Err(fail(format!("{blob} is not in storage")));
+        }
+        tokio::fs::rename(&partial, &dest).await.map_err(|e| fail(e.to_string()))?;
+        written.insert(file.clone(), blob);
+    }
+    Ok(written)
+}

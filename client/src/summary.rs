@@ -1,0 +1,119 @@
+//! The summary of a run: what ran, what was reused, and what moved where.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use thunkmesh_protocol::Id;
+use thunkmesh_protocol::wire::{JobOutcome, TransferStats};
+
+/// Printed after a run, and written as JSON with `--summary-json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Distinct thunks in the job, tails included.
+    pub thunks_total: u64,
+    /// Thunks run in this job.
+    pub thunks_executed: u64,
+    /// Thunks not run: their results came from the memo cache (or were not needed).
+    pub thunks_cached: u64,
+    /// Objects nodes fetched from other nodes.
+    pub peer_fetches: u64,
+    /// Bytes nodes fetched from other nodes.
+    pub peer_bytes: u64,
+    /// Storage GET and HEAD requests (client and nodes).
+    pub storage_get_requests: u64,
+    /// Storage PUT requests (client and nodes).
+    pub storage_put_requests: u64,
+    /// Bytes read from storage.
+    pub storage_bytes_read: u64,
+    /// Bytes written to storage.
+    pub storage_bytes_written: u64,
+    /// Nodes that left while the job ran.
+    pub nodes_lost: u64,
+    /// Wall time of the whole run, loading the job included.
+    pub wall_ms: u64,
+    /// Each target file and the id of its bytes.
+    pub targets: BTreeMap<String, String>,
+}
+
+impl Summary {
+    /// Combines the rendezvous' outcome with the client's own storage traffic.
+    pub fn new(outcome: &JobOutcome, client: TransferStats, targets: BTreeMap<String, Id>, wall: Duration) -> Summary {
+        let mut moved = outcome.stats;
+        moved += client;
+        Summary {
+            thunks_total: outcome.total,
+            thunks_executed: outcome.executed,
+            thunks_cached: outcome.cached,
+            peer_fetches: moved.peer_fetches,
+            peer_bytes: moved.peer_bytes,
+            storage_get_requests: moved.storage_gets,
+            storage_put_requests: moved.storage_puts,
+            storage_bytes_read: moved.storage_bytes_read,
+            storage_bytes_written: moved.storage_bytes_written,
+            nodes_lost: outcome.nodes_lost,
+            wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
+            targets: targets.into_iter().map(|(f, id)| (f, id.to_string())).collect(),
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "thunks    {} total, {} executed, {} cached",
+            self.thunks_total, self.thunks_executed, self.thunks_cached
+        )?;
+        writeln!(f, "peer      {} fetches, {}", self.peer_fetches, bytes(self.peer_bytes))?;
+        writeln!(
+            f,
+            "storage   {} GET/HEAD ({}), {} PUT ({})",
+            self.storage_get_requests,
+            bytes(self.storage_bytes_read),
+            self.storage_put_requests,
+            bytes(self.storage_bytes_written)
+        )?;
+        if self.nodes_lost > 0 {
+            writeln!(f, "nodes     {} lost during the run (their work was redone)", self.nodes_lost)?;
+        }
+        write!(f, "wall      {:.3} s", self.wall_ms as f64 / 1000.0)
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_and_node_traffic_add_up_and_print() {
+        let outcome = JobOutcome {
+            targets: vec![],
+            stats: TransferStats { peer_fetches: 2, peer_bytes: 3 << 20, storage_gets: 1, ..Default::default() },
+            executed: 3,
+            cached: 1,
+            total: 4,
+            nodes_lost: 0,
+        };
+        let client =
+            TransferStats { storage_gets: 4, storage_puts: 2, storage_bytes_written: 10, ..Default::default() };
+        let s = Summary::new(&outcome, client, BTreeMap::new(), Duration::from_millis(1500));
+        assert_eq!((s.storage_get_requests, s.storage_put_requests, s.wall_ms), (5, 2, 1500));
+        let text = s.to_string();
+        assert!(text.contains("4 total, 3 executed, 1 cached"), "{text}");
+        assert!(text.contains("2 fetches, 3.0 MiB"), "{text}");
+        assert!(text.contains("5 GET/HEAD (0 B), 2 PUT (10 B)"), "{text}");
+    }
+}

@@ -1,0 +1,158 @@
+//! The node's object cache: verified blobs in a folder, named by their printable ids, that
+//! survives the node (a restarted node announces what it still holds). Files enter it only by
+//! rename from a temporary file whose bytes were hashed, so a half-written object is never
+//! visible under its id.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use thunkmesh_protocol::Id;
+use tokio::io::AsyncReadExt;
+
+/// A failure of the cache's own files.
+#[derive(Debug, thiserror::Error)]
+#[error("cache file {path}: {source}")]
+pub struct CacheError {
+    /// The file.
+    pub path: PathBuf,
+    /// The operating system's error.
+    pub source: std::io::Error,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError { path: path.to_owned(), source }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Cache {
+    objects: PathBuf,
+    tmp: PathBuf,
+    work: PathBuf,
+    index: Mutex<HashSet<Id>>,
+    next_tmp: AtomicU64,
+}
+
+impl Cache {
+    /// Opens (or creates) the cache in `dir` and indexes what it holds.
+    pub fn open(dir: &Path) -> Result<Cache, CacheError> {
+        let (objects, tmp, work) = (dir.join("objects"), dir.join("tmp"), dir.join("work"));
+        for d in [&objects, &tmp, &work] {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        // Leftovers of a node that died mid-write or mid-run are not objects.
+        for d in [&tmp, &work] {
+            std::fs::remove_dir_all(d).map_err(io(d))?;
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        let mut index = HashSet::new();
+        for entry in std::fs::read_dir(&objects).map_err(io(&objects))? {
+            let entry = entry.map_err(io(&objects))?;
+            let id = entry.file_name().to_str().and_then(|n| n.parse::<Id>().ok());
+            let len = entry.metadata().map(|m| m.len()).ok();
+            match id {
+                Some(id) if len == Some(id.size) => {
+                    index.insert(id);
+                }
+                _ => std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?,
+            }
+        }
+        Ok(Cache { objects, tmp, work, index: Mutex::new(index), next_tmp: AtomicU64::new(0) })
+    }
+
+    /// Every object held.
+    pub fn inventory(&self) -> Vec<Id> {
+        self.lock().iter().copied().collect()
+    }
+
+    /// Whether the object is held.
+    pub fn has(&self, id: Id) -> bool {
+        self.lock().contains(&id)
+    }
+
+    /// Where the object lives (whether or not it is held).
+    pub fn path(&self, id: Id) -> PathBuf {
+        self.objects.join(id.to_string())
+    }
+
+    /// A fresh path for a file that will enter the cache by [`Cache::adopt`].
+    pub fn temp_path(&self) -> PathBuf {
+        self.tmp.join(self.next_tmp.fetch_add(1, Ordering::Relaxed).to_string())
+    }
+
+    /// A fresh, empty directory for one task's sandbox, on the cache's file system.
+    pub async fn task_dir(&self, task: u64) -> Result<PathBuf, CacheError> {
+        let dir = self.work.join(format!("task-{task}-{}", self.next_tmp.fetch_add(1, Ordering::Relaxed)));
+        tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    /// Moves a file whose bytes are `id` into the cache (the caller hashed it).
+    pub async fn adopt(&self, file: &Path, id: Id) -> Result<(), CacheError> {
+        let dest = self.path(id);
+        tokio::fs::rename(file, &dest).await.map_err(io(&dest))?;
+        self.lock().insert(id);
+        Ok(())
+    }
+
+    /// Hashes a file and moves it into the cache; returns its id.
+    pub async fn adopt_hashed(&self, file: &Path) -> Result<Id, CacheError> {
+        let id = hash_file(file).await.map_err(io(file))?;
+        if self.has(id) {
+            tokio::fs::remove_file(file).await.map_err(io(file))?;
+        } else {
+            self.adopt(file, id).await?;
+        }
+        Ok(id)
+    }
+
+    /// Copies a file into the cache without moving it (tail values stay in the sandbox).
+    pub async fn copy_in(&self, file: &Path) -> Result<Id, CacheError> {
+        let tmp = self.temp_path();
+        tokio::fs::copy(file, &tmp).await.map_err(io(file))?;
+        self.adopt_hashed(&tmp).await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Id>> {
+        self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// BLAKE3 and size of a file, read in chunks.
+pub async fn hash_file(path: &Path) -> std::io::Result<Id> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Id::blob(*hasher.finalize().as_bytes(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn objects_survive_a_reopen_and_junk_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path()).expect("open");
+        let tmp = cache.temp_path();
+        tokio::fs::write(&tmp, b"kept").await.expect("write");
+        let id = cache.adopt_hashed(&tmp).await.expect("adopt");
+        assert_eq!(id, Id::of_blob(b"kept"));
+        std::fs::write(dir.path().join("objects/not-an-id"), b"junk").expect("write junk");
+        std::fs::write(dir.path().join("objects").join(Id::of_blob(b"longer").to_string()), b"short").expect("write");
+        let reopened = Cache::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.inventory(), vec![id]);
+        assert!(!dir.path().join("objects/not-an-id").exists());
+    }
+}

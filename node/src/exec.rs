@@ -1,0 +1,398 @@
+//! Forcing one thunk: fetch the inputs the node lacks (peers first, then storage), lay out a
+//! fresh sandbox, run the program with only the thunk's environment and under its timeout, then
+//! hash and cache the outputs. An output that starts with the tail marker is parsed as a tail
+//! and reported as more thunks to force.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
+use thunkmesh_protocol::wire::{
+    Assignment, ErrorCode, OutputValue, Source, Stored, SubmittedThunk, TaskDone, TaskFailed, ToRendezvous,
+    TransferStats, UploadRequest, WireError,
+};
+use thunkmesh_protocol::{Id, Program};
+use thunkmesh_store::Store;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use crate::cache::{Cache, hash_file};
+use crate::peer::Peers;
+
+/// Largest tail a thunk may write.
+const MAX_TAIL_BYTES: u64 = 1 << 20;
+
+/// Most thunks one tail may define.
+const MAX_TAIL_THUNKS: usize = 10_000;
+
+/// How much of a failed program's stderr is reported.
+const STDERR_TAIL: u64 = 2048;
+
+/// What every task on this node shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) peers: Peers,
+    stores: Mutex<HashMap<String, Store>>,
+    host_pins: Mutex<HashMap<PathBuf, (u64, SystemTime, Id)>>,
+}
+
+/// Why a task failed, and which inputs could not be had.
+struct Fail {
+    error: WireError,
+    unavailable: Vec<Id>,
+}
+
+impl Fail {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Fail {
+        Fail { error: WireError::new(code, message), unavailable: Vec::new() }
+    }
+
+    fn node(message: impl std::fmt::Display) -> Fail {
+        Fail::new(ErrorCode::NodeError, message.to_string())
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(cache: Arc<Cache>, peers: Peers) -> Ctx {
+        Ctx { cache, peers, stores: Mutex::default(), host_pins: Mutex::default() }
+    }
+
+    async fn store(&self, url: &str) -> Result<Store, String> {
+        let mut stores = self.stores.lock().await;
+        if let Some(s) = stores.get(url) {
+            return Ok(s.clone());
+        }
+        let store = Store::open(url).map_err(|e| e.to_string())?;
+        stores.insert(url.to_owned(), store.clone());
+        Ok(store)
+    }
+
+    /// The id of a host program's bytes, rehashed only when its size or mtime changed.
+    async fn host_pin(&self, path: &Path) -> std::io::Result<Id> {
+        let meta = tokio::fs::metadata(path).await?;
+        let key = (meta.len(), meta.modified()?);
+        if let Some(&(len, mtime, id)) = self.host_pins.lock().await.get(path)
+            && (len, mtime) == key
+        {
+            return Ok(id);
+        }
+        let id = hash_file(path).await?;
+        self.host_pins.lock().await.insert(path.to_owned(), (key.0, key.1, id));
+        Ok(id)
+    }
+}
+
+/// Forces an assignment and says how it went, in the message the rendezvous expects.
+pub(crate) async fn force(ctx: &Ctx, a: &Assignment) -> ToRendezvous {
+    let mut stats = TransferStats::default();
+    let started = Instant::now();
+    match run(ctx, a, &mut stats).await {
+        Ok(outputs) => {
+            let run_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            ToRendezvous::Done(TaskDone { task: a.task, outputs, stats, run_micros })
+        }
+        Err(f) => {
+            debug!(task = a.task, error = %f.error.message, "task failed");
+            ToRendezvous::Failed(TaskFailed { task: a.task, error: f.error, unavailable: f.unavailable, stats })
+        }
+    }
+}
+
+async fn run(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<Vec<(String, OutputValue)>, Fail> {
+    a.thunk.validate().map_err(|e| Fail::new(ErrorCode::BadMessage, format!("assignment is not valid: {e}")))?;
+    if a.thunk.refs().count() != a.resolved.len() {
+        return Err(Fail::new(
+            ErrorCode::BadMessage,
+            "assignment resolves a different number of refs than the thunk has",
+        ));
+    }
+    fetch_inputs(ctx, a, stats).await?;
+    let dir = ctx.cache.task_dir(a.task).await.map_err(Fail::node)?;
+    let result = run_in(ctx, a, &dir).await;
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+        warn!(dir = %dir.display(), error = %e, "could not remove a sandbox");
+    }
+    result
+}
+
+async fn fetch_inputs(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<(), Fail> {
+    let wanted = a.sources.iter().filter(|s| !ctx.cache.has(s.blob));
+    let results = futures::future::join_all(wanted.map(|s| fetch_one(ctx, s.blob, &s.sources, &a.store))).await;
+    let mut unavailable = Vec::new();
+    let mut first_error = None;
+    for (blob, result, moved) in results {
+        *stats += moved;
+        if let Err(e) = result {
+            unavailable.push(blob);
+            first_error.get_or_insert(e);
+        }
+    }
+    let missing_local = a.resolved.iter().filter(|b| !ctx.cache.has(**b)).count();
+    match first_error {
+        None if missing_local == 0 => Ok(()),
+        None => Err(Fail::node(format!("{missing_local} inputs are neither cached nor offered by any source"))),
+        Some(e) => Err(Fail {
+            error: WireError::new(
+                ErrorCode::InputUnavailable,
+                format!("could not fetch {} input(s): {e}", unavailable.len()),
+            ),
+            unavailable,
+        }),
+    }
+}
+
+/// Tries each source in turn; returns the blob, the outcome and what was moved.
+async fn fetch_one(ctx: &Ctx, blob: Id, sources: &[Source], store: &str) -> (Id, Result<(), String>, TransferStats) {
+    let mut moved = TransferStats::default();
+    let mut errors = Vec::new();
+    for source in sources {
+        let outcome = match source {
+            Source::Peer { addr, fingerprint } => fetch_from_peer(ctx, blob, addr, *fingerprint, &mut moved).await,
+            Source::Storage => fetch_from_storage(ctx, blob, store, &mut moved).await,
+        };
+        match outcome {
+            Ok(()) => return (blob, Ok(()), moved),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        errors.push("no source offered".into());
+    }
+    (blob, Err(format!("{blob}: {}", errors.join("; "))), moved)
+}
+
+async fn fetch_from_peer(
+    ctx: &Ctx,
+    blob: Id,
+    addr: &str,
+    fp: [u8; 32],
+    moved: &mut TransferStats,
+) -> Result<(), String> {
+    let addr = addr.parse().map_err(|_| format!("peer address `{addr}` is not ip:port"))?;
+    let bytes = ctx.peers.fetch(addr, fp, blob, &ctx.cache).await.map_err(|e| format!("peer {addr}: {e}"))?;
+    moved.peer_fetches += 1;
+    moved.peer_bytes += bytes;
+    Ok(())
+}
+
+async fn fetch_from_storage(ctx: &Ctx, blob: Id, url: &str, moved: &mut TransferStats) -> Result<(), String> {
+    let store = ctx.store(url).await?;
+    let tmp = ctx.cache.temp_path();
+    moved.storage_gets += 1;
+    match store.get_blob_to_file(blob, &tmp).await {
+        Ok(true) => {
+            moved.storage_bytes_read += blob.size;
+            ctx.cache.adopt(&tmp, blob).await.map_err(|e| e.to_string())
+        }
+        Ok(false) => Err("not in storage".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn run_in(ctx: &Ctx, a: &Assignment, dir: &Path) -> Result<Vec<(String, OutputValue)>, Fail> {
+    let root = dir.join("root");
+    let program = place_inputs(ctx, a, dir, &root).await?;
+    let stderr_path = dir.join("stderr");
+    let status = execute(a, &program, &root, dir, &stderr_path).await?;
+    if !status.success() {
+        let message = match status.code() {
+            Some(code) => format!("exit status {code}"),
+            None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
+        };
+        return Err(Fail {
+            error: with_stderr(ErrorCode::ExitStatus, message, &stderr_path).await,
+            unavailable: vec![],
+        });
+    }
+    let mut outputs = Vec::with_capacity(a.thunk.outputs.len());
+    for name in &a.thunk.outputs {
+        outputs.push((name.clone(), collect_output(ctx, a, &root, name).await?));
+    }
+    Ok(outputs)
+}
+
+/// Copies the inputs into the sandbox; returns the path of the program to run.
+async fn place_inputs(ctx: &Ctx, a: &Assignment, dir: &Path, root: &Path) -> Result<PathBuf, Fail> {
+    let mut resolved = a.resolved.iter().copied();
+    let program = match &a.thunk.program {
+        Program::Ref(_) => {
+            let blob = resolved.next().ok_or_else(|| Fail::node("no blob for the program"))?;
+            let path = dir.join("program");
+            copy_executable(&ctx.cache.path(blob), &path).await?;
+            path
+        }
+        Program::Host { path, pin } => {
+            let actual =
+                ctx.host_pin(Path::new(path)).await.map_err(|e| Fail::node(format!("host program {path}: {e}")))?;
+            if actual != *pin {
+                return Err(Fail::node(format!("host program {path} on this node is {actual}, the job pinned {pin}")));
+            }
+            PathBuf::from(path)
+        }
+    };
+    tokio::fs::create_dir_all(root).await.map_err(Fail::node)?;
+    for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
+        let dest = root.join(path);
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(Fail::node)?;
+        }
+        copy_executable(&ctx.cache.path(blob), &dest).await?;
+    }
+    Ok(program)
+}
+
+async fn copy_executable(from: &Path, to: &Path) -> Result<(), Fail> {
+    tokio::fs::copy(from, to).await.map_err(|e| Fail::node(format!("{} -> {}: {e}", from.display(), to.display())))?;
+    tokio::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).await.map_err(Fail::node)
+}
+
+async fn execute(
+    a: &Assignment,
+    program: &Path,
+    root: &Path,
+    dir: &Path,
+    stderr_path: &Path,
+) -> Result<std::process::ExitStatus, Fail> {
+    let stdout = std::fs::File::create(dir.join("stdout")).map_err(Fail::node)?;
+    let stderr = std::fs::File::create(stderr_path).map_err(Fail::node)?;
+    let mut child = tokio::process::Command::new(program)
+        .args(&a.thunk.args)
+        .env_clear()
+        .envs(&a.thunk.env)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Fail::new(ErrorCode::ExitStatus, format!("cannot start the program: {e}")))?;
+    let timeout = a.thunk.timeout();
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.map_err(Fail::node),
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                kill_group(pid);
+            }
+            let _ = child.wait().await;
+            let message = format!("timed out after {}", humantime::format_duration(timeout));
+            Err(Fail { error: with_stderr(ErrorCode::Timeout, message, stderr_path).await, unavailable: vec![] })
+        }
+    }
+}
+
+/// Kills the program and everything it started (they share its process group).
+#[allow(unsafe_code)]
+fn kill_group(pid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pid) else { return };
+    // SAFETY: killpg only sends a signal and touches no memory of ours. The child was spawned
+    // with process_group(0), so its group id is its pid, and it has not been reaped yet, so the
+    // id cannot have been reused.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+async fn with_stderr(code: ErrorCode, message: String, stderr_path: &Path) -> WireError {
+    let tail = read_tail(stderr_path).await.unwrap_or_default();
+    let detail = if tail.is_empty() { String::new() } else { format!("stderr (last {STDERR_TAIL} bytes):\n{tail}") };
+    WireError { code, message, detail }
+}
+
+async fn read_tail(path: &Path) -> std::io::Result<String> {
+    use tokio::io::AsyncSeekExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await?.len();
+    file.seek(std::io::SeekFrom::Start(len.saturating_sub(STDERR_TAIL))).await?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).await?;
+    Ok(String::from_utf8_lossy(&bytes).trim_end().to_owned())
+}
+
+async fn collect_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str) -> Result<OutputValue, Fail> {
+    let path = root.join(name);
+    let missing = |why: &str| Fail::new(ErrorCode::MissingOutput, format!("output `{name}` {why}"));
+    let meta = tokio::fs::symlink_metadata(&path).await.map_err(|_| missing("was not created"))?;
+    if !meta.is_file() {
+        return Err(missing("is not a regular file"));
+    }
+    if starts_with_marker(&path).await.map_err(Fail::node)? {
+        return read_tail_output(ctx, a, root, name, &path, meta.len()).await;
+    }
+    let blob = ctx.cache.adopt_hashed(&path).await.map_err(Fail::node)?;
+    Ok(OutputValue::Blob(blob))
+}
+
+async fn starts_with_marker(path: &Path) -> std::io::Result<bool> {
+    let mut head = Vec::with_capacity(TAIL_MARKER.len());
+    tokio::fs::File::open(path).await?.take(TAIL_MARKER.len() as u64).read_to_end(&mut head).await?;
+    Ok(is_tail(&head))
+}
+
+/// Parses a tail output: its values are files in the sandbox, its host programs are pinned here.
+async fn read_tail_output(
+    ctx: &Ctx,
+    a: &Assignment,
+    root: &Path,
+    name: &str,
+    path: &Path,
+    len: u64,
+) -> Result<OutputValue, Fail> {
+    let label = format!("tail `{name}` of thunk `{}`", a.name);
+    let bad = |why: String| Fail::new(ErrorCode::BadTail, why);
+    if len > MAX_TAIL_BYTES {
+        return Err(bad(format!("{label}: larger than {MAX_TAIL_BYTES} bytes")));
+    }
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| bad(format!("{label}: {e}")))?;
+    let spec = JobSpec::parse(&text, &label, SpecKind::Tail).map_err(|e| bad(e.to_string()))?;
+    if spec.thunks.len() > MAX_TAIL_THUNKS {
+        return Err(bad(format!("{label}: more than {MAX_TAIL_THUNKS} thunks")));
+    }
+    let mut values = BTreeMap::new();
+    for (value, file) in &spec.values {
+        let id =
+            ctx.cache.copy_in(&root.join(file)).await.map_err(|e| bad(format!("{label}: value `{value}`: {e}")))?;
+        values.insert(value.clone(), id);
+    }
+    let mut hosts = BTreeMap::new();
+    for host in spec.host_programs() {
+        let id = ctx.host_pin(Path::new(host)).await.map_err(|e| bad(format!("{label}: host program {host}: {e}")))?;
+        hosts.insert(host.to_owned(), id);
+    }
+    let resolved = spec.resolve(&values, &hosts);
+    let blob = ctx.cache.adopt_hashed(path).await.map_err(Fail::node)?;
+    let thunks = resolved.thunks.into_iter().map(|t| SubmittedThunk { name: t.name, thunk: t.thunk }).collect();
+    let result = resolved.result.ok_or_else(|| bad(format!("{label}: no result")))?;
+    Ok(OutputValue::Tail { blob, thunks, result })
+}
+
+/// Puts a cached object into storage, as the rendezvous asked.
+pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> ToRendezvous {
+    let mut stats = TransferStats::default();
+    let ok = match put(ctx, req, &mut stats).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(blob = %req.blob, error = %e, "upload failed");
+            false
+        }
+    };
+    ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, ok, stats })
+}
+
+async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<(), String> {
+    if !ctx.cache.has(req.blob) {
+        return Err("not in this node's cache".into());
+    }
+    let bytes = tokio::fs::read(ctx.cache.path(req.blob)).await.map_err(|e| e.to_string())?;
+    let store = ctx.store(&req.store).await?;
+    stats.storage_puts += 1;
+    store.put_blob(req.blob, bytes.into()).await.map_err(|e| e.to_string())?;
+    stats.storage_bytes_written += req.blob.size;
+    Ok(())
+}

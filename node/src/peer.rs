@@ -1,0 +1,192 @@
+//! Node-to-node object transfer over the node's one QUIC endpoint: serving the cache to peers
+//! that present the mesh token, and fetching from peers whose certificate fingerprint the
+//! rendezvous named. Every fetched byte is verified against the object's id before the object
+//! enters the cache; a peer that sends anything malformed loses its connection, nothing more.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thunkmesh_net::{NetError, Trust, client_config, connect, recv_msg, send_msg};
+use thunkmesh_protocol::Id;
+use thunkmesh_protocol::wire::{ALPN_PEER, ErrorCode, PeerRequest, PeerResponse, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::cache::Cache;
+
+/// Why a fetch from a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No connection, or it broke.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The peer does not serve the object.
+    #[error("peer refused: {0}")]
+    Refused(WireError),
+    /// The bytes do not match the id.
+    #[error("peer sent bytes that hash to {actual}, not {expected}")]
+    Corrupt {
+        /// What was asked for.
+        expected: Id,
+        /// What arrived.
+        actual: Id,
+    },
+    /// The local file could not be written.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// Serves peers on `endpoint` until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, cache: Arc<Cache>, token: Arc<str>) {
+    let mut conns = JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let (cache, token) = (cache.clone(), token.clone());
+        conns.spawn(serve_conn(incoming, cache, token).instrument(info_span!("peer", %remote)));
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+async fn serve_conn(incoming: quinn::Incoming, cache: Arc<Cache>, token: Arc<str>) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => return debug!(error = %e, "peer handshake failed"),
+    };
+    let mut streams = JoinSet::new();
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => return debug!(error = %e, "peer connection ended"),
+        };
+        let (cache, token, conn) = (cache.clone(), token.clone(), conn.clone());
+        streams.spawn(async move {
+            if let Err(e) = serve_stream(send, recv, &cache, &token).await {
+                warn!(error = %e, "closing a misbehaving peer connection");
+                conn.close(1u32.into(), e.to_string().as_bytes());
+            }
+        });
+        while streams.try_join_next().is_some() {}
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    cache: &Cache,
+    token: &str,
+) -> Result<(), NetError> {
+    let Some(PeerRequest::Fetch { blob, token: given }) = recv_msg(&mut recv).await? else {
+        return Err(NetError::Closed("a fetch request"));
+    };
+    if !thunkmesh_net::same_token(&given, token) {
+        let refusal = WireError::new(ErrorCode::Unauthorized, "the token is not this mesh's token");
+        send_msg(&mut send, &PeerResponse::Refused(refusal)).await?;
+        return Err(NetError::Closed("a valid token"));
+    }
+    let file = match cache.has(blob) {
+        true => tokio::fs::File::open(cache.path(blob)).await.ok(),
+        false => None,
+    };
+    let Some(mut file) = file else {
+        let refusal = WireError::new(ErrorCode::NotFound, format!("{blob} is not in this node's cache"));
+        send_msg(&mut send, &PeerResponse::Refused(refusal)).await?;
+        let _ = send.finish();
+        return Ok(());
+    };
+    send_msg(&mut send, &PeerResponse::Found { size: blob.size }).await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).await.map_err(|e| NetError::Read(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        send.write_all(&buf[..n]).await?;
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Connections to peers, reused across fetches.
+#[derive(Debug)]
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    token: String,
+    conns: Mutex<HashMap<(SocketAddr, [u8; 32]), quinn::Connection>>,
+}
+
+impl Peers {
+    /// Fetches through `endpoint`, presenting `token`.
+    pub fn new(endpoint: quinn::Endpoint, token: String) -> Peers {
+        Peers { endpoint, token, conns: Mutex::default() }
+    }
+
+    async fn connection(&self, addr: SocketAddr, fingerprint: [u8; 32]) -> Result<quinn::Connection, NetError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&(addr, fingerprint)).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let config = client_config(&Trust::Pinned(fingerprint), ALPN_PEER)?;
+        let conn = connect(&self.endpoint, config, addr, thunkmesh_net::SERVER_NAME).await?;
+        conns.insert((addr, fingerprint), conn.clone());
+        Ok(conn)
+    }
+
+    /// Fetches `blob` from the peer into the cache; returns the bytes moved.
+    pub async fn fetch(
+        &self,
+        addr: SocketAddr,
+        fingerprint: [u8; 32],
+        blob: Id,
+        cache: &Cache,
+    ) -> Result<u64, FetchError> {
+        let conn = self.connection(addr, fingerprint).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+        send_msg(&mut send, &PeerRequest::Fetch { blob, token: self.token.clone() }).await?;
+        let _ = send.finish();
+        match recv_msg::<PeerResponse>(&mut recv).await? {
+            Some(PeerResponse::Found { size }) if size == blob.size => {}
+            Some(PeerResponse::Found { size }) => {
+                let error = WireError::new(ErrorCode::BadMessage, format!("peer offers {size} bytes for {blob}"));
+                return Err(FetchError::Refused(error));
+            }
+            Some(PeerResponse::Refused(e)) => return Err(FetchError::Refused(e)),
+            None => return Err(NetError::Closed("a response").into()),
+        }
+        let tmp = cache.temp_path();
+        let error = match receive_into(&mut recv, &tmp, blob.size).await {
+            Ok(actual) if actual == blob => {
+                cache.adopt(&tmp, blob).await.map_err(|e| FetchError::Local(e.to_string()))?;
+                return Ok(blob.size);
+            }
+            Ok(actual) => FetchError::Corrupt { expected: blob, actual },
+            Err(e) => e,
+        };
+        let _ = tokio::fs::remove_file(&tmp).await;
+        Err(error)
+    }
+}
+
+/// Reads at most `limit` bytes into `path`, hashing them.
+async fn receive_into(recv: &mut quinn::RecvStream, path: &std::path::Path, limit: u64) -> Result<Id, FetchError> {
+    let local = |e: std::io::Error| FetchError::Local(format!("{}: {e}", path.display()));
+    let mut file = tokio::fs::File::create(path).await.map_err(local)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    while let Some(chunk) = recv.read_chunk(256 * 1024, true).await.map_err(|e| NetError::Read(e.to_string()))? {
+        size += chunk.bytes.len() as u64;
+        if size > limit {
+            return Err(FetchError::Refused(WireError::new(
+                ErrorCode::BadMessage,
+                "peer sent more bytes than announced",
+            )));
+        }
+        hasher.update(&chunk.bytes);
+        file.write_all(&chunk.bytes).await.map_err(local)?;
+    }
+    file.flush().await.map_err(local)?;
+    Ok(Id::blob(*hasher.finalize().as_bytes(), size))
+}

@@ -1,0 +1,139 @@
+//! One connection to the rendezvous: the hello (version and token), then a control stream in
+//! each direction between the peer and the core. Anything malformed closes this connection only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use thunkmesh_net::{NetError, recv_msg, send_msg};
+use thunkmesh_protocol::wire::{ErrorCode, FromRendezvous, Hello, PROTOCOL_VERSION, Role, ToRendezvous, WireError};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::core::Event;
+
+/// Time a new connection has to open its control stream and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages queued toward one connection before the core considers it stuck.
+pub(crate) const OUTBOX: usize = 1024;
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Runs one connection from handshake to close.
+pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, events: mpsc::Sender<Event>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => return debug!(%remote, error = %e, "handshake failed"),
+    };
+    let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("conn", session, %remote);
+    async move {
+        if let Err(e) = run(&conn, session, &token, events).await {
+            warn!(error = %e, "connection closed");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn run(conn: &quinn::Connection, session: u64, token: &str, events: mpsc::Sender<Event>) -> Result<(), NetError> {
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| NetError::Closed("a control stream in time"))??;
+    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut recv))
+        .await
+        .map_err(|_| NetError::Closed("a hello in time"))??
+        .ok_or(NetError::Closed("a hello"))?;
+    if let Err(refusal) = admit(&hello, token) {
+        warn!(reason = %refusal.message, "refused");
+        return refuse(conn, &mut send, refusal).await;
+    }
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let joined = match hello.role {
+        Role::Node(node) => {
+            info!(name = %node.name, slots = node.slots, cached = node.inventory.len(), "node joined");
+            Event::NodeJoined { node: session, hello: node, addr: conn.remote_address(), tx }
+        }
+        Role::Client => Event::ClientJoined { job: session, tx },
+        Role::Peer => {
+            let refusal = WireError::new(ErrorCode::BadMessage, "peers connect to nodes, not to the rendezvous");
+            return refuse(conn, &mut send, refusal).await;
+        }
+    };
+    send_msg(&mut send, &FromRendezvous::Welcome { session }).await?;
+    if events.send(joined).await.is_err() {
+        return Ok(());
+    }
+    let result = exchange(conn, session, send, recv, rx, &events).await;
+    let _ = events.send(Event::Left { session }).await;
+    result
+}
+
+fn admit(hello: &Hello, token: &str) -> Result<(), WireError> {
+    if hello.version != PROTOCOL_VERSION {
+        let message = format!("protocol version {} is not this rendezvous' version {PROTOCOL_VERSION}", hello.version);
+        return Err(WireError::new(ErrorCode::VersionMismatch, message));
+    }
+    if !thunkmesh_net::same_token(&hello.token, token) {
+        return Err(WireError::new(ErrorCode::Unauthorized, "the token is not this rendezvous' token"));
+    }
+    Ok(())
+}
+
+/// Tells the peer why, waits briefly for it to read that, and closes.
+async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, error: WireError) -> Result<(), NetError> {
+    let reason = error.message.clone();
+    send_msg(send, &FromRendezvous::Refused(error)).await?;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    conn.close(1u32.into(), reason.as_bytes());
+    Ok(())
+}
+
+/// Forwards messages both ways until either side ends; a refusal from the core closes the
+/// connection once it is sent.
+async fn exchange(
+    conn: &quinn::Connection,
+    session: u64,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut outbox: mpsc::Receiver<FromRendezvous>,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), NetError> {
+    let reader = async {
+        while let Some(msg) = recv_msg::<ToRendezvous>(&mut recv).await? {
+            if events.send(Event::Message { from: session, msg }).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), NetError>(())
+    };
+    let writer = async {
+        while let Some(msg) = outbox.recv().await {
+            if let FromRendezvous::Refused(error) = msg {
+                return refuse(conn, &mut send, error).await;
+            }
+            send_msg(&mut send, &msg).await?;
+        }
+        Ok(())
+    };
+    let result = tokio::select! {
+        r = reader => r,
+        r = writer => r,
+        e = conn.closed() => match e {
+            quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed => Ok(()),
+            e => Err(e.into()),
+        },
+    };
+    let closed_by_peer = matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(_)));
+    match result {
+        Err(_) if closed_by_peer => Ok(()),
+        Err(e) => {
+            conn.close(2u32.into(), e.to_string().as_bytes());
+            Err(e)
+        }
+        ok => ok,
+    }
+}

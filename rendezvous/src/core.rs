@@ -1,0 +1,207 @@
+//! The core task: owns the planner and the registry of connected nodes and clients, turns
+//! messages into planner events and planner decisions into messages.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thunkmesh_planner::{Decision, Place, Planner};
+use thunkmesh_protocol::wire::{
+    Assignment, ErrorCode, FromRendezvous, InputSource, NodeHello, Progress, Resolution, Source, ToRendezvous,
+    UploadRequest, WireError,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+/// How often clients hear about progress (when it changed).
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// What connections tell the core.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A node said hello.
+    NodeJoined { node: u64, hello: NodeHello, addr: SocketAddr, tx: mpsc::Sender<FromRendezvous> },
+    /// A client said hello; its job id is its session.
+    ClientJoined { job: u64, tx: mpsc::Sender<FromRendezvous> },
+    /// A message on an admitted connection.
+    Message { from: u64, msg: ToRendezvous },
+    /// A connection ended.
+    Left { session: u64 },
+}
+
+#[derive(Debug)]
+struct NodeEntry {
+    tx: mpsc::Sender<FromRendezvous>,
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+}
+
+#[derive(Debug)]
+struct ClientEntry {
+    tx: mpsc::Sender<FromRendezvous>,
+    store: Option<String>,
+    progress: Progress,
+}
+
+#[derive(Debug)]
+pub(crate) struct Core {
+    planner: Planner,
+    nodes: HashMap<u64, NodeEntry>,
+    clients: HashMap<u64, ClientEntry>,
+    node_count: watch::Sender<usize>,
+}
+
+impl Core {
+    /// A core that publishes how many nodes are registered on `node_count`.
+    pub(crate) fn new(node_count: watch::Sender<usize>) -> Core {
+        Core { planner: Planner::new(), nodes: HashMap::new(), clients: HashMap::new(), node_count }
+    }
+
+    pub(crate) async fn run(mut self, mut inbox: mpsc::Receiver<Event>) {
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                event = inbox.recv() => {
+                    let Some(event) = event else { return };
+                    self.handle(event);
+                    self.dispatch();
+                }
+                _ = tick.tick() => self.send_progress(),
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::NodeJoined { node, hello, addr, tx } => {
+                self.nodes.insert(node, NodeEntry { tx, addr, fingerprint: hello.fingerprint });
+                self.node_count.send_replace(self.nodes.len());
+                self.planner.node_joined(node, hello.slots, &hello.inventory);
+            }
+            Event::ClientJoined { job, tx } => {
+                self.clients.insert(job, ClientEntry { tx, store: None, progress: Progress::default() });
+            }
+            Event::Left { session } => self.left(session),
+            Event::Message { from, msg } => self.message(from, msg),
+        }
+    }
+
+    fn left(&mut self, session: u64) {
+        if self.nodes.remove(&session).is_some() {
+            info!(node = session, "node left");
+            self.node_count.send_replace(self.nodes.len());
+            self.planner.node_left(session);
+        }
+        if self.clients.remove(&session).is_some() {
+            self.planner.cancel(session);
+        }
+    }
+
+    fn message(&mut self, from: u64, msg: ToRendezvous) {
+        let is_node = self.nodes.contains_key(&from);
+        match msg {
+            ToRendezvous::Submit(sub) => self.submit(from, sub),
+            ToRendezvous::Done(d) if is_node => self.planner.task_done(from, d.task, &d.outputs, d.stats),
+            ToRendezvous::Failed(f) if is_node => {
+                self.planner.task_failed(from, f.task, &f.error, &f.unavailable, f.stats);
+            }
+            ToRendezvous::Stored(s) if is_node => self.planner.stored(from, s.job, s.blob, s.ok, s.stats),
+            _ => self.refuse(from, "a client may only submit, and only nodes report tasks"),
+        }
+    }
+
+    fn submit(&mut self, job: u64, sub: thunkmesh_protocol::wire::Submission) {
+        let Some(client) = self.clients.get_mut(&job) else {
+            return self.refuse(job, "only clients submit jobs");
+        };
+        if client.store.is_some() {
+            return self.refuse(job, "one job per client connection");
+        }
+        client.store = Some(sub.store.clone());
+        info!(job, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
+        if let Err(e) = self.planner.submit(job, &sub) {
+            self.send(job, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));
+        }
+    }
+
+    fn refuse(&mut self, session: u64, why: &str) {
+        warn!(session, why, "unexpected message");
+        self.send(session, FromRendezvous::Refused(WireError::new(ErrorCode::BadMessage, why)));
+    }
+
+    /// Queues a message to a connection; a connection whose queue is full is dropped.
+    fn send(&mut self, session: u64, msg: FromRendezvous) {
+        let tx = self.nodes.get(&session).map(|n| &n.tx).or_else(|| self.clients.get(&session).map(|c| &c.tx));
+        let Some(tx) = tx else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg) {
+            warn!(session, "connection is not reading its messages; dropping it");
+            self.left(session);
+        }
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(decision) = self.planner.poll() {
+            match decision {
+                Decision::Assign(a) => self.assign(a),
+                Decision::Upload { node, job, blob } => {
+                    let store = self.store(job);
+                    self.send(node, FromRendezvous::Upload(UploadRequest { job, blob, store }));
+                }
+                Decision::Resolved { job, name, reduction } => {
+                    self.send(job, FromRendezvous::Resolved(Resolution { reduction, name, executed: true }));
+                }
+                Decision::JobDone { job, outcome } => {
+                    info!(job, executed = outcome.executed, cached = outcome.cached, "job done");
+                    self.send_progress();
+                    self.send(job, FromRendezvous::JobDone(outcome));
+                }
+                Decision::JobFailed { job, error } => {
+                    info!(job, error = %error.message, "job failed");
+                    self.send(job, FromRendezvous::JobFailed(error));
+                }
+            }
+        }
+    }
+
+    fn store(&self, job: u64) -> String {
+        self.clients.get(&job).and_then(|c| c.store.clone()).unwrap_or_default()
+    }
+
+    fn assign(&mut self, a: thunkmesh_planner::Assign) {
+        let Some((name, thunk)) = self.planner.thunk(a.job, a.thunk) else { return };
+        let sources = a.sources.iter().map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(places) });
+        let assignment = Assignment {
+            task: a.task,
+            name: name.to_owned(),
+            thunk: thunk.clone(),
+            resolved: a.resolved.clone(),
+            sources: sources.collect(),
+            store: self.store(a.job),
+        };
+        self.send(a.node, FromRendezvous::Assign(assignment));
+    }
+
+    fn sources(&self, places: &[Place]) -> Vec<Source> {
+        let source = |p: &Place| match p {
+            Place::Storage => Some(Source::Storage),
+            Place::Node(n) => {
+                let node = self.nodes.get(n)?;
+                Some(Source::Peer { addr: node.addr.to_string(), fingerprint: node.fingerprint })
+            }
+        };
+        places.iter().filter_map(source).collect()
+    }
+
+    fn send_progress(&mut self) {
+        let mut updates = Vec::new();
+        for (&job, client) in &mut self.clients {
+            if let Some(p) = self.planner.progress(job).filter(|p| *p != client.progress) {
+                client.progress = p;
+                updates.push((job, p));
+            }
+        }
+        for (job, p) in updates {
+            self.send(job, FromRendezvous::Progress(p));
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Command-line flags. Doc comments here are the `--help` text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run graphs of hermetic commands (thunks) on a mesh of workers that pass intermediate
+/// outputs peer to peer over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "thunkmesh", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job: on a local mesh started for the run (the default), or on a self-hosted
+    /// rendezvous with --rendezvous.
+    Run(RunArgs),
+    /// Serve a rendezvous that nodes and clients connect to (self-hosting).
+    Rendezvous(RendezvousArgs),
+    /// Run a worker node that joins a rendezvous.
+    Node(NodeArgs),
+}
+
+/// Flags of `thunkmesh run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job file (TOML; see docs/jobs.md).
+    pub job: PathBuf,
+    /// Local node processes to start [default: one per core, at least 2].
+    #[arg(long, conflicts_with = "rendezvous")]
+    pub workers: Option<usize>,
+    /// Where the targets are written.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Storage for inputs, targets and the memo cache [default: .thunkmesh/store as file://].
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Local state: the default store and the local nodes' caches and logs.
+    #[arg(long, default_value = ".thunkmesh")]
+    pub state_dir: PathBuf,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+    /// Submit to this self-hosted rendezvous (host:port) instead of starting a local mesh;
+    /// the token comes from THUNKMESH_TOKEN.
+    #[arg(long)]
+    pub rendezvous: Option<String>,
+    /// How to trust the rendezvous (with --rendezvous).
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// How to trust the rendezvous certificate: pin its fingerprint, or name a CA file.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// SHA-256 fingerprint of the rendezvous certificate (printed when it starts).
+    #[arg(long, conflicts_with = "ca")]
+    pub fingerprint: Option<String>,
+    /// PEM file of the CA that issued the rendezvous certificate.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Name the certificate must carry (with --ca) [default: the host part of the address].
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+/// Flags of `thunkmesh rendezvous`.
+#[derive(Debug, Args)]
+pub struct RendezvousArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7700")]
+    pub listen: SocketAddr,
+    /// Keeps the certificate, key and generated token across restarts.
+    #[arg(long, default_value = ".thunkmesh/rendezvous")]
+    pub state_dir: PathBuf,
+    /// A certificate chain (PEM) to serve instead of the self-signed one; needs --key.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// Flags of `thunkmesh node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The rendezvous (host:port); the token comes from THUNKMESH_TOKEN.
+    #[arg(long)]
+    pub rendezvous: String,
+    /// How to trust the rendezvous.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Thunks run at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Object cache and sandboxes; kept across restarts [default: a folder in the temp dir].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Local UDP address of the node's endpoint (peers reach it here).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub bind: SocketAddr,
+    /// Name shown in the rendezvous' logs [default: host name and process id].
+    #[arg(long)]
+    pub name: Option<String>,
+}

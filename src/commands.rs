@@ -1,0 +1,238 @@
+//! What each subcommand does, in terms of the libraries. Errors end here as one line on stderr
+//! and an exit code: 2 for a bad job or bad flags, 1 for a run that failed.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use thunkmesh_client::{LocalMesh, Reporter, RunError, Summary, Target, load_job, run_job};
+use thunkmesh_net::{Identity, Trust, parse_fingerprint};
+use thunkmesh_node::NodeConfig;
+use thunkmesh_protocol::wire::Progress;
+use thunkmesh_store::Store;
+
+use crate::cli::{Command, NodeArgs, RendezvousArgs, RunArgs, TrustArgs};
+
+/// The environment variable that carries the mesh token.
+const TOKEN_ENV: &str = "THUNKMESH_TOKEN";
+
+pub async fn dispatch(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Run(args) => return run(args).await,
+        Command::Rendezvous(args) => rendezvous(args).await,
+        Command::Node(args) => node(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let started = Instant::now();
+    let job = match load_job(&args.job) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut bar = Bar::new();
+    let result = execute(&args, &job, &mut bar, started).await;
+    bar.0.finish_and_clear();
+    match result {
+        Ok(summary) => match report(&args, &summary) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let usage = e.downcast_ref::<RunError>().is_none() && e.downcast_ref::<UsageError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+/// A flag combination that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+async fn execute(
+    args: &RunArgs,
+    job: &thunkmesh_client::LoadedJob,
+    bar: &mut Bar,
+    started: Instant,
+) -> Result<Summary> {
+    let url = match &args.store {
+        Some(url) => url.clone(),
+        None => Store::folder_url(&args.state_dir.join("store"))?,
+    };
+    let store = Store::open(&url)?;
+    if let Some(addr) = &args.rendezvous {
+        let target = remote_target(addr, &args.trust)?;
+        return Ok(run_job(job, &store, &target, &args.out, bar, started).await?);
+    }
+    let workers = args.workers.unwrap_or_else(default_workers);
+    if workers == 0 {
+        return Err(UsageError("--workers must be at least 1".into()).into());
+    }
+    let exe = std::env::current_exe().context("cannot find this program's own path to start nodes")?;
+    let mut mesh = LocalMesh::start(workers, &exe, &args.state_dir).await?;
+    let target = mesh.target();
+    let logs = mesh.logs().display().to_string();
+    tokio::select! {
+        r = run_job(job, &store, &target, &args.out, bar, started) => Ok(r?),
+        () = mesh.all_exited() => Err(RunError::NodesExited(logs).into()),
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; completed thunks are in the memo cache"),
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from).max(2)
+}
+
+fn report(args: &RunArgs, summary: &Summary) -> Result<()> {
+    println!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
+    println!("{summary}");
+    if let Some(path) = &args.summary_json {
+        let json = serde_json::to_string_pretty(summary)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn token() -> Result<String> {
+    std::env::var(TOKEN_ENV).map_err(|_| anyhow!("set {TOKEN_ENV} to the rendezvous' token (see docs/operations.md)"))
+}
+
+fn trust(args: &TrustArgs) -> Result<Trust> {
+    match (&args.fingerprint, &args.ca) {
+        (Some(fp), _) => Ok(Trust::Pinned(parse_fingerprint(fp)?)),
+        (None, Some(ca)) => Ok(Trust::from_ca_file(ca)?),
+        (None, None) => Err(UsageError(
+            "say how to trust the rendezvous: --fingerprint HEX (printed when it starts) or --ca FILE".into(),
+        )
+        .into()),
+    }
+}
+
+fn server_name(addr: &str, args: &TrustArgs) -> String {
+    match (&args.server_name, &args.ca) {
+        (Some(name), _) => name.clone(),
+        (None, Some(_)) => addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_matches(['[', ']']).to_owned(),
+        (None, None) => thunkmesh_net::SERVER_NAME.to_owned(),
+    }
+}
+
+fn remote_target(addr: &str, args: &TrustArgs) -> Result<Target> {
+    Ok(Target {
+        rendezvous: addr.to_owned(),
+        server_name: server_name(addr, args),
+        trust: trust(args)?,
+        token: token()?,
+    })
+}
+
+async fn rendezvous(args: RendezvousArgs) -> Result<()> {
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
+        _ => Identity::load_or_create(&args.state_dir)?,
+    };
+    let token = match std::env::var(TOKEN_ENV) {
+        Ok(t) => t,
+        Err(_) => stored_token(&args.state_dir)?,
+    };
+    let endpoint = thunkmesh_net::endpoint(args.listen, &identity)?;
+    let fingerprint: String = identity.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+    eprintln!("rendezvous listening on {} (UDP)", endpoint.local_addr()?);
+    eprintln!("certificate fingerprint: {fingerprint}");
+    eprintln!("nodes join with: THUNKMESH_TOKEN=... thunkmesh node --rendezvous HOST:PORT --fingerprint {fingerprint}");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    thunkmesh_rendezvous::serve(endpoint, token, shutdown).await;
+    Ok(())
+}
+
+/// The token in `state_dir/token`, generated (readable by the owner only) on first use.
+fn stored_token(state_dir: &Path) -> Result<String> {
+    let path = state_dir.join("token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let token = format!("{:032x}", rand::random::<u128>());
+    write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("generated a token in {} (or set {TOKEN_ENV})", path.display());
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+async fn node(args: NodeArgs) -> Result<()> {
+    let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("thunkmesh-node-{}", std::process::id())));
+    let config = NodeConfig {
+        server_name: server_name(&args.rendezvous, &args.trust),
+        rendezvous: args.rendezvous.clone(),
+        trust: trust(&args.trust)?,
+        token: token()?,
+        slots: args.slots.max(1),
+        cache_dir,
+        bind: args.bind,
+        name,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    thunkmesh_node::run(config, shutdown).await?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
+}
+
+/// The progress bar: drawn only when stderr is a terminal.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Bar {
+        let bar = ProgressBar::new(0);
+        let style = ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} thunks  {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Bar(bar)
+    }
+}
+
+impl Reporter for Bar {
+    fn phase(&mut self, what: &str) {
+        self.0.set_message(what.to_owned());
+    }
+
+    fn progress(&mut self, p: Progress) {
+        self.0.set_length(p.total);
+        self.0.set_position(p.done);
+        self.0.set_message(format!("{} running", p.running));
+    }
+}
