@@ -38,6 +38,8 @@ pub struct Cache {
 impl Cache {
     /// Opens (or creates) the cache in `dir` and indexes what it holds.
     pub fn open(dir: &Path) -> Result<Cache, CacheError> {
+        // Sandboxed programs run in another working directory: every path must be absolute.
+        let dir = &std::path::absolute(dir).map_err(io(dir))?;
         let (objects, tmp, work) = (dir.join("objects"), dir.join("tmp"), dir.join("work"));
         for d in [&objects, &tmp, &work] {
             std::fs::create_dir_all(d).map_err(io(d))?;
