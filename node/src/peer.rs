@@ -85,6 +85,9 @@ async fn serve_stream(
     if !thunkmesh_net::same_token(&given, token) {
         let refusal = WireError::new(ErrorCode::Unauthorized, "the token is not this mesh's token");
         send_msg(&mut send, &PeerResponse::Refused(refusal)).await?;
+        // Let the refusal arrive before the connection closes.
+        let _ = send.finish();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
         return Err(NetError::Closed("a valid token"));
     }
     let file = match cache.has(blob) {
@@ -189,4 +192,83 @@ async fn receive_into(recv: &mut quinn::RecvStream, path: &std::path::Path, limi
     }
     file.flush().await.map_err(local)?;
     Ok(Id::blob(*hasher.finalize().as_bytes(), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use thunkmesh_net::{AbortOnDrop, Identity, endpoint};
+
+    struct Server {
+        addr: SocketAddr,
+        fingerprint: [u8; 32],
+        blob: Id,
+        _dir: tempfile::TempDir,
+        _task: AbortOnDrop<()>,
+    }
+
+    async fn server_with(bytes: &[u8]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
+        let tmp = cache.temp_path();
+        tokio::fs::write(&tmp, bytes).await.expect("write");
+        let blob = cache.adopt_hashed(&tmp).await.expect("adopt");
+        let identity = Identity::generate().expect("identity");
+        let ep = endpoint("127.0.0.1:0".parse().expect("addr"), &identity).expect("endpoint");
+        let addr = ep.local_addr().expect("addr");
+        let task = AbortOnDrop(tokio::spawn(serve(ep, cache, "tok".into())));
+        Server { addr, fingerprint: identity.fingerprint(), blob, _dir: dir, _task: task }
+    }
+
+    fn client() -> quinn::Endpoint {
+        endpoint("127.0.0.1:0".parse().expect("addr"), &Identity::generate().expect("identity")).expect("endpoint")
+    }
+
+    #[tokio::test]
+    async fn a_peer_fetch_arrives_verified_in_the_cache() {
+        let server = server_with(b"peer bytes").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path()).expect("cache");
+        let peers = Peers::new(client(), "tok".into());
+        let moved = peers.fetch(server.addr, server.fingerprint, server.blob, &cache).await.expect("fetch");
+        assert_eq!(moved, 10);
+        assert_eq!(tokio::fs::read(cache.path(server.blob)).await.expect("read"), b"peer bytes");
+        let absent = Id::of_blob(b"absent");
+        let err = peers.fetch(server.addr, server.fingerprint, absent, &cache).await.expect_err("absent");
+        assert!(err.to_string().contains("is not in this node's cache"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_wrong_fingerprint_or_token_gets_nothing() {
+        let server = server_with(b"secret").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path()).expect("cache");
+        let peers = Peers::new(client(), "tok".into());
+        let err = peers.fetch(server.addr, [9; 32], server.blob, &cache).await.expect_err("impostor");
+        assert!(err.to_string().contains("is not the pinned"), "{err}");
+        let outsider = Peers::new(client(), "wrong".into());
+        let err = outsider.fetch(server.addr, server.fingerprint, server.blob, &cache).await.expect_err("token");
+        assert!(err.to_string().contains("token"), "{err}");
+        assert!(!cache.has(server.blob));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_request_closes_only_its_own_connection() {
+        let server = server_with(b"still served").await;
+        let ep = client();
+        let config = client_config(&Trust::Pinned(server.fingerprint), ALPN_PEER).expect("config");
+        let conn = connect(&ep, config, server.addr, thunkmesh_net::SERVER_NAME).await.expect("connect");
+        let (mut send, _recv) = conn.open_bi().await.expect("stream");
+        send.write_all(&[0, 0, 0, 3, 1, 2, 3]).await.expect("write");
+        let _ = send.finish();
+        let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed in time");
+        assert!(reason.to_string().contains("malformed message"), "{reason}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(dir.path()).expect("cache");
+        let peers = Peers::new(ep, "tok".into());
+        peers.fetch(server.addr, server.fingerprint, server.blob, &cache).await.expect("others are still served");
+        assert!(cache.has(server.blob));
+    }
 }

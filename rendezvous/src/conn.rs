@@ -31,7 +31,8 @@ pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, events: m
     let span = info_span!("conn", session, %remote);
     async move {
         if let Err(e) = run(&conn, session, &token, events).await {
-            warn!(error = %e, "connection closed");
+            warn!(error = %e, "closing the connection");
+            conn.close(2u32.into(), e.to_string().as_bytes());
         }
     }
     .instrument(span)
@@ -128,12 +129,5 @@ async fn exchange(
         },
     };
     let closed_by_peer = matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(_)));
-    match result {
-        Err(_) if closed_by_peer => Ok(()),
-        Err(e) => {
-            conn.close(2u32.into(), e.to_string().as_bytes());
-            Err(e)
-        }
-        ok => ok,
-    }
+    if closed_by_peer { Ok(()) } else { result }
 }

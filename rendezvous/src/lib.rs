@@ -2,7 +2,7 @@
 //! feeds events to the planner and carries its decisions back out. It never carries object bytes.
 //!
 //! Each connection runs in its own task, owned by the accept loop; all of them talk to one core
-//! task ([`core`]) that owns the planner, so the planner needs no lock. A connection that sends a
+//! task (`core`) that owns the planner, so the planner needs no lock. A connection that sends a
 //! malformed or unexpected message is closed with a reason; the server and other connections go on.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

@@ -1,0 +1,87 @@
+//! The examples run on a local mesh of three node processes and give the same bytes as the same
+//! work done directly in a shell; intermediates move peer to peer and never touch storage.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use thunkmesh_protocol::Id;
+
+use crate::util::{Run, repo, run_in, shell};
+
+/// Storage holds exactly the job's inputs and targets, took one PUT per input, target and memo
+/// entry, and read nothing like an intermediate.
+fn assert_intermediates_stayed_off_storage(run: &Run, values: &[&str], workers: u64) {
+    let value_ids: BTreeSet<String> =
+        values.iter().map(|v| Id::of_blob(&std::fs::read(repo(v)).expect("read value")).to_string()).collect();
+    let target_ids: BTreeSet<String> = run.summary["targets"]
+        .as_object()
+        .expect("targets")
+        .values()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect();
+    let expected: BTreeSet<String> = value_ids.union(&target_ids).cloned().collect();
+    assert_eq!(
+        run.stored_blobs().into_iter().collect::<BTreeSet<_>>(),
+        expected,
+        "storage holds only inputs and targets"
+    );
+    let puts = value_ids.len() as u64 + run.num("thunks_executed") + target_ids.len() as u64;
+    assert_eq!(run.num("storage_put_requests"), puts, "one PUT per input, memo entry and target");
+    let size = |id: &String| id.parse::<Id>().expect("id").size;
+    let bound =
+        workers * value_ids.iter().map(size).sum::<u64>() + target_ids.iter().map(size).sum::<u64>() + 64 * 1024;
+    assert!(run.num("storage_bytes_read") <= bound, "read {} bytes from storage", run.num("storage_bytes_read"));
+}
+
+#[test]
+fn wordfreq_matches_the_shell_and_moves_intermediates_peer_to_peer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_in(dir.path(), &repo("examples/wordfreq/job.toml"), &["--workers", "3"]);
+    run.ok();
+    assert_eq!(run.out("frequencies.txt"), shell(&repo("examples/wordfreq/expected.sh"), &[]));
+    assert!(run.num("peer_bytes") > 0, "a three-node run moves data between nodes");
+    assert_eq!((run.num("thunks_total"), run.num("thunks_executed")), (7, 7));
+    let values = ["words.txt", "gen.sh", "count.sh", "merge.sh"].map(|v| format!("examples/wordfreq/{v}"));
+    assert_intermediates_stayed_off_storage(&run, &values.each_ref().map(String::as_str), 3);
+}
+
+#[test]
+fn c_program_compiled_per_file_matches_the_shell_build() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_in(dir.path(), &repo("examples/cc/job.toml"), &["--workers", "3"]);
+    run.ok();
+    let direct = dir.path().join("direct");
+    shell(&repo("examples/cc/expected.sh"), &[&direct]);
+    assert_eq!(run.out("report.txt"), std::fs::read(direct.join("report.txt")).expect("report"));
+    assert_eq!(run.out("collatz"), std::fs::read(direct.join("collatz")).expect("binary"));
+    assert!(run.num("peer_bytes") > 0, "objects compiled on one node are linked on another");
+    let values = ["main.c", "stats.c", "format.c", "stats.h", "format.h"].map(|v| format!("examples/cc/src/{v}"));
+    assert_intermediates_stayed_off_storage(&run, &values.each_ref().map(String::as_str), 3);
+}
+
+#[test]
+fn recursive_fib_forces_tail_calls_to_the_right_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_in(dir.path(), &repo("examples/fib/job.toml"), &["--workers", "3"]);
+    run.ok();
+    assert_eq!(run.out("fib.txt"), shell(&repo("examples/fib/expected.sh"), &[]));
+    // fib(0..=20) and one sum per n >= 2: each distinct thunk once, however often it is asked for.
+    assert_eq!((run.num("thunks_total"), run.num("thunks_executed")), (40, 40));
+    let values = ["n.txt", "fib.sh", "add.sh"].map(|v| format!("examples/fib/{v}"));
+    assert_intermediates_stayed_off_storage(&run, &values.each_ref().map(String::as_str), 3);
+}
+
+#[test]
+fn a_second_run_executes_nothing_and_still_writes_the_targets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = repo("examples/cc/job.toml");
+    run_in(dir.path(), &job, &["--workers", "2"]).ok();
+    std::fs::remove_dir_all(dir.path().join("out")).expect("remove out");
+    let again = run_in(dir.path(), &job, &["--workers", "2"]);
+    again.ok();
+    assert_eq!(again.num("thunks_executed"), 0);
+    assert_eq!(again.num("thunks_cached"), again.num("thunks_total"));
+    assert_eq!(again.num("storage_put_requests"), 0);
+    assert!(Path::new(&dir.path().join("out/report.txt")).exists());
+    assert!(again.out("report.txt").starts_with(b"collatz    count=10000"));
+}

@@ -1,0 +1,91 @@
+//! Thunks that fail: the run names the thunk, its status and the tail of its stderr; what
+//! completed is kept, and a rerun resumes from it.
+
+use crate::util::{run_in, write};
+
+fn job(step: &str, timeout: &str) -> String {
+    format!(
+        r#"[[thunk]]
+name = "first"
+program = {{ host = "/bin/sh" }}
+args = ["-c", "echo first > out"]
+outputs = ["out"]
+
+[[thunk]]
+name = "second"
+program = {{ host = "/bin/sh" }}
+args = ["-c", "{step}"]
+inputs = {{ "in" = "first#out" }}
+outputs = ["out"]
+timeout = "{timeout}"
+
+[targets]
+"result.txt" = "second#out"
+"#
+    )
+}
+
+#[test]
+fn a_failing_thunk_is_named_with_its_stderr_and_a_rerun_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let failing = write(dir.path(), &[("job.toml", &job("echo something broke >&2; exit 3", "10s"))]);
+    let run = run_in(dir.path(), &failing, &["--workers", "2"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("thunk `second` failed: exit status 3"), "{}", run.stderr);
+    assert!(run.stderr.contains("something broke"), "{}", run.stderr);
+
+    let fixed = write(dir.path(), &[("job.toml", &job("cat in in > out", "10s"))]);
+    let rerun = run_in(dir.path(), &fixed, &["--workers", "2"]);
+    rerun.ok();
+    assert_eq!(rerun.out("result.txt"), b"first\nfirst\n");
+    assert_eq!(rerun.num("thunks_executed"), 1, "`first` completed before the failure and is not run again");
+}
+
+#[test]
+fn a_thunk_past_its_timeout_is_killed_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow = write(dir.path(), &[("job.toml", &job("sleep 30", "300ms"))]);
+    let started = std::time::Instant::now();
+    let run = run_in(dir.path(), &slow, &["--workers", "2"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("thunk `second` failed: timed out after 300ms"), "{}", run.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the sleep was killed");
+}
+
+#[test]
+fn a_missing_output_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lazy = write(dir.path(), &[("job.toml", &job("true", "10s"))]);
+    let run = run_in(dir.path(), &lazy, &["--workers", "2"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("thunk `second` failed: output `out` was not created"), "{}", run.stderr);
+}
+
+#[test]
+fn the_environment_is_only_what_the_thunk_declares() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = r#"[[thunk]]
+name = "env"
+program = { host = "/usr/bin/env" }
+env = { ONLY = "this" }
+outputs = ["out"]
+
+[[thunk]]
+name = "show"
+program = { host = "/bin/sh" }
+args = ["-c", "/usr/bin/env > out"]
+env = { ONLY = "this" }
+outputs = ["out"]
+
+[targets]
+"env.txt" = "show#out"
+"#;
+    let job = write(dir.path(), &[("job.toml", text)]);
+    let mut cmd = crate::util::thunkmesh();
+    cmd.current_dir(dir.path()).arg("run").arg(&job).args(["--workers", "2"]).env("LEAKY", "1");
+    let out = cmd.output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = std::fs::read_to_string(dir.path().join("out/env.txt")).expect("env.txt");
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).filter(|n| *n != "PWD").collect();
+    assert_eq!(names, ["ONLY"], "{env}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the whole system: the real binary, real QUIC between real processes on
+//! loopback, real sandboxes. One test binary; modules by theme.
+
+mod bad_jobs;
+mod examples;
+mod failures;
+mod self_hosted;
+mod util;

@@ -1,0 +1,110 @@
+//! A self-hosted rendezvous and separate node processes: jobs submitted to it, a wrong token,
+//! a node killed mid-job, and a malformed frame that costs only its own connection.
+
+use std::time::Duration;
+
+use thunkmesh_net::{Identity, Trust, client_config, connect, parse_fingerprint};
+use thunkmesh_protocol::wire::ALPN_RENDEZVOUS;
+
+use crate::util::{SelfHosted, repo, shell, write};
+
+#[test]
+fn nodes_and_jobs_meet_at_a_self_hosted_rendezvous() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let _nodes: Vec<_> = (0..3).map(|i| rdv.node(&dir.path().join(format!("node-{i}")), &format!("n{i}"))).collect();
+    let run = rdv.run(dir.path(), &repo("examples/cc/job.toml"), &rdv.token);
+    run.ok();
+    let direct = dir.path().join("direct");
+    shell(&repo("examples/cc/expected.sh"), &[&direct]);
+    assert_eq!(run.out("report.txt"), std::fs::read(direct.join("report.txt")).expect("report"));
+    assert!(run.num("peer_bytes") > 0);
+}
+
+#[test]
+fn a_client_with_the_wrong_token_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let run = rdv.run(dir.path(), &repo("examples/cc/job.toml"), "not-the-token");
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("refused this client: the token is not this rendezvous' token"), "{}", run.stderr);
+}
+
+fn slow_fan_in(stages: usize) -> String {
+    let mut text = String::new();
+    let mut inputs = Vec::new();
+    for i in 0..stages {
+        text.push_str(&format!(
+            "[[thunk]]\nname = \"slow-{i}\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"sleep 1; echo {i} > out\"]\nenv = {{ PATH = \"/usr/bin:/bin\" }}\noutputs = [\"out\"]\n\n"
+        ));
+        inputs.push(format!("\"in{i}\" = \"slow-{i}#out\""));
+    }
+    let names: Vec<String> = (0..stages).map(|i| format!("in{i}")).collect();
+    text.push_str(&format!(
+        "[[thunk]]\nname = \"gather\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"/bin/cat {} > all\"]\ninputs = {{ {} }}\noutputs = [\"all\"]\n\n[targets]\n\"all.txt\" = \"gather#all\"\n",
+        names.join(" "),
+        inputs.join(", ")
+    ));
+    text
+}
+
+#[test]
+fn a_node_killed_mid_job_costs_a_rerun_not_the_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let mut nodes: Vec<_> = (0..3).map(|i| rdv.node(&dir.path().join(format!("node-{i}")), &format!("n{i}"))).collect();
+    let job = write(dir.path(), &[("job.toml", &slow_fan_in(6))]);
+    let (dir_path, job_path) = (dir.path().to_owned(), job.clone());
+    let (addr, fp, token) = (rdv.addr.clone(), rdv.fingerprint.clone(), rdv.token.clone());
+    let runner = std::thread::spawn(move || {
+        let mut cmd = crate::util::thunkmesh();
+        cmd.current_dir(&dir_path)
+            .arg("run")
+            .arg(&job_path)
+            .args(["--summary-json", "summary.json", "--rendezvous", &addr, "--fingerprint", &fp])
+            .env("THUNKMESH_TOKEN", token);
+        crate::util::finish(&dir_path, cmd.output().expect("run"))
+    });
+    // Each node has run one slow thunk and started a second when the first node dies: its
+    // finished output lived only in its cache and must be recomputed.
+    std::thread::sleep(Duration::from_millis(1600));
+    let killed = nodes.remove(0);
+    drop(killed);
+    let run = runner.join().expect("runner");
+    run.ok();
+    assert_eq!(run.out("all.txt"), b"0\n1\n2\n3\n4\n5\n");
+    assert_eq!(run.num("nodes_lost"), 1);
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_only_its_own_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let endpoint = thunkmesh_net::endpoint("127.0.0.1:0".parse().expect("addr"), &Identity::generate().expect("id"))
+        .expect("endpoint");
+    let trust = Trust::Pinned(parse_fingerprint(&rdv.fingerprint).expect("fingerprint"));
+    let config = client_config(&trust, ALPN_RENDEZVOUS).expect("config");
+    let conn =
+        connect(&endpoint, config, rdv.addr.parse().expect("addr"), thunkmesh_net::SERVER_NAME).await.expect("connect");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&u32::MAX.to_be_bytes()).await.expect("write header");
+    let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("closed in time");
+    assert!(reason.to_string().contains("exceeds the 16777216-byte limit"), "{reason}");
+
+    let _node = rdv.node(&dir.path().join("node"), "n0");
+    let job = write(
+        dir.path(),
+        &[(
+            "job.toml",
+            "[[thunk]]\nname = \"a\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"echo fine > o\"]\noutputs = [\"o\"]\n[targets]\n\"o\" = \"a#o\"\n",
+        )],
+    );
+    let run = tokio::task::spawn_blocking({
+        let (dir, job) = (dir.path().to_owned(), job.clone());
+        move || rdv.run(&dir, &job, &rdv.token)
+    })
+    .await
+    .expect("join");
+    run.ok();
+    assert_eq!(run.out("o"), b"fine\n");
+}

@@ -1,0 +1,166 @@
+//! Helpers: run the real `thunkmesh` binary in a scratch directory and read what it reports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn thunkmesh() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thunkmesh"));
+    cmd.env_remove("THUNKMESH_TOKEN").env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A file or folder of the repository.
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// What a `thunkmesh run` left behind.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stderr: String,
+    pub summary: Value,
+    pub dir: PathBuf,
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, Some(0), "run failed:\n{}", self.stderr);
+        self
+    }
+
+    pub fn num(&self, key: &str) -> u64 {
+        self.summary[key].as_u64().unwrap_or_else(|| panic!("summary has no `{key}`: {}", self.summary))
+    }
+
+    pub fn out(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join("out").join(file)).unwrap_or_else(|e| panic!("out/{file}: {e}"))
+    }
+
+    /// Blob files in the default store.
+    pub fn stored_blobs(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join(".thunkmesh/store/blobs"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+/// Runs `thunkmesh run JOB` in `dir` with the default store and out/ there, plus `extra` flags.
+pub fn run_in(dir: &Path, job: &Path, extra: &[&str]) -> Run {
+    let mut cmd = thunkmesh();
+    cmd.current_dir(dir).arg("run").arg(job).args(["--summary-json", "summary.json"]).args(extra);
+    finish(dir, cmd.output().expect("start thunkmesh"))
+}
+
+pub fn finish(dir: &Path, output: Output) -> Run {
+    let summary_path = dir.join("summary.json");
+    let summary = std::fs::read_to_string(&summary_path).ok().and_then(|s| serde_json::from_str(&s).ok());
+    let _ = std::fs::remove_file(summary_path);
+    Run {
+        code: output.status.code(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        summary: summary.unwrap_or(Value::Null),
+        dir: dir.to_owned(),
+    }
+}
+
+/// Runs a shell script of an example and returns its stdout.
+pub fn shell(script: &Path, args: &[&Path]) -> Vec<u8> {
+    let out = Command::new("sh").arg(script).args(args).output().expect("run sh");
+    assert!(out.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Writes a job file (and any files it names) into `dir`.
+pub fn write(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    for (name, text) in files {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write");
+    }
+    dir.join(files[0].0)
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A self-hosted rendezvous on a free loopback port, and what nodes need to join it.
+pub struct SelfHosted {
+    _proc: Proc,
+    pub addr: String,
+    pub fingerprint: String,
+    pub token: String,
+}
+
+impl SelfHosted {
+    pub fn start(state: &Path) -> SelfHosted {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
+        let addr = format!("127.0.0.1:{port}");
+        let token = "integration-test-token".to_owned();
+        let child = thunkmesh()
+            .args(["rendezvous", "--listen", &addr, "--state-dir"])
+            .arg(state)
+            .env("THUNKMESH_TOKEN", &token)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start rendezvous");
+        let mut proc = Proc(child);
+        let fingerprint = read_fingerprint(&mut proc.0);
+        SelfHosted { _proc: proc, addr, fingerprint, token }
+    }
+
+    pub fn node(&self, cache: &Path, name: &str) -> Proc {
+        let child = thunkmesh()
+            .args(["node", "--rendezvous", &self.addr, "--fingerprint", &self.fingerprint, "--bind", "127.0.0.1:0"])
+            .args(["--name", name, "--cache-dir"])
+            .arg(cache)
+            .env("THUNKMESH_TOKEN", &self.token)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node");
+        Proc(child)
+    }
+
+    pub fn run(&self, dir: &Path, job: &Path, token: &str) -> Run {
+        let mut cmd = thunkmesh();
+        cmd.current_dir(dir)
+            .arg("run")
+            .arg(job)
+            .args(["--summary-json", "summary.json", "--rendezvous", &self.addr, "--fingerprint", &self.fingerprint])
+            .env("THUNKMESH_TOKEN", token);
+        finish(dir, cmd.output().expect("start thunkmesh run"))
+    }
+}
+
+/// Reads the rendezvous' stderr until it prints its fingerprint, then drains it in the background.
+fn read_fingerprint(child: &mut Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(fp) = line.strip_prefix("certificate fingerprint: ") {
+            let fp = fp.trim().to_owned();
+            std::thread::spawn(move || lines.for_each(drop));
+            return fp;
+        }
+    }
+    panic!("the rendezvous did not print its fingerprint");
+}
