@@ -22,6 +22,41 @@ fn nodes_and_jobs_meet_at_a_self_hosted_rendezvous() {
 }
 
 #[test]
+fn a_rendezvous_with_a_ca_issued_certificate_is_trusted_through_the_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key")).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").signed_by(&key, &ca);
+    let pem = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write pem");
+        path.display().to_string()
+    };
+    let (ca_file, cert, key) =
+        (pem("ca.pem", ca.pem()), pem("cert.pem", leaf.expect("leaf").pem()), pem("key.pem", key.serialize_pem()));
+    let mut rdv = SelfHosted::start_with(&dir.path().join("rdv"), &["--cert", &cert, "--key", &key]);
+    rdv.trust = ["--ca", &ca_file, "--server-name", "localhost"].map(String::from).to_vec();
+    let _node = rdv.node(&dir.path().join("node"), "n0");
+    let job = write(
+        dir.path(),
+        &[(
+            "job.toml",
+            "[[thunk]]\nname = \"a\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"echo trusted > o\"]\noutputs = [\"o\"]\n[targets]\n\"o\" = \"a#o\"\n",
+        )],
+    );
+    let run = rdv.run(dir.path(), &job, &rdv.token);
+    run.ok();
+    assert_eq!(run.out("o"), b"trusted\n");
+
+    rdv.trust = ["--ca", &ca_file, "--server-name", "elsewhere"].map(String::from).to_vec();
+    let wrong_name = rdv.run(dir.path(), &job, &rdv.token);
+    assert_eq!(wrong_name.code, Some(1));
+    assert!(wrong_name.stderr.contains("cannot connect to"), "{}", wrong_name.stderr);
+}
+
+#[test]
 fn a_client_with_the_wrong_token_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rdv = SelfHosted::start(&dir.path().join("rdv"));

@@ -105,16 +105,26 @@ pub struct SelfHosted {
     pub addr: String,
     pub fingerprint: String,
     pub token: String,
+    /// How nodes and clients trust it.
+    pub trust: Vec<String>,
 }
 
 impl SelfHosted {
     pub fn start(state: &Path) -> SelfHosted {
+        let mut rdv = SelfHosted::start_with(state, &[]);
+        rdv.trust = vec!["--fingerprint".into(), rdv.fingerprint.clone()];
+        rdv
+    }
+
+    /// Starts with extra flags (a certificate); `trust` must be set before nodes join.
+    pub fn start_with(state: &Path, extra: &[&str]) -> SelfHosted {
         let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
         let addr = format!("127.0.0.1:{port}");
         let token = "integration-test-token".to_owned();
         let child = thunkmesh()
             .args(["rendezvous", "--listen", &addr, "--state-dir"])
             .arg(state)
+            .args(extra)
             .env("THUNKMESH_TOKEN", &token)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
@@ -122,12 +132,13 @@ impl SelfHosted {
             .expect("start rendezvous");
         let mut proc = Proc(child);
         let fingerprint = read_fingerprint(&mut proc.0);
-        SelfHosted { _proc: proc, addr, fingerprint, token }
+        SelfHosted { _proc: proc, addr, fingerprint, token, trust: Vec::new() }
     }
 
     pub fn node(&self, cache: &Path, name: &str) -> Proc {
         let child = thunkmesh()
-            .args(["node", "--rendezvous", &self.addr, "--fingerprint", &self.fingerprint, "--bind", "127.0.0.1:0"])
+            .args(["node", "--rendezvous", &self.addr, "--bind", "127.0.0.1:0"])
+            .args(&self.trust)
             .args(["--name", name, "--cache-dir"])
             .arg(cache)
             .env("THUNKMESH_TOKEN", &self.token)
@@ -142,7 +153,8 @@ impl SelfHosted {
         cmd.current_dir(dir)
             .arg("run")
             .arg(job)
-            .args(["--summary-json", "summary.json", "--rendezvous", &self.addr, "--fingerprint", &self.fingerprint])
+            .args(["--summary-json", "summary.json", "--rendezvous", &self.addr])
+            .args(&self.trust)
             .env("THUNKMESH_TOKEN", token);
         finish(dir, cmd.output().expect("start thunkmesh run"))
     }
