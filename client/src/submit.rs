@@ -120,12 +120,17 @@ pub async fn run_job(
 async fn scan_memo(job: &LoadedJob, store: &Store) -> Result<MemoScan, StoreError> {
     let by_id: HashMap<Id, &NamedThunk> = job.job.thunks.iter().map(|t| (t.id, t)).collect();
     let mut wanted: BTreeMap<Id, BTreeSet<String>> = BTreeMap::new();
+    let mut scan = MemoScan::default();
     for r in job.job.targets.values() {
-        if let Ref::Output { thunk, name } = r {
-            wanted.entry(*thunk).or_default().insert(name.clone());
+        match r {
+            Ref::Output { thunk, name } => {
+                wanted.entry(*thunk).or_default().insert(name.clone());
+            }
+            Ref::Blob(value) => {
+                scan.values_needed.insert(*value);
+            }
         }
     }
-    let mut scan = MemoScan::default();
     let mut seen: BTreeSet<Id> = wanted.keys().copied().collect();
     let mut frontier: Vec<Id> = seen.iter().copied().collect();
     while !frontier.is_empty() {

@@ -188,10 +188,11 @@ impl Job {
         self.demand(thunk);
     }
 
-    pub(crate) fn demand_producer_of(&mut self, blob: Id) {
-        if let Some(&p) = self.producers.get(&blob) {
-            self.rerun(p);
-        }
+    /// Runs again the thunk that produced `blob`; false if no thunk of this job did.
+    pub(crate) fn demand_producer_of(&mut self, blob: Id) -> bool {
+        let Some(&p) = self.producers.get(&blob) else { return false };
+        self.rerun(p);
+        true
     }
 
     pub(crate) fn has_pending(&self) -> bool {

@@ -367,9 +367,10 @@ impl Planner {
                 self.out.push_back(Decision::JobFailed { job: id, error });
                 return;
             }
-            if let Some(outcome) = self.check_targets(id, &mut job) {
-                self.out.push_back(Decision::JobDone { job: id, outcome });
-                return;
+            match self.check_targets(id, &mut job) {
+                Ok(Some(outcome)) => return self.out.push_back(Decision::JobDone { job: id, outcome }),
+                Ok(None) => {}
+                Err(error) => return self.out.push_back(Decision::JobFailed { job: id, error }),
             }
             if !job.has_pending() {
                 break;
@@ -378,9 +379,9 @@ impl Planner {
         self.jobs.insert(id, job);
     }
 
-    /// Requests uploads of resolved targets that live only in caches; returns the outcome when
-    /// every target is in storage.
-    fn check_targets(&mut self, id: JobId, job: &mut Job) -> Option<JobOutcome> {
+    /// Requests uploads of resolved targets that live only in caches, or runs again what
+    /// produced a target that lives nowhere. `Ok(Some(..))` when every target is in storage.
+    fn check_targets(&mut self, id: JobId, job: &mut Job) -> Result<Option<JobOutcome>, WireError> {
         let mut all_stored = true;
         let mut targets = Vec::with_capacity(job.targets.len());
         for target in job.targets.clone() {
@@ -388,7 +389,7 @@ impl Planner {
                 all_stored = false;
                 continue;
             };
-            targets.push((target, blob));
+            targets.push((target.clone(), blob));
             let places = self.objects.get(&blob);
             if places.is_some_and(|p| p.storage) {
                 continue;
@@ -400,13 +401,14 @@ impl Planner {
                     self.out.push_back(Decision::Upload { node, job: id, blob });
                 }
                 Some(_) => {}
-                None => job.demand_producer_of(blob),
+                None if job.demand_producer_of(blob) => {}
+                None => {
+                    let message = format!("target {target} is not in storage and no thunk of the job produces it");
+                    return Err(WireError::new(ErrorCode::InputUnavailable, message));
+                }
             }
         }
-        if !all_stored {
-            return None;
-        }
-        Some(job.outcome(targets))
+        Ok(all_stored.then(|| job.outcome(targets)))
     }
 
     /// Hands ready thunks to nodes with free slots.

@@ -342,3 +342,22 @@ fn an_answer_from_a_node_the_task_was_not_given_to_is_ignored() {
     p.task_done(task.node, task.task, &blob_output(b"real"), TransferStats::default());
     assert_eq!(p.resolve(JOB, &out(&a)), Some(Id::of_blob(b"real")));
 }
+
+#[test]
+fn a_target_that_is_a_stored_value_needs_no_thunk() {
+    let mut p = Planner::new();
+    let value = Id::of_blob(b"input");
+    p.submit(JOB, &submission(&[], vec![Ref::Blob(value)], vec![value])).expect("valid job");
+    let outcome = job_done(&drain(&mut p)).cloned().expect("done at once");
+    assert_eq!(outcome.targets, vec![(Ref::Blob(value), value)]);
+}
+
+#[test]
+fn a_target_that_lives_nowhere_fails_the_job_instead_of_waiting() {
+    let mut p = Planner::new();
+    p.submit(JOB, &submission(&[], vec![Ref::Blob(Id::of_blob(b"lost"))], vec![])).expect("valid job");
+    let ds = drain(&mut p);
+    assert!(ds.iter().any(
+        |d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("no thunk of the job produces it"))
+    ));
+}

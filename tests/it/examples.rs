@@ -85,3 +85,19 @@ fn a_second_run_executes_nothing_and_still_writes_the_targets() {
     assert!(Path::new(&dir.path().join("out/report.txt")).exists());
     assert!(again.out("report.txt").starts_with(b"collatz    count=10000"));
 }
+
+#[test]
+fn a_value_named_as_a_target_is_copied_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = crate::util::write(
+        dir.path(),
+        &[
+            ("job.toml", "[values]\nnotes = \"notes.txt\"\n\n[targets]\n\"copy.txt\" = \"notes\"\n"),
+            ("notes.txt", "kept as is\n"),
+        ],
+    );
+    let run = run_in(dir.path(), &job, &["--workers", "2"]);
+    run.ok();
+    assert_eq!(run.out("copy.txt"), b"kept as is\n");
+    assert_eq!(run.num("thunks_total"), 0);
+}

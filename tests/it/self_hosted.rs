@@ -8,6 +8,14 @@ use thunkmesh_protocol::wire::ALPN_RENDEZVOUS;
 
 use crate::util::{SelfHosted, repo, shell, write};
 
+/// A one-thunk job whose target `o` holds `word`.
+fn echo_job(dir: &std::path::Path, word: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[[thunk]]\nname = \"a\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"echo {word} > o\"]\noutputs = [\"o\"]\n[targets]\n\"o\" = \"a#o\"\n"
+    );
+    write(dir, &[("job.toml", &text)])
+}
+
 #[test]
 fn nodes_and_jobs_meet_at_a_self_hosted_rendezvous() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -39,13 +47,7 @@ fn a_rendezvous_with_a_ca_issued_certificate_is_trusted_through_the_ca() {
     let mut rdv = SelfHosted::start_with(&dir.path().join("rdv"), &["--cert", &cert, "--key", &key]);
     rdv.trust = ["--ca", &ca_file, "--server-name", "localhost"].map(String::from).to_vec();
     let _node = rdv.node(&dir.path().join("node"), "n0");
-    let job = write(
-        dir.path(),
-        &[(
-            "job.toml",
-            "[[thunk]]\nname = \"a\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"echo trusted > o\"]\noutputs = [\"o\"]\n[targets]\n\"o\" = \"a#o\"\n",
-        )],
-    );
+    let job = echo_job(dir.path(), "trusted");
     let run = rdv.run(dir.path(), &job, &rdv.token);
     run.ok();
     assert_eq!(run.out("o"), b"trusted\n");
@@ -127,13 +129,7 @@ async fn an_oversized_frame_closes_only_its_own_connection() {
     assert!(reason.to_string().contains("exceeds the 16777216-byte limit"), "{reason}");
 
     let _node = rdv.node(&dir.path().join("node"), "n0");
-    let job = write(
-        dir.path(),
-        &[(
-            "job.toml",
-            "[[thunk]]\nname = \"a\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"echo fine > o\"]\noutputs = [\"o\"]\n[targets]\n\"o\" = \"a#o\"\n",
-        )],
-    );
+    let job = echo_job(dir.path(), "fine");
     let run = tokio::task::spawn_blocking({
         let (dir, job) = (dir.path().to_owned(), job.clone());
         move || rdv.run(&dir, &job, &rdv.token)
