@@ -520,10 +520,88 @@ mod tests {
         ]
     }
 
+    fn arb_error() -> impl Strategy<Value = WireError> {
+        let codes = [
+            ErrorCode::Unauthorized,
+            ErrorCode::VersionMismatch,
+            ErrorCode::BadMessage,
+            ErrorCode::ExitStatus,
+            ErrorCode::Timeout,
+            ErrorCode::MissingOutput,
+            ErrorCode::BadTail,
+            ErrorCode::InputUnavailable,
+            ErrorCode::NodeError,
+            ErrorCode::NotFound,
+        ];
+        (proptest::sample::select(codes.to_vec()), ".{0,16}", ".{0,16}").prop_map(|(code, message, detail)| WireError {
+            code,
+            message,
+            detail,
+        })
+    }
+
+    /// Every message the rendezvous sends except assignments (which have their own property).
+    fn arb_from_rendezvous() -> impl Strategy<Value = FromRendezvous> {
+        let reduction = (arb_id(), proptest::collection::vec(("[a-z]{1,4}", arb_id()), 0..3))
+            .prop_map(|(thunk, outputs)| Reduction { thunk, outputs });
+        let progress = any::<[u64; 3]>().prop_map(|[total, done, running]| Progress { total, done, running });
+        let outcome = (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 4]>())
+            .prop_map(|(targets, stats, [executed, cached, total, nodes_lost])| JobOutcome {
+                targets,
+                stats,
+                executed,
+                cached,
+                total,
+                nodes_lost,
+            });
+        prop_oneof![
+            any::<u64>().prop_map(|session| FromRendezvous::Welcome { session }),
+            arb_error().prop_map(FromRendezvous::Refused),
+            (any::<u64>(), arb_id(), ".{0,12}").prop_map(|(job, blob, store)| FromRendezvous::Upload(UploadRequest {
+                job,
+                blob,
+                store
+            })),
+            (reduction, ".{0,8}", any::<bool>()).prop_map(|(reduction, name, executed)| FromRendezvous::Resolved(
+                Resolution { reduction, name, executed }
+            )),
+            progress.prop_map(FromRendezvous::Progress),
+            outcome.prop_map(FromRendezvous::JobDone),
+            arb_error().prop_map(FromRendezvous::JobFailed),
+        ]
+    }
+
+    fn arb_hello() -> impl Strategy<Value = Hello> {
+        let node = (".{0,8}", any::<u32>(), any::<[u8; 32]>(), proptest::collection::vec(arb_id(), 0..3)).prop_map(
+            |(name, slots, fingerprint, inventory)| Role::Node(NodeHello { name, slots, fingerprint, inventory }),
+        );
+        let role = prop_oneof![node, Just(Role::Client), Just(Role::Peer)];
+        (any::<u32>(), ".{0,12}", role).prop_map(|(version, token, role)| Hello { version, token, role })
+    }
+
     proptest! {
         #[test]
         fn to_rendezvous_round_trips(msg in arb_to_rendezvous()) {
             prop_assert_eq!(round_trip(&msg), msg);
+        }
+
+        #[test]
+        fn from_rendezvous_round_trips(msg in arb_from_rendezvous()) {
+            prop_assert_eq!(round_trip(&msg), msg);
+        }
+
+        #[test]
+        fn hellos_round_trip(msg in arb_hello()) {
+            prop_assert_eq!(round_trip(&msg), msg);
+        }
+
+        #[test]
+        fn peer_messages_round_trip(blob in arb_id(), token in ".{0,12}", size in any::<u64>(), error in arb_error()) {
+            let request = PeerRequest::Fetch { blob, token };
+            prop_assert_eq!(round_trip(&request), request);
+            for response in [PeerResponse::Found { size }, PeerResponse::Refused(error)] {
+                prop_assert_eq!(round_trip(&response), response);
+            }
         }
 
         #[test]
