@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Run graphs of hermetic commands (thunks) on a mesh of workers that pass intermediate
 /// outputs peer to peer over QUIC.
@@ -38,9 +38,13 @@ pub struct RunArgs {
     /// Where the targets are written.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
-    /// Storage for inputs, targets and the memo cache [default: .thunkmesh/store as file://].
+    /// Storage for inputs, targets and the memo cache: s3://bucket/prefix (AWS settings from
+    /// the environment), file:///path, or memory:// [default: .thunkmesh/store as file://].
     #[arg(long)]
     pub store: Option<String>,
+    /// How intermediate outputs travel.
+    #[arg(long, value_enum, default_value_t = ModeArg::P2p)]
+    pub mode: ModeArg,
     /// Local state: the default store and the local nodes' caches and logs.
     #[arg(long, default_value = ".thunkmesh")]
     pub state_dir: PathBuf,
@@ -108,4 +112,22 @@ pub struct NodeArgs {
     /// Name shown in the rendezvous' logs [default: host name and process id].
     #[arg(long)]
     pub name: Option<String>,
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Outputs stay on their producer and move directly to the nodes that need them.
+    P2p,
+    /// gg's way: every output is written to storage and every input read from it.
+    Storage,
+}
+
+impl From<ModeArg> for thunkmesh_protocol::wire::Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::P2p => thunkmesh_protocol::wire::Mode::P2p,
+            ModeArg::Storage => thunkmesh_protocol::wire::Mode::Storage,
+        }
+    }
 }

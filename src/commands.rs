@@ -79,7 +79,7 @@ async fn execute(
     let store = Store::open(&url)?;
     if let Some(addr) = &args.rendezvous {
         let target = remote_target(addr, &args.trust)?;
-        return Ok(run_job(job, &store, &target, &args.out, bar, started).await?);
+        return Ok(run_job(job, &store, args.mode.into(), &target, &args.out, bar, started).await?);
     }
     let workers = args.workers.unwrap_or_else(default_workers);
     if workers == 0 {
@@ -90,7 +90,7 @@ async fn execute(
     let target = mesh.target();
     let logs = mesh.logs().display().to_string();
     tokio::select! {
-        r = run_job(job, &store, &target, &args.out, bar, started) => Ok(r?),
+        r = run_job(job, &store, args.mode.into(), &target, &args.out, bar, started) => Ok(r?),
         () = mesh.all_exited() => Err(RunError::NodesExited(logs).into()),
         _ = tokio::signal::ctrl_c() => bail!("interrupted; completed thunks are in the memo cache"),
     }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use thunkmesh_net::{Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
 use thunkmesh_protocol::job::NamedThunk;
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, FromRendezvous, Hello, JobOutcome, PROTOCOL_VERSION, Progress, Reduction, Role, Submission,
+    ALPN_RENDEZVOUS, FromRendezvous, Hello, JobOutcome, Mode, PROTOCOL_VERSION, Progress, Reduction, Role, Submission,
     SubmittedThunk, ToRendezvous, WireError,
 };
 use thunkmesh_protocol::{Id, Ref};
@@ -85,9 +85,11 @@ struct MemoScan {
 }
 
 /// Runs `job` on the mesh at `target`; targets go to `out_dir`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_job(
     job: &LoadedJob,
     store: &Store,
+    mode: Mode,
     target: &Target,
     out_dir: &Path,
     reporter: &mut dyn Reporter,
@@ -99,6 +101,7 @@ pub async fn run_job(
     let stored = upload_values(job, store, &scan).await?;
     let submission = Submission {
         store: store.url().to_owned(),
+        mode,
         thunks: job
             .job
             .thunks
@@ -208,9 +211,7 @@ async fn upload_values(job: &LoadedJob, store: &Store, scan: &MemoScan) -> Resul
     let uploads = futures::stream::iter(needed)
         .map(|(id, path)| async move {
             if !store.has_blob(id).await? {
-                let bytes =
-                    tokio::fs::read(path).await.map_err(|source| StoreError::Local { path: path.clone(), source })?;
-                store.put_blob(id, bytes.into()).await?;
+                store.put_file(id, path).await?;
             }
             Ok::<Id, StoreError>(id)
         })

@@ -12,10 +12,10 @@ use std::time::{Instant, SystemTime};
 
 use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
 use thunkmesh_protocol::wire::{
-    Assignment, ErrorCode, OutputValue, Source, Stored, SubmittedThunk, TaskDone, TaskFailed, ToRendezvous,
+    Assignment, ErrorCode, Mode, OutputValue, Source, Stored, SubmittedThunk, TaskDone, TaskFailed, ToRendezvous,
     TransferStats, UploadRequest, WireError,
 };
-use thunkmesh_protocol::{Id, Program};
+use thunkmesh_protocol::{Id, Program, Ref};
 use thunkmesh_store::Store;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
@@ -118,11 +118,46 @@ async fn run(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<Vec
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         warn!(dir = %dir.display(), error = %e, "could not remove a sandbox");
     }
-    result
+    let outputs = result?;
+    if a.mode == Mode::Storage {
+        store_outputs(ctx, a, &outputs, stats).await?;
+    }
+    Ok(outputs)
+}
+
+/// Storage mode: writes every output to storage (with a tail, the tail and the files it names)
+/// before the task is reported done.
+async fn store_outputs(
+    ctx: &Ctx,
+    a: &Assignment,
+    outputs: &[(String, OutputValue)],
+    stats: &mut TransferStats,
+) -> Result<(), Fail> {
+    let mut blobs = Vec::new();
+    for (_, value) in outputs {
+        match value {
+            OutputValue::Blob(id) => blobs.push(*id),
+            OutputValue::Tail { blob, thunks, .. } => {
+                blobs.push(*blob);
+                let values = thunks.iter().flat_map(|t| t.thunk.refs());
+                blobs.extend(values.filter_map(|r| if let Ref::Blob(b) = r { Some(*b) } else { None }));
+            }
+        }
+    }
+    blobs.sort();
+    blobs.dedup();
+    let store = ctx.store(&a.store).await.map_err(Fail::node)?;
+    for blob in blobs.into_iter().filter(|b| ctx.cache.has(*b)) {
+        stats.storage_puts += 1;
+        store.put_file(blob, &ctx.cache.path(blob)).await.map_err(Fail::node)?;
+        stats.storage_bytes_written += blob.size;
+    }
+    Ok(())
 }
 
 async fn fetch_inputs(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<(), Fail> {
-    let wanted = a.sources.iter().filter(|s| !ctx.cache.has(s.blob));
+    // Storage mode is the baseline: every input comes from storage, cached or not.
+    let wanted = a.sources.iter().filter(|s| a.mode == Mode::Storage || !ctx.cache.has(s.blob));
     let results = futures::future::join_all(wanted.map(|s| fetch_one(ctx, s.blob, &s.sources, &a.store))).await;
     let mut unavailable = Vec::new();
     let mut first_error = None;
@@ -389,10 +424,9 @@ async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Resul
     if !ctx.cache.has(req.blob) {
         return Err("not in this node's cache".into());
     }
-    let bytes = tokio::fs::read(ctx.cache.path(req.blob)).await.map_err(|e| e.to_string())?;
     let store = ctx.store(&req.store).await?;
     stats.storage_puts += 1;
-    store.put_blob(req.blob, bytes.into()).await.map_err(|e| e.to_string())?;
+    store.put_file(req.blob, &ctx.cache.path(req.blob)).await.map_err(|e| e.to_string())?;
     stats.storage_bytes_written += req.blob.size;
     Ok(())
 }

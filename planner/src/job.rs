@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use thunkmesh_protocol::wire::{
-    ErrorCode, JobOutcome, OutputValue, Progress, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
+    ErrorCode, JobOutcome, Mode, OutputValue, Progress, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
 };
 use thunkmesh_protocol::{Id, Ref, Thunk};
 
@@ -67,6 +67,7 @@ pub(crate) struct Job {
     pub(crate) upload_failures: u32,
     pub(crate) stats: TransferStats,
     pub(crate) nodes_lost: u64,
+    pub(crate) mode: Mode,
 }
 
 impl Job {
@@ -85,6 +86,7 @@ impl Job {
             upload_failures: 0,
             stats: TransferStats::default(),
             nodes_lost: 0,
+            mode: sub.mode,
         };
         job.add_thunks(&sub.thunks, "")?;
         job.check_refs(sub.thunks.iter().flat_map(|t| t.thunk.refs()).chain(&sub.targets))?;

@@ -14,7 +14,9 @@ mod job;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use thunkmesh_protocol::wire::{ErrorCode, JobOutcome, OutputValue, Reduction, Submission, TransferStats, WireError};
+use thunkmesh_protocol::wire::{
+    ErrorCode, JobOutcome, Mode, OutputValue, Reduction, Submission, TransferStats, WireError,
+};
 use thunkmesh_protocol::{Id, Ref};
 
 use job::{Job, Resolved, State};
@@ -220,8 +222,13 @@ impl Planner {
             Ok(placed) => placed,
             Err(error) => return self.fail(info.job, error),
         };
+        // In storage mode the node wrote every output to storage before it reported.
+        let stored = job.mode == Mode::Storage;
         for blob in placed {
             self.place(blob, info.node);
+            if stored {
+                self.objects.entry(blob).or_default().storage = true;
+            }
         }
         self.settle(info.job);
     }
@@ -342,8 +349,9 @@ impl Planner {
         }
     }
 
-    fn located(&self, blob: &Id) -> bool {
-        self.objects.get(blob).is_some_and(|p| p.storage || !p.nodes.is_empty())
+    /// Whether a task of a job in `mode` can get the blob: from storage, or (p2p) from a cache.
+    fn located(&self, blob: &Id, mode: Mode) -> bool {
+        self.objects.get(blob).is_some_and(|p| p.storage || (mode == Mode::P2p && !p.nodes.is_empty()))
     }
 
     /// Re-examines every thunk of a job that is not running or done (after a loss).
@@ -358,7 +366,8 @@ impl Planner {
     fn settle(&mut self, id: JobId) {
         let Some(mut job) = self.jobs.remove(&id) else { return };
         loop {
-            let located = |blob: &Id| self.located(blob);
+            let mode = job.mode;
+            let located = |blob: &Id| self.located(blob, mode);
             let result = job.evaluate_pending(&located);
             for (name, reduction) in job.take_resolved() {
                 self.out.push_back(Decision::Resolved { job: id, name, reduction });
@@ -419,8 +428,11 @@ impl Planner {
                 let Some(job) = self.jobs.get_mut(&id) else { break };
                 let Some(thunk) = job.next_ready() else { break };
                 let resolved = job.resolved_inputs(thunk);
-                let node = self.best_node(&resolved).unwrap_or(node);
-                self.start(id, thunk, node, resolved);
+                let mode = job.mode;
+                // Storage mode reads every input from storage: where it runs does not matter.
+                let local = if mode == Mode::P2p { &resolved[..] } else { &[] };
+                let node = self.best_node(local).unwrap_or(node);
+                self.start(id, thunk, node, resolved, mode);
             }
         }
     }
@@ -445,10 +457,15 @@ impl Planner {
         best.map(|(_, _, std::cmp::Reverse(n))| n)
     }
 
-    fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>) {
+    fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>, mode: Mode) {
         let task = self.next_task;
         self.next_task += 1;
-        let sources = self.sources(node, &resolved);
+        let sources = match mode {
+            Mode::P2p => self.sources(node, &resolved),
+            Mode::Storage => {
+                resolved.iter().collect::<BTreeSet<_>>().into_iter().map(|b| (*b, vec![Place::Storage])).collect()
+            }
+        };
         if let Some(state) = self.nodes.get_mut(&node) {
             state.running.insert(task);
         }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use thunkmesh_protocol::wire::{
-    ErrorCode, OutputValue, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
+    ErrorCode, Mode, OutputValue, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
 };
 use thunkmesh_protocol::{Id, Program, Ref, Thunk};
 
@@ -34,6 +34,7 @@ fn out(t: &Thunk) -> Ref {
 fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: Vec<Id>) -> Submission {
     Submission {
         store: "memory://".into(),
+        mode: Mode::P2p,
         thunks: thunks.iter().map(|(n, t)| SubmittedThunk { name: (*n).into(), thunk: (*t).clone() }).collect(),
         targets,
         stored,
@@ -360,4 +361,39 @@ fn a_target_that_lives_nowhere_fails_the_job_instead_of_waiting() {
     assert!(ds.iter().any(
         |d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("no thunk of the job produces it"))
     ));
+}
+
+#[test]
+fn storage_mode_reads_every_input_from_storage_and_needs_no_uploads() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    let mut sub = submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()]);
+    sub.mode = Mode::Storage;
+    p.submit(JOB, &sub).expect("valid job");
+    let first = assigns(&drain(&mut p)).remove(0);
+    p.task_done(first.node, first.task, &blob_output(b"A"), TransferStats::default());
+    let second = assigns(&drain(&mut p)).remove(0);
+    assert!(second.sources.iter().all(|(_, places)| places == &vec![Place::Storage]));
+    assert!(second.sources.iter().any(|(blob, _)| *blob == Id::of_blob(b"A")), "even where it was produced");
+    p.task_done(second.node, second.task, &blob_output(b"B"), TransferStats::default());
+    let ds = drain(&mut p);
+    assert!(!ds.iter().any(|d| matches!(d, Decision::Upload { .. })), "outputs are already in storage");
+    assert!(job_done(&ds).is_some());
+}
+
+#[test]
+fn storage_mode_does_not_count_a_cached_copy_as_available() {
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    let mut sub = submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()]);
+    sub.memo = vec![Reduction { thunk: a.id(), outputs: vec![("out".into(), Id::of_blob(b"A"))] }];
+    sub.mode = Mode::Storage;
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[Id::of_blob(b"A")]);
+    p.submit(JOB, &sub).expect("valid job");
+    let runs = assigns(&drain(&mut p));
+    assert_eq!(runs.iter().map(|x| x.thunk).collect::<Vec<_>>(), vec![a.id()], "a runs again to put A in storage");
 }

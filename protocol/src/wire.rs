@@ -101,11 +101,23 @@ pub enum FromRendezvous {
     JobFailed(WireError),
 }
 
+/// How intermediate outputs travel.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Outputs stay on their producer and move directly to consumers (the default).
+    #[default]
+    P2p,
+    /// gg's way: every output is written to storage and every input read from it.
+    Storage,
+}
+
 /// A job, as the client sends it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Submission {
     /// Where nodes read inputs and write targets (a URL such as `file:///abs/path`).
     pub store: String,
+    /// How intermediates travel.
+    pub mode: Mode,
     /// Every thunk that may need forcing.
     pub thunks: Vec<SubmittedThunk>,
     /// Refs whose values the client wants.
@@ -172,6 +184,8 @@ pub struct Assignment {
     pub sources: Vec<InputSource>,
     /// The job's storage URL.
     pub store: String,
+    /// In storage mode the node reads every input from storage and writes every output there.
+    pub mode: Mode,
 }
 
 /// An output of a forced thunk.
@@ -493,6 +507,7 @@ mod tests {
             )
                 .prop_map(|(store, thunks, targets, stored)| ToRendezvous::Submit(Submission {
                     store,
+                    mode: Mode::Storage,
                     thunks,
                     targets,
                     stored,
@@ -605,9 +620,10 @@ mod tests {
         }
 
         #[test]
-        fn assignments_round_trip(task in any::<u64>(), thunk in arb_thunk(), blobs in proptest::collection::vec(arb_id(), 0..4), fp in any::<[u8; 32]>()) {
+        fn assignments_round_trip(task in any::<u64>(), thunk in arb_thunk(), blobs in proptest::collection::vec(arb_id(), 0..4), fp in any::<[u8; 32]>(), storage in any::<bool>()) {
             let sources = blobs.iter().map(|&blob| InputSource { blob, sources: vec![Source::Peer { addr: "127.0.0.1:9".into(), fingerprint: fp }, Source::Storage] }).collect();
-            let msg = FromRendezvous::Assign(Assignment { task, name: "t".into(), thunk, resolved: blobs, sources, store: "file:///x".into() });
+            let mode = if storage { Mode::Storage } else { Mode::P2p };
+            let msg = FromRendezvous::Assign(Assignment { task, name: "t".into(), thunk, resolved: blobs, sources, store: "file:///x".into(), mode });
             prop_assert_eq!(round_trip(&msg), msg);
         }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use thunkmesh_planner::{Decision, Place, Planner};
 use thunkmesh_protocol::wire::{
-    Assignment, ErrorCode, FromRendezvous, InputSource, NodeHello, Progress, Resolution, Source, ToRendezvous,
+    Assignment, ErrorCode, FromRendezvous, InputSource, Mode, NodeHello, Progress, Resolution, Source, ToRendezvous,
     UploadRequest, WireError,
 };
 use tokio::sync::{mpsc, watch};
@@ -40,6 +40,7 @@ struct NodeEntry {
 struct ClientEntry {
     tx: mpsc::Sender<FromRendezvous>,
     store: Option<String>,
+    mode: Mode,
     progress: Progress,
 }
 
@@ -79,7 +80,8 @@ impl Core {
                 self.planner.node_joined(node, hello.slots, &hello.inventory);
             }
             Event::ClientJoined { job, tx } => {
-                self.clients.insert(job, ClientEntry { tx, store: None, progress: Progress::default() });
+                self.clients
+                    .insert(job, ClientEntry { tx, store: None, mode: Mode::P2p, progress: Progress::default() });
             }
             Event::Left { session } => self.left(session),
             Event::Message { from, msg } => self.message(from, msg),
@@ -118,6 +120,7 @@ impl Core {
             return self.refuse(job, "one job per client connection");
         }
         client.store = Some(sub.store.clone());
+        client.mode = sub.mode;
         info!(job, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
         if let Err(e) = self.planner.submit(job, &sub) {
             self.send(job, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));
@@ -177,6 +180,7 @@ impl Core {
             resolved: a.resolved.clone(),
             sources: sources.collect(),
             store: self.store(a.job),
+            mode: self.clients.get(&a.job).map_or(Mode::P2p, |c| c.mode),
         };
         self.send(a.node, FromRendezvous::Assign(assignment));
     }

@@ -1,11 +1,20 @@
 //! Object storage for what must outlive a job: the job's inputs, its targets, and the memo cache
-//! of reductions. One API over a local folder (`file://`) or memory (`memory://`, tests only),
-//! through the `object_store` crate; every request is counted for the job summary, and every
-//! blob read is verified against its id.
+//! of reductions (and, in storage mode, every intermediate). One API over S3 (`s3://`), a local
+//! folder (`file://`) or memory (`memory://`, tests only), through the `object_store` crate; every
+//! request is counted for the job summary, every blob read is verified against its id, and large
+//! objects stream to and from files rather than sit whole in memory.
 //!
 //! Keys: `blobs/<blob id>` holds the bytes; `reductions/<thunk id>` holds a small text record,
 //! `thunkmesh-reduction v1` then one `<blob id> <output name>` line per output.
+//!
+//! URL parameters: `?endpoint=http://host:port` points `s3://` at an S3-compatible server (or
+//! set `AWS_ENDPOINT_URL`); `?latency=s3-standard|s3-express|none` adds the first-byte latency and
+//! per-request bandwidth of that service to every request (see `docs/benchmarks.md`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod latency;
+
+pub use latency::Latency;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -14,21 +23,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::TransferStats;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REDUCTION_HEADER: &str = "thunkmesh-reduction v1";
+
+/// Objects larger than this are uploaded in parts, streamed from their file.
+const MULTIPART_THRESHOLD: u64 = 16 << 20;
+
+/// Size of one part of a multipart upload.
+const PART_SIZE: usize = 8 << 20;
 
 /// A storage operation that failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The URL is not one this build can open.
-    #[error("store URL `{0}` is not supported: use file:///absolute/path or memory://")]
+    #[error("store URL `{0}` is not supported: use s3://bucket/prefix, file:///absolute/path or memory://")]
     Unsupported(String),
-    /// The URL does not parse.
+    /// The URL does not parse, or names an unknown parameter or latency profile.
     #[error("store URL `{url}` is not valid: {reason}")]
     BadUrl {
         /// The URL.
@@ -83,27 +98,44 @@ struct Counters {
 pub struct Store {
     url: String,
     inner: Arc<dyn ObjectStore>,
+    latency: Latency,
     counters: Arc<Counters>,
 }
 
 impl Store {
-    /// Opens `file:///absolute/path` (created if missing) or `memory://`.
+    /// Opens `s3://bucket/prefix`, `file:///absolute/path` (created if missing) or `memory://`,
+    /// with the URL parameters described in the module documentation.
     pub fn open(url: &str) -> Result<Store, StoreError> {
-        let parsed = url::Url::parse(url).map_err(|e| StoreError::BadUrl { url: url.into(), reason: e.to_string() })?;
+        Store::open_with(url, &[])
+    }
+
+    /// Like [`Store::open`], with S3 settings (`object_store` AWS config keys such as
+    /// `aws_access_key_id`) given here on top of the environment's.
+    pub fn open_with(url: &str, s3_options: &[(&str, &str)]) -> Result<Store, StoreError> {
+        let bad = |reason: String| StoreError::BadUrl { url: url.into(), reason };
+        let mut parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let mut latency = Latency::NONE;
+        let mut endpoint = None;
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "latency" => {
+                    latency = Latency::profile(&value).ok_or_else(|| bad(format!("no latency profile `{value}`")))?
+                }
+                "endpoint" => endpoint = Some(value.into_owned()),
+                other => return Err(bad(format!("unknown parameter `{other}`"))),
+            }
+        }
+        parsed.set_query(None);
         let inner: Arc<dyn ObjectStore> = match parsed.scheme() {
             "memory" => Arc::new(object_store::memory::InMemory::new()),
-            "file" => {
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|()| StoreError::BadUrl { url: url.into(), reason: "not an absolute path".into() })?;
-                std::fs::create_dir_all(&dir).map_err(|source| StoreError::Local { path: dir.clone(), source })?;
-                let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|source| StoreError::Backend { key: dir.display().to_string(), source })?;
-                Arc::new(local)
-            }
+            "file" => open_folder(&parsed).map_err(|e| match e {
+                StoreError::BadUrl { reason, .. } => bad(reason),
+                other => other,
+            })?,
+            "s3" => open_s3(&parsed, endpoint, s3_options).map_err(bad)?,
             _ => return Err(StoreError::Unsupported(url.into())),
         };
-        Ok(Store { url: url.into(), inner, counters: Arc::default() })
+        Ok(Store { url: url.into(), inner, latency, counters: Arc::default() })
     }
 
     /// The `file://` URL of a local folder, made absolute.
@@ -134,6 +166,7 @@ impl Store {
     pub async fn has_blob(&self, id: Id) -> Result<bool, StoreError> {
         let key = blob_key(id);
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.latency.wait(0).await;
         match self.inner.head(&key).await {
             Ok(meta) => Ok(meta.size == id.size),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -146,10 +179,39 @@ impl Store {
         self.put(blob_key(id), bytes).await
     }
 
+    /// Stores a file whose bytes are `id`, streaming large files in parts.
+    pub async fn put_file(&self, id: Id, path: &FsPath) -> Result<(), StoreError> {
+        let local = |source| StoreError::Local { path: path.into(), source };
+        if id.size <= MULTIPART_THRESHOLD {
+            let bytes = tokio::fs::read(path).await.map_err(local)?;
+            return self.put_blob(id, bytes.into()).await;
+        }
+        let key = blob_key(id);
+        let backend = |source| StoreError::Backend { key: key.to_string(), source };
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.latency.wait(id.size).await;
+        let upload = self.inner.put_multipart(&key).await.map_err(backend)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+        let mut buf = vec![0u8; PART_SIZE];
+        loop {
+            let n = file.read(&mut buf).await.map_err(local)?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(2).await.map_err(backend)?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(backend)?;
+        self.counters.written.fetch_add(id.size, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Streams a blob into `dest`, verifying every byte against the id; `Ok(false)` if absent.
     pub async fn get_blob_to_file(&self, id: Id, dest: &FsPath) -> Result<bool, StoreError> {
         let key = blob_key(id);
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.latency.wait(id.size).await;
         let result = match self.inner.get(&key).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
@@ -180,6 +242,7 @@ impl Store {
     pub async fn get_reduction(&self, thunk: Id) -> Result<Option<Vec<(String, Id)>>, StoreError> {
         let key = reduction_key(thunk);
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.latency.wait(0).await;
         let bytes = match self.inner.get(&key).await {
             Ok(r) => r.bytes().await.map_err(|source| StoreError::Backend { key: key.to_string(), source })?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -201,6 +264,7 @@ impl Store {
     async fn put(&self, key: Path, bytes: Bytes) -> Result<(), StoreError> {
         let len = bytes.len() as u64;
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.latency.wait(len).await;
         self.inner
             .put(&key, PutPayload::from_bytes(bytes))
             .await
@@ -208,6 +272,36 @@ impl Store {
         self.counters.written.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
+}
+
+fn open_folder(url: &url::Url) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let dir = url
+        .to_file_path()
+        .map_err(|()| StoreError::BadUrl { url: url.to_string(), reason: "not an absolute path".into() })?;
+    std::fs::create_dir_all(&dir).map_err(|source| StoreError::Local { path: dir.clone(), source })?;
+    let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|source| StoreError::Backend { key: dir.display().to_string(), source })?;
+    Ok(Arc::new(local))
+}
+
+/// S3 with the standard AWS configuration from the environment, and an optional endpoint.
+fn open_s3(url: &url::Url, endpoint: Option<String>, options: &[(&str, &str)]) -> Result<Arc<dyn ObjectStore>, String> {
+    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or("no bucket: use s3://bucket/prefix")?;
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    for (key, value) in options {
+        let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e: object_store::Error| e.to_string())?;
+        builder = builder.with_config(key, *value);
+    }
+    let endpoint = endpoint.or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_allow_http(endpoint.starts_with("http://")).with_endpoint(endpoint);
+    }
+    let s3 = builder.build().map_err(|e| e.to_string())?;
+    let prefix = url.path().trim_matches('/');
+    if prefix.is_empty() {
+        return Ok(Arc::new(s3));
+    }
+    Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)))
 }
 
 fn blob_key(id: Id) -> Path {
@@ -277,6 +371,46 @@ mod tests {
         assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(outputs));
         assert_eq!(parse_reduction(b"thunkmesh-reduction v1\nnot-an-id x\n"), Err(2));
         assert_eq!(parse_reduction(b"something else\n"), Err(1));
+    }
+
+    #[tokio::test]
+    async fn blobs_large_and_small_round_trip_through_a_real_s3_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = thunkmesh_s3_fixture::S3Server::start(&dir.path().join("s3"), &["jobs"]).expect("s3 server");
+        let options = [
+            ("aws_access_key_id", thunkmesh_s3_fixture::ACCESS_KEY),
+            ("aws_secret_access_key", thunkmesh_s3_fixture::SECRET_KEY),
+            ("aws_region", "us-east-1"),
+        ];
+        let url = format!("s3://jobs/run-1?endpoint={}", server.endpoint());
+        let store = Store::open_with(&url, &options).expect("open");
+        let small = Bytes::from_static(b"small object");
+        let small_id = Id::of_blob(&small);
+        store.put_blob(small_id, small.clone()).await.expect("put small");
+        // Larger than the multipart threshold: streamed in parts from its file.
+        let big: Vec<u8> = (0..(MULTIPART_THRESHOLD + 12345)).map(|i| (i % 251) as u8).collect();
+        let big_id = Id::of_blob(&big);
+        let big_path = dir.path().join("big");
+        std::fs::write(&big_path, &big).expect("write big");
+        store.put_file(big_id, &big_path).await.expect("put big");
+        for (id, bytes) in [(small_id, &small[..]), (big_id, &big[..])] {
+            assert!(store.has_blob(id).await.expect("head"));
+            let dest = dir.path().join(format!("got-{}", id.size));
+            assert!(store.get_blob_to_file(id, &dest).await.expect("get"));
+            assert_eq!(std::fs::read(&dest).expect("read"), bytes);
+        }
+        let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, b"t");
+        store.put_reduction(thunk, &[("out".into(), small_id)]).await.expect("put reduction");
+        assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(vec![("out".to_owned(), small_id)]));
+        assert!(dir.path().join("s3/jobs/run-1/blobs").join(big_id.to_string()).exists(), "keys live under the prefix");
+    }
+
+    #[test]
+    fn unknown_url_parameters_and_profiles_are_refused() {
+        let err = Store::open("memory://?latency=s3-glacier").expect_err("profile");
+        assert!(err.to_string().contains("no latency profile `s3-glacier`"), "{err}");
+        let err = Store::open("memory://?colour=blue").expect_err("parameter");
+        assert!(err.to_string().contains("unknown parameter `colour`"), "{err}");
     }
 
     #[test]

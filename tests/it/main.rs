@@ -4,5 +4,6 @@
 mod bad_jobs;
 mod examples;
 mod failures;
+mod s3;
 mod self_hosted;
 mod util;

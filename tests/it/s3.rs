@@ -1,0 +1,112 @@
+//! Both modes against a real S3-compatible server (s3s-fs over HTTP on loopback): the same
+//! targets byte for byte, intermediates off storage in p2p mode, and through it in storage mode.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use thunkmesh_s3_fixture::S3Server;
+
+use crate::util::{Run, finish, repo, shell, thunkmesh};
+
+struct Example {
+    job: &'static str,
+    target: &'static str,
+    /// Thunk outputs that are consumed by another thunk (edges between thunks).
+    intermediate_edges: u64,
+    /// Outputs the job's thunks produce, targets included.
+    outputs: u64,
+    /// Files the job reads from disk.
+    values: usize,
+}
+
+const WORDFREQ: Example = Example {
+    job: "examples/wordfreq/job.toml",
+    target: "frequencies.txt",
+    intermediate_edges: 9,
+    outputs: 10,
+    values: 4,
+};
+const CC: Example =
+    Example { job: "examples/cc/job.toml", target: "report.txt", intermediate_edges: 4, outputs: 5, values: 5 };
+/// fib(20) with tails: every sum reads two fib outputs.
+const FIB: Example =
+    Example { job: "examples/fib/job.toml", target: "fib.txt", intermediate_edges: 38, outputs: 40, values: 3 };
+
+fn run_on(server: &S3Server, dir: &Path, example: &Example, mode: &str) -> Run {
+    let work = dir.join(mode);
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let mut cmd = thunkmesh();
+    cmd.current_dir(&work)
+        .arg("run")
+        .arg(repo(example.job))
+        .args(["--workers", "3", "--mode", mode, "--summary-json", "summary.json"])
+        .args(["--store", &format!("s3://jobs/{mode}")])
+        .envs(server.env());
+    finish(&work, cmd.output().expect("run"))
+}
+
+fn blobs_in_bucket(root: &Path, prefix: &str) -> BTreeSet<String> {
+    let dir = root.join("jobs").join(prefix).join("blobs");
+    std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn both_modes_agree(example: &Example, expected: &[u8]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s3");
+    let server = S3Server::start(&root, &["jobs"]).expect("s3 server");
+
+    let p2p = run_on(&server, dir.path(), example, "p2p");
+    p2p.ok();
+    let storage = run_on(&server, dir.path(), example, "storage");
+    storage.ok();
+    assert_eq!(p2p.out(example.target), expected, "p2p matches the shell");
+    assert_eq!(storage.out(example.target), expected, "storage mode matches the shell");
+
+    // p2p: only inputs and targets were written; one PUT per input, memo entry and target.
+    let targets = p2p.summary["targets"].as_object().expect("targets").len();
+    assert_eq!(blobs_in_bucket(&root, "p2p").len(), example.values + targets, "{:?}", blobs_in_bucket(&root, "p2p"));
+    assert_eq!(p2p.num("storage_put_requests"), (example.values + targets) as u64 + p2p.num("thunks_executed"));
+
+    // storage: on top of what p2p needed, a PUT for every output that is not a target (targets
+    // are stored in both modes) and a GET for every edge between thunks.
+    let extra_puts = storage.num("storage_put_requests") - p2p.num("storage_put_requests");
+    let extra_gets = storage.num("storage_get_requests") - p2p.num("storage_get_requests");
+    assert!(extra_puts >= example.outputs - targets as u64, "{extra_puts} more PUTs for {} outputs", example.outputs);
+    assert!(
+        extra_gets >= example.intermediate_edges,
+        "{extra_gets} more GETs for {} edges",
+        example.intermediate_edges
+    );
+    assert_eq!(storage.num("peer_bytes"), 0, "storage mode moves nothing peer to peer");
+    assert!(blobs_in_bucket(&root, "storage").len() > blobs_in_bucket(&root, "p2p").len());
+}
+
+#[test]
+fn wordfreq_on_s3_in_both_modes() {
+    both_modes_agree(&WORDFREQ, &shell(&repo("examples/wordfreq/expected.sh"), &[]));
+}
+
+#[test]
+fn c_build_on_s3_in_both_modes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    shell(&repo("examples/cc/expected.sh"), &[dir.path()]);
+    both_modes_agree(&CC, &std::fs::read(dir.path().join("report.txt")).expect("report"));
+}
+
+#[test]
+fn fib_on_s3_in_both_modes() {
+    both_modes_agree(&FIB, &shell(&repo("examples/fib/expected.sh"), &[]));
+}
+
+#[test]
+fn a_second_run_on_s3_executes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&dir.path().join("s3"), &["jobs"]).expect("s3 server");
+    run_on(&server, dir.path(), &CC, "p2p").ok();
+    let again = run_on(&server, dir.path(), &CC, "p2p");
+    again.ok();
+    assert_eq!(again.num("thunks_executed"), 0);
+    assert!(again.out("report.txt").starts_with(b"collatz"));
+}
