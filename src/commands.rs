@@ -199,11 +199,24 @@ async fn node(args: NodeArgs) -> Result<()> {
         bind: args.bind,
         name,
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    thunkmesh_node::run(config, shutdown).await?;
+    thunkmesh_node::run(config, stop_requested()).await?;
     Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM (what service managers and Lambda send before stopping).
+async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn hostname() -> String {

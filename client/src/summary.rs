@@ -29,8 +29,10 @@ pub struct Summary {
     pub storage_bytes_read: u64,
     /// Bytes written to storage.
     pub storage_bytes_written: u64,
-    /// Nodes that left while the job ran.
+    /// Nodes that left without draining while the job ran.
     pub nodes_lost: u64,
+    /// Objects that went through storage because their producer could not serve them.
+    pub storage_fallbacks: u64,
     /// Wall time of the whole run, loading the job included.
     pub wall_ms: u64,
     /// Each target file and the id of its bytes.
@@ -53,6 +55,7 @@ impl Summary {
             storage_bytes_read: moved.storage_bytes_read,
             storage_bytes_written: moved.storage_bytes_written,
             nodes_lost: outcome.nodes_lost,
+            storage_fallbacks: outcome.storage_fallbacks,
             wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
             targets: targets.into_iter().map(|(f, id)| (f, id.to_string())).collect(),
         }
@@ -75,6 +78,13 @@ impl fmt::Display for Summary {
             self.storage_put_requests,
             bytes(self.storage_bytes_written)
         )?;
+        if self.storage_fallbacks > 0 {
+            writeln!(
+                f,
+                "fallback  {} object(s) went through storage: their producer could not serve them",
+                self.storage_fallbacks
+            )?;
+        }
         if self.nodes_lost > 0 {
             writeln!(f, "nodes     {} lost during the run (their work was redone)", self.nodes_lost)?;
         }
@@ -106,6 +116,7 @@ mod tests {
             cached: 1,
             total: 4,
             nodes_lost: 0,
+            storage_fallbacks: 0,
         };
         let client =
             TransferStats { storage_gets: 4, storage_puts: 2, storage_bytes_written: 10, ..Default::default() };

@@ -2,8 +2,10 @@
 //! fresh sandboxes, keeps their outputs in its cache, serves that cache to peers on the same
 //! endpoint, and uploads objects to storage when asked.
 //!
-//! [`run`] returns when the rendezvous goes away or `shutdown` completes; tasks still running
-//! then are aborted (their thunks are planned again elsewhere by the rendezvous).
+//! When `shutdown` completes, the node drains: it takes no new work, finishes what runs, uploads
+//! the objects that only it holds and that others still need, and returns when the rendezvous
+//! says it is done. If the rendezvous goes away instead, [`run`] returns at once and running tasks
+//! are aborted.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cache;
@@ -66,7 +68,7 @@ pub enum NodeError {
     Disconnected,
 }
 
-/// Runs a node until the rendezvous goes away or `shutdown` completes.
+/// Runs a node until the rendezvous goes away, or until it has drained after `shutdown`.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let identity = Identity::generate()?;
     let endpoint = thunkmesh_net::endpoint(config.bind, &identity)?;
@@ -124,13 +126,22 @@ async fn work(
 ) -> Result<(), NodeError> {
     let (_reader, mut inbox) = reader(recv);
     let mut tasks: JoinSet<ToRendezvous> = JoinSet::new();
+    let mut draining = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown, if !draining => {
+                info!(running = tasks.len(), "draining: finishing running tasks and uploading what others need");
+                draining = true;
+                send_msg(&mut send, &ToRendezvous::Drain).await?;
+            }
             msg = inbox.recv() => match msg {
                 None => return Err(NodeError::Disconnected),
                 Some(Err(e)) => return Err(e.into()),
+                Some(Ok(FromRendezvous::Drained)) => {
+                    info!("drained");
+                    return Ok(());
+                }
                 Some(Ok(msg)) => start(&ctx, &mut tasks, msg),
             },
             Some(done) = tasks.join_next() => match done {

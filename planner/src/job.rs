@@ -8,7 +8,7 @@ use thunkmesh_protocol::wire::{
 };
 use thunkmesh_protocol::{Id, Ref, Thunk};
 
-use crate::PlanError;
+use crate::{Avail, PlanError};
 
 /// Longest chain of tail calls followed when resolving one ref.
 const MAX_TAIL_DEPTH: usize = 100_000;
@@ -68,6 +68,12 @@ pub(crate) struct Job {
     pub(crate) stats: TransferStats,
     pub(crate) nodes_lost: u64,
     pub(crate) mode: Mode,
+    /// Objects a peer could not (or will no longer) serve: read from storage once uploaded.
+    pub(crate) peer_failed: BTreeSet<Id>,
+    /// Objects uploaded because their producer could not serve them.
+    pub(crate) storage_fallbacks: u64,
+    /// Thunks waiting for an object to reach storage.
+    blob_waiters: HashMap<Id, Vec<Id>>,
 }
 
 impl Job {
@@ -87,6 +93,9 @@ impl Job {
             stats: TransferStats::default(),
             nodes_lost: 0,
             mode: sub.mode,
+            peer_failed: BTreeSet::new(),
+            storage_fallbacks: 0,
+            blob_waiters: HashMap::new(),
         };
         job.add_thunks(&sub.thunks, "")?;
         job.check_refs(sub.thunks.iter().flat_map(|t| t.thunk.refs()).chain(&sub.targets))?;
@@ -201,14 +210,36 @@ impl Job {
         !self.pending.is_empty()
     }
 
-    pub(crate) fn evaluate_pending(&mut self, located: &dyn Fn(&Id) -> bool) -> Result<(), WireError> {
+    pub(crate) fn evaluate_pending(&mut self, avail: &dyn Fn(&Id) -> Avail) -> Result<(), WireError> {
         while let Some(thunk) = self.pending.pop() {
-            self.evaluate(thunk, located)?;
+            self.evaluate(thunk, avail)?;
         }
         Ok(())
     }
 
-    fn evaluate(&mut self, thunk: Id, located: &dyn Fn(&Id) -> bool) -> Result<(), WireError> {
+    /// Whether a task of this job can get `blob` now; `None` when it must wait for an upload.
+    fn usable(&self, blob: &Id, avail: Avail) -> Option<bool> {
+        match avail {
+            Avail::Stored => Some(true),
+            Avail::Cached if self.mode == Mode::P2p && !self.peer_failed.contains(blob) => Some(true),
+            Avail::Cached if self.upload_requested.contains(blob) => None,
+            _ => Some(false),
+        }
+    }
+
+    /// Wakes the thunks that waited for `blob` to reach storage (or for its upload to fail).
+    pub(crate) fn wake_blob(&mut self, blob: Id) {
+        self.pending.extend(self.blob_waiters.remove(&blob).unwrap_or_default());
+    }
+
+    /// Blobs that thunks still to run need, and targets' blobs (for draining nodes).
+    pub(crate) fn needed_blobs(&self) -> BTreeSet<Id> {
+        let waiting = self.entries.values().filter(|e| e.needed && !e.state.is_done());
+        let refs = waiting.flat_map(|e| e.thunk.refs()).chain(&self.targets);
+        refs.filter_map(|r| if let Resolved::Blob(b) = self.resolve(r) { Some(b) } else { None }).collect()
+    }
+
+    fn evaluate(&mut self, thunk: Id, avail: &dyn Fn(&Id) -> Avail) -> Result<(), WireError> {
         let Some(entry) = self.entries.get(&thunk) else { return Ok(()) };
         if !entry.needed || !matches!(entry.state, State::Idle) {
             return Ok(());
@@ -217,13 +248,20 @@ impl Job {
         let mut blocked = false;
         for r in &refs {
             let wait_for = match self.resolve(r) {
-                Resolved::Blob(blob) if located(&blob) => continue,
-                Resolved::Blob(blob) => match self.producers.get(&blob).copied() {
-                    Some(producer) => {
-                        self.rerun(producer);
-                        producer
+                Resolved::Blob(blob) => match self.usable(&blob, avail(&blob)) {
+                    Some(true) => continue,
+                    None => {
+                        self.blob_waiters.entry(blob).or_default().push(thunk);
+                        blocked = true;
+                        continue;
                     }
-                    None => return Err(self.unavailable(thunk, blob)),
+                    Some(false) => match self.producers.get(&blob).copied() {
+                        Some(producer) => {
+                            self.rerun(producer);
+                            producer
+                        }
+                        None => return Err(self.unavailable(thunk, blob)),
+                    },
                 },
                 Resolved::Waiting(producer) => {
                     self.demand(producer);
@@ -414,6 +452,7 @@ impl Job {
             cached: total - executed,
             total,
             nodes_lost: self.nodes_lost,
+            storage_fallbacks: self.storage_fallbacks,
         }
     }
 }

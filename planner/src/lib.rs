@@ -87,6 +87,11 @@ pub enum Decision {
         /// Targets and counts.
         outcome: JobOutcome,
     },
+    /// A draining node has uploaded what others still need and runs nothing: it may go.
+    Drained {
+        /// The node.
+        node: NodeId,
+    },
     /// The job cannot complete.
     JobFailed {
         /// The job.
@@ -121,6 +126,23 @@ struct NodeState {
     slots: u32,
     running: BTreeSet<TaskId>,
     holds: BTreeSet<Id>,
+    /// Leaving: takes no new work; uploads what others still need first.
+    draining: bool,
+    /// Uploads asked of this node while draining, not yet answered.
+    drain_uploads: BTreeSet<(JobId, Id)>,
+    /// Told it may go.
+    released: bool,
+}
+
+/// Where a blob can be had, for one job's purposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Avail {
+    /// In storage.
+    Stored,
+    /// Only in node caches.
+    Cached,
+    /// Nowhere.
+    Nowhere,
 }
 
 #[derive(Debug, Default)]
@@ -175,9 +197,58 @@ impl Planner {
         }
     }
 
+    /// A node is leaving: it gets no new work, and uploads every object it alone holds that a
+    /// job still needs; [`Decision::Drained`] follows when it is done with both.
+    pub fn node_draining(&mut self, node: NodeId) {
+        let Some(state) = self.nodes.get_mut(&node) else { return };
+        state.draining = true;
+        self.request_drain_uploads(node);
+        self.check_drained(node);
+    }
+
+    /// Asks a draining node to upload what only it holds and some job still needs.
+    fn request_drain_uploads(&mut self, node: NodeId) {
+        let Some(state) = self.nodes.get(&node).filter(|s| s.draining) else { return };
+        let held: Vec<Id> = state.holds.iter().copied().collect();
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            let Some(job) = self.jobs.get(&id) else { continue };
+            let needed = job.needed_blobs();
+            let only_here = |b: &Id| self.objects.get(b).is_some_and(|p| !p.storage && p.nodes.len() == 1);
+            let uploads: Vec<Id> = held.iter().filter(|b| needed.contains(b) && only_here(b)).copied().collect();
+            for blob in uploads {
+                self.request_fallback_upload(node, id, blob);
+            }
+        }
+    }
+
+    /// Asks `node` to put `blob` into storage because it will not (or cannot) serve it to peers.
+    fn request_fallback_upload(&mut self, node: NodeId, job: JobId, blob: Id) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.peer_failed.insert(blob);
+        if !j.upload_requested.insert(blob) {
+            return;
+        }
+        j.storage_fallbacks += 1;
+        if let Some(state) = self.nodes.get_mut(&node).filter(|s| s.draining) {
+            state.drain_uploads.insert((job, blob));
+        }
+        self.out.push_back(Decision::Upload { node, job, blob });
+    }
+
+    /// Releases a draining node once it runs nothing and owes no upload (once).
+    fn check_drained(&mut self, node: NodeId) {
+        let Some(state) = self.nodes.get_mut(&node) else { return };
+        if state.draining && !state.released && state.running.is_empty() && state.drain_uploads.is_empty() {
+            state.released = true;
+            self.out.push_back(Decision::Drained { node });
+        }
+    }
+
     /// A node is gone, with everything in its cache; its running tasks are planned again.
     pub fn node_left(&mut self, node: NodeId) {
         let Some(state) = self.nodes.remove(&node) else { return };
+        let lost = !state.draining;
         for blob in &state.holds {
             if let Some(p) = self.objects.get_mut(blob) {
                 p.nodes.remove(&node);
@@ -192,7 +263,7 @@ impl Planner {
         }
         let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in jobs {
-            if let Some(job) = self.jobs.get_mut(&id) {
+            if let Some(job) = self.jobs.get_mut(&id).filter(|_| lost) {
                 job.nodes_lost += 1;
             }
             self.reevaluate(id);
@@ -215,6 +286,12 @@ impl Planner {
 
     /// A task finished on `node`: record its outputs there and wake what waited for them.
     pub fn task_done(&mut self, node: NodeId, task: TaskId, outputs: &[(String, OutputValue)], stats: TransferStats) {
+        self.record_done(node, task, outputs, stats);
+        self.request_drain_uploads(node);
+        self.check_drained(node);
+    }
+
+    fn record_done(&mut self, node: NodeId, task: TaskId, outputs: &[(String, OutputValue)], stats: TransferStats) {
         let Some(info) = self.finish_task(node, task) else { return };
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
         job.stats += stats;
@@ -242,6 +319,18 @@ impl Planner {
         unavailable: &[Id],
         stats: TransferStats,
     ) {
+        self.record_failure(node, task, error, unavailable, stats);
+        self.check_drained(node);
+    }
+
+    fn record_failure(
+        &mut self,
+        node: NodeId,
+        task: TaskId,
+        error: &WireError,
+        unavailable: &[Id],
+        stats: TransferStats,
+    ) {
         let Some(info) = self.finish_task(node, task) else { return };
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
         job.stats += stats;
@@ -254,10 +343,20 @@ impl Planner {
             let message = format!("thunk `{name}` could not run after {MAX_ATTEMPTS} attempts: {}", error.message);
             return self.fail(info.job, WireError { code: error.code, message, detail: error.detail.clone() });
         }
+        // A peer that could not serve an object it holds uploads it; the consumer then reads it
+        // from storage. An object no live node holds is recomputed.
         for blob in unavailable {
-            self.forget_cached(*blob, info.node);
+            let in_storage = self.objects.get(blob).is_some_and(|p| p.storage);
+            match self.holders(*blob).into_iter().find(|&n| n != info.node) {
+                Some(holder) if !in_storage => self.request_fallback_upload(holder, info.job, *blob),
+                _ => {}
+            }
         }
         self.reevaluate(info.job);
+    }
+
+    fn holders(&self, blob: Id) -> Vec<NodeId> {
+        self.objects.get(&blob).map(|p| p.nodes.iter().copied().collect()).unwrap_or_default()
     }
 
     /// A node answered an upload request: the object is in storage (or could not be put there).
@@ -265,7 +364,12 @@ impl Planner {
         if let Some(j) = self.jobs.get_mut(&job) {
             j.stats += stats;
             j.upload_requested.remove(&blob);
+            j.wake_blob(blob);
         }
+        if let Some(state) = self.nodes.get_mut(&node) {
+            state.drain_uploads.remove(&(job, blob));
+        }
+        self.check_drained(node);
         if ok {
             self.objects.entry(blob).or_default().storage = true;
         } else {
@@ -302,7 +406,9 @@ impl Planner {
 
     /// Nodes known, with their free slots.
     pub fn free_slots(&self) -> impl Iterator<Item = (NodeId, u32)> + '_ {
-        self.nodes.iter().map(|(&n, s)| (n, s.slots.saturating_sub(s.running.len() as u32)))
+        self.nodes
+            .iter()
+            .map(|(&n, s)| (n, if s.draining { 0 } else { s.slots.saturating_sub(s.running.len() as u32) }))
     }
 
     /// Ends a task; an answer from a node the task was not given to is ignored.
@@ -339,19 +445,12 @@ impl Planner {
         }
     }
 
-    /// A node could not get `blob` from any source it was given: no node offered is trusted
-    /// to hold it any more (the asking node never did).
-    fn forget_cached(&mut self, blob: Id, asking: NodeId) {
-        let holders: Vec<NodeId> =
-            self.objects.get(&blob).map(|p| p.nodes.iter().copied().collect()).unwrap_or_default();
-        for node in holders.into_iter().filter(|&n| n != asking) {
-            self.unplace(blob, node);
+    fn avail(&self, blob: &Id) -> Avail {
+        match self.objects.get(blob) {
+            Some(p) if p.storage => Avail::Stored,
+            Some(p) if !p.nodes.is_empty() => Avail::Cached,
+            _ => Avail::Nowhere,
         }
-    }
-
-    /// Whether a task of a job in `mode` can get the blob: from storage, or (p2p) from a cache.
-    fn located(&self, blob: &Id, mode: Mode) -> bool {
-        self.objects.get(blob).is_some_and(|p| p.storage || (mode == Mode::P2p && !p.nodes.is_empty()))
     }
 
     /// Re-examines every thunk of a job that is not running or done (after a loss).
@@ -366,9 +465,8 @@ impl Planner {
     fn settle(&mut self, id: JobId) {
         let Some(mut job) = self.jobs.remove(&id) else { return };
         loop {
-            let mode = job.mode;
-            let located = |blob: &Id| self.located(blob, mode);
-            let result = job.evaluate_pending(&located);
+            let avail = |blob: &Id| self.avail(blob);
+            let result = job.evaluate_pending(&avail);
             for (name, reduction) in job.take_resolved() {
                 self.out.push_back(Decision::Resolved { job: id, name, reduction });
             }
@@ -445,7 +543,7 @@ impl Planner {
     fn best_node(&self, inputs: &[Id]) -> Option<NodeId> {
         let mut best: Option<(u64, std::cmp::Reverse<usize>, std::cmp::Reverse<NodeId>)> = None;
         for (&n, state) in &self.nodes {
-            if state.running.len() as u32 >= state.slots {
+            if state.draining || state.running.len() as u32 >= state.slots {
                 continue;
             }
             let local: u64 = inputs.iter().filter(|b| state.holds.contains(b)).map(|b| b.size).sum();
@@ -460,8 +558,9 @@ impl Planner {
     fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>, mode: Mode) {
         let task = self.next_task;
         self.next_task += 1;
+        let peer_failed = self.jobs.get(&job).map(|j| j.peer_failed.clone()).unwrap_or_default();
         let sources = match mode {
-            Mode::P2p => self.sources(node, &resolved),
+            Mode::P2p => self.sources(node, &resolved, &peer_failed),
             Mode::Storage => {
                 resolved.iter().collect::<BTreeSet<_>>().into_iter().map(|b| (*b, vec![Place::Storage])).collect()
             }
@@ -476,7 +575,8 @@ impl Planner {
         self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));
     }
 
-    fn sources(&self, node: NodeId, resolved: &[Id]) -> Vec<(Id, Vec<Place>)> {
+    /// Peers first, then storage; only storage for objects a peer already failed to serve.
+    fn sources(&self, node: NodeId, resolved: &[Id], peer_failed: &BTreeSet<Id>) -> Vec<(Id, Vec<Place>)> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for blob in resolved {
@@ -484,7 +584,8 @@ impl Planner {
             if p.nodes.contains(&node) || !seen.insert(*blob) {
                 continue;
             }
-            let mut places: Vec<Place> = p.nodes.iter().map(|&n| Place::Node(n)).collect();
+            let peers = p.nodes.iter().filter(|_| !peer_failed.contains(blob));
+            let mut places: Vec<Place> = peers.map(|&n| Place::Node(n)).collect();
             if p.storage {
                 places.push(Place::Storage);
             }

@@ -397,3 +397,107 @@ fn storage_mode_does_not_count_a_cached_copy_as_available() {
     let runs = assigns(&drain(&mut p));
     assert_eq!(runs.iter().map(|x| x.thunk).collect::<Vec<_>>(), vec![a.id()], "a runs again to put A in storage");
 }
+
+/// Two nodes; `a` done on one of them, `b` running on the other, `c` (needs a and b) waiting.
+fn producer_done_consumer_waiting(p: &mut Planner) -> (Assign, Assign, Thunk) {
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[]);
+    let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
+    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
+    let mut first = assigns(&drain(p));
+    first.sort_by_key(|x| x.thunk != a.id());
+    p.task_done(first[0].node, first[0].task, &blob_output(b"A"), TransferStats::default());
+    assert_eq!(first[1].thunk, b.id());
+    (first.remove(0), first.remove(0), c)
+}
+
+#[test]
+fn a_draining_node_uploads_what_others_need_then_may_go() {
+    let mut p = Planner::new();
+    let (a_run, b_run, c) = producer_done_consumer_waiting(&mut p);
+    let a_blob = Id::of_blob(b"A");
+    p.node_draining(a_run.node);
+    let ds = drain(&mut p);
+    assert!(ds.contains(&Decision::Upload { node: a_run.node, job: JOB, blob: a_blob }));
+    assert!(!ds.iter().any(|d| matches!(d, Decision::Drained { .. })), "not before the upload is done");
+    p.stored(a_run.node, JOB, a_blob, true, TransferStats::default());
+    assert!(drain(&mut p).contains(&Decision::Drained { node: a_run.node }));
+    p.node_left(a_run.node);
+    p.task_done(b_run.node, b_run.task, &blob_output(b"B"), TransferStats::default());
+    let c_run = assigns(&drain(&mut p)).remove(0);
+    assert_eq!((c_run.thunk, c_run.node), (c.id(), b_run.node));
+    let (_, places) = c_run.sources.iter().find(|(blob, _)| *blob == a_blob).expect("A is fetched");
+    assert_eq!(places, &vec![Place::Storage]);
+    p.task_done(c_run.node, c_run.task, &blob_output(b"C"), TransferStats::default());
+    let ds = drain(&mut p);
+    answer_uploads(&mut p, &ds);
+    let outcome = job_done(&drain(&mut p)).cloned().expect("done");
+    assert_eq!((outcome.storage_fallbacks, outcome.nodes_lost, outcome.executed), (1, 0, 3), "nothing recomputed");
+}
+
+#[test]
+fn a_draining_node_gets_no_new_work() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    p.node_draining(1);
+    assert!(drain(&mut p).contains(&Decision::Drained { node: 1 }));
+    let a = thunk("a", &[]);
+    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    assert!(assigns(&drain(&mut p)).is_empty());
+}
+
+#[test]
+fn a_peer_that_cannot_serve_uploads_and_the_consumer_reads_storage() {
+    let mut p = Planner::new();
+    let (a_run, b_run, c) = producer_done_consumer_waiting(&mut p);
+    let a_blob = Id::of_blob(b"A");
+    p.task_done(b_run.node, b_run.task, &blob_output(b"a much longer output for b"), TransferStats::default());
+    let c_run = assigns(&drain(&mut p)).remove(0);
+    assert_eq!(c_run.node, b_run.node, "c goes where most of its input bytes are");
+    let unreachable = WireError::new(ErrorCode::InputUnavailable, "peer unreachable");
+    p.task_failed(c_run.node, c_run.task, &unreachable, &[a_blob], TransferStats::default());
+    let ds = drain(&mut p);
+    assert!(ds.contains(&Decision::Upload { node: a_run.node, job: JOB, blob: a_blob }));
+    assert!(assigns(&ds).is_empty(), "c waits for the upload");
+    p.stored(a_run.node, JOB, a_blob, true, TransferStats::default());
+    let again = assigns(&drain(&mut p)).remove(0);
+    assert_eq!(again.thunk, c.id());
+    let places: Vec<&Vec<Place>> = again.sources.iter().filter(|(b, _)| *b == a_blob).map(|(_, p)| p).collect();
+    assert!(places.iter().all(|p| **p == vec![Place::Storage]), "{places:?}");
+}
+
+#[test]
+fn a_failed_fallback_upload_recomputes_the_object() {
+    let mut p = Planner::new();
+    let (a_run, b_run, _) = producer_done_consumer_waiting(&mut p);
+    let a_blob = Id::of_blob(b"A");
+    p.task_done(b_run.node, b_run.task, &blob_output(b"a much longer output for b"), TransferStats::default());
+    let c_run = assigns(&drain(&mut p)).remove(0);
+    let refused = WireError::new(ErrorCode::InputUnavailable, "not in cache");
+    p.task_failed(c_run.node, c_run.task, &refused, &[a_blob], TransferStats::default());
+    drain(&mut p);
+    p.stored(a_run.node, JOB, a_blob, false, TransferStats::default());
+    let rerun = assigns(&drain(&mut p));
+    assert_eq!(rerun.len(), 1);
+    assert_eq!(rerun[0].thunk, a_run.thunk, "the producer runs again");
+}
+
+#[test]
+fn output_finished_while_draining_is_uploaded_before_the_node_goes() {
+    let mut p = Planner::new();
+    let (a_run, b_run, c) = producer_done_consumer_waiting(&mut p);
+    p.node_draining(b_run.node);
+    assert!(!drain(&mut p).iter().any(|d| matches!(d, Decision::Drained { .. })), "b still runs");
+    p.task_done(b_run.node, b_run.task, &blob_output(b"B"), TransferStats::default());
+    let ds = drain(&mut p);
+    let b_blob = Id::of_blob(b"B");
+    assert!(ds.contains(&Decision::Upload { node: b_run.node, job: JOB, blob: b_blob }));
+    assert!(!ds.iter().any(|d| matches!(d, Decision::Drained { .. })), "not before the upload");
+    let c_run = assigns(&ds).into_iter().chain(assigns(&drain(&mut p))).find(|x| x.thunk == c.id());
+    assert!(c_run.is_none_or(|x| x.node == a_run.node), "c cannot go to the draining node");
+    p.stored(b_run.node, JOB, b_blob, true, TransferStats::default());
+    let ds = drain(&mut p);
+    assert_eq!(ds.iter().filter(|d| matches!(d, Decision::Drained { .. })).count(), 1);
+}

@@ -75,6 +75,8 @@ pub enum ToRendezvous {
     Failed(TaskFailed),
     /// A node uploaded an object the rendezvous asked for.
     Stored(Stored),
+    /// A node is leaving: assign it nothing more; ask it to upload what others still need.
+    Drain,
 }
 
 /// Messages the rendezvous sends to a node or client.
@@ -91,6 +93,8 @@ pub enum FromRendezvous {
     Assign(Assignment),
     /// Upload this object to storage (to a node).
     Upload(UploadRequest),
+    /// A draining node has nothing left to do or upload and may exit (to a node).
+    Drained,
     /// A thunk of the job resolved (to a client).
     Resolved(Resolution),
     /// Counts of the job's thunks (to a client).
@@ -317,8 +321,11 @@ pub struct JobOutcome {
     pub cached: u64,
     /// Thunks known when the job ended.
     pub total: u64,
-    /// Nodes that left while the job ran.
+    /// Nodes that left while the job ran (not counting nodes that drained and left).
     pub nodes_lost: u64,
+    /// Objects that went through storage because their producer could not serve them (it was
+    /// leaving, or a consumer could not reach it).
+    pub storage_fallbacks: u64,
 }
 
 /// Why something failed, as it crosses the wire: a code and a message.
@@ -532,6 +539,7 @@ mod tests {
             ),
             (any::<u64>(), arb_id(), any::<bool>(), arb_stats())
                 .prop_map(|(job, blob, ok, stats)| ToRendezvous::Stored(Stored { job, blob, ok, stats })),
+            Just(ToRendezvous::Drain),
         ]
     }
 
@@ -560,14 +568,15 @@ mod tests {
         let reduction = (arb_id(), proptest::collection::vec(("[a-z]{1,4}", arb_id()), 0..3))
             .prop_map(|(thunk, outputs)| Reduction { thunk, outputs });
         let progress = any::<[u64; 3]>().prop_map(|[total, done, running]| Progress { total, done, running });
-        let outcome = (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 4]>())
-            .prop_map(|(targets, stats, [executed, cached, total, nodes_lost])| JobOutcome {
+        let outcome = (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 5]>())
+            .prop_map(|(targets, stats, [executed, cached, total, nodes_lost, storage_fallbacks])| JobOutcome {
                 targets,
                 stats,
                 executed,
                 cached,
                 total,
                 nodes_lost,
+                storage_fallbacks,
             });
         prop_oneof![
             any::<u64>().prop_map(|session| FromRendezvous::Welcome { session }),
@@ -583,6 +592,7 @@ mod tests {
             progress.prop_map(FromRendezvous::Progress),
             outcome.prop_map(FromRendezvous::JobDone),
             arb_error().prop_map(FromRendezvous::JobFailed),
+            Just(FromRendezvous::Drained),
         ]
     }
 

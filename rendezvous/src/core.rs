@@ -108,6 +108,10 @@ impl Core {
                 self.planner.task_failed(from, f.task, &f.error, &f.unavailable, f.stats);
             }
             ToRendezvous::Stored(s) if is_node => self.planner.stored(from, s.job, s.blob, s.ok, s.stats),
+            ToRendezvous::Drain if is_node => {
+                info!(node = from, "node draining");
+                self.planner.node_draining(from);
+            }
             _ => self.refuse(from, "a client may only submit, and only nodes report tasks"),
         }
     }
@@ -158,6 +162,7 @@ impl Core {
                     self.send_progress();
                     self.send(job, FromRendezvous::JobDone(outcome));
                 }
+                Decision::Drained { node } => self.send(node, FromRendezvous::Drained),
                 Decision::JobFailed { job, error } => {
                     info!(job, error = %error.message, "job failed");
                     self.send(job, FromRendezvous::JobFailed(error));

@@ -139,3 +139,71 @@ async fn an_oversized_frame_closes_only_its_own_connection() {
     run.ok();
     assert_eq!(run.out("o"), b"fine\n");
 }
+
+#[test]
+fn a_producer_that_leaves_gracefully_hands_its_outputs_over_through_storage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let leaving = rdv.node(&dir.path().join("node-a"), "leaving");
+    // `slow` touches a marker outside its sandbox (a test-only breach of hermeticity) so the test
+    // knows when it runs.
+    let marker = dir.path().join("slow-started");
+    let text = r#"[[thunk]]
+name = "first"
+program = { host = "/bin/sh" }
+args = ["-c", "echo first > o"]
+outputs = ["o"]
+
+[[thunk]]
+name = "slow"
+program = { host = "/bin/sh" }
+args = ["-c", "touch MARKER; sleep 2; echo slow > o"]
+env = { PATH = "/usr/bin:/bin" }
+inputs = { "after" = "first#o" }
+outputs = ["o"]
+
+[[thunk]]
+name = "second"
+program = { host = "/bin/sh" }
+args = ["-c", "/bin/cat a b > o"]
+inputs = { "a" = "first#o", "b" = "slow#o" }
+outputs = ["o"]
+
+[targets]
+"result.txt" = "second#o"
+"#;
+    let text = text.replace("MARKER", &marker.display().to_string());
+    let job = write(dir.path(), &[("job.toml", &text)]);
+    let runner = {
+        let (dir, job, addr, trust, token) =
+            (dir.path().to_owned(), job.clone(), rdv.addr.clone(), rdv.trust.clone(), rdv.token.clone());
+        std::thread::spawn(move || {
+            let mut cmd = crate::util::thunkmesh();
+            cmd.current_dir(&dir)
+                .arg("run")
+                .arg(&job)
+                .args(["--summary-json", "summary.json", "--rendezvous", &addr])
+                .args(&trust)
+                .env("THUNKMESH_TOKEN", token);
+            crate::util::finish(&dir, cmd.output().expect("run"))
+        })
+    };
+    // `first` is done and `slow` runs on the only node when a second node joins and the first is
+    // asked to stop: it finishes `slow`, uploads both outputs that `second` needs, and leaves.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "`slow` never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _staying = rdv.node(&dir.path().join("node-b"), "staying");
+    let pid = leaving.0.id().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(status.success());
+    let run = runner.join().expect("runner");
+    run.ok();
+    assert_eq!(run.out("result.txt"), b"first\nslow\n");
+    assert_eq!(run.num("storage_fallbacks"), 2, "both outputs went through storage: {}", run.summary);
+    assert_eq!(run.num("nodes_lost"), 0, "a drained node is not lost");
+    assert_eq!(run.num("thunks_executed"), 3, "nothing was recomputed");
+    assert_eq!(run.num("peer_bytes"), 0);
+}
