@@ -35,6 +35,9 @@ pub struct RunArgs {
     /// Local node processes to start [default: one per core, at least 2].
     #[arg(long, conflicts_with = "rendezvous")]
     pub workers: Option<usize>,
+    /// Thunks each local node runs at once.
+    #[arg(long, default_value_t = 1, conflicts_with = "rendezvous")]
+    pub slots: u32,
     /// Where the targets are written.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,

@@ -86,7 +86,7 @@ async fn execute(
         return Err(UsageError("--workers must be at least 1".into()).into());
     }
     let exe = std::env::current_exe().context("cannot find this program's own path to start nodes")?;
-    let mut mesh = LocalMesh::start(workers, &exe, &args.state_dir).await?;
+    let mut mesh = LocalMesh::start(workers, args.slots, &exe, &args.state_dir).await?;
     let target = mesh.target();
     let logs = mesh.logs().display().to_string();
     tokio::select! {

@@ -51,9 +51,9 @@ pub struct LocalMesh {
 }
 
 impl LocalMesh {
-    /// Starts the rendezvous and `workers` node processes of `exe`, with caches and logs under
-    /// `state_dir/nodes/`.
-    pub async fn start(workers: usize, exe: &Path, state_dir: &Path) -> Result<LocalMesh, MeshError> {
+    /// Starts the rendezvous and `workers` node processes of `exe` running `slots` thunks each,
+    /// with caches and logs under `state_dir/nodes/`.
+    pub async fn start(workers: usize, slots: u32, exe: &Path, state_dir: &Path) -> Result<LocalMesh, MeshError> {
         let workers = workers.max(1);
         let token = format!("{:032x}", rand::random::<u128>());
         let config = Config { token: token.clone(), identity: Identity::generate()? };
@@ -61,7 +61,7 @@ impl LocalMesh {
         let logs = state_dir.join("nodes");
         let mut nodes = Vec::with_capacity(workers);
         for index in 0..workers {
-            nodes.push(spawn_node(index, exe, &logs, &rendezvous, &token)?);
+            nodes.push(spawn_node(index, slots, exe, &logs, &rendezvous, &token)?);
         }
         let mut mesh = LocalMesh { rendezvous, token, nodes, logs };
         mesh.wait_until_registered(workers).await?;
@@ -106,6 +106,7 @@ impl LocalMesh {
 
 fn spawn_node(
     index: usize,
+    slots: u32,
     exe: &Path,
     logs: &Path,
     rendezvous: &Running,
@@ -119,7 +120,7 @@ fn spawn_node(
         .arg("node")
         .args(["--rendezvous", &rendezvous.addr.to_string()])
         .args(["--fingerprint", &hex(&rendezvous.fingerprint)])
-        .args(["--bind", "127.0.0.1:0", "--slots", "1", "--name", &format!("local-{index}")])
+        .args(["--bind", "127.0.0.1:0", "--slots", &slots.max(1).to_string(), "--name", &format!("local-{index}")])
         .arg("--cache-dir")
         .arg(&dir)
         .env("THUNKMESH_TOKEN", token)

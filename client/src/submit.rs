@@ -21,7 +21,7 @@ use crate::load::LoadedJob;
 use crate::summary::Summary;
 
 /// Storage requests in flight at once while consulting the memo cache or uploading.
-const PARALLEL_REQUESTS: usize = 32;
+const PARALLEL_REQUESTS: usize = 64;
 
 /// Why a run did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,7 @@ pub async fn run_job(
     reporter: &mut dyn Reporter,
     started: Instant,
 ) -> Result<Summary, RunError> {
+    let job_started = Instant::now();
     reporter.phase("consulting the memo cache");
     let scan = scan_memo(job, store).await?;
     reporter.phase("uploading inputs");
@@ -115,11 +116,12 @@ pub async fn run_job(
     reporter.phase("waiting for nodes");
     let outcome = submit(&submission, store, target, reporter).await?;
     let targets = write_targets(job, store, &outcome, out_dir).await?;
-    Ok(Summary::new(&outcome, store.stats(), targets, started.elapsed()))
+    Ok(Summary::new(&outcome, store.stats(), targets, started.elapsed(), job_started.elapsed()))
 }
 
-/// Walks back from the targets: a thunk whose reduction is known and whose target outputs are
-/// in storage needs nothing upstream; anything else may run, so its inputs are looked at too.
+/// Looks up the targets' thunks first: one whose reduction is known and whose target outputs
+/// are in storage needs nothing upstream. Everything upstream of the others may run, so all of it
+/// is looked up at once (a chain costs one round of parallel lookups, not one per link).
 async fn scan_memo(job: &LoadedJob, store: &Store) -> Result<MemoScan, StoreError> {
     let by_id: HashMap<Id, &NamedThunk> = job.job.thunks.iter().map(|t| (t.id, t)).collect();
     let mut wanted: BTreeMap<Id, BTreeSet<String>> = BTreeMap::new();
@@ -134,37 +136,55 @@ async fn scan_memo(job: &LoadedJob, store: &Store) -> Result<MemoScan, StoreErro
             }
         }
     }
-    let mut seen: BTreeSet<Id> = wanted.keys().copied().collect();
-    let mut frontier: Vec<Id> = seen.iter().copied().collect();
-    while !frontier.is_empty() {
-        let lookups = futures::stream::iter(frontier.drain(..))
-            .map(|id| async move { (id, store.get_reduction(id).await) })
-            .buffer_unordered(PARALLEL_REQUESTS)
-            .collect::<Vec<_>>()
-            .await;
-        for (id, found) in lookups {
-            let Some(thunk) = by_id.get(&id) else { continue };
-            let reduction = usable_reduction(thunk, found);
-            let satisfied = match &reduction {
-                Some(r) => targets_stored(r, wanted.get(&id), store, &mut scan.stored).await?,
-                None => false,
-            };
-            scan.reductions.extend(reduction);
-            if satisfied {
-                continue;
-            }
-            for r in thunk.thunk.refs() {
-                match r {
-                    Ref::Blob(b) => {
-                        scan.values_needed.insert(*b);
-                    }
-                    Ref::Output { thunk, .. } if seen.insert(*thunk) => frontier.push(*thunk),
-                    Ref::Output { .. } => {}
-                }
-            }
+    let mut unsatisfied = Vec::new();
+    for (id, found) in lookup(store, wanted.keys().copied()).await {
+        let Some(thunk) = by_id.get(&id) else { continue };
+        let reduction = usable_reduction(thunk, found);
+        let satisfied = match &reduction {
+            Some(r) => targets_stored(r, wanted.get(&id), store, &mut scan.stored).await?,
+            None => false,
+        };
+        scan.reductions.extend(reduction);
+        if !satisfied {
+            unsatisfied.push(id);
+        }
+    }
+    let upstream = upstream_of(&unsatisfied, &by_id, &mut scan.values_needed);
+    for (id, found) in lookup(store, upstream.into_iter().filter(|id| !wanted.contains_key(id))).await {
+        if let Some(thunk) = by_id.get(&id) {
+            scan.reductions.extend(usable_reduction(thunk, found));
         }
     }
     Ok(scan)
+}
+
+type Lookup = (Id, Result<Option<Vec<(String, Id)>>, StoreError>);
+
+async fn lookup(store: &Store, thunks: impl Iterator<Item = Id>) -> Vec<Lookup> {
+    futures::stream::iter(thunks)
+        .map(|id| async move { (id, store.get_reduction(id).await) })
+        .buffer_unordered(PARALLEL_REQUESTS)
+        .collect()
+        .await
+}
+
+/// The thunks `roots` depend on, directly or not, roots included; records the blobs they read.
+fn upstream_of(roots: &[Id], by_id: &HashMap<Id, &NamedThunk>, values: &mut BTreeSet<Id>) -> BTreeSet<Id> {
+    let mut seen: BTreeSet<Id> = roots.iter().copied().collect();
+    let mut stack: Vec<Id> = roots.to_vec();
+    while let Some(id) = stack.pop() {
+        let Some(thunk) = by_id.get(&id) else { continue };
+        for r in thunk.thunk.refs() {
+            match r {
+                Ref::Blob(b) => {
+                    values.insert(*b);
+                }
+                Ref::Output { thunk, .. } if seen.insert(*thunk) => stack.push(*thunk),
+                Ref::Output { .. } => {}
+            }
+        }
+    }
+    seen
 }
 
 /// A stored reduction, if it matches the thunk's declared outputs (a stale or foreign record is

@@ -33,15 +33,24 @@ pub struct Summary {
     pub nodes_lost: u64,
     /// Objects that went through storage because their producer could not serve them.
     pub storage_fallbacks: u64,
-    /// Wall time of the whole run, loading the job included.
+    /// Wall time of the whole run, loading the job and starting local nodes included.
     pub wall_ms: u64,
+    /// Wall time from consulting the memo cache to the last target written: the job itself.
+    pub job_ms: u64,
     /// Each target file and the id of its bytes.
     pub targets: BTreeMap<String, String>,
 }
 
 impl Summary {
     /// Combines the rendezvous' outcome with the client's own storage traffic.
-    pub fn new(outcome: &JobOutcome, client: TransferStats, targets: BTreeMap<String, Id>, wall: Duration) -> Summary {
+    pub fn new(
+        outcome: &JobOutcome,
+        client: TransferStats,
+        targets: BTreeMap<String, Id>,
+        wall: Duration,
+        job: Duration,
+    ) -> Summary {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let mut moved = outcome.stats;
         moved += client;
         Summary {
@@ -56,7 +65,8 @@ impl Summary {
             storage_bytes_written: moved.storage_bytes_written,
             nodes_lost: outcome.nodes_lost,
             storage_fallbacks: outcome.storage_fallbacks,
-            wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
+            wall_ms: millis(wall),
+            job_ms: millis(job),
             targets: targets.into_iter().map(|(f, id)| (f, id.to_string())).collect(),
         }
     }
@@ -88,7 +98,12 @@ impl fmt::Display for Summary {
         if self.nodes_lost > 0 {
             writeln!(f, "nodes     {} lost during the run (their work was redone)", self.nodes_lost)?;
         }
-        write!(f, "wall      {:.3} s", self.wall_ms as f64 / 1000.0)
+        write!(
+            f,
+            "wall      {:.3} s ({:.3} s for the job itself)",
+            self.wall_ms as f64 / 1000.0,
+            self.job_ms as f64 / 1000.0
+        )
     }
 }
 
@@ -120,7 +135,8 @@ mod tests {
         };
         let client =
             TransferStats { storage_gets: 4, storage_puts: 2, storage_bytes_written: 10, ..Default::default() };
-        let s = Summary::new(&outcome, client, BTreeMap::new(), Duration::from_millis(1500));
+        let s =
+            Summary::new(&outcome, client, BTreeMap::new(), Duration::from_millis(1500), Duration::from_millis(900));
         assert_eq!((s.storage_get_requests, s.storage_put_requests, s.wall_ms), (5, 2, 1500));
         let text = s.to_string();
         assert!(text.contains("4 total, 3 executed, 1 cached"), "{text}");
