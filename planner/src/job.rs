@@ -32,6 +32,14 @@ pub(crate) enum State {
     Done { outputs: BTreeMap<String, Value> },
 }
 
+/// What a blocked thunk waits for.
+enum Wait {
+    /// A thunk to finish.
+    Thunk(Id),
+    /// An object to reach storage.
+    Upload(Id),
+}
+
 /// What a ref stands for right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Resolved {
@@ -58,7 +66,7 @@ pub(crate) struct Job {
     pub(crate) targets: Vec<Ref>,
     ready: VecDeque<Id>,
     pending: Vec<Id>,
-    waiters: HashMap<Id, Vec<Id>>,
+    waiters: HashMap<Id, BTreeSet<Id>>,
     resolve_waiters: HashMap<Id, Vec<Id>>,
     producers: HashMap<Id, Id>,
     resolved_out: Vec<(String, Reduction)>,
@@ -73,7 +81,7 @@ pub(crate) struct Job {
     /// Objects uploaded because their producer could not serve them.
     pub(crate) storage_fallbacks: u64,
     /// Thunks waiting for an object to reach storage.
-    blob_waiters: HashMap<Id, Vec<Id>>,
+    blob_waiters: HashMap<Id, BTreeSet<Id>>,
 }
 
 impl Job {
@@ -245,32 +253,37 @@ impl Job {
             return Ok(());
         }
         let refs: Vec<Ref> = entry.thunk.refs().cloned().collect();
+        // Every missing input is demanded at once (so producers run in parallel), but the thunk
+        // waits on the first one only: when that one is done it is examined again. Waiting on all
+        // of them would examine a thunk with n inputs n times per completion.
         let mut blocked = false;
         for r in &refs {
-            let wait_for = match self.resolve(r) {
+            let wait = match self.resolve(r) {
                 Resolved::Blob(blob) => match self.usable(&blob, avail(&blob)) {
                     Some(true) => continue,
-                    None => {
-                        self.blob_waiters.entry(blob).or_default().push(thunk);
-                        blocked = true;
-                        continue;
-                    }
+                    None => Wait::Upload(blob),
                     Some(false) => match self.producers.get(&blob).copied() {
                         Some(producer) => {
                             self.rerun(producer);
-                            producer
+                            Wait::Thunk(producer)
                         }
                         None => return Err(self.unavailable(thunk, blob)),
                     },
                 },
                 Resolved::Waiting(producer) => {
                     self.demand(producer);
-                    producer
+                    Wait::Thunk(producer)
                 }
                 Resolved::Broken(why) => return Err(WireError::new(ErrorCode::BadTail, why)),
             };
-            self.waiters.entry(wait_for).or_default().push(thunk);
-            blocked = true;
+            if !blocked {
+                let waiting = match wait {
+                    Wait::Thunk(p) => self.waiters.entry(p).or_default(),
+                    Wait::Upload(b) => self.blob_waiters.entry(b).or_default(),
+                };
+                waiting.insert(thunk);
+                blocked = true;
+            }
         }
         if !blocked {
             if let Some(entry) = self.entries.get_mut(&thunk) {
@@ -430,6 +443,13 @@ impl Job {
             e.reported = true;
         }
         self.resolved_out.push((name, Reduction { thunk, outputs }));
+    }
+
+    /// How many waiting registrations exist (each blocked thunk should hold one).
+    #[cfg(test)]
+    pub(crate) fn waiter_entries(&self) -> usize {
+        self.waiters.values().map(BTreeSet::len).sum::<usize>()
+            + self.blob_waiters.values().map(BTreeSet::len).sum::<usize>()
     }
 
     pub(crate) fn take_resolved(&mut self) -> Vec<(String, Reduction)> {

@@ -501,3 +501,27 @@ fn output_finished_while_draining_is_uploaded_before_the_node_goes() {
     let ds = drain(&mut p);
     assert_eq!(ds.iter().filter(|d| matches!(d, Decision::Drained { .. })).count(), 1);
 }
+
+#[test]
+fn a_thunk_with_thousands_of_inputs_waits_on_one_at_a_time() {
+    let mut p = Planner::new();
+    p.node_joined(1, 8, &[]);
+    let producers: Vec<Thunk> = (0..2000).map(|i| thunk(&format!("p{i}"), &[])).collect();
+    let inputs: Vec<(String, Ref)> = producers.iter().enumerate().map(|(i, t)| (format!("d/{i}"), out(t))).collect();
+    let inputs: Vec<(&str, Ref)> = inputs.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
+    let gather = thunk("gather", &inputs);
+    let mut named: Vec<(&str, &Thunk)> = producers.iter().map(|t| ("p", t)).collect();
+    named.push(("gather", &gather));
+    p.submit(JOB, &submission(&named, vec![out(&gather)], vec![program()])).expect("valid job");
+    let mut pending = assigns(&drain(&mut p));
+    assert_eq!(pending.len(), 8, "producers start at once, as many as there are slots");
+    assert_eq!(p.jobs[&JOB].waiter_entries(), 1, "gather waits on one producer, not 2000");
+    let mut done = 0;
+    while let Some(a) = pending.pop() {
+        p.task_done(a.node, a.task, &blob_output(format!("{done}").as_bytes()), TransferStats::default());
+        done += 1;
+        pending.extend(assigns(&drain(&mut p)));
+        assert!(p.jobs.get(&JOB).is_none_or(|j| j.waiter_entries() <= 1));
+    }
+    assert_eq!(done, 2001, "every producer and then gather ran");
+}

@@ -1,0 +1,131 @@
+//! `thunkmesh-bench`: runs each workload in p2p mode and in storage mode (gg's way), interleaved,
+//! several times, against a real S3-compatible server on loopback whose every request is slowed
+//! to a cloud latency profile, and reports what each mode cost: a table on the terminal,
+//! `results.json` and `chart.svg`. Every run is a fresh `thunkmesh run` (cold memo cache, cold
+//! node caches), so nothing carries over between runs or modes.
+
+mod report;
+mod workloads;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use thunkmesh_s3_fixture::S3Server;
+
+use report::{Measurement, Report};
+use workloads::Workload;
+
+/// Compare thunkmesh's p2p mode with the storage-backed mode.
+#[derive(Debug, Parser)]
+#[command(name = "thunkmesh-bench", about)]
+struct Args {
+    /// Workloads to run (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<Workload>,
+    /// Storage latency profiles: none, s3-standard, s3-express (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    profiles: Vec<String>,
+    /// Runs of each workload in each mode.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Local node processes per run.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Thunks each node runs at once.
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
+    /// The thunkmesh binary [default: `thunkmesh` next to this program, i.e. target/release].
+    #[arg(long)]
+    thunkmesh: Option<PathBuf>,
+    /// Where results, the chart and scratch files go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+const MODES: [&str; 2] = ["p2p", "storage"];
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let binary = match &args.thunkmesh {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("thunkmesh"),
+    };
+    if !binary.exists() {
+        bail!("{} does not exist: build it first with `cargo build --release`", binary.display());
+    }
+    let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("the bench crate lives in the repository")?;
+    let scratch = args.out.join("work");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let server = S3Server::start(&scratch.join("s3"), &["bench"])?;
+    let mut report = Report::default();
+    let total = args.profiles.len() * workloads.len() * args.reps * MODES.len();
+    let mut done = 0;
+    for profile in &args.profiles {
+        for rep in 0..args.reps {
+            for &workload in &workloads {
+                let job = workload.write(&scratch.join("jobs").join(workload.name()), repo)?;
+                for mode in MODES {
+                    let run = Run { binary: &binary, server: &server, args: &args, job: &job, scratch: &scratch };
+                    let m = run.once(workload, mode, profile, rep)?;
+                    done += 1;
+                    eprintln!(
+                        "[{done}/{total}] {profile:<11} {:<9} {mode:<7} run {}: {:.3} s",
+                        workload.name(),
+                        rep + 1,
+                        m.job_ms as f64 / 1e3
+                    );
+                    report.add(m);
+                }
+            }
+        }
+    }
+    report.check_targets_agree()?;
+    print!("{}", report.table());
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&report.json())? + "\n")?;
+    std::fs::write(args.out.join("chart.svg"), report.svg())?;
+    eprintln!("wrote {} and {}", args.out.join("results.json").display(), args.out.join("chart.svg").display());
+    Ok(())
+}
+
+struct Run<'a> {
+    binary: &'a Path,
+    server: &'a S3Server,
+    args: &'a Args,
+    job: &'a Path,
+    scratch: &'a Path,
+}
+
+impl Run<'_> {
+    /// One cold `thunkmesh run` with its own store prefix and state.
+    fn once(&self, workload: Workload, mode: &str, profile: &str, rep: usize) -> Result<Measurement> {
+        let label = format!("{profile}-{}-{mode}-{rep}", workload.name());
+        let dir = self.scratch.join("runs").join(&label);
+        std::fs::create_dir_all(&dir)?;
+        let store = format!("s3://bench/{label}?latency={profile}");
+        let summary = dir.join("summary.json");
+        let output = Command::new(self.binary)
+            .arg("run")
+            .arg(self.job)
+            .args(["--workers", &self.args.workers.to_string(), "--slots", &self.args.slots.to_string()])
+            .args(["--mode", mode, "--store", &store])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--out")
+            .arg(dir.join("out"))
+            .arg("--summary-json")
+            .arg(&summary)
+            .envs(self.server.env())
+            .output()
+            .with_context(|| format!("cannot run {}", self.binary.display()))?;
+        if !output.status.success() {
+            bail!("{label} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let text = std::fs::read_to_string(&summary).with_context(|| format!("{label}: no summary"))?;
+        let _ = std::fs::remove_dir_all(dir.join("state"));
+        Measurement::from_summary(workload, mode, profile, &serde_json::from_str(&text)?)
+    }
+}
