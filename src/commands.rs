@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use thunkmesh_client::{LocalMesh, Reporter, RunError, Summary, Target, load_job, run_job};
+use thunkmesh_client::{JobRun, LocalMesh, Reporter, RunError, Summary, Target, load_job, run_job};
 use thunkmesh_net::{Identity, Trust, parse_fingerprint};
 use thunkmesh_node::NodeConfig;
 use thunkmesh_protocol::wire::Progress;
@@ -55,7 +55,7 @@ async fn run(args: RunArgs) -> ExitCode {
         },
         Err(e) => {
             eprintln!("error: {e:#}");
-            let usage = e.downcast_ref::<RunError>().is_none() && e.downcast_ref::<UsageError>().is_some();
+            let usage = e.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -77,9 +77,10 @@ async fn execute(
         None => Store::folder_url(&args.state_dir.join("store"))?,
     };
     let store = Store::open(&url)?;
+    let run = JobRun { job, store: &store, mode: args.mode.into(), out_dir: &args.out };
     if let Some(addr) = &args.rendezvous {
         let target = remote_target(addr, &args.trust)?;
-        return Ok(run_job(job, &store, args.mode.into(), &target, &args.out, bar, started).await?);
+        return Ok(run_job(run, &target, bar, started).await?);
     }
     let workers = args.workers.unwrap_or_else(default_workers);
     if workers == 0 {
@@ -90,7 +91,7 @@ async fn execute(
     let target = mesh.target();
     let logs = mesh.logs().display().to_string();
     tokio::select! {
-        r = run_job(job, &store, args.mode.into(), &target, &args.out, bar, started) => Ok(r?),
+        r = run_job(run, &target, bar, started) => Ok(r?),
         () = mesh.all_exited() => Err(RunError::NodesExited(logs).into()),
         _ = tokio::signal::ctrl_c() => bail!("interrupted; completed thunks are in the memo cache"),
     }

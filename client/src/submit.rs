@@ -84,17 +84,28 @@ struct MemoScan {
     values_needed: BTreeSet<Id>,
 }
 
-/// Runs `job` on the mesh at `target`; targets go to `out_dir`.
-#[allow(clippy::too_many_arguments)]
+/// One job to run: what, with which storage and mode, where the targets go.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRun<'a> {
+    /// The loaded job.
+    pub job: &'a LoadedJob,
+    /// Its storage.
+    pub store: &'a Store,
+    /// How intermediates travel.
+    pub mode: Mode,
+    /// The directory the targets are written to.
+    pub out_dir: &'a Path,
+}
+
+/// Runs a job on the mesh at `target`; `started` is when the user's command started (for
+/// `wall_ms`).
 pub async fn run_job(
-    job: &LoadedJob,
-    store: &Store,
-    mode: Mode,
+    run: JobRun<'_>,
     target: &Target,
-    out_dir: &Path,
     reporter: &mut dyn Reporter,
     started: Instant,
 ) -> Result<Summary, RunError> {
+    let JobRun { job, store, mode, out_dir } = run;
     let job_started = Instant::now();
     reporter.phase("consulting the memo cache");
     let scan = scan_memo(job, store).await?;
