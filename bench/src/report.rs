@@ -135,8 +135,7 @@ impl Report {
 
     fn rows(&self) -> Vec<Row> {
         let mut keys: Vec<(String, Workload)> = self.runs.iter().map(|m| (m.profile.clone(), m.workload)).collect();
-        keys.dedup();
-        keys.sort_by(|a, b| (profile_rank(&a.0), a.1).cmp(&(profile_rank(&b.0), b.1)));
+        keys.sort_by_key(|(profile, workload)| (profile_rank(profile), *workload));
         keys.dedup();
         keys.into_iter()
             .filter_map(|(profile, workload)| {
