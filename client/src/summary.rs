@@ -37,6 +37,9 @@ pub struct Summary {
     pub wall_ms: u64,
     /// Wall time from consulting the memo cache to the last target written: the job itself.
     pub job_ms: u64,
+    /// Time the thunks' programs themselves ran, added up (more than `job_ms` when they ran in
+    /// parallel); `job_ms` minus this, on a chain, is what thunkmesh added.
+    pub program_ms: u64,
     /// Each target file and the id of its bytes.
     pub targets: BTreeMap<String, String>,
 }
@@ -67,6 +70,7 @@ impl Summary {
             storage_fallbacks: outcome.storage_fallbacks,
             wall_ms: millis(wall),
             job_ms: millis(job),
+            program_ms: moved.program_micros / 1000,
             targets: targets.into_iter().map(|(f, id)| (f, id.to_string())).collect(),
         }
     }

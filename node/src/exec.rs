@@ -91,12 +91,8 @@ impl Ctx {
 /// Forces an assignment and says how it went, in the message the rendezvous expects.
 pub(crate) async fn force(ctx: &Ctx, a: &Assignment) -> ToRendezvous {
     let mut stats = TransferStats::default();
-    let started = Instant::now();
     match run(ctx, a, &mut stats).await {
-        Ok(outputs) => {
-            let run_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            ToRendezvous::Done(TaskDone { task: a.task, outputs, stats, run_micros })
-        }
+        Ok(outputs) => ToRendezvous::Done(TaskDone { task: a.task, outputs, stats }),
         Err(f) => {
             debug!(task = a.task, error = %f.error.message, "task failed");
             ToRendezvous::Failed(TaskFailed { task: a.task, error: f.error, unavailable: f.unavailable, stats })
@@ -114,7 +110,7 @@ async fn run(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<Vec
     }
     fetch_inputs(ctx, a, stats).await?;
     let dir = ctx.cache.task_dir(a.task).await.map_err(Fail::node)?;
-    let result = run_in(ctx, a, &dir).await;
+    let result = run_in(ctx, a, &dir, stats).await;
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         warn!(dir = %dir.display(), error = %e, "could not remove a sandbox");
     }
@@ -230,11 +226,19 @@ async fn fetch_from_storage(ctx: &Ctx, blob: Id, url: &str, moved: &mut Transfer
     }
 }
 
-async fn run_in(ctx: &Ctx, a: &Assignment, dir: &Path) -> Result<Vec<(String, OutputValue)>, Fail> {
+async fn run_in(
+    ctx: &Ctx,
+    a: &Assignment,
+    dir: &Path,
+    stats: &mut TransferStats,
+) -> Result<Vec<(String, OutputValue)>, Fail> {
     let root = dir.join("root");
     let program = place_inputs(ctx, a, dir, &root).await?;
     let stderr_path = dir.join("stderr");
-    let status = execute(a, &program, &root, dir, &stderr_path).await?;
+    let started = Instant::now();
+    let status = execute(a, &program, &root, dir, &stderr_path).await;
+    stats.program_micros += u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let status = status?;
     if !status.success() {
         let message = match status.code() {
             Some(code) => format!("exit status {code}"),

@@ -208,9 +208,11 @@ pub enum OutputValue {
     },
 }
 
-/// Data moved while serving one request, summed into the job summary.
+/// What one task moved (and how long its program ran), summed into the job summary.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransferStats {
+    /// Time the thunk's program itself ran, in microseconds (sandbox and transfers excluded).
+    pub program_micros: u64,
     /// Objects fetched from peers.
     pub peer_fetches: u64,
     /// Bytes fetched from peers.
@@ -227,6 +229,7 @@ pub struct TransferStats {
 
 impl AddAssign for TransferStats {
     fn add_assign(&mut self, o: TransferStats) {
+        self.program_micros += o.program_micros;
         self.peer_fetches += o.peer_fetches;
         self.peer_bytes += o.peer_bytes;
         self.storage_gets += o.storage_gets;
@@ -243,10 +246,8 @@ pub struct TaskDone {
     pub task: u64,
     /// Output name -> value, for every declared output.
     pub outputs: Vec<(String, OutputValue)>,
-    /// What the task moved.
+    /// What the task moved, and how long its program ran.
     pub stats: TransferStats,
-    /// How long the program ran, in microseconds.
-    pub run_micros: u64,
 }
 
 /// A task that did not complete.
@@ -488,7 +489,8 @@ mod tests {
     }
 
     fn arb_stats() -> impl Strategy<Value = TransferStats> {
-        any::<[u64; 6]>().prop_map(|s| TransferStats {
+        any::<[u64; 7]>().prop_map(|s| TransferStats {
+            program_micros: s[6],
             peer_fetches: s[0],
             peer_bytes: s[1],
             storage_gets: s[2],
@@ -520,13 +522,8 @@ mod tests {
                     stored,
                     memo: vec![]
                 })),
-            (any::<u64>(), proptest::collection::vec(("[a-z]{1,4}", output), 0..3), arb_stats(), any::<u64>())
-                .prop_map(|(task, outputs, stats, run_micros)| ToRendezvous::Done(TaskDone {
-                    task,
-                    outputs,
-                    stats,
-                    run_micros
-                })),
+            (any::<u64>(), proptest::collection::vec(("[a-z]{1,4}", output), 0..3), arb_stats())
+                .prop_map(|(task, outputs, stats)| ToRendezvous::Done(TaskDone { task, outputs, stats })),
             (any::<u64>(), ".{0,20}", proptest::collection::vec(arb_id(), 0..2), arb_stats()).prop_map(
                 |(task, m, unavailable, stats)| {
                     ToRendezvous::Failed(TaskFailed {
