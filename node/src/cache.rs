@@ -84,17 +84,23 @@ impl Cache {
         self.tmp.join(self.next_tmp.fetch_add(1, Ordering::Relaxed).to_string())
     }
 
-    /// A fresh, empty directory for one task's sandbox, on the cache's file system.
-    pub async fn task_dir(&self, task: u64) -> Result<PathBuf, CacheError> {
-        let dir = self.work.join(format!("task-{task}-{}", self.next_tmp.fetch_add(1, Ordering::Relaxed)));
-        tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
-        Ok(dir)
+    /// A fresh path for one task's sandbox, on the cache's file system (created by the caller).
+    pub fn task_dir(&self, task: u64) -> PathBuf {
+        self.work.join(format!("task-{task}-{}", self.next_tmp.fetch_add(1, Ordering::Relaxed)))
     }
 
     /// Moves a file whose bytes are `id` into the cache (the caller hashed it).
     pub async fn adopt(&self, file: &Path, id: Id) -> Result<(), CacheError> {
         let dest = self.path(id);
         tokio::fs::rename(file, &dest).await.map_err(io(&dest))?;
+        self.lock().insert(id);
+        Ok(())
+    }
+
+    /// Like [`Cache::adopt`], from a blocking context.
+    pub fn adopt_blocking(&self, file: &Path, id: Id) -> Result<(), CacheError> {
+        let dest = self.path(id);
+        std::fs::rename(file, &dest).map_err(io(&dest))?;
         self.lock().insert(id);
         Ok(())
     }

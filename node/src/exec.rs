@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
+use thunkmesh_protocol::job::{JobSpec, SpecKind, is_tail};
 use thunkmesh_protocol::wire::{
     Assignment, ErrorCode, Mode, OutputValue, Source, Stored, SubmittedThunk, TaskDone, TaskFailed, ToRendezvous,
     TransferStats, UploadRequest, WireError,
@@ -19,6 +19,7 @@ use thunkmesh_protocol::{Id, Program, Ref};
 use thunkmesh_store::Store;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::cache::{Cache, hash_file};
@@ -40,6 +41,8 @@ pub(crate) struct Ctx {
     pub(crate) peers: Peers,
     stores: Mutex<HashMap<String, Store>>,
     host_pins: Mutex<HashMap<PathBuf, (u64, SystemTime, Id)>>,
+    /// Sandboxes being removed: off the path between a program's exit and its report.
+    cleanups: std::sync::Mutex<JoinSet<()>>,
 }
 
 /// Why a task failed, and which inputs could not be had.
@@ -60,7 +63,18 @@ impl Fail {
 
 impl Ctx {
     pub(crate) fn new(cache: Arc<Cache>, peers: Peers) -> Ctx {
-        Ctx { cache, peers, stores: Mutex::default(), host_pins: Mutex::default() }
+        Ctx { cache, peers, stores: Mutex::default(), host_pins: Mutex::default(), cleanups: Default::default() }
+    }
+
+    /// Removes a sandbox in the background (tasks owned here, reaped as they finish).
+    fn remove_later(&self, dir: PathBuf) {
+        let mut cleanups = self.cleanups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while cleanups.try_join_next().is_some() {}
+        cleanups.spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(dir = %dir.display(), error = %e, "could not remove a sandbox");
+            }
+        });
     }
 
     async fn store(&self, url: &str) -> Result<Store, String> {
@@ -109,11 +123,9 @@ async fn run(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<Vec
         ));
     }
     fetch_inputs(ctx, a, stats).await?;
-    let dir = ctx.cache.task_dir(a.task).await.map_err(Fail::node)?;
+    let dir = ctx.cache.task_dir(a.task);
     let result = run_in(ctx, a, &dir, stats).await;
-    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-        warn!(dir = %dir.display(), error = %e, "could not remove a sandbox");
-    }
+    ctx.remove_later(dir);
     let outputs = result?;
     if a.mode == Mode::Storage {
         store_outputs(ctx, a, &outputs, stats).await?;
@@ -257,13 +269,16 @@ async fn run_in(
 }
 
 /// Copies the inputs into the sandbox; returns the path of the program to run.
+/// Lays out the sandbox (the shipped program, the inputs) in one blocking call; returns the path
+/// of the program to run.
 async fn place_inputs(ctx: &Ctx, a: &Assignment, dir: &Path, root: &Path) -> Result<PathBuf, Fail> {
     let mut resolved = a.resolved.iter().copied();
+    let mut copies = Vec::with_capacity(a.thunk.inputs.len() + 1);
     let program = match &a.thunk.program {
         Program::Ref(_) => {
             let blob = resolved.next().ok_or_else(|| Fail::node("no blob for the program"))?;
             let path = dir.join("program");
-            copy_executable(&ctx.cache.path(blob), &path).await?;
+            copies.push((ctx.cache.path(blob), path.clone()));
             path
         }
         Program::Host { path, pin } => {
@@ -275,20 +290,24 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, dir: &Path, root: &Path) -> Res
             PathBuf::from(path)
         }
     };
-    tokio::fs::create_dir_all(root).await.map_err(Fail::node)?;
     for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
-        let dest = root.join(path);
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(Fail::node)?;
-        }
-        copy_executable(&ctx.cache.path(blob), &dest).await?;
+        copies.push((ctx.cache.path(blob), root.join(path)));
     }
+    let root = root.to_owned();
+    let layout = move || -> std::io::Result<()> {
+        std::fs::create_dir_all(&root)?;
+        for (from, to) in &copies {
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(from, to)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{} -> {}: {e}", from.display(), to.display())))?;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(())
+    };
+    tokio::task::spawn_blocking(layout).await.map_err(Fail::node)?.map_err(Fail::node)?;
     Ok(program)
-}
-
-async fn copy_executable(from: &Path, to: &Path) -> Result<(), Fail> {
-    tokio::fs::copy(from, to).await.map_err(|e| Fail::node(format!("{} -> {}: {e}", from.display(), to.display())))?;
-    tokio::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).await.map_err(Fail::node)
 }
 
 async fn execute(
@@ -356,22 +375,53 @@ async fn read_tail(path: &Path) -> std::io::Result<String> {
 
 async fn collect_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str) -> Result<OutputValue, Fail> {
     let path = root.join(name);
+    let cache = ctx.cache.clone();
+    let file = path.clone();
+    let found = tokio::task::spawn_blocking(move || inspect_output(&cache, &file)).await.map_err(Fail::node)?;
     let missing = |why: &str| Fail::new(ErrorCode::MissingOutput, format!("output `{name}` {why}"));
-    let meta = tokio::fs::symlink_metadata(&path).await.map_err(|_| missing("was not created"))?;
-    if !meta.is_file() {
-        return Err(missing("is not a regular file"));
+    match found {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing("was not created")),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(missing("is not a regular file")),
+        Err(e) => Err(Fail::node(e)),
+        Ok(Inspected::Blob(blob)) => Ok(OutputValue::Blob(blob)),
+        Ok(Inspected::Tail(len)) => read_tail_output(ctx, a, root, name, &path, len).await,
     }
-    if starts_with_marker(&path).await.map_err(Fail::node)? {
-        return read_tail_output(ctx, a, root, name, &path, meta.len()).await;
-    }
-    let blob = ctx.cache.adopt_hashed(&path).await.map_err(Fail::node)?;
-    Ok(OutputValue::Blob(blob))
 }
 
-async fn starts_with_marker(path: &Path) -> std::io::Result<bool> {
-    let mut head = Vec::with_capacity(TAIL_MARKER.len());
-    tokio::fs::File::open(path).await?.take(TAIL_MARKER.len() as u64).read_to_end(&mut head).await?;
-    Ok(is_tail(&head))
+/// What an output file turned out to be.
+enum Inspected {
+    /// Hashed and moved into the cache.
+    Blob(Id),
+    /// A tail of this many bytes, left in place to be parsed.
+    Tail(u64),
+}
+
+/// Reads an output once: checks it is a regular file, recognises a tail by its first line, and
+/// otherwise hashes it and moves it into the cache.
+fn inspect_output(cache: &Cache, path: &Path) -> std::io::Result<Inspected> {
+    use std::io::Read;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if size == 0 && is_tail(&buf[..n]) {
+            return Ok(Inspected::Tail(meta.len()));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let id = Id::blob(*hasher.finalize().as_bytes(), size);
+    cache.adopt_blocking(path, id).map_err(|e| e.source)?;
+    Ok(Inspected::Blob(id))
 }
 
 /// Parses a tail output: its values are files in the sandbox, its host programs are pinned here.
