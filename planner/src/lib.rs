@@ -558,9 +558,10 @@ impl Planner {
     fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>, mode: Mode) {
         let task = self.next_task;
         self.next_task += 1;
-        let peer_failed = self.jobs.get(&job).map(|j| j.peer_failed.clone()).unwrap_or_default();
+        let none = BTreeSet::new();
+        let peer_failed = self.jobs.get(&job).map_or(&none, |j| &j.peer_failed);
         let sources = match mode {
-            Mode::P2p => self.sources(node, &resolved, &peer_failed),
+            Mode::P2p => self.sources(node, &resolved, peer_failed),
             Mode::Storage => {
                 resolved.iter().collect::<BTreeSet<_>>().into_iter().map(|b| (*b, vec![Place::Storage])).collect()
             }
