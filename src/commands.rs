@@ -11,7 +11,7 @@ use thunkmesh_client::{JobRun, LocalMesh, Reporter, RunError, Summary, Target, l
 use thunkmesh_net::{Identity, Trust, parse_fingerprint};
 use thunkmesh_node::NodeConfig;
 use thunkmesh_protocol::wire::Progress;
-use thunkmesh_store::Store;
+use thunkmesh_store::{Store, StoreError};
 
 use crate::cli::{Command, NodeArgs, RendezvousArgs, RunArgs, TrustArgs};
 
@@ -76,7 +76,10 @@ async fn execute(
         Some(url) => url.clone(),
         None => Store::folder_url(&args.state_dir.join("store"))?,
     };
-    let store = Store::open(&url)?;
+    let store = Store::open(&url).map_err(|e| match e {
+        StoreError::Unsupported(_) | StoreError::BadUrl { .. } => anyhow::Error::new(UsageError(e.to_string())),
+        other => other.into(),
+    })?;
     let run = JobRun { job, store: &store, mode: args.mode.into(), out_dir: &args.out };
     if let Some(addr) = &args.rendezvous {
         let target = remote_target(addr, &args.trust)?;

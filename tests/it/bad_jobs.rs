@@ -116,3 +116,15 @@ fn missing_job_file() {
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("absent.toml: cannot read"), "{}", run.stderr);
 }
+
+#[test]
+fn a_store_url_that_cannot_work_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = write(dir.path(), &[("job.toml", GOOD), ("count.sh", "#!/bin/sh\necho 1 > out.txt\n")]);
+    let run = run_in(dir.path(), &job, &["--workers", "2", "--store", "ftp://example/x"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.starts_with("error: store URL `ftp://example/x` is not supported"), "{}", run.stderr);
+    let run = run_in(dir.path(), &job, &["--workers", "2", "--store", "memory://?latency=s3-glacier"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("no latency profile `s3-glacier`"), "{}", run.stderr);
+}
