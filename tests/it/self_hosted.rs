@@ -91,17 +91,7 @@ fn a_node_killed_mid_job_costs_a_rerun_not_the_job() {
     let rdv = SelfHosted::start(&dir.path().join("rdv"));
     let mut nodes: Vec<_> = (0..3).map(|i| rdv.node(&dir.path().join(format!("node-{i}")), &format!("n{i}"))).collect();
     let job = write(dir.path(), &[("job.toml", &slow_fan_in(6))]);
-    let (dir_path, job_path) = (dir.path().to_owned(), job.clone());
-    let (addr, fp, token) = (rdv.addr.clone(), rdv.fingerprint.clone(), rdv.token.clone());
-    let runner = std::thread::spawn(move || {
-        let mut cmd = crate::util::thunkmesh();
-        cmd.current_dir(&dir_path)
-            .arg("run")
-            .arg(&job_path)
-            .args(["--summary-json", "summary.json", "--rendezvous", &addr, "--fingerprint", &fp])
-            .env("THUNKMESH_TOKEN", token);
-        crate::util::finish(&dir_path, cmd.output().expect("run"))
-    });
+    let runner = rdv.run_in_background(dir.path(), &job);
     // Each node has run one slow thunk and started a second when the first node dies: its
     // finished output lived only in its cache and must be recomputed.
     std::thread::sleep(Duration::from_millis(1600));
@@ -174,20 +164,7 @@ outputs = ["o"]
 "#;
     let text = text.replace("MARKER", &marker.display().to_string());
     let job = write(dir.path(), &[("job.toml", &text)]);
-    let runner = {
-        let (dir, job, addr, trust, token) =
-            (dir.path().to_owned(), job.clone(), rdv.addr.clone(), rdv.trust.clone(), rdv.token.clone());
-        std::thread::spawn(move || {
-            let mut cmd = crate::util::thunkmesh();
-            cmd.current_dir(&dir)
-                .arg("run")
-                .arg(&job)
-                .args(["--summary-json", "summary.json", "--rendezvous", &addr])
-                .args(&trust)
-                .env("THUNKMESH_TOKEN", token);
-            crate::util::finish(&dir, cmd.output().expect("run"))
-        })
-    };
+    let runner = rdv.run_in_background(dir.path(), &job);
     // `first` is done and `slow` runs on the only node when a second node joins and the first is
     // asked to stop: it finishes `slow`, uploads both outputs that `second` needs, and leaves.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -148,7 +148,8 @@ impl SelfHosted {
         Proc(child)
     }
 
-    pub fn run(&self, dir: &Path, job: &Path, token: &str) -> Run {
+    /// `thunkmesh run JOB` against this rendezvous, in `dir`, presenting `token`.
+    fn run_command(&self, dir: &Path, job: &Path, token: &str) -> Command {
         let mut cmd = thunkmesh();
         cmd.current_dir(dir)
             .arg("run")
@@ -156,7 +157,18 @@ impl SelfHosted {
             .args(["--summary-json", "summary.json", "--rendezvous", &self.addr])
             .args(&self.trust)
             .env("THUNKMESH_TOKEN", token);
-        finish(dir, cmd.output().expect("start thunkmesh run"))
+        cmd
+    }
+
+    pub fn run(&self, dir: &Path, job: &Path, token: &str) -> Run {
+        finish(dir, self.run_command(dir, job, token).output().expect("start thunkmesh run"))
+    }
+
+    /// Like [`SelfHosted::run`] with the mesh's token, on a thread, so the test can act meanwhile.
+    pub fn run_in_background(&self, dir: &Path, job: &Path) -> std::thread::JoinHandle<Run> {
+        let mut cmd = self.run_command(dir, job, &self.token);
+        let dir = dir.to_owned();
+        std::thread::spawn(move || finish(&dir, cmd.output().expect("start thunkmesh run")))
     }
 }
 
