@@ -3,6 +3,12 @@
 //! to a cloud latency profile, and reports what each mode cost: a table on the terminal,
 //! `results.json` and `chart.svg`. Every run is a fresh `thunkmesh run` (cold memo cache, cold
 //! node caches), so nothing carries over between runs or modes.
+//!
+//! Files are deleted late on purpose: ext4 slows every file creation down for as long as many
+//! inodes freed in the last minutes sit in dirty inode-table blocks (`recently_deleted` in its
+//! allocator), so a run that follows the removal of thousands of small files measures the file
+//! system, not thunkmesh. Between runs only large files are removed (to bound disk use); the
+//! rest goes when the benchmark is over.
 
 mod report;
 mod workloads;
@@ -58,7 +64,8 @@ fn main() -> Result<()> {
     let workloads = if args.workloads.is_empty() { Workload::ALL.to_vec() } else { args.workloads.clone() };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("the bench crate lives in the repository")?;
     let scratch = args.out.join("work");
-    let _ = std::fs::remove_dir_all(&scratch);
+    let old = args.out.join(format!("work.old-{}", std::process::id()));
+    let _ = std::fs::rename(&scratch, &old);
     let server = S3Server::start(&scratch.join("s3"), &["bench"])?;
     let mut report = Report::default();
     let total = args.profiles.len() * workloads.len() * args.reps * MODES.len();
@@ -88,6 +95,13 @@ fn main() -> Result<()> {
     std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&report.json())? + "\n")?;
     std::fs::write(args.out.join("chart.svg"), report.svg())?;
     eprintln!("wrote {} and {}", args.out.join("results.json").display(), args.out.join("chart.svg").display());
+    // Old scratch folders (this one's, and any a stopped benchmark left) go now.
+    for entry in std::fs::read_dir(&args.out)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("work.old-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir_all(scratch.join("runs"));
     Ok(())
 }
 
@@ -125,7 +139,23 @@ impl Run<'_> {
             bail!("{label} failed:\n{}", String::from_utf8_lossy(&output.stderr));
         }
         let text = std::fs::read_to_string(&summary).with_context(|| format!("{label}: no summary"))?;
-        let _ = std::fs::remove_dir_all(dir.join("state"));
+        remove_large_files(&dir);
+        remove_large_files(&self.scratch.join("s3").join("bench").join(&label));
         Measurement::from_summary(workload, mode, profile, &serde_json::from_str(&text)?)
+    }
+}
+
+/// Removes the files of 1 MiB or more under `dir`: they hold the disk space, while the many small
+/// files are what slows ext4 down when removed, so those wait for the end of the benchmark.
+fn remove_large_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => remove_large_files(&entry.path()),
+            Ok(t) if t.is_file() && entry.metadata().is_ok_and(|m| m.len() >= 1 << 20) => {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            _ => {}
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! The node's object cache: verified blobs in a folder, named by their printable ids, that
 //! survives the node (a restarted node announces what it still holds). Files enter it only by
 //! rename from a temporary file whose bytes were hashed, so a half-written object is never
-//! visible under its id.
+//! visible under its id. Cached files are read-only (mode 0555): sandboxes hard-link them as
+//! inputs rather than copying them.
 
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use thunkmesh_protocol::Id;
 use tokio::io::AsyncReadExt;
@@ -24,6 +26,9 @@ pub struct CacheError {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError { path: path.to_owned(), source }
 }
+
+/// The mode of every cached file: anyone may read and execute it, nobody may write it.
+const READ_ONLY: u32 = 0o555;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -52,13 +57,18 @@ impl Cache {
         let mut index = HashSet::new();
         for entry in std::fs::read_dir(&objects).map_err(io(&objects))? {
             let entry = entry.map_err(io(&objects))?;
+            let path = entry.path();
             let id = entry.file_name().to_str().and_then(|n| n.parse::<Id>().ok());
-            let len = entry.metadata().map(|m| m.len()).ok();
+            let meta = entry.metadata().ok();
             match id {
-                Some(id) if len == Some(id.size) => {
+                Some(id) if meta.as_ref().is_some_and(|m| m.is_file() && m.len() == id.size) => {
+                    if meta.is_some_and(|m| m.permissions().mode() & 0o777 != READ_ONLY) {
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(READ_ONLY))
+                            .map_err(io(&path))?;
+                    }
                     index.insert(id);
                 }
-                _ => std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?,
+                _ => std::fs::remove_file(&path).map_err(io(&path))?,
             }
         }
         Ok(Cache { objects, tmp, work, index: Mutex::new(index), next_tmp: AtomicU64::new(0) })
@@ -84,40 +94,48 @@ impl Cache {
         self.tmp.join(self.next_tmp.fetch_add(1, Ordering::Relaxed).to_string())
     }
 
-    /// A fresh path for one task's sandbox, on the cache's file system (created by the caller).
-    pub fn task_dir(&self, task: u64) -> PathBuf {
-        self.work.join(format!("task-{task}-{}", self.next_tmp.fetch_add(1, Ordering::Relaxed)))
+    /// The folder for sandboxes, on the cache's file system (so outputs enter the cache by
+    /// rename and inputs leave it by hard link); emptied when the cache is opened.
+    pub fn work_dir(&self) -> &Path {
+        &self.work
     }
 
     /// Moves a file whose bytes are `id` into the cache (the caller hashed it).
-    pub async fn adopt(&self, file: &Path, id: Id) -> Result<(), CacheError> {
-        let dest = self.path(id);
-        tokio::fs::rename(file, &dest).await.map_err(io(&dest))?;
-        self.lock().insert(id);
-        Ok(())
+    pub async fn adopt(self: &Arc<Self>, file: &Path, id: Id) -> Result<(), CacheError> {
+        let (cache, file) = (self.clone(), file.to_owned());
+        tokio::task::spawn_blocking(move || cache.adopt_blocking(&file, id))
+            .await
+            .map_err(|e| CacheError { path: self.path(id), source: std::io::Error::other(e) })?
     }
 
-    /// Like [`Cache::adopt`], from a blocking context.
+    /// Like [`Cache::adopt`], from a blocking context. A file whose object is already held is
+    /// removed instead: the cached copy may be linked into running sandboxes.
     pub fn adopt_blocking(&self, file: &Path, id: Id) -> Result<(), CacheError> {
+        if self.has(id) {
+            return std::fs::remove_file(file).map_err(io(file));
+        }
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(READ_ONLY)).map_err(io(file))?;
         let dest = self.path(id);
         std::fs::rename(file, &dest).map_err(io(&dest))?;
         self.lock().insert(id);
         Ok(())
     }
 
+    /// Drops an object whose file no longer holds its bytes (a program wrote to its input).
+    pub fn forget(&self, id: Id) {
+        self.lock().remove(&id);
+        let _ = std::fs::remove_file(self.path(id));
+    }
+
     /// Hashes a file and moves it into the cache; returns its id.
-    pub async fn adopt_hashed(&self, file: &Path) -> Result<Id, CacheError> {
+    pub async fn adopt_hashed(self: &Arc<Self>, file: &Path) -> Result<Id, CacheError> {
         let id = hash_file(file).await.map_err(io(file))?;
-        if self.has(id) {
-            tokio::fs::remove_file(file).await.map_err(io(file))?;
-        } else {
-            self.adopt(file, id).await?;
-        }
+        self.adopt(file, id).await?;
         Ok(id)
     }
 
     /// Copies a file into the cache without moving it (tail values stay in the sandbox).
-    pub async fn copy_in(&self, file: &Path) -> Result<Id, CacheError> {
+    pub async fn copy_in(self: &Arc<Self>, file: &Path) -> Result<Id, CacheError> {
         let tmp = self.temp_path();
         tokio::fs::copy(file, &tmp).await.map_err(io(file))?;
         self.adopt_hashed(&tmp).await
@@ -152,7 +170,7 @@ mod tests {
     #[tokio::test]
     async fn objects_survive_a_reopen_and_junk_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Cache::open(dir.path()).expect("open");
+        let cache = Arc::new(Cache::open(dir.path()).expect("open"));
         let tmp = cache.temp_path();
         tokio::fs::write(&tmp, b"kept").await.expect("write");
         let id = cache.adopt_hashed(&tmp).await.expect("adopt");

@@ -1,5 +1,5 @@
 //! Forcing one thunk: fetch the inputs the node lacks (peers first, then storage), lay out a
-//! fresh sandbox, run the program with only the thunk's environment and under its timeout, then
+//! sandbox, run the program with only the thunk's environment and under its timeout, then
 //! hash and cache the outputs. An output that starts with the tail marker is parsed as a tail
 //! and reported as more thunks to force.
 
@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use crate::cache::{Cache, hash_file};
 use crate::peer::Peers;
+use crate::sandbox::{Sandbox, Sandboxes};
 
 /// Largest tail a thunk may write.
 const MAX_TAIL_BYTES: u64 = 1 << 20;
@@ -31,14 +32,15 @@ const MAX_TAIL_BYTES: u64 = 1 << 20;
 /// Most thunks one tail may define.
 const MAX_TAIL_THUNKS: usize = 10_000;
 
-/// How much of a failed program's stderr is reported.
-const STDERR_TAIL: u64 = 2048;
+/// How much of a failed program's output (stdout and stderr) is reported.
+const OUTPUT_TAIL: usize = 2048;
 
 /// What every task on this node shares.
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) cache: Arc<Cache>,
     pub(crate) peers: Peers,
+    sandboxes: Arc<Sandboxes>,
     stores: Mutex<HashMap<String, Store>>,
     host_pins: Mutex<HashMap<PathBuf, (u64, SystemTime, Id)>>,
     /// Sandboxes being removed: off the path between a program's exit and its report.
@@ -63,18 +65,23 @@ impl Fail {
 
 impl Ctx {
     pub(crate) fn new(cache: Arc<Cache>, peers: Peers) -> Ctx {
-        Ctx { cache, peers, stores: Mutex::default(), host_pins: Mutex::default(), cleanups: Default::default() }
+        let sandboxes = Sandboxes::new(cache.work_dir());
+        Ctx {
+            cache,
+            peers,
+            sandboxes,
+            stores: Mutex::default(),
+            host_pins: Mutex::default(),
+            cleanups: Default::default(),
+        }
     }
 
-    /// Removes a sandbox in the background (tasks owned here, reaped as they finish).
-    fn remove_later(&self, dir: PathBuf) {
+    /// Empties a sandbox for reuse in the background (tasks owned here, reaped as they finish).
+    fn give_back_later(&self, sandbox: Sandbox) {
         let mut cleanups = self.cleanups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while cleanups.try_join_next().is_some() {}
-        cleanups.spawn_blocking(move || {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                warn!(dir = %dir.display(), error = %e, "could not remove a sandbox");
-            }
-        });
+        let sandboxes = self.sandboxes.clone();
+        cleanups.spawn_blocking(move || sandboxes.give_back(sandbox));
     }
 
     async fn store(&self, url: &str) -> Result<Store, String> {
@@ -123,9 +130,9 @@ async fn run(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<Vec
         ));
     }
     fetch_inputs(ctx, a, stats).await?;
-    let dir = ctx.cache.task_dir(a.task);
-    let result = run_in(ctx, a, &dir, stats).await;
-    ctx.remove_later(dir);
+    let sandbox = ctx.sandboxes.take().map_err(|e| Fail::node(format!("cannot make a sandbox: {e}")))?;
+    let result = run_in(ctx, a, &sandbox, stats).await;
+    ctx.give_back_later(sandbox);
     let outputs = result?;
     if a.mode == Mode::Storage {
         store_outputs(ctx, a, &outputs, stats).await?;
@@ -241,25 +248,22 @@ async fn fetch_from_storage(ctx: &Ctx, blob: Id, url: &str, moved: &mut Transfer
 async fn run_in(
     ctx: &Ctx,
     a: &Assignment,
-    dir: &Path,
+    sandbox: &Sandbox,
     stats: &mut TransferStats,
 ) -> Result<Vec<(String, OutputValue)>, Fail> {
-    let root = dir.join("root");
-    let program = place_inputs(ctx, a, dir, &root).await?;
-    let stderr_path = dir.join("stderr");
+    let root = sandbox.root();
+    let (program, linked) = place_inputs(ctx, a, sandbox).await?;
     let started = Instant::now();
-    let status = execute(a, &program, &root, dir, &stderr_path).await;
+    let ran = execute(a, &program, &root).await;
     stats.program_micros += u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let status = status?;
+    check_inputs(ctx, linked).await?;
+    let (status, output) = ran?;
     if !status.success() {
         let message = match status.code() {
             Some(code) => format!("exit status {code}"),
             None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
         };
-        return Err(Fail {
-            error: with_stderr(ErrorCode::ExitStatus, message, &stderr_path).await,
-            unavailable: vec![],
-        });
+        return Err(Fail { error: output.error(ErrorCode::ExitStatus, message), unavailable: vec![] });
     }
     let mut outputs = Vec::with_capacity(a.thunk.outputs.len());
     for name in &a.thunk.outputs {
@@ -268,18 +272,24 @@ async fn run_in(
     Ok(outputs)
 }
 
-/// Copies the inputs into the sandbox; returns the path of the program to run.
+/// An input hard-linked from the cache, and its modification time when it was linked.
+struct Linked {
+    blob: Id,
+    path: String,
+    mtime: SystemTime,
+}
+
 /// Lays out the sandbox (the shipped program, the inputs) in one blocking call; returns the path
-/// of the program to run.
-async fn place_inputs(ctx: &Ctx, a: &Assignment, dir: &Path, root: &Path) -> Result<PathBuf, Fail> {
+/// of the program to run and the inputs that were linked rather than copied.
+async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(PathBuf, Vec<Linked>), Fail> {
+    let root = sandbox.root();
     let mut resolved = a.resolved.iter().copied();
-    let mut copies = Vec::with_capacity(a.thunk.inputs.len() + 1);
+    let mut places = Vec::with_capacity(a.thunk.inputs.len() + 1);
     let program = match &a.thunk.program {
         Program::Ref(_) => {
             let blob = resolved.next().ok_or_else(|| Fail::node("no blob for the program"))?;
-            let path = dir.join("program");
-            copies.push((ctx.cache.path(blob), path.clone()));
-            path
+            places.push((blob, "the program".to_owned(), sandbox.program()));
+            sandbox.program()
         }
         Program::Host { path, pin } => {
             let actual =
@@ -291,57 +301,139 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, dir: &Path, root: &Path) -> Res
         }
     };
     for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
-        copies.push((ctx.cache.path(blob), root.join(path)));
+        places.push((blob, format!("input `{path}`"), root.join(path)));
     }
-    let root = root.to_owned();
-    let layout = move || -> std::io::Result<()> {
-        std::fs::create_dir_all(&root)?;
-        for (from, to) in &copies {
+    let cache = ctx.cache.clone();
+    let layout = move || -> std::io::Result<Vec<Linked>> {
+        let mut linked = Vec::with_capacity(places.len());
+        for (blob, label, to) in places {
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::copy(from, to)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{} -> {}: {e}", from.display(), to.display())))?;
-            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+            let from = cache.path(blob);
+            let failed = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{label}: {e}"));
+            if std::fs::hard_link(&from, &to).is_ok() {
+                let mtime = std::fs::metadata(&to).and_then(|m| m.modified()).map_err(failed)?;
+                linked.push(Linked { blob, path: label, mtime });
+            } else {
+                // Another file system, or too many links: a private, writable copy.
+                std::fs::copy(&from, &to).map_err(failed)?;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).map_err(failed)?;
+            }
         }
-        Ok(())
+        Ok(linked)
     };
-    tokio::task::spawn_blocking(layout).await.map_err(Fail::node)?.map_err(Fail::node)?;
-    Ok(program)
+    let linked = tokio::task::spawn_blocking(layout).await.map_err(Fail::node)?.map_err(Fail::node)?;
+    Ok((program, linked))
 }
 
-async fn execute(
-    a: &Assignment,
-    program: &Path,
-    root: &Path,
-    dir: &Path,
-    stderr_path: &Path,
-) -> Result<std::process::ExitStatus, Fail> {
-    let stdout = std::fs::File::create(dir.join("stdout")).map_err(Fail::node)?;
-    let stderr = std::fs::File::create(stderr_path).map_err(Fail::node)?;
-    let mut child = tokio::process::Command::new(program)
+/// Fails the task, and drops the object from the cache, if the program wrote to an input that
+/// was linked from the cache (inputs are read-only; only root can write them anyway).
+async fn check_inputs(ctx: &Ctx, linked: Vec<Linked>) -> Result<(), Fail> {
+    if linked.is_empty() {
+        return Ok(());
+    }
+    let cache = ctx.cache.clone();
+    let check = move || {
+        let changed = |l: &Linked| {
+            let meta = std::fs::metadata(cache.path(l.blob));
+            meta.is_ok_and(|m| m.len() != l.blob.size || m.modified().ok() != Some(l.mtime))
+        };
+        let written: Vec<&Linked> = linked.iter().filter(|l| changed(l)).collect();
+        for l in &written {
+            cache.forget(l.blob);
+        }
+        written.first().map(|l| l.path.clone())
+    };
+    match tokio::task::spawn_blocking(check).await.map_err(Fail::node)? {
+        None => Ok(()),
+        Some(path) => Err(Fail::new(
+            ErrorCode::ModifiedInput,
+            format!("the program wrote to {path}; inputs are shared and read-only, write a new file instead"),
+        )),
+    }
+}
+
+/// Runs the program under the thunk's timeout; returns its status and the tail of its output.
+async fn execute(a: &Assignment, program: &Path, root: &Path) -> Result<(std::process::ExitStatus, OutputTail), Fail> {
+    let (reader, writer) = std::io::pipe().map_err(Fail::node)?;
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(&a.thunk.args)
         .env_clear()
         .envs(&a.thunk.env)
         .current_dir(root)
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
+        .stdout(writer.try_clone().map_err(Fail::node)?)
+        .stderr(writer)
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Fail::new(ErrorCode::ExitStatus, format!("cannot start the program: {e}")))?;
+        .kill_on_drop(true);
+    let spawned = command.spawn();
+    // The child holds the pipe's write end now; ours must close for the read end to see its end.
+    drop(command);
+    let mut child = spawned.map_err(|e| Fail::new(ErrorCode::ExitStatus, format!("cannot start the program: {e}")))?;
+    let mut output = OutputTail::default();
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(Fail::node)?;
     let timeout = a.thunk.timeout();
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => status.map_err(Fail::node),
+    match tokio::time::timeout(timeout, output.read_until_exit(&mut child, &mut pipe)).await {
+        Ok(status) => Ok((status.map_err(Fail::node)?, output)),
         Err(_) => {
             if let Some(pid) = child.id() {
                 kill_group(pid);
             }
             let _ = child.wait().await;
             let message = format!("timed out after {}", humantime::format_duration(timeout));
-            Err(Fail { error: with_stderr(ErrorCode::Timeout, message, stderr_path).await, unavailable: vec![] })
+            Err(Fail { error: output.error(ErrorCode::Timeout, message), unavailable: vec![] })
         }
+    }
+}
+
+/// The last bytes a program wrote to stdout and stderr, interleaved as a terminal shows them.
+#[derive(Default)]
+struct OutputTail {
+    bytes: std::collections::VecDeque<u8>,
+}
+
+impl OutputTail {
+    fn push(&mut self, data: &[u8]) {
+        let keep = &data[data.len().saturating_sub(OUTPUT_TAIL)..];
+        let overflow = (self.bytes.len() + keep.len()).saturating_sub(OUTPUT_TAIL);
+        self.bytes.drain(..overflow);
+        self.bytes.extend(keep);
+    }
+
+    /// Reads the pipe until the program exits, then what is left in it. A process the program
+    /// left behind may hold the pipe open, so its end is not waited for.
+    async fn read_until_exit(
+        &mut self,
+        child: &mut tokio::process::Child,
+        pipe: &mut tokio::net::unix::pipe::Receiver,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut open = true;
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    while let Ok(n @ 1..) = pipe.try_read(&mut buf) {
+                        self.push(&buf[..n]);
+                    }
+                    return status;
+                }
+                read = pipe.read(&mut buf), if open => match read {
+                    Ok(n @ 1..) => self.push(&buf[..n]),
+                    _ => open = false,
+                },
+            }
+        }
+    }
+
+    /// A failure with this output (if any) as its detail.
+    fn error(&self, code: ErrorCode, message: String) -> WireError {
+        let (front, back) = self.bytes.as_slices();
+        let text = String::from_utf8_lossy(&[front, back].concat()).trim_end().to_owned();
+        let detail =
+            if text.is_empty() { String::new() } else { format!("output (last {OUTPUT_TAIL} bytes):\n{text}") };
+        WireError { code, message, detail }
     }
 }
 
@@ -355,22 +447,6 @@ fn kill_group(pid: u32) {
     unsafe {
         libc::killpg(pgid, libc::SIGKILL);
     }
-}
-
-async fn with_stderr(code: ErrorCode, message: String, stderr_path: &Path) -> WireError {
-    let tail = read_tail(stderr_path).await.unwrap_or_default();
-    let detail = if tail.is_empty() { String::new() } else { format!("stderr (last {STDERR_TAIL} bytes):\n{tail}") };
-    WireError { code, message, detail }
-}
-
-async fn read_tail(path: &Path) -> std::io::Result<String> {
-    use tokio::io::AsyncSeekExt;
-    let mut file = tokio::fs::File::open(path).await?;
-    let len = file.metadata().await?.len();
-    file.seek(std::io::SeekFrom::Start(len.saturating_sub(STDERR_TAIL))).await?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).await?;
-    Ok(String::from_utf8_lossy(&bytes).trim_end().to_owned())
 }
 
 async fn collect_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str) -> Result<OutputValue, Fail> {

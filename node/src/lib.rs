@@ -11,6 +11,7 @@
 pub mod cache;
 mod exec;
 pub mod peer;
+mod sandbox;
 
 use std::future::Future;
 use std::net::SocketAddr;

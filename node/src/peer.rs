@@ -144,7 +144,7 @@ impl Peers {
         addr: SocketAddr,
         fingerprint: [u8; 32],
         blob: Id,
-        cache: &Cache,
+        cache: &Arc<Cache>,
     ) -> Result<u64, FetchError> {
         let conn = self.connection(addr, fingerprint).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
@@ -229,7 +229,7 @@ mod tests {
     async fn a_peer_fetch_arrives_verified_in_the_cache() {
         let server = server_with(b"peer bytes").await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Cache::open(dir.path()).expect("cache");
+        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
         let peers = Peers::new(client(), "tok".into());
         let moved = peers.fetch(server.addr, server.fingerprint, server.blob, &cache).await.expect("fetch");
         assert_eq!(moved, 10);
@@ -243,7 +243,7 @@ mod tests {
     async fn the_wrong_fingerprint_or_token_gets_nothing() {
         let server = server_with(b"secret").await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Cache::open(dir.path()).expect("cache");
+        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
         let peers = Peers::new(client(), "tok".into());
         let err = peers.fetch(server.addr, [9; 32], server.blob, &cache).await.expect_err("impostor");
         assert!(err.to_string().contains("is not the pinned"), "{err}");
@@ -266,7 +266,7 @@ mod tests {
         assert!(reason.to_string().contains("malformed message"), "{reason}");
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Cache::open(dir.path()).expect("cache");
+        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
         let peers = Peers::new(ep, "tok".into());
         peers.fetch(server.addr, server.fingerprint, server.blob, &cache).await.expect("others are still served");
         assert!(cache.has(server.blob));

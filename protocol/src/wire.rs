@@ -363,12 +363,21 @@ pub enum ErrorCode {
     NodeError,
     /// The requested object is not here.
     NotFound,
+    /// A program wrote to one of its inputs, which are shared and read-only.
+    ModifiedInput,
 }
 
 impl ErrorCode {
     /// Whether the failure belongs to the thunk (re-running it elsewhere will not help).
     pub fn is_thunk_fault(self) -> bool {
-        matches!(self, ErrorCode::ExitStatus | ErrorCode::Timeout | ErrorCode::MissingOutput | ErrorCode::BadTail)
+        matches!(
+            self,
+            ErrorCode::ExitStatus
+                | ErrorCode::Timeout
+                | ErrorCode::MissingOutput
+                | ErrorCode::BadTail
+                | ErrorCode::ModifiedInput
+        )
     }
 }
 

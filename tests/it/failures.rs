@@ -1,4 +1,4 @@
-//! Thunks that fail: the run names the thunk, its status and the tail of its stderr; what
+//! Thunks that fail: the run names the thunk, its status and the tail of its output; what
 //! completed is kept, and a rerun resumes from it.
 
 use crate::util::{run_in, write};
@@ -39,6 +39,26 @@ fn a_failing_thunk_is_named_with_its_stderr_and_a_rerun_resumes() {
     rerun.ok();
     assert_eq!(rerun.out("result.txt"), b"first\nfirst\n");
     assert_eq!(rerun.num("thunks_executed"), 1, "`first` completed before the failure and is not run again");
+}
+
+#[test]
+fn a_thunk_that_writes_to_its_input_fails_and_the_damaged_object_is_not_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `in` is a read-only hard link to the node's cache: root may append to it, others may not.
+    let writing = write(dir.path(), &[("job.toml", &job("echo more >> in; cp in out", "10s"))]);
+    let run = run_in(dir.path(), &writing, &["--workers", "1"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let uid = std::process::Command::new("id").arg("-u").output().expect("id -u").stdout;
+    if uid.trim_ascii() == b"0" {
+        assert!(run.stderr.contains("thunk `second` failed: the program wrote to input `in`"), "{}", run.stderr);
+    } else {
+        assert!(run.stderr.contains("Permission denied"), "{}", run.stderr);
+    }
+
+    let fixed = write(dir.path(), &[("job.toml", &job("cat in in > out", "10s"))]);
+    let rerun = run_in(dir.path(), &fixed, &["--workers", "1"]);
+    rerun.ok();
+    assert_eq!(rerun.out("result.txt"), b"first\nfirst\n", "the appended line is not seen again");
 }
 
 #[test]
