@@ -11,6 +11,8 @@
 //! rest goes when the benchmark is over.
 
 mod report;
+mod sim;
+mod simulate;
 mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -23,9 +25,24 @@ use thunkmesh_s3_fixture::S3Server;
 use report::{Measurement, Report};
 use workloads::Workload;
 
-/// Compare thunkmesh's p2p mode with the storage-backed mode.
+/// Compare thunkmesh's p2p mode with the storage-backed mode, or simulate placement policies.
 #[derive(Debug, Parser)]
-#[command(name = "thunkmesh-bench", about)]
+#[command(name = "thunkmesh-bench", about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    bench: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Simulate a cloud of workers running a job under each placement policy.
+    Simulate(simulate::SimArgs),
+}
+
+/// Options of the real benchmark.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Workloads to run (comma-separated) [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -53,7 +70,14 @@ struct Args {
 const MODES: [&str; 2] = ["p2p", "storage"];
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Sub::Simulate(args)) => simulate::main(&args),
+        None => bench(&cli.bench),
+    }
+}
+
+fn bench(args: &Args) -> Result<()> {
     let binary = match &args.thunkmesh {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("thunkmesh"),
@@ -75,7 +99,7 @@ fn main() -> Result<()> {
             for &workload in &workloads {
                 let job = workload.write(&scratch.join("jobs").join(workload.name()), repo)?;
                 for mode in MODES {
-                    let run = Run { binary: &binary, server: &server, args: &args, job: &job, scratch: &scratch };
+                    let run = Run { binary: &binary, server: &server, args, job: &job, scratch: &scratch };
                     let m = run.once(workload, mode, profile, rep)?;
                     done += 1;
                     eprintln!(

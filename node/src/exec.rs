@@ -225,9 +225,11 @@ async fn fetch_from_peer(
     moved: &mut TransferStats,
 ) -> Result<(), String> {
     let addr = addr.parse().map_err(|_| format!("peer address `{addr}` is not ip:port"))?;
+    let started = Instant::now();
     let bytes = ctx.peers.fetch(addr, fp, blob, &ctx.cache).await.map_err(|e| format!("peer {addr}: {e}"))?;
     moved.peer_fetches += 1;
     moved.peer_bytes += bytes;
+    moved.peer_micros += micros_since(started);
     Ok(())
 }
 
@@ -235,7 +237,10 @@ async fn fetch_from_storage(ctx: &Ctx, blob: Id, url: &str, moved: &mut Transfer
     let store = ctx.store(url).await?;
     let tmp = ctx.cache.temp_path();
     moved.storage_gets += 1;
-    match store.get_blob_to_file(blob, &tmp).await {
+    let started = Instant::now();
+    let got = store.get_blob_to_file(blob, &tmp).await;
+    moved.storage_read_micros += micros_since(started);
+    match got {
         Ok(true) => {
             moved.storage_bytes_read += blob.size;
             ctx.cache.adopt(&tmp, blob).await.map_err(|e| e.to_string())
@@ -255,7 +260,7 @@ async fn run_in(
     let (program, linked) = place_inputs(ctx, a, sandbox).await?;
     let started = Instant::now();
     let ran = execute(a, &program, &root).await;
-    stats.program_micros += u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    stats.program_micros += micros_since(started);
     check_inputs(ctx, linked).await?;
     let (status, output) = ran?;
     if !status.success() {
@@ -435,6 +440,10 @@ impl OutputTail {
             if text.is_empty() { String::new() } else { format!("output (last {OUTPUT_TAIL} bytes):\n{text}") };
         WireError { code, message, detail }
     }
+}
+
+fn micros_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Kills the program and everything it started (they share its process group).

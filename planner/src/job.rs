@@ -8,7 +8,8 @@ use thunkmesh_protocol::wire::{
 };
 use thunkmesh_protocol::{Id, Ref, Thunk};
 
-use crate::{Avail, PlanError};
+use crate::place::Average;
+use crate::{Avail, NodeId, PlanError};
 
 /// Longest chain of tail calls followed when resolving one ref.
 const MAX_TAIL_DEPTH: usize = 100_000;
@@ -27,7 +28,7 @@ pub(crate) enum State {
     /// Every input is available somewhere.
     Ready,
     /// Assigned to a node.
-    Running,
+    Running { node: NodeId },
     /// Outputs known.
     Done { outputs: BTreeMap<String, Value> },
 }
@@ -82,6 +83,12 @@ pub(crate) struct Job {
     pub(crate) storage_fallbacks: u64,
     /// Thunks waiting for an object to reach storage.
     blob_waiters: HashMap<Id, BTreeSet<Id>>,
+    /// Thunk -> the thunks that read one of its outputs.
+    consumers: HashMap<Id, Vec<Id>>,
+    /// Seconds tasks of this job ran (assignment to report).
+    pub(crate) durations: Average,
+    /// Bytes of one output.
+    pub(crate) output_bytes: Average,
 }
 
 impl Job {
@@ -104,6 +111,9 @@ impl Job {
             peer_failed: BTreeSet::new(),
             storage_fallbacks: 0,
             blob_waiters: HashMap::new(),
+            consumers: HashMap::new(),
+            durations: Average::new(),
+            output_bytes: Average::new(),
         };
         job.add_thunks(&sub.thunks, "")?;
         job.check_refs(sub.thunks.iter().flat_map(|t| t.thunk.refs()).chain(&sub.targets))?;
@@ -120,11 +130,59 @@ impl Job {
         for t in thunks {
             let name = format!("{prefix}{}", t.name);
             t.thunk.validate().map_err(|e| PlanError::InvalidThunk { name: name.clone(), reason: e.to_string() })?;
+            let id = t.thunk.id();
+            if self.entries.contains_key(&id) {
+                continue;
+            }
+            for r in t.thunk.refs() {
+                if let Ref::Output { thunk, .. } = r {
+                    self.consumers.entry(*thunk).or_default().push(id);
+                }
+            }
             let entry =
                 Entry { name, thunk: t.thunk.clone(), state: State::Idle, needed: false, attempts: 0, reported: false };
-            self.entries.entry(t.thunk.id()).or_insert(entry);
+            self.entries.insert(id, entry);
         }
         Ok(())
+    }
+
+    /// The thunks that read an output of `thunk`.
+    pub(crate) fn consumers(&self, thunk: Id) -> &[Id] {
+        self.consumers.get(&thunk).map_or(&[], Vec::as_slice)
+    }
+
+    /// The thunks whose outputs `thunk` reads.
+    pub(crate) fn producers(&self, thunk: Id) -> impl Iterator<Item = Id> + '_ {
+        let refs = self.entries.get(&thunk).into_iter().flat_map(|e| e.thunk.refs());
+        refs.filter_map(|r| if let Ref::Output { thunk, .. } = r { Some(*thunk) } else { None })
+    }
+
+    /// Where a thunk runs, if it does.
+    pub(crate) fn running_on(&self, thunk: Id) -> Option<NodeId> {
+        match self.entries.get(&thunk)?.state {
+            State::Running { node } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// The blobs a finished thunk's outputs are (tails not followed).
+    pub(crate) fn output_blobs(&self, thunk: Id) -> Vec<Id> {
+        match self.entries.get(&thunk).map(|e| &e.state) {
+            Some(State::Done { outputs }) => {
+                outputs.values().filter_map(|v| if let Value::Blob(b) = v { Some(*b) } else { None }).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the thunk may be assigned now.
+    pub(crate) fn is_ready(&self, thunk: Id) -> bool {
+        self.entries.get(&thunk).is_some_and(|e| matches!(e.state, State::Ready))
+    }
+
+    /// Puts a ready thunk back at the head of the queue (no node could take it yet).
+    pub(crate) fn unready(&mut self, thunk: Id) {
+        self.ready.push_front(thunk);
     }
 
     fn check_refs<'a>(&self, refs: impl IntoIterator<Item = &'a Ref>) -> Result<(), PlanError> {
@@ -321,9 +379,9 @@ impl Job {
             .collect()
     }
 
-    pub(crate) fn mark_running(&mut self, thunk: Id) {
+    pub(crate) fn mark_running(&mut self, thunk: Id, node: NodeId) {
         if let Some(e) = self.entries.get_mut(&thunk) {
-            e.state = State::Running;
+            e.state = State::Running { node };
         }
     }
 
@@ -331,7 +389,7 @@ impl Job {
     /// attempt count.
     pub(crate) fn requeue(&mut self, thunk: Id) -> u32 {
         let Some(entry) = self.entries.get_mut(&thunk) else { return 0 };
-        if matches!(entry.state, State::Running) {
+        if matches!(entry.state, State::Running { .. }) {
             entry.state = State::Idle;
         }
         entry.attempts += 1;
@@ -458,7 +516,7 @@ impl Job {
 
     pub(crate) fn progress(&self) -> Progress {
         let done = self.entries.values().filter(|e| e.state.is_done()).count();
-        let running = self.entries.values().filter(|e| matches!(e.state, State::Running)).count();
+        let running = self.entries.values().filter(|e| matches!(e.state, State::Running { .. })).count();
         Progress { total: self.entries.len() as u64, done: done as u64, running: running as u64 }
     }
 

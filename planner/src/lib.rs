@@ -2,17 +2,21 @@
 //! thunk, where each input can be had, and when a job is done.
 //!
 //! Events go in (`node_joined`, `submit`, `task_done`, `task_failed`, `stored`, `node_left`);
-//! decisions come out of [`Planner::poll`]. Nothing here touches a socket, a file or a clock, so
-//! the rendezvous drives it live and tests drive it step by step. The policy of this version:
-//! a ready thunk goes to the node with a free slot that already holds the most of its input
-//! bytes (ties: the least busy node, then the lowest id). Objects are tracked wherever they live
-//! (node caches, storage); an object that no longer lives anywhere is recomputed from the thunk
-//! that produced it (lineage).
+//! decisions come out of [`Planner::poll`]. Nothing here touches a socket, a file or a clock:
+//! time is what [`Planner::advance`] says, and ties are broken in an order drawn from a seed, so
+//! the rendezvous drives it live, the simulator drives it with modelled time, and tests drive it
+//! step by step. Where a thunk runs is decided in [`place`]: by default the node where it can
+//! start soonest, counting the wait for a slot and the transfer of every input the node lacks.
+//! Objects are tracked wherever they live (node caches, storage); an object that no longer lives
+//! anywhere is recomputed from the thunk that produced it (lineage).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod job;
+pub mod place;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::time::Duration;
 
 use thunkmesh_protocol::wire::{
     ErrorCode, JobOutcome, Mode, OutputValue, Reduction, Submission, TransferStats, WireError,
@@ -20,6 +24,8 @@ use thunkmesh_protocol::wire::{
 use thunkmesh_protocol::{Id, Ref};
 
 use job::{Job, Resolved, State};
+pub use place::{Estimates, Link, PlannerConfig, Policy};
+use place::{Input, LEAST_LOADED, Transfers};
 
 /// A node, as numbered by its driver.
 pub type NodeId = u64;
@@ -132,6 +138,16 @@ struct NodeState {
     drain_uploads: BTreeSet<(JobId, Id)>,
     /// Told it may go.
     released: bool,
+    /// Its place among equally busy nodes (drawn from the seed).
+    order: u64,
+    /// Its key in the free-slot index, while it has one.
+    indexed: Option<(u32, u64, NodeId)>,
+}
+
+impl NodeState {
+    fn free_slots(&self) -> u32 {
+        if self.draining { 0 } else { self.slots.saturating_sub(self.running.len() as u32) }
+    }
 }
 
 /// Where a blob can be had, for one job's purposes.
@@ -156,6 +172,24 @@ struct TaskInfo {
     job: JobId,
     thunk: Id,
     node: NodeId,
+    started: Duration,
+}
+
+/// A ready thunk waiting for a busy node it prefers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    job: JobId,
+    thunk: Id,
+    since: Duration,
+}
+
+/// Where placement sent a thunk.
+enum Choice {
+    Run(NodeId),
+    /// Wait for this node until the deadline (`None`: however long it takes).
+    Wait(NodeId, Option<Duration>),
+    /// No node can take it now.
+    Later,
 }
 
 /// The scheduling state machine. See the crate documentation.
@@ -167,12 +201,56 @@ pub struct Planner {
     tasks: HashMap<TaskId, TaskInfo>,
     next_task: TaskId,
     out: VecDeque<Decision>,
+    config: PlannerConfig,
+    estimates: Estimates,
+    now: Duration,
+    /// Nodes with a free slot: fewest running first, ties in seeded order.
+    free: BTreeSet<(u32, u64, NodeId)>,
+    /// Thunks waiting for a particular busy node, in arrival order.
+    held: BTreeMap<NodeId, VecDeque<Held>>,
+    /// When held thunks stop waiting.
+    deadlines: BinaryHeap<Reverse<(Duration, NodeId, JobId, Id)>>,
+    /// Nodes that gained a free slot since held thunks were last looked at.
+    freed: BTreeSet<NodeId>,
+    /// The longest any thunk has been held.
+    longest_hold: Duration,
 }
 
 impl Planner {
-    /// An empty planner.
+    /// An empty planner with the default policy.
     pub fn new() -> Planner {
-        Planner::default()
+        Planner::with_config(PlannerConfig::default())
+    }
+
+    /// An empty planner with these knobs.
+    pub fn with_config(config: PlannerConfig) -> Planner {
+        Planner { config, estimates: config.estimates, ..Planner::default() }
+    }
+
+    /// Time passed: `now` is the driver's clock (any fixed origin). Held thunks whose wait ran
+    /// out are placed at the next [`Planner::poll`].
+    pub fn advance(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+    }
+
+    /// When the planner next needs [`Planner::advance`] and [`Planner::poll`] even if nothing
+    /// else happens (a held thunk's wait runs out).
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.deadlines.peek().map(|Reverse((at, ..))| *at)
+    }
+
+    /// The longest any thunk has waited for a busy node so far.
+    pub fn longest_hold(&self) -> Duration {
+        self.longest_hold
+    }
+
+    fn end_hold(&mut self, held: &Held) {
+        self.longest_hold = self.longest_hold.max(self.now.saturating_sub(held.since));
+    }
+
+    /// What the planner currently believes about transfers and durations.
+    pub fn estimates(&self) -> Estimates {
+        self.estimates
     }
 
     /// The next decision, if any.
@@ -185,15 +263,35 @@ impl Planner {
 
     /// A node is ready with `slots` and already holds `inventory`.
     pub fn node_joined(&mut self, node: NodeId, slots: u32, inventory: &[Id]) {
+        let order = place::mix(self.config.seed, node);
         let state = self.nodes.entry(node).or_default();
         state.slots = slots;
+        state.order = order;
         for &blob in inventory {
             state.holds.insert(blob);
             self.objects.entry(blob).or_default().nodes.insert(node);
         }
-        let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
-        for job in jobs {
-            self.reevaluate(job);
+        self.reindex(node);
+        // Only objects it brings can make a waiting thunk ready.
+        if !inventory.is_empty() {
+            let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+            for job in jobs {
+                self.reevaluate(job);
+            }
+        }
+    }
+
+    /// Keeps the node's entry in the free-slot index in step with its state.
+    fn reindex(&mut self, node: NodeId) {
+        let Some(state) = self.nodes.get_mut(&node) else { return };
+        if let Some(key) = state.indexed.take() {
+            self.free.remove(&key);
+        }
+        if state.free_slots() > 0 {
+            let key = (state.running.len() as u32, state.order, node);
+            state.indexed = Some(key);
+            self.free.insert(key);
+            self.freed.insert(node);
         }
     }
 
@@ -202,6 +300,8 @@ impl Planner {
     pub fn node_draining(&mut self, node: NodeId) {
         let Some(state) = self.nodes.get_mut(&node) else { return };
         state.draining = true;
+        self.reindex(node);
+        self.release_held(node);
         self.request_drain_uploads(node);
         self.check_drained(node);
     }
@@ -247,6 +347,10 @@ impl Planner {
 
     /// A node is gone, with everything in its cache; its running tasks are planned again.
     pub fn node_left(&mut self, node: NodeId) {
+        if let Some(key) = self.nodes.get_mut(&node).and_then(|s| s.indexed.take()) {
+            self.free.remove(&key);
+        }
+        self.release_held(node);
         let Some(state) = self.nodes.remove(&node) else { return };
         let lost = !state.draining;
         for blob in &state.holds {
@@ -293,14 +397,26 @@ impl Planner {
 
     fn record_done(&mut self, node: NodeId, task: TaskId, outputs: &[(String, OutputValue)], stats: TransferStats) {
         let Some(info) = self.finish_task(node, task) else { return };
+        self.estimates.observe(&stats);
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
         job.stats += stats;
+        job.durations.add(self.now.saturating_sub(info.started).as_secs_f64());
+        for (_, value) in outputs {
+            if let OutputValue::Blob(blob) = value {
+                job.output_bytes.add(blob.size as f64);
+            }
+        }
+        // The node keeps what it fetched: it can serve those inputs to peers too.
+        let fetched = job.resolved_inputs(info.thunk);
         let placed = match job.complete(info.thunk, outputs) {
             Ok(placed) => placed,
             Err(error) => return self.fail(info.job, error),
         };
         // In storage mode the node wrote every output to storage before it reported.
         let stored = job.mode == Mode::Storage;
+        for blob in fetched {
+            self.place(blob, info.node);
+        }
         for blob in placed {
             self.place(blob, info.node);
             if stored {
@@ -406,9 +522,17 @@ impl Planner {
 
     /// Nodes known, with their free slots.
     pub fn free_slots(&self) -> impl Iterator<Item = (NodeId, u32)> + '_ {
-        self.nodes
-            .iter()
-            .map(|(&n, s)| (n, if s.draining { 0 } else { s.slots.saturating_sub(s.running.len() as u32) }))
+        self.nodes.iter().map(|(&n, s)| (n, s.free_slots()))
+    }
+
+    /// Tasks running on a node.
+    pub fn running(&self, node: NodeId) -> usize {
+        self.nodes.get(&node).map_or(0, |s| s.running.len())
+    }
+
+    /// Thunks held for busy nodes (waiting at most the delay bound under `locality`).
+    pub fn held(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum()
     }
 
     /// Ends a task; an answer from a node the task was not given to is ignored.
@@ -420,6 +544,7 @@ impl Planner {
         if let Some(node) = self.nodes.get_mut(&info.node) {
             node.running.remove(&task);
         }
+        self.reindex(info.node);
         Some(info)
     }
 
@@ -518,44 +643,211 @@ impl Planner {
         Ok(all_stored.then(|| job.outcome(targets)))
     }
 
-    /// Hands ready thunks to nodes with free slots.
+    /// Hands ready thunks to nodes with free slots: first those held for a node that freed up,
+    /// then those whose wait ran out, then the ready queues.
     fn assign(&mut self) {
+        self.assign_held();
+        self.expire_holds();
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
-            while let Some(node) = self.any_free_node() {
-                let Some(job) = self.jobs.get_mut(&id) else { break };
-                let Some(thunk) = job.next_ready() else { break };
-                let resolved = job.resolved_inputs(thunk);
-                let mode = job.mode;
-                // Storage mode reads every input from storage: where it runs does not matter.
-                let local = if mode == Mode::P2p { &resolved[..] } else { &[] };
-                let node = self.best_node(local).unwrap_or(node);
-                self.start(id, thunk, node, resolved, mode);
+            while !self.free.is_empty() {
+                let Some(thunk) = self.jobs.get_mut(&id).and_then(Job::next_ready) else { break };
+                if !self.place_thunk(id, thunk, true) {
+                    break;
+                }
             }
         }
     }
 
-    fn any_free_node(&self) -> Option<NodeId> {
-        self.free_slots().find(|&(_, free)| free > 0).map(|(n, _)| n)
+    /// Gives nodes that gained a slot the thunks held for them.
+    fn assign_held(&mut self) {
+        for node in std::mem::take(&mut self.freed) {
+            while self.nodes.get(&node).is_some_and(|s| s.free_slots() > 0) {
+                let Some(held) = self.held.get_mut(&node).and_then(VecDeque::pop_front) else { break };
+                self.end_hold(&held);
+                if self.jobs.get(&held.job).is_some_and(|j| j.is_ready(held.thunk)) {
+                    self.start(held.job, held.thunk, node);
+                }
+            }
+            if self.held.get(&node).is_some_and(VecDeque::is_empty) {
+                self.held.remove(&node);
+            }
+        }
     }
 
-    /// The node with a free slot holding the most input bytes; ties go to the least busy.
-    fn best_node(&self, inputs: &[Id]) -> Option<NodeId> {
-        let mut best: Option<(u64, std::cmp::Reverse<usize>, std::cmp::Reverse<NodeId>)> = None;
-        for (&n, state) in &self.nodes {
-            if state.draining || state.running.len() as u32 >= state.slots {
-                continue;
+    /// Places held thunks whose wait ran out on the best node with a free slot.
+    fn expire_holds(&mut self) {
+        while let Some(&Reverse((at, node, job, thunk))) = self.deadlines.peek() {
+            if at > self.now {
+                break;
             }
-            let local: u64 = inputs.iter().filter(|b| state.holds.contains(b)).map(|b| b.size).sum();
-            let key = (local, std::cmp::Reverse(state.running.len()), std::cmp::Reverse(n));
-            if best.is_none_or(|b| key > b) {
+            self.deadlines.pop();
+            let Some(queue) = self.held.get_mut(&node) else { continue };
+            let Some(i) = queue.iter().position(|h| h.job == job && h.thunk == thunk) else { continue };
+            if let Some(held) = queue.remove(i) {
+                self.end_hold(&held);
+            }
+            if self.jobs.get(&job).is_some_and(|j| j.is_ready(thunk)) {
+                self.place_thunk(job, thunk, false);
+            }
+        }
+    }
+
+    /// Thunks held for a node that will take no more work go back to their ready queues.
+    fn release_held(&mut self, node: NodeId) {
+        for held in self.held.remove(&node).unwrap_or_default() {
+            self.end_hold(&held);
+            if let Some(job) = self.jobs.get_mut(&held.job).filter(|j| j.is_ready(held.thunk)) {
+                job.unready(held.thunk);
+            }
+        }
+    }
+
+    /// Decides where one ready thunk goes, and starts it, holds it, or queues it again (then
+    /// returns false).
+    fn place_thunk(&mut self, job: JobId, thunk: Id, may_wait: bool) -> bool {
+        let choice = self.choose(job, thunk, may_wait);
+        match choice {
+            Choice::Run(node) => self.start(job, thunk, node),
+            Choice::Wait(node, deadline) => {
+                self.held.entry(node).or_default().push_back(Held { job, thunk, since: self.now });
+                if let Some(at) = deadline {
+                    self.deadlines.push(Reverse((at, node, job, thunk)));
+                }
+            }
+            Choice::Later => {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    j.unready(thunk);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    fn choose(&self, job_id: JobId, thunk: Id, may_wait: bool) -> Choice {
+        let Some(job) = self.jobs.get(&job_id) else { return Choice::Later };
+        let resolved = job.resolved_inputs(thunk);
+        let inputs: Vec<Input<'_>> = resolved
+            .iter()
+            .map(|&blob| Input {
+                blob,
+                holders: (!job.peer_failed.contains(&blob))
+                    .then(|| self.objects.get(&blob).map(|p| &p.nodes))
+                    .flatten(),
+            })
+            .collect();
+        let transfers = Transfers::new(&inputs, job.mode, self.estimates);
+        let first_free = || self.free.first().map_or(Choice::Later, |&(_, _, n)| Choice::Run(n));
+        match self.config.policy {
+            Policy::LeastLoaded => self.any_least_loaded().map_or(Choice::Later, Choice::Run),
+            Policy::MostBytes => {
+                let most = transfers.holders().filter(|n| self.nodes.get(n).is_some_and(|s| !s.draining));
+                let best = most.max_by_key(|&n| (transfers.local_bytes(n), Reverse(self.order(n))));
+                match best.filter(|&n| transfers.local_bytes(n) > 0) {
+                    Some(n) if self.has_free_slot(n) => Choice::Run(n),
+                    Some(n) if may_wait => Choice::Wait(n, None),
+                    _ => first_free(),
+                }
+            }
+            Policy::Locality => self.locality(job, thunk, &transfers, may_wait),
+        }
+    }
+
+    /// The candidate with the earliest estimated start; see [`place`].
+    fn locality(&self, job: &Job, thunk: Id, transfers: &Transfers<'_>, may_wait: bool) -> Choice {
+        let mut candidates: BTreeSet<NodeId> = transfers.holders().collect();
+        let siblings = self.siblings(job, thunk);
+        candidates.extend(siblings.iter().copied());
+        candidates.extend(self.free.iter().take(LEAST_LOADED).map(|&(_, _, n)| n));
+        // Co-locating with siblings saves moving this thunk's output to their consumer.
+        let bonus = job.output_bytes.get().unwrap_or(0.0) / self.estimates.peer.bandwidth;
+        let mut best: Option<(f64, u64, NodeId)> = None;
+        let mut best_free: Option<(f64, u64, NodeId)> = None;
+        for n in candidates {
+            let Some(state) = self.nodes.get(&n).filter(|s| !s.draining) else { continue };
+            let wait = self.wait(n);
+            let mut cost = wait + transfers.seconds(n);
+            if siblings.contains(&n) {
+                cost -= bonus;
+            }
+            let key = (cost, state.order, n);
+            let better = |b: &Option<(f64, u64, NodeId)>| b.is_none_or(|b| (key.0, key.1) < (b.0, b.1));
+            if better(&best) {
                 best = Some(key);
             }
+            if state.free_slots() > 0 && better(&best_free) {
+                best_free = Some(key);
+            }
         }
-        best.map(|(_, _, std::cmp::Reverse(n))| n)
+        let delay = self.config.delay.as_secs_f64();
+        match (best, best_free) {
+            (Some((_, _, n)), _) if self.has_free_slot(n) => Choice::Run(n),
+            (Some((_, _, n)), _) if may_wait && self.wait(n) <= delay => {
+                Choice::Wait(n, Some(self.now + self.config.delay))
+            }
+            (_, Some((_, _, n))) => Choice::Run(n),
+            _ => Choice::Later,
+        }
     }
 
-    fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>, mode: Mode) {
+    /// Nodes where the other producers for this thunk's consumers run, or left their outputs.
+    fn siblings(&self, job: &Job, thunk: Id) -> BTreeSet<NodeId> {
+        let mut nodes = BTreeSet::new();
+        for &consumer in job.consumers(thunk).iter().take(2) {
+            for producer in job.producers(consumer).filter(|&p| p != thunk).take(place::SIBLINGS) {
+                if let Some(n) = job.running_on(producer) {
+                    nodes.insert(n);
+                }
+                for blob in job.output_blobs(producer) {
+                    let holders = self.objects.get(&blob).map(|p| &p.nodes);
+                    nodes.extend(holders.filter(|h| h.len() <= place::FEW_HOLDERS).into_iter().flatten());
+                }
+            }
+        }
+        nodes
+    }
+
+    /// One of the nodes running the fewest tasks, drawn afresh for every decision (as a load
+    /// balancer does, so equally idle nodes share the work).
+    fn any_least_loaded(&self) -> Option<NodeId> {
+        let &(fewest, _, _) = self.free.first()?;
+        let ties = self.free.iter().take_while(|&&(r, _, _)| r == fewest).take(64);
+        let ties: Vec<NodeId> = ties.map(|&(_, _, n)| n).collect();
+        let pick = place::mix(self.config.seed, self.next_task) % ties.len() as u64;
+        ties.get(pick as usize).copied()
+    }
+
+    fn has_free_slot(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).is_some_and(|s| s.free_slots() > 0) && !self.held.contains_key(&node)
+    }
+
+    fn order(&self, node: NodeId) -> u64 {
+        self.nodes.get(&node).map_or(0, |s| s.order)
+    }
+
+    /// Seconds until a slot on `node` is expected to be free for one more thunk: the soonest
+    /// expected end of what runs there, plus a slot-time for each thunk already held for it.
+    fn wait(&self, node: NodeId) -> f64 {
+        let Some(state) = self.nodes.get(&node) else { return f64::INFINITY };
+        let held = self.held.get(&node).map_or(0, VecDeque::len);
+        if state.free_slots() > 0 && held == 0 {
+            return 0.0;
+        }
+        let expected = |task: &TaskId| {
+            let info = self.tasks.get(task)?;
+            let duration = self.jobs.get(&info.job).and_then(|j| j.durations.get());
+            let end = info.started.as_secs_f64() + duration.unwrap_or(self.estimates.duration);
+            Some((end - self.now.as_secs_f64()).max(0.0))
+        };
+        let soonest = state.running.iter().filter_map(expected).fold(f64::INFINITY, f64::min);
+        let soonest = if soonest.is_finite() { soonest } else { 0.0 };
+        soonest + held as f64 * self.estimates.duration / f64::from(state.slots.max(1))
+    }
+
+    fn start(&mut self, job: JobId, thunk: Id, node: NodeId) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let (resolved, mode) = (j.resolved_inputs(thunk), j.mode);
         let task = self.next_task;
         self.next_task += 1;
         let none = BTreeSet::new();
@@ -569,10 +861,11 @@ impl Planner {
         if let Some(state) = self.nodes.get_mut(&node) {
             state.running.insert(task);
         }
+        self.reindex(node);
         if let Some(j) = self.jobs.get_mut(&job) {
-            j.mark_running(thunk);
+            j.mark_running(thunk, node);
         }
-        self.tasks.insert(task, TaskInfo { job, thunk, node });
+        self.tasks.insert(task, TaskInfo { job, thunk, node, started: self.now });
         self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));
     }
 

@@ -225,6 +225,10 @@ pub struct TransferStats {
     pub storage_bytes_read: u64,
     /// Bytes written to storage.
     pub storage_bytes_written: u64,
+    /// Time spent fetching from peers, in microseconds, summed over fetches (they overlap).
+    pub peer_micros: u64,
+    /// Time spent reading from storage, in microseconds, summed over reads (they overlap).
+    pub storage_read_micros: u64,
 }
 
 impl AddAssign for TransferStats {
@@ -236,6 +240,8 @@ impl AddAssign for TransferStats {
         self.storage_puts += o.storage_puts;
         self.storage_bytes_read += o.storage_bytes_read;
         self.storage_bytes_written += o.storage_bytes_written;
+        self.peer_micros += o.peer_micros;
+        self.storage_read_micros += o.storage_read_micros;
     }
 }
 
@@ -498,8 +504,10 @@ mod tests {
     }
 
     fn arb_stats() -> impl Strategy<Value = TransferStats> {
-        any::<[u64; 7]>().prop_map(|s| TransferStats {
+        any::<[u64; 9]>().prop_map(|s| TransferStats {
             program_micros: s[6],
+            peer_micros: s[7],
+            storage_read_micros: s[8],
             peer_fetches: s[0],
             peer_bytes: s[1],
             storage_gets: s[2],

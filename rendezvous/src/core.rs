@@ -50,21 +50,37 @@ pub(crate) struct Core {
     nodes: HashMap<u64, NodeEntry>,
     clients: HashMap<u64, ClientEntry>,
     node_count: watch::Sender<usize>,
+    /// The planner's clock starts here.
+    started: tokio::time::Instant,
 }
 
 impl Core {
     /// A core that publishes how many nodes are registered on `node_count`.
     pub(crate) fn new(node_count: watch::Sender<usize>) -> Core {
-        Core { planner: Planner::new(), nodes: HashMap::new(), clients: HashMap::new(), node_count }
+        let started = tokio::time::Instant::now();
+        Core { planner: Planner::new(), nodes: HashMap::new(), clients: HashMap::new(), node_count, started }
     }
 
     pub(crate) async fn run(mut self, mut inbox: mpsc::Receiver<Event>) {
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         loop {
+            // A thunk held for a busy node stops waiting at its deadline even if nothing happens.
+            let deadline = self.planner.next_deadline().map(|at| self.started + at);
+            let wake = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 event = inbox.recv() => {
                     let Some(event) = event else { return };
+                    self.planner.advance(self.started.elapsed());
                     self.handle(event);
+                    self.dispatch();
+                }
+                () = wake => {
+                    self.planner.advance(self.started.elapsed());
                     self.dispatch();
                 }
                 _ = tick.tick() => self.send_progress(),

@@ -1,0 +1,280 @@
+//! A discrete-event simulator of a cloud of workers that drives the real planner
+//! (`thunkmesh-planner`, the same code the rendezvous runs) with modelled time: workers that
+//! join after a cold start, each with some slots; every assignment fetches the inputs its node
+//! lacks (one latency, the slowest source's, plus bytes over each source's per-request
+//! bandwidth), runs for the thunk's modelled duration and, in storage mode, writes its outputs
+//! to storage. Targets are uploaded when the planner asks; each resolved thunk's memo record is a
+//! storage PUT by the client, in both modes. Not modelled: contention for a worker's network
+//! link between concurrent transfers, and failures.
+
+pub mod workloads;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use thunkmesh_planner::{Decision, Estimates, Link, Place, Planner, PlannerConfig, Policy};
+use thunkmesh_protocol::Id;
+use thunkmesh_protocol::wire::{Mode, OutputValue, Submission, SubmittedThunk, TransferStats};
+
+use workloads::{Cost, SimJob, mix};
+
+/// The modelled cloud.
+#[derive(Debug, Clone, Copy)]
+pub struct Cloud {
+    /// Workers launched at the start.
+    pub workers: u64,
+    /// Thunks each runs at once.
+    pub slots: u32,
+    /// Cold starts are drawn uniformly from this range, in seconds.
+    pub cold_start: (f64, f64),
+    /// Worker to worker.
+    pub peer: Link,
+    /// Worker to storage, per request.
+    pub storage: Link,
+    /// Longest a thunk waits for a busy node it prefers.
+    pub delay: Duration,
+    /// Seeds cold starts and the planner's tie-breaks.
+    pub seed: u64,
+}
+
+/// A policy as the simulator runs it: a placement rule and a data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// Placement rule.
+    pub policy: Policy,
+    /// Data path.
+    pub mode: Mode,
+}
+
+impl Variant {
+    /// The four variants compared.
+    pub const ALL: [Variant; 4] = [
+        Variant { policy: Policy::Locality, mode: Mode::P2p },
+        Variant { policy: Policy::MostBytes, mode: Mode::P2p },
+        Variant { policy: Policy::LeastLoaded, mode: Mode::P2p },
+        Variant { policy: Policy::Locality, mode: Mode::Storage },
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match (self.mode, self.policy) {
+            (Mode::Storage, _) => "storage",
+            (Mode::P2p, Policy::Locality) => "locality",
+            (Mode::P2p, Policy::MostBytes) => "most-bytes",
+            (Mode::P2p, Policy::LeastLoaded) => "least-loaded",
+        }
+    }
+}
+
+/// What one simulated run cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    /// Seconds from launch to the last target in storage.
+    pub makespan: f64,
+    /// Bytes moved between workers.
+    pub peer_bytes: u64,
+    /// Bytes read from and written to storage.
+    pub storage_bytes: u64,
+    /// GETs and PUTs of data (inputs, intermediates, targets).
+    pub storage_requests: u64,
+    /// PUTs of memo records by the client (one per thunk, in both modes).
+    pub memo_records: u64,
+    /// Workers x makespan: what a fleet kept up for the job is billed.
+    pub worker_seconds: f64,
+    /// Seconds workers spent fetching, running and storing.
+    pub busy_seconds: f64,
+    /// Thunks run.
+    pub tasks: u64,
+    /// Longest a thunk was held for a busy node, in seconds.
+    pub longest_hold: f64,
+    /// Wall-clock seconds the simulation itself took.
+    pub sim_seconds: f64,
+    /// Mean wall-clock microseconds per planner call that placed work.
+    pub planner_micros_per_task: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    WorkerUp(u64),
+    TaskDone { node: u64, task: u64, thunk: Id, busy_micros: u64 },
+    Stored { node: u64, blob: Id },
+    Tick,
+}
+
+/// Runs a job to completion; fails if the planner fails it or stops making progress.
+pub fn run(job: &SimJob, cloud: &Cloud, variant: Variant) -> Result<Outcome> {
+    Sim::new(job, cloud, variant).run()
+}
+
+struct Sim<'a> {
+    job: &'a SimJob,
+    cloud: &'a Cloud,
+    mode: Mode,
+    planner: Planner,
+    costs: HashMap<Id, &'a Cost>,
+    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    now: u64,
+    tick_at: Option<u64>,
+    out: Outcome,
+    planner_time: Duration,
+}
+
+const JOB: u64 = 1;
+
+fn micros(secs: f64) -> u64 {
+    (secs * 1e6).round() as u64
+}
+
+impl<'a> Sim<'a> {
+    fn new(job: &'a SimJob, cloud: &'a Cloud, variant: Variant) -> Sim<'a> {
+        let estimates = Estimates { peer: cloud.peer, storage: cloud.storage, duration: 1.0 };
+        let config = PlannerConfig { policy: variant.policy, seed: cloud.seed, delay: cloud.delay, estimates };
+        let costs = job.thunks.iter().map(|(_, t, c)| (t.id(), c)).collect();
+        Sim {
+            job,
+            cloud,
+            mode: variant.mode,
+            planner: Planner::with_config(config),
+            costs,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            tick_at: None,
+            out: Outcome::default(),
+            planner_time: Duration::ZERO,
+        }
+    }
+
+    fn at(&mut self, when: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((when, self.seq, event)));
+    }
+
+    fn run(mut self) -> Result<Outcome> {
+        let started = Instant::now();
+        for w in 0..self.cloud.workers {
+            let (lo, hi) = self.cloud.cold_start;
+            let r = mix(self.cloud.seed ^ 0xC01D, w) as f64 / u64::MAX as f64;
+            self.at(micros(lo + (hi - lo) * r), Event::WorkerUp(w));
+        }
+        self.planner.submit(JOB, &submission(self.job, self.mode))?;
+        while let Some(Reverse((when, _, event))) = self.queue.pop() {
+            self.now = when;
+            let t = Instant::now();
+            self.planner.advance(Duration::from_micros(when));
+            self.apply(event);
+            let finished = self.decide()?;
+            self.planner_time += t.elapsed();
+            if finished {
+                self.out.makespan = self.now as f64 / 1e6;
+                self.out.worker_seconds = self.out.makespan * self.cloud.workers as f64;
+                self.out.sim_seconds = started.elapsed().as_secs_f64();
+                self.out.planner_micros_per_task = self.planner_time.as_secs_f64() * 1e6 / self.out.tasks.max(1) as f64;
+                return Ok(self.out);
+            }
+            self.out.longest_hold = self.out.longest_hold.max(self.planner.longest_hold().as_secs_f64());
+        }
+        bail!("the simulation ran out of events before the job finished (planner stalled)")
+    }
+
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::WorkerUp(w) => self.planner.node_joined(w, self.cloud.slots, &[]),
+            Event::TaskDone { node, task, thunk, busy_micros } => {
+                let cost = self.costs[&thunk];
+                let outputs: Vec<(String, OutputValue)> = cost
+                    .outputs
+                    .iter()
+                    .map(|(name, &size)| {
+                        let hash = blake3::hash(format!("{thunk}#{name}").as_bytes());
+                        (name.clone(), OutputValue::Blob(Id::blob(*hash.as_bytes(), size)))
+                    })
+                    .collect();
+                self.out.busy_seconds += busy_micros as f64 / 1e6;
+                self.planner.task_done(node, task, &outputs, TransferStats::default());
+            }
+            Event::Stored { node, blob } => self.planner.stored(node, JOB, blob, true, TransferStats::default()),
+            Event::Tick => self.tick_at = None,
+        }
+    }
+
+    /// Carries out the planner's decisions; true when the job is done.
+    fn decide(&mut self) -> Result<bool> {
+        while let Some(decision) = self.planner.poll() {
+            match decision {
+                Decision::Assign(a) => self.assign(&a),
+                Decision::Upload { node, blob, .. } => {
+                    self.out.storage_requests += 1;
+                    self.out.storage_bytes += blob.size;
+                    let done = self.now + micros(self.cloud.storage.time(blob.size));
+                    self.at(done, Event::Stored { node, blob });
+                }
+                Decision::Resolved { .. } => self.out.memo_records += 1,
+                Decision::JobDone { .. } => return Ok(true),
+                Decision::JobFailed { error, .. } => bail!("the job failed: {}", error.message),
+                Decision::Drained { .. } => {}
+            }
+        }
+        if let Some(at) = self.planner.next_deadline().map(|d| d.as_micros() as u64)
+            && self.tick_at.is_none_or(|t| at < t)
+        {
+            self.tick_at = Some(at);
+            self.at(at.max(self.now), Event::Tick);
+        }
+        Ok(false)
+    }
+
+    fn assign(&mut self, a: &thunkmesh_planner::Assign) {
+        self.out.tasks += 1;
+        let (peer, storage) = (self.cloud.peer, self.cloud.storage);
+        let (mut peer_bytes, mut storage_bytes, mut latency) = (0u64, 0u64, 0f64);
+        for (blob, places) in &a.sources {
+            match places.first() {
+                Some(Place::Node(_)) => {
+                    peer_bytes += blob.size;
+                    latency = latency.max(peer.latency);
+                }
+                _ => {
+                    storage_bytes += blob.size;
+                    self.out.storage_requests += 1;
+                    latency = latency.max(storage.latency);
+                }
+            }
+        }
+        let fetch = latency + peer_bytes as f64 / peer.bandwidth + storage_bytes as f64 / storage.bandwidth;
+        let cost = self.costs[&a.thunk];
+        let store = if self.mode == Mode::Storage {
+            let written: u64 = cost.outputs.values().sum();
+            self.out.storage_requests += cost.outputs.len() as u64;
+            self.out.storage_bytes += written;
+            storage.latency + written as f64 / storage.bandwidth
+        } else {
+            0.0
+        };
+        self.out.peer_bytes += peer_bytes;
+        self.out.storage_bytes += storage_bytes;
+        let busy = micros(fetch + cost.seconds + store);
+        let event = Event::TaskDone { node: a.node, task: a.task, thunk: a.thunk, busy_micros: busy };
+        self.at(self.now + busy, event);
+    }
+}
+
+/// Builds the submission of a simulated job.
+pub fn submission(job: &SimJob, mode: Mode) -> Submission {
+    Submission {
+        store: "sim://".into(),
+        mode,
+        thunks: job
+            .thunks
+            .iter()
+            .map(|(name, thunk, _)| SubmittedThunk { name: name.clone(), thunk: thunk.clone() })
+            .collect(),
+        targets: job.targets.clone(),
+        stored: job.values.clone(),
+        memo: Vec::new(),
+    }
+}

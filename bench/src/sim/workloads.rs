@@ -1,0 +1,199 @@
+//! The simulator's workloads: jobs of real thunks (so the planner sees exactly what a real run
+//! would give it) with a modelled duration and output sizes for each. Values (job inputs) start
+//! in storage.
+
+use std::collections::BTreeMap;
+
+use thunkmesh_protocol::{Id, Program, Ref, Thunk};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// What the simulator knows about a thunk beyond the thunk itself.
+#[derive(Debug, Clone)]
+pub struct Cost {
+    /// Seconds the program runs.
+    pub seconds: f64,
+    /// Output name -> bytes.
+    pub outputs: BTreeMap<String, u64>,
+}
+
+/// A job to simulate.
+#[derive(Debug, Default)]
+pub struct SimJob {
+    /// In dependency order, with names.
+    pub thunks: Vec<(String, Thunk, Cost)>,
+    /// Values, already in storage.
+    pub values: Vec<Id>,
+    /// What the job wants.
+    pub targets: Vec<Ref>,
+}
+
+/// The shapes of job the simulator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// Thousands of compiles (each reads its source and a shared header bundle), archives of 100
+    /// objects, one link.
+    Compile,
+    /// Map/reduce: mappers read a split from storage and write one partition per reducer;
+    /// each reducer reads its partition from every mapper.
+    Shuffle,
+    /// 1,000 thunks, each transforming the previous one's 1 MiB output.
+    Chain,
+    /// Recursive fan-out: a 256 MiB input split in halves down to 4,096 leaves, then merged back
+    /// up in pairs.
+    Fanout,
+}
+
+impl Shape {
+    /// Every shape.
+    pub const ALL: [Shape; 4] = [Shape::Compile, Shape::Shuffle, Shape::Chain, Shape::Fanout];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Compile => "compile",
+            Shape::Shuffle => "shuffle",
+            Shape::Chain => "chain",
+            Shape::Fanout => "fanout",
+        }
+    }
+
+    /// Builds the job; `size` scales it (thunks for `compile`, mappers for `shuffle`).
+    pub fn build(self, size: usize, seed: u64) -> SimJob {
+        let mut b = Builder { job: SimJob::default(), seed, n: 0 };
+        match self {
+            Shape::Compile => b.compile(size),
+            Shape::Shuffle => b.shuffle(size),
+            Shape::Chain => b.chain(1000),
+            Shape::Fanout => b.fanout(12),
+        }
+        b.job
+    }
+}
+
+struct Builder {
+    job: SimJob,
+    seed: u64,
+    n: u64,
+}
+
+impl Builder {
+    /// A duration around `mean` (x0.5 to x1.5), drawn from the seed.
+    fn jitter(&mut self, mean: f64) -> f64 {
+        self.n += 1;
+        let r = mix(self.seed, self.n) as f64 / u64::MAX as f64;
+        mean * (0.5 + r)
+    }
+
+    fn value(&mut self, name: &str, size: u64) -> Ref {
+        let id = Id::blob(*blake3::hash(name.as_bytes()).as_bytes(), size);
+        self.job.values.push(id);
+        Ref::Blob(id)
+    }
+
+    /// Adds a thunk; returns refs to its outputs, in the order given.
+    fn thunk(&mut self, name: String, inputs: Vec<Ref>, outputs: &[(&str, u64)], seconds: f64) -> Vec<Ref> {
+        let thunk = Thunk {
+            program: Program::Host { path: "/sim".into(), pin: Id::of_blob(b"sim") },
+            args: vec![name.clone()],
+            env: BTreeMap::new(),
+            inputs: inputs.into_iter().enumerate().map(|(i, r)| (format!("in/{i}"), r)).collect(),
+            outputs: {
+                let mut names: Vec<String> = outputs.iter().map(|(n, _)| (*n).to_owned()).collect();
+                names.sort();
+                names
+            },
+            timeout_ms: 600_000,
+        };
+        let id = thunk.id();
+        let refs = outputs.iter().map(|(n, _)| Ref::Output { thunk: id, name: (*n).to_owned() }).collect();
+        let outputs = outputs.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect();
+        self.job.thunks.push((name, thunk, Cost { seconds, outputs }));
+        refs
+    }
+
+    fn one(&mut self, name: String, inputs: Vec<Ref>, bytes: u64, seconds: f64) -> Ref {
+        self.thunk(name, inputs, &[("out", bytes)], seconds).remove(0)
+    }
+
+    fn compile(&mut self, thunks: usize) {
+        const PER_ARCHIVE: usize = 100;
+        let archives = thunks.div_ceil(PER_ARCHIVE + 1).max(1);
+        let files = thunks.saturating_sub(archives + 1).max(1);
+        let headers = self.value("headers", 4 * MIB);
+        let mut libs = Vec::new();
+        for a in 0..archives {
+            let mut objects = Vec::new();
+            for f in (a * files / archives)..((a + 1) * files / archives) {
+                let source = self.value(&format!("src/{f}.c"), 20 * KIB);
+                let seconds = self.jitter(1.0);
+                objects.push(self.one(format!("cc/{f}"), vec![source, headers.clone()], 64 * KIB, seconds));
+            }
+            let bytes = objects.len() as u64 * 64 * KIB;
+            let seconds = self.jitter(0.5);
+            libs.push(self.one(format!("ar/{a}"), objects, bytes, seconds));
+        }
+        let link = self.one("link".into(), libs, 64 * MIB, 5.0);
+        self.job.targets.push(link);
+    }
+
+    fn shuffle(&mut self, mappers: usize) {
+        let reducers = (mappers / 10).max(1);
+        let split = 64 * MIB;
+        let part = split / reducers as u64;
+        let names: Vec<String> = (0..reducers).map(|r| format!("part-{r}")).collect();
+        let mut parts: Vec<Vec<Ref>> = vec![Vec::new(); reducers];
+        for m in 0..mappers {
+            let input = self.value(&format!("split/{m}"), split);
+            let outputs: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), part)).collect();
+            let seconds = self.jitter(2.0);
+            for (r, out) in self.thunk(format!("map/{m}"), vec![input], &outputs, seconds).into_iter().enumerate() {
+                parts[r].push(out);
+            }
+        }
+        for (r, inputs) in parts.into_iter().enumerate() {
+            let seconds = self.jitter(1.0);
+            let out = self.one(format!("reduce/{r}"), inputs, MIB, seconds);
+            self.job.targets.push(out);
+        }
+    }
+
+    fn chain(&mut self, length: usize) {
+        let mut prev = self.value("seed", MIB);
+        for i in 0..length {
+            let seconds = self.jitter(0.05);
+            prev = self.one(format!("step/{i}"), vec![prev], MIB, seconds);
+        }
+        self.job.targets.push(prev);
+    }
+
+    fn fanout(&mut self, depth: u32) {
+        let input = self.value("input", 256 * MIB);
+        let root = self.split(input, 256 * MIB, depth, "t");
+        self.job.targets.push(root);
+    }
+
+    /// Splits `input` in halves `depth` times, works on each leaf, merges back; returns the merge.
+    fn split(&mut self, input: Ref, bytes: u64, depth: u32, path: &str) -> Ref {
+        if depth == 0 {
+            let seconds = self.jitter(1.0);
+            return self.one(format!("leaf/{path}"), vec![input], bytes, seconds);
+        }
+        let half = bytes / 2;
+        let seconds = self.jitter(0.2);
+        let halves = self.thunk(format!("split/{path}"), vec![input], &[("a", half), ("b", half)], seconds);
+        let left = self.split(halves[0].clone(), half, depth - 1, &format!("{path}0"));
+        let right = self.split(halves[1].clone(), half, depth - 1, &format!("{path}1"));
+        let seconds = self.jitter(0.2);
+        self.one(format!("merge/{path}"), vec![left, right], bytes, seconds)
+    }
+}
+
+/// SplitMix64: the `n`th well-mixed number from `seed`.
+pub fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

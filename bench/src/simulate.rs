@@ -1,0 +1,149 @@
+//! `thunkmesh-bench simulate`: runs each workload under each placement policy in the simulator
+//! and reports makespan, bytes moved peer to peer and through storage, storage requests and
+//! worker time, as a table and as `simulation.json`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use thunkmesh_planner::Link;
+
+use crate::sim::workloads::Shape;
+use crate::sim::{Cloud, Outcome, Variant};
+
+/// Options of `simulate`.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Workloads (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<Shape>,
+    /// Policies (comma-separated): locality, most-bytes, least-loaded, storage [default: all].
+    #[arg(long, value_delimiter = ',')]
+    policies: Vec<String>,
+    /// Workers launched for the job.
+    #[arg(long, default_value_t = 2000)]
+    workers: u64,
+    /// Thunks each worker runs at once.
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
+    /// Thunks in the compile workload.
+    #[arg(long, default_value_t = 100_000)]
+    compile_thunks: usize,
+    /// Mappers in the shuffle workload (reducers: a tenth of that).
+    #[arg(long, default_value_t = 2000)]
+    mappers: usize,
+    /// Storage behaviour: s3-standard or s3-express.
+    #[arg(long, default_value = "s3-standard")]
+    profile: String,
+    /// Longest a thunk waits for a busy node it prefers, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    delay_ms: u64,
+    /// Seeds cold starts, durations and tie-breaks.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where `simulation.json` goes.
+    #[arg(long, default_value = "target/sim")]
+    out: PathBuf,
+}
+
+/// Lambda to Lambda: about 650 Mbit/s and under 1 ms round trip (Boxer, CIDR '21).
+const PEER: Link = Link { latency: 0.0005, bandwidth: 650e6 / 8.0 };
+
+fn storage(profile: &str) -> Result<Link> {
+    // First-byte latency as AWS documents it, per-request bandwidth as AnyBlob measured it
+    // (the same figures as the benchmark's latency profiles, store/src/latency.rs).
+    let bandwidth = 55.0 * 1024.0 * 1024.0;
+    match profile {
+        "s3-standard" => Ok(Link { latency: 0.150, bandwidth }),
+        "s3-express" => Ok(Link { latency: 0.005, bandwidth }),
+        other => anyhow::bail!("no storage profile `{other}` (use s3-standard or s3-express)"),
+    }
+}
+
+fn variants(names: &[String]) -> Result<Vec<Variant>> {
+    if names.is_empty() {
+        return Ok(Variant::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            let found = Variant::ALL.into_iter().find(|v| v.name() == n);
+            found.with_context(|| format!("no policy `{n}` (use locality, most-bytes, least-loaded or storage)"))
+        })
+        .collect()
+}
+
+/// Runs the simulations and prints the table.
+pub fn main(args: &SimArgs) -> Result<()> {
+    let cloud = Cloud {
+        workers: args.workers,
+        slots: args.slots,
+        cold_start: (0.1, 0.4),
+        peer: PEER,
+        storage: storage(&args.profile)?,
+        delay: Duration::from_millis(args.delay_ms),
+        seed: args.seed,
+    };
+    let variants = variants(&args.policies)?;
+    let shapes = if args.workloads.is_empty() { Shape::ALL.to_vec() } else { args.workloads.clone() };
+    let mut rows = Vec::new();
+    println!(
+        "{:<8} {:<12} {:>7} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>8} {:>9} {:>7} {:>8}",
+        "workload",
+        "policy",
+        "thunks",
+        "workers",
+        "makespan s",
+        "peer GiB",
+        "storage GiB",
+        "requests",
+        "memo PUT",
+        "worker h",
+        "busy h",
+        "hold s",
+        "us/task"
+    );
+    for shape in shapes {
+        let size = if shape == Shape::Shuffle { args.mappers } else { args.compile_thunks };
+        let job = shape.build(size, args.seed);
+        for &variant in &variants {
+            let outcome = crate::sim::run(&job, &cloud, variant)
+                .with_context(|| format!("simulating {} under {}", shape.name(), variant.name()))?;
+            print_row(shape, variant, job.thunks.len(), cloud.workers, &outcome);
+            rows.push(serde_json::json!({
+                "workload": shape.name(),
+                "policy": variant.name(),
+                "thunks": job.thunks.len(),
+                "workers": cloud.workers,
+                "slots": cloud.slots,
+                "profile": args.profile,
+                "outcome": outcome,
+            }));
+        }
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let path = args.out.join("simulation.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn print_row(shape: Shape, variant: Variant, thunks: usize, workers: u64, o: &Outcome) {
+    const GIB: f64 = (1u64 << 30) as f64;
+    println!(
+        "{:<8} {:<12} {:>7} {:>7} {:>10.1} {:>10.2} {:>12.2} {:>9} {:>9} {:>8.1} {:>9.1} {:>7.2} {:>8.1}",
+        shape.name(),
+        variant.name(),
+        thunks,
+        workers,
+        o.makespan,
+        o.peer_bytes as f64 / GIB,
+        o.storage_bytes as f64 / GIB,
+        o.storage_requests,
+        o.memo_records,
+        o.worker_seconds / 3600.0,
+        o.busy_seconds / 3600.0,
+        o.longest_hold,
+        o.planner_micros_per_task,
+    );
+}
