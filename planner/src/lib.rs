@@ -898,6 +898,8 @@ impl Planner {
 }
 
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;
 
 impl State {

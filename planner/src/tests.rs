@@ -12,11 +12,11 @@ use crate::{Assign, Decision, JobId, Place, Planner};
 
 const JOB: JobId = 7;
 
-fn program() -> Id {
+pub(crate) fn program() -> Id {
     Id::of_blob(b"#!/bin/sh\n")
 }
 
-fn thunk(tag: &str, inputs: &[(&str, Ref)]) -> Thunk {
+pub(crate) fn thunk(tag: &str, inputs: &[(&str, Ref)]) -> Thunk {
     Thunk {
         program: Program::Ref(Ref::Blob(program())),
         args: vec![tag.to_owned()],
@@ -27,11 +27,11 @@ fn thunk(tag: &str, inputs: &[(&str, Ref)]) -> Thunk {
     }
 }
 
-fn out(t: &Thunk) -> Ref {
+pub(crate) fn out(t: &Thunk) -> Ref {
     Ref::Output { thunk: t.id(), name: "out".into() }
 }
 
-fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: Vec<Id>) -> Submission {
+pub(crate) fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: Vec<Id>) -> Submission {
     Submission {
         store: "memory://".into(),
         mode: Mode::P2p,
@@ -42,15 +42,15 @@ fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: Vec<Id>) -> 
     }
 }
 
-fn blob_output(bytes: &[u8]) -> Vec<(String, OutputValue)> {
+pub(crate) fn blob_output(bytes: &[u8]) -> Vec<(String, OutputValue)> {
     vec![("out".into(), OutputValue::Blob(Id::of_blob(bytes)))]
 }
 
-fn drain(p: &mut Planner) -> Vec<Decision> {
+pub(crate) fn drain(p: &mut Planner) -> Vec<Decision> {
     std::iter::from_fn(|| p.poll()).collect()
 }
 
-fn assigns(ds: &[Decision]) -> Vec<Assign> {
+pub(crate) fn assigns(ds: &[Decision]) -> Vec<Assign> {
     ds.iter().filter_map(|d| if let Decision::Assign(a) = d { Some(a.clone()) } else { None }).collect()
 }
 

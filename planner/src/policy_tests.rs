@@ -1,0 +1,246 @@
+//! Deterministic tests of placement choices on small hand-built cases, including the failures
+//! users report of Ray and Dask: a "most input bytes" rule that piles work on one node
+//! (ray#54372, dask/distributed#8283), widely shared inputs that make every node look alike
+//! (dask/distributed#6570, #5325), and work pulled away from its data (dask/distributed#4962).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use thunkmesh_protocol::wire::{OutputValue, TransferStats};
+use thunkmesh_protocol::{Id, Ref};
+
+use crate::tests::{assigns, drain, out, submission, thunk};
+use crate::{Estimates, Place, Planner, PlannerConfig, Policy};
+
+const MIB: u64 = 1 << 20;
+
+fn big(tag: &str, size: u64) -> Id {
+    Id::blob(*blake3::hash(tag.as_bytes()).as_bytes(), size)
+}
+
+fn planner(policy: Policy, duration: f64) -> Planner {
+    let estimates = Estimates { duration, ..Estimates::default() };
+    Planner::with_config(PlannerConfig { policy, estimates, ..PlannerConfig::default() })
+}
+
+fn at(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// Node 1 produced a 100 MiB input and is busy with something else; node 2 is idle.
+/// Returns the planner, the consumer's id and the task running on node 1.
+fn busy_producer() -> (Planner, Id, u64) {
+    let mut p = planner(Policy::Locality, 0.1);
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    p.submit(7, &submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![crate::tests::program()])).expect("job");
+    let first = assigns(&drain(&mut p));
+    assert_eq!(first[0].thunk, a.id());
+    let c = thunk("c", &[]);
+    p.submit(1, &submission(&[("c", &c)], vec![out(&c)], vec![crate::tests::program()])).expect("job");
+    p.advance(at(100));
+    let output = vec![("out".into(), OutputValue::Blob(big("a-out", 100 * MIB)))];
+    p.task_done(1, first[0].task, &output, TransferStats::default());
+    let second = assigns(&drain(&mut p));
+    assert_eq!((second.len(), second[0].thunk, second[0].node), (1, c.id(), 1), "c takes node 1's slot");
+    p.advance(at(150));
+    p.node_joined(2, 1, &[]);
+    (p, b.id(), second[0].task)
+}
+
+#[test]
+fn a_thunk_waits_briefly_for_the_busy_node_that_holds_its_large_input() {
+    let (mut p, b, c_task) = busy_producer();
+    assert!(assigns(&drain(&mut p)).is_empty(), "fetching 100 MiB (1.3 s) costs more than waiting (~50 ms)");
+    assert_eq!(p.held(), 1);
+    assert_eq!(p.next_deadline(), Some(at(650)), "held at most the delay bound (500 ms)");
+    p.advance(at(200));
+    p.task_done(1, c_task, &crate::tests::blob_output(b"c"), TransferStats::default());
+    let started = assigns(&drain(&mut p));
+    assert_eq!((started.len(), started[0].thunk, started[0].node), (1, b, 1));
+    assert!(started[0].sources.is_empty(), "nothing to fetch");
+}
+
+#[test]
+fn a_held_thunk_goes_to_an_idle_node_when_the_delay_bound_passes() {
+    let (mut p, b, _) = busy_producer();
+    assert!(assigns(&drain(&mut p)).is_empty());
+    p.advance(at(649));
+    assert!(assigns(&drain(&mut p)).is_empty(), "still within the bound");
+    p.advance(at(650));
+    let moved = assigns(&drain(&mut p));
+    assert_eq!((moved.len(), moved[0].thunk, moved[0].node), (1, b, 2), "node 2 is idle: it takes it");
+    let input = moved[0].sources.iter().find(|(blob, _)| *blob == big("a-out", 100 * MIB));
+    assert_eq!(input.map(|(_, places)| places.clone()), Some(vec![Place::Node(1)]), "from the producer's node");
+    assert_eq!(p.longest_hold(), Duration::from_millis(500));
+}
+
+/// Four consumers of one 100 MiB object held by node 1, four idle nodes, thunks of about 2 s.
+fn one_hot_object(policy: Policy) -> Vec<crate::Assign> {
+    let mut p = planner(policy, 2.0);
+    let hot = big("hot", 100 * MIB);
+    p.node_joined(1, 1, &[hot]);
+    for n in 2..=4 {
+        p.node_joined(n, 1, &[]);
+    }
+    let readers: Vec<_> = (0..4).map(|i| thunk(&format!("r{i}"), &[("in", Ref::Blob(hot))])).collect();
+    let named: Vec<(String, _)> = readers.iter().enumerate().map(|(i, t)| (format!("r{i}"), t)).collect();
+    let refs: Vec<(&str, _)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    let targets = readers.iter().map(out).collect();
+    p.submit(7, &submission(&refs, targets, vec![crate::tests::program()])).expect("job");
+    assigns(&drain(&mut p))
+}
+
+#[test]
+fn most_bytes_piles_work_on_the_holder_while_locality_spreads_it() {
+    // ray#54372 and dask/distributed#8283: every reader "prefers" node 1, and three nodes idle.
+    let piled = one_hot_object(Policy::MostBytes);
+    assert_eq!(piled.len(), 1, "most-bytes queues three readers behind node 1");
+    let spread = one_hot_object(Policy::Locality);
+    let nodes: BTreeSet<u64> = spread.iter().map(|a| a.node).collect();
+    assert_eq!(nodes.len(), 4, "waiting 2 s for node 1 costs more than fetching 100 MiB (1.3 s)");
+}
+
+#[test]
+fn an_input_every_node_holds_does_not_decide_or_pile_up_placement() {
+    // dask/distributed#6570, #5325: a widely shared input makes every node a candidate.
+    let mut p = planner(Policy::Locality, 1.0);
+    let shared = big("headers", 50 * MIB);
+    for n in 1..=10 {
+        p.node_joined(n, 1, &[shared]);
+    }
+    let compiles: Vec<_> = (0..10)
+        .map(|i| thunk(&format!("cc{i}"), &[("h", Ref::Blob(shared)), ("src", Ref::Blob(big(&format!("s{i}"), 1000)))]))
+        .collect();
+    let named: Vec<(String, _)> = compiles.iter().enumerate().map(|(i, t)| (format!("cc{i}"), t)).collect();
+    let refs: Vec<(&str, _)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    let mut stored: Vec<Id> = (0..10).map(|i| big(&format!("s{i}"), 1000)).collect();
+    stored.push(crate::tests::program());
+    p.submit(7, &submission(&refs, compiles.iter().map(out).collect(), stored)).expect("job");
+    let started = assigns(&drain(&mut p));
+    let nodes: BTreeSet<u64> = started.iter().map(|a| a.node).collect();
+    assert_eq!((started.len(), nodes.len()), (10, 10), "one compile per node, none queued");
+    assert!(started.iter().all(|a| a.sources.iter().all(|(b, _)| *b != shared)), "nobody fetches the shared input");
+}
+
+#[test]
+fn a_reducer_runs_where_its_partitions_are_not_on_the_least_busy_node() {
+    // dask/distributed#4962: shuffle output pulled away from the node holding it.
+    let parts: Vec<Id> = (0..3).map(|i| big(&format!("part{i}"), 30 * MIB)).collect();
+    for (policy, expect) in [(Policy::Locality, 3), (Policy::LeastLoaded, 1)] {
+        let mut p = planner(policy, 1.0);
+        p.node_joined(3, 2, &parts);
+        let busy = thunk("busy", &[]);
+        p.submit(1, &submission(&[("busy", &busy)], vec![out(&busy)], vec![crate::tests::program()])).expect("job");
+        assert_eq!(assigns(&drain(&mut p))[0].node, 3, "node 3 runs one task and has one slot left");
+        p.node_joined(1, 2, &[]);
+        let inputs: Vec<(String, Ref)> =
+            parts.iter().enumerate().map(|(i, b)| (format!("p{i}"), Ref::Blob(*b))).collect();
+        let inputs: Vec<(&str, Ref)> = inputs.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
+        let reduce = thunk("reduce", &inputs);
+        p.submit(7, &submission(&[("reduce", &reduce)], vec![out(&reduce)], vec![crate::tests::program()]))
+            .expect("job");
+        let placed = assigns(&drain(&mut p));
+        assert_eq!(placed[0].node, expect, "{policy:?}");
+    }
+}
+
+mod invariants {
+    //! Property tests: on random graphs, random fleets and random losses, a thunk is assigned
+    //! only with every input available somewhere, no node runs more than its slots, and the
+    //! job finishes while any node is alive (lost work is planned again).
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::Decision;
+
+    /// A random DAG: thunk i reads outputs of up to three earlier thunks.
+    fn graph() -> impl Strategy<Value = Vec<Vec<usize>>> {
+        (1usize..25).prop_flat_map(|n| {
+            (0..n).map(|i| proptest::collection::vec(0..i.max(1), if i == 0 { 0..1 } else { 0..4 })).collect::<Vec<_>>()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn assignments_are_sound_and_the_job_finishes(
+            deps in graph(),
+            slots in proptest::collection::vec(1u32..4, 1..5),
+            policy in prop_oneof![Just(Policy::Locality), Just(Policy::MostBytes), Just(Policy::LeastLoaded)],
+            losses in proptest::collection::vec(any::<u8>(), 0..3),
+            seed in any::<u64>(),
+        ) {
+            let mut thunks = Vec::new();
+            for (i, reads) in deps.iter().enumerate() {
+                let inputs: Vec<(String, Ref)> = reads.iter().enumerate()
+                    .map(|(k, &j)| (format!("in{k}"), out(&thunks[j])))
+                    .collect();
+                let inputs: Vec<(&str, Ref)> = inputs.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
+                thunks.push(thunk(&format!("t{i}"), &inputs));
+            }
+            let named: Vec<(String, _)> = thunks.iter().enumerate().map(|(i, t)| (format!("t{i}"), t)).collect();
+            let refs: Vec<(&str, _)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+            let config = PlannerConfig { policy, seed, ..PlannerConfig::default() };
+            let mut p = Planner::with_config(config);
+            for (n, &s) in slots.iter().enumerate() {
+                p.node_joined(n as u64, s, &[]);
+            }
+            let last = thunks.last().map(out).into_iter().collect();
+            p.submit(7, &submission(&refs, last, vec![crate::tests::program()])).expect("job");
+            let mut running: Vec<crate::Assign> = Vec::new();
+            let mut held_at: std::collections::BTreeMap<Id, BTreeSet<u64>> = Default::default();
+            let mut losses = losses.into_iter();
+            let mut next_node = slots.len() as u64;
+            let mut now = 0u64;
+            for step in 0..2000 {
+                now += 37;
+                p.advance(at(now));
+                for d in drain(&mut p) {
+                    match d {
+                        Decision::Assign(a) => {
+                            for blob in &a.resolved {
+                                let here = held_at.get(blob).is_some_and(|h| h.contains(&a.node));
+                                let offered = a.sources.iter().any(|(b, places)| b == blob && !places.is_empty());
+                                prop_assert!(here || offered || *blob == crate::tests::program(), "input {blob} is nowhere");
+                            }
+                            running.push(a);
+                        }
+                        Decision::Upload { node, job, blob } => p.stored(node, job, blob, true, TransferStats::default()),
+                        Decision::JobDone { .. } => return Ok(()),
+                        Decision::JobFailed { error, .. } => prop_assert!(false, "job failed: {}", error.message),
+                        _ => {}
+                    }
+                }
+                for (n, &s) in slots.iter().enumerate() {
+                    prop_assert!(p.running(n as u64) <= s as usize, "node {n} over its {s} slots");
+                }
+                // Every few steps a node is lost and a fresh one joins.
+                if step % 7 == 3 && let Some(which) = losses.next() {
+                    let victim = running.get(which as usize % running.len().max(1)).map(|a| a.node);
+                    if let Some(victim) = victim {
+                        p.node_left(victim);
+                        running.retain(|a| a.node != victim);
+                        held_at.values_mut().for_each(|h| { h.remove(&victim); });
+                        p.node_joined(next_node, 2, &[]);
+                        next_node += 1;
+                        continue;
+                    }
+                }
+                if running.is_empty() {
+                    continue;
+                }
+                let a = running.remove(step % running.len());
+                let blob = Id::blob(*blake3::hash(&a.thunk.to_string().into_bytes()).as_bytes(), 10);
+                held_at.entry(blob).or_default().insert(a.node);
+                for b in &a.resolved {
+                    held_at.entry(*b).or_default().insert(a.node);
+                }
+                p.task_done(a.node, a.task, &[("out".into(), OutputValue::Blob(blob))], TransferStats::default());
+            }
+            prop_assert!(false, "the job did not finish in 2000 steps");
+        }
+    }
+}
