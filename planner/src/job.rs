@@ -61,6 +61,38 @@ struct Entry {
     reported: bool,
 }
 
+/// The job's targets, looked at again only when something they wait for changed: a thunk
+/// finished, a blob reached storage (or failed to), or a node was lost. Without this every
+/// completed task would re-resolve every target.
+#[derive(Debug)]
+pub(crate) struct TargetWatch {
+    dirty: BTreeSet<usize>,
+    stored: Vec<bool>,
+    stored_count: usize,
+    on_thunk: HashMap<Id, Vec<usize>>,
+    on_blob: HashMap<Id, Vec<usize>>,
+}
+
+impl TargetWatch {
+    fn new(targets: usize) -> TargetWatch {
+        TargetWatch {
+            dirty: (0..targets).collect(),
+            stored: vec![false; targets],
+            stored_count: 0,
+            on_thunk: HashMap::new(),
+            on_blob: HashMap::new(),
+        }
+    }
+
+    fn all_dirty(&mut self) {
+        self.dirty = (0..self.stored.len()).filter(|&i| !self.stored[i]).collect();
+    }
+
+    fn thunk_done(&mut self, thunk: Id) {
+        self.dirty.extend(self.on_thunk.remove(&thunk).unwrap_or_default());
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Job {
     entries: HashMap<Id, Entry>,
@@ -87,6 +119,8 @@ pub(crate) struct Job {
     consumers: HashMap<Id, Vec<Id>>,
     /// Blocked thunk -> how many of its refs were found available (examination resumes there).
     scanned: HashMap<Id, usize>,
+    /// Which targets need looking at, and what the others wait for.
+    watch: TargetWatch,
     /// Seconds tasks of this job ran (assignment to report).
     pub(crate) durations: Average,
     /// Bytes of one output.
@@ -115,6 +149,7 @@ impl Job {
             blob_waiters: HashMap::new(),
             consumers: HashMap::new(),
             scanned: HashMap::new(),
+            watch: TargetWatch::new(sub.targets.len()),
             durations: Average::new(),
             output_bytes: Average::new(),
         };
@@ -268,11 +303,12 @@ impl Job {
         self.demand(thunk);
     }
 
-    /// Runs again the thunk that produced `blob`; false if no thunk of this job did.
-    pub(crate) fn demand_producer_of(&mut self, blob: Id) -> bool {
-        let Some(&p) = self.producers.get(&blob) else { return false };
+    /// Runs again the thunk that produced `blob`, and returns it; `None` if no thunk of this
+    /// job did.
+    pub(crate) fn demand_producer_of(&mut self, blob: Id) -> Option<Id> {
+        let p = *self.producers.get(&blob)?;
         self.rerun(p);
-        true
+        Some(p)
     }
 
     pub(crate) fn has_pending(&self) -> bool {
@@ -296,9 +332,37 @@ impl Job {
         }
     }
 
-    /// Wakes the thunks that waited for `blob` to reach storage (or for its upload to fail).
+    /// Wakes the thunks and targets that waited for `blob` to reach storage (or for its upload
+    /// to fail).
     pub(crate) fn wake_blob(&mut self, blob: Id) {
         self.pending.extend(self.blob_waiters.remove(&blob).unwrap_or_default());
+        self.watch.dirty.extend(self.watch.on_blob.remove(&blob).unwrap_or_default());
+    }
+
+    /// Targets to look at now (each once, until something it waits for changes).
+    pub(crate) fn take_dirty_targets(&mut self) -> BTreeSet<usize> {
+        std::mem::take(&mut self.watch.dirty)
+    }
+
+    /// Target `i` is looked at again when `thunk` finishes.
+    pub(crate) fn target_waits_for_thunk(&mut self, i: usize, thunk: Id) {
+        self.watch.on_thunk.entry(thunk).or_default().push(i);
+    }
+
+    /// Target `i` is looked at again when `blob` reaches storage or fails to.
+    pub(crate) fn target_waits_for_blob(&mut self, i: usize, blob: Id) {
+        self.watch.on_blob.entry(blob).or_default().push(i);
+    }
+
+    /// Target `i` is in storage, for good.
+    pub(crate) fn target_stored(&mut self, i: usize) {
+        if !std::mem::replace(&mut self.watch.stored[i], true) {
+            self.watch.stored_count += 1;
+        }
+    }
+
+    pub(crate) fn all_targets_stored(&self) -> bool {
+        self.watch.stored_count == self.watch.stored.len()
     }
 
     /// Blobs that thunks still to run need, and targets' blobs (for draining nodes).
@@ -414,6 +478,7 @@ impl Job {
     pub(crate) fn reset_ready(&mut self) {
         self.ready.clear();
         self.scanned.clear();
+        self.watch.all_dirty();
         for (id, e) in &mut self.entries {
             if matches!(e.state, State::Ready) {
                 e.state = State::Idle;
@@ -460,6 +525,7 @@ impl Job {
         }
         self.executed.insert(thunk);
         self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
+        self.watch.thunk_done(thunk);
         self.try_report(thunk);
         for outer in self.resolve_waiters.remove(&thunk).unwrap_or_default() {
             self.try_report(outer);

@@ -501,6 +501,10 @@ impl Planner {
         }
         let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in jobs {
+            // Another job's upload may have stored one of this job's targets.
+            if let Some(j) = self.jobs.get_mut(&id) {
+                j.wake_blob(blob);
+            }
             self.settle(id);
         }
     }
@@ -613,34 +617,48 @@ impl Planner {
 
     /// Requests uploads of resolved targets that live only in caches, or runs again what
     /// produced a target that lives nowhere. `Ok(Some(..))` when every target is in storage.
+    /// Looks only at targets whose circumstances changed since they were last looked at.
     fn check_targets(&mut self, id: JobId, job: &mut Job) -> Result<Option<JobOutcome>, WireError> {
-        let mut all_stored = true;
-        let mut targets = Vec::with_capacity(job.targets.len());
-        for target in job.targets.clone() {
-            let Resolved::Blob(blob) = job.resolve(&target) else {
-                all_stored = false;
-                continue;
+        for i in job.take_dirty_targets() {
+            let target = job.targets[i].clone();
+            let blob = match job.resolve(&target) {
+                Resolved::Blob(blob) => blob,
+                Resolved::Waiting(thunk) => {
+                    job.target_waits_for_thunk(i, thunk);
+                    continue;
+                }
+                // Evaluating the thunk that reads it reports why.
+                Resolved::Broken(_) => continue,
             };
-            targets.push((target.clone(), blob));
             let places = self.objects.get(&blob);
             if places.is_some_and(|p| p.storage) {
+                job.target_stored(i);
                 continue;
             }
-            all_stored = false;
-            let holder = places.and_then(|p| p.nodes.iter().next().copied());
-            match holder {
+            job.target_waits_for_blob(i, blob);
+            match places.and_then(|p| p.nodes.iter().next().copied()) {
                 Some(node) if job.upload_requested.insert(blob) => {
                     self.out.push_back(Decision::Upload { node, job: id, blob });
                 }
                 Some(_) => {}
-                None if job.demand_producer_of(blob) => {}
-                None => {
-                    let message = format!("target {target} is not in storage and no thunk of the job produces it");
-                    return Err(WireError::new(ErrorCode::InputUnavailable, message));
-                }
+                None => match job.demand_producer_of(blob) {
+                    Some(producer) => job.target_waits_for_thunk(i, producer),
+                    None => {
+                        let message = format!("target {target} is not in storage and no thunk of the job produces it");
+                        return Err(WireError::new(ErrorCode::InputUnavailable, message));
+                    }
+                },
             }
         }
-        Ok(all_stored.then(|| job.outcome(targets)))
+        if !job.all_targets_stored() {
+            return Ok(None);
+        }
+        let resolve = |t: &Ref| match job.resolve(t) {
+            Resolved::Blob(blob) => Some((t.clone(), blob)),
+            _ => None,
+        };
+        let targets = job.targets.iter().filter_map(resolve).collect();
+        Ok(Some(job.outcome(targets)))
     }
 
     /// Hands ready thunks to nodes with free slots: first those held for a node that freed up,
