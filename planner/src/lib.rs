@@ -167,12 +167,14 @@ struct Places {
     nodes: BTreeSet<NodeId>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct TaskInfo {
     job: JobId,
     thunk: Id,
     node: NodeId,
     started: Duration,
+    /// The blobs its refs resolved to (the node holds them all once it is done).
+    inputs: Vec<Id>,
 }
 
 /// A ready thunk waiting for a busy node it prefers.
@@ -406,15 +408,14 @@ impl Planner {
                 job.output_bytes.add(blob.size as f64);
             }
         }
-        // The node keeps what it fetched: it can serve those inputs to peers too.
-        let fetched = job.resolved_inputs(info.thunk);
         let placed = match job.complete(info.thunk, outputs) {
             Ok(placed) => placed,
             Err(error) => return self.fail(info.job, error),
         };
         // In storage mode the node wrote every output to storage before it reported.
         let stored = job.mode == Mode::Storage;
-        for blob in fetched {
+        // The node keeps what it fetched: it can serve those inputs to peers too.
+        for &blob in &info.inputs {
             self.place(blob, info.node);
         }
         for blob in placed {
@@ -684,7 +685,8 @@ impl Planner {
                 let Some(held) = self.held.get_mut(&node).and_then(VecDeque::pop_front) else { break };
                 self.end_hold(&held);
                 if self.jobs.get(&held.job).is_some_and(|j| j.is_ready(held.thunk)) {
-                    self.start(held.job, held.thunk, node);
+                    let resolved = self.jobs.get(&held.job).map(|j| j.resolved_inputs(held.thunk)).unwrap_or_default();
+                    self.start(held.job, held.thunk, node, resolved);
                 }
             }
             if self.held.get(&node).is_some_and(VecDeque::is_empty) {
@@ -724,9 +726,10 @@ impl Planner {
     /// Decides where one ready thunk goes, and starts it, holds it, or queues it again (then
     /// returns false).
     fn place_thunk(&mut self, job: JobId, thunk: Id, may_wait: bool) -> bool {
-        let choice = self.choose(job, thunk, may_wait);
+        let Some(resolved) = self.jobs.get(&job).map(|j| j.resolved_inputs(thunk)) else { return false };
+        let choice = self.choose(job, thunk, &resolved, may_wait);
         match choice {
-            Choice::Run(node) => self.start(job, thunk, node),
+            Choice::Run(node) => self.start(job, thunk, node, resolved),
             Choice::Wait(node, deadline) => {
                 self.held.entry(node).or_default().push_back(Held { job, thunk, since: self.now });
                 if let Some(at) = deadline {
@@ -743,9 +746,8 @@ impl Planner {
         true
     }
 
-    fn choose(&self, job_id: JobId, thunk: Id, may_wait: bool) -> Choice {
+    fn choose(&self, job_id: JobId, thunk: Id, resolved: &[Id], may_wait: bool) -> Choice {
         let Some(job) = self.jobs.get(&job_id) else { return Choice::Later };
-        let resolved = job.resolved_inputs(thunk);
         let inputs: Vec<Input<'_>> = resolved
             .iter()
             .map(|&blob| Input {
@@ -863,9 +865,8 @@ impl Planner {
         soonest + held as f64 * self.estimates.duration / f64::from(state.slots.max(1))
     }
 
-    fn start(&mut self, job: JobId, thunk: Id, node: NodeId) {
-        let Some(j) = self.jobs.get(&job) else { return };
-        let (resolved, mode) = (j.resolved_inputs(thunk), j.mode);
+    fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>) {
+        let Some(mode) = self.jobs.get(&job).map(|j| j.mode) else { return };
         let task = self.next_task;
         self.next_task += 1;
         let none = BTreeSet::new();
@@ -883,7 +884,8 @@ impl Planner {
         if let Some(j) = self.jobs.get_mut(&job) {
             j.mark_running(thunk, node);
         }
-        self.tasks.insert(task, TaskInfo { job, thunk, node, started: self.now });
+        let info = TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone() };
+        self.tasks.insert(task, info);
         self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));
     }
 
