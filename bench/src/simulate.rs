@@ -38,9 +38,15 @@ pub struct SimArgs {
     /// Longest a thunk waits for a busy node it prefers, in milliseconds.
     #[arg(long, default_value_t = 500)]
     delay_ms: u64,
-    /// Seeds cold starts, durations and tie-breaks.
+    /// Seeds cold starts, durations, slow workers and tie-breaks.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The share of workers that run programs 5x slower.
+    #[arg(long, default_value_t = 0.01)]
+    slow_workers: f64,
+    /// Copy a task that runs this many times its job's average duration (0: never).
+    #[arg(long, default_value_t = 3.0)]
+    speculate_after: f64,
     /// Where `simulation.json` goes.
     #[arg(long, default_value = "target/sim")]
     out: PathBuf,
@@ -83,12 +89,14 @@ pub fn main(args: &SimArgs) -> Result<()> {
         storage: storage(&args.profile)?,
         delay: Duration::from_millis(args.delay_ms),
         seed: args.seed,
+        slow_workers: args.slow_workers,
+        speculate_after: args.speculate_after,
     };
     let variants = variants(&args.policies)?;
     let shapes = if args.workloads.is_empty() { Shape::ALL.to_vec() } else { args.workloads.clone() };
     let mut rows = Vec::new();
     println!(
-        "{:<8} {:<12} {:>7} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>8} {:>9} {:>7} {:>8}",
+        "{:<8} {:<12} {:>7} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>8} {:>9} {:>7} {:>6} {:>8}",
         "workload",
         "policy",
         "thunks",
@@ -101,6 +109,7 @@ pub fn main(args: &SimArgs) -> Result<()> {
         "worker h",
         "busy h",
         "hold s",
+        "copies",
         "us/task"
     );
     for shape in shapes {
@@ -131,7 +140,7 @@ pub fn main(args: &SimArgs) -> Result<()> {
 fn print_row(shape: Shape, variant: Variant, thunks: usize, workers: u64, o: &Outcome) {
     const GIB: f64 = (1u64 << 30) as f64;
     println!(
-        "{:<8} {:<12} {:>7} {:>7} {:>10.1} {:>10.2} {:>12.2} {:>9} {:>9} {:>8.1} {:>9.1} {:>7.2} {:>8.1}",
+        "{:<8} {:<12} {:>7} {:>7} {:>10.1} {:>10.2} {:>12.2} {:>9} {:>9} {:>8.1} {:>9.1} {:>7.2} {:>6} {:>8.1}",
         shape.name(),
         variant.name(),
         thunks,
@@ -144,6 +153,7 @@ fn print_row(shape: Shape, variant: Variant, thunks: usize, workers: u64, o: &Ou
         o.worker_seconds / 3600.0,
         o.busy_seconds / 3600.0,
         o.longest_hold,
+        o.speculated,
         o.planner_micros_per_task,
     );
 }

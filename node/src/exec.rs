@@ -4,7 +4,7 @@
 //! and reported as more thunks to force.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -131,13 +131,34 @@ async fn run(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<Vec
     }
     fetch_inputs(ctx, a, stats).await?;
     let sandbox = ctx.sandboxes.take().map_err(|e| Fail::node(format!("cannot make a sandbox: {e}")))?;
-    let result = run_in(ctx, a, &sandbox, stats).await;
-    ctx.give_back_later(sandbox);
-    let outputs = result?;
+    let lease = Lease { ctx, sandbox: Some(sandbox) };
+    let outputs = run_in(ctx, a, lease.sandbox(), stats).await?;
+    drop(lease);
     if a.mode == Mode::Storage {
         store_outputs(ctx, a, &outputs, stats).await?;
     }
     Ok(outputs)
+}
+
+/// A sandbox in use; given back (emptied in the background) when dropped, also when the task
+/// is cancelled mid-run.
+struct Lease<'a> {
+    ctx: &'a Ctx,
+    sandbox: Option<Sandbox>,
+}
+
+impl Lease<'_> {
+    fn sandbox(&self) -> &Sandbox {
+        self.sandbox.as_ref().expect("a lease holds its sandbox until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            self.ctx.give_back_later(sandbox);
+        }
+    }
 }
 
 /// Storage mode: writes every output to storage (with a tail, the tail and the files it names)
@@ -277,10 +298,11 @@ async fn run_in(
     Ok(outputs)
 }
 
-/// An input hard-linked from the cache, and its modification time when it was linked.
+/// An input hard-linked from the cache: its file (inode) and modification time when linked.
 struct Linked {
     blob: Id,
     path: String,
+    inode: u64,
     mtime: SystemTime,
 }
 
@@ -318,8 +340,9 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
             let from = cache.path(blob);
             let failed = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{label}: {e}"));
             if std::fs::hard_link(&from, &to).is_ok() {
-                let mtime = std::fs::metadata(&to).and_then(|m| m.modified()).map_err(failed)?;
-                linked.push(Linked { blob, path: label, mtime });
+                let meta = std::fs::metadata(&to).map_err(failed)?;
+                let (inode, mtime) = (meta.ino(), meta.modified().map_err(failed)?);
+                linked.push(Linked { blob, path: label, inode, mtime });
             } else {
                 // Another file system, or too many links: a private, writable copy.
                 std::fs::copy(&from, &to).map_err(failed)?;
@@ -340,9 +363,11 @@ async fn check_inputs(ctx: &Ctx, linked: Vec<Linked>) -> Result<(), Fail> {
     }
     let cache = ctx.cache.clone();
     let check = move || {
+        // Only the linked file itself counts: if the cache entry was replaced meanwhile (a
+        // concurrent fetch of the same object), the program did not write it.
         let changed = |l: &Linked| {
             let meta = std::fs::metadata(cache.path(l.blob));
-            meta.is_ok_and(|m| m.len() != l.blob.size || m.modified().ok() != Some(l.mtime))
+            meta.is_ok_and(|m| m.ino() == l.inode && (m.len() != l.blob.size || m.modified().ok() != Some(l.mtime)))
         };
         let written: Vec<&Linked> = linked.iter().filter(|l| changed(l)).collect();
         for l in &written {
@@ -377,13 +402,18 @@ async fn execute(a: &Assignment, program: &Path, root: &Path) -> Result<(std::pr
     // The child holds the pipe's write end now; ours must close for the read end to see its end.
     drop(command);
     let mut child = spawned.map_err(|e| Fail::new(ErrorCode::ExitStatus, format!("cannot start the program: {e}")))?;
+    // Until the program is reaped, dropping this (a cancelled task) kills its whole group.
+    let mut group = GroupGuard(child.id());
     let mut output = OutputTail::default();
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(Fail::node)?;
     let timeout = a.thunk.timeout();
     match tokio::time::timeout(timeout, output.read_until_exit(&mut child, &mut pipe)).await {
-        Ok(status) => Ok((status.map_err(Fail::node)?, output)),
+        Ok(status) => {
+            group.0 = None;
+            Ok((status.map_err(Fail::node)?, output))
+        }
         Err(_) => {
-            if let Some(pid) = child.id() {
+            if let Some(pid) = group.0.take() {
                 kill_group(pid);
             }
             let _ = child.wait().await;
@@ -444,6 +474,17 @@ impl OutputTail {
 
 fn micros_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The process group of a program not yet reaped.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            kill_group(pid);
+        }
+    }
 }
 
 /// Kills the program and everything it started (they share its process group).

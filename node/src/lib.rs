@@ -126,13 +126,13 @@ async fn work(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let (_reader, mut inbox) = reader(recv);
-    let mut tasks: JoinSet<ToRendezvous> = JoinSet::new();
+    let mut tasks = Tasks::default();
     let mut draining = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown, if !draining => {
-                info!(running = tasks.len(), "draining: finishing running tasks and uploading what others need");
+                info!(running = tasks.set.len(), "draining: finishing running tasks and uploading what others need");
                 draining = true;
                 send_msg(&mut send, &ToRendezvous::Drain).await?;
             }
@@ -143,26 +143,55 @@ async fn work(
                     info!("drained");
                     return Ok(());
                 }
-                Some(Ok(msg)) => start(&ctx, &mut tasks, msg),
+                Some(Ok(msg)) => tasks.start(&ctx, msg),
             },
-            Some(done) = tasks.join_next() => match done {
-                Ok(report) => send_msg(&mut send, &report).await?,
+            Some(done) = tasks.set.join_next() => match done {
+                Ok(report) => {
+                    tasks.finished(&report);
+                    send_msg(&mut send, &report).await?;
+                }
+                Err(e) if e.is_cancelled() => {}
                 Err(e) => warn!(error = %e, "a task panicked"),
             },
         }
     }
 }
 
-fn start(ctx: &Arc<Ctx>, tasks: &mut JoinSet<ToRendezvous>, msg: FromRendezvous) {
-    let ctx = ctx.clone();
-    match msg {
-        FromRendezvous::Assign(a) => {
-            let span = info_span!("task", task = a.task, thunk = %a.name);
-            tasks.spawn(async move { exec::force(&ctx, &a).await }.instrument(span));
+/// What the node is doing: forced thunks (cancellable by task id) and uploads.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<ToRendezvous>,
+    forcing: std::collections::HashMap<u64, tokio::task::AbortHandle>,
+}
+
+impl Tasks {
+    fn start(&mut self, ctx: &Arc<Ctx>, msg: FromRendezvous) {
+        let ctx = ctx.clone();
+        match msg {
+            FromRendezvous::Assign(a) => {
+                let (task, span) = (a.task, info_span!("task", task = a.task, thunk = %a.name));
+                let handle = self.set.spawn(async move { exec::force(&ctx, &a).await }.instrument(span));
+                self.forcing.insert(task, handle);
+            }
+            FromRendezvous::Upload(u) => {
+                self.set.spawn(async move { exec::upload(&ctx, &u).await });
+            }
+            FromRendezvous::Cancel { task } => {
+                // The program is killed with its process group; the sandbox is emptied for reuse.
+                if let Some(handle) = self.forcing.remove(&task) {
+                    info!(task, "cancelled: a copy finished first");
+                    handle.abort();
+                }
+            }
+            other => warn!(message = ?std::mem::discriminant(&other), "ignoring a message meant for clients"),
         }
-        FromRendezvous::Upload(u) => {
-            tasks.spawn(async move { exec::upload(&ctx, &u).await });
-        }
-        other => warn!(message = ?std::mem::discriminant(&other), "ignoring a message meant for clients"),
+    }
+
+    fn finished(&mut self, report: &ToRendezvous) {
+        match report {
+            ToRendezvous::Done(d) => self.forcing.remove(&d.task),
+            ToRendezvous::Failed(f) => self.forcing.remove(&f.task),
+            _ => None,
+        };
     }
 }

@@ -13,6 +13,7 @@
 
 mod job;
 pub mod place;
+mod speculate;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -92,6 +93,13 @@ pub enum Decision {
         job: JobId,
         /// Targets and counts.
         outcome: JobOutcome,
+    },
+    /// Stop a task: a copy of the same thunk finished first.
+    Cancel {
+        /// Where it runs.
+        node: NodeId,
+        /// The task.
+        task: TaskId,
     },
     /// A draining node has uploaded what others still need and runs nothing: it may go.
     Drained {
@@ -216,6 +224,12 @@ pub struct Planner {
     freed: BTreeSet<NodeId>,
     /// The longest any thunk has been held.
     longest_hold: Duration,
+    /// When running tasks become stragglers.
+    straggler_checks: BinaryHeap<Reverse<(Duration, TaskId)>>,
+    /// A straggler and its copy, each pointing at the other.
+    twins: HashMap<TaskId, TaskId>,
+    /// Copies started.
+    speculated: u64,
 }
 
 impl Planner {
@@ -238,7 +252,11 @@ impl Planner {
     /// When the planner next needs [`Planner::advance`] and [`Planner::poll`] even if nothing
     /// else happens (a held thunk's wait runs out).
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.deadlines.peek().map(|Reverse((at, ..))| *at)
+        let hold = self.deadlines.peek().map(|Reverse((at, ..))| *at);
+        match (hold, self.next_straggler_check()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The longest any thunk has waited for a busy node so far.
@@ -361,7 +379,9 @@ impl Planner {
             }
         }
         for task in state.running {
+            let twin_runs_on = self.untwin(task, false).is_some();
             if let Some(info) = self.tasks.remove(&task)
+                && !twin_runs_on
                 && let Some(job) = self.jobs.get_mut(&info.job)
             {
                 job.requeue(info.thunk);
@@ -399,6 +419,7 @@ impl Planner {
 
     fn record_done(&mut self, node: NodeId, task: TaskId, outputs: &[(String, OutputValue)], stats: TransferStats) {
         let Some(info) = self.finish_task(node, task) else { return };
+        self.untwin(task, true);
         self.estimates.observe(&stats);
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
         job.stats += stats;
@@ -449,9 +470,13 @@ impl Planner {
         stats: TransferStats,
     ) {
         let Some(info) = self.finish_task(node, task) else { return };
+        let twin_runs_on = self.untwin(task, false).is_some();
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
         job.stats += stats;
         let name = job.name(info.thunk).to_owned();
+        if twin_runs_on && !error.code.is_thunk_fault() {
+            return;
+        }
         if error.code.is_thunk_fault() {
             let message = format!("thunk `{name}` failed: {}", error.message);
             return self.fail(info.job, WireError { code: error.code, message, detail: error.detail.clone() });
@@ -676,6 +701,7 @@ impl Planner {
                 }
             }
         }
+        self.speculate();
     }
 
     /// Gives nodes that gained a slot the thunks held for them.
@@ -886,6 +912,7 @@ impl Planner {
         }
         let info = TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone() };
         self.tasks.insert(task, info);
+        self.watch_straggler(task);
         self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));
     }
 

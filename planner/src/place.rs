@@ -120,6 +120,9 @@ pub struct PlannerConfig {
     pub delay: Duration,
     /// Starting estimates.
     pub estimates: Estimates,
+    /// A task running this many times its job's average duration gets a copy elsewhere
+    /// (0: never).
+    pub speculate_after: f64,
 }
 
 impl Default for PlannerConfig {
@@ -129,6 +132,7 @@ impl Default for PlannerConfig {
             seed: 0,
             delay: Duration::from_millis(500),
             estimates: Estimates::default(),
+            speculate_after: 3.0,
         }
     }
 }

@@ -244,3 +244,52 @@ mod invariants {
         }
     }
 }
+
+fn one_long_thunk() -> (Planner, crate::Assign) {
+    let mut p = planner(Policy::Locality, 1.0);
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(7, &submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("job");
+    let first = assigns(&drain(&mut p));
+    assert_eq!(first.len(), 1);
+    (p, first[0].clone())
+}
+
+#[test]
+fn a_straggler_gets_a_copy_elsewhere_and_the_first_result_wins() {
+    let (mut p, original) = one_long_thunk();
+    assert_eq!(p.next_deadline(), Some(at(3000)), "3x the expected 1 s, while a slot is free");
+    p.advance(at(2999));
+    assert!(assigns(&drain(&mut p)).is_empty(), "not a straggler yet");
+    p.advance(at(3000));
+    let copy = assigns(&drain(&mut p));
+    assert_eq!(copy.len(), 1, "one copy");
+    assert_eq!((copy[0].thunk, p.speculated()), (original.thunk, 1));
+    assert_ne!(copy[0].node, original.node, "on the other node");
+    p.advance(at(3500));
+    p.task_done(copy[0].node, copy[0].task, &crate::tests::blob_output(b"a"), TransferStats::default());
+    let ds = drain(&mut p);
+    let cancelled = ds.iter().any(
+        |d| matches!(d, crate::Decision::Cancel { node, task } if *node == original.node && *task == original.task),
+    );
+    assert!(cancelled, "the original is cancelled: {ds:?}");
+    assert_eq!(p.running(original.node), 0, "its slot is free at once");
+    // The cancelled original reports anyway: ignored.
+    p.task_done(original.node, original.task, &crate::tests::blob_output(b"a"), TransferStats::default());
+    assert!(assigns(&drain(&mut p)).is_empty());
+}
+
+#[test]
+fn a_copy_that_fails_outside_the_thunk_leaves_the_original_running() {
+    let (mut p, original) = one_long_thunk();
+    p.advance(at(3000));
+    let copy = assigns(&drain(&mut p)).remove(0);
+    let error = thunkmesh_protocol::wire::WireError::new(thunkmesh_protocol::wire::ErrorCode::NodeError, "disk full");
+    p.task_failed(copy.node, copy.task, &error, &[], TransferStats::default());
+    assert!(assigns(&drain(&mut p)).is_empty(), "nothing re-planned: the original still runs");
+    assert_eq!(p.running(original.node), 1);
+    p.task_done(original.node, original.task, &crate::tests::blob_output(b"a"), TransferStats::default());
+    let ds = drain(&mut p);
+    assert!(ds.iter().any(|d| matches!(d, crate::Decision::Upload { .. })), "the job goes on: {ds:?}");
+}

@@ -103,6 +103,11 @@ pub enum FromRendezvous {
     JobDone(JobOutcome),
     /// The job failed (to a client).
     JobFailed(WireError),
+    /// Stop a task and report nothing: a copy of it finished first (to a node).
+    Cancel {
+        /// The task, as assigned.
+        task: u64,
+    },
 }
 
 /// How intermediate outputs travel.

@@ -179,6 +179,7 @@ impl Core {
                     self.send(job, FromRendezvous::JobDone(outcome));
                 }
                 Decision::Drained { node } => self.send(node, FromRendezvous::Drained),
+                Decision::Cancel { node, task } => self.send(node, FromRendezvous::Cancel { task }),
                 Decision::JobFailed { job, error } => {
                     info!(job, error = %error.message, "job failed");
                     self.send(job, FromRendezvous::JobFailed(error));

@@ -109,3 +109,30 @@ outputs = ["out"]
     let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).filter(|n| *n != "PWD").collect();
     assert_eq!(names, ["ONLY"], "{env}");
 }
+
+#[test]
+fn a_straggling_thunk_is_copied_to_another_node_and_the_slow_copy_is_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("first-attempt");
+    // The first attempt (whichever node runs it) hangs; any later attempt finishes at once.
+    let script = format!("if mkdir {} 2>/dev/null; then sleep 29.77; fi; echo done > out", marker.display());
+    let text = format!(
+        r#"[[thunk]]
+name = "slow-once"
+program = {{ host = "/bin/sh" }}
+args = ["-c", "{script}"]
+outputs = ["out"]
+
+[targets]
+"result.txt" = "slow-once#out"
+"#
+    );
+    let job = write(dir.path(), &[("job.toml", &text)]);
+    let started = std::time::Instant::now();
+    let run = run_in(dir.path(), &job, &["--workers", "2", "--slots", "1"]);
+    run.ok();
+    assert_eq!(run.out("result.txt"), b"done\n");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the copy won: {:?}", started.elapsed());
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 29.77"]).output().expect("pgrep");
+    assert!(left.stdout.is_empty(), "the hanging copy and its children were killed");
+}

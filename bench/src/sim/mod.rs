@@ -3,9 +3,11 @@
 //! join after a cold start, each with some slots; every assignment fetches the inputs its node
 //! lacks (one latency, the slowest source's, plus bytes over each source's per-request
 //! bandwidth), runs for the thunk's modelled duration and, in storage mode, writes its outputs
-//! to storage. Targets are uploaded when the planner asks; each resolved thunk's memo record is a
-//! storage PUT by the client, in both modes. Not modelled: contention for a worker's network
-//! link between concurrent transfers, and failures.
+//! to storage. A share of the workers is 5x slower at running programs (stragglers); the
+//! planner's copies of straggling tasks race the originals, and the loser's time is not
+//! counted as busy. Targets are uploaded when the planner asks; each resolved thunk's memo record
+//! is a storage PUT by the client, in both modes. Not modelled: contention for a worker's
+//! network link between concurrent transfers, and failures.
 
 pub mod workloads;
 
@@ -36,9 +38,16 @@ pub struct Cloud {
     pub storage: Link,
     /// Longest a thunk waits for a busy node it prefers.
     pub delay: Duration,
-    /// Seeds cold starts and the planner's tie-breaks.
+    /// Seeds cold starts, slow workers and the planner's tie-breaks.
     pub seed: u64,
+    /// The share of workers that run everything 5x slower (stragglers).
+    pub slow_workers: f64,
+    /// Copy a task running this many times its job's average duration (0: never).
+    pub speculate_after: f64,
 }
+
+/// How much slower a slow worker is.
+const SLOWDOWN: f64 = 5.0;
 
 /// A policy as the simulator runs it: a placement rule and a data path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +99,8 @@ pub struct Outcome {
     pub tasks: u64,
     /// Longest a thunk was held for a busy node, in seconds.
     pub longest_hold: f64,
+    /// Copies started for stragglers.
+    pub speculated: u64,
     /// Wall-clock seconds the simulation itself took.
     pub sim_seconds: f64,
     /// Mean wall-clock microseconds per planner call that placed work.
@@ -119,6 +130,7 @@ struct Sim<'a> {
     seq: u64,
     now: u64,
     tick_at: Option<u64>,
+    cancelled: std::collections::HashSet<u64>,
     out: Outcome,
     planner_time: Duration,
 }
@@ -132,7 +144,13 @@ fn micros(secs: f64) -> u64 {
 impl<'a> Sim<'a> {
     fn new(job: &'a SimJob, cloud: &'a Cloud, variant: Variant) -> Sim<'a> {
         let estimates = Estimates { peer: cloud.peer, storage: cloud.storage, duration: 1.0 };
-        let config = PlannerConfig { policy: variant.policy, seed: cloud.seed, delay: cloud.delay, estimates };
+        let config = PlannerConfig {
+            policy: variant.policy,
+            seed: cloud.seed,
+            delay: cloud.delay,
+            estimates,
+            speculate_after: cloud.speculate_after,
+        };
         let costs = job.thunks.iter().map(|(_, t, c)| (t.id(), c)).collect();
         Sim {
             job,
@@ -144,6 +162,7 @@ impl<'a> Sim<'a> {
             seq: 0,
             now: 0,
             tick_at: None,
+            cancelled: std::collections::HashSet::new(),
             out: Outcome::default(),
             planner_time: Duration::ZERO,
         }
@@ -177,6 +196,7 @@ impl<'a> Sim<'a> {
                 return Ok(self.out);
             }
             self.out.longest_hold = self.out.longest_hold.max(self.planner.longest_hold().as_secs_f64());
+            self.out.speculated = self.planner.speculated();
         }
         bail!("the simulation ran out of events before the job finished (planner stalled)")
     }
@@ -194,6 +214,9 @@ impl<'a> Sim<'a> {
                         (name.clone(), OutputValue::Blob(Id::blob(*hash.as_bytes(), size)))
                     })
                     .collect();
+                if self.cancelled.remove(&task) {
+                    return;
+                }
                 self.out.busy_seconds += busy_micros as f64 / 1e6;
                 self.planner.task_done(node, task, &outputs, TransferStats::default());
             }
@@ -217,6 +240,9 @@ impl<'a> Sim<'a> {
                 Decision::JobDone { .. } => return Ok(true),
                 Decision::JobFailed { error, .. } => bail!("the job failed: {}", error.message),
                 Decision::Drained { .. } => {}
+                Decision::Cancel { task, .. } => {
+                    self.cancelled.insert(task);
+                }
             }
         }
         if let Some(at) = self.planner.next_deadline().map(|d| d.as_micros() as u64)
@@ -257,7 +283,9 @@ impl<'a> Sim<'a> {
         };
         self.out.peer_bytes += peer_bytes;
         self.out.storage_bytes += storage_bytes;
-        let busy = micros(fetch + cost.seconds + store);
+        let slow = (mix(self.cloud.seed ^ 0x51_0E, a.node) as f64 / u64::MAX as f64) < self.cloud.slow_workers;
+        let seconds = if slow { cost.seconds * SLOWDOWN } else { cost.seconds };
+        let busy = micros(fetch + seconds + store);
         let event = Event::TaskDone { node: a.node, task: a.task, thunk: a.thunk, busy_micros: busy };
         self.at(self.now + busy, event);
     }
