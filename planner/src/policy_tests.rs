@@ -245,21 +245,29 @@ mod invariants {
     }
 }
 
+/// A job of a long thunk and a quick one on two nodes; the quick one is done at 100 ms (so the
+/// job has an average), the long one runs on.
 fn one_long_thunk() -> (Planner, crate::Assign) {
     let mut p = planner(Policy::Locality, 1.0);
     p.node_joined(1, 1, &[]);
     p.node_joined(2, 1, &[]);
-    let a = thunk("a", &[]);
-    p.submit(7, &submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("job");
-    let first = assigns(&drain(&mut p));
-    assert_eq!(first.len(), 1);
-    (p, first[0].clone())
+    let (a, q) = (thunk("a", &[]), thunk("q", &[]));
+    let sub = submission(&[("a", &a), ("q", &q)], vec![out(&a), out(&q)], vec![crate::tests::program()]);
+    p.submit(7, &sub).expect("job");
+    let started = assigns(&drain(&mut p));
+    assert_eq!(started.len(), 2);
+    let long = started.iter().find(|s| s.thunk == a.id()).expect("a runs").clone();
+    let quick = started.iter().find(|s| s.thunk == q.id()).expect("q runs");
+    p.advance(at(100));
+    p.task_done(quick.node, quick.task, &crate::tests::blob_output(b"q"), TransferStats::default());
+    drain(&mut p);
+    (p, long)
 }
 
 #[test]
 fn a_straggler_gets_a_copy_elsewhere_and_the_first_result_wins() {
     let (mut p, original) = one_long_thunk();
-    assert_eq!(p.next_deadline(), Some(at(3000)), "3x the expected 1 s, while a slot is free");
+    assert_eq!(p.next_deadline(), Some(at(3000)), "3x the 1 s expected at its start, while a slot is free");
     p.advance(at(2999));
     assert!(assigns(&drain(&mut p)).is_empty(), "not a straggler yet");
     p.advance(at(3000));
@@ -292,4 +300,18 @@ fn a_copy_that_fails_outside_the_thunk_leaves_the_original_running() {
     p.task_done(original.node, original.task, &crate::tests::blob_output(b"a"), TransferStats::default());
     let ds = drain(&mut p);
     assert!(ds.iter().any(|d| matches!(d, crate::Decision::Upload { .. })), "the job goes on: {ds:?}");
+}
+
+#[test]
+fn nothing_is_copied_before_a_task_of_the_job_has_finished() {
+    let mut p = planner(Policy::Locality, 1.0);
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(7, &submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("job");
+    assert_eq!(assigns(&drain(&mut p)).len(), 1);
+    for s in 1..=10 {
+        p.advance(at(s * 1000));
+        assert!(assigns(&drain(&mut p)).is_empty(), "no average to call it a straggler at {s} s");
+    }
 }

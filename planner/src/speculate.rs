@@ -1,5 +1,6 @@
 //! Stragglers. A task still running after `PlannerConfig::speculate_after` times its job's
-//! average task duration (and at least [`MIN_STRAGGLER`]) gets a second copy on another node,
+//! average task duration (and at least [`MIN_STRAGGLER`]; never before one task of the job has
+//! finished, so there is an average) gets a second copy on another node,
 //! if a node has a slot free once ready thunks are placed. The first copy to finish wins; the
 //! other is cancelled ([`Decision::Cancel`]) and its slot is free at once. A copy that fails for a
 //! reason outside the thunk is dropped while its twin runs on; a fault of the thunk fails the job
@@ -49,8 +50,10 @@ impl Planner {
             if self.twins.contains_key(&task) {
                 continue;
             }
-            // The job's average may have grown since the check was scheduled.
-            let due = info.started + self.straggler_after(info.job);
+            // Until a task of the job has finished there is nothing to compare with; and the
+            // average may have grown since the check was scheduled.
+            let known = self.jobs.get(&info.job).is_some_and(|j| j.durations.get().is_some());
+            let due = if known { info.started + self.straggler_after(info.job) } else { self.now + MIN_STRAGGLER };
             if due > self.now {
                 self.straggler_checks.push(Reverse((due, task)));
                 continue;

@@ -114,7 +114,8 @@ outputs = ["out"]
 fn a_straggling_thunk_is_copied_to_another_node_and_the_slow_copy_is_killed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("first-attempt");
-    // The first attempt (whichever node runs it) hangs; any later attempt finishes at once.
+    // The first attempt (whichever node runs it) hangs; any later attempt finishes at once. The
+    // quick thunk gives the job an average duration to compare with.
     let script = format!("if mkdir {} 2>/dev/null; then sleep 29.77; fi; echo done > out", marker.display());
     let text = format!(
         r#"[[thunk]]
@@ -123,8 +124,15 @@ program = {{ host = "/bin/sh" }}
 args = ["-c", "{script}"]
 outputs = ["out"]
 
+[[thunk]]
+name = "quick"
+program = {{ host = "/bin/sh" }}
+args = ["-c", "echo quick > out"]
+outputs = ["out"]
+
 [targets]
 "result.txt" = "slow-once#out"
+"quick.txt" = "quick#out"
 "#
     );
     let job = write(dir.path(), &[("job.toml", &text)]);

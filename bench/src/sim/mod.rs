@@ -245,10 +245,11 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        if let Some(at) = self.planner.next_deadline().map(|d| d.as_micros() as u64)
+        if let Some(at) = self.planner.next_deadline().map(|d| d.as_nanos().div_ceil(1000) as u64)
             && self.tick_at.is_none_or(|t| at < t)
         {
             self.tick_at = Some(at);
+            // Rounded up to the clock's microsecond, so the planner sees the deadline passed.
             self.at(at.max(self.now), Event::Tick);
         }
         Ok(false)
