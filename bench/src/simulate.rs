@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use thunkmesh_planner::Link;
 
-use crate::sim::workloads::Shape;
+use crate::sim::workloads::{Shape, SimJob, from_job_file};
 use crate::sim::{Cloud, Outcome, Variant};
 
 /// Options of `simulate`.
@@ -29,6 +29,16 @@ pub struct SimArgs {
     /// Thunks in the compile workload.
     #[arg(long, default_value_t = 100_000)]
     compile_thunks: usize,
+    /// Also simulate this job file (its thunks' run times and output sizes are drawn around
+    /// --job-seconds and --job-output-bytes).
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Mean run time of a job file's thunks, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    job_seconds: f64,
+    /// Mean size of a job file's outputs, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    job_output_bytes: u64,
     /// Mappers in the shuffle workload (reducers: a tenth of that).
     #[arg(long, default_value_t = 2000)]
     mappers: usize,
@@ -94,6 +104,16 @@ pub fn main(args: &SimArgs) -> Result<()> {
     };
     let variants = variants(&args.policies)?;
     let shapes = if args.workloads.is_empty() { Shape::ALL.to_vec() } else { args.workloads.clone() };
+    let mut jobs: Vec<(String, SimJob)> = Vec::new();
+    for shape in shapes {
+        let size = if shape == Shape::Shuffle { args.mappers } else { args.compile_thunks };
+        jobs.push((shape.name().to_owned(), shape.build(size, args.seed)));
+    }
+    if let Some(path) = &args.job {
+        let job = from_job_file(path, args.job_seconds, args.job_output_bytes, args.seed)
+            .with_context(|| format!("cannot use {} as a workload", path.display()))?;
+        jobs.push(("job".to_owned(), job));
+    }
     let mut rows = Vec::new();
     println!(
         "{:<8} {:<12} {:>7} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>8} {:>9} {:>7} {:>6} {:>8}",
@@ -112,15 +132,13 @@ pub fn main(args: &SimArgs) -> Result<()> {
         "copies",
         "us/task"
     );
-    for shape in shapes {
-        let size = if shape == Shape::Shuffle { args.mappers } else { args.compile_thunks };
-        let job = shape.build(size, args.seed);
+    for (name, job) in &jobs {
         for &variant in &variants {
-            let outcome = crate::sim::run(&job, &cloud, variant)
-                .with_context(|| format!("simulating {} under {}", shape.name(), variant.name()))?;
-            print_row(shape, variant, job.thunks.len(), cloud.workers, &outcome);
+            let outcome = crate::sim::run(job, &cloud, variant)
+                .with_context(|| format!("simulating {name} under {}", variant.name()))?;
+            print_row(name, variant, job.thunks.len(), cloud.workers, &outcome);
             rows.push(serde_json::json!({
-                "workload": shape.name(),
+                "workload": name,
                 "policy": variant.name(),
                 "thunks": job.thunks.len(),
                 "workers": cloud.workers,
@@ -137,11 +155,11 @@ pub fn main(args: &SimArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_row(shape: Shape, variant: Variant, thunks: usize, workers: u64, o: &Outcome) {
+fn print_row(name: &str, variant: Variant, thunks: usize, workers: u64, o: &Outcome) {
     const GIB: f64 = (1u64 << 30) as f64;
     println!(
         "{:<8} {:<12} {:>7} {:>7} {:>10.1} {:>10.2} {:>12.2} {:>9} {:>9} {:>8.1} {:>9.1} {:>7.2} {:>6} {:>8.1}",
-        shape.name(),
+        name,
         variant.name(),
         thunks,
         workers,

@@ -307,3 +307,46 @@ pub fn submission(job: &SimJob, mode: Mode) -> Submission {
         memo: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use workloads::Shape;
+
+    fn cloud() -> Cloud {
+        Cloud {
+            workers: 20,
+            slots: 2,
+            cold_start: (0.1, 0.4),
+            peer: Link { latency: 0.0005, bandwidth: 80e6 },
+            storage: Link { latency: 0.15, bandwidth: 55e6 },
+            delay: Duration::from_millis(500),
+            seed: 3,
+            slow_workers: 0.1,
+            speculate_after: 3.0,
+        }
+    }
+
+    #[test]
+    fn every_variant_finishes_a_chain_and_only_storage_mode_stores_intermediates() {
+        let job = Shape::Chain.build(0, 3);
+        let runs: Vec<Outcome> = Variant::ALL.iter().map(|&v| run(&job, &cloud(), v).expect("finishes")).collect();
+        for (variant, o) in Variant::ALL.iter().zip(&runs) {
+            assert_eq!(o.memo_records, 1000, "{}", variant.name());
+            assert!(o.makespan >= 1000.0 * 0.025, "{}: at least the chain's run time", variant.name());
+        }
+        assert_eq!(runs[0].peer_bytes, 0, "locality keeps a chain on one node");
+        assert_eq!(runs[0].storage_requests, 2, "the seed in, the target out");
+        assert!(runs[3].storage_requests >= 2 * 1000, "storage mode: a GET and a PUT per step");
+        assert!(runs[3].makespan > 5.0 * runs[0].makespan, "150 ms per request, twice per 50 ms step");
+    }
+
+    #[test]
+    fn a_job_file_is_a_workload() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cc/job.toml");
+        let job = workloads::from_job_file(&path, 0.5, 4096, 1).expect("the example loads");
+        assert!(job.thunks.len() >= 3 && !job.targets.is_empty());
+        let o = run(&job, &cloud(), Variant::ALL[0]).expect("finishes");
+        assert_eq!(o.memo_records, job.thunks.len() as u64);
+    }
+}

@@ -197,3 +197,19 @@ pub fn mix(seed: u64, n: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+/// A job file as a workload: its thunks, values and targets as the client would submit them,
+/// with each thunk's run time drawn around `seconds` and each output's size around `bytes`
+/// (x0.5 to x1.5), since a job file says neither.
+pub fn from_job_file(path: &std::path::Path, seconds: f64, bytes: u64, seed: u64) -> anyhow::Result<SimJob> {
+    let loaded = thunkmesh_client::load::load_job(path)?;
+    let mut b = Builder { job: SimJob::default(), seed, n: 0 };
+    b.job.values = loaded.values.keys().copied().collect();
+    b.job.targets = loaded.job.targets.values().cloned().collect();
+    for named in loaded.job.thunks {
+        let run = b.jitter(seconds);
+        let outputs = named.thunk.outputs.iter().map(|o| (o.clone(), b.jitter(bytes as f64) as u64)).collect();
+        b.job.thunks.push((named.name, named.thunk, Cost { seconds: run, outputs }));
+    }
+    Ok(b.job)
+}
