@@ -65,14 +65,14 @@ pub struct SimArgs {
 /// Lambda to Lambda: about 650 Mbit/s and under 1 ms round trip (Boxer, CIDR '21).
 const PEER: Link = Link { latency: 0.0005, bandwidth: 650e6 / 8.0 };
 
+/// The storage link of a benchmark latency profile (`store/src/latency.rs`); `none` has no
+/// bandwidth limit, which a model of a cloud store cannot use.
 fn storage(profile: &str) -> Result<Link> {
-    // First-byte latency as AWS documents it, per-request bandwidth as AnyBlob measured it
-    // (the same figures as the benchmark's latency profiles, store/src/latency.rs).
-    let bandwidth = 55.0 * 1024.0 * 1024.0;
-    match profile {
-        "s3-standard" => Ok(Link { latency: 0.150, bandwidth }),
-        "s3-express" => Ok(Link { latency: 0.005, bandwidth }),
-        other => anyhow::bail!("no storage profile `{other}` (use s3-standard or s3-express)"),
+    match thunkmesh_store::Latency::profile(profile) {
+        Some(l) if l.bytes_per_sec > 0.0 => {
+            Ok(Link { latency: l.first_byte.as_secs_f64(), bandwidth: l.bytes_per_sec })
+        }
+        _ => anyhow::bail!("no storage profile `{profile}` (use s3-standard or s3-express)"),
     }
 }
 
