@@ -157,8 +157,9 @@ impl Average {
     }
 }
 
-/// A position in a stream of well-mixed numbers (SplitMix64): the seeded source of tie-breaks.
-pub(crate) fn mix(seed: u64, n: u64) -> u64 {
+/// A position in a stream of well-mixed numbers (SplitMix64): the seeded source of tie-breaks,
+/// and of the simulator's draws.
+pub fn mix(seed: u64, n: u64) -> u64 {
     let mut z = seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -21,7 +21,7 @@ use thunkmesh_planner::{Decision, Estimates, Link, Place, Planner, PlannerConfig
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::{Mode, OutputValue, Submission, SubmittedThunk, TransferStats};
 
-use workloads::{Cost, SimJob, mix};
+use workloads::{Cost, SimJob, unit};
 
 /// The modelled cloud.
 #[derive(Debug, Clone, Copy)]
@@ -177,7 +177,7 @@ impl<'a> Sim<'a> {
         let started = Instant::now();
         for w in 0..self.cloud.workers {
             let (lo, hi) = self.cloud.cold_start;
-            let r = mix(self.cloud.seed ^ 0xC01D, w) as f64 / u64::MAX as f64;
+            let r = unit(self.cloud.seed ^ 0xC01D, w);
             self.at(micros(lo + (hi - lo) * r), Event::WorkerUp(w));
         }
         self.planner.submit(JOB, &submission(self.job, self.mode))?;
@@ -284,7 +284,7 @@ impl<'a> Sim<'a> {
         };
         self.out.peer_bytes += peer_bytes;
         self.out.storage_bytes += storage_bytes;
-        let slow = (mix(self.cloud.seed ^ 0x51_0E, a.node) as f64 / u64::MAX as f64) < self.cloud.slow_workers;
+        let slow = unit(self.cloud.seed ^ 0x51_0E, a.node) < self.cloud.slow_workers;
         let seconds = if slow { cost.seconds * SLOWDOWN } else { cost.seconds };
         let busy = micros(fetch + seconds + store);
         let event = Event::TaskDone { node: a.node, task: a.task, thunk: a.thunk, busy_micros: busy };

@@ -82,8 +82,7 @@ impl Builder {
     /// A duration around `mean` (x0.5 to x1.5), drawn from the seed.
     fn jitter(&mut self, mean: f64) -> f64 {
         self.n += 1;
-        let r = mix(self.seed, self.n) as f64 / u64::MAX as f64;
-        mean * (0.5 + r)
+        mean * (0.5 + unit(self.seed, self.n))
     }
 
     fn value(&mut self, name: &str, size: u64) -> Ref {
@@ -190,12 +189,10 @@ impl Builder {
     }
 }
 
-/// SplitMix64: the `n`th well-mixed number from `seed`.
-pub fn mix(seed: u64, n: u64) -> u64 {
-    let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// A number in [0, 1] drawn from `seed`: SplitMix64's state `n`, from the planner's stream
+/// (whose `mix(seed, m)` is state `m + 1`).
+pub fn unit(seed: u64, n: u64) -> f64 {
+    thunkmesh_planner::place::mix(seed, n.wrapping_sub(1)) as f64 / u64::MAX as f64
 }
 
 /// A job file as a workload: its thunks, values and targets as the client would submit them,
