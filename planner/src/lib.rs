@@ -774,6 +774,10 @@ impl Planner {
 
     fn choose(&self, job_id: JobId, thunk: Id, resolved: &[Id], may_wait: bool) -> Choice {
         let Some(job) = self.jobs.get(&job_id) else { return Choice::Later };
+        if self.config.policy == Policy::LeastLoaded {
+            // Data is ignored: nothing to price.
+            return self.any_least_loaded().map_or(Choice::Later, Choice::Run);
+        }
         let inputs: Vec<Input<'_>> = resolved
             .iter()
             .map(|&blob| Input {
@@ -786,7 +790,8 @@ impl Planner {
         let transfers = Transfers::new(&inputs, job.mode, self.estimates);
         let first_free = || self.free.first().map_or(Choice::Later, |&(_, _, n)| Choice::Run(n));
         match self.config.policy {
-            Policy::LeastLoaded => self.any_least_loaded().map_or(Choice::Later, Choice::Run),
+            // LeastLoaded returned above.
+            Policy::Locality | Policy::LeastLoaded => self.locality(job, thunk, &transfers, may_wait),
             Policy::MostBytes => {
                 let most = transfers.holders().filter(|n| self.nodes.get(n).is_some_and(|s| !s.draining));
                 let best = most.max_by_key(|&n| (transfers.local_bytes(n), Reverse(self.order(n))));
@@ -796,7 +801,6 @@ impl Planner {
                     _ => first_free(),
                 }
             }
-            Policy::Locality => self.locality(job, thunk, &transfers, may_wait),
         }
     }
 
