@@ -23,6 +23,11 @@ use crate::summary::Summary;
 /// Storage requests in flight at once while consulting the memo cache or uploading.
 const PARALLEL_REQUESTS: usize = 64;
 
+/// Memo lookups that justify one LIST request. A LIST costs what 12.5 GETs cost on S3 and one
+/// round trip (pages come one after another), while GETs go [`PARALLEL_REQUESTS`] at a time: a
+/// page that replaces 32 GETs is cheaper and no slower.
+const LOOKUPS_PER_PAGE: u64 = 32;
+
 /// Why a run did not complete.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -171,12 +176,27 @@ async fn scan_memo(job: &LoadedJob, store: &Store) -> Result<MemoScan, StoreErro
 
 type Lookup = (Id, Result<Option<Vec<(String, Id)>>, StoreError>);
 
+/// Looks thunks up in the memo cache. Many at once are first matched against a listing of the
+/// cache (one request per 1,000 entries, allowed one page per [`LOOKUPS_PER_PAGE`] thunks), so
+/// only the entries that exist are read; a cache too large for that is asked per thunk.
 async fn lookup(store: &Store, thunks: impl Iterator<Item = Id>) -> Vec<Lookup> {
-    futures::stream::iter(thunks)
+    let thunks: Vec<Id> = thunks.collect();
+    let listed = match store.memoized(thunks.len() as u64 / LOOKUPS_PER_PAGE).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            warn!(error = %e, "cannot list the memo cache; asking for each thunk");
+            None
+        }
+    };
+    let (ask, absent): (Vec<Id>, Vec<Id>) =
+        thunks.into_iter().partition(|id| listed.as_ref().is_none_or(|l| l.contains(id)));
+    let mut found: Vec<Lookup> = futures::stream::iter(ask)
         .map(|id| async move { (id, store.get_reduction(id).await) })
         .buffer_unordered(PARALLEL_REQUESTS)
         .collect()
-        .await
+        .await;
+    found.extend(absent.into_iter().map(|id| (id, Ok(None))));
+    found
 }
 
 /// The thunks `roots` depend on, directly or not, roots included; records the blobs they read.

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use thunkmesh_protocol::Id;
-use tokio::io::AsyncReadExt;
 
 /// A failure of the cache's own files.
 #[derive(Debug, thiserror::Error)]
@@ -148,19 +147,35 @@ impl Cache {
 
 /// BLAKE3 and size of a file, read in chunks.
 pub async fn hash_file(path: &Path) -> std::io::Result<Id> {
-    let mut file = tokio::fs::File::open(path).await?;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || hash_file_blocking(&path)).await.map_err(std::io::Error::other)?
+}
+
+/// Like [`hash_file`], from a blocking context.
+pub fn hash_file_blocking(path: &Path) -> std::io::Result<Id> {
+    hash_reader(&[], std::fs::File::open(path)?)
+}
+
+/// BLAKE3 and size of `head` followed by everything `rest` reads.
+pub(crate) fn hash_reader(head: &[u8], rest: impl std::io::Read) -> std::io::Result<Id> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
+    hasher.update(head);
+    let mut counted = CountingReader { inner: rest, bytes: head.len() as u64 };
+    hasher.update_reader(&mut counted)?;
+    Ok(Id::blob(*hasher.finalize().as_bytes(), counted.bytes))
+}
+
+struct CountingReader<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
     }
-    Ok(Id::blob(*hasher.finalize().as_bytes(), size))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use thunkmesh_protocol::job::{JobSpec, SpecKind, is_tail};
+use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
 use thunkmesh_protocol::wire::{
     Assignment, ErrorCode, Mode, OutputValue, Source, Stored, SubmittedThunk, TaskDone, TaskFailed, ToRendezvous,
     TransferStats, UploadRequest, WireError,
@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::cache::{Cache, hash_file};
+use crate::cache::{Cache, hash_file_blocking, hash_reader};
 use crate::peer::Peers;
 use crate::sandbox::{Sandbox, Sandboxes};
 
@@ -42,7 +42,7 @@ pub(crate) struct Ctx {
     pub(crate) peers: Peers,
     sandboxes: Arc<Sandboxes>,
     stores: Mutex<HashMap<String, Store>>,
-    host_pins: Mutex<HashMap<PathBuf, (u64, SystemTime, Id)>>,
+    host_pins: Arc<HostPins>,
     /// Sandboxes being removed: off the path between a program's exit and its report.
     cleanups: std::sync::Mutex<JoinSet<()>>,
 }
@@ -71,7 +71,7 @@ impl Ctx {
             peers,
             sandboxes,
             stores: Mutex::default(),
-            host_pins: Mutex::default(),
+            host_pins: Arc::default(),
             cleanups: Default::default(),
         }
     }
@@ -94,18 +94,34 @@ impl Ctx {
         Ok(store)
     }
 
-    /// The id of a host program's bytes, rehashed only when its size or mtime changed.
+    /// The id of a host program's bytes (see [`HostPins::pin`]).
     async fn host_pin(&self, path: &Path) -> std::io::Result<Id> {
-        let meta = tokio::fs::metadata(path).await?;
+        let (pins, path) = (self.host_pins.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || pins.pin(&path)).await.map_err(std::io::Error::other)?
+    }
+}
+
+/// The ids of host programs' bytes, by path.
+#[derive(Debug, Default)]
+struct HostPins(std::sync::Mutex<HashMap<PathBuf, (u64, SystemTime, Id)>>);
+
+impl HostPins {
+    /// The id of a host program's bytes, rehashed only when its size or mtime changed (blocking).
+    fn pin(&self, path: &Path) -> std::io::Result<Id> {
+        let meta = std::fs::metadata(path)?;
         let key = (meta.len(), meta.modified()?);
-        if let Some(&(len, mtime, id)) = self.host_pins.lock().await.get(path)
+        if let Some(&(len, mtime, id)) = self.lock().get(path)
             && (len, mtime) == key
         {
             return Ok(id);
         }
-        let id = hash_file(path).await?;
-        self.host_pins.lock().await.insert(path.to_owned(), (key.0, key.1, id));
+        let id = hash_file_blocking(path)?;
+        self.lock().insert(path.to_owned(), (key.0, key.1, id));
         Ok(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (u64, SystemTime, Id)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -131,9 +147,7 @@ async fn run(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<Vec
     }
     fetch_inputs(ctx, a, stats).await?;
     let sandbox = ctx.sandboxes.take().map_err(|e| Fail::node(format!("cannot make a sandbox: {e}")))?;
-    let lease = Lease { ctx, sandbox: Some(sandbox) };
-    let outputs = run_in(ctx, a, lease.sandbox(), stats).await?;
-    drop(lease);
+    let outputs = run_in(ctx, a, Lease { ctx, sandbox: Some(sandbox) }, stats).await?;
     if a.mode == Mode::Storage {
         store_outputs(ctx, a, &outputs, stats).await?;
     }
@@ -150,6 +164,13 @@ struct Lease<'a> {
 impl Lease<'_> {
     fn sandbox(&self) -> &Sandbox {
         self.sandbox.as_ref().expect("a lease holds its sandbox until dropped")
+    }
+
+    /// Ends the lease on a sandbox that was already emptied.
+    fn end_emptied(mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            self.ctx.sandboxes.reuse(sandbox);
+        }
     }
 }
 
@@ -274,15 +295,20 @@ async fn fetch_from_storage(ctx: &Ctx, blob: Id, url: &str, moved: &mut Transfer
 async fn run_in(
     ctx: &Ctx,
     a: &Assignment,
-    sandbox: &Sandbox,
+    lease: Lease<'_>,
     stats: &mut TransferStats,
 ) -> Result<Vec<(String, OutputValue)>, Fail> {
-    let root = sandbox.root();
-    let (program, linked) = place_inputs(ctx, a, sandbox).await?;
+    let root = lease.sandbox().root();
+    let (program, linked) = place_inputs(ctx, a, lease.sandbox()).await?;
     let started = Instant::now();
     let ran = execute(a, &program, &root).await;
     stats.program_micros += micros_since(started);
-    check_inputs(ctx, linked).await?;
+    let succeeded = matches!(&ran, Ok((status, _)) if status.success());
+    let wanted = if succeeded { a.thunk.outputs.clone() } else { Vec::new() };
+    let finished = finish(ctx, linked, &root, wanted, lease.sandbox()).await?;
+    if finished.emptied {
+        lease.end_emptied();
+    }
     let (status, output) = ran?;
     if !status.success() {
         let message = match status.code() {
@@ -291,9 +317,17 @@ async fn run_in(
         };
         return Err(Fail { error: output.error(ErrorCode::ExitStatus, message), unavailable: vec![] });
     }
-    let mut outputs = Vec::with_capacity(a.thunk.outputs.len());
-    for name in &a.thunk.outputs {
-        outputs.push((name.clone(), collect_output(ctx, a, &root, name).await?));
+    let mut outputs = Vec::with_capacity(finished.outputs.len());
+    for (name, found) in finished.outputs {
+        let missing = |why: &str| Fail::new(ErrorCode::MissingOutput, format!("output `{name}` {why}"));
+        let value = match found {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing("was not created")),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return Err(missing("is not a regular file")),
+            Err(e) => return Err(Fail::node(e)),
+            Ok(Inspected::Blob(blob)) => OutputValue::Blob(blob),
+            Ok(Inspected::Tail(len)) => read_tail_output(ctx, a, &root, &name, len).await?,
+        };
+        outputs.push((name, value));
     }
     Ok(outputs)
 }
@@ -306,82 +340,108 @@ struct Linked {
     mtime: SystemTime,
 }
 
-/// Lays out the sandbox (the shipped program, the inputs) in one blocking call; returns the path
-/// of the program to run and the inputs that were linked rather than copied.
+/// Lays out the sandbox (the shipped program, the inputs) in one blocking call, which also checks
+/// a host program against its pin; returns the path of the program to run and the inputs that
+/// were linked rather than copied.
 async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(PathBuf, Vec<Linked>), Fail> {
     let root = sandbox.root();
     let mut resolved = a.resolved.iter().copied();
     let mut places = Vec::with_capacity(a.thunk.inputs.len() + 1);
-    let program = match &a.thunk.program {
+    let (program, host) = match &a.thunk.program {
         Program::Ref(_) => {
             let blob = resolved.next().ok_or_else(|| Fail::node("no blob for the program"))?;
             places.push((blob, "the program".to_owned(), sandbox.program()));
-            sandbox.program()
+            (sandbox.program(), None)
         }
-        Program::Host { path, pin } => {
-            let actual =
-                ctx.host_pin(Path::new(path)).await.map_err(|e| Fail::node(format!("host program {path}: {e}")))?;
-            if actual != *pin {
-                return Err(Fail::node(format!("host program {path} on this node is {actual}, the job pinned {pin}")));
-            }
-            PathBuf::from(path)
-        }
+        Program::Host { path, pin } => (PathBuf::from(path), Some((PathBuf::from(path), *pin))),
     };
     for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
         places.push((blob, format!("input `{path}`"), root.join(path)));
     }
-    let cache = ctx.cache.clone();
-    let layout = move || -> std::io::Result<Vec<Linked>> {
-        let mut linked = Vec::with_capacity(places.len());
-        for (blob, label, to) in places {
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let from = cache.path(blob);
-            let failed = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{label}: {e}"));
-            if std::fs::hard_link(&from, &to).is_ok() {
-                let meta = std::fs::metadata(&to).map_err(failed)?;
-                let (inode, mtime) = (meta.ino(), meta.modified().map_err(failed)?);
-                linked.push(Linked { blob, path: label, inode, mtime });
-            } else {
-                // Another file system, or too many links: a private, writable copy.
-                std::fs::copy(&from, &to).map_err(failed)?;
-                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).map_err(failed)?;
+    let (cache, pins) = (ctx.cache.clone(), ctx.host_pins.clone());
+    let layout = move || -> Result<Vec<Linked>, Fail> {
+        if let Some((path, pin)) = host {
+            let shown = path.display();
+            let actual = pins.pin(&path).map_err(|e| Fail::node(format!("host program {shown}: {e}")))?;
+            if actual != pin {
+                return Err(Fail::node(format!("host program {shown} on this node is {actual}, the job pinned {pin}")));
             }
         }
-        Ok(linked)
+        link_inputs(&cache, places).map_err(Fail::node)
     };
-    let linked = tokio::task::spawn_blocking(layout).await.map_err(Fail::node)?.map_err(Fail::node)?;
+    let linked = tokio::task::spawn_blocking(layout).await.map_err(Fail::node)??;
     Ok((program, linked))
 }
 
-/// Fails the task, and drops the object from the cache, if the program wrote to an input that
-/// was linked from the cache (inputs are read-only; only root can write them anyway).
-async fn check_inputs(ctx: &Ctx, linked: Vec<Linked>) -> Result<(), Fail> {
-    if linked.is_empty() {
-        return Ok(());
-    }
-    let cache = ctx.cache.clone();
-    let check = move || {
-        // Only the linked file itself counts: if the cache entry was replaced meanwhile (a
-        // concurrent fetch of the same object), the program did not write it.
-        let changed = |l: &Linked| {
-            let meta = std::fs::metadata(cache.path(l.blob));
-            meta.is_ok_and(|m| m.ino() == l.inode && (m.len() != l.blob.size || m.modified().ok() != Some(l.mtime)))
-        };
-        let written: Vec<&Linked> = linked.iter().filter(|l| changed(l)).collect();
-        for l in &written {
-            cache.forget(l.blob);
+/// Hard-links (or, where that fails, copies) cached objects into a sandbox (blocking).
+fn link_inputs(cache: &Cache, places: Vec<(Id, String, PathBuf)>) -> std::io::Result<Vec<Linked>> {
+    let mut linked = Vec::with_capacity(places.len());
+    for (blob, label, to) in places {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
         }
-        written.first().map(|l| l.path.clone())
-    };
-    match tokio::task::spawn_blocking(check).await.map_err(Fail::node)? {
-        None => Ok(()),
-        Some(path) => Err(Fail::new(
-            ErrorCode::ModifiedInput,
-            format!("the program wrote to {path}; inputs are shared and read-only, write a new file instead"),
-        )),
+        let from = cache.path(blob);
+        let failed = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{label}: {e}"));
+        if std::fs::hard_link(&from, &to).is_ok() {
+            let meta = std::fs::metadata(&to).map_err(failed)?;
+            let (inode, mtime) = (meta.ino(), meta.modified().map_err(failed)?);
+            linked.push(Linked { blob, path: label, inode, mtime });
+        } else {
+            // Another file system, or too many links: a private, writable copy.
+            std::fs::copy(&from, &to).map_err(failed)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).map_err(failed)?;
+        }
     }
+    Ok(linked)
+}
+
+/// What the sandbox held after the program: each wanted output, and whether the sandbox was
+/// emptied already (it is, unless an output is a tail whose files are still to be read).
+struct Finished {
+    outputs: Vec<(String, std::io::Result<Inspected>)>,
+    emptied: bool,
+}
+
+/// After the program, in one blocking call: fails the task (and drops the object from the cache)
+/// if the program wrote to an input linked from the cache, then inspects the wanted outputs and
+/// empties the sandbox when nothing in it is needed any more.
+async fn finish(
+    ctx: &Ctx,
+    linked: Vec<Linked>,
+    root: &Path,
+    wanted: Vec<String>,
+    sandbox: &Sandbox,
+) -> Result<Finished, Fail> {
+    let (cache, root, emptier) = (ctx.cache.clone(), root.to_owned(), sandbox.emptier());
+    let work = move || {
+        if let Some(path) = written_input(&cache, &linked) {
+            return Err(Fail::new(
+                ErrorCode::ModifiedInput,
+                format!("the program wrote to {path}; inputs are shared and read-only, write a new file instead"),
+            ));
+        }
+        let outputs: Vec<_> =
+            wanted.into_iter().map(|name| (name.clone(), inspect_output(&cache, &root.join(name)))).collect();
+        let tail = outputs.iter().any(|(_, found)| matches!(found, Ok(Inspected::Tail(_))));
+        let emptied = !tail && emptier.empty().is_ok();
+        Ok(Finished { outputs, emptied })
+    };
+    tokio::task::spawn_blocking(work).await.map_err(Fail::node)?
+}
+
+/// The first input the program wrote to, if any; such objects leave the cache. Only the linked
+/// file itself counts: if the cache entry was replaced meanwhile (a concurrent fetch of the same
+/// object), the program did not write it.
+fn written_input(cache: &Cache, linked: &[Linked]) -> Option<String> {
+    let changed = |l: &Linked| {
+        let meta = std::fs::metadata(cache.path(l.blob));
+        meta.is_ok_and(|m| m.ino() == l.inode && (m.len() != l.blob.size || m.modified().ok() != Some(l.mtime)))
+    };
+    let written: Vec<&Linked> = linked.iter().filter(|l| changed(l)).collect();
+    for l in &written {
+        cache.forget(l.blob);
+    }
+    written.first().map(|l| l.path.clone())
 }
 
 /// Runs the program under the thunk's timeout; returns its status and the tail of its output.
@@ -499,21 +559,6 @@ fn kill_group(pid: u32) {
     }
 }
 
-async fn collect_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str) -> Result<OutputValue, Fail> {
-    let path = root.join(name);
-    let cache = ctx.cache.clone();
-    let file = path.clone();
-    let found = tokio::task::spawn_blocking(move || inspect_output(&cache, &file)).await.map_err(Fail::node)?;
-    let missing = |why: &str| Fail::new(ErrorCode::MissingOutput, format!("output `{name}` {why}"));
-    match found {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing("was not created")),
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(missing("is not a regular file")),
-        Err(e) => Err(Fail::node(e)),
-        Ok(Inspected::Blob(blob)) => Ok(OutputValue::Blob(blob)),
-        Ok(Inspected::Tail(len)) => read_tail_output(ctx, a, root, name, &path, len).await,
-    }
-}
-
 /// What an output file turned out to be.
 enum Inspected {
     /// Hashed and moved into the cache.
@@ -522,8 +567,8 @@ enum Inspected {
     Tail(u64),
 }
 
-/// Reads an output once: checks it is a regular file, recognises a tail by its first line, and
-/// otherwise hashes it and moves it into the cache.
+/// Reads an output once: checks it is a regular file, recognises a tail by its first bytes, and
+/// otherwise hashes it and moves it into the cache (blocking).
 fn inspect_output(cache: &Cache, path: &Path) -> std::io::Result<Inspected> {
     use std::io::Read;
     let meta = std::fs::symlink_metadata(path)?;
@@ -531,34 +576,25 @@ fn inspect_output(cache: &Cache, path: &Path) -> std::io::Result<Inspected> {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let mut head = [0u8; TAIL_MARKER.len()];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..])? {
+            0 => break,
+            n => filled += n,
         }
-        if size == 0 && is_tail(&buf[..n]) {
-            return Ok(Inspected::Tail(meta.len()));
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
     }
-    let id = Id::blob(*hasher.finalize().as_bytes(), size);
+    if is_tail(&head[..filled]) {
+        return Ok(Inspected::Tail(meta.len()));
+    }
+    let id = hash_reader(&head[..filled], file)?;
     cache.adopt_blocking(path, id).map_err(|e| e.source)?;
     Ok(Inspected::Blob(id))
 }
 
 /// Parses a tail output: its values are files in the sandbox, its host programs are pinned here.
-async fn read_tail_output(
-    ctx: &Ctx,
-    a: &Assignment,
-    root: &Path,
-    name: &str,
-    path: &Path,
-    len: u64,
-) -> Result<OutputValue, Fail> {
+async fn read_tail_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str, len: u64) -> Result<OutputValue, Fail> {
+    let path = &root.join(name);
     let label = format!("tail `{name}` of thunk `{}`", a.name);
     let bad = |why: String| Fail::new(ErrorCode::BadTail, why);
     if len > MAX_TAIL_BYTES {

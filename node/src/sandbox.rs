@@ -29,10 +29,27 @@ impl Sandbox {
         self.dir.join("program")
     }
 
-    /// Removes everything but an empty `root/`.
+    /// Something that empties this sandbox from a blocking call while the task keeps its lease.
+    pub(crate) fn emptier(&self) -> Emptier {
+        Emptier { dir: self.dir.clone() }
+    }
+
     fn empty(&self) -> std::io::Result<()> {
-        remove_all_in(&self.root())?;
-        match std::fs::remove_file(self.program()) {
+        self.emptier().empty()
+    }
+}
+
+/// Empties one sandbox's folder.
+#[derive(Debug)]
+pub(crate) struct Emptier {
+    dir: PathBuf,
+}
+
+impl Emptier {
+    /// Removes everything but an empty `root/`.
+    pub(crate) fn empty(&self) -> std::io::Result<()> {
+        remove_all_in(&self.dir.join("root"))?;
+        match std::fs::remove_file(self.dir.join("program")) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -75,6 +92,11 @@ impl Sandboxes {
                 }
             }
         }
+    }
+
+    /// Keeps a sandbox that was already emptied for the next task.
+    pub(crate) fn reuse(&self, sandbox: Sandbox) {
+        self.lock().push(sandbox);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Sandbox>> {

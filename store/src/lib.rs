@@ -5,7 +5,9 @@
 //! objects stream to and from files rather than sit whole in memory.
 //!
 //! Keys: `blobs/<blob id>` holds the bytes; `reductions/<thunk id>` holds a small text record,
-//! `thunkmesh-reduction v1` then one `<blob id> <output name>` line per output.
+//! `thunkmesh-reduction v1` then one `<blob id> <output name>` line per output. Many memo
+//! entries are found at once by listing `reductions/` (one request per 1,000 keys, counted with
+//! the GETs) rather than asking for each.
 //!
 //! URL parameters: `?endpoint=http://host:port` points `s3://` at an S3-compatible server (or
 //! set `AWS_ENDPOINT_URL`); `?latency=s3-standard|s3-express|none` adds the first-byte latency and
@@ -16,6 +18,7 @@ mod latency;
 
 pub use latency::Latency;
 
+use std::collections::HashSet;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +35,9 @@ const REDUCTION_HEADER: &str = "thunkmesh-reduction v1";
 
 /// Objects larger than this are uploaded in parts, streamed from their file.
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
+
+/// Keys one LIST request returns at most (S3's page size).
+const LIST_PAGE: u64 = 1000;
 
 /// Size of one part of a multipart upload.
 const PART_SIZE: usize = 8 << 20;
@@ -252,6 +258,37 @@ impl Store {
         parse_reduction(&bytes).map(Some).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })
     }
 
+    /// The thunks that have a memo entry, found by listing `reductions/`; `None`, after at most
+    /// `max_pages` requests, if there are more entries than that many pages hold (the caller then
+    /// asks per thunk). With `max_pages` 0 nothing is asked.
+    pub async fn memoized(&self, max_pages: u64) -> Result<Option<HashSet<Id>>, StoreError> {
+        if max_pages == 0 {
+            return Ok(None);
+        }
+        let prefix = Path::from("reductions");
+        let backend = |source| StoreError::Backend { key: format!("{prefix}/"), source };
+        let mut found = HashSet::new();
+        let mut listing = self.inner.list(Some(&prefix));
+        let mut keys = 0u64;
+        loop {
+            if keys.is_multiple_of(LIST_PAGE) {
+                // The next key, if any, comes in a new page: one more request.
+                if keys / LIST_PAGE == max_pages {
+                    return Ok(None);
+                }
+                self.counters.gets.fetch_add(1, Ordering::Relaxed);
+                self.latency.wait(0).await;
+            }
+            let meta = match listing.next().await {
+                None => return Ok(Some(found)),
+                Some(Err(object_store::Error::NotFound { .. })) => return Ok(Some(found)),
+                Some(meta) => meta.map_err(backend)?,
+            };
+            keys += 1;
+            found.extend(meta.location.filename().and_then(|name| name.parse::<Id>().ok()));
+        }
+    }
+
     /// Records a thunk's memo entry.
     pub async fn put_reduction(&self, thunk: Id, outputs: &[(String, Id)]) -> Result<(), StoreError> {
         let mut text = format!("{REDUCTION_HEADER}\n");
@@ -370,7 +407,24 @@ mod tests {
         store.put_reduction(thunk, &outputs).await.expect("put");
         assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(outputs));
         assert_eq!(parse_reduction(b"thunkmesh-reduction v1\nnot-an-id x\n"), Err(2));
+        assert_eq!(store.memoized(0).await.expect("list"), None, "no budget, no request");
+        assert_eq!(store.memoized(1).await.expect("list"), Some(HashSet::from([thunk])));
         assert_eq!(parse_reduction(b"something else\n"), Err(1));
+    }
+
+    #[tokio::test]
+    async fn listing_memo_entries_stops_at_its_page_budget() {
+        let store = Store::open("memory://").expect("open");
+        let thunks: HashSet<Id> =
+            (0..=LIST_PAGE).map(|i| Id::new(thunkmesh_protocol::Kind::Thunk, &i.to_le_bytes())).collect();
+        for &thunk in &thunks {
+            store.put_reduction(thunk, &[("out".into(), Id::of_blob(b""))]).await.expect("put");
+        }
+        let before = store.stats().storage_gets;
+        assert_eq!(store.memoized(1).await.expect("list"), None, "1,001 entries need two pages");
+        assert_eq!(store.stats().storage_gets - before, 1);
+        assert_eq!(store.memoized(2).await.expect("list"), Some(thunks));
+        assert_eq!(store.stats().storage_gets - before, 3);
     }
 
     #[tokio::test]
@@ -402,6 +456,7 @@ mod tests {
         let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, b"t");
         store.put_reduction(thunk, &[("out".into(), small_id)]).await.expect("put reduction");
         assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(vec![("out".to_owned(), small_id)]));
+        assert_eq!(store.memoized(1).await.expect("list"), Some(HashSet::from([thunk])));
         assert!(dir.path().join("s3/jobs/run-1/blobs").join(big_id.to_string()).exists(), "keys live under the prefix");
     }
 

@@ -110,3 +110,52 @@ fn a_second_run_on_s3_executes_nothing() {
     assert_eq!(again.num("thunks_executed"), 0);
     assert!(again.out("report.txt").starts_with(b"collatz"));
 }
+
+/// A job of `width` thunks that each write their number, and one that joins them with `sep`.
+fn wide_job(width: usize, sep: &str) -> String {
+    let mut text = String::new();
+    for i in 0..width {
+        text.push_str(&format!(
+            "[[thunk]]\nname = \"part-{i}\"\nprogram = {{ host = \"/bin/sh\" }}\n\
+             args = [\"-c\", \"echo {i} > out\"]\noutputs = [\"out\"]\n\n"
+        ));
+    }
+    let inputs: Vec<String> = (0..width).map(|i| format!("\"p/{i:03}\" = \"part-{i}#out\"")).collect();
+    text.push_str(&format!(
+        "[[thunk]]\nname = \"join\"\nprogram = {{ host = \"/bin/sh\" }}\n\
+         args = [\"-c\", \"cat p/* | tr '\\\\n' '{sep}' > all\"]\nenv = {{ PATH = \"/usr/bin:/bin\" }}\n\
+         inputs = {{ {} }}\noutputs = [\"all\"]\n\n[targets]\n\"all.txt\" = \"join#all\"\n",
+        inputs.join(", ")
+    ));
+    text
+}
+
+#[test]
+fn a_wide_job_finds_its_memo_entries_by_listing() {
+    const WIDTH: usize = 70;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&dir.path().join("s3"), &["jobs"]).expect("s3 server");
+    let run = |sep: &str| {
+        let job = crate::util::write(dir.path(), &[("wide.toml", &wide_job(WIDTH, sep))]);
+        let mut cmd = thunkmesh();
+        cmd.current_dir(dir.path())
+            .arg("run")
+            .arg(&job)
+            .args(["--workers", "2", "--summary-json", "summary.json", "--store", "s3://jobs/wide"])
+            .envs(server.env());
+        finish(dir.path(), cmd.output().expect("run"))
+    };
+    let first = run(",");
+    first.ok();
+    let expected: String = (0..WIDTH).map(|i| format!("{i},")).collect();
+    assert_eq!(first.out("all.txt"), expected.as_bytes());
+    // The target's entry is asked for; the 70 others are found absent by one listing, not 70 GETs.
+    assert!(first.num("storage_get_requests") <= 3, "{}", first.summary);
+
+    // A changed last step: its target misses, the 70 parts are found by listing and read.
+    let second = run(";");
+    second.ok();
+    assert_eq!(second.out("all.txt"), expected.replace(',', ";").as_bytes());
+    assert_eq!(second.num("thunks_executed"), 1, "{}", second.summary);
+    assert!(second.num("storage_get_requests") <= WIDTH as u64 + 3, "{}", second.summary);
+}
