@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// How intermediate outputs travel.
     #[arg(long, value_enum, default_value_t = ModeArg::P2p)]
     pub mode: ModeArg,
+    /// How the memo cache in the store is used.
+    #[arg(long, value_enum, default_value_t = MemoArg::On)]
+    pub memo: MemoArg,
     /// Local state: the default store and the local nodes' caches and logs.
     #[arg(long, default_value = ".thunkmesh")]
     pub state_dir: PathBuf,
@@ -124,6 +127,27 @@ pub enum ModeArg {
     P2p,
     /// gg's way: every output is written to storage and every input read from it.
     Storage,
+}
+
+/// `--memo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MemoArg {
+    /// Reuse recorded results and record new ones (one storage request per executed thunk).
+    On,
+    /// Reuse recorded results, record nothing (a read-only cache, for instance in CI).
+    Read,
+    /// Run every needed thunk; no memo request reaches storage.
+    Off,
+}
+
+impl From<MemoArg> for thunkmesh_client::Memo {
+    fn from(m: MemoArg) -> Self {
+        match m {
+            MemoArg::On => thunkmesh_client::Memo::On,
+            MemoArg::Read => thunkmesh_client::Memo::Read,
+            MemoArg::Off => thunkmesh_client::Memo::Off,
+        }
+    }
 }
 
 impl From<ModeArg> for thunkmesh_protocol::wire::Mode {

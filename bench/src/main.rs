@@ -62,9 +62,26 @@ struct Args {
     /// The thunkmesh binary [default: `thunkmesh` next to this program, i.e. target/release].
     #[arg(long)]
     thunkmesh: Option<PathBuf>,
+    /// Where storage lives: the S3-compatible server in this process, on the same cores as the
+    /// nodes, or a folder (`file://`), with no server competing for the CPU.
+    #[arg(long, value_enum, default_value_t = Backend::S3)]
+    backend: Backend,
+    /// How the jobs use the memo cache (`thunkmesh run --memo`): on records one entry per thunk.
+    #[arg(long, default_value = "on", value_parser = ["on", "read", "off"])]
+    memo: String,
     /// Where results, the chart and scratch files go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    /// s3s-fs over HTTP on loopback.
+    S3,
+    /// A local folder.
+    Folder,
 }
 
 const MODES: [&str; 2] = ["p2p", "storage"];
@@ -90,7 +107,10 @@ fn bench(args: &Args) -> Result<()> {
     let scratch = args.out.join("work");
     let old = args.out.join(format!("work.old-{}", std::process::id()));
     let _ = std::fs::rename(&scratch, &old);
-    let server = S3Server::start(&scratch.join("s3"), &["bench"])?;
+    let server = match args.backend {
+        Backend::S3 => Some(S3Server::start(&scratch.join("s3"), &["bench"])?),
+        Backend::Folder => None,
+    };
     let mut report = Report::default();
     let total = args.profiles.len() * workloads.len() * args.reps * MODES.len();
     let mut done = 0;
@@ -99,7 +119,7 @@ fn bench(args: &Args) -> Result<()> {
             for &workload in &workloads {
                 let job = workload.write(&scratch.join("jobs").join(workload.name()), repo)?;
                 for mode in MODES {
-                    let run = Run { binary: &binary, server: &server, args, job: &job, scratch: &scratch };
+                    let run = Run { binary: &binary, server: server.as_ref(), args, job: &job, scratch: &scratch };
                     let m = run.once(workload, mode, profile, rep)?;
                     done += 1;
                     eprintln!(
@@ -116,7 +136,11 @@ fn bench(args: &Args) -> Result<()> {
     report.check_targets_agree()?;
     print!("{}", report.table());
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&report.json())? + "\n")?;
+    let mut json = report.json();
+    json["settings"] = serde_json::json!({
+        "backend": args.backend, "memo": args.memo, "workers": args.workers, "slots": args.slots, "reps": args.reps,
+    });
+    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     std::fs::write(args.out.join("chart.svg"), report.svg())?;
     eprintln!("wrote {} and {}", args.out.join("results.json").display(), args.out.join("chart.svg").display());
     // Old scratch folders (this one's, and any a stopped benchmark left) go now.
@@ -131,7 +155,8 @@ fn bench(args: &Args) -> Result<()> {
 
 struct Run<'a> {
     binary: &'a Path,
-    server: &'a S3Server,
+    /// The S3 server, unless storage is a folder.
+    server: Option<&'a S3Server>,
     args: &'a Args,
     job: &'a Path,
     scratch: &'a Path,
@@ -143,29 +168,67 @@ impl Run<'_> {
         let label = format!("{profile}-{}-{mode}-{rep}", workload.name());
         let dir = self.scratch.join("runs").join(&label);
         std::fs::create_dir_all(&dir)?;
-        let store = format!("s3://bench/{label}?latency={profile}");
+        let store = match self.server {
+            Some(_) => format!("s3://bench/{label}?latency={profile}"),
+            None => format!(
+                "{}?latency={profile}",
+                thunkmesh_store::Store::folder_url(&self.scratch.join("folder").join(&label))?
+            ),
+        };
         let summary = dir.join("summary.json");
+        let before = CpuTimes::now()?;
         let output = Command::new(self.binary)
             .arg("run")
             .arg(self.job)
             .args(["--workers", &self.args.workers.to_string(), "--slots", &self.args.slots.to_string()])
-            .args(["--mode", mode, "--store", &store])
+            .args(["--mode", mode, "--store", &store, "--memo", &self.args.memo])
             .arg("--state-dir")
             .arg(dir.join("state"))
             .arg("--out")
             .arg(dir.join("out"))
             .arg("--summary-json")
             .arg(&summary)
-            .envs(self.server.env())
+            .envs(self.server.map(S3Server::env).unwrap_or_default())
             .output()
             .with_context(|| format!("cannot run {}", self.binary.display()))?;
+        let cpu = CpuTimes::now()?.since(before);
         if !output.status.success() {
             bail!("{label} failed:\n{}", String::from_utf8_lossy(&output.stderr));
         }
         let text = std::fs::read_to_string(&summary).with_context(|| format!("{label}: no summary"))?;
         remove_large_files(&dir);
         remove_large_files(&self.scratch.join("s3").join("bench").join(&label));
-        Measurement::from_summary(workload, mode, profile, &serde_json::from_str(&text)?)
+        remove_large_files(&self.scratch.join("folder").join(&label));
+        let mut m = Measurement::from_summary(workload, mode, profile, &serde_json::from_str(&text)?)?;
+        (m.thunkmesh_cpu_ms, m.server_cpu_ms) = (cpu.children_ms, cpu.own_ms);
+        Ok(m)
+    }
+}
+
+/// CPU time (user and system) of this process, whose threads are the S3 server, and of its
+/// children that were waited for: `thunkmesh run`, its nodes and their programs.
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    own_ms: u64,
+    children_ms: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Result<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        // The fields after the command name (in parentheses, which may hold spaces), from field 3.
+        let rest = stat.rsplit_once(')').context("/proc/self/stat has no command name")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |field: usize| -> Result<u64> {
+            let text = fields.get(field - 3).with_context(|| format!("/proc/self/stat has no field {field}"))?;
+            Ok(text.parse::<u64>()?)
+        };
+        // Fields 14-17: utime, stime, cutime, cstime, in USER_HZ (100 per second on Linux).
+        Ok(CpuTimes { own_ms: (ticks(14)? + ticks(15)?) * 10, children_ms: (ticks(16)? + ticks(17)?) * 10 })
+    }
+
+    fn since(self, before: CpuTimes) -> CpuTimes {
+        CpuTimes { own_ms: self.own_ms - before.own_ms, children_ms: self.children_ms - before.children_ms }
     }
 }
 

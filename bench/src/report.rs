@@ -24,6 +24,10 @@ pub struct Measurement {
     pub storage_bytes_read: u64,
     pub storage_bytes_written: u64,
     pub peer_bytes: u64,
+    /// CPU time of `thunkmesh run`, its nodes and their programs.
+    pub thunkmesh_cpu_ms: u64,
+    /// CPU time of the benchmark process, that is of the S3 server (on the same cores).
+    pub server_cpu_ms: u64,
     pub targets: BTreeMap<String, String>,
 }
 
@@ -43,6 +47,8 @@ impl Measurement {
             storage_bytes_read: num("storage_bytes_read")?,
             storage_bytes_written: num("storage_bytes_written")?,
             peer_bytes: num("peer_bytes")?,
+            thunkmesh_cpu_ms: 0,
+            server_cpu_ms: 0,
             targets,
         })
     }
@@ -76,6 +82,8 @@ struct ModeStats {
     storage_put_requests: Spread,
     storage_mib: Spread,
     peer_mib: Spread,
+    thunkmesh_cpu_seconds: Spread,
+    server_cpu_seconds: Spread,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +143,8 @@ impl Report {
             storage_put_requests: series(&|m| m.storage_put_requests as f64),
             storage_mib: series(&|m| (m.storage_bytes_read + m.storage_bytes_written) as f64 / MIB),
             peer_mib: series(&|m| m.peer_bytes as f64 / MIB),
+            thunkmesh_cpu_seconds: series(&|m| m.thunkmesh_cpu_ms as f64 / 1e3),
+            server_cpu_seconds: series(&|m| m.server_cpu_ms as f64 / 1e3),
         })
     }
 
@@ -199,12 +209,20 @@ impl Report {
                 }
                 Workload::Noop => {
                     let rate = |m: &ModeStats| Workload::Noop.thunks() as f64 / m.job_seconds.median;
+                    let cpu = |m: &ModeStats| {
+                        format!(
+                            "CPU: {:.2} s thunkmesh and its programs, {:.2} s the benchmark process (its S3 server)",
+                            m.thunkmesh_cpu_seconds.median, m.server_cpu_seconds.median
+                        )
+                    };
                     let _ = writeln!(
                         out,
-                        "{}: noop throughput: p2p {:.0} thunks/s, storage {:.0} thunks/s",
+                        "{}: noop throughput: p2p {:.0} thunks/s ({}), storage {:.0} thunks/s ({})",
                         r.profile,
                         rate(&r.p2p),
-                        rate(&r.storage)
+                        cpu(&r.p2p),
+                        rate(&r.storage),
+                        cpu(&r.storage)
                     );
                 }
                 _ => {}
@@ -277,6 +295,8 @@ mod tests {
             storage_bytes_read: 0,
             storage_bytes_written: 0,
             peer_bytes: 0,
+            thunkmesh_cpu_ms: job_ms * 2,
+            server_cpu_ms: 10,
             targets: BTreeMap::from([("last.bin".to_owned(), target.to_owned())]),
         }
     }

@@ -89,6 +89,18 @@ struct MemoScan {
     values_needed: BTreeSet<Id>,
 }
 
+/// How a job uses the memo cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Memo {
+    /// Reuse recorded results and record new ones (one storage request per executed thunk).
+    #[default]
+    On,
+    /// Reuse recorded results, record nothing (a read-only cache, for instance in CI).
+    Read,
+    /// Neither: every needed thunk runs, and storage sees no memo request.
+    Off,
+}
+
 /// One job to run: what, with which storage and mode, where the targets go.
 #[derive(Debug, Clone, Copy)]
 pub struct JobRun<'a> {
@@ -98,6 +110,8 @@ pub struct JobRun<'a> {
     pub store: &'a Store,
     /// How intermediates travel.
     pub mode: Mode,
+    /// How the memo cache is used.
+    pub memo: Memo,
     /// The directory the targets are written to.
     pub out_dir: &'a Path,
 }
@@ -110,10 +124,10 @@ pub async fn run_job(
     reporter: &mut dyn Reporter,
     started: Instant,
 ) -> Result<Summary, RunError> {
-    let JobRun { job, store, mode, out_dir } = run;
+    let JobRun { job, store, mode, memo, out_dir } = run;
     let job_started = Instant::now();
     reporter.phase("consulting the memo cache");
-    let scan = scan_memo(job, store).await?;
+    let scan = scan_memo(job, store, memo).await?;
     reporter.phase("uploading inputs");
     let stored = upload_values(job, store, &scan).await?;
     let submission = Submission {
@@ -130,7 +144,8 @@ pub async fn run_job(
         memo: scan.reductions,
     };
     reporter.phase("waiting for nodes");
-    let outcome = submit(&submission, store, target, reporter).await?;
+    let records = (memo == Memo::On).then_some(store);
+    let outcome = submit(&submission, records, target, reporter).await?;
     let targets = write_targets(job, store, &outcome, out_dir).await?;
     Ok(Summary::new(&outcome, store.stats(), targets, started.elapsed(), job_started.elapsed()))
 }
@@ -138,7 +153,7 @@ pub async fn run_job(
 /// Looks up the targets' thunks first: one whose reduction is known and whose target outputs
 /// are in storage needs nothing upstream. Everything upstream of the others may run, so all of it
 /// is looked up at once (a chain costs one round of parallel lookups, not one per link).
-async fn scan_memo(job: &LoadedJob, store: &Store) -> Result<MemoScan, StoreError> {
+async fn scan_memo(job: &LoadedJob, store: &Store, memo: Memo) -> Result<MemoScan, StoreError> {
     let by_id: HashMap<Id, &NamedThunk> = job.job.thunks.iter().map(|t| (t.id, t)).collect();
     let mut wanted: BTreeMap<Id, BTreeSet<String>> = BTreeMap::new();
     let mut scan = MemoScan::default();
@@ -153,7 +168,7 @@ async fn scan_memo(job: &LoadedJob, store: &Store) -> Result<MemoScan, StoreErro
         }
     }
     let mut unsatisfied = Vec::new();
-    for (id, found) in lookup(store, wanted.keys().copied()).await {
+    for (id, found) in lookup(store, memo, wanted.keys().copied()).await {
         let Some(thunk) = by_id.get(&id) else { continue };
         let reduction = usable_reduction(thunk, found);
         let satisfied = match &reduction {
@@ -166,7 +181,7 @@ async fn scan_memo(job: &LoadedJob, store: &Store) -> Result<MemoScan, StoreErro
         }
     }
     let upstream = upstream_of(&unsatisfied, &by_id, &mut scan.values_needed);
-    for (id, found) in lookup(store, upstream.into_iter().filter(|id| !wanted.contains_key(id))).await {
+    for (id, found) in lookup(store, memo, upstream.into_iter().filter(|id| !wanted.contains_key(id))).await {
         if let Some(thunk) = by_id.get(&id) {
             scan.reductions.extend(usable_reduction(thunk, found));
         }
@@ -178,9 +193,13 @@ type Lookup = (Id, Result<Option<Vec<(String, Id)>>, StoreError>);
 
 /// Looks thunks up in the memo cache. Many at once are first matched against a listing of the
 /// cache (one request per 1,000 entries, allowed one page per [`LOOKUPS_PER_PAGE`] thunks), so
-/// only the entries that exist are read; a cache too large for that is asked per thunk.
-async fn lookup(store: &Store, thunks: impl Iterator<Item = Id>) -> Vec<Lookup> {
+/// only the entries that exist are read; a cache too large for that is asked per thunk. With the
+/// memo cache off nothing is asked and nothing is found.
+async fn lookup(store: &Store, memo: Memo, thunks: impl Iterator<Item = Id>) -> Vec<Lookup> {
     let thunks: Vec<Id> = thunks.collect();
+    if memo == Memo::Off {
+        return thunks.into_iter().map(|id| (id, Ok(None))).collect();
+    }
     let listed = match store.memoized(thunks.len() as u64 / LOOKUPS_PER_PAGE).await {
         Ok(listed) => listed,
         Err(e) => {
@@ -270,9 +289,10 @@ async fn upload_values(job: &LoadedJob, store: &Store, scan: &MemoScan) -> Resul
     uploads.collect::<Vec<_>>().await.into_iter().collect()
 }
 
+/// Submits the job and follows it; reductions are recorded in `records`, if given.
 async fn submit(
     sub: &Submission,
-    store: &Store,
+    records: Option<&Store>,
     target: &Target,
     reporter: &mut dyn Reporter,
 ) -> Result<JobOutcome, RunError> {
@@ -291,7 +311,7 @@ async fn submit(
     }
     send_msg(&mut send, &ToRendezvous::Submit(sub.clone())).await?;
     let mut memo_writes = JoinSet::new();
-    let result = follow(&mut recv, store, &mut memo_writes, reporter).await;
+    let result = follow(&mut recv, records, &mut memo_writes, reporter).await;
     // Reductions of what completed are recorded even when the job failed: a rerun resumes.
     while let Some(done) = memo_writes.join_next().await {
         if let Ok(Err(e)) = done {
@@ -305,7 +325,7 @@ async fn submit(
 
 async fn follow(
     recv: &mut quinn::RecvStream,
-    store: &Store,
+    records: Option<&Store>,
     memo_writes: &mut JoinSet<Result<(), StoreError>>,
     reporter: &mut dyn Reporter,
 ) -> Result<JobOutcome, RunError> {
@@ -313,8 +333,10 @@ async fn follow(
         match recv_msg::<FromRendezvous>(recv).await {
             Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
             Ok(Some(FromRendezvous::Resolved(r))) => {
-                let store = store.clone();
-                memo_writes.spawn(async move { store.put_reduction(r.reduction.thunk, &r.reduction.outputs).await });
+                if let Some(store) = records.cloned() {
+                    memo_writes
+                        .spawn(async move { store.put_reduction(r.reduction.thunk, &r.reduction.outputs).await });
+                }
             }
             Ok(Some(FromRendezvous::JobDone(outcome))) => return Ok(outcome),
             Ok(Some(FromRendezvous::JobFailed(e))) => return Err(RunError::JobFailed(e)),

@@ -101,3 +101,27 @@ fn a_value_named_as_a_target_is_copied_out() {
     assert_eq!(run.out("copy.txt"), b"kept as is\n");
     assert_eq!(run.num("thunks_total"), 0);
 }
+
+#[test]
+fn the_memo_cache_can_be_read_only_or_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = repo("examples/cc/job.toml");
+    let reductions = || std::fs::read_dir(dir.path().join(".thunkmesh/store/reductions")).map_or(0, |d| d.count());
+    let read_only = run_in(dir.path(), &job, &["--workers", "2", "--memo", "read"]);
+    read_only.ok();
+    assert_eq!(read_only.num("thunks_executed"), read_only.num("thunks_total"));
+    assert_eq!(reductions(), 0, "a read-only memo cache records nothing");
+
+    run_in(dir.path(), &job, &["--workers", "2"]).ok();
+    let recorded = reductions();
+    assert!(recorded > 0);
+    let cached = run_in(dir.path(), &job, &["--workers", "2", "--memo", "read"]);
+    cached.ok();
+    assert_eq!(cached.num("thunks_executed"), 0, "what was recorded is reused");
+
+    let off = run_in(dir.path(), &job, &["--workers", "2", "--memo", "off"]);
+    off.ok();
+    assert_eq!(off.num("thunks_executed"), off.num("thunks_total"), "with the cache off everything runs");
+    assert_eq!(reductions(), recorded);
+    assert_eq!(off.out("report.txt"), cached.out("report.txt"));
+}
