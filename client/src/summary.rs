@@ -33,6 +33,8 @@ pub struct Summary {
     pub nodes_lost: u64,
     /// Objects that went through storage because their producer could not serve them.
     pub storage_fallbacks: u64,
+    /// Copies of straggling tasks started on other nodes.
+    pub straggler_copies: u64,
     /// Wall time of the whole run, loading the job and starting local nodes included.
     pub wall_ms: u64,
     /// Wall time from consulting the memo cache to the last target written: the job itself.
@@ -68,6 +70,7 @@ impl Summary {
             storage_bytes_written: moved.storage_bytes_written,
             nodes_lost: outcome.nodes_lost,
             storage_fallbacks: outcome.storage_fallbacks,
+            straggler_copies: outcome.copies,
             wall_ms: millis(wall),
             job_ms: millis(job),
             program_ms: moved.program_micros / 1000,
@@ -98,6 +101,9 @@ impl fmt::Display for Summary {
                 "fallback  {} object(s) went through storage: their producer could not serve them",
                 self.storage_fallbacks
             )?;
+        }
+        if self.straggler_copies > 0 {
+            writeln!(f, "copies    {} straggling task(s) copied to another node", self.straggler_copies)?;
         }
         if self.nodes_lost > 0 {
             writeln!(f, "nodes     {} lost during the run (their work was redone)", self.nodes_lost)?;
@@ -136,6 +142,7 @@ mod tests {
             total: 4,
             nodes_lost: 0,
             storage_fallbacks: 0,
+            copies: 0,
         };
         let client =
             TransferStats { storage_gets: 4, storage_puts: 2, storage_bytes_written: 10, ..Default::default() };

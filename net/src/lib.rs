@@ -73,11 +73,24 @@ impl NetError {
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config())
+}
+
+/// The transport settings for a dial whose round trip is expected to be about `rtt`: lost
+/// handshake packets are resent after a few round trips rather than after a second, which is what
+/// lets a dial through a NAT that first dropped its packets succeed quickly.
+pub fn transport_expecting_rtt(rtt: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = transport_config();
+    t.initial_rtt(rtt);
+    Arc::new(t)
+}
+
+fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("a few seconds fit in a QUIC idle timeout")));
     t.max_concurrent_bidi_streams(1024u32.into());
-    Arc::new(t)
+    t
 }
 
 /// Binds one endpoint that serves `identity` (to the rendezvous' or peers' dialers) and dials.

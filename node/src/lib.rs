@@ -77,27 +77,42 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let addr = thunkmesh_net::resolve(&config.rendezvous).await?;
     let conn = connect(&endpoint, client_config(&config.trust, ALPN_RENDEZVOUS)?, addr, &config.server_name).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+    let bound = endpoint.local_addr().map_err(|e| NetError::Io { path: config.bind.to_string(), source: e })?;
+    let local = SocketAddr::new(local_ip(bound, addr), bound.port());
     let hello = NodeHello {
         name: config.name.clone(),
         slots: config.slots,
         fingerprint: identity.fingerprint(),
         inventory: cache.inventory(),
+        local: local.to_string(),
     };
     let role = Role::Node(hello);
     send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token: config.token.clone(), role }).await?;
-    let session = match recv_msg::<FromRendezvous>(&mut recv).await? {
-        Some(FromRendezvous::Welcome { session }) => session,
+    let (session, observed) = match recv_msg::<FromRendezvous>(&mut recv).await? {
+        Some(FromRendezvous::Welcome { session, observed }) => (session, observed),
         Some(FromRendezvous::Refused(e)) => return Err(NodeError::Refused(e)),
         _ => return Err(NodeError::Disconnected),
     };
-    info!(session, rendezvous = %addr, local = ?endpoint.local_addr().ok(), "registered");
+    info!(session, rendezvous = %addr, %local, %observed, "registered");
     let token: Arc<str> = config.token.clone().into();
     let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), cache.clone(), token)));
-    let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token)));
+    let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token).timed_by(conn.clone())));
     let result = work(ctx, send, recv, shutdown).instrument(info_span!("node", session)).await;
     conn.close(0u32.into(), b"node stopping");
     endpoint.close(0u32.into(), b"node stopping");
     result
+}
+
+/// The address the node is bound to; for a wildcard, the one of its addresses that routes toward
+/// the rendezvous (asked of the kernel; no packet is sent). Behind a NAT that is the private one.
+fn local_ip(bound: SocketAddr, rendezvous: SocketAddr) -> std::net::IpAddr {
+    if !bound.ip().is_unspecified() {
+        return bound.ip();
+    }
+    let wildcard: SocketAddr = if rendezvous.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    std::net::UdpSocket::bind(wildcard)
+        .and_then(|probe| probe.connect(rendezvous).and_then(|()| probe.local_addr()))
+        .map_or(bound.ip(), |a| a.ip())
 }
 
 /// Reads the rendezvous' control stream on its own task: a frame half-read is never abandoned.
@@ -145,6 +160,7 @@ async fn work(
                 }
                 Some(Ok(msg)) => tasks.start(&ctx, msg),
             },
+            Some(_) = tasks.punches.join_next() => {}
             Some(done) = tasks.set.join_next() => match done {
                 Ok(report) => {
                     tasks.finished(&report);
@@ -157,11 +173,13 @@ async fn work(
     }
 }
 
-/// What the node is doing: forced thunks (cancellable by task id) and uploads.
+/// What the node is doing: forced thunks (cancellable by task id), uploads, and dials to peers
+/// the rendezvous introduced.
 #[derive(Default)]
 struct Tasks {
     set: JoinSet<ToRendezvous>,
     forcing: std::collections::HashMap<u64, tokio::task::AbortHandle>,
+    punches: JoinSet<()>,
 }
 
 impl Tasks {
@@ -176,6 +194,12 @@ impl Tasks {
             FromRendezvous::Upload(u) => {
                 self.set.spawn(async move { exec::upload(&ctx, &u).await });
             }
+            FromRendezvous::Introduce { addr, fingerprint } => match addr.parse() {
+                Ok(addr) => {
+                    self.punches.spawn(async move { ctx.peers.punch(addr, fingerprint).await });
+                }
+                Err(_) => warn!(%addr, "ignoring an introduction to an address that is not ip:port"),
+            },
             FromRendezvous::Cancel { task } => {
                 // The program is killed with its process group; the sandbox is emptied for reuse.
                 if let Some(handle) = self.forcing.remove(&task) {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thunkmesh_net::{NetError, Trust, client_config, connect, recv_msg, send_msg};
 use thunkmesh_protocol::Id;
@@ -113,29 +114,69 @@ async fn serve_stream(
     Ok(())
 }
 
+/// How long a direct path to a peer has to form before a fetch gives up on it (the object then
+/// comes through storage).
+pub const DIRECT_PATH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One peer's connection, dialed at most once at a time.
+type Slot = Arc<Mutex<Option<quinn::Connection>>>;
+
 /// Connections to peers, reused across fetches.
 #[derive(Debug)]
 pub struct Peers {
     endpoint: quinn::Endpoint,
     token: String,
-    conns: Mutex<HashMap<(SocketAddr, [u8; 32]), quinn::Connection>>,
+    conns: std::sync::Mutex<HashMap<(SocketAddr, [u8; 32]), Slot>>,
+    /// The connection to the rendezvous, whose round trip times the dials to peers.
+    rendezvous: Option<quinn::Connection>,
 }
 
 impl Peers {
     /// Fetches through `endpoint`, presenting `token`.
     pub fn new(endpoint: quinn::Endpoint, token: String) -> Peers {
-        Peers { endpoint, token, conns: Mutex::default() }
+        Peers { endpoint, token, conns: Default::default(), rendezvous: None }
+    }
+
+    /// Times dials to peers by the round trip of this connection to the rendezvous.
+    pub fn timed_by(mut self, rendezvous: quinn::Connection) -> Peers {
+        self.rendezvous = Some(rendezvous);
+        self
+    }
+
+    /// Dials a peer the rendezvous introduced: this node's packets toward it open this node's
+    /// NAT to the peer's, whose own dial then gets through. The connection is kept for fetches.
+    pub async fn punch(&self, addr: SocketAddr, fingerprint: [u8; 32]) {
+        match self.connection(addr, fingerprint).await {
+            Ok(_) => debug!(%addr, "direct path to an introduced peer"),
+            Err(e) => debug!(%addr, error = %e, "no direct path to an introduced peer"),
+        }
     }
 
     async fn connection(&self, addr: SocketAddr, fingerprint: [u8; 32]) -> Result<quinn::Connection, NetError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&(addr, fingerprint)).filter(|c| c.close_reason().is_none()) {
+        let slot = self.lock().entry((addr, fingerprint)).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
-        let config = client_config(&Trust::Pinned(fingerprint), ALPN_PEER)?;
-        let conn = connect(&self.endpoint, config, addr, thunkmesh_net::SERVER_NAME).await?;
-        conns.insert((addr, fingerprint), conn.clone());
+        let mut config = client_config(&Trust::Pinned(fingerprint), ALPN_PEER)?;
+        config.transport_config(thunkmesh_net::transport_expecting_rtt(self.expected_rtt()));
+        let dial = connect(&self.endpoint, config, addr, thunkmesh_net::SERVER_NAME);
+        let conn = tokio::time::timeout(DIRECT_PATH_TIMEOUT, dial).await.map_err(|_| NetError::Connect {
+            addr: addr.to_string(),
+            reason: format!("no direct path within {}", humantime::format_duration(DIRECT_PATH_TIMEOUT)),
+        })??;
+        *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Twice the round trip to the rendezvous (a peer is rarely much farther), within bounds.
+    fn expected_rtt(&self) -> Duration {
+        let rtt = self.rendezvous.as_ref().map_or(Duration::from_millis(100), quinn::Connection::rtt);
+        (rtt * 2).clamp(Duration::from_millis(5), Duration::from_millis(333))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, [u8; 32]), Slot>> {
+        self.conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Fetches `blob` from the peer into the cache; returns the bytes moved.
@@ -197,7 +238,6 @@ async fn receive_into(recv: &mut quinn::RecvStream, path: &std::path::Path, limi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use thunkmesh_net::{AbortOnDrop, Identity, endpoint};
 
     struct Server {

@@ -113,6 +113,8 @@ pub(crate) struct Job {
     pub(crate) peer_failed: BTreeSet<Id>,
     /// Objects uploaded because their producer could not serve them.
     pub(crate) storage_fallbacks: u64,
+    /// Straggler copies started.
+    pub(crate) copies: u64,
     /// Thunks waiting for an object to reach storage.
     blob_waiters: HashMap<Id, BTreeSet<Id>>,
     /// Thunk -> the thunks that read one of its outputs.
@@ -146,6 +148,7 @@ impl Job {
             mode: sub.mode,
             peer_failed: BTreeSet::new(),
             storage_fallbacks: 0,
+            copies: 0,
             blob_waiters: HashMap::new(),
             consumers: HashMap::new(),
             scanned: HashMap::new(),
@@ -609,6 +612,7 @@ impl Job {
             total,
             nodes_lost: self.nodes_lost,
             storage_fallbacks: self.storage_fallbacks,
+            copies: self.copies,
         }
     }
 }

@@ -67,6 +67,9 @@ impl Planner {
             self.twins.insert(task, copy);
             self.twins.insert(copy, task);
             self.speculated += 1;
+            if let Some(job) = self.jobs.get_mut(&info.job) {
+                job.copies += 1;
+            }
             self.start(info.job, info.thunk, node, info.inputs.clone());
         }
     }

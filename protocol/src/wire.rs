@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -62,6 +62,9 @@ pub struct NodeHello {
     pub fingerprint: [u8; 32],
     /// Objects already in its cache (from earlier runs).
     pub inventory: Vec<Id>,
+    /// Its endpoint's address as it sees it (`ip:port`): behind a NAT, the private one, where a
+    /// peer behind the same NAT reaches it.
+    pub local: String,
 }
 
 /// Messages a node or client sends to the rendezvous.
@@ -86,6 +89,9 @@ pub enum FromRendezvous {
     Welcome {
         /// The id the rendezvous gave this connection.
         session: u64,
+        /// The address the connection came from, as the rendezvous sees it (`ip:port`): behind a
+        /// NAT, the NAT's public side.
+        observed: String,
     },
     /// The hello (or a later message) was refused; the connection closes.
     Refused(WireError),
@@ -107,6 +113,14 @@ pub enum FromRendezvous {
     Cancel {
         /// The task, as assigned.
         task: u64,
+    },
+    /// A peer at `addr` is about to fetch from this node, which is behind a NAT: dial it now, so
+    /// that both NATs let the two endpoints' packets through (to a node).
+    Introduce {
+        /// Where the peer is reachable from this node (`ip:port`).
+        addr: String,
+        /// The peer's certificate fingerprint.
+        fingerprint: [u8; 32],
     },
 }
 
@@ -338,6 +352,8 @@ pub struct JobOutcome {
     /// Objects that went through storage because their producer could not serve them (it was
     /// leaving, or a consumer could not reach it).
     pub storage_fallbacks: u64,
+    /// Copies of straggling tasks started on other nodes.
+    pub copies: u64,
 }
 
 /// Why something failed, as it crosses the wire: a code and a message.
@@ -587,18 +603,14 @@ mod tests {
         let reduction = (arb_id(), proptest::collection::vec(("[a-z]{1,4}", arb_id()), 0..3))
             .prop_map(|(thunk, outputs)| Reduction { thunk, outputs });
         let progress = any::<[u64; 3]>().prop_map(|[total, done, running]| Progress { total, done, running });
-        let outcome = (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 5]>())
-            .prop_map(|(targets, stats, [executed, cached, total, nodes_lost, storage_fallbacks])| JobOutcome {
-                targets,
-                stats,
-                executed,
-                cached,
-                total,
-                nodes_lost,
-                storage_fallbacks,
+        let outcome = (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 6]>())
+            .prop_map(|(targets, stats, [executed, cached, total, nodes_lost, storage_fallbacks, copies])| {
+                JobOutcome { targets, stats, executed, cached, total, nodes_lost, storage_fallbacks, copies }
             });
         prop_oneof![
-            any::<u64>().prop_map(|session| FromRendezvous::Welcome { session }),
+            (any::<u64>(), ".{0,12}").prop_map(|(session, observed)| FromRendezvous::Welcome { session, observed }),
+            (".{0,12}", any::<[u8; 32]>())
+                .prop_map(|(addr, fingerprint)| FromRendezvous::Introduce { addr, fingerprint }),
             arb_error().prop_map(FromRendezvous::Refused),
             (any::<u64>(), arb_id(), ".{0,12}").prop_map(|(job, blob, store)| FromRendezvous::Upload(UploadRequest {
                 job,
@@ -616,9 +628,10 @@ mod tests {
     }
 
     fn arb_hello() -> impl Strategy<Value = Hello> {
-        let node = (".{0,8}", any::<u32>(), any::<[u8; 32]>(), proptest::collection::vec(arb_id(), 0..3)).prop_map(
-            |(name, slots, fingerprint, inventory)| Role::Node(NodeHello { name, slots, fingerprint, inventory }),
-        );
+        let node = (".{0,8}", any::<u32>(), any::<[u8; 32]>(), proptest::collection::vec(arb_id(), 0..3), ".{0,12}")
+            .prop_map(|(name, slots, fingerprint, inventory, local)| {
+                Role::Node(NodeHello { name, slots, fingerprint, inventory, local })
+            });
         let role = prop_oneof![node, Just(Role::Client), Just(Role::Peer)];
         (any::<u32>(), ".{0,12}", role).prop_map(|(version, token, role)| Hello { version, token, role })
     }

@@ -63,7 +63,7 @@ async fn run(conn: &quinn::Connection, session: u64, token: &str, events: mpsc::
             return refuse(conn, &mut send, refusal).await;
         }
     };
-    send_msg(&mut send, &FromRendezvous::Welcome { session }).await?;
+    send_msg(&mut send, &FromRendezvous::Welcome { session, observed: conn.remote_address().to_string() }).await?;
     if events.send(joined).await.is_err() {
         return Ok(());
     }

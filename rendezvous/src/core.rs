@@ -1,7 +1,12 @@
 //! The core task: owns the planner and the registry of connected nodes and clients, turns
 //! messages into planner events and planner decisions into messages.
+//!
+//! It also brokers direct paths between nodes. A consumer is told to dial a producer where the
+//! rendezvous sees it (its NAT's public side), or at its private address when both sit behind the
+//! same NAT. A producer behind a NAT is introduced to each new consumer first, so that it dials
+//! the consumer at the same time: each side's packets open its own NAT to the other's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -32,8 +37,28 @@ pub(crate) enum Event {
 #[derive(Debug)]
 struct NodeEntry {
     tx: mpsc::Sender<FromRendezvous>,
+    /// Where its connection comes from, as seen here.
     addr: SocketAddr,
+    /// Where it sees itself (differs from `addr` behind a NAT).
+    local: Option<SocketAddr>,
     fingerprint: [u8; 32],
+    /// Consumers this node was told to dial.
+    introduced: HashSet<u64>,
+}
+
+impl NodeEntry {
+    fn behind_nat(&self) -> bool {
+        self.local.is_some_and(|local| local != self.addr)
+    }
+
+    /// Where `consumer` dials this node: at its private address when both are behind one NAT
+    /// (many NATs do not loop packets back to their own public side), else where it is seen.
+    fn reachable_from(&self, consumer: &NodeEntry) -> SocketAddr {
+        match self.local {
+            Some(local) if self.addr.ip() == consumer.addr.ip() => local,
+            _ => self.addr,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -91,7 +116,12 @@ impl Core {
     fn handle(&mut self, event: Event) {
         match event {
             Event::NodeJoined { node, hello, addr, tx } => {
-                self.nodes.insert(node, NodeEntry { tx, addr, fingerprint: hello.fingerprint });
+                let local = hello.local.parse().ok();
+                if local.is_none() {
+                    warn!(node, local = %hello.local, "node sent a local address that is not ip:port");
+                }
+                let entry = NodeEntry { tx, addr, local, fingerprint: hello.fingerprint, introduced: HashSet::new() };
+                self.nodes.insert(node, entry);
                 self.node_count.send_replace(self.nodes.len());
                 self.planner.node_joined(node, hello.slots, &hello.inventory);
             }
@@ -121,6 +151,10 @@ impl Core {
             ToRendezvous::Submit(sub) => self.submit(from, sub),
             ToRendezvous::Done(d) if is_node => self.planner.task_done(from, d.task, &d.outputs, d.stats),
             ToRendezvous::Failed(f) if is_node => {
+                if f.error.code == ErrorCode::InputUnavailable {
+                    // A path may have closed (a NAT forgot it): the next attempt introduces again.
+                    self.nodes.values_mut().for_each(|n| _ = n.introduced.remove(&from));
+                }
                 self.planner.task_failed(from, f.task, &f.error, &f.unavailable, f.stats);
             }
             ToRendezvous::Stored(s) if is_node => self.planner.stored(from, s.job, s.blob, s.ok, s.stats),
@@ -193,8 +227,18 @@ impl Core {
     }
 
     fn assign(&mut self, a: thunkmesh_planner::Assign) {
+        let producers: HashSet<u64> = a
+            .sources
+            .iter()
+            .flat_map(|(_, places)| places)
+            .filter_map(|p| if let Place::Node(n) = p { Some(*n) } else { None })
+            .collect();
+        for producer in producers {
+            self.introduce(producer, a.node);
+        }
         let Some((name, thunk)) = self.planner.thunk(a.job, a.thunk) else { return };
-        let sources = a.sources.iter().map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(places) });
+        let sources =
+            a.sources.iter().map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(places, a.node) });
         let assignment = Assignment {
             task: a.task,
             name: name.to_owned(),
@@ -207,15 +251,30 @@ impl Core {
         self.send(a.node, FromRendezvous::Assign(assignment));
     }
 
-    fn sources(&self, places: &[Place]) -> Vec<Source> {
+    fn sources(&self, places: &[Place], consumer: u64) -> Vec<Source> {
+        let consumer = self.nodes.get(&consumer);
         let source = |p: &Place| match p {
             Place::Storage => Some(Source::Storage),
             Place::Node(n) => {
                 let node = self.nodes.get(n)?;
-                Some(Source::Peer { addr: node.addr.to_string(), fingerprint: node.fingerprint })
+                let addr = consumer.map_or(node.addr, |c| node.reachable_from(c));
+                Some(Source::Peer { addr: addr.to_string(), fingerprint: node.fingerprint })
             }
         };
         places.iter().filter_map(source).collect()
+    }
+
+    /// Tells a producer behind a NAT to dial a consumer it has not been introduced to.
+    fn introduce(&mut self, producer: u64, consumer: u64) {
+        let (Some(p), Some(c)) = (self.nodes.get(&producer), self.nodes.get(&consumer)) else { return };
+        if producer == consumer || !p.behind_nat() || p.addr.ip() == c.addr.ip() || p.introduced.contains(&consumer) {
+            return;
+        }
+        let msg = FromRendezvous::Introduce { addr: c.reachable_from(p).to_string(), fingerprint: c.fingerprint };
+        if let Some(p) = self.nodes.get_mut(&producer) {
+            p.introduced.insert(consumer);
+        }
+        self.send(producer, msg);
     }
 
     fn send_progress(&mut self) {

@@ -8,7 +8,20 @@ use serde_json::Value;
 
 /// The binary under test.
 pub fn thunkmesh() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thunkmesh"));
+    thunkmesh_in(None)
+}
+
+/// The binary under test, run inside network namespace `ns` if one is given.
+pub fn thunkmesh_in(ns: Option<&str>) -> Command {
+    let binary = env!("CARGO_BIN_EXE_thunkmesh");
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, binary]);
+            cmd
+        }
+        None => Command::new(binary),
+    };
     cmd.env_remove("THUNKMESH_TOKEN").env("RUST_LOG", "warn");
     cmd
 }
@@ -107,6 +120,8 @@ pub struct SelfHosted {
     pub token: String,
     /// How nodes and clients trust it.
     pub trust: Vec<String>,
+    /// The network namespace it and its clients run in, if not the host's.
+    ns: Option<String>,
 }
 
 impl SelfHosted {
@@ -119,9 +134,21 @@ impl SelfHosted {
     /// Starts with extra flags (a certificate); `trust` must be set before nodes join.
     pub fn start_with(state: &Path, extra: &[&str]) -> SelfHosted {
         let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
-        let addr = format!("127.0.0.1:{port}");
+        SelfHosted::start_at(state, &format!("127.0.0.1:{port}"), None, extra)
+    }
+
+    /// Starts listening on `addr` inside network namespace `ns` (if given), where the clients
+    /// of [`SelfHosted::run`] then run too; trusted by its fingerprint.
+    pub fn start_in(state: &Path, addr: &str, ns: &str) -> SelfHosted {
+        let mut rdv = SelfHosted::start_at(state, addr, Some(ns), &[]);
+        rdv.trust = vec!["--fingerprint".into(), rdv.fingerprint.clone()];
+        rdv
+    }
+
+    fn start_at(state: &Path, addr: &str, ns: Option<&str>, extra: &[&str]) -> SelfHosted {
+        let addr = addr.to_owned();
         let token = "integration-test-token".to_owned();
-        let child = thunkmesh()
+        let child = thunkmesh_in(ns)
             .args(["rendezvous", "--listen", &addr, "--state-dir"])
             .arg(state)
             .args(extra)
@@ -132,17 +159,25 @@ impl SelfHosted {
             .expect("start rendezvous");
         let mut proc = Proc(child);
         let fingerprint = read_fingerprint(&mut proc.0);
-        SelfHosted { _proc: proc, addr, fingerprint, token, trust: Vec::new() }
+        SelfHosted { _proc: proc, addr, fingerprint, token, trust: Vec::new(), ns: ns.map(str::to_owned) }
     }
 
     pub fn node(&self, cache: &Path, name: &str) -> Proc {
-        let child = thunkmesh()
-            .args(["node", "--rendezvous", &self.addr, "--bind", "127.0.0.1:0"])
+        self.node_in(None, cache, name, &[])
+    }
+
+    /// A node inside network namespace `ns` (if given), bound to every address there.
+    pub fn node_in(&self, ns: Option<&str>, cache: &Path, name: &str, extra: &[&str]) -> Proc {
+        let bind = if ns.is_some() { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let child = thunkmesh_in(ns)
+            .args(["node", "--rendezvous", &self.addr, "--bind", bind])
+            .args(extra)
             .args(&self.trust)
             .args(["--name", name, "--cache-dir"])
             .arg(cache)
             .env("THUNKMESH_TOKEN", &self.token)
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "info,thunkmesh_node::peer=debug")
+            .stderr(std::fs::File::create(cache.with_extension("log")).map_or(Stdio::null(), Stdio::from))
             .spawn()
             .expect("start node");
         Proc(child)
@@ -150,7 +185,7 @@ impl SelfHosted {
 
     /// `thunkmesh run JOB` against this rendezvous, in `dir`, presenting `token`.
     fn run_command(&self, dir: &Path, job: &Path, token: &str) -> Command {
-        let mut cmd = thunkmesh();
+        let mut cmd = thunkmesh_in(self.ns.as_deref());
         cmd.current_dir(dir)
             .arg("run")
             .arg(job)
@@ -162,6 +197,12 @@ impl SelfHosted {
 
     pub fn run(&self, dir: &Path, job: &Path, token: &str) -> Run {
         finish(dir, self.run_command(dir, job, token).output().expect("start thunkmesh run"))
+    }
+
+    /// Like [`SelfHosted::run`] with extra flags, presenting the mesh's token.
+    pub fn run_with(&self, dir: &Path, job: &Path, extra: &[&str]) -> Run {
+        let mut cmd = self.run_command(dir, job, &self.token);
+        finish(dir, cmd.args(extra).output().expect("start thunkmesh run"))
     }
 
     /// Like [`SelfHosted::run`] with the mesh's token, on a thread, so the test can act meanwhile.

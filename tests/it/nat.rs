@@ -1,0 +1,149 @@
+//! Peers behind real NATs (`netlab`): the rendezvous on a public network, nodes behind NATs of
+//! the two kinds that matter, and jobs whose intermediates must cross between them. Each case
+//! asserts the target's bytes and how every fetch went: direct, or through storage. Needs root.
+
+use std::time::{Duration, Instant};
+
+use crate::netlab::{Host, Lab, Mapping};
+use crate::util::{Proc, Run, SelfHosted, write};
+
+/// Two producers that run at once (one per node, each node has one slot) and a consumer that
+/// reads both, so one output must cross from one node to the other.
+const CROSSING_JOB: &str = r#"
+[[thunk]]
+name = "left"
+program = { host = "/bin/sh" }
+args = ["-c", "sleep 0.3; yes left | head -c 300000 > out"]
+env = { PATH = "/usr/bin:/bin" }
+outputs = ["out"]
+
+[[thunk]]
+name = "right"
+program = { host = "/bin/sh" }
+args = ["-c", "sleep 0.3; yes right | head -c 300000 > out"]
+env = { PATH = "/usr/bin:/bin" }
+outputs = ["out"]
+
+[[thunk]]
+name = "both"
+program = { host = "/bin/sh" }
+args = ["-c", "cat l r | sha256sum > out"]
+env = { PATH = "/usr/bin:/bin" }
+inputs = { l = "left#out", r = "right#out" }
+outputs = ["out"]
+
+[targets]
+"both.txt" = "both#out"
+"#;
+
+fn expected_digest() -> String {
+    let mut bytes = Vec::new();
+    for word in ["left", "right"] {
+        bytes.extend(format!("{word}\n").repeat(300_000 / (word.len() + 1) + 1).bytes().take(300_000));
+    }
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(&bytes)?;
+            child.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The rendezvous on the public network and one node on each host, all registered.
+struct Mesh {
+    rendezvous: SelfHosted,
+    _nodes: Vec<Proc>,
+    dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    fn start(public: &Host, hosts: &[&Host]) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = format!("{}:7700", public.ip);
+        let rendezvous = SelfHosted::start_in(&dir.path().join("rdv"), &addr, &public.ns);
+        let nodes = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let cache = dir.path().join(format!("node{i}"));
+                rendezvous.node_in(Some(&host.ns), &cache, &format!("node{i}"), &["--slots", "1"])
+            })
+            .collect();
+        let mesh = Mesh { rendezvous, _nodes: nodes, dir };
+        mesh.wait_for_registration(hosts.len());
+        mesh
+    }
+
+    fn wait_for_registration(&self, nodes: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let registered = (0..nodes).filter(|i| self.log(*i).contains("registered")).count();
+            if registered == nodes {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nodes did not register:\n{}", (0..nodes).map(|i| self.log(i)).collect::<Vec<_>>().join("\n"));
+    }
+
+    fn log(&self, node: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{node}.log"))).unwrap_or_default()
+    }
+
+    /// Runs the crossing job from the public network, with a folder store every namespace shares.
+    fn run(&self) -> Run {
+        let work = self.dir.path().join("client");
+        let job = write(&work, &[("job.toml", CROSSING_JOB)]);
+        let store = format!("file://{}", self.dir.path().join("store").display());
+        let mut run = self.rendezvous.run_with(&work, &job, &["--store", &store]);
+        run.stderr.push_str(&format!("\n--- node logs ---\n{}\n{}", self.log(0), self.log(1)));
+        run
+    }
+}
+
+/// The output crossed between the nodes directly, at the first try: no storage fallback, and
+/// no straggler copy (a consumer stuck dialing gets copied to the producer's node, whose dial
+/// back would open a path by accident).
+fn assert_all_direct(run: &Run) {
+    run.ok();
+    assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest());
+    let counts = (run.num("peer_fetches"), run.num("storage_fallbacks"), run.num("straggler_copies"));
+    assert_eq!(counts, (1, 0, 0), "one direct fetch: {}\n{}", run.summary, run.stderr);
+}
+
+#[test]
+fn two_nodes_behind_two_cone_nats_fetch_directly() {
+    let mut lab = Lab::new("cone");
+    let (mut a, mut b) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::EndpointIndependent));
+    let (ha, hb) = (lab.host_behind(&mut a), lab.host_behind(&mut b));
+    let mesh = Mesh::start(&lab.public(), &[&ha, &hb]);
+    let run = mesh.run();
+    assert_all_direct(&run);
+}
+
+#[test]
+fn two_nodes_behind_one_nat_fetch_directly() {
+    let mut lab = Lab::new("same");
+    let mut nat = lab.nat(Mapping::EndpointIndependent);
+    let (h1, h2) = (lab.host_behind(&mut nat), lab.host_behind(&mut nat));
+    let mesh = Mesh::start(&lab.public(), &[&h1, &h2]);
+    let run = mesh.run();
+    assert_all_direct(&run);
+}
+
+#[test]
+fn a_node_behind_a_symmetric_nat_hands_its_outputs_over_through_storage() {
+    let mut lab = Lab::new("sym");
+    let (mut cone, mut symmetric) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::Symmetric));
+    let (h1, h2) = (lab.host_behind(&mut cone), lab.host_behind(&mut symmetric));
+    let mesh = Mesh::start(&lab.public(), &[&h1, &h2]);
+    let run = mesh.run();
+    run.ok();
+    assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest());
+    assert!(run.num("storage_fallbacks") >= 1, "no direct path: {}\n{}", run.summary, run.stderr);
+}

@@ -1,0 +1,181 @@
+//! Real NATs on this machine, for the NAT traversal tests: Linux network namespaces joined by
+//! veth pairs, with nftables doing what a home router or a cloud NAT does.
+//!
+//! The layout: a "public" namespace whose bridge holds 203.0.113.1/24 (the rendezvous listens
+//! there); each NAT is a namespace with its outside on that bridge (203.0.113.1N) and its inside
+//! on a bridge of its own (192.0.2.0/24 for the first NAT, 198.51.100.0/24 for the second), with
+//! hosts behind it. A NAT masquerades what leaves its outside interface, endpoint-independently
+//! (Linux keeps the source port when it can) or with a random port per destination (symmetric),
+//! and drops every packet arriving on its outside that is not part of a flow its inside started,
+//! as real NATs effectively do. Without that drop, Linux would answer an early punch packet and
+//! then give the inside's own next packet a different port.
+//!
+//! Every address comes from the documentation ranges and nothing is connected to the host's own
+//! interfaces, so no packet leaves the namespaces. The namespaces are removed on drop. Needs
+//! root, `ip` and `nft` (the test command installs nftables).
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// How a NAT maps its inside's flows to its outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// One public port per inside socket, whatever the destination (a "cone" NAT).
+    EndpointIndependent,
+    /// A new random public port for each destination (a "symmetric" NAT, such as AWS's NAT
+    /// Gateway); peers cannot guess it.
+    Symmetric,
+}
+
+/// A namespace with an address.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+}
+
+/// A NAT and the private network behind it.
+#[derive(Debug)]
+pub struct Nat {
+    ns: String,
+    /// The first three octets of its private network.
+    private: [u8; 3],
+    hosts: u8,
+}
+
+/// The namespaces of one test; all removed when it is dropped.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    nats: u8,
+}
+
+impl Lab {
+    /// A public network with nothing on it but its bridge at 203.0.113.1. `tag` keeps the
+    /// namespaces of tests running at once apart.
+    pub fn new(tag: &str) -> Lab {
+        require_root_and_tools();
+        let prefix = format!("tm{}{tag}", std::process::id() % 100_000);
+        let mut lab = Lab { prefix, namespaces: Vec::new(), nats: 0 };
+        let public = lab.namespace("pub");
+        ip(&public, "link add br0 type bridge");
+        ip(&public, "addr add 203.0.113.1/24 dev br0");
+        ip(&public, "link set br0 up");
+        lab
+    }
+
+    /// The public network's own host (the bridge's address), for the rendezvous and the client.
+    pub fn public(&self) -> Host {
+        Host { ns: format!("{}pub", self.prefix), ip: Ipv4Addr::new(203, 0, 113, 1) }
+    }
+
+    /// A NAT on the public network with an empty private network behind it (at most two).
+    pub fn nat(&mut self, mapping: Mapping) -> Nat {
+        self.nats += 1;
+        let k = self.nats;
+        assert!(k <= 2, "the documentation ranges give private networks to two NATs");
+        let private = if k == 1 { [192, 0, 2] } else { [198, 51, 100] };
+        let public = Ipv4Addr::new(203, 0, 113, 10 + k);
+        let ns = self.namespace(&format!("nat{k}"));
+        let public_ns = format!("{}pub", self.prefix);
+        veth(&ns, "out", &public_ns, &format!("nat{k}"));
+        ip(&public_ns, &format!("link set nat{k} master br0"));
+        ip(&public_ns, &format!("link set nat{k} up"));
+        ip(&ns, &format!("addr add {public}/24 dev out"));
+        ip(&ns, "link set out up");
+        ip(&ns, "link add br0 type bridge");
+        ip(&ns, &format!("addr add {}.{}.{}.1/24 dev br0", private[0], private[1], private[2]));
+        ip(&ns, "link set br0 up");
+        run(Command::new("ip").args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+        let random = if mapping == Mapping::Symmetric { " random,fully-random" } else { "" };
+        let rules = format!(
+            "table ip nat {{\n\
+             \tchain post {{ type nat hook postrouting priority 100; oifname \"out\" masquerade{random}; }}\n\
+             }}\n\
+             table ip filter {{\n\
+             \tchain unsolicited {{ type filter hook prerouting priority 0; policy accept;\n\
+             \t\tiifname \"out\" ct state established,related accept; iifname \"out\" drop; }}\n\
+             }}\n"
+        );
+        nft(&ns, &rules);
+        Nat { ns, private, hosts: 0 }
+    }
+
+    /// A host on `nat`'s private network, routed through it.
+    pub fn host_behind(&mut self, nat: &mut Nat) -> Host {
+        nat.hosts += 1;
+        let [a, b, c] = nat.private;
+        let host_ip = Ipv4Addr::new(a, b, c, 10 + nat.hosts);
+        let name = format!("{}h{}", &nat.ns[self.prefix.len()..], nat.hosts);
+        let ns = self.namespace(&name);
+        veth(&ns, "eth0", &nat.ns, &format!("h{}", nat.hosts));
+        ip(&nat.ns, &format!("link set h{} master br0", nat.hosts));
+        ip(&nat.ns, &format!("link set h{} up", nat.hosts));
+        ip(&ns, &format!("addr add {host_ip}/24 dev eth0"));
+        ip(&ns, "link set eth0 up");
+        ip(&ns, &format!("route add default via {a}.{b}.{c}.1"));
+        Host { ns, ip: host_ip }
+    }
+
+    fn namespace(&mut self, name: &str) -> String {
+        let ns = format!("{}{name}", self.prefix);
+        // A namespace a crashed earlier run of this process id left behind.
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        run(Command::new("ip").args(["netns", "add", &ns]));
+        self.namespaces.push(ns.clone());
+        ip(&ns, "link set lo up");
+        ns
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn require_root_and_tools() {
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    assert_eq!(
+        uid.as_deref().unwrap_or("?"),
+        "0",
+        "the NAT tests build network namespaces and need root (CI runs them as root)"
+    );
+    for tool in ["ip", "nft"] {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "the NAT tests need `{tool}`: run scripts/test, which installs nftables, or apt-get install nftables iproute2"
+        );
+    }
+}
+
+/// A veth pair: `a` in namespace `ns_a`, `b` in `ns_b`.
+fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
+    run(Command::new("ip").args(["link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b]));
+}
+
+fn ip(ns: &str, args: &str) {
+    run(Command::new("ip").args(["-n", ns]).args(args.split_whitespace()));
+}
+
+fn nft(ns: &str, rules: &str) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nft");
+    child.stdin.take().expect("stdin").write_all(rules.as_bytes()).expect("write rules");
+    let out = child.wait_with_output().expect("nft");
+    assert!(out.status.success(), "nft in {ns} refused:\n{rules}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
