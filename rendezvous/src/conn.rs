@@ -15,6 +15,10 @@ use crate::core::Event;
 /// Time a new connection has to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a connection checks whether its peer's address changed (a NAT gave it a new
+/// mapping; QUIC carries the connection over to the new address by itself).
+const ADDRESS_CHECK: Duration = Duration::from_millis(250);
+
 /// Messages queued toward one connection before the core considers it stuck.
 pub(crate) const OUTBOX: usize = 1024;
 
@@ -120,9 +124,25 @@ async fn exchange(
         }
         Ok(())
     };
+    let watcher = async {
+        let mut addr = conn.remote_address();
+        let mut every = tokio::time::interval(ADDRESS_CHECK);
+        loop {
+            every.tick().await;
+            let now = conn.remote_address();
+            if now != addr {
+                info!(from = %addr, to = %now, "the peer's address changed");
+                addr = now;
+                if events.send(Event::Moved { session, addr }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    };
     let result = tokio::select! {
         r = reader => r,
         r = writer => r,
+        r = watcher => r,
         e = conn.closed() => match e {
             quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed => Ok(()),
             e => Err(e.into()),

@@ -30,6 +30,8 @@ pub(crate) enum Event {
     ClientJoined { job: u64, tx: mpsc::Sender<FromRendezvous> },
     /// A message on an admitted connection.
     Message { from: u64, msg: ToRendezvous },
+    /// A connection now comes from another address (its NAT mapped it anew).
+    Moved { session: u64, addr: SocketAddr },
     /// A connection ended.
     Left { session: u64 },
 }
@@ -129,9 +131,19 @@ impl Core {
                 self.clients
                     .insert(job, ClientEntry { tx, store: None, mode: Mode::P2p, progress: Progress::default() });
             }
+            Event::Moved { session, addr } => self.moved(session, addr),
             Event::Left { session } => self.left(session),
             Event::Message { from, msg } => self.message(from, msg),
         }
+    }
+
+    /// A node's NAT mapped it anew: consumers dial it at its new address, and every pair it is in
+    /// is introduced again (the old holes point at the old address).
+    fn moved(&mut self, node: u64, addr: SocketAddr) {
+        let Some(entry) = self.nodes.get_mut(&node) else { return };
+        entry.addr = addr;
+        entry.introduced.clear();
+        self.nodes.values_mut().for_each(|n| _ = n.introduced.remove(&node));
     }
 
     fn left(&mut self, session: u64) {

@@ -8,19 +8,20 @@ use crate::netlab::{Host, Lab, Mapping};
 use crate::util::{Proc, Run, SelfHosted, write};
 
 /// Two producers that run at once (one per node, each node has one slot) and a consumer that
-/// reads both, so one output must cross from one node to the other.
+/// reads both, so one output must cross from one node to the other. The producers first sleep
+/// `SLEEP` seconds.
 const CROSSING_JOB: &str = r#"
 [[thunk]]
 name = "left"
 program = { host = "/bin/sh" }
-args = ["-c", "sleep 0.3; yes left | head -c 300000 > out"]
+args = ["-c", "sleep SLEEP; yes left | head -c 300000 > out"]
 env = { PATH = "/usr/bin:/bin" }
 outputs = ["out"]
 
 [[thunk]]
 name = "right"
 program = { host = "/bin/sh" }
-args = ["-c", "sleep 0.3; yes right | head -c 300000 > out"]
+args = ["-c", "sleep SLEEP; yes right | head -c 300000 > out"]
 env = { PATH = "/usr/bin:/bin" }
 outputs = ["out"]
 
@@ -97,8 +98,13 @@ impl Mesh {
 
     /// Runs the crossing job from the public network, with a folder store every namespace shares.
     fn run(&self) -> Run {
+        self.run_sleeping("0.3")
+    }
+
+    /// Like [`Mesh::run`], with producers that sleep `seconds` first.
+    fn run_sleeping(&self, seconds: &str) -> Run {
         let work = self.dir.path().join("client");
-        let job = write(&work, &[("job.toml", CROSSING_JOB)]);
+        let job = write(&work, &[("job.toml", &CROSSING_JOB.replace("SLEEP", seconds))]);
         let store = format!("file://{}", self.dir.path().join("store").display());
         let mut run = self.rendezvous.run_with(&work, &job, &["--store", &store]);
         run.stderr.push_str(&format!("\n--- node logs ---\n{}\n{}", self.log(0), self.log(1)));
@@ -146,4 +152,21 @@ fn a_node_behind_a_symmetric_nat_hands_its_outputs_over_through_storage() {
     run.ok();
     assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest());
     assert!(run.num("storage_fallbacks") >= 1, "no direct path: {}\n{}", run.summary, run.stderr);
+}
+
+#[test]
+fn nats_that_forget_their_mappings_mid_job_still_give_a_direct_path() {
+    let mut lab = Lab::new("forget");
+    let (mut a, mut b) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::EndpointIndependent));
+    let (ha, hb) = (lab.host_behind(&mut a), lab.host_behind(&mut b));
+    let mesh = Mesh::start(&lab.public(), &[&ha, &hb]);
+    let run = std::thread::scope(|s| {
+        let job = s.spawn(|| mesh.run_sleeping("5"));
+        // While the producers sleep, both NATs drop everything long enough to forget every
+        // mapping, then map the nodes to new public ports: the rendezvous must follow them.
+        std::thread::sleep(Duration::from_secs(1));
+        lab.forget_mappings(&[&a, &b], Duration::from_millis(2500));
+        job.join().expect("job thread")
+    });
+    assert_all_direct(&run);
 }

@@ -12,7 +12,7 @@
 //!
 //! Every address comes from the documentation ranges and nothing is connected to the host's own
 //! interfaces, so no packet leaves the namespaces. The namespaces are removed on drop. Needs
-//! root, `ip` and `nft` (the test command installs nftables).
+//! root, `ip`, `nft` and `conntrack` (the test command installs nftables and conntrack).
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -118,6 +118,27 @@ impl Lab {
         Host { ns, ip: host_ip }
     }
 
+    /// Makes each NAT forget every mapping, as a NAT does when its timers expire while no packet
+    /// passes, or when it restarts: for `blackout` no packet crosses it, its connection tracking
+    /// is emptied, and from then on it maps UDP flows to ports from 20000 up, so every inside
+    /// socket gets a new public port.
+    pub fn forget_mappings(&self, nats: &[&Nat], blackout: std::time::Duration) {
+        for nat in nats {
+            let rules =
+                "table ip blackout {\n\tchain silence { type filter hook prerouting priority -300; policy drop; }\n}\n";
+            nft(&nat.ns, rules);
+            run(Command::new("ip").args(["netns", "exec", &nat.ns, "conntrack", "-F"]));
+            let remap = "flush chain ip nat post\n\
+                         add rule ip nat post oifname \"out\" ip protocol udp masquerade to :20000-29999\n\
+                         add rule ip nat post oifname \"out\" masquerade\n";
+            nft(&nat.ns, remap);
+        }
+        std::thread::sleep(blackout);
+        for nat in nats {
+            nft(&nat.ns, "delete table ip blackout\n");
+        }
+    }
+
     fn namespace(&mut self, name: &str) -> String {
         let ns = format!("{}{name}", self.prefix);
         // A namespace a crashed earlier run of this process id left behind.
@@ -144,11 +165,11 @@ fn require_root_and_tools() {
         "0",
         "the NAT tests build network namespaces and need root (CI runs them as root)"
     );
-    for tool in ["ip", "nft"] {
+    for tool in ["ip", "nft", "conntrack"] {
         let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
         assert!(
             found.is_ok_and(|o| o.status.success()),
-            "the NAT tests need `{tool}`: run scripts/test, which installs nftables, or apt-get install nftables iproute2"
+            "the NAT tests need `{tool}`: run scripts/test, which installs it, or apt-get install nftables conntrack iproute2"
         );
     }
 }
