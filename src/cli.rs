@@ -25,6 +25,19 @@ pub enum Command {
     Rendezvous(RendezvousArgs),
     /// Run a worker node that joins a rendezvous.
     Node(NodeArgs),
+    /// Show the nodes registered with a rendezvous: addresses, NAT, slots, running thunks.
+    Status(StatusArgs),
+}
+
+/// Flags of `thunkmesh status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The rendezvous (host:port); the token comes from THUNKMESH_TOKEN.
+    #[arg(long)]
+    pub rendezvous: String,
+    /// How to trust the rendezvous.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 /// Flags of `thunkmesh run`.
@@ -86,6 +99,10 @@ pub struct RendezvousArgs {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:7700")]
     pub listen: SocketAddr,
+    /// A second UDP address that tells each node the address it sees, so nodes can classify
+    /// their NAT (see docs/networking.md); without it their NAT kind shows as unknown.
+    #[arg(long)]
+    pub probe_listen: Option<SocketAddr>,
     /// Keeps the certificate, key and generated token across restarts.
     #[arg(long, default_value = ".thunkmesh/rendezvous")]
     pub state_dir: PathBuf,

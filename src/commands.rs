@@ -13,7 +13,7 @@ use thunkmesh_node::NodeConfig;
 use thunkmesh_protocol::wire::Progress;
 use thunkmesh_store::{Store, StoreError};
 
-use crate::cli::{Command, NodeArgs, RendezvousArgs, RunArgs, TrustArgs};
+use crate::cli::{Command, NodeArgs, RendezvousArgs, RunArgs, StatusArgs, TrustArgs};
 
 /// The environment variable that carries the mesh token.
 const TOKEN_ENV: &str = "THUNKMESH_TOKEN";
@@ -23,6 +23,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Run(args) => return run(args).await,
         Command::Rendezvous(args) => rendezvous(args).await,
         Command::Node(args) => node(args).await,
+        Command::Status(args) => status(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,14 +157,30 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
         Err(_) => stored_token(&args.state_dir)?,
     };
     let endpoint = thunkmesh_net::endpoint(args.listen, &identity)?;
+    let probe = args.probe_listen.map(|addr| thunkmesh_net::endpoint(addr, &identity)).transpose()?;
     let fingerprint: String = identity.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
     eprintln!("rendezvous listening on {} (UDP)", endpoint.local_addr()?);
+    if let Some(probe) = &probe {
+        eprintln!("probe port for NAT classification on {} (UDP)", probe.local_addr()?);
+    }
     eprintln!("certificate fingerprint: {fingerprint}");
     eprintln!("nodes join with: THUNKMESH_TOKEN=... thunkmesh node --rendezvous HOST:PORT --fingerprint {fingerprint}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    thunkmesh_rendezvous::serve(endpoint, token, shutdown).await;
+    thunkmesh_rendezvous::serve(endpoint, probe, token, shutdown).await;
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> Result<()> {
+    let target = remote_target(&args.rendezvous, &args.trust)?;
+    let nodes = thunkmesh_client::status(&target).await?;
+    println!("{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}", "NODE", "OBSERVED", "LOCAL", "NAT", "SLOTS", "RUNNING");
+    for n in &nodes {
+        let nat = n.nat.to_string();
+        println!("{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}", n.name, n.observed, n.local, nat, n.slots, n.running);
+    }
+    println!("{} node(s)", nodes.len());
     Ok(())
 }
 

@@ -9,5 +9,5 @@ pub mod summary;
 
 pub use embedded::LocalMesh;
 pub use load::{LoadedJob, load_job};
-pub use submit::{JobRun, Memo, Reporter, RunError, Target, run_job};
+pub use submit::{JobRun, Memo, Reporter, RunError, Target, run_job, status};
 pub use summary::Summary;

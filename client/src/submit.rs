@@ -9,8 +9,8 @@ use futures::StreamExt;
 use thunkmesh_net::{Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
 use thunkmesh_protocol::job::NamedThunk;
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, FromRendezvous, Hello, JobOutcome, Mode, PROTOCOL_VERSION, Progress, Reduction, Role, Submission,
-    SubmittedThunk, ToRendezvous, WireError,
+    ALPN_RENDEZVOUS, FromRendezvous, Hello, JobOutcome, Mode, NodeStatus, PROTOCOL_VERSION, Progress, Reduction, Role,
+    Submission, SubmittedThunk, ToRendezvous, WireError,
 };
 use thunkmesh_protocol::{Id, Ref};
 use thunkmesh_store::{Store, StoreError};
@@ -296,31 +296,63 @@ async fn submit(
     target: &Target,
     reporter: &mut dyn Reporter,
 ) -> Result<JobOutcome, RunError> {
-    let addr = thunkmesh_net::resolve(&target.rendezvous).await?;
-    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let endpoint =
-        thunkmesh_net::endpoint(bind.parse().map_err(|_| NetError::Closed("a bind address"))?, &Identity::generate()?)?;
-    let conn = connect(&endpoint, client_config(&target.trust, ALPN_RENDEZVOUS)?, addr, &target.server_name).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
-    let hello = Hello { version: PROTOCOL_VERSION, token: target.token.clone(), role: Role::Client };
-    send_msg(&mut send, &hello).await?;
-    match recv_msg::<FromRendezvous>(&mut recv).await? {
-        Some(FromRendezvous::Welcome { .. }) => {}
-        Some(FromRendezvous::Refused(e)) => return Err(RunError::Refused(e)),
-        _ => return Err(RunError::Disconnected),
-    }
-    send_msg(&mut send, &ToRendezvous::Submit(sub.clone())).await?;
+    let mut session = Session::open(target).await?;
+    send_msg(&mut session.send, &ToRendezvous::Submit(sub.clone())).await?;
     let mut memo_writes = JoinSet::new();
-    let result = follow(&mut recv, records, &mut memo_writes, reporter).await;
+    let result = follow(&mut session.recv, records, &mut memo_writes, reporter).await;
     // Reductions of what completed are recorded even when the job failed: a rerun resumes.
     while let Some(done) = memo_writes.join_next().await {
         if let Ok(Err(e)) = done {
             warn!(error = %e, "could not record a memo entry");
         }
     }
-    conn.close(0u32.into(), b"done");
-    endpoint.close(0u32.into(), b"done");
+    session.close();
     result
+}
+
+/// A client's admitted connection to a rendezvous and its control stream.
+struct Session {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Session {
+    async fn open(target: &Target) -> Result<Session, RunError> {
+        let addr = thunkmesh_net::resolve(&target.rendezvous).await?;
+        let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let bind = bind.parse().map_err(|_| NetError::Closed("a bind address"))?;
+        let endpoint = thunkmesh_net::endpoint(bind, &Identity::generate()?)?;
+        let conn =
+            connect(&endpoint, client_config(&target.trust, ALPN_RENDEZVOUS)?, addr, &target.server_name).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+        let hello = Hello { version: PROTOCOL_VERSION, token: target.token.clone(), role: Role::Client };
+        send_msg(&mut send, &hello).await?;
+        match recv_msg::<FromRendezvous>(&mut recv).await? {
+            Some(FromRendezvous::Welcome { .. }) => Ok(Session { endpoint, conn, send, recv }),
+            Some(FromRendezvous::Refused(e)) => Err(RunError::Refused(e)),
+            _ => Err(RunError::Disconnected),
+        }
+    }
+
+    fn close(&self) {
+        self.conn.close(0u32.into(), b"done");
+        self.endpoint.close(0u32.into(), b"done");
+    }
+}
+
+/// The nodes registered with the rendezvous at `target`.
+pub async fn status(target: &Target) -> Result<Vec<NodeStatus>, RunError> {
+    let mut session = Session::open(target).await?;
+    send_msg(&mut session.send, &ToRendezvous::Status).await?;
+    let reply = recv_msg::<FromRendezvous>(&mut session.recv).await;
+    session.close();
+    match reply? {
+        Some(FromRendezvous::Status(nodes)) => Ok(nodes),
+        Some(FromRendezvous::Refused(e)) => Err(RunError::Refused(e)),
+        _ => Err(RunError::Disconnected),
+    }
 }
 
 async fn follow(

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use thunkmesh_net::{AbortOnDrop, Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, FromRendezvous, Hello, NodeHello, PROTOCOL_VERSION, Role, ToRendezvous, WireError,
+    ALPN_RENDEZVOUS, FromRendezvous, Hello, NatKind, NodeHello, PROTOCOL_VERSION, ProbeReply, Role, ToRendezvous,
+    WireError,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -88,12 +89,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     };
     let role = Role::Node(hello);
     send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token: config.token.clone(), role }).await?;
-    let (session, observed) = match recv_msg::<FromRendezvous>(&mut recv).await? {
-        Some(FromRendezvous::Welcome { session, observed }) => (session, observed),
+    let (session, observed, probe_port) = match recv_msg::<FromRendezvous>(&mut recv).await? {
+        Some(FromRendezvous::Welcome { session, observed, probe_port }) => (session, observed, probe_port),
         Some(FromRendezvous::Refused(e)) => return Err(NodeError::Refused(e)),
         _ => return Err(NodeError::Disconnected),
     };
-    info!(session, rendezvous = %addr, %local, %observed, "registered");
+    let nat = classify_nat(&endpoint, &config, local, &observed, SocketAddr::new(addr.ip(), probe_port)).await;
+    info!(session, rendezvous = %addr, %local, %observed, %nat, "registered");
+    send_msg(&mut send, &ToRendezvous::Nat(nat)).await?;
     let token: Arc<str> = config.token.clone().into();
     let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), cache.clone(), token)));
     let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token).timed_by(conn.clone())));
@@ -101,6 +104,46 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     conn.close(0u32.into(), b"node stopping");
     endpoint.close(0u32.into(), b"node stopping");
     result
+}
+
+/// How long the probe port has to answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Classifies the node's NAT: none if the rendezvous sees the node's own address; otherwise by
+/// whether the probe port (port 0: none) sees the same public address as the main port.
+async fn classify_nat(
+    endpoint: &quinn::Endpoint,
+    config: &NodeConfig,
+    local: SocketAddr,
+    observed: &str,
+    probe: SocketAddr,
+) -> NatKind {
+    if observed.parse::<SocketAddr>().is_ok_and(|o| o == local) {
+        return NatKind::None;
+    }
+    if probe.port() == 0 {
+        return NatKind::Unknown;
+    }
+    let probed = async {
+        let conn =
+            connect(endpoint, client_config(&config.trust, ALPN_RENDEZVOUS)?, probe, &config.server_name).await?;
+        let mut recv = conn.accept_uni().await.map_err(NetError::from)?;
+        let reply = recv_msg::<ProbeReply>(&mut recv).await?;
+        conn.close(0u32.into(), b"probed");
+        reply.ok_or(NetError::Closed("a probe reply"))
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, probed).await {
+        Ok(Ok(reply)) if reply.observed == observed => NatKind::EndpointIndependent,
+        Ok(Ok(_)) => NatKind::EndpointDependent,
+        Ok(Err(e)) => {
+            warn!(%probe, error = %e, "the rendezvous' probe port failed; NAT kind unknown");
+            NatKind::Unknown
+        }
+        Err(_) => {
+            warn!(%probe, "the rendezvous' probe port did not answer; NAT kind unknown");
+            NatKind::Unknown
+        }
+    }
 }
 
 /// The address the node is bound to; for a wildcard, the one of its addresses that routes toward

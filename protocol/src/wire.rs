@@ -80,6 +80,60 @@ pub enum ToRendezvous {
     Stored(Stored),
     /// A node is leaving: assign it nothing more; ask it to upload what others still need.
     Drain,
+    /// How a node's NAT maps its socket, as the node found out at start.
+    Nat(NatKind),
+    /// A client asks for the registered nodes (answered with `Status`).
+    Status,
+}
+
+/// How a node's NAT (if any) maps its one UDP socket to public addresses, learned from what two
+/// rendezvous ports observe.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NatKind {
+    /// Not found out (the rendezvous has no probe port, or the probe did not answer).
+    #[default]
+    Unknown,
+    /// No NAT: the rendezvous sees the address the node is bound to.
+    None,
+    /// One public address for the socket, whatever the destination: peers can punch through.
+    EndpointIndependent,
+    /// A new public port for each destination (symmetric): peers cannot reach the node directly.
+    EndpointDependent,
+}
+
+impl std::fmt::Display for NatKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NatKind::Unknown => "unknown",
+            NatKind::None => "none",
+            NatKind::EndpointIndependent => "endpoint-independent",
+            NatKind::EndpointDependent => "endpoint-dependent (symmetric)",
+        })
+    }
+}
+
+/// What the probe port answers: the address the probe came from.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReply {
+    /// `ip:port`, as the probe port sees it.
+    pub observed: String,
+}
+
+/// One registered node, as `thunkmesh status` shows it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Its name.
+    pub name: String,
+    /// Where the rendezvous sees it.
+    pub observed: String,
+    /// Where it sees itself.
+    pub local: String,
+    /// Its NAT.
+    pub nat: NatKind,
+    /// Thunks it runs at once.
+    pub slots: u32,
+    /// Thunks running on it now.
+    pub running: u32,
 }
 
 /// Messages the rendezvous sends to a node or client.
@@ -92,6 +146,9 @@ pub enum FromRendezvous {
         /// The address the connection came from, as the rendezvous sees it (`ip:port`): behind a
         /// NAT, the NAT's public side.
         observed: String,
+        /// A second UDP port of the rendezvous that answers with the address it sees (a
+        /// [`ProbeReply`]), from which a node classifies its NAT; 0 if there is none.
+        probe_port: u16,
     },
     /// The hello (or a later message) was refused; the connection closes.
     Refused(WireError),
@@ -122,6 +179,8 @@ pub enum FromRendezvous {
         /// The peer's certificate fingerprint.
         fingerprint: [u8; 32],
     },
+    /// The registered nodes (to a client that asked).
+    Status(Vec<NodeStatus>),
 }
 
 /// How intermediate outputs travel.
@@ -575,6 +634,8 @@ mod tests {
             (any::<u64>(), arb_id(), any::<bool>(), arb_stats())
                 .prop_map(|(job, blob, ok, stats)| ToRendezvous::Stored(Stored { job, blob, ok, stats })),
             Just(ToRendezvous::Drain),
+            Just(ToRendezvous::Status),
+            Just(ToRendezvous::Nat(NatKind::EndpointDependent)),
         ]
     }
 
@@ -608,7 +669,19 @@ mod tests {
                 JobOutcome { targets, stats, executed, cached, total, nodes_lost, storage_fallbacks, copies }
             });
         prop_oneof![
-            (any::<u64>(), ".{0,12}").prop_map(|(session, observed)| FromRendezvous::Welcome { session, observed }),
+            (any::<u64>(), ".{0,12}", any::<u16>())
+                .prop_map(|(session, observed, probe_port)| FromRendezvous::Welcome { session, observed, probe_port }),
+            (".{0,8}", ".{0,12}", any::<u32>(), any::<u32>()).prop_map(|(name, observed, slots, running)| {
+                let nat = NatKind::EndpointIndependent;
+                FromRendezvous::Status(vec![NodeStatus {
+                    name,
+                    local: observed.clone(),
+                    observed,
+                    nat,
+                    slots,
+                    running,
+                }])
+            }),
             (".{0,12}", any::<[u8; 32]>())
                 .prop_map(|(addr, fingerprint)| FromRendezvous::Introduce { addr, fingerprint }),
             arb_error().prop_map(FromRendezvous::Refused),

@@ -25,7 +25,7 @@ pub(crate) const OUTBOX: usize = 1024;
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Runs one connection from handshake to close.
-pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, events: mpsc::Sender<Event>) {
+pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, probe_port: u16, events: mpsc::Sender<Event>) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -34,7 +34,7 @@ pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, events: m
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("conn", session, %remote);
     async move {
-        if let Err(e) = run(&conn, session, &token, events).await {
+        if let Err(e) = run(&conn, session, &token, probe_port, events).await {
             warn!(error = %e, "closing the connection");
             conn.close(2u32.into(), e.to_string().as_bytes());
         }
@@ -43,7 +43,13 @@ pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, events: m
     .await;
 }
 
-async fn run(conn: &quinn::Connection, session: u64, token: &str, events: mpsc::Sender<Event>) -> Result<(), NetError> {
+async fn run(
+    conn: &quinn::Connection,
+    session: u64,
+    token: &str,
+    probe_port: u16,
+    events: mpsc::Sender<Event>,
+) -> Result<(), NetError> {
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| NetError::Closed("a control stream in time"))??;
@@ -67,7 +73,8 @@ async fn run(conn: &quinn::Connection, session: u64, token: &str, events: mpsc::
             return refuse(conn, &mut send, refusal).await;
         }
     };
-    send_msg(&mut send, &FromRendezvous::Welcome { session, observed: conn.remote_address().to_string() }).await?;
+    let welcome = FromRendezvous::Welcome { session, observed: conn.remote_address().to_string(), probe_port };
+    send_msg(&mut send, &welcome).await?;
     if events.send(joined).await.is_err() {
         return Ok(());
     }

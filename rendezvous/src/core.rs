@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use thunkmesh_planner::{Decision, Place, Planner};
 use thunkmesh_protocol::wire::{
-    Assignment, ErrorCode, FromRendezvous, InputSource, Mode, NodeHello, Progress, Resolution, Source, ToRendezvous,
-    UploadRequest, WireError,
+    Assignment, ErrorCode, FromRendezvous, InputSource, Mode, NatKind, NodeHello, NodeStatus, Progress, Resolution,
+    Source, ToRendezvous, UploadRequest, WireError,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -39,6 +39,10 @@ pub(crate) enum Event {
 #[derive(Debug)]
 struct NodeEntry {
     tx: mpsc::Sender<FromRendezvous>,
+    name: String,
+    slots: u32,
+    /// What it found out about its NAT.
+    nat: NatKind,
     /// Where its connection comes from, as seen here.
     addr: SocketAddr,
     /// Where it sees itself (differs from `addr` behind a NAT).
@@ -122,7 +126,16 @@ impl Core {
                 if local.is_none() {
                     warn!(node, local = %hello.local, "node sent a local address that is not ip:port");
                 }
-                let entry = NodeEntry { tx, addr, local, fingerprint: hello.fingerprint, introduced: HashSet::new() };
+                let entry = NodeEntry {
+                    tx,
+                    name: hello.name.clone(),
+                    slots: hello.slots,
+                    nat: NatKind::Unknown,
+                    addr,
+                    local,
+                    fingerprint: hello.fingerprint,
+                    introduced: HashSet::new(),
+                };
                 self.nodes.insert(node, entry);
                 self.node_count.send_replace(self.nodes.len());
                 self.planner.node_joined(node, hello.slots, &hello.inventory);
@@ -174,7 +187,14 @@ impl Core {
                 info!(node = from, "node draining");
                 self.planner.node_draining(from);
             }
-            _ => self.refuse(from, "a client may only submit, and only nodes report tasks"),
+            ToRendezvous::Nat(kind) if is_node => {
+                info!(node = from, nat = %kind, "node classified its NAT");
+                if let Some(node) = self.nodes.get_mut(&from) {
+                    node.nat = kind;
+                }
+            }
+            ToRendezvous::Status if !is_node => self.send(from, FromRendezvous::Status(self.status())),
+            _ => self.refuse(from, "a client may only submit or ask for status, and only nodes report tasks"),
         }
     }
 
@@ -232,6 +252,24 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The registered nodes, by name.
+    fn status(&self) -> Vec<NodeStatus> {
+        let mut nodes: Vec<NodeStatus> = self
+            .nodes
+            .iter()
+            .map(|(&id, n)| NodeStatus {
+                name: n.name.clone(),
+                observed: n.addr.to_string(),
+                local: n.local.map_or_else(|| "?".to_owned(), |a| a.to_string()),
+                nat: n.nat,
+                slots: n.slots,
+                running: u32::try_from(self.planner.running(id)).unwrap_or(u32::MAX),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
     }
 
     fn store(&self, job: u64) -> String {

@@ -8,6 +8,7 @@
 
 mod conn;
 mod core;
+mod probe;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -63,17 +64,24 @@ pub fn spawn(bind: SocketAddr, config: Config) -> Result<Running, RendezvousErro
     let addr = endpoint.local_addr().map_err(|source| NetError::Io { path: bind.to_string(), source })?;
     let fingerprint = config.identity.fingerprint();
     let (count, nodes) = watch::channel(0);
-    let task = tokio::spawn(serve_counting(endpoint, config.token, std::future::pending(), count));
+    let task = tokio::spawn(serve_counting(endpoint, None, config.token, std::future::pending(), count));
     Ok(Running { addr, fingerprint, nodes, _task: AbortOnDrop(task) })
 }
 
-/// Serves on `endpoint` until `shutdown` completes, then closes every connection.
-pub async fn serve(endpoint: quinn::Endpoint, token: String, shutdown: impl Future<Output = ()>) {
-    serve_counting(endpoint, token, shutdown, watch::channel(0).0).await;
+/// Serves on `endpoint` until `shutdown` completes, then closes every connection. A `probe`
+/// endpoint (a second UDP port) answers nodes classifying their NAT.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    probe: Option<quinn::Endpoint>,
+    token: String,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_counting(endpoint, probe, token, shutdown, watch::channel(0).0).await;
 }
 
 async fn serve_counting(
     endpoint: quinn::Endpoint,
+    probe: Option<quinn::Endpoint>,
     token: String,
     shutdown: impl Future<Output = ()>,
     nodes: watch::Sender<usize>,
@@ -82,6 +90,10 @@ async fn serve_counting(
     let token: Arc<str> = token.into();
     let mut tasks = JoinSet::new();
     tasks.spawn(core::Core::new(nodes).run(inbox));
+    let probe_port = probe.as_ref().and_then(|p| p.local_addr().ok()).map_or(0, |a| a.port());
+    if let Some(probe) = probe.clone() {
+        tasks.spawn(probe::serve(probe));
+    }
     tokio::pin!(shutdown);
     info!(addr = ?endpoint.local_addr().ok(), "rendezvous listening");
     loop {
@@ -89,7 +101,7 @@ async fn serve_counting(
             () = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tasks.spawn(conn::handle(incoming, token.clone(), events.clone()));
+                tasks.spawn(conn::handle(incoming, token.clone(), probe_port, events.clone()));
             }
             Some(done) = tasks.join_next() => {
                 if let Err(e) = done.map_err(|e| e.to_string()) {
@@ -99,5 +111,8 @@ async fn serve_counting(
         }
     }
     endpoint.close(0u32.into(), b"rendezvous shutting down");
+    if let Some(probe) = probe {
+        probe.close(0u32.into(), b"rendezvous shutting down");
+    }
     tasks.shutdown().await;
 }

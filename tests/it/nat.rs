@@ -65,8 +65,8 @@ struct Mesh {
 impl Mesh {
     fn start(public: &Host, hosts: &[&Host]) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = format!("{}:7700", public.ip);
-        let rendezvous = SelfHosted::start_in(&dir.path().join("rdv"), &addr, &public.ns);
+        let (addr, probe) = (format!("{}:7700", public.ip), format!("{}:7701", public.ip));
+        let rendezvous = SelfHosted::start_in(&dir.path().join("rdv"), &addr, &public.ns, &["--probe-listen", &probe]);
         let nodes = hosts
             .iter()
             .enumerate()
@@ -83,6 +83,7 @@ impl Mesh {
     fn wait_for_registration(&self, nodes: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            // A node logs "registered" once it has classified its NAT too.
             let registered = (0..nodes).filter(|i| self.log(*i).contains("registered")).count();
             if registered == nodes {
                 return;
@@ -128,6 +129,9 @@ fn two_nodes_behind_two_cone_nats_fetch_directly() {
     let (mut a, mut b) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::EndpointIndependent));
     let (ha, hb) = (lab.host_behind(&mut a), lab.host_behind(&mut b));
     let mesh = Mesh::start(&lab.public(), &[&ha, &hb]);
+    let status = mesh.rendezvous.status();
+    assert_eq!(status.matches("endpoint-independent").count(), 2, "{status}");
+    assert!(status.contains("203.0.113.11:") && status.contains("192.0.2.11:"), "public and private: {status}");
     let run = mesh.run();
     assert_all_direct(&run);
 }
@@ -148,6 +152,8 @@ fn a_node_behind_a_symmetric_nat_hands_its_outputs_over_through_storage() {
     let (mut cone, mut symmetric) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::Symmetric));
     let (h1, h2) = (lab.host_behind(&mut cone), lab.host_behind(&mut symmetric));
     let mesh = Mesh::start(&lab.public(), &[&h1, &h2]);
+    let status = mesh.rendezvous.status();
+    assert!(status.contains("endpoint-independent") && status.contains("endpoint-dependent"), "{status}");
     let run = mesh.run();
     run.ok();
     assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest());

@@ -27,6 +27,13 @@ fn nodes_and_jobs_meet_at_a_self_hosted_rendezvous() {
     shell(&repo("examples/cc/expected.sh"), &[&direct]);
     assert_eq!(run.out("report.txt"), std::fs::read(direct.join("report.txt")).expect("report"));
     assert!(run.num("peer_bytes") > 0);
+    // On loopback the rendezvous sees each node where the node is bound: no NAT.
+    let status = rdv.status();
+    for name in ["n0", "n1", "n2"] {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {status}"));
+        assert!(line.contains("127.0.0.1:") && line.contains(" none "), "{line}");
+    }
+    assert!(status.ends_with("3 node(s)\n"), "{status}");
 }
 
 #[test]

@@ -139,8 +139,8 @@ impl SelfHosted {
 
     /// Starts listening on `addr` inside network namespace `ns` (if given), where the clients
     /// of [`SelfHosted::run`] then run too; trusted by its fingerprint.
-    pub fn start_in(state: &Path, addr: &str, ns: &str) -> SelfHosted {
-        let mut rdv = SelfHosted::start_at(state, addr, Some(ns), &[]);
+    pub fn start_in(state: &Path, addr: &str, ns: &str, extra: &[&str]) -> SelfHosted {
+        let mut rdv = SelfHosted::start_at(state, addr, Some(ns), extra);
         rdv.trust = vec!["--fingerprint".into(), rdv.fingerprint.clone()];
         rdv
     }
@@ -181,6 +181,18 @@ impl SelfHosted {
             .spawn()
             .expect("start node");
         Proc(child)
+    }
+
+    /// What `thunkmesh status` prints about this rendezvous' nodes.
+    pub fn status(&self) -> String {
+        let out = thunkmesh_in(self.ns.as_deref())
+            .args(["status", "--rendezvous", &self.addr])
+            .args(&self.trust)
+            .env("THUNKMESH_TOKEN", &self.token)
+            .output()
+            .expect("start thunkmesh status");
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
     }
 
     /// `thunkmesh run JOB` against this rendezvous, in `dir`, presenting `token`.
