@@ -57,6 +57,16 @@ impl NodeEntry {
         self.local.is_some_and(|local| local != self.addr)
     }
 
+    /// Whether `consumer` can have a direct path to this node, as far as their NATs tell. Behind
+    /// an endpoint-dependent (symmetric) NAT a node's packets to a peer leave from a port nobody
+    /// saw, so only a node without a NAT can be reached from it, and it cannot be reached at all
+    /// (except from behind the same NAT). Unknown NATs are given a try.
+    fn direct_path_from(&self, consumer: &NodeEntry) -> bool {
+        let symmetric = |n: &NodeEntry| n.nat == NatKind::EndpointDependent;
+        self.addr.ip() == consumer.addr.ip()
+            || (!symmetric(self) && (!symmetric(consumer) || self.nat == NatKind::None))
+    }
+
     /// Where `consumer` dials this node: at its private address when both are behind one NAT
     /// (many NATs do not loop packets back to their own public side), else where it is seen.
     fn reachable_from(&self, consumer: &NodeEntry) -> SocketAddr {
@@ -307,6 +317,11 @@ impl Core {
             Place::Storage => Some(Source::Storage),
             Place::Node(n) => {
                 let node = self.nodes.get(n)?;
+                // A source that cannot work is left out: with none left, the consumer reports
+                // the input unavailable at once and it comes through storage.
+                if consumer.is_some_and(|c| !node.direct_path_from(c)) {
+                    return None;
+                }
                 let addr = consumer.map_or(node.addr, |c| node.reachable_from(c));
                 Some(Source::Peer { addr: addr.to_string(), fingerprint: node.fingerprint })
             }
@@ -317,7 +332,8 @@ impl Core {
     /// Tells a producer behind a NAT to dial a consumer it has not been introduced to.
     fn introduce(&mut self, producer: u64, consumer: u64) {
         let (Some(p), Some(c)) = (self.nodes.get(&producer), self.nodes.get(&consumer)) else { return };
-        if producer == consumer || !p.behind_nat() || p.addr.ip() == c.addr.ip() || p.introduced.contains(&consumer) {
+        let useless = !p.behind_nat() || p.addr.ip() == c.addr.ip() || !p.direct_path_from(c);
+        if producer == consumer || useless || p.introduced.contains(&consumer) {
             return;
         }
         let msg = FromRendezvous::Introduce { addr: c.reachable_from(p).to_string(), fingerprint: c.fingerprint };
