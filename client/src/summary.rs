@@ -35,6 +35,10 @@ pub struct Summary {
     pub storage_fallbacks: u64,
     /// Copies of straggling tasks started on other nodes.
     pub straggler_copies: u64,
+    /// Objects fetched from other nodes through the rendezvous' relay (no direct path formed).
+    pub relayed_fetches: u64,
+    /// Bytes fetched through the relay.
+    pub relayed_bytes: u64,
     /// Wall time of the whole run, loading the job and starting local nodes included.
     pub wall_ms: u64,
     /// Wall time from consulting the memo cache to the last target written: the job itself.
@@ -71,6 +75,8 @@ impl Summary {
             nodes_lost: outcome.nodes_lost,
             storage_fallbacks: outcome.storage_fallbacks,
             straggler_copies: outcome.copies,
+            relayed_fetches: moved.relay_fetches,
+            relayed_bytes: moved.relay_bytes,
             wall_ms: millis(wall),
             job_ms: millis(job),
             program_ms: moved.program_micros / 1000,
@@ -100,6 +106,14 @@ impl fmt::Display for Summary {
                 f,
                 "fallback  {} object(s) went through storage: their producer could not serve them",
                 self.storage_fallbacks
+            )?;
+        }
+        if self.relayed_fetches > 0 {
+            writeln!(
+                f,
+                "relay     {} fetches, {} through the rendezvous (no direct path)",
+                self.relayed_fetches,
+                bytes(self.relayed_bytes)
             )?;
         }
         if self.straggler_copies > 0 {

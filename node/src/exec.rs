@@ -247,6 +247,7 @@ async fn fetch_one(ctx: &Ctx, blob: Id, sources: &[Source], store: &str) -> (Id,
         let outcome = match source {
             Source::Peer { addr, fingerprint } => fetch_from_peer(ctx, blob, addr, *fingerprint, &mut moved).await,
             Source::Storage => fetch_from_storage(ctx, blob, store, &mut moved).await,
+            Source::Relay { node } => fetch_via_relay(ctx, blob, *node, &mut moved).await,
         };
         match outcome {
             Ok(()) => return (blob, Ok(()), moved),
@@ -272,6 +273,13 @@ async fn fetch_from_peer(
     moved.peer_fetches += 1;
     moved.peer_bytes += bytes;
     moved.peer_micros += micros_since(started);
+    Ok(())
+}
+
+async fn fetch_via_relay(ctx: &Ctx, blob: Id, from: u64, moved: &mut TransferStats) -> Result<(), String> {
+    let bytes = ctx.peers.fetch_relayed(from, blob, &ctx.cache).await.map_err(|e| format!("relay: {e}"))?;
+    moved.relay_fetches += 1;
+    moved.relay_bytes += bytes;
     Ok(())
 }
 

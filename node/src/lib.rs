@@ -98,7 +98,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     info!(session, rendezvous = %addr, %local, %observed, %nat, "registered");
     send_msg(&mut send, &ToRendezvous::Nat(nat)).await?;
     let token: Arc<str> = config.token.clone().into();
-    let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), cache.clone(), token)));
+    let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), cache.clone(), token.clone())));
+    // Streams the rendezvous opens are fetches it relays for peers with no direct path here.
+    let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), cache.clone(), token)));
     let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token).timed_by(conn.clone())));
     let result = work(ctx, send, recv, shutdown).instrument(info_span!("node", session)).await;
     conn.close(0u32.into(), b"node stopping");

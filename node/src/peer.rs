@@ -57,6 +57,12 @@ async fn serve_conn(incoming: quinn::Incoming, cache: Arc<Cache>, token: Arc<str
         Ok(c) => c,
         Err(e) => return debug!(error = %e, "peer handshake failed"),
     };
+    serve_streams(conn, cache, token).await;
+}
+
+/// Serves every stream the other side of `conn` opens as a fetch: a peer's, or the rendezvous'
+/// when it relays for a peer that has no direct path to this node.
+pub async fn serve_streams(conn: quinn::Connection, cache: Arc<Cache>, token: Arc<str>) {
     let mut streams = JoinSet::new();
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -81,7 +87,7 @@ async fn serve_stream(
     token: &str,
 ) -> Result<(), NetError> {
     let Some(PeerRequest::Fetch { blob, token: given }) = recv_msg(&mut recv).await? else {
-        return Err(NetError::Closed("a fetch request"));
+        return Err(NetError::Closed("a fetch request (only the rendezvous relays)"));
     };
     if !thunkmesh_net::same_token(&given, token) {
         let refusal = WireError::new(ErrorCode::Unauthorized, "the token is not this mesh's token");
@@ -188,30 +194,41 @@ impl Peers {
         cache: &Arc<Cache>,
     ) -> Result<u64, FetchError> {
         let conn = self.connection(addr, fingerprint).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
-        send_msg(&mut send, &PeerRequest::Fetch { blob, token: self.token.clone() }).await?;
-        let _ = send.finish();
-        match recv_msg::<PeerResponse>(&mut recv).await? {
-            Some(PeerResponse::Found { size }) if size == blob.size => {}
-            Some(PeerResponse::Found { size }) => {
-                let error = WireError::new(ErrorCode::BadMessage, format!("peer offers {size} bytes for {blob}"));
-                return Err(FetchError::Refused(error));
-            }
-            Some(PeerResponse::Refused(e)) => return Err(FetchError::Refused(e)),
-            None => return Err(NetError::Closed("a response").into()),
-        }
-        let tmp = cache.temp_path();
-        let error = match receive_into(&mut recv, &tmp, blob.size).await {
-            Ok(actual) if actual == blob => {
-                cache.adopt(&tmp, blob).await.map_err(|e| FetchError::Local(e.to_string()))?;
-                return Ok(blob.size);
-            }
-            Ok(actual) => FetchError::Corrupt { expected: blob, actual },
-            Err(e) => e,
-        };
-        let _ = tokio::fs::remove_file(&tmp).await;
-        Err(error)
+        request(&conn, &PeerRequest::Fetch { blob, token: self.token.clone() }, blob, cache).await
     }
+
+    /// Fetches `blob` from the node with session `from` through the rendezvous' relay.
+    pub async fn fetch_relayed(&self, from: u64, blob: Id, cache: &Arc<Cache>) -> Result<u64, FetchError> {
+        let conn = self.rendezvous.as_ref().ok_or(NetError::Closed("a rendezvous connection to relay through"))?;
+        request(conn, &PeerRequest::Relay { blob, from }, blob, cache).await
+    }
+}
+
+/// Sends `req` on a new stream of `conn` and receives the object it answers with into the cache.
+async fn request(conn: &quinn::Connection, req: &PeerRequest, blob: Id, cache: &Arc<Cache>) -> Result<u64, FetchError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+    send_msg(&mut send, req).await?;
+    let _ = send.finish();
+    match recv_msg::<PeerResponse>(&mut recv).await? {
+        Some(PeerResponse::Found { size }) if size == blob.size => {}
+        Some(PeerResponse::Found { size }) => {
+            let error = WireError::new(ErrorCode::BadMessage, format!("peer offers {size} bytes for {blob}"));
+            return Err(FetchError::Refused(error));
+        }
+        Some(PeerResponse::Refused(e)) => return Err(FetchError::Refused(e)),
+        None => return Err(NetError::Closed("a response").into()),
+    }
+    let tmp = cache.temp_path();
+    let error = match receive_into(&mut recv, &tmp, blob.size).await {
+        Ok(actual) if actual == blob => {
+            cache.adopt(&tmp, blob).await.map_err(|e| FetchError::Local(e.to_string()))?;
+            return Ok(blob.size);
+        }
+        Ok(actual) => FetchError::Corrupt { expected: blob, actual },
+        Err(e) => e,
+    };
+    let _ = tokio::fs::remove_file(&tmp).await;
+    Err(error)
 }
 
 /// Reads at most `limit` bytes into `path`, hashing them.

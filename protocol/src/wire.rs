@@ -240,6 +240,11 @@ pub enum Source {
     },
     /// Object storage.
     Storage,
+    /// Another node, through the rendezvous (small objects, when no direct path forms).
+    Relay {
+        /// The producer's session.
+        node: u64,
+    },
 }
 
 /// One input and the places it can be had, best first.
@@ -307,6 +312,10 @@ pub struct TransferStats {
     pub peer_micros: u64,
     /// Time spent reading from storage, in microseconds, summed over reads (they overlap).
     pub storage_read_micros: u64,
+    /// Objects fetched from peers through the rendezvous' relay.
+    pub relay_fetches: u64,
+    /// Bytes fetched through the relay.
+    pub relay_bytes: u64,
 }
 
 impl AddAssign for TransferStats {
@@ -320,6 +329,8 @@ impl AddAssign for TransferStats {
         self.storage_bytes_written += o.storage_bytes_written;
         self.peer_micros += o.peer_micros;
         self.storage_read_micros += o.storage_read_micros;
+        self.relay_fetches += o.relay_fetches;
+        self.relay_bytes += o.relay_bytes;
     }
 }
 
@@ -496,6 +507,14 @@ pub enum PeerRequest {
         /// The mesh's token: only members fetch.
         token: String,
     },
+    /// To the rendezvous, on a stream of its own: fetch this object from that node for me. The
+    /// answer is what the node answered (`PeerResponse`, then the bytes).
+    Relay {
+        /// The object.
+        blob: Id,
+        /// The producer's session.
+        from: u64,
+    },
 }
 
 /// A node's answer on a peer stream; the object's bytes follow `Found`.
@@ -584,7 +603,9 @@ mod tests {
     }
 
     fn arb_stats() -> impl Strategy<Value = TransferStats> {
-        any::<[u64; 9]>().prop_map(|s| TransferStats {
+        any::<[u64; 11]>().prop_map(|s| TransferStats {
+            relay_fetches: s[9],
+            relay_bytes: s[10],
             program_micros: s[6],
             peer_micros: s[7],
             storage_read_micros: s[8],

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::core::Event;
+use crate::relay::Relay;
 
 /// Time a new connection has to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,7 +26,17 @@ pub(crate) const OUTBOX: usize = 1024;
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Runs one connection from handshake to close.
-pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, probe_port: u16, events: mpsc::Sender<Event>) {
+/// What every connection shares.
+pub(crate) struct Context {
+    /// The mesh's token.
+    pub(crate) token: Arc<str>,
+    /// The probe port (0: none).
+    pub(crate) probe_port: u16,
+    /// The relay between nodes.
+    pub(crate) relay: Arc<Relay>,
+}
+
+pub(crate) async fn handle(incoming: quinn::Incoming, context: Context, events: mpsc::Sender<Event>) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -34,7 +45,7 @@ pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, probe_por
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("conn", session, %remote);
     async move {
-        if let Err(e) = run(&conn, session, &token, probe_port, events).await {
+        if let Err(e) = run(&conn, session, &context, events).await {
             warn!(error = %e, "closing the connection");
             conn.close(2u32.into(), e.to_string().as_bytes());
         }
@@ -46,8 +57,7 @@ pub(crate) async fn handle(incoming: quinn::Incoming, token: Arc<str>, probe_por
 async fn run(
     conn: &quinn::Connection,
     session: u64,
-    token: &str,
-    probe_port: u16,
+    context: &Context,
     events: mpsc::Sender<Event>,
 ) -> Result<(), NetError> {
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
@@ -57,7 +67,7 @@ async fn run(
         .await
         .map_err(|_| NetError::Closed("a hello in time"))??
         .ok_or(NetError::Closed("a hello"))?;
-    if let Err(refusal) = admit(&hello, token) {
+    if let Err(refusal) = admit(&hello, &context.token) {
         warn!(reason = %refusal.message, "refused");
         return refuse(conn, &mut send, refusal).await;
     }
@@ -73,12 +83,23 @@ async fn run(
             return refuse(conn, &mut send, refusal).await;
         }
     };
-    let welcome = FromRendezvous::Welcome { session, observed: conn.remote_address().to_string(), probe_port };
+    let is_node = matches!(joined, Event::NodeJoined { .. });
+    let observed = conn.remote_address().to_string();
+    let welcome = FromRendezvous::Welcome { session, observed, probe_port: context.probe_port };
     send_msg(&mut send, &welcome).await?;
     if events.send(joined).await.is_err() {
         return Ok(());
     }
-    let result = exchange(conn, session, send, recv, rx, &events).await;
+    let relaying = async {
+        match is_node {
+            true => context.relay.clone().serve(session, conn.clone()).await,
+            false => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = exchange(conn, session, send, recv, rx, &events) => r,
+        () = relaying => Ok(()),
+    };
     let _ = events.send(Event::Left { session }).await;
     result
 }

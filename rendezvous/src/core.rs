@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use thunkmesh_planner::{Decision, Place, Planner};
+use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::{
     Assignment, ErrorCode, FromRendezvous, InputSource, Mode, NatKind, NodeHello, NodeStatus, Progress, Resolution,
     Source, ToRendezvous, UploadRequest, WireError,
@@ -297,8 +298,10 @@ impl Core {
             self.introduce(producer, a.node);
         }
         let Some((name, thunk)) = self.planner.thunk(a.job, a.thunk) else { return };
-        let sources =
-            a.sources.iter().map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(places, a.node) });
+        let sources = a
+            .sources
+            .iter()
+            .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node) });
         let assignment = Assignment {
             task: a.task,
             name: name.to_owned(),
@@ -311,22 +314,36 @@ impl Core {
         self.send(a.node, FromRendezvous::Assign(assignment));
     }
 
-    fn sources(&self, places: &[Place], consumer: u64) -> Vec<Source> {
+    /// Where `consumer` can get `blob`, best first. A node holding it is offered directly where a
+    /// direct path can form; between nodes behind NATs, a small object is also offered through
+    /// the relay, for when the direct path does not form. A source that cannot work is left out:
+    /// with none left, the consumer reports the input unavailable at once and it comes through
+    /// storage.
+    fn sources(&self, blob: Id, places: &[Place], consumer: u64) -> Vec<Source> {
         let consumer = self.nodes.get(&consumer);
-        let source = |p: &Place| match p {
-            Place::Storage => Some(Source::Storage),
-            Place::Node(n) => {
-                let node = self.nodes.get(n)?;
-                // A source that cannot work is left out: with none left, the consumer reports
-                // the input unavailable at once and it comes through storage.
-                if consumer.is_some_and(|c| !node.direct_path_from(c)) {
-                    return None;
+        let mut sources = Vec::new();
+        for place in places {
+            let (id, node) = match place {
+                Place::Storage => {
+                    sources.push(Source::Storage);
+                    continue;
                 }
+                Place::Node(n) => match self.nodes.get(n) {
+                    Some(node) => (*n, node),
+                    None => continue,
+                },
+            };
+            let direct = consumer.is_none_or(|c| node.direct_path_from(c));
+            if direct {
                 let addr = consumer.map_or(node.addr, |c| node.reachable_from(c));
-                Some(Source::Peer { addr: addr.to_string(), fingerprint: node.fingerprint })
+                sources.push(Source::Peer { addr: addr.to_string(), fingerprint: node.fingerprint });
             }
-        };
-        places.iter().filter_map(source).collect()
+            let natted = node.behind_nat() || consumer.is_some_and(NodeEntry::behind_nat);
+            if natted && blob.size <= crate::relay::RELAY_MAX_BYTES {
+                sources.push(Source::Relay { node: id });
+            }
+        }
+        sources
     }
 
     /// Tells a producer behind a NAT to dial a consumer it has not been introduced to.

@@ -9,6 +9,9 @@
 mod conn;
 mod core;
 mod probe;
+mod relay;
+
+pub use relay::{RELAY_BYTES_PER_SECOND, RELAY_MAX_BYTES};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -88,6 +91,7 @@ async fn serve_counting(
 ) {
     let (events, inbox) = mpsc::channel(EVENT_QUEUE);
     let token: Arc<str> = token.into();
+    let relay = relay::Relay::new(token.clone());
     let mut tasks = JoinSet::new();
     tasks.spawn(core::Core::new(nodes).run(inbox));
     let probe_port = probe.as_ref().and_then(|p| p.local_addr().ok()).map_or(0, |a| a.port());
@@ -101,7 +105,8 @@ async fn serve_counting(
             () = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tasks.spawn(conn::handle(incoming, token.clone(), probe_port, events.clone()));
+                let context = conn::Context { token: token.clone(), probe_port, relay: relay.clone() };
+                tasks.spawn(conn::handle(incoming, context, events.clone()));
             }
             Some(done) = tasks.join_next() => {
                 if let Err(e) = done.map_err(|e| e.to_string()) {

@@ -9,19 +9,19 @@ use crate::util::{Proc, Run, SelfHosted, write};
 
 /// Two producers that run at once (one per node, each node has one slot) and a consumer that
 /// reads both, so one output must cross from one node to the other. The producers first sleep
-/// `SLEEP` seconds.
+/// `SLEEP` seconds, then write `SIZE` bytes.
 const CROSSING_JOB: &str = r#"
 [[thunk]]
 name = "left"
 program = { host = "/bin/sh" }
-args = ["-c", "sleep SLEEP; yes left | head -c 300000 > out"]
+args = ["-c", "sleep SLEEP; yes left | head -c SIZE > out"]
 env = { PATH = "/usr/bin:/bin" }
 outputs = ["out"]
 
 [[thunk]]
 name = "right"
 program = { host = "/bin/sh" }
-args = ["-c", "sleep SLEEP; yes right | head -c 300000 > out"]
+args = ["-c", "sleep SLEEP; yes right | head -c SIZE > out"]
 env = { PATH = "/usr/bin:/bin" }
 outputs = ["out"]
 
@@ -37,10 +37,16 @@ outputs = ["out"]
 "both.txt" = "both#out"
 "#;
 
-fn expected_digest() -> String {
+/// Outputs the relay passes on (it takes at most 1 MiB).
+const SMALL: usize = 300_000;
+
+/// Outputs too large for the relay.
+const LARGE: usize = 3_000_000;
+
+fn expected_digest(size: usize) -> String {
     let mut bytes = Vec::new();
     for word in ["left", "right"] {
-        bytes.extend(format!("{word}\n").repeat(300_000 / (word.len() + 1) + 1).bytes().take(300_000));
+        bytes.extend(format!("{word}\n").repeat(size / (word.len() + 1) + 1).bytes().take(size));
     }
     let out = std::process::Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())
@@ -99,13 +105,14 @@ impl Mesh {
 
     /// Runs the crossing job from the public network, with a folder store every namespace shares.
     fn run(&self) -> Run {
-        self.run_sleeping("0.3")
+        self.run_with("0.3", SMALL)
     }
 
-    /// Like [`Mesh::run`], with producers that sleep `seconds` first.
-    fn run_sleeping(&self, seconds: &str) -> Run {
+    /// Like [`Mesh::run`], with producers that sleep `seconds` first and write `size` bytes.
+    fn run_with(&self, seconds: &str, size: usize) -> Run {
         let work = self.dir.path().join("client");
-        let job = write(&work, &[("job.toml", &CROSSING_JOB.replace("SLEEP", seconds))]);
+        let text = CROSSING_JOB.replace("SLEEP", seconds).replace("SIZE", &size.to_string());
+        let job = write(&work, &[("job.toml", &text)]);
         let store = format!("file://{}", self.dir.path().join("store").display());
         let mut run = self.rendezvous.run_with(&work, &job, &["--store", &store]);
         run.stderr.push_str(&format!("\n--- node logs ---\n{}\n{}", self.log(0), self.log(1)));
@@ -118,9 +125,14 @@ impl Mesh {
 /// back would open a path by accident).
 fn assert_all_direct(run: &Run) {
     run.ok();
-    assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest());
-    let counts = (run.num("peer_fetches"), run.num("storage_fallbacks"), run.num("straggler_copies"));
-    assert_eq!(counts, (1, 0, 0), "one direct fetch: {}\n{}", run.summary, run.stderr);
+    assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest(SMALL));
+    assert_eq!(fetches(run), (1, 0, 0), "one direct fetch: {}\n{}", run.summary, run.stderr);
+    assert_eq!(run.num("straggler_copies"), 0, "{}", run.summary);
+}
+
+/// Fetches between nodes: direct, relayed, through storage.
+fn fetches(run: &Run) -> (u64, u64, u64) {
+    (run.num("peer_fetches"), run.num("relayed_fetches"), run.num("storage_fallbacks"))
 }
 
 #[test]
@@ -146,18 +158,33 @@ fn two_nodes_behind_one_nat_fetch_directly() {
     assert_all_direct(&run);
 }
 
-#[test]
-fn a_node_behind_a_symmetric_nat_hands_its_outputs_over_through_storage() {
-    let mut lab = Lab::new("sym");
+/// Runs the crossing job with `size`-byte outputs between a node behind a cone NAT and one behind
+/// a symmetric NAT, where no direct path can form (the rendezvous knows it from their NAT
+/// kinds); checks the target and returns how the fetches went, and the bytes relayed.
+fn across_cone_and_symmetric_nats(tag: &str, size: usize) -> ((u64, u64, u64), u64) {
+    let mut lab = Lab::new(tag);
     let (mut cone, mut symmetric) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::Symmetric));
     let (h1, h2) = (lab.host_behind(&mut cone), lab.host_behind(&mut symmetric));
     let mesh = Mesh::start(&lab.public(), &[&h1, &h2]);
     let status = mesh.rendezvous.status();
     assert!(status.contains("endpoint-independent") && status.contains("endpoint-dependent"), "{status}");
-    let run = mesh.run();
+    let run = mesh.run_with("0.3", size);
     run.ok();
-    assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest());
-    assert!(run.num("storage_fallbacks") >= 1, "no direct path: {}\n{}", run.summary, run.stderr);
+    assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest(size));
+    eprintln!("{}", run.summary);
+    (fetches(&run), run.num("relayed_bytes"))
+}
+
+#[test]
+fn a_small_object_from_behind_a_symmetric_nat_is_relayed() {
+    let (fetches, relayed) = across_cone_and_symmetric_nats("symr", SMALL);
+    assert_eq!((fetches, relayed), ((0, 1, 0), SMALL as u64), "one relayed fetch");
+}
+
+#[test]
+fn a_large_object_from_behind_a_symmetric_nat_goes_through_storage() {
+    let (fetches, relayed) = across_cone_and_symmetric_nats("syms", LARGE);
+    assert_eq!((fetches, relayed), ((0, 0, 1), 0), "one object through storage");
 }
 
 #[test]
@@ -167,7 +194,7 @@ fn nats_that_forget_their_mappings_mid_job_still_give_a_direct_path() {
     let (ha, hb) = (lab.host_behind(&mut a), lab.host_behind(&mut b));
     let mesh = Mesh::start(&lab.public(), &[&ha, &hb]);
     let run = std::thread::scope(|s| {
-        let job = s.spawn(|| mesh.run_sleeping("5"));
+        let job = s.spawn(|| mesh.run_with("5", SMALL));
         // While the producers sleep, both NATs drop everything long enough to forget every
         // mapping, then map the nodes to new public ports: the rendezvous must follow them.
         std::thread::sleep(Duration::from_secs(1));
