@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// How the memo cache in the store is used.
     #[arg(long, value_enum, default_value_t = MemoArg::On)]
     pub memo: MemoArg,
+    /// Fail the job rather than move an object between nodes through the rendezvous' relay or
+    /// storage when no direct path forms (for benchmarking the direct path).
+    #[arg(long)]
+    pub require_direct: bool,
     /// Local state: the default store and the local nodes' caches and logs.
     #[arg(long, default_value = ".thunkmesh")]
     pub state_dir: PathBuf,

@@ -81,7 +81,14 @@ async fn execute(
         StoreError::Unsupported(_) | StoreError::BadUrl { .. } => anyhow::Error::new(UsageError(e.to_string())),
         other => other.into(),
     })?;
-    let run = JobRun { job, store: &store, mode: args.mode.into(), memo: args.memo.into(), out_dir: &args.out };
+    let run = JobRun {
+        job,
+        store: &store,
+        mode: args.mode.into(),
+        memo: args.memo.into(),
+        require_direct: args.require_direct,
+        out_dir: &args.out,
+    };
     if let Some(addr) = &args.rendezvous {
         let target = remote_target(addr, &args.trust)?;
         return Ok(run_job(run, &target, bar, started).await?);

@@ -112,6 +112,8 @@ pub struct JobRun<'a> {
     pub mode: Mode,
     /// How the memo cache is used.
     pub memo: Memo,
+    /// Fail rather than move an object between nodes any way but directly.
+    pub require_direct: bool,
     /// The directory the targets are written to.
     pub out_dir: &'a Path,
 }
@@ -124,7 +126,7 @@ pub async fn run_job(
     reporter: &mut dyn Reporter,
     started: Instant,
 ) -> Result<Summary, RunError> {
-    let JobRun { job, store, mode, memo, out_dir } = run;
+    let JobRun { job, store, mode, memo, require_direct, out_dir } = run;
     let job_started = Instant::now();
     reporter.phase("consulting the memo cache");
     let scan = scan_memo(job, store, memo).await?;
@@ -142,6 +144,7 @@ pub async fn run_job(
         targets: job.job.targets.values().cloned().collect::<BTreeSet<_>>().into_iter().collect(),
         stored: stored.into_iter().chain(scan.stored).collect(),
         memo: scan.reductions,
+        require_direct,
     };
     reporter.phase("waiting for nodes");
     let records = (memo == Memo::On).then_some(store);

@@ -44,7 +44,15 @@ fn planner() -> Planner {
     let targets = thunks.iter().map(|t| Ref::Output { thunk: t.thunk.id(), name: "out".into() }).collect();
     let mut stored: Vec<Id> = (0..VALUES).map(value).collect();
     stored.push(program);
-    let submission = Submission { store: "bench://".into(), mode: Mode::P2p, thunks, targets, stored, memo: vec![] };
+    let submission = Submission {
+        store: "bench://".into(),
+        mode: Mode::P2p,
+        thunks,
+        targets,
+        stored,
+        memo: vec![],
+        require_direct: false,
+    };
     p.submit(1, &submission).expect("valid job");
     p
 }

@@ -109,6 +109,8 @@ pub(crate) struct Job {
     pub(crate) stats: TransferStats,
     pub(crate) nodes_lost: u64,
     pub(crate) mode: Mode,
+    /// Fail rather than move an object between nodes through storage.
+    pub(crate) require_direct: bool,
     /// Objects a peer could not (or will no longer) serve: read from storage once uploaded.
     pub(crate) peer_failed: BTreeSet<Id>,
     /// Objects uploaded because their producer could not serve them.
@@ -146,6 +148,7 @@ impl Job {
             stats: TransferStats::default(),
             nodes_lost: 0,
             mode: sub.mode,
+            require_direct: sub.require_direct,
             peer_failed: BTreeSet::new(),
             storage_fallbacks: 0,
             copies: 0,

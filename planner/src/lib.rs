@@ -485,8 +485,21 @@ impl Planner {
             let message = format!("thunk `{name}` could not run after {MAX_ATTEMPTS} attempts: {}", error.message);
             return self.fail(info.job, WireError { code: error.code, message, detail: error.detail.clone() });
         }
+        let require_direct = job.require_direct;
         // A peer that could not serve an object it holds uploads it; the consumer then reads it
         // from storage. An object no live node holds is recomputed.
+        let served_by_peer = |blob: &Id| {
+            let in_storage = self.objects.get(blob).is_some_and(|p| p.storage);
+            !in_storage && self.holders(*blob).iter().any(|&n| n != info.node)
+        };
+        if require_direct && let Some(blob) = unavailable.iter().find(|b| served_by_peer(b)) {
+            let message = format!(
+                "thunk `{name}` could not fetch {blob} directly from the node that holds it ({}), and the job \
+                 requires direct transfers (--require-direct)",
+                error.message
+            );
+            return self.fail(info.job, WireError::new(ErrorCode::InputUnavailable, message));
+        }
         for blob in unavailable {
             let in_storage = self.objects.get(blob).is_some_and(|p| p.storage);
             match self.holders(*blob).into_iter().find(|&n| n != info.node) {

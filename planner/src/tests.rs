@@ -39,6 +39,7 @@ pub(crate) fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: V
         targets,
         stored,
         memo: vec![],
+        require_direct: false,
     }
 }
 
@@ -400,12 +401,18 @@ fn storage_mode_does_not_count_a_cached_copy_as_available() {
 
 /// Two nodes; `a` done on one of them, `b` running on the other, `c` (needs a and b) waiting.
 fn producer_done_consumer_waiting(p: &mut Planner) -> (Assign, Assign, Thunk) {
+    producer_done_consumer_waiting_with(p, false)
+}
+
+fn producer_done_consumer_waiting_with(p: &mut Planner, require_direct: bool) -> (Assign, Assign, Thunk) {
     p.node_joined(1, 1, &[]);
     p.node_joined(2, 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[]);
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
-    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
+    let mut sub = submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()]);
+    sub.require_direct = require_direct;
+    p.submit(JOB, &sub).expect("valid job");
     let mut first = assigns(&drain(p));
     first.sort_by_key(|x| x.thunk != a.id());
     p.task_done(first[0].node, first[0].task, &blob_output(b"A"), TransferStats::default());
@@ -466,6 +473,21 @@ fn a_peer_that_cannot_serve_uploads_and_the_consumer_reads_storage() {
     assert_eq!(again.thunk, c.id());
     let places: Vec<&Vec<Place>> = again.sources.iter().filter(|(b, _)| *b == a_blob).map(|(_, p)| p).collect();
     assert!(places.iter().all(|p| **p == vec![Place::Storage]), "{places:?}");
+}
+
+#[test]
+fn a_job_that_requires_direct_transfers_fails_instead_of_falling_back() {
+    let mut p = Planner::new();
+    let (_, b_run, _) = producer_done_consumer_waiting_with(&mut p, true);
+    p.task_done(b_run.node, b_run.task, &blob_output(b"a much longer output for b"), TransferStats::default());
+    let c_run = assigns(&drain(&mut p)).remove(0);
+    let unreachable = WireError::new(ErrorCode::InputUnavailable, "no direct path within 3s");
+    p.task_failed(c_run.node, c_run.task, &unreachable, &[Id::of_blob(b"A")], TransferStats::default());
+    let ds = drain(&mut p);
+    assert!(!ds.iter().any(|d| matches!(d, Decision::Upload { .. })), "no fallback upload: {ds:?}");
+    let failed = ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error) } else { None });
+    let message = &failed.expect("the job fails").message;
+    assert!(message.contains("--require-direct") && message.contains("no direct path within 3s"), "{message}");
 }
 
 #[test]

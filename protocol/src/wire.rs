@@ -208,6 +208,9 @@ pub struct Submission {
     pub stored: Vec<Id>,
     /// Reductions found in the memo cache.
     pub memo: Vec<Reduction>,
+    /// Fail the job rather than move an object between nodes any way but directly (no relay,
+    /// no storage fallback): for benchmarking the direct path.
+    pub require_direct: bool,
 }
 
 /// A thunk with the name the job gave it.
@@ -638,7 +641,8 @@ mod tests {
                     thunks,
                     targets,
                     stored,
-                    memo: vec![]
+                    memo: vec![],
+                    require_direct: true,
                 })),
             (any::<u64>(), proptest::collection::vec(("[a-z]{1,4}", output), 0..3), arb_stats())
                 .prop_map(|(task, outputs, stats)| ToRendezvous::Done(TaskDone { task, outputs, stats })),

@@ -83,6 +83,7 @@ struct ClientEntry {
     tx: mpsc::Sender<FromRendezvous>,
     store: Option<String>,
     mode: Mode,
+    require_direct: bool,
     progress: Progress,
 }
 
@@ -152,8 +153,16 @@ impl Core {
                 self.planner.node_joined(node, hello.slots, &hello.inventory);
             }
             Event::ClientJoined { job, tx } => {
-                self.clients
-                    .insert(job, ClientEntry { tx, store: None, mode: Mode::P2p, progress: Progress::default() });
+                self.clients.insert(
+                    job,
+                    ClientEntry {
+                        tx,
+                        store: None,
+                        mode: Mode::P2p,
+                        require_direct: false,
+                        progress: Progress::default(),
+                    },
+                );
             }
             Event::Moved { session, addr } => self.moved(session, addr),
             Event::Left { session } => self.left(session),
@@ -218,6 +227,7 @@ impl Core {
         }
         client.store = Some(sub.store.clone());
         client.mode = sub.mode;
+        client.require_direct = sub.require_direct;
         info!(job, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
         if let Err(e) = self.planner.submit(job, &sub) {
             self.send(job, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));
@@ -298,10 +308,11 @@ impl Core {
             self.introduce(producer, a.node);
         }
         let Some((name, thunk)) = self.planner.thunk(a.job, a.thunk) else { return };
+        let relay = !self.clients.get(&a.job).is_some_and(|c| c.require_direct);
         let sources = a
             .sources
             .iter()
-            .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node) });
+            .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node, relay) });
         let assignment = Assignment {
             task: a.task,
             name: name.to_owned(),
@@ -319,7 +330,7 @@ impl Core {
     /// the relay, for when the direct path does not form. A source that cannot work is left out:
     /// with none left, the consumer reports the input unavailable at once and it comes through
     /// storage.
-    fn sources(&self, blob: Id, places: &[Place], consumer: u64) -> Vec<Source> {
+    fn sources(&self, blob: Id, places: &[Place], consumer: u64, relay: bool) -> Vec<Source> {
         let consumer = self.nodes.get(&consumer);
         let mut sources = Vec::new();
         for place in places {
@@ -339,7 +350,7 @@ impl Core {
                 sources.push(Source::Peer { addr: addr.to_string(), fingerprint: node.fingerprint });
             }
             let natted = node.behind_nat() || consumer.is_some_and(NodeEntry::behind_nat);
-            if natted && blob.size <= crate::relay::RELAY_MAX_BYTES {
+            if relay && natted && blob.size <= crate::relay::RELAY_MAX_BYTES {
                 sources.push(Source::Relay { node: id });
             }
         }

@@ -110,11 +110,16 @@ impl Mesh {
 
     /// Like [`Mesh::run`], with producers that sleep `seconds` first and write `size` bytes.
     fn run_with(&self, seconds: &str, size: usize) -> Run {
+        self.run_flags(seconds, size, &[])
+    }
+
+    /// Like [`Mesh::run_with`], with extra flags for `thunkmesh run`.
+    fn run_flags(&self, seconds: &str, size: usize, flags: &[&str]) -> Run {
         let work = self.dir.path().join("client");
         let text = CROSSING_JOB.replace("SLEEP", seconds).replace("SIZE", &size.to_string());
         let job = write(&work, &[("job.toml", &text)]);
         let store = format!("file://{}", self.dir.path().join("store").display());
-        let mut run = self.rendezvous.run_with(&work, &job, &["--store", &store]);
+        let mut run = self.rendezvous.run_with(&work, &job, &[&["--store", &store][..], flags].concat());
         run.stderr.push_str(&format!("\n--- node logs ---\n{}\n{}", self.log(0), self.log(1)));
         run
     }
@@ -144,7 +149,8 @@ fn two_nodes_behind_two_cone_nats_fetch_directly() {
     let status = mesh.rendezvous.status();
     assert_eq!(status.matches("endpoint-independent").count(), 2, "{status}");
     assert!(status.contains("203.0.113.11:") && status.contains("192.0.2.11:"), "public and private: {status}");
-    let run = mesh.run();
+    // Direct paths form, so requiring them costs nothing.
+    let run = mesh.run_flags("0.3", SMALL, &["--require-direct"]);
     assert_all_direct(&run);
 }
 
@@ -162,17 +168,30 @@ fn two_nodes_behind_one_nat_fetch_directly() {
 /// a symmetric NAT, where no direct path can form (the rendezvous knows it from their NAT
 /// kinds); checks the target and returns how the fetches went, and the bytes relayed.
 fn across_cone_and_symmetric_nats(tag: &str, size: usize) -> ((u64, u64, u64), u64) {
+    run_across_cone_and_symmetric_nats(tag, size, &[], |run| {
+        run.ok();
+        assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest(size));
+        (fetches(run), run.num("relayed_bytes"))
+    })
+}
+
+/// Runs the crossing job there with extra flags; `check` looks at the run while its files exist.
+fn run_across_cone_and_symmetric_nats<T>(tag: &str, size: usize, flags: &[&str], check: impl FnOnce(&Run) -> T) -> T {
     let mut lab = Lab::new(tag);
     let (mut cone, mut symmetric) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::Symmetric));
     let (h1, h2) = (lab.host_behind(&mut cone), lab.host_behind(&mut symmetric));
     let mesh = Mesh::start(&lab.public(), &[&h1, &h2]);
     let status = mesh.rendezvous.status();
     assert!(status.contains("endpoint-independent") && status.contains("endpoint-dependent"), "{status}");
-    let run = mesh.run_with("0.3", size);
-    run.ok();
-    assert_eq!(String::from_utf8(run.out("both.txt")).expect("utf-8"), expected_digest(size));
-    eprintln!("{}", run.summary);
-    (fetches(&run), run.num("relayed_bytes"))
+    check(&mesh.run_flags("0.3", size, flags))
+}
+
+#[test]
+fn a_job_that_requires_direct_paths_fails_where_none_can_form() {
+    run_across_cone_and_symmetric_nats("symd", SMALL, &["--require-direct"], |run| {
+        assert_eq!(run.code, Some(1), "{}", run.stderr);
+        assert!(run.stderr.contains("requires direct transfers (--require-direct)"), "{}", run.stderr);
+    });
 }
 
 #[test]

@@ -305,6 +305,7 @@ pub fn submission(job: &SimJob, mode: Mode) -> Submission {
         targets: job.targets.clone(),
         stored: job.values.clone(),
         memo: Vec::new(),
+        require_direct: false,
     }
 }
 
