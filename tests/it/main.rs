@@ -5,7 +5,6 @@ mod bad_jobs;
 mod examples;
 mod failures;
 mod nat;
-mod netlab;
 mod s3;
 mod self_hosted;
 mod util;

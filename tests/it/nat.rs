@@ -1,11 +1,11 @@
-//! Peers behind real NATs (`netlab`): the rendezvous on a public network, nodes behind NATs of
+//! Peers behind real NATs (`thunkmesh-netlab`): the rendezvous on a public network, nodes behind NATs of
 //! the two kinds that matter, and jobs whose intermediates must cross between them. Each case
 //! asserts the target's bytes and how every fetch went: direct, or through storage. Needs root.
 
 use std::time::{Duration, Instant};
 
-use crate::netlab::{Host, Lab, Mapping};
 use crate::util::{Proc, Run, SelfHosted, write};
+use thunkmesh_netlab::{Host, Lab, Mapping};
 
 /// Two producers that run at once (one per node, each node has one slot) and a consumer that
 /// reads both, so one output must cross from one node to the other. The producers first sleep
@@ -142,9 +142,10 @@ fn fetches(run: &Run) -> (u64, u64, u64) {
 
 #[test]
 fn two_nodes_behind_two_cone_nats_fetch_directly() {
-    let mut lab = Lab::new("cone");
-    let (mut a, mut b) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::EndpointIndependent));
-    let (ha, hb) = (lab.host_behind(&mut a), lab.host_behind(&mut b));
+    let mut lab = Lab::new("cone").expect("NAT lab");
+    let (mut a, mut b) =
+        (lab.nat(Mapping::EndpointIndependent).expect("NAT"), lab.nat(Mapping::EndpointIndependent).expect("NAT"));
+    let (ha, hb) = (lab.host_behind(&mut a).expect("host"), lab.host_behind(&mut b).expect("host"));
     let mesh = Mesh::start(&lab.public(), &[&ha, &hb]);
     let status = mesh.rendezvous.status();
     assert_eq!(status.matches("endpoint-independent").count(), 2, "{status}");
@@ -156,9 +157,9 @@ fn two_nodes_behind_two_cone_nats_fetch_directly() {
 
 #[test]
 fn two_nodes_behind_one_nat_fetch_directly() {
-    let mut lab = Lab::new("same");
-    let mut nat = lab.nat(Mapping::EndpointIndependent);
-    let (h1, h2) = (lab.host_behind(&mut nat), lab.host_behind(&mut nat));
+    let mut lab = Lab::new("same").expect("NAT lab");
+    let mut nat = lab.nat(Mapping::EndpointIndependent).expect("NAT");
+    let (h1, h2) = (lab.host_behind(&mut nat).expect("host"), lab.host_behind(&mut nat).expect("host"));
     let mesh = Mesh::start(&lab.public(), &[&h1, &h2]);
     let run = mesh.run();
     assert_all_direct(&run);
@@ -177,9 +178,10 @@ fn across_cone_and_symmetric_nats(tag: &str, size: usize) -> ((u64, u64, u64), u
 
 /// Runs the crossing job there with extra flags; `check` looks at the run while its files exist.
 fn run_across_cone_and_symmetric_nats<T>(tag: &str, size: usize, flags: &[&str], check: impl FnOnce(&Run) -> T) -> T {
-    let mut lab = Lab::new(tag);
-    let (mut cone, mut symmetric) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::Symmetric));
-    let (h1, h2) = (lab.host_behind(&mut cone), lab.host_behind(&mut symmetric));
+    let mut lab = Lab::new(tag).expect("NAT lab");
+    let (mut cone, mut symmetric) =
+        (lab.nat(Mapping::EndpointIndependent).expect("NAT"), lab.nat(Mapping::Symmetric).expect("NAT"));
+    let (h1, h2) = (lab.host_behind(&mut cone).expect("host"), lab.host_behind(&mut symmetric).expect("host"));
     let mesh = Mesh::start(&lab.public(), &[&h1, &h2]);
     let status = mesh.rendezvous.status();
     assert!(status.contains("endpoint-independent") && status.contains("endpoint-dependent"), "{status}");
@@ -208,16 +210,17 @@ fn a_large_object_from_behind_a_symmetric_nat_goes_through_storage() {
 
 #[test]
 fn nats_that_forget_their_mappings_mid_job_still_give_a_direct_path() {
-    let mut lab = Lab::new("forget");
-    let (mut a, mut b) = (lab.nat(Mapping::EndpointIndependent), lab.nat(Mapping::EndpointIndependent));
-    let (ha, hb) = (lab.host_behind(&mut a), lab.host_behind(&mut b));
+    let mut lab = Lab::new("forget").expect("NAT lab");
+    let (mut a, mut b) =
+        (lab.nat(Mapping::EndpointIndependent).expect("NAT"), lab.nat(Mapping::EndpointIndependent).expect("NAT"));
+    let (ha, hb) = (lab.host_behind(&mut a).expect("host"), lab.host_behind(&mut b).expect("host"));
     let mesh = Mesh::start(&lab.public(), &[&ha, &hb]);
     let run = std::thread::scope(|s| {
         let job = s.spawn(|| mesh.run_with("5", SMALL));
         // While the producers sleep, both NATs drop everything long enough to forget every
         // mapping, then map the nodes to new public ports: the rendezvous must follow them.
         std::thread::sleep(Duration::from_secs(1));
-        lab.forget_mappings(&[&a, &b], Duration::from_millis(2500));
+        lab.forget_mappings(&[&a, &b], Duration::from_millis(2500)).expect("forget");
         job.join().expect("job thread")
     });
     assert_all_direct(&run);

@@ -1,4 +1,4 @@
-//! Real NATs on this machine, for the NAT traversal tests: Linux network namespaces joined by
+//! Real NATs on this machine, for the NAT traversal tests and benchmark: Linux network namespaces joined by
 //! veth pairs, with nftables doing what a home router or a cloud NAT does.
 //!
 //! The layout: a "public" namespace whose bridge holds 203.0.113.1/24 (the rendezvous listens
@@ -16,6 +16,29 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
+
+/// Why the lab could not be built or changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabError {
+    /// Network namespaces need root.
+    #[error("the NAT lab builds network namespaces and needs root (CI runs it as root)")]
+    NotRoot,
+    /// The documentation address ranges give private networks to two NATs only.
+    #[error("a lab has at most two NATs")]
+    TooManyNats,
+    /// A tool is missing.
+    #[error("the NAT lab needs `{0}`: scripts/test installs it, or apt-get install nftables conntrack iproute2")]
+    MissingTool(&'static str),
+    /// A command failed.
+    #[error("{command} failed: {detail}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its error output, or why it could not start.
+        detail: String,
+    },
+}
 
 /// How a NAT maps its inside's flows to its outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +77,15 @@ pub struct Lab {
 impl Lab {
     /// A public network with nothing on it but its bridge at 203.0.113.1. `tag` keeps the
     /// namespaces of tests running at once apart.
-    pub fn new(tag: &str) -> Lab {
-        require_root_and_tools();
+    pub fn new(tag: &str) -> Result<Lab, LabError> {
+        require_root_and_tools()?;
         let prefix = format!("tm{}{tag}", std::process::id() % 100_000);
         let mut lab = Lab { prefix, namespaces: Vec::new(), nats: 0 };
-        let public = lab.namespace("pub");
-        ip(&public, "link add br0 type bridge");
-        ip(&public, "addr add 203.0.113.1/24 dev br0");
-        ip(&public, "link set br0 up");
-        lab
+        let public = lab.namespace("pub")?;
+        ip(&public, "link add br0 type bridge")?;
+        ip(&public, "addr add 203.0.113.1/24 dev br0")?;
+        ip(&public, "link set br0 up")?;
+        Ok(lab)
     }
 
     /// The public network's own host (the bridge's address), for the rendezvous and the client.
@@ -71,23 +94,25 @@ impl Lab {
     }
 
     /// A NAT on the public network with an empty private network behind it (at most two).
-    pub fn nat(&mut self, mapping: Mapping) -> Nat {
+    pub fn nat(&mut self, mapping: Mapping) -> Result<Nat, LabError> {
         self.nats += 1;
         let k = self.nats;
-        assert!(k <= 2, "the documentation ranges give private networks to two NATs");
+        if k > 2 {
+            return Err(LabError::TooManyNats);
+        }
         let private = if k == 1 { [192, 0, 2] } else { [198, 51, 100] };
         let public = Ipv4Addr::new(203, 0, 113, 10 + k);
-        let ns = self.namespace(&format!("nat{k}"));
+        let ns = self.namespace(&format!("nat{k}"))?;
         let public_ns = format!("{}pub", self.prefix);
-        veth(&ns, "out", &public_ns, &format!("nat{k}"));
-        ip(&public_ns, &format!("link set nat{k} master br0"));
-        ip(&public_ns, &format!("link set nat{k} up"));
-        ip(&ns, &format!("addr add {public}/24 dev out"));
-        ip(&ns, "link set out up");
-        ip(&ns, "link add br0 type bridge");
-        ip(&ns, &format!("addr add {}.{}.{}.1/24 dev br0", private[0], private[1], private[2]));
-        ip(&ns, "link set br0 up");
-        run(Command::new("ip").args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+        veth(&ns, "out", &public_ns, &format!("nat{k}"))?;
+        ip(&public_ns, &format!("link set nat{k} master br0"))?;
+        ip(&public_ns, &format!("link set nat{k} up"))?;
+        ip(&ns, &format!("addr add {public}/24 dev out"))?;
+        ip(&ns, "link set out up")?;
+        ip(&ns, "link add br0 type bridge")?;
+        ip(&ns, &format!("addr add {}.{}.{}.1/24 dev br0", private[0], private[1], private[2]))?;
+        ip(&ns, "link set br0 up")?;
+        run(Command::new("ip").args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
         let random = if mapping == Mapping::Symmetric { " random,fully-random" } else { "" };
         let rules = format!(
             "table ip nat {{\n\
@@ -98,55 +123,56 @@ impl Lab {
              \t\tiifname \"out\" ct state established,related accept; iifname \"out\" drop; }}\n\
              }}\n"
         );
-        nft(&ns, &rules);
-        Nat { ns, private, hosts: 0 }
+        nft(&ns, &rules)?;
+        Ok(Nat { ns, private, hosts: 0 })
     }
 
     /// A host on `nat`'s private network, routed through it.
-    pub fn host_behind(&mut self, nat: &mut Nat) -> Host {
+    pub fn host_behind(&mut self, nat: &mut Nat) -> Result<Host, LabError> {
         nat.hosts += 1;
         let [a, b, c] = nat.private;
         let host_ip = Ipv4Addr::new(a, b, c, 10 + nat.hosts);
         let name = format!("{}h{}", &nat.ns[self.prefix.len()..], nat.hosts);
-        let ns = self.namespace(&name);
-        veth(&ns, "eth0", &nat.ns, &format!("h{}", nat.hosts));
-        ip(&nat.ns, &format!("link set h{} master br0", nat.hosts));
-        ip(&nat.ns, &format!("link set h{} up", nat.hosts));
-        ip(&ns, &format!("addr add {host_ip}/24 dev eth0"));
-        ip(&ns, "link set eth0 up");
-        ip(&ns, &format!("route add default via {a}.{b}.{c}.1"));
-        Host { ns, ip: host_ip }
+        let ns = self.namespace(&name)?;
+        veth(&ns, "eth0", &nat.ns, &format!("h{}", nat.hosts))?;
+        ip(&nat.ns, &format!("link set h{} master br0", nat.hosts))?;
+        ip(&nat.ns, &format!("link set h{} up", nat.hosts))?;
+        ip(&ns, &format!("addr add {host_ip}/24 dev eth0"))?;
+        ip(&ns, "link set eth0 up")?;
+        ip(&ns, &format!("route add default via {a}.{b}.{c}.1"))?;
+        Ok(Host { ns, ip: host_ip })
     }
 
     /// Makes each NAT forget every mapping, as a NAT does when its timers expire while no packet
     /// passes, or when it restarts: for `blackout` no packet crosses it, its connection tracking
     /// is emptied, and from then on it maps UDP flows to ports from 20000 up, so every inside
     /// socket gets a new public port.
-    pub fn forget_mappings(&self, nats: &[&Nat], blackout: std::time::Duration) {
+    pub fn forget_mappings(&self, nats: &[&Nat], blackout: std::time::Duration) -> Result<(), LabError> {
         for nat in nats {
             let rules =
                 "table ip blackout {\n\tchain silence { type filter hook prerouting priority -300; policy drop; }\n}\n";
-            nft(&nat.ns, rules);
-            run(Command::new("ip").args(["netns", "exec", &nat.ns, "conntrack", "-F"]));
+            nft(&nat.ns, rules)?;
+            run(Command::new("ip").args(["netns", "exec", &nat.ns, "conntrack", "-F"]))?;
             let remap = "flush chain ip nat post\n\
                          add rule ip nat post oifname \"out\" ip protocol udp masquerade to :20000-29999\n\
                          add rule ip nat post oifname \"out\" masquerade\n";
-            nft(&nat.ns, remap);
+            nft(&nat.ns, remap)?;
         }
         std::thread::sleep(blackout);
         for nat in nats {
-            nft(&nat.ns, "delete table ip blackout\n");
+            nft(&nat.ns, "delete table ip blackout\n")?;
         }
+        Ok(())
     }
 
-    fn namespace(&mut self, name: &str) -> String {
+    fn namespace(&mut self, name: &str) -> Result<String, LabError> {
         let ns = format!("{}{name}", self.prefix);
         // A namespace a crashed earlier run of this process id left behind.
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
-        run(Command::new("ip").args(["netns", "add", &ns]));
+        run(Command::new("ip").args(["netns", "add", &ns]))?;
         self.namespaces.push(ns.clone());
-        ip(&ns, "link set lo up");
-        ns
+        ip(&ns, "link set lo up")?;
+        Ok(ns)
     }
 }
 
@@ -158,45 +184,57 @@ impl Drop for Lab {
     }
 }
 
-fn require_root_and_tools() {
+fn require_root_and_tools() -> Result<(), LabError> {
     let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    assert_eq!(
-        uid.as_deref().unwrap_or("?"),
-        "0",
-        "the NAT tests build network namespaces and need root (CI runs them as root)"
-    );
+    if uid.as_deref().unwrap_or("?") != "0" {
+        return Err(LabError::NotRoot);
+    }
     for tool in ["ip", "nft", "conntrack"] {
         let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "the NAT tests need `{tool}`: run scripts/test, which installs it, or apt-get install nftables conntrack iproute2"
-        );
+        if !found.is_ok_and(|o| o.status.success()) {
+            return Err(LabError::MissingTool(tool));
+        }
     }
+    Ok(())
 }
 
 /// A veth pair: `a` in namespace `ns_a`, `b` in `ns_b`.
-fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
-    run(Command::new("ip").args(["link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b]));
+fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<(), LabError> {
+    run(Command::new("ip").args(["link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b]))
 }
 
-fn ip(ns: &str, args: &str) {
-    run(Command::new("ip").args(["-n", ns]).args(args.split_whitespace()));
+fn ip(ns: &str, args: &str) -> Result<(), LabError> {
+    run(Command::new("ip").args(["-n", ns]).args(args.split_whitespace()))
 }
 
-fn nft(ns: &str, rules: &str) {
+fn nft(ns: &str, rules: &str) -> Result<(), LabError> {
     use std::io::Write;
+    let failed = |detail: String| LabError::Command { command: format!("nft in {ns}:\n{rules}"), detail };
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("start nft");
-    child.stdin.take().expect("stdin").write_all(rules.as_bytes()).expect("write rules");
-    let out = child.wait_with_output().expect("nft");
-    assert!(out.status.success(), "nft in {ns} refused:\n{rules}\n{}", String::from_utf8_lossy(&out.stderr));
+        .map_err(|e| failed(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(rules.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(failed(String::from_utf8_lossy(&out.stderr).into_owned())),
+    }
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+fn run(cmd: &mut Command) -> Result<(), LabError> {
+    let command = format!("{cmd:?}");
+    let failed = |detail: String| LabError::Command { command, detail };
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(failed(String::from_utf8_lossy(&out.stderr).into_owned())),
+    }
 }
