@@ -10,6 +10,7 @@
 //! system, not thunkmesh. Between runs only large files are removed (to bound disk use); the
 //! rest goes when the benchmark is over.
 
+mod nat;
 mod report;
 mod sim;
 mod simulate;
@@ -39,6 +40,8 @@ struct Cli {
 enum Sub {
     /// Simulate a cloud of workers running a job under each placement policy.
     Simulate(simulate::SimArgs),
+    /// Time one fetch between nodes behind real NATs: direct, relayed, through storage (root).
+    Nat(nat::NatArgs),
 }
 
 /// Options of the real benchmark.
@@ -90,6 +93,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Sub::Simulate(args)) => simulate::main(&args),
+        Some(Sub::Nat(args)) => nat::main(&args),
         None => bench(&cli.bench),
     }
 }

@@ -46,6 +46,12 @@ pub struct Summary {
     /// Time the thunks' programs themselves ran, added up (more than `job_ms` when they ran in
     /// parallel); `job_ms` minus this, on a chain, is what thunkmesh added.
     pub program_ms: u64,
+    /// Time nodes spent fetching from peers directly, in microseconds, added up.
+    pub peer_fetch_micros: u64,
+    /// Time nodes spent fetching through the relay, in microseconds, added up.
+    pub relay_fetch_micros: u64,
+    /// Time nodes spent reading objects from storage, in microseconds, added up.
+    pub storage_read_micros: u64,
     /// Each target file and the id of its bytes.
     pub targets: BTreeMap<String, String>,
 }
@@ -80,6 +86,9 @@ impl Summary {
             wall_ms: millis(wall),
             job_ms: millis(job),
             program_ms: moved.program_micros / 1000,
+            peer_fetch_micros: moved.peer_micros,
+            relay_fetch_micros: moved.relay_micros,
+            storage_read_micros: moved.storage_read_micros,
             targets: targets.into_iter().map(|(f, id)| (f, id.to_string())).collect(),
         }
     }

@@ -277,9 +277,11 @@ async fn fetch_from_peer(
 }
 
 async fn fetch_via_relay(ctx: &Ctx, blob: Id, from: u64, moved: &mut TransferStats) -> Result<(), String> {
+    let started = Instant::now();
     let bytes = ctx.peers.fetch_relayed(from, blob, &ctx.cache).await.map_err(|e| format!("relay: {e}"))?;
     moved.relay_fetches += 1;
     moved.relay_bytes += bytes;
+    moved.relay_micros += micros_since(started);
     Ok(())
 }
 

@@ -319,6 +319,8 @@ pub struct TransferStats {
     pub relay_fetches: u64,
     /// Bytes fetched through the relay.
     pub relay_bytes: u64,
+    /// Time spent fetching through the relay, in microseconds, summed over fetches.
+    pub relay_micros: u64,
 }
 
 impl AddAssign for TransferStats {
@@ -334,6 +336,7 @@ impl AddAssign for TransferStats {
         self.storage_read_micros += o.storage_read_micros;
         self.relay_fetches += o.relay_fetches;
         self.relay_bytes += o.relay_bytes;
+        self.relay_micros += o.relay_micros;
     }
 }
 
@@ -606,9 +609,10 @@ mod tests {
     }
 
     fn arb_stats() -> impl Strategy<Value = TransferStats> {
-        any::<[u64; 11]>().prop_map(|s| TransferStats {
+        any::<[u64; 12]>().prop_map(|s| TransferStats {
             relay_fetches: s[9],
             relay_bytes: s[10],
+            relay_micros: s[11],
             program_micros: s[6],
             peer_micros: s[7],
             storage_read_micros: s[8],
