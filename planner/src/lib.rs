@@ -216,6 +216,8 @@ pub struct Planner {
     now: Duration,
     /// Nodes with a free slot: fewest running first, ties in seeded order.
     free: BTreeSet<(u32, u64, NodeId)>,
+    /// Nodes no peer can reach directly (behind endpoint-dependent NATs).
+    unreachable: BTreeSet<NodeId>,
     /// Thunks waiting for a particular busy node, in arrival order.
     held: BTreeMap<NodeId, VecDeque<Held>>,
     /// When held thunks stop waiting.
@@ -365,8 +367,20 @@ impl Planner {
         }
     }
 
+    /// Whether peers can reach a node directly. One behind an endpoint-dependent (symmetric) NAT
+    /// cannot: what it holds reaches other nodes through storage, and so does what it fetches,
+    /// which placement prices accordingly.
+    pub fn node_reachable(&mut self, node: NodeId, reachable: bool) {
+        if reachable {
+            self.unreachable.remove(&node);
+        } else if self.nodes.contains_key(&node) {
+            self.unreachable.insert(node);
+        }
+    }
+
     /// A node is gone, with everything in its cache; its running tasks are planned again.
     pub fn node_left(&mut self, node: NodeId) {
+        self.unreachable.remove(&node);
         if let Some(key) = self.nodes.get_mut(&node).and_then(|s| s.indexed.take()) {
             self.free.remove(&key);
         }
@@ -800,7 +814,7 @@ impl Planner {
                     .flatten(),
             })
             .collect();
-        let transfers = Transfers::new(&inputs, job.mode, self.estimates);
+        let transfers = Transfers::new(&inputs, job.mode, self.estimates, &self.unreachable);
         let first_free = || self.free.first().map_or(Choice::Later, |&(_, _, n)| Choice::Run(n));
         match self.config.policy {
             // LeastLoaded returned above.

@@ -176,6 +176,11 @@ pub(crate) struct Input<'a> {
 /// The transfer part of the estimate, computed once per thunk and then per candidate.
 pub(crate) struct Transfers<'a> {
     estimates: Estimates,
+    /// Nodes no peer can reach directly (behind endpoint-dependent NATs): what they hold reaches
+    /// other nodes through storage, an upload and a read.
+    unreachable: &'a std::collections::BTreeSet<NodeId>,
+    /// Inputs only unreachable nodes hold.
+    stranded: Vec<(Id, &'a std::collections::BTreeSet<NodeId>)>,
     /// Bytes only storage can give.
     storage_bytes: u64,
     /// Bytes some node can give, and the most of those each few-holder candidate holds.
@@ -188,12 +193,28 @@ pub(crate) struct Transfers<'a> {
 impl<'a> Transfers<'a> {
     /// Sorts a thunk's inputs by where they can come from. Storage mode prices every input as a
     /// storage read: then only the slot wait tells nodes apart.
-    pub(crate) fn new(inputs: &[Input<'a>], mode: Mode, estimates: Estimates) -> Transfers<'a> {
-        let mut t = Transfers { estimates, storage_bytes: 0, peer_bytes: 0, local: BTreeMap::new(), wide: Vec::new() };
+    pub(crate) fn new(
+        inputs: &[Input<'a>],
+        mode: Mode,
+        estimates: Estimates,
+        unreachable: &'a std::collections::BTreeSet<NodeId>,
+    ) -> Transfers<'a> {
+        let mut t = Transfers {
+            estimates,
+            unreachable,
+            stranded: Vec::new(),
+            storage_bytes: 0,
+            peer_bytes: 0,
+            local: BTreeMap::new(),
+            wide: Vec::new(),
+        };
         let mut seen = std::collections::BTreeSet::new();
         for input in inputs.iter().filter(|i| seen.insert(i.blob)) {
             match input.holders.filter(|h| !h.is_empty() && mode == Mode::P2p) {
                 None => t.storage_bytes += input.blob.size,
+                Some(holders) if holders.iter().all(|n| unreachable.contains(n)) && holders.len() <= FEW_HOLDERS => {
+                    t.stranded.push((input.blob, holders));
+                }
                 Some(holders) => {
                     t.peer_bytes += input.blob.size;
                     if holders.len() > FEW_HOLDERS {
@@ -211,7 +232,7 @@ impl<'a> Transfers<'a> {
 
     /// Nodes holding some input that few others hold.
     pub(crate) fn holders(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.local.keys().copied()
+        self.local.keys().copied().chain(self.stranded.iter().flat_map(|(_, h)| h.iter().copied()))
     }
 
     /// Input bytes already on `node`.
@@ -222,16 +243,25 @@ impl<'a> Transfers<'a> {
 
     /// Seconds to bring every input `node` lacks: the requests run in parallel, so one latency
     /// (the slowest source's) and the bytes over each source's bandwidth.
+    /// An unreachable node, and inputs only unreachable nodes hold, move through storage: an
+    /// upload then a read, each a storage latency and the bytes over its bandwidth.
     pub(crate) fn seconds(&self, node: NodeId) -> f64 {
-        let from_peers = self.peer_bytes.saturating_sub(self.local_bytes(node));
+        let mut from_peers = self.peer_bytes.saturating_sub(self.local_bytes(node));
+        let mut relayed: u64 = self.stranded.iter().filter(|(_, h)| !h.contains(&node)).map(|(b, _)| b.size).sum();
+        if self.unreachable.contains(&node) {
+            relayed += from_peers;
+            from_peers = 0;
+        }
         let (peer, storage) = (self.estimates.peer, self.estimates.storage);
-        let latency = if self.storage_bytes > 0 {
+        let latency = if relayed > 0 {
+            2.0 * storage.latency
+        } else if self.storage_bytes > 0 {
             storage.latency
         } else if from_peers > 0 {
             peer.latency
         } else {
             0.0
         };
-        latency + from_peers as f64 / peer.bandwidth + self.storage_bytes as f64 / storage.bandwidth
+        latency + from_peers as f64 / peer.bandwidth + (self.storage_bytes + 2 * relayed) as f64 / storage.bandwidth
     }
 }

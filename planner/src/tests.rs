@@ -547,3 +547,27 @@ fn a_thunk_with_thousands_of_inputs_waits_on_one_at_a_time() {
     }
     assert_eq!(done, 2001, "every producer and then gather ran");
 }
+
+#[test]
+fn what_only_an_unreachable_node_holds_is_priced_as_an_upload_and_a_read() {
+    use crate::place::{Estimates, Input, Transfers};
+    use std::collections::BTreeSet;
+    let size = 100 << 20;
+    let blob = Id::blob([7; 32], size);
+    let holders = BTreeSet::from([1]);
+    let inputs = [Input { blob, holders: Some(&holders) }];
+    let e = Estimates::default();
+    let none = BTreeSet::new();
+    let direct = Transfers::new(&inputs, Mode::P2p, e, &none).seconds(2);
+    let unreachable = BTreeSet::from([1]);
+    let stranded = Transfers::new(&inputs, Mode::P2p, e, &unreachable);
+    assert_eq!(stranded.seconds(1), 0.0, "on its holder nothing moves");
+    let through_storage = 2.0 * e.storage.latency + 2.0 * size as f64 / e.storage.bandwidth;
+    assert!((stranded.seconds(2) - through_storage).abs() < 1e-9, "{}", stranded.seconds(2));
+    assert!(stranded.seconds(2) > 2.0 * direct, "{} vs {direct}", stranded.seconds(2));
+    assert_eq!(stranded.holders().collect::<Vec<_>>(), vec![1], "its holder stays a candidate");
+    // A node that cannot be reached fetches through storage too.
+    let consumer_unreachable = BTreeSet::from([2]);
+    let from_there = Transfers::new(&inputs, Mode::P2p, e, &consumer_unreachable).seconds(2);
+    assert!((from_there - through_storage).abs() < 1e-9, "{from_there}");
+}

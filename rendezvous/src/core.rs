@@ -212,6 +212,7 @@ impl Core {
                 if let Some(node) = self.nodes.get_mut(&from) {
                     node.nat = kind;
                 }
+                self.planner.node_reachable(from, kind != NatKind::EndpointDependent);
             }
             ToRendezvous::Status if !is_node => self.send(from, FromRendezvous::Status(self.status())),
             _ => self.refuse(from, "a client may only submit or ask for status, and only nodes report tasks"),
