@@ -227,7 +227,8 @@ async fn node(args: NodeArgs) -> Result<()> {
         bind: args.bind,
         name,
     };
-    thunkmesh_node::run(config, stop_requested()).await?;
+    let worked = thunkmesh_node::run(config, stop_requested()).await?;
+    eprintln!("node stopped after {} thunks", worked.thunks);
     Ok(())
 }
 

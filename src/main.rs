@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Started by the Lambda runtime (no arguments, the runtime API in the environment): a node
+    // per invocation.
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args_os().len() == 1 {
+        return lambda();
+    }
     let cli = cli::Cli::parse();
     let default_level = match cli.command {
         cli::Command::Run(_) => "warn",
@@ -30,4 +35,29 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(commands::dispatch(cli.command))
+}
+
+fn lambda() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(thunkmesh_node::lambda::serve()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: the Lambda runtime stopped: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

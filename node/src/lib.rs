@@ -10,6 +10,7 @@
 
 pub mod cache;
 mod exec;
+pub mod lambda;
 pub mod peer;
 mod sandbox;
 
@@ -70,8 +71,17 @@ pub enum NodeError {
     Disconnected,
 }
 
+/// What a node did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Worked {
+    /// Thunks it ran to completion.
+    pub thunks: u64,
+    /// Bytes it fetched: from peers, through the relay, from storage.
+    pub fetched_bytes: u64,
+}
+
 /// Runs a node until the rendezvous goes away, or until it has drained after `shutdown`.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<Worked, NodeError> {
     let identity = Identity::generate()?;
     let endpoint = thunkmesh_net::endpoint(config.bind, &identity)?;
     let cache = Arc::new(Cache::open(&config.cache_dir)?);
@@ -184,9 +194,10 @@ async fn work(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), NodeError> {
+) -> Result<Worked, NodeError> {
     let (_reader, mut inbox) = reader(recv);
     let mut tasks = Tasks::default();
+    let mut worked = Worked::default();
     let mut draining = false;
     tokio::pin!(shutdown);
     loop {
@@ -201,13 +212,18 @@ async fn work(
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(FromRendezvous::Drained)) => {
                     info!("drained");
-                    return Ok(());
+                    return Ok(worked);
                 }
                 Some(Ok(msg)) => tasks.start(&ctx, msg),
             },
             Some(_) = tasks.punches.join_next() => {}
             Some(done) = tasks.set.join_next() => match done {
                 Ok(report) => {
+                    if let ToRendezvous::Done(done) = &report {
+                        let s = &done.stats;
+                        worked.thunks += 1;
+                        worked.fetched_bytes += s.peer_bytes + s.relay_bytes + s.storage_bytes_read;
+                    }
                     tasks.finished(&report);
                     send_msg(&mut send, &report).await?;
                 }

@@ -4,6 +4,7 @@
 mod bad_jobs;
 mod examples;
 mod failures;
+mod lambda;
 mod nat;
 mod s3;
 mod self_hosted;
