@@ -60,37 +60,89 @@ impl Emulator {
     }
 }
 
+/// A function process served by `emulator`, invoked once (on a thread) to join `rdv` and work at
+/// most `max_seconds`; the handle yields the Invoke API's status and body.
+struct Worker {
+    _function: Proc,
+    invocation: std::thread::JoinHandle<(u16, String)>,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn invoke(emulator: &Emulator, rdv: &SelfHosted, dir: &std::path::Path, max_seconds: u64) -> Worker {
+        let tmp = dir.join("function-tmp");
+        std::fs::create_dir_all(&tmp).expect("mkdir");
+        let log = dir.join("function.log");
+        let function = thunkmesh()
+            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{}/.rt/thunkmesh", emulator.port))
+            .env("AWS_LAMBDA_FUNCTION_NAME", "thunkmesh")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("TMPDIR", &tmp)
+            .stderr(std::fs::File::create(&log).map_or(Stdio::null(), Stdio::from))
+            .spawn()
+            .expect("start the function");
+        let payload = serde_json::json!({
+            "rendezvous": rdv.addr, "fingerprint": rdv.fingerprint, "token": rdv.token, "slots": 2,
+            "max_seconds": max_seconds,
+        })
+        .to_string();
+        let port = emulator.port;
+        let invocation = std::thread::spawn(move || Emulator::invoke(port, &payload));
+        Worker { _function: Proc(function), invocation, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The invocation's report, which must have come back with status 200.
+    fn report(self) -> serde_json::Value {
+        let log = self.log();
+        let (status, body) = self.invocation.join().expect("invocation thread");
+        assert_eq!(status, 200, "{body}\nfunction log:\n{log}");
+        serde_json::from_str(&body).expect("a JSON report")
+    }
+}
+
 #[test]
 fn a_lambda_worker_joins_runs_a_job_drains_and_reports() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rdv = SelfHosted::start(&dir.path().join("rdv"));
     let emulator = Emulator::start();
-    let tmp = dir.path().join("function-tmp");
-    std::fs::create_dir_all(&tmp).expect("mkdir");
-    let function = thunkmesh()
-        .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{}/.rt/thunkmesh", emulator.port))
-        .env("AWS_LAMBDA_FUNCTION_NAME", "thunkmesh")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("TMPDIR", &tmp)
-        .stderr(std::fs::File::create(dir.path().join("function.log")).map_or(Stdio::null(), Stdio::from))
-        .spawn()
-        .expect("start the function");
-    let _function = Proc(function);
-    let payload = serde_json::json!({
-        "rendezvous": rdv.addr, "fingerprint": rdv.fingerprint, "token": rdv.token, "slots": 2, "max_seconds": 5,
-    })
-    .to_string();
-    let port = emulator.port;
-    let invocation = std::thread::spawn(move || Emulator::invoke(port, &payload));
+    let worker = Worker::invoke(&emulator, &rdv, dir.path(), 5);
     // The Lambda worker is the mesh's only node: the job runs there.
     let run = rdv.run(dir.path(), &repo("examples/wordfreq/job.toml"), &rdv.token);
-    let log = || std::fs::read_to_string(dir.path().join("function.log")).unwrap_or_default();
-    assert_eq!(run.code, Some(0), "{}\nfunction log:\n{}", run.stderr, log());
+    assert_eq!(run.code, Some(0), "{}\nfunction log:\n{}", run.stderr, worker.log());
     assert_eq!(run.out("frequencies.txt"), shell(&repo("examples/wordfreq/expected.sh"), &[]));
-    let (status, body) = invocation.join().expect("invocation thread");
-    assert_eq!(status, 200, "{body}\nfunction log:\n{}", log());
-    let report: serde_json::Value = serde_json::from_str(&body).expect("a JSON report");
+    let report = worker.report();
     assert_eq!(report["stopped"], "drained", "{report}");
     assert_eq!(report["thunks"].as_u64(), Some(run.num("thunks_executed")), "{report}");
+}
+
+#[test]
+fn a_lambda_worker_at_its_deadline_hands_its_outputs_over_and_the_job_completes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let emulator = Emulator::start();
+    // `slow` touches a marker outside its sandbox (a test-only breach of hermeticity) so the test
+    // knows it runs on the worker, and outlasts the worker's 2 s of work.
+    let marker = dir.path().join("slow-started");
+    let text = crate::util::handover_job(&marker, 3);
+    let job = crate::util::write(dir.path(), &[("job.toml", &text)]);
+    let worker = Worker::invoke(&emulator, &rdv, dir.path(), 2);
+    let runner = rdv.run_in_background(dir.path(), &job);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "`slow` never started:\n{}", worker.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A node that outlives the worker; `second` can only run there.
+    let _node = rdv.node(&dir.path().join("node"), "survivor");
+    let run = runner.join().expect("run thread");
+    assert_eq!(run.code, Some(0), "{}\nfunction log:\n{}", run.stderr, worker.log());
+    assert_eq!(run.out("result.txt"), b"first\nslow\n");
+    assert!(run.num("storage_fallbacks") >= 1, "handed over through storage: {}", run.summary);
+    let report = worker.report();
+    assert_eq!((report["stopped"].as_str(), report["thunks"].as_u64()), (Some("drained"), Some(2)), "{report}");
 }

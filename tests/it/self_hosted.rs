@@ -145,31 +145,7 @@ fn a_producer_that_leaves_gracefully_hands_its_outputs_over_through_storage() {
     // `slow` touches a marker outside its sandbox (a test-only breach of hermeticity) so the test
     // knows when it runs.
     let marker = dir.path().join("slow-started");
-    let text = r#"[[thunk]]
-name = "first"
-program = { host = "/bin/sh" }
-args = ["-c", "echo first > o"]
-outputs = ["o"]
-
-[[thunk]]
-name = "slow"
-program = { host = "/bin/sh" }
-args = ["-c", "touch MARKER; sleep 2; echo slow > o"]
-env = { PATH = "/usr/bin:/bin" }
-inputs = { "after" = "first#o" }
-outputs = ["o"]
-
-[[thunk]]
-name = "second"
-program = { host = "/bin/sh" }
-args = ["-c", "/bin/cat a b > o"]
-inputs = { "a" = "first#o", "b" = "slow#o" }
-outputs = ["o"]
-
-[targets]
-"result.txt" = "second#o"
-"#;
-    let text = text.replace("MARKER", &marker.display().to_string());
+    let text = crate::util::handover_job(&marker, 2);
     let job = write(dir.path(), &[("job.toml", &text)]);
     let runner = rdv.run_in_background(dir.path(), &job);
     // `first` is done and `slow` runs on the only node when a second node joins and the first is

@@ -241,3 +241,36 @@ fn read_fingerprint(child: &mut Child) -> String {
     }
     panic!("the rendezvous did not print its fingerprint");
 }
+
+/// `first`, then `slow` (which touches `marker`, a test-only breach of hermeticity that tells the
+/// test it runs, then sleeps `seconds`), then `second` reading both: for tests where the node
+/// running `slow` leaves and hands its outputs over.
+pub fn handover_job(marker: &Path, seconds: u32) -> String {
+    format!(
+        r#"[[thunk]]
+name = "first"
+program = {{ host = "/bin/sh" }}
+args = ["-c", "echo first > o"]
+outputs = ["o"]
+
+[[thunk]]
+name = "slow"
+program = {{ host = "/bin/sh" }}
+args = ["-c", "touch {marker}; sleep {seconds}; echo slow > o"]
+env = {{ PATH = "/usr/bin:/bin" }}
+inputs = {{ "after" = "first#o" }}
+outputs = ["o"]
+
+[[thunk]]
+name = "second"
+program = {{ host = "/bin/sh" }}
+args = ["-c", "/bin/cat a b > o"]
+inputs = {{ "a" = "first#o", "b" = "slow#o" }}
+outputs = ["o"]
+
+[targets]
+"result.txt" = "second#o"
+"#,
+        marker = marker.display()
+    )
+}
