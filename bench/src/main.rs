@@ -10,6 +10,7 @@
 //! system, not thunkmesh. Between runs only large files are removed (to bound disk use); the
 //! rest goes when the benchmark is over.
 
+mod footprint;
 mod nat;
 mod report;
 mod sim;
@@ -42,6 +43,8 @@ enum Sub {
     Simulate(simulate::SimArgs),
     /// Time one fetch between nodes behind real NATs: direct, relayed, through storage (root).
     Nat(nat::NatArgs),
+    /// A node's start time to registration and its idle memory (what a Lambda cold start pays).
+    Footprint(footprint::FootprintArgs),
 }
 
 /// Options of the real benchmark.
@@ -94,6 +97,7 @@ fn main() -> Result<()> {
     match cli.command {
         Some(Sub::Simulate(args)) => simulate::main(&args),
         Some(Sub::Nat(args)) => nat::main(&args),
+        Some(Sub::Footprint(args)) => footprint::main(&args),
         None => bench(&cli.bench),
     }
 }
