@@ -25,10 +25,7 @@ pub struct FootprintArgs {
 const TOKEN: &str = "footprint-benchmark-token";
 
 pub fn main(args: &FootprintArgs) -> Result<()> {
-    let binary = match &args.thunkmesh {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("thunkmesh"),
-    };
+    let binary = crate::thunkmesh_binary(args.thunkmesh.as_ref())?;
     let state = tempfile::tempdir()?;
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
@@ -40,12 +37,7 @@ pub fn main(args: &FootprintArgs) -> Result<()> {
         .spawn()
         .context("cannot start the rendezvous")?;
     let mut lines = BufReader::new(rendezvous.stderr.take().context("the rendezvous' stderr")?).lines();
-    let fingerprint = loop {
-        let Some(line) = lines.next() else { bail!("the rendezvous did not print its fingerprint") };
-        if let Some(fp) = line?.strip_prefix("certificate fingerprint: ") {
-            break fp.trim().to_owned();
-        }
-    };
+    let fingerprint = crate::read_fingerprint(&mut lines)?;
     let drain = std::thread::spawn(move || lines.for_each(drop));
     let measured =
         (0..args.reps).map(|i| start_node(&binary, &addr, &fingerprint, &state.path().join(format!("n{i}"))));

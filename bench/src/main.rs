@@ -102,11 +102,26 @@ fn main() -> Result<()> {
     }
 }
 
+/// The thunkmesh binary to drive: the one given, or `thunkmesh` next to this program.
+fn thunkmesh_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.clone()),
+        None => Ok(std::env::current_exe()?.with_file_name("thunkmesh")),
+    }
+}
+
+/// Reads a starting rendezvous' log lines until it prints its certificate fingerprint.
+fn read_fingerprint(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Result<String> {
+    for line in lines {
+        if let Some(fp) = line?.strip_prefix("certificate fingerprint: ") {
+            return Ok(fp.trim().to_owned());
+        }
+    }
+    bail!("the rendezvous did not print its fingerprint")
+}
+
 fn bench(args: &Args) -> Result<()> {
-    let binary = match &args.thunkmesh {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("thunkmesh"),
-    };
+    let binary = thunkmesh_binary(args.thunkmesh.as_ref())?;
     if !binary.exists() {
         bail!("{} does not exist: build it first with `cargo build --release`", binary.display());
     }

@@ -35,10 +35,7 @@ pub struct NatArgs {
 const TOKEN: &str = "nat-benchmark-token";
 
 pub fn main(args: &NatArgs) -> Result<()> {
-    let binary = match &args.thunkmesh {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("thunkmesh"),
-    };
+    let binary = crate::thunkmesh_binary(args.thunkmesh.as_ref())?;
     let _ = std::fs::remove_dir_all(&args.out);
     std::fs::create_dir_all(&args.out)?;
     let out = std::path::absolute(&args.out)?;
@@ -140,7 +137,7 @@ impl Mesh {
             drain: None,
         };
         let mut lines = BufReader::new(stderr).lines();
-        mesh.fingerprint = read_fingerprint(&mut lines)?;
+        mesh.fingerprint = crate::read_fingerprint(&mut lines)?;
         mesh.drain = Some(std::thread::spawn(move || lines.for_each(drop)));
         for (i, host) in hosts.iter().enumerate() {
             let node = in_ns(binary, &host.ns)
@@ -231,15 +228,6 @@ fn in_ns(binary: &Path, ns: &str) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).arg(binary).env("RUST_LOG", "warn");
     cmd
-}
-
-fn read_fingerprint(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Result<String> {
-    for line in lines {
-        if let Some(fp) = line?.strip_prefix("certificate fingerprint: ") {
-            return Ok(fp.trim().to_owned());
-        }
-    }
-    bail!("the rendezvous did not print its fingerprint")
 }
 
 /// Two producers of `size` bytes that run at once, one per node, and a consumer of both.
