@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -27,6 +28,66 @@ pub enum Command {
     Node(NodeArgs),
     /// Show the nodes registered with a rendezvous: addresses, NAT, slots, running thunks.
     Status(StatusArgs),
+    /// Deploy the node as an AWS Lambda function (see docs/lambda.md).
+    #[command(subcommand)]
+    Lambda(LambdaCommand),
+}
+
+/// `thunkmesh lambda ...`.
+#[derive(Debug, Subcommand)]
+pub enum LambdaCommand {
+    /// Package this binary as a `provided.al2023` function (a zip holding `bootstrap`) and create
+    /// the function, or update its code and configuration; AWS settings come from the
+    /// environment, profile and region as for the AWS CLI.
+    Deploy(DeployArgs),
+}
+
+/// Flags of `thunkmesh lambda deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The function's name.
+    #[arg(long)]
+    pub function: String,
+    /// ARN of the function's execution role (docs/lambda.md lists what it needs).
+    #[arg(long, required_unless_present = "package_only")]
+    pub role: Option<String>,
+    /// Memory in MB; Lambda gives one vCPU per 1,769 MB.
+    #[arg(long, default_value_t = 1769)]
+    pub memory: i32,
+    /// Size of the function's /tmp in MB (512 to 10240), which holds the node's cache.
+    #[arg(long, default_value_t = 512)]
+    pub tmp: i32,
+    /// Seconds an invocation may run (at most 900); a worker drains 10 s before.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: i32,
+    /// The function's architecture [default: the binary's].
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchArg>,
+    /// The binary to deploy [default: this program], built for Linux (docs/lambda.md).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// Write the deployment package to this file and call no AWS API.
+    #[arg(long)]
+    pub package_only: Option<PathBuf>,
+}
+
+/// `--arch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchArg {
+    /// x86-64.
+    #[value(name = "x86_64")]
+    X86_64,
+    /// AArch64 (Graviton).
+    Arm64,
+}
+
+impl From<ArchArg> for thunkmesh_lambda::Arch {
+    fn from(a: ArchArg) -> Self {
+        match a {
+            ArchArg::X86_64 => thunkmesh_lambda::Arch::X86_64,
+            ArchArg::Arm64 => thunkmesh_lambda::Arch::Arm64,
+        }
+    }
 }
 
 /// Flags of `thunkmesh status`.
@@ -45,12 +106,23 @@ pub struct StatusArgs {
 pub struct RunArgs {
     /// The job file (TOML; see docs/jobs.md).
     pub job: PathBuf,
-    /// Local node processes to start [default: one per core, at least 2].
-    #[arg(long, conflicts_with = "rendezvous")]
+    /// Where the job's workers come from.
+    #[arg(long, value_enum, default_value_t = EngineArg::Local)]
+    pub engine: EngineArg,
+    /// Workers: local node processes [default: one per core, at least 2], or with --engine
+    /// lambda the most Lambda workers alive at once.
+    #[arg(long)]
     pub workers: Option<usize>,
-    /// Thunks each local node runs at once.
-    #[arg(long, default_value_t = 1, conflicts_with = "rendezvous")]
+    /// Thunks each worker (local node or Lambda worker) runs at once.
+    #[arg(long, default_value_t = 1)]
     pub slots: u32,
+    /// The Lambda function to invoke (with --engine lambda), as deployed by `thunkmesh lambda
+    /// deploy`.
+    #[arg(long, required_if_eq("engine", "lambda"))]
+    pub function: Option<String>,
+    /// A Lambda worker with nothing to run this long drains and answers (with --engine lambda).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lambda_idle: Duration,
     /// Where the targets are written.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -75,7 +147,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
     /// Submit to this self-hosted rendezvous (host:port) instead of starting a local mesh;
-    /// the token comes from THUNKMESH_TOKEN.
+    /// the token comes from THUNKMESH_TOKEN. Lambda workers dial this address too.
     #[arg(long)]
     pub rendezvous: Option<String>,
     /// How to trust the rendezvous (with --rendezvous).
@@ -139,6 +211,15 @@ pub struct NodeArgs {
     /// Name shown in the rendezvous' logs [default: host name and process id].
     #[arg(long)]
     pub name: Option<String>,
+}
+
+/// `--engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// Local node processes started for the run; with --rendezvous, the nodes already joined.
+    Local,
+    /// AWS Lambda workers invoked for the run; they join --rendezvous (docs/lambda.md).
+    Lambda,
 }
 
 /// `--mode`.

@@ -13,7 +13,7 @@ use thunkmesh_node::NodeConfig;
 use thunkmesh_protocol::wire::Progress;
 use thunkmesh_store::{Store, StoreError};
 
-use crate::cli::{Command, NodeArgs, RendezvousArgs, RunArgs, StatusArgs, TrustArgs};
+use crate::cli::{Command, EngineArg, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, StatusArgs, TrustArgs};
 
 /// The environment variable that carries the mesh token.
 const TOKEN_ENV: &str = "THUNKMESH_TOKEN";
@@ -24,12 +24,14 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Rendezvous(args) => rendezvous(args).await,
         Command::Node(args) => node(args).await,
         Command::Status(args) => status(args).await,
+        Command::Lambda(LambdaCommand::Deploy(args)) => crate::lambda::deploy(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let usage = e.downcast_ref::<UsageError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
@@ -47,7 +49,7 @@ async fn run(args: RunArgs) -> ExitCode {
     let result = execute(&args, &job, &mut bar, started).await;
     bar.0.finish_and_clear();
     match result {
-        Ok(summary) => match report(&args, &summary) {
+        Ok((summary, launched)) => match report(&args, &summary, launched.as_ref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -65,14 +67,14 @@ async fn run(args: RunArgs) -> ExitCode {
 /// A flag combination that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct UsageError(String);
+pub struct UsageError(pub String);
 
 async fn execute(
     args: &RunArgs,
     job: &thunkmesh_client::LoadedJob,
     bar: &mut Bar,
     started: Instant,
-) -> Result<Summary> {
+) -> Result<(Summary, Option<thunkmesh_lambda::Launched>)> {
     let url = match &args.store {
         Some(url) => url.clone(),
         None => Store::folder_url(&args.state_dir.join("store"))?,
@@ -91,7 +93,21 @@ async fn execute(
     };
     if let Some(addr) = &args.rendezvous {
         let target = remote_target(addr, &args.trust)?;
-        return Ok(run_job(run, &target, bar, started).await?);
+        if args.engine == EngineArg::Lambda {
+            let spec = crate::lambda::launch_spec(args, store.url(), &target)?;
+            let (summary, launched) = crate::lambda::run(run, &target, &spec, bar, started).await?;
+            return Ok((summary, Some(launched)));
+        }
+        if args.workers.is_some() {
+            let why =
+                "--workers starts local nodes or Lambda workers; a self-hosted rendezvous' own nodes are started there";
+            return Err(UsageError(why.into()).into());
+        }
+        return Ok((run_job(run, &target, bar, started).await?, None));
+    }
+    if args.engine == EngineArg::Lambda {
+        let why = "--engine lambda needs --rendezvous HOST:PORT: the self-hosted rendezvous Lambda workers dial";
+        return Err(UsageError(why.into()).into());
     }
     let workers = args.workers.unwrap_or_else(default_workers);
     if workers == 0 {
@@ -102,7 +118,7 @@ async fn execute(
     let target = mesh.target();
     let logs = mesh.logs().display().to_string();
     tokio::select! {
-        r = run_job(run, &target, bar, started) => Ok(r?),
+        r = run_job(run, &target, bar, started) => Ok((r?, None)),
         () = mesh.all_exited() => Err(RunError::NodesExited(logs).into()),
         _ = tokio::signal::ctrl_c() => bail!("interrupted; completed thunks are in the memo cache"),
     }
@@ -112,11 +128,18 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from).max(2)
 }
 
-fn report(args: &RunArgs, summary: &Summary) -> Result<()> {
+fn report(args: &RunArgs, summary: &Summary, launched: Option<&thunkmesh_lambda::Launched>) -> Result<()> {
     println!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
     println!("{summary}");
+    if let Some(launched) = launched {
+        println!("{}", crate::lambda::describe(launched));
+    }
     if let Some(path) = &args.summary_json {
-        let json = serde_json::to_string_pretty(summary)?;
+        let mut json = serde_json::to_value(summary)?;
+        if let (Some(launched), Some(fields)) = (launched, json.as_object_mut()) {
+            fields.insert("lambda".into(), serde_json::to_value(launched)?);
+        }
+        let json = serde_json::to_string_pretty(&json)?;
         std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
@@ -226,6 +249,7 @@ async fn node(args: NodeArgs) -> Result<()> {
         cache_dir,
         bind: args.bind,
         name,
+        idle_exit: None,
     };
     let worked = thunkmesh_node::run(config, stop_requested()).await?;
     eprintln!("node stopped after {} thunks", worked.thunks);

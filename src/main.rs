@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod lambda;
 
 use std::process::ExitCode;
 

@@ -2,8 +2,11 @@
 //! where the rendezvous is, how to trust it, the mesh's token and how long to work at most; the
 //! function joins the mesh as a node with its cache in the function's `/tmp`, works, and before
 //! the invocation's deadline stops taking work and drains (finishes what runs, uploads what
-//! others still need), then returns a short report.
+//! others still need), then returns a short report. A worker launched for one job also stops
+//! when it has had nothing to run for a while, so an idle function does not bill until its
+//! deadline.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
@@ -31,6 +34,10 @@ pub struct Invocation {
     /// Stop taking work after this many seconds even if the deadline is later.
     #[serde(default)]
     pub max_seconds: Option<u64>,
+    /// Drain and answer after this many seconds with nothing to run (absent: work until the
+    /// deadline or `max_seconds`).
+    #[serde(default)]
+    pub idle_seconds: Option<u64>,
 }
 
 fn one_slot() -> u32 {
@@ -44,11 +51,17 @@ pub struct Report {
     pub thunks: u64,
     /// Bytes fetched from peers, the relay and storage.
     pub fetched_bytes: u64,
-    /// Why the node stopped: `drained` or the error that ended it.
+    /// Why the node stopped: `drained` (at its deadline or bound), `idle` (nothing to run for
+    /// `idle_seconds`) or `drain timed out` (the drain did not end before the deadline).
     pub stopped: String,
     /// Seconds from the invocation to the report.
     pub seconds: f64,
+    /// The first invocation of this execution environment (a cold start).
+    pub cold: bool,
 }
+
+/// Whether this process has served an invocation: Lambda reuses a warm environment's process.
+static INVOKED: AtomicBool = AtomicBool::new(false);
 
 /// Serves invocations from the Lambda runtime API (`AWS_LAMBDA_RUNTIME_API`) until the platform
 /// stops the function.
@@ -58,6 +71,7 @@ pub async fn serve() -> Result<(), lambda_runtime::Error> {
 
 async fn invoked(event: LambdaEvent<Invocation>) -> Result<Report, Diagnostic> {
     let started = std::time::Instant::now();
+    let cold = !INVOKED.swap(true, Ordering::Relaxed);
     let invocation = event.payload;
     let fingerprint = parse_fingerprint(&invocation.fingerprint)
         .map_err(|e| diagnostic("BadInvocation", format!("fingerprint: {e}")))?;
@@ -70,20 +84,26 @@ async fn invoked(event: LambdaEvent<Invocation>) -> Result<Report, Diagnostic> {
         cache_dir: std::env::temp_dir().join("thunkmesh"),
         bind: ([0, 0, 0, 0], 0).into(),
         name: format!("lambda-{}", event.context.request_id),
+        idle_exit: invocation.idle_seconds.map(Duration::from_secs),
     };
     let work_for = work_time(event.context.deadline, invocation.max_seconds);
-    info!(rendezvous = %config.rendezvous, work_for = ?work_for, "invoked");
+    info!(rendezvous = %config.rendezvous, work_for = ?work_for, cold, "invoked");
     // The drain itself is bounded too: the report must go out before the deadline.
     let run = crate::run(config, tokio::time::sleep(work_for));
     let outcome = tokio::time::timeout(work_for + DRAIN_MARGIN / 2, run).await;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(match outcome {
-        Ok(Ok(worked)) => {
-            Report { thunks: worked.thunks, fetched_bytes: worked.fetched_bytes, stopped: "drained".into(), seconds }
-        }
-        Ok(Err(e)) => Report { thunks: 0, fetched_bytes: 0, stopped: e.to_string(), seconds },
-        Err(_) => Report { thunks: 0, fetched_bytes: 0, stopped: "the drain did not finish in time".into(), seconds },
-    })
+    let report = |worked: crate::Worked, stopped: &str| Report {
+        thunks: worked.thunks,
+        fetched_bytes: worked.fetched_bytes,
+        stopped: stopped.into(),
+        seconds,
+        cold,
+    };
+    match outcome {
+        Ok(Ok(worked)) => Ok(report(worked, if worked.idled { "idle" } else { "drained" })),
+        Ok(Err(e)) => Err(diagnostic("NodeFailed", e.to_string())),
+        Err(_) => Ok(report(crate::Worked::default(), "drain timed out")),
+    }
 }
 
 /// How long to take work: until `DRAIN_MARGIN` before the deadline, and at most `max_seconds`.

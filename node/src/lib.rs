@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thunkmesh_net::{AbortOnDrop, Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
 use thunkmesh_protocol::wire::{
@@ -51,6 +52,8 @@ pub struct NodeConfig {
     pub bind: SocketAddr,
     /// Shown in the rendezvous' logs.
     pub name: String,
+    /// Drain and stop after this long with nothing to run (Lambda workers; `None`: never).
+    pub idle_exit: Option<Duration>,
 }
 
 /// Why a node stopped.
@@ -78,6 +81,8 @@ pub struct Worked {
     pub thunks: u64,
     /// Bytes it fetched: from peers, through the relay, from storage.
     pub fetched_bytes: u64,
+    /// It stopped because it had nothing to run for [`NodeConfig::idle_exit`].
+    pub idled: bool,
 }
 
 /// Runs a node until the rendezvous goes away, or until it has drained after `shutdown`.
@@ -112,14 +117,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Streams the rendezvous opens are fetches it relays for peers with no direct path here.
     let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), cache.clone(), token)));
     let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token).timed_by(conn.clone())));
-    let result = work(ctx, send, recv, shutdown).instrument(info_span!("node", session)).await;
+    let result = work(ctx, send, recv, shutdown, config.idle_exit).instrument(info_span!("node", session)).await;
     conn.close(0u32.into(), b"node stopping");
     endpoint.close(0u32.into(), b"node stopping");
     result
 }
 
 /// How long the probe port has to answer.
-const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Classifies the node's NAT: none if the rendezvous sees the node's own address; otherwise by
 /// whether the probe port (port 0: none) sees the same public address as the main port.
@@ -194,17 +199,26 @@ async fn work(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     shutdown: impl Future<Output = ()>,
+    idle_exit: Option<Duration>,
 ) -> Result<Worked, NodeError> {
     let (_reader, mut inbox) = reader(recv);
     let mut tasks = Tasks::default();
     let mut worked = Worked::default();
     let mut draining = false;
+    let mut busy_at = tokio::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
+        let idle_at = busy_at + idle_exit.unwrap_or_default();
+        let may_idle = idle_exit.is_some() && !draining && tasks.set.is_empty();
         tokio::select! {
             () = &mut shutdown, if !draining => {
                 info!(running = tasks.set.len(), "draining: finishing running tasks and uploading what others need");
                 draining = true;
+                send_msg(&mut send, &ToRendezvous::Drain).await?;
+            }
+            () = tokio::time::sleep_until(idle_at), if may_idle => {
+                info!(idle = ?idle_exit, "nothing to run: draining");
+                (draining, worked.idled) = (true, true);
                 send_msg(&mut send, &ToRendezvous::Drain).await?;
             }
             msg = inbox.recv() => match msg {
@@ -214,7 +228,10 @@ async fn work(
                     info!("drained");
                     return Ok(worked);
                 }
-                Some(Ok(msg)) => tasks.start(&ctx, msg),
+                Some(Ok(msg)) => {
+                    busy_at = tokio::time::Instant::now();
+                    tasks.start(&ctx, msg);
+                }
             },
             Some(_) = tasks.punches.join_next() => {}
             Some(done) = tasks.set.join_next() => match done {
@@ -226,6 +243,7 @@ async fn work(
                     }
                     tasks.finished(&report);
                     send_msg(&mut send, &report).await?;
+                    busy_at = tokio::time::Instant::now();
                 }
                 Err(e) if e.is_cancelled() => {}
                 Err(e) => warn!(error = %e, "a task panicked"),

@@ -1,7 +1,8 @@
 //! The node as a Lambda function, under the real Lambda runtime API as `cargo lambda watch`
 //! serves it (the test command installs the emulator in `target/lambda-venv`): an invocation
 //! joins a self-hosted rendezvous, runs a job's thunks, drains at its bound and answers with a
-//! report.
+//! report; `thunkmesh run --engine lambda` invokes the workers itself through `aws-sdk-lambda`
+//! and the emulator's Invoke API, with storage on a real S3-compatible server.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,7 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Proc, SelfHosted, repo, shell, thunkmesh};
+use thunkmesh_s3_fixture::S3Server;
+
+use crate::util::{Proc, Run, SelfHosted, finish, repo, run_in, shell, thunkmesh};
 
 fn cargo_lambda() -> PathBuf {
     let path = repo("target/lambda-venv/bin/cargo-lambda");
@@ -60,6 +63,25 @@ impl Emulator {
     }
 }
 
+/// A function process: an execution environment that serves `emulator`'s invocations one after
+/// another, with its own `/tmp` (TMPDIR) and log in `dir`, and `env` (storage settings).
+fn function(emulator: &Emulator, dir: &std::path::Path, env: &[(&'static str, String)]) -> (Proc, PathBuf) {
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("mkdir");
+    let log = dir.join("function.log");
+    let child = thunkmesh()
+        .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{}/.rt/thunkmesh", emulator.port))
+        .env("AWS_LAMBDA_FUNCTION_NAME", "thunkmesh")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("TMPDIR", &tmp)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::fs::File::create(&log).map_or(Stdio::null(), Stdio::from))
+        .spawn()
+        .expect("start the function");
+    (Proc(child), log)
+}
+
 /// A function process served by `emulator`, invoked once (on a thread) to join `rdv` and work at
 /// most `max_seconds`; the handle yields the Invoke API's status and body.
 struct Worker {
@@ -70,18 +92,7 @@ struct Worker {
 
 impl Worker {
     fn invoke(emulator: &Emulator, rdv: &SelfHosted, dir: &std::path::Path, max_seconds: u64) -> Worker {
-        let tmp = dir.join("function-tmp");
-        std::fs::create_dir_all(&tmp).expect("mkdir");
-        let log = dir.join("function.log");
-        let function = thunkmesh()
-            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{}/.rt/thunkmesh", emulator.port))
-            .env("AWS_LAMBDA_FUNCTION_NAME", "thunkmesh")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("TMPDIR", &tmp)
-            .stderr(std::fs::File::create(&log).map_or(Stdio::null(), Stdio::from))
-            .spawn()
-            .expect("start the function");
+        let (function, log) = function(emulator, &dir.join("function"), &[]);
         let payload = serde_json::json!({
             "rendezvous": rdv.addr, "fingerprint": rdv.fingerprint, "token": rdv.token, "slots": 2,
             "max_seconds": max_seconds,
@@ -89,7 +100,7 @@ impl Worker {
         .to_string();
         let port = emulator.port;
         let invocation = std::thread::spawn(move || Emulator::invoke(port, &payload));
-        Worker { _function: Proc(function), invocation, log }
+        Worker { _function: function, invocation, log }
     }
 
     fn log(&self) -> String {
@@ -145,4 +156,112 @@ fn a_lambda_worker_at_its_deadline_hands_its_outputs_over_and_the_job_completes(
     assert!(run.num("storage_fallbacks") >= 1, "handed over through storage: {}", run.summary);
     let report = worker.report();
     assert_eq!((report["stopped"].as_str(), report["thunks"].as_u64()), (Some("drained"), Some(2)), "{report}");
+}
+
+/// `thunkmesh run JOB --engine lambda` against `rdv`, with storage in `s3`'s bucket `jobs` and
+/// the Lambda API at `emulator`, in `dir`.
+fn run_on_lambda(
+    dir: &std::path::Path,
+    job: &std::path::Path,
+    rdv: &SelfHosted,
+    s3: &S3Server,
+    emulator: &Emulator,
+    extra: &[&str],
+) -> Run {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let out = thunkmesh()
+        .current_dir(dir)
+        .arg("run")
+        .arg(job)
+        .args(["--engine", "lambda", "--workers", "3", "--lambda-idle", "1s"])
+        .args(["--rendezvous", &rdv.addr, "--fingerprint", &rdv.fingerprint, "--store", "s3://jobs/lambda"])
+        .args(["--summary-json", "summary.json"])
+        .args(if extra.contains(&"--function") {
+            extra.to_vec()
+        } else {
+            [extra, &["--function", "thunkmesh"]].concat()
+        })
+        .env("THUNKMESH_TOKEN", &rdv.token)
+        .envs(s3.env())
+        .env("AWS_ENDPOINT_URL_LAMBDA", format!("http://127.0.0.1:{}", emulator.port))
+        .output()
+        .expect("start thunkmesh run");
+    finish(dir, out)
+}
+
+/// Three execution environments of the function, with the storage settings Lambda would give
+/// them (here: the S3 server's).
+fn functions(emulator: &Emulator, s3: &S3Server, dir: &std::path::Path) -> Vec<(Proc, PathBuf)> {
+    (0..3).map(|i| function(emulator, &dir.join(format!("function-{i}")), &s3.env())).collect()
+}
+
+fn logs(functions: &[(Proc, PathBuf)]) -> String {
+    functions
+        .iter()
+        .map(|(_, log)| std::fs::read_to_string(log).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+fn lambda_field(run: &Run, key: &str) -> u64 {
+    run.summary["lambda"][key].as_u64().unwrap_or_else(|| panic!("no lambda.{key} in {}", run.summary))
+}
+
+#[test]
+fn a_job_on_lambda_workers_matches_a_local_run_in_both_modes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"), &["jobs"]).expect("s3 server");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let emulator = Emulator::start();
+    let functions = functions(&emulator, &s3, dir.path());
+    let job = repo("examples/wordfreq/job.toml");
+    std::fs::create_dir_all(dir.path().join("local")).expect("mkdir");
+    let local = run_in(&dir.path().join("local"), &job, &[]);
+    local.ok();
+
+    let p2p = run_on_lambda(&dir.path().join("p2p"), &job, &rdv, &s3, &emulator, &["--memo", "off"]);
+    assert_eq!(p2p.code, Some(0), "{}\nfunctions:\n{}", p2p.stderr, logs(&functions));
+    assert_eq!(p2p.out("frequencies.txt"), local.out("frequencies.txt"));
+    assert!(p2p.num("peer_fetches") >= 1, "intermediates moved peer to peer: {}", p2p.summary);
+    assert_eq!(lambda_field(&p2p, "cold_starts"), 3, "three fresh environments: {}", p2p.summary);
+    assert_eq!(lambda_field(&p2p, "reports"), lambda_field(&p2p, "invocations"), "{}", p2p.summary);
+    assert_eq!(lambda_field(&p2p, "thunks"), p2p.num("thunks_executed"), "{}", p2p.summary);
+    assert!(p2p.stdout.contains("lambda: "), "{}", p2p.stdout);
+
+    // gg's way on the same, now warm, environments: every intermediate through storage.
+    let storage =
+        run_on_lambda(&dir.path().join("storage"), &job, &rdv, &s3, &emulator, &["--memo", "off", "--mode", "storage"]);
+    assert_eq!(storage.code, Some(0), "{}\nfunctions:\n{}", storage.stderr, logs(&functions));
+    assert_eq!(storage.out("frequencies.txt"), local.out("frequencies.txt"));
+    assert_eq!(storage.num("peer_fetches"), 0, "{}", storage.summary);
+    assert!(storage.num("storage_get_requests") >= 9, "every intermediate read from storage: {}", storage.summary);
+    assert_eq!(lambda_field(&storage, "cold_starts"), 0, "warm environments: {}", storage.summary);
+}
+
+#[test]
+fn a_function_that_keeps_failing_ends_the_job_with_its_error_type_and_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"), &["jobs"]).expect("s3 server");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let emulator = Emulator::start();
+    // Environments whose /tmp cannot hold a cache: every worker fails as it starts, and is
+    // invoked again while the job needs it.
+    let broken: Vec<_> = (0..3)
+        .map(|i| {
+            let env = [("TMPDIR", "/dev/null/tmp".to_owned())];
+            function(&emulator, &dir.path().join(format!("broken-{i}")), &env)
+        })
+        .collect();
+    let job = repo("examples/wordfreq/job.toml");
+    let run = run_on_lambda(&dir.path().join("run"), &job, &rdv, &s3, &emulator, &[]);
+    assert_eq!(run.code, Some(1), "{}\nfunctions:\n{}", run.stderr, logs(&broken));
+    assert!(
+        run.stderr.contains("Lambda function `thunkmesh` failed 3 times in a row; the last error: NodeFailed: "),
+        "{}",
+        run.stderr
+    );
+
+    let missing = run_on_lambda(&dir.path().join("missing"), &job, &rdv, &s3, &emulator, &["--function", "nope"]);
+    assert_eq!(missing.code, Some(1), "{}", missing.stderr);
+    assert!(missing.stderr.contains("Lambda refused to invoke `nope`"), "{}", missing.stderr);
 }

@@ -35,6 +35,7 @@ pub fn repo(rel: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct Run {
     pub code: Option<i32>,
+    pub stdout: String,
     pub stderr: String,
     pub summary: Value,
     pub dir: PathBuf,
@@ -77,6 +78,7 @@ pub fn finish(dir: &Path, output: Output) -> Run {
     let _ = std::fs::remove_file(summary_path);
     Run {
         code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         summary: summary.unwrap_or(Value::Null),
         dir: dir.to_owned(),
