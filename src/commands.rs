@@ -236,7 +236,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 async fn node(args: NodeArgs) -> Result<()> {
     let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-    let cache_dir = args
+    let cache = args
         .cache_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("thunkmesh-node-{}", std::process::id())));
@@ -246,12 +246,15 @@ async fn node(args: NodeArgs) -> Result<()> {
         trust: trust(&args.trust)?,
         token: token()?,
         slots: args.slots.max(1),
-        cache_dir,
+        cache_dir: cache.clone(),
         bind: args.bind,
         name,
         idle_exit: None,
     };
     let worked = thunkmesh_node::run(config, stop_requested()).await?;
+    if worked.disk_full {
+        bail!("node stopped after {} thunks: the disk holding its cache ({}) is full", worked.thunks, cache.display());
+    }
     eprintln!("node stopped after {} thunks", worked.thunks);
     Ok(())
 }

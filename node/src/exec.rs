@@ -32,6 +32,9 @@ const MAX_TAIL_BYTES: u64 = 1 << 20;
 /// Most thunks one tail may define.
 const MAX_TAIL_THUNKS: usize = 10_000;
 
+/// Free bytes on the cache's disk below which the node counts it as full.
+const DISK_FULL_BELOW: u64 = 1 << 20;
+
 /// How much of a failed program's output (stdout and stderr) is reported.
 const OUTPUT_TAIL: usize = 2048;
 
@@ -45,6 +48,8 @@ pub(crate) struct Ctx {
     host_pins: Arc<HostPins>,
     /// Sandboxes being removed: off the path between a program's exit and its report.
     cleanups: std::sync::Mutex<JoinSet<()>>,
+    /// A task failed because the cache's disk was full: the node should stop taking work.
+    disk_full: std::sync::atomic::AtomicBool,
 }
 
 /// Why a task failed, and which inputs could not be had.
@@ -73,7 +78,26 @@ impl Ctx {
             stores: Mutex::default(),
             host_pins: Arc::default(),
             cleanups: Default::default(),
+            disk_full: Default::default(),
         }
+    }
+
+    /// Whether a task has failed for want of disk space (see [`Ctx::full_disk`]).
+    pub(crate) fn disk_is_full(&self) -> bool {
+        self.disk_full.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Says so if the disk under the cache has less than [`DISK_FULL_BELOW`] free, and
+    /// remembers it: the node then drains rather than fail the next task the same way.
+    fn full_disk(&self) -> Option<String> {
+        let dir = self.cache.work_dir();
+        let stat = rustix::fs::statvfs(dir).ok()?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free >= DISK_FULL_BELOW {
+            return None;
+        }
+        self.disk_full.store(true, std::sync::atomic::Ordering::Relaxed);
+        Some(format!("the disk holding the node's cache ({}) is full: {free} bytes free", dir.display()))
     }
 
     /// Empties a sandbox for reuse in the background (tasks owned here, reaped as they finish).
@@ -130,7 +154,14 @@ pub(crate) async fn force(ctx: &Ctx, a: &Assignment) -> ToRendezvous {
     let mut stats = TransferStats::default();
     match run(ctx, a, &mut stats).await {
         Ok(outputs) => ToRendezvous::Done(TaskDone { task: a.task, outputs, stats }),
-        Err(f) => {
+        Err(mut f) => {
+            // The node's own writes failing for space: say so, whatever step it was.
+            if f.error.code == ErrorCode::NodeError
+                && !ctx.disk_is_full()
+                && let Some(full) = ctx.full_disk()
+            {
+                f.error.message = format!("{full}; {}", f.error.message);
+            }
             debug!(task = a.task, error = %f.error.message, "task failed");
             ToRendezvous::Failed(TaskFailed { task: a.task, error: f.error, unavailable: f.unavailable, stats })
         }
@@ -314,6 +345,9 @@ async fn run_in(
     let ran = execute(a, &program, &root).await;
     stats.program_micros += micros_since(started);
     let succeeded = matches!(&ran, Ok((status, _)) if status.success());
+    // A program that failed on a full disk is not at fault: checked while its files still
+    // fill the sandbox.
+    let full = if succeeded { None } else { ctx.full_disk() };
     let wanted = if succeeded { a.thunk.outputs.clone() } else { Vec::new() };
     let finished = finish(ctx, linked, &root, wanted, lease.sandbox()).await?;
     if finished.emptied {
@@ -325,6 +359,12 @@ async fn run_in(
             Some(code) => format!("exit status {code}"),
             None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
         };
+        if let Some(full) = full {
+            return Err(Fail {
+                error: output.error(ErrorCode::NodeError, format!("{full}; the program ended with {message}")),
+                unavailable: vec![],
+            });
+        }
         return Err(Fail { error: output.error(ErrorCode::ExitStatus, message), unavailable: vec![] });
     }
     let mut outputs = Vec::with_capacity(finished.outputs.len());

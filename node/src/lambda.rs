@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde::{Deserialize, Serialize};
 use thunkmesh_net::{Trust, parse_fingerprint};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::NodeConfig;
 
@@ -52,7 +52,8 @@ pub struct Report {
     /// Bytes fetched from peers, the relay and storage.
     pub fetched_bytes: u64,
     /// Why the node stopped: `drained` (at its deadline or bound), `idle` (nothing to run for
-    /// `idle_seconds`) or `drain timed out` (the drain did not end before the deadline).
+    /// `idle_seconds`), `disk full` (`/tmp` filled up; the cache is emptied for the next
+    /// invocation) or `drain timed out` (the drain did not end before the deadline).
     pub stopped: String,
     /// Seconds from the invocation to the report.
     pub seconds: f64,
@@ -75,13 +76,14 @@ async fn invoked(event: LambdaEvent<Invocation>) -> Result<Report, Diagnostic> {
     let invocation = event.payload;
     let fingerprint = parse_fingerprint(&invocation.fingerprint)
         .map_err(|e| diagnostic("BadInvocation", format!("fingerprint: {e}")))?;
+    let cache_dir = std::env::temp_dir().join("thunkmesh");
     let config = NodeConfig {
         server_name: thunkmesh_net::SERVER_NAME.into(),
         rendezvous: invocation.rendezvous.clone(),
         trust: Trust::Pinned(fingerprint),
         token: invocation.token.clone(),
         slots: invocation.slots.max(1),
-        cache_dir: std::env::temp_dir().join("thunkmesh"),
+        cache_dir: cache_dir.clone(),
         bind: ([0, 0, 0, 0], 0).into(),
         name: format!("lambda-{}", event.context.request_id),
         idle_exit: invocation.idle_seconds.map(Duration::from_secs),
@@ -100,6 +102,14 @@ async fn invoked(event: LambdaEvent<Invocation>) -> Result<Report, Diagnostic> {
         cold,
     };
     match outcome {
+        Ok(Ok(worked)) if worked.disk_full => {
+            // The next invocation of this environment starts with an empty /tmp: what others
+            // needed from this cache was uploaded while draining.
+            if let Err(e) = std::fs::remove_dir_all(&cache_dir) {
+                warn!(error = %e, "cannot empty the cache after the disk filled up");
+            }
+            Ok(report(worked, "disk full"))
+        }
         Ok(Ok(worked)) => Ok(report(worked, if worked.idled { "idle" } else { "drained" })),
         Ok(Err(e)) => Err(diagnostic("NodeFailed", e.to_string())),
         Err(_) => Ok(report(crate::Worked::default(), "drain timed out")),

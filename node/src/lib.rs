@@ -2,7 +2,8 @@
 //! fresh sandboxes, keeps their outputs in its cache, serves that cache to peers on the same
 //! endpoint, and uploads objects to storage when asked.
 //!
-//! When `shutdown` completes, the node drains: it takes no new work, finishes what runs, uploads
+//! When `shutdown` completes, when it has been idle for its `idle_exit`, or when the disk under
+//! its cache fills up, the node drains: it takes no new work, finishes what runs, uploads
 //! the objects that only it holds and that others still need, and returns when the rendezvous
 //! says it is done. If the rendezvous goes away instead, [`run`] returns at once and running tasks
 //! are aborted.
@@ -83,6 +84,9 @@ pub struct Worked {
     pub fetched_bytes: u64,
     /// It stopped because it had nothing to run for [`NodeConfig::idle_exit`].
     pub idled: bool,
+    /// It stopped because the disk holding its cache filled up (a task failed for want of
+    /// space; the rendezvous heard so and runs that task elsewhere).
+    pub disk_full: bool,
 }
 
 /// Runs a node until the rendezvous goes away, or until it has drained after `shutdown`.
@@ -242,6 +246,12 @@ async fn work(
                         worked.fetched_bytes += s.peer_bytes + s.relay_bytes + s.storage_bytes_read;
                     }
                     tasks.finished(&report);
+                    // Drain before the failure is reported, so its retry goes to another node.
+                    if ctx.disk_is_full() && !draining {
+                        warn!("the disk holding the cache is full: draining");
+                        (draining, worked.disk_full) = (true, true);
+                        send_msg(&mut send, &ToRendezvous::Drain).await?;
+                    }
                     send_msg(&mut send, &report).await?;
                     busy_at = tokio::time::Instant::now();
                 }

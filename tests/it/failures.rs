@@ -144,3 +144,61 @@ outputs = ["out"]
     let left = std::process::Command::new("pgrep").args(["-f", "sleep 29.77"]).output().expect("pgrep");
     assert!(left.stdout.is_empty(), "the hanging copy and its children were killed");
 }
+
+/// A tmpfs of `megabytes` mounted at `dir` for as long as it lives (needs root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, megabytes: u32) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_node_whose_disk_fills_up_drains_and_its_task_runs_on_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = Tmpfs::mount(&dir.path().join("small"), 4);
+    let rdv = crate::util::SelfHosted::start(&dir.path().join("rdv"));
+    let text = r#"[[thunk]]
+name = "big"
+program = { host = "/bin/sh" }
+args = ["-c", "/bin/dd if=/dev/zero of=out bs=1M count=6 2>&1"]
+outputs = ["out"]
+
+[targets]
+"big.bin" = "big#out"
+"#;
+    let job = write(dir.path(), &[("job.toml", text)]);
+    // The only node at first keeps its cache (and sandboxes) on 4 MB: `big` fails there.
+    let mut cramped = rdv.node(&small.0.join("cache"), "cramped");
+    let runner = rdv.run_in_background(dir.path(), &job);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = cramped.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cramped node did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(small.0.join("cache.log")).unwrap_or_default();
+    assert!(!status.success(), "a node stopped by a full disk exits non-zero");
+    assert!(log.contains("the disk holding its cache") && log.contains("is full"), "{log}");
+    // The task was not the thunk's fault: it runs on a node that joins, and the job completes.
+    let _roomy = rdv.node(&dir.path().join("roomy"), "roomy");
+    let run = runner.join().expect("run thread");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.out("big.bin"), vec![0; 6 << 20]);
+}
