@@ -188,6 +188,19 @@ pub struct RendezvousArgs {
     /// The private key (PEM) of --cert.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Keep this many Lambda workers joined between jobs (a warm pool); each works until its
+    /// deadline and is invoked again. Needs --function and --public-addr.
+    #[arg(long, requires_all = ["function", "public_addr"])]
+    pub lambda_pool: Option<usize>,
+    /// The Lambda function of the warm pool.
+    #[arg(long)]
+    pub function: Option<String>,
+    /// The address (host:port) Lambda workers dial to reach this rendezvous.
+    #[arg(long)]
+    pub public_addr: Option<String>,
+    /// Thunks each pool worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub lambda_slots: u32,
 }
 
 /// Flags of `thunkmesh node`.

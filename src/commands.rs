@@ -195,10 +195,15 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
     }
     eprintln!("certificate fingerprint: {fingerprint}");
     eprintln!("nodes join with: THUNKMESH_TOKEN=... thunkmesh node --rendezvous HOST:PORT --fingerprint {fingerprint}");
+    let pool = crate::lambda::pool_spec(&args, &fingerprint, &token)?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    thunkmesh_rendezvous::serve(endpoint, probe, token, shutdown).await;
+    let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, shutdown);
+    match pool {
+        None => serve.await,
+        Some(spec) => crate::lambda::with_pool(serve, &spec).await?,
+    }
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! The Lambda glue of the CLI: `thunkmesh lambda deploy`, and running a job with
-//! `--engine lambda` (the launcher beside the job, fed the job's progress).
+//! The Lambda glue of the CLI: `thunkmesh lambda deploy`, running a job with `--engine lambda`
+//! (the launcher beside the job, fed the job's progress), and a rendezvous' warm pool.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use thunkmesh_lambda::{Arch, Demand, FunctionSpec, Invocation, LaunchSpec, Launc
 use thunkmesh_protocol::wire::Progress;
 use tokio::sync::watch;
 
-use crate::cli::{DeployArgs, RunArgs};
+use crate::cli::{DeployArgs, RendezvousArgs, RunArgs};
 use crate::commands::UsageError;
 
 /// Beyond the idle time, how long a finished job waits for its workers' reports (a drain may
@@ -147,4 +147,42 @@ pub fn describe(l: &Launched) -> String {
         line += &format!("; last error: {e}");
     }
     line
+}
+
+/// The warm pool a rendezvous keeps, if asked for.
+pub fn pool_spec(args: &RendezvousArgs, fingerprint: &str, token: &str) -> Result<Option<LaunchSpec>> {
+    let (Some(workers), Some(function), Some(addr)) = (args.lambda_pool, &args.function, &args.public_addr) else {
+        return Ok(None);
+    };
+    if workers == 0 {
+        bail!(UsageError("--lambda-pool must be at least 1".into()));
+    }
+    Ok(Some(LaunchSpec {
+        function: function.clone(),
+        workers,
+        invocation: Invocation {
+            rendezvous: addr.clone(),
+            fingerprint: fingerprint.to_owned(),
+            token: token.to_owned(),
+            slots: args.lambda_slots.max(1),
+            max_seconds: None,
+            idle_seconds: None,
+        },
+        linger: Duration::ZERO,
+    }))
+}
+
+/// Serves the rendezvous while keeping its pool of Lambda workers; a pool whose function keeps
+/// failing stops the rendezvous with that error.
+pub async fn with_pool(serve: impl std::future::Future<Output = ()>, spec: &LaunchSpec) -> Result<()> {
+    let client = thunkmesh_lambda::client(false).await;
+    let (_keep, wants) = watch::channel(Demand::Pool);
+    eprintln!("keeping {} Lambda workers of `{}` joined", spec.workers, spec.function);
+    tokio::select! {
+        () = serve => Ok(()),
+        launched = thunkmesh_lambda::launch(&client, spec, wants) => match launched {
+            Err(e) => bail!("the warm pool stopped: {e}"),
+            Ok(_) => bail!("the warm pool stopped"),
+        },
+    }
 }

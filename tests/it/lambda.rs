@@ -265,3 +265,35 @@ fn a_function_that_keeps_failing_ends_the_job_with_its_error_type_and_message() 
     assert_eq!(missing.code, Some(1), "{}", missing.stderr);
     assert!(missing.stderr.contains("Lambda refused to invoke `nope`"), "{}", missing.stderr);
 }
+
+#[test]
+fn a_rendezvous_keeps_a_warm_pool_of_lambda_workers_that_run_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let emulator = Emulator::start();
+    let functions: Vec<_> =
+        (0..2).map(|i| function(&emulator, &dir.path().join(format!("function-{i}")), &[])).collect();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
+    let addr = format!("127.0.0.1:{port}");
+    let lambda = format!("http://127.0.0.1:{}", emulator.port);
+    let pool = ["--lambda-pool", "2", "--function", "thunkmesh", "--public-addr", &addr];
+    let aws = [
+        ("AWS_ENDPOINT_URL_LAMBDA", lambda.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let rdv = SelfHosted::start_on(&dir.path().join("rdv"), &addr, &pool, &aws);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = rdv.status();
+        if status.matches("lambda-").count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool did not join:\n{status}\n{}", logs(&functions));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A plain run on the rendezvous: the pool's workers are its only nodes.
+    let run = rdv.run(dir.path(), &repo("examples/wordfreq/job.toml"), &rdv.token);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stderr, logs(&functions));
+    assert_eq!(run.out("frequencies.txt"), shell(&repo("examples/wordfreq/expected.sh"), &[]));
+}

@@ -136,24 +136,33 @@ impl SelfHosted {
     /// Starts with extra flags (a certificate); `trust` must be set before nodes join.
     pub fn start_with(state: &Path, extra: &[&str]) -> SelfHosted {
         let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
-        SelfHosted::start_at(state, &format!("127.0.0.1:{port}"), None, extra)
+        SelfHosted::start_at(state, &format!("127.0.0.1:{port}"), None, extra, &[])
+    }
+
+    /// Starts listening on `addr` (host's namespace) with extra flags and environment; trusted
+    /// by its fingerprint.
+    pub fn start_on(state: &Path, addr: &str, extra: &[&str], env: &[(&str, &str)]) -> SelfHosted {
+        let mut rdv = SelfHosted::start_at(state, addr, None, extra, env);
+        rdv.trust = vec!["--fingerprint".into(), rdv.fingerprint.clone()];
+        rdv
     }
 
     /// Starts listening on `addr` inside network namespace `ns` (if given), where the clients
     /// of [`SelfHosted::run`] then run too; trusted by its fingerprint.
     pub fn start_in(state: &Path, addr: &str, ns: &str, extra: &[&str]) -> SelfHosted {
-        let mut rdv = SelfHosted::start_at(state, addr, Some(ns), extra);
+        let mut rdv = SelfHosted::start_at(state, addr, Some(ns), extra, &[]);
         rdv.trust = vec!["--fingerprint".into(), rdv.fingerprint.clone()];
         rdv
     }
 
-    fn start_at(state: &Path, addr: &str, ns: Option<&str>, extra: &[&str]) -> SelfHosted {
+    fn start_at(state: &Path, addr: &str, ns: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> SelfHosted {
         let addr = addr.to_owned();
         let token = "integration-test-token".to_owned();
         let child = thunkmesh_in(ns)
             .args(["rendezvous", "--listen", &addr, "--state-dir"])
             .arg(state)
             .args(extra)
+            .envs(env.iter().copied())
             .env("THUNKMESH_TOKEN", &token)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
