@@ -137,7 +137,7 @@ pub async fn run(
 /// One line for the summary.
 pub fn describe(l: &Launched) -> String {
     let mut line = format!(
-        "lambda: {} invocations ({} cold starts), {} reports, {} throttled, {} failed, {:.1} worker-seconds",
+        "lambda    {} invocations ({} cold starts), {} reports, {} throttled, {} failed, {:.1} worker-seconds",
         l.invocations, l.cold_starts, l.reports, l.throttled, l.failed, l.worker_seconds
     );
     if l.still_running > 0 {

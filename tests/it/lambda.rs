@@ -226,7 +226,7 @@ fn a_job_on_lambda_workers_matches_a_local_run_in_both_modes() {
     assert_eq!(lambda_field(&p2p, "cold_starts"), 3, "three fresh environments: {}", p2p.summary);
     assert_eq!(lambda_field(&p2p, "reports"), lambda_field(&p2p, "invocations"), "{}", p2p.summary);
     assert_eq!(lambda_field(&p2p, "thunks"), p2p.num("thunks_executed"), "{}", p2p.summary);
-    assert!(p2p.stdout.contains("lambda: "), "{}", p2p.stdout);
+    assert!(p2p.stdout.contains("lambda    3 invocations (3 cold starts)"), "{}", p2p.stdout);
 
     // gg's way on the same, now warm, environments: every intermediate through storage.
     let storage =
