@@ -76,6 +76,8 @@ pub struct Launched {
     pub failed: u64,
     /// Thunks the workers ran, by their reports.
     pub thunks: u64,
+    /// Bytes the workers sent to each other (directly or through the relay), by their reports.
+    pub served_bytes: u64,
     /// Seconds the reporting workers ran, by their reports (what Lambda bills, roughly).
     pub worker_seconds: f64,
     /// Workers that had not answered when the launcher stopped waiting.
@@ -270,6 +272,7 @@ fn account(launched: &mut Launched, ended: &Ended) {
             launched.reports += 1;
             launched.cold_starts += u64::from(r.cold);
             launched.thunks += r.thunks;
+            launched.served_bytes += r.served_bytes;
             launched.worker_seconds += r.seconds;
         }
         Ended::Throttled(after) => {
@@ -358,7 +361,14 @@ mod tests {
     use super::*;
 
     fn report(cold: bool) -> Ended {
-        Ended::Report(Report { thunks: 1, fetched_bytes: 0, stopped: "idle".into(), seconds: 1.0, cold })
+        Ended::Report(Report {
+            thunks: 1,
+            fetched_bytes: 0,
+            served_bytes: 0,
+            stopped: "idle".into(),
+            seconds: 1.0,
+            cold,
+        })
     }
 
     fn error() -> Ended {

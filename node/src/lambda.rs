@@ -51,6 +51,9 @@ pub struct Report {
     pub thunks: u64,
     /// Bytes fetched from peers, the relay and storage.
     pub fetched_bytes: u64,
+    /// Bytes of objects sent to peers, directly or through the relay.
+    #[serde(default)]
+    pub served_bytes: u64,
     /// Why the node stopped: `drained` (at its deadline or bound), `idle` (nothing to run for
     /// `idle_seconds`), `disk full` (`/tmp` filled up; the cache is emptied for the next
     /// invocation) or `drain timed out` (the drain did not end before the deadline).
@@ -97,6 +100,7 @@ async fn invoked(event: LambdaEvent<Invocation>) -> Result<Report, Diagnostic> {
     let report = |worked: crate::Worked, stopped: &str| Report {
         thunks: worked.thunks,
         fetched_bytes: worked.fetched_bytes,
+        served_bytes: worked.served_bytes,
         stopped: stopped.into(),
         seconds,
         cold,

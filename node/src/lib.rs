@@ -82,6 +82,8 @@ pub struct Worked {
     pub thunks: u64,
     /// Bytes it fetched: from peers, through the relay, from storage.
     pub fetched_bytes: u64,
+    /// Bytes of objects it sent to peers, directly or through the relay.
+    pub served_bytes: u64,
     /// It stopped because it had nothing to run for [`NodeConfig::idle_exit`].
     pub idled: bool,
     /// It stopped because the disk holding its cache filled up (a task failed for want of
@@ -117,11 +119,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     info!(session, rendezvous = %addr, %local, %observed, %nat, "registered");
     send_msg(&mut send, &ToRendezvous::Nat(nat)).await?;
     let token: Arc<str> = config.token.clone().into();
-    let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), cache.clone(), token.clone())));
+    let server = peer::Server::new(cache.clone(), token);
+    let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), server.clone())));
     // Streams the rendezvous opens are fetches it relays for peers with no direct path here.
-    let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), cache.clone(), token)));
+    let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), server.clone())));
     let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token).timed_by(conn.clone())));
     let result = work(ctx, send, recv, shutdown, config.idle_exit).instrument(info_span!("node", session)).await;
+    let result = result.map(|worked| Worked { served_bytes: server.served_bytes(), ..worked });
     conn.close(0u32.into(), b"node stopping");
     endpoint.close(0u32.into(), b"node stopping");
     result

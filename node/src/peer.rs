@@ -41,51 +41,76 @@ pub enum FetchError {
     Local(String),
 }
 
+/// What the node serves peers from, and how much it has served.
+#[derive(Debug)]
+pub struct Server {
+    cache: Arc<Cache>,
+    token: Arc<str>,
+    served: std::sync::atomic::AtomicU64,
+}
+
+impl Server {
+    /// Serves `cache` to holders of `token`.
+    pub fn new(cache: Arc<Cache>, token: Arc<str>) -> Arc<Server> {
+        Arc::new(Server { cache, token, served: Default::default() })
+    }
+
+    /// Bytes of objects sent in full to peers (directly or through the relay).
+    pub fn served_bytes(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Serves peers on `endpoint` until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, cache: Arc<Cache>, token: Arc<str>) {
+pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
     let mut conns = JoinSet::new();
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
-        let (cache, token) = (cache.clone(), token.clone());
-        conns.spawn(serve_conn(incoming, cache, token).instrument(info_span!("peer", %remote)));
+        conns.spawn(serve_conn(incoming, server.clone()).instrument(info_span!("peer", %remote)));
         while conns.try_join_next().is_some() {}
     }
 }
 
-async fn serve_conn(incoming: quinn::Incoming, cache: Arc<Cache>, token: Arc<str>) {
+async fn serve_conn(incoming: quinn::Incoming, server: Arc<Server>) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => return debug!(error = %e, "peer handshake failed"),
     };
-    serve_streams(conn, cache, token).await;
+    serve_streams(conn, server).await;
 }
 
 /// Serves every stream the other side of `conn` opens as a fetch: a peer's, or the rendezvous'
 /// when it relays for a peer that has no direct path to this node.
-pub async fn serve_streams(conn: quinn::Connection, cache: Arc<Cache>, token: Arc<str>) {
+pub async fn serve_streams(conn: quinn::Connection, server: Arc<Server>) {
     let mut streams = JoinSet::new();
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => return debug!(error = %e, "peer connection ended"),
         };
-        let (cache, token, conn) = (cache.clone(), token.clone(), conn.clone());
+        let (server, conn) = (server.clone(), conn.clone());
         streams.spawn(async move {
-            if let Err(e) = serve_stream(send, recv, &cache, &token).await {
-                warn!(error = %e, "closing a misbehaving peer connection");
-                conn.close(1u32.into(), e.to_string().as_bytes());
+            match serve_stream(send, recv, &server.cache, &server.token).await {
+                Ok(sent) => {
+                    server.served.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    warn!(error = %e, "closing a misbehaving peer connection");
+                    conn.close(1u32.into(), e.to_string().as_bytes());
+                }
             }
         });
         while streams.try_join_next().is_some() {}
     }
 }
 
+/// Answers one fetch; the bytes of the object sent (0 if refused).
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     cache: &Cache,
     token: &str,
-) -> Result<(), NetError> {
+) -> Result<u64, NetError> {
     let Some(PeerRequest::Fetch { blob, token: given }) = recv_msg(&mut recv).await? else {
         return Err(NetError::Closed("a fetch request (only the rendezvous relays)"));
     };
@@ -105,7 +130,7 @@ async fn serve_stream(
         let refusal = WireError::new(ErrorCode::NotFound, format!("{blob} is not in this node's cache"));
         send_msg(&mut send, &PeerResponse::Refused(refusal)).await?;
         let _ = send.finish();
-        return Ok(());
+        return Ok(0);
     };
     send_msg(&mut send, &PeerResponse::Found { size: blob.size }).await?;
     let mut buf = vec![0u8; 256 * 1024];
@@ -117,7 +142,7 @@ async fn serve_stream(
         send.write_all(&buf[..n]).await?;
     }
     let _ = send.finish();
-    Ok(())
+    Ok(blob.size)
 }
 
 /// How long a direct path to a peer has to form before a fetch gives up on it (the object then
@@ -274,7 +299,7 @@ mod tests {
         let identity = Identity::generate().expect("identity");
         let ep = endpoint("127.0.0.1:0".parse().expect("addr"), &identity).expect("endpoint");
         let addr = ep.local_addr().expect("addr");
-        let task = AbortOnDrop(tokio::spawn(serve(ep, cache, "tok".into())));
+        let task = AbortOnDrop(tokio::spawn(serve(ep, super::Server::new(cache, "tok".into()))));
         Server { addr, fingerprint: identity.fingerprint(), blob, _dir: dir, _task: task }
     }
 

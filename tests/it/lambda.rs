@@ -226,6 +226,8 @@ fn a_job_on_lambda_workers_matches_a_local_run_in_both_modes() {
     assert_eq!(lambda_field(&p2p, "cold_starts"), 3, "three fresh environments: {}", p2p.summary);
     assert_eq!(lambda_field(&p2p, "reports"), lambda_field(&p2p, "invocations"), "{}", p2p.summary);
     assert_eq!(lambda_field(&p2p, "thunks"), p2p.num("thunks_executed"), "{}", p2p.summary);
+    let moved = p2p.num("peer_bytes") + p2p.num("relayed_bytes");
+    assert_eq!(lambda_field(&p2p, "served_bytes"), moved, "what the workers served: {}", p2p.summary);
     assert!(p2p.stdout.contains("lambda    3 invocations (3 cold starts)"), "{}", p2p.stdout);
 
     // gg's way on the same, now warm, environments: every intermediate through storage.
