@@ -99,7 +99,9 @@ impl Reporter for Demanding<'_> {
     }
 
     fn progress(&mut self, p: Progress) {
-        self.demand.send_replace(Demand::Thunks(p.total.saturating_sub(p.done)));
+        // Workers for what could run now; a thunk still waiting for inputs would keep a worker
+        // idle (and billed) until they exist.
+        self.demand.send_replace(Demand::Thunks(p.ready + p.running));
         self.inner.progress(p);
     }
 }

@@ -1,5 +1,5 @@
-//! Launching Lambda workers: as many invocations as the job has unresolved thunks for (at most
-//! the pool's size), each a synchronous Invoke held open while the worker works, so its report
+//! Launching Lambda workers: as many invocations as the job has thunks that could run now (at
+//! most the pool's size), each a synchronous Invoke held open while the worker works, so its report
 //! or its error comes back to the launcher. Invocations start at most one per
 //! [`START_INTERVAL`]; a throttled one (429) is retried after an exponential backoff with jitter
 //! (or Lambda's `Retry-After`, if longer); a worker that fails or dies is replaced while the job
@@ -53,7 +53,7 @@ pub struct LaunchSpec {
 pub enum Demand {
     /// Not yet known (the job is not submitted yet): start nothing.
     Unknown,
-    /// This many thunks are not yet resolved.
+    /// This many thunks could run now (running, or ready and waiting for a slot).
     Thunks(u64),
     /// Keep the whole pool alive (a warm pool between jobs).
     Pool,
@@ -376,7 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_wants_a_worker_per_slots_unresolved_thunks_up_to_its_size() {
+    fn the_pool_wants_a_worker_per_slots_runnable_thunks_up_to_its_size() {
         let pool = Pool::new(10, 2, Instant::now());
         assert_eq!(pool.wanted(Demand::Unknown), 0);
         assert_eq!(pool.wanted(Demand::Thunks(0)), 0);

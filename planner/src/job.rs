@@ -601,7 +601,8 @@ impl Job {
     pub(crate) fn progress(&self) -> Progress {
         let done = self.entries.values().filter(|e| e.state.is_done()).count();
         let running = self.entries.values().filter(|e| matches!(e.state, State::Running { .. })).count();
-        Progress { total: self.entries.len() as u64, done: done as u64, running: running as u64 }
+        let ready = self.entries.values().filter(|e| matches!(e.state, State::Ready)).count();
+        Progress { total: self.entries.len() as u64, done: done as u64, running: running as u64, ready: ready as u64 }
     }
 
     pub(crate) fn outcome(&self, targets: Vec<(Ref, Id)>) -> JobOutcome {

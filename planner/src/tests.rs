@@ -571,3 +571,15 @@ fn what_only_an_unreachable_node_holds_is_priced_as_an_upload_and_a_read() {
     let from_there = Transfers::new(&inputs, Mode::P2p, e, &consumer_unreachable).seconds(2);
     assert!((from_there - through_storage).abs() < 1e-9, "{from_there}");
 }
+
+#[test]
+fn progress_counts_what_could_run_now_apart_from_what_waits_for_inputs() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let (a, b) = (thunk("a", &[]), thunk("b", &[]));
+    let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
+    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
+    assert_eq!(assigns(&drain(&mut p)).len(), 1, "one slot");
+    let progress = p.progress(JOB).expect("the job");
+    assert_eq!((progress.total, progress.done, progress.running, progress.ready), (3, 0, 1, 1), "{progress:?}");
+}

@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame accepted, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -408,6 +408,9 @@ pub struct Progress {
     pub done: u64,
     /// Thunks running now.
     pub running: u64,
+    /// Thunks whose inputs are all available, waiting for a free slot (what more workers
+    /// would start on).
+    pub ready: u64,
 }
 
 /// The end of a successful job.
@@ -692,7 +695,8 @@ mod tests {
     fn arb_from_rendezvous() -> impl Strategy<Value = FromRendezvous> {
         let reduction = (arb_id(), proptest::collection::vec(("[a-z]{1,4}", arb_id()), 0..3))
             .prop_map(|(thunk, outputs)| Reduction { thunk, outputs });
-        let progress = any::<[u64; 3]>().prop_map(|[total, done, running]| Progress { total, done, running });
+        let progress =
+            any::<[u64; 4]>().prop_map(|[total, done, running, ready]| Progress { total, done, running, ready });
         let outcome = (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 6]>())
             .prop_map(|(targets, stats, [executed, cached, total, nodes_lost, storage_fallbacks, copies])| {
                 JobOutcome { targets, stats, executed, cached, total, nodes_lost, storage_fallbacks, copies }
@@ -785,6 +789,7 @@ mod tests {
         let hello = Hello { version: PROTOCOL_VERSION, token: "t0k".into(), role: Role::Client };
         let frame = encode_frame(&hello);
         assert_eq!(hex::encode(&frame), include_str!("../../docs/wire-hello-client.hex").trim());
+        assert_eq!(frame[4], PROTOCOL_VERSION as u8, "the version leads the hello");
     }
 
     #[test]
