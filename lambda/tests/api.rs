@@ -289,3 +289,33 @@ async fn a_handler_error_answered_as_lambda_does_is_the_functions_error() {
     );
     assert_eq!(double.seen().len(), 3, "re-invoked until the third failure in a row");
 }
+
+#[tokio::test]
+async fn workers_that_end_while_work_remains_are_replaced_and_none_start_after_the_job() {
+    let double = Double::start(|_, _| {
+        let report =
+            serde_json::json!({ "thunks": 1, "fetched_bytes": 0, "stopped": "drained", "seconds": 0.1, "cold": false });
+        json(200, report)
+    })
+    .await;
+    let spec =
+        LaunchSpec { function: "tm".into(), workers: 2, invocation: invocation(), linger: Duration::from_secs(5) };
+    let (demand, wants) = tokio::sync::watch::channel(Demand::Thunks(1));
+    let client = double.client(false).await;
+    let launch = thunkmesh_lambda::launch(&client, &spec, wants);
+    let end = async {
+        // One thunk could run: one worker at a time, replaced each time it answers.
+        while double.seen().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        demand.send_replace(Demand::Ended);
+    };
+    let (launched, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(launch, end) })
+        .await
+        .expect("the launch ends");
+    let launched = launched.expect("launched");
+    assert_eq!(launched.invocations, launched.reports, "{launched:?}");
+    assert!(launched.invocations >= 3, "{launched:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(double.seen().len() as u64, launched.invocations, "nothing starts after the job ended");
+}
