@@ -231,9 +231,11 @@ pub async fn launch(
     let mut live = FuturesUnordered::new();
     let mut launched = Launched::default();
     let mut ended_at: Option<Instant> = None;
+    // The job's side may go away without saying `Ended`: that ends the job too.
+    let mut open = true;
     loop {
         let now = Instant::now();
-        let wants = *demand.borrow_and_update();
+        let wants = if open { *demand.borrow_and_update() } else { Demand::Ended };
         if wants == Demand::Ended {
             let since = *ended_at.get_or_insert(now);
             if live.is_empty() || now >= since + spec.linger {
@@ -251,11 +253,7 @@ pub async fn launch(
             None => pool.next_start().max(now + START_INTERVAL),
         };
         tokio::select! {
-            changed = demand.changed() => if changed.is_err() && ended_at.is_none() {
-                // The job's side is gone: it has ended one way or another.
-                ended_at = Some(Instant::now());
-                demand = watch::channel(Demand::Ended).1;
-            },
+            changed = demand.changed(), if open && ended_at.is_none() => open = changed.is_ok(),
             Some(ended) = live.next() => {
                 account(&mut launched, &ended);
                 pool.ended(&ended, &spec.function, Instant::now(), rng.random())?;
