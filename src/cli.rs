@@ -51,14 +51,14 @@ pub struct DeployArgs {
     /// ARN of the function's execution role (docs/lambda.md lists what it needs).
     #[arg(long, required_unless_present = "package_only")]
     pub role: Option<String>,
-    /// Memory in MB; Lambda gives one vCPU per 1,769 MB.
-    #[arg(long, default_value_t = 1769)]
+    /// Memory in MB (128 to 10240); Lambda gives one vCPU per 1,769 MB.
+    #[arg(long, default_value_t = 1769, value_parser = clap::value_parser!(i32).range(128..=10240))]
     pub memory: i32,
     /// Size of the function's /tmp in MB (512 to 10240), which holds the node's cache.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(i32).range(512..=10240))]
     pub tmp: i32,
-    /// Seconds an invocation may run (at most 900); a worker drains 10 s before.
-    #[arg(long, default_value_t = 900)]
+    /// Seconds an invocation may run (30 to 900); a worker drains 10 s before its end.
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(i32).range(30..=900))]
     pub timeout: i32,
     /// The function's architecture [default: the binary's].
     #[arg(long, value_enum)]
