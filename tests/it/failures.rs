@@ -145,43 +145,12 @@ outputs = ["out"]
     assert!(left.stdout.is_empty(), "the hanging copy and its children were killed");
 }
 
-/// A tmpfs of `megabytes` mounted at `dir` for as long as it lives (needs root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, megabytes: u32) -> Tmpfs {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_node_whose_disk_fills_up_drains_and_its_task_runs_on_another() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let small = Tmpfs::mount(&dir.path().join("small"), 4);
+    let small = crate::util::Tmpfs::mount(&dir.path().join("small"), 4);
     let rdv = crate::util::SelfHosted::start(&dir.path().join("rdv"));
-    let text = r#"[[thunk]]
-name = "big"
-program = { host = "/bin/sh" }
-args = ["-c", "/bin/dd if=/dev/zero of=out bs=1M count=6 2>&1"]
-outputs = ["out"]
-
-[targets]
-"big.bin" = "big#out"
-"#;
-    let job = write(dir.path(), &[("job.toml", text)]);
+    let job = write(dir.path(), &[("job.toml", crate::util::SIX_MEGABYTES)]);
     // The only node at first keeps its cache (and sandboxes) on 4 MB: `big` fails there.
     let mut cramped = rdv.node(&small.0.join("cache"), "cramped");
     let runner = rdv.run_in_background(dir.path(), &job);

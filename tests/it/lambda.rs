@@ -159,6 +159,27 @@ fn a_lambda_worker_at_its_deadline_hands_its_outputs_over_and_the_job_completes(
     assert_eq!((report["stopped"].as_str(), report["thunks"].as_u64()), (Some("drained"), Some(2)), "{report}");
 }
 
+#[test]
+fn a_lambda_worker_whose_tmp_fills_up_answers_disk_full_and_the_job_completes_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let emulator = Emulator::start();
+    // The function's /tmp is 4 MB; the job's one thunk writes 6 MB.
+    let tmp = crate::util::Tmpfs::mount(&dir.path().join("function").join("tmp"), 4);
+    let worker = Worker::invoke(&emulator, &rdv, dir.path(), 60);
+    let job = crate::util::write(dir.path(), &[("job.toml", crate::util::SIX_MEGABYTES)]);
+    let runner = rdv.run_in_background(dir.path(), &job);
+    let log = worker.log.clone();
+    let report = worker.report();
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(report["stopped"], "disk full", "{report}\n{log}");
+    assert!(!tmp.0.join("thunkmesh").exists(), "the cache is emptied for the next invocation");
+    let _node = rdv.node(&dir.path().join("node"), "roomy");
+    let run = runner.join().expect("run thread");
+    assert_eq!(run.code, Some(0), "{}\n{log}", run.stderr);
+    assert_eq!(run.out("big.bin"), vec![0; 6 << 20]);
+}
+
 /// `thunkmesh run JOB --engine lambda` against `rdv`, with storage in `s3`'s bucket `jobs` and
 /// the Lambda API at `emulator`, in `dir`.
 fn run_on_lambda(

@@ -285,3 +285,36 @@ outputs = ["o"]
         marker = marker.display()
     )
 }
+
+/// A tmpfs of `megabytes` mounted at `dir` for as long as it lives (needs root).
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, megabytes: u32) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// One thunk that writes 6 MB of zeros: more than a 4 MB disk holds.
+pub const SIX_MEGABYTES: &str = r#"[[thunk]]
+name = "big"
+program = { host = "/bin/sh" }
+args = ["-c", "/bin/dd if=/dev/zero of=out bs=1M count=6 2>&1"]
+outputs = ["out"]
+
+[targets]
+"big.bin" = "big#out"
+"#;
