@@ -28,12 +28,14 @@ pub async fn dispatch(command: Command) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            let usage = e.downcast_ref::<UsageError>().is_some();
-            ExitCode::from(if usage { 2 } else { 1 })
-        }
+        Err(e) => failed(&e),
     }
+}
+
+/// Says why on stderr; exit code 2 for flags that cannot work, 1 for the rest.
+fn failed(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
 }
 
 async fn run(args: RunArgs) -> ExitCode {
@@ -48,19 +50,9 @@ async fn run(args: RunArgs) -> ExitCode {
     let mut bar = Bar::new();
     let result = execute(&args, &job, &mut bar, started).await;
     bar.0.finish_and_clear();
-    match result {
-        Ok((summary, launched)) => match report(&args, &summary, launched.as_ref()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            let usage = e.downcast_ref::<UsageError>().is_some();
-            ExitCode::from(if usage { 2 } else { 1 })
-        }
+    match result.and_then(|(summary, launched)| report(&args, &summary, launched.as_ref())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(&e),
     }
 }
 

@@ -229,27 +229,15 @@ fn invocation() -> Invocation {
     }
 }
 
-#[tokio::test]
-async fn throttled_invocations_back_off_and_then_run() {
-    const THROTTLES: usize = 3;
-    let double = Double::start(|n, _| {
-        if n < THROTTLES {
-            let (status, mut headers, body) = error(429, "TooManyRequestsException");
-            headers.push(("x-amzn-errortype", "TooManyRequestsException".into()));
-            (status, headers, body)
-        } else {
-            json(200, serde_json::json!({ "thunks": 4, "fetched_bytes": 10, "stopped": "idle", "seconds": 1.5, "cold": true }))
-        }
-    })
-    .await;
-    let spec =
-        LaunchSpec { function: "tm".into(), workers: 1, invocation: invocation(), linger: Duration::from_secs(5) };
+/// Launches `workers` at most for one runnable thunk until the double has seen `requests`, then
+/// ends the job and returns what the launch did.
+async fn launch_until_seen(double: &Double, workers: usize, requests: usize) -> thunkmesh_lambda::Launched {
+    let spec = LaunchSpec { function: "tm".into(), workers, invocation: invocation(), linger: Duration::from_secs(5) };
     let (demand, wants) = tokio::sync::watch::channel(Demand::Thunks(1));
     let client = double.client(false).await;
     let launch = thunkmesh_lambda::launch(&client, &spec, wants);
     let end = async {
-        // The job ends once the worker has been invoked for real.
-        while double.seen().len() <= THROTTLES {
+        while double.seen().len() < requests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         demand.send_replace(Demand::Ended);
@@ -257,7 +245,22 @@ async fn throttled_invocations_back_off_and_then_run() {
     let (launched, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(launch, end) })
         .await
         .expect("the launch ends");
-    let launched = launched.expect("launched");
+    launched.expect("launched")
+}
+
+#[tokio::test]
+async fn throttled_invocations_back_off_and_then_run() {
+    const THROTTLES: usize = 3;
+    let double = Double::start(|n, _| {
+        if n < THROTTLES {
+            error(429, "TooManyRequestsException")
+        } else {
+            json(200, serde_json::json!({ "thunks": 4, "fetched_bytes": 10, "stopped": "idle", "seconds": 1.5, "cold": true }))
+        }
+    })
+    .await;
+    // The job ends once the worker has been invoked for real.
+    let launched = launch_until_seen(&double, 1, THROTTLES + 1).await;
     assert_eq!((launched.invocations, launched.throttled, launched.reports), (4, 3, 1), "{launched:?}");
     assert_eq!((launched.thunks, launched.cold_starts), (4, 1));
     let seen = double.seen();
@@ -298,22 +301,8 @@ async fn workers_that_end_while_work_remains_are_replaced_and_none_start_after_t
         json(200, report)
     })
     .await;
-    let spec =
-        LaunchSpec { function: "tm".into(), workers: 2, invocation: invocation(), linger: Duration::from_secs(5) };
-    let (demand, wants) = tokio::sync::watch::channel(Demand::Thunks(1));
-    let client = double.client(false).await;
-    let launch = thunkmesh_lambda::launch(&client, &spec, wants);
-    let end = async {
-        // One thunk could run: one worker at a time, replaced each time it answers.
-        while double.seen().len() < 3 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        demand.send_replace(Demand::Ended);
-    };
-    let (launched, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(launch, end) })
-        .await
-        .expect("the launch ends");
-    let launched = launched.expect("launched");
+    // One thunk could run: one worker at a time, replaced each time it answers.
+    let launched = launch_until_seen(&double, 2, 3).await;
     assert_eq!(launched.invocations, launched.reports, "{launched:?}");
     assert!(launched.invocations >= 3, "{launched:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;

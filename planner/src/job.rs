@@ -599,10 +599,16 @@ impl Job {
     }
 
     pub(crate) fn progress(&self) -> Progress {
-        let done = self.entries.values().filter(|e| e.state.is_done()).count();
-        let running = self.entries.values().filter(|e| matches!(e.state, State::Running { .. })).count();
-        let ready = self.entries.values().filter(|e| matches!(e.state, State::Ready)).count();
-        Progress { total: self.entries.len() as u64, done: done as u64, running: running as u64, ready: ready as u64 }
+        let mut p = Progress { total: self.entries.len() as u64, ..Progress::default() };
+        for e in self.entries.values() {
+            match e.state {
+                State::Done { .. } => p.done += 1,
+                State::Running { .. } => p.running += 1,
+                State::Ready => p.ready += 1,
+                State::Idle => {}
+            }
+        }
+        p
     }
 
     pub(crate) fn outcome(&self, targets: Vec<(Ref, Id)>) -> JobOutcome {

@@ -180,14 +180,15 @@ fn a_lambda_worker_whose_tmp_fills_up_answers_disk_full_and_the_job_completes_el
     assert_eq!(run.out("big.bin"), vec![0; 6 << 20]);
 }
 
-/// `thunkmesh run JOB --engine lambda` against `rdv`, with storage in `s3`'s bucket `jobs` and
-/// the Lambda API at `emulator`, in `dir`.
+/// `thunkmesh run JOB --engine lambda --function FUNCTION` against `rdv`, with storage in `s3`'s
+/// bucket `jobs` and the Lambda API at `emulator`, in `dir`.
 fn run_on_lambda(
     dir: &std::path::Path,
     job: &std::path::Path,
     rdv: &SelfHosted,
     s3: &S3Server,
     emulator: &Emulator,
+    function: &str,
     extra: &[&str],
 ) -> Run {
     std::fs::create_dir_all(dir).expect("mkdir");
@@ -195,14 +196,10 @@ fn run_on_lambda(
         .current_dir(dir)
         .arg("run")
         .arg(job)
-        .args(["--engine", "lambda", "--workers", "3", "--lambda-idle", "1s"])
+        .args(["--engine", "lambda", "--function", function, "--workers", "3", "--lambda-idle", "1s"])
         .args(["--rendezvous", &rdv.addr, "--fingerprint", &rdv.fingerprint, "--store", "s3://jobs/lambda"])
         .args(["--summary-json", "summary.json"])
-        .args(if extra.contains(&"--function") {
-            extra.to_vec()
-        } else {
-            [extra, &["--function", "thunkmesh"]].concat()
-        })
+        .args(extra)
         .env("THUNKMESH_TOKEN", &rdv.token)
         .envs(s3.env())
         .env("AWS_ENDPOINT_URL_LAMBDA", format!("http://127.0.0.1:{}", emulator.port))
@@ -283,7 +280,7 @@ fn a_job_on_lambda_workers_matches_a_local_run_in_both_modes() {
     let expected: String = (1..=30000).map(|i| format!("{i}\n")).collect();
     assert_eq!(local.out("merged.txt"), expected.as_bytes());
 
-    let p2p = run_on_lambda(&dir.path().join("p2p"), &job, &rdv, &s3, &emulator, &["--memo", "off"]);
+    let p2p = run_on_lambda(&dir.path().join("p2p"), &job, &rdv, &s3, &emulator, "thunkmesh", &["--memo", "off"]);
     assert_eq!(p2p.code, Some(0), "{}\nfunctions:\n{}", p2p.stderr, logs(&functions));
     assert_eq!(p2p.out("merged.txt"), local.out("merged.txt"));
     assert!(p2p.num("peer_fetches") >= 2, "intermediates moved peer to peer: {}", p2p.summary);
@@ -297,8 +294,15 @@ fn a_job_on_lambda_workers_matches_a_local_run_in_both_modes() {
     assert!(p2p.stdout.contains("lambda    3 invocations (3 cold starts)"), "{}", p2p.stdout);
 
     // gg's way on the same, now warm, environments: every intermediate through storage.
-    let storage =
-        run_on_lambda(&dir.path().join("storage"), &job, &rdv, &s3, &emulator, &["--memo", "off", "--mode", "storage"]);
+    let storage = run_on_lambda(
+        &dir.path().join("storage"),
+        &job,
+        &rdv,
+        &s3,
+        &emulator,
+        "thunkmesh",
+        &["--memo", "off", "--mode", "storage"],
+    );
     assert_eq!(storage.code, Some(0), "{}\nfunctions:\n{}", storage.stderr, logs(&functions));
     assert_eq!(storage.out("merged.txt"), local.out("merged.txt"));
     assert_eq!(storage.num("peer_fetches"), 0, "{}", storage.summary);
@@ -322,7 +326,7 @@ fn a_function_that_keeps_failing_ends_the_job_with_its_error_type_and_message() 
         })
         .collect();
     let job = repo("examples/wordfreq/job.toml");
-    let run = run_on_lambda(&dir.path().join("run"), &job, &rdv, &s3, &emulator, &[]);
+    let run = run_on_lambda(&dir.path().join("run"), &job, &rdv, &s3, &emulator, "thunkmesh", &[]);
     assert_eq!(run.code, Some(1), "{}\nfunctions:\n{}", run.stderr, logs(&broken));
     assert!(
         run.stderr.contains("Lambda function `thunkmesh` failed 3 times in a row; the last error: NodeFailed: "),
@@ -330,7 +334,7 @@ fn a_function_that_keeps_failing_ends_the_job_with_its_error_type_and_message() 
         run.stderr
     );
 
-    let missing = run_on_lambda(&dir.path().join("missing"), &job, &rdv, &s3, &emulator, &["--function", "nope"]);
+    let missing = run_on_lambda(&dir.path().join("missing"), &job, &rdv, &s3, &emulator, "nope", &[]);
     assert_eq!(missing.code, Some(1), "{}", missing.stderr);
     assert!(missing.stderr.contains("Lambda refused to invoke `nope`"), "{}", missing.stderr);
 }
