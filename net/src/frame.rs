@@ -1,13 +1,17 @@
-//! Framed messages on QUIC streams: a length prefix checked against the frame limit before the
-//! body is read, then an rkyv archive validated before use.
+//! Framed messages on QUIC streams: a length prefix checked against the limit of this point of
+//! the conversation before the body is read, then an rkyv archive validated before use. The body
+//! grows as bytes arrive, so a prefix that announces much and sends little costs what it sent.
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
-use thunkmesh_protocol::wire::{FRAME_HEADER, decode_body, encode_frame, frame_len};
+use thunkmesh_protocol::wire::{FRAME_HEADER, MAX_FRAME, decode_body, encode_frame, frame_len};
 
 use crate::NetError;
+
+/// The first allocation for a frame body; it doubles as bytes arrive.
+const FIRST_READ: usize = 16 << 10;
 
 /// Sends one message as a frame.
 pub async fn send_msg<T>(stream: &mut quinn::SendStream, msg: &T) -> Result<(), NetError>
@@ -18,12 +22,23 @@ where
     Ok(())
 }
 
-/// Receives one message; `None` when the stream ended cleanly between frames.
+/// Receives one message of at most [`MAX_FRAME`] bytes from an authenticated peer; `None` when
+/// the stream ended cleanly between frames.
 pub async fn recv_msg<T>(stream: &mut quinn::RecvStream) -> Result<Option<T>, NetError>
 where
     T: rkyv::Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+{
+    recv_msg_within(stream, MAX_FRAME).await
+}
+
+/// Like [`recv_msg`], refusing a frame over `limit` bytes before reading its body.
+pub async fn recv_msg_within<T>(stream: &mut quinn::RecvStream, limit: usize) -> Result<Option<T>, NetError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
 {
     let mut header = [0u8; FRAME_HEADER];
     match stream.read_exact(&mut header).await {
@@ -31,8 +46,20 @@ where
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(NetError::Read(e.to_string())),
     }
-    let len = frame_len(header)?;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await.map_err(|e| NetError::Read(e.to_string()))?;
+    let len = frame_len(header, limit)?;
+    let body = read_body(stream, len).await?;
     Ok(Some(decode_body(&body)?))
+}
+
+/// Reads exactly `len` bytes, allocating only as they arrive.
+async fn read_body(stream: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, NetError> {
+    let mut body = Vec::with_capacity(len.min(FIRST_READ));
+    while body.len() < len {
+        let chunk = stream.read_chunk(len - body.len(), true).await.map_err(|e| NetError::Read(e.to_string()))?;
+        let Some(chunk) = chunk else {
+            return Err(NetError::Closed("the rest of a frame"));
+        };
+        body.extend_from_slice(&chunk.bytes);
+    }
+    Ok(body)
 }

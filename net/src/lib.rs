@@ -11,10 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use frame::{recv_msg, send_msg};
+pub use frame::{recv_msg, recv_msg_within, send_msg};
 pub use tls::{Identity, Trust, fingerprint, parse_fingerprint};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+#[cfg(doc)]
+use thunkmesh_protocol::wire::MAX_UNAUTHENTICATED_FRAME;
 use thunkmesh_protocol::wire::{ALPN_PEER, ALPN_RENDEZVOUS, FrameError};
 
 /// The name every self-signed thunkmesh certificate is issued for.
@@ -64,6 +66,14 @@ pub enum NetError {
     /// The stream ended where a message was expected.
     #[error("the peer closed the stream before sending {0}")]
     Closed(&'static str),
+    /// The peer did not send what was expected in time.
+    #[error("no {what} within {}", humantime::format_duration(*.after))]
+    Timeout {
+        /// What was awaited.
+        what: &'static str,
+        /// How long it was awaited.
+        after: Duration,
+    },
 }
 
 impl NetError {
@@ -72,8 +82,60 @@ impl NetError {
     }
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// Flow-control credit a connection gets before it is authenticated: with the stream limit
+/// below and [`MAX_UNAUTHENTICATED_FRAME`] per stream, what a stranger can make a process hold.
+pub const UNAUTHENTICATED_WINDOW: u32 = 256 << 10;
+
+/// Streams a connection may open before it is authenticated.
+pub const UNAUTHENTICATED_STREAMS: u32 = 4;
+
+/// Flow-control credit and streams of an authenticated connection.
+const AUTHENTICATED_WINDOW: u32 = 64 << 20;
+const AUTHENTICATED_STREAMS: u32 = 1024;
+
+/// Connections that may be in their handshake or hello at once, per process; more are refused
+/// until one is admitted or closed.
+pub const UNAUTHENTICATED_CONNECTIONS: usize = 32;
+
+/// How long a connection, or a stream, has to present its first message.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server side of every endpoint starts each connection on the small budget of a stranger.
+fn accepting_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = transport_config();
+    t.receive_window(UNAUTHENTICATED_WINDOW.into());
+    t.stream_receive_window((1u32 << 20).into());
+    t.max_concurrent_bidi_streams(UNAUTHENTICATED_STREAMS.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+fn dialing_transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport_config())
+}
+
+/// Gives an accepted connection whose peer presented the token the budget of a member.
+pub fn admitted(conn: &quinn::Connection) {
+    conn.set_receive_window(AUTHENTICATED_WINDOW.into());
+    conn.set_max_concurrent_bi_streams(AUTHENTICATED_STREAMS.into());
+}
+
+/// Counts the connections not yet authenticated, so that strangers together hold at most
+/// [`UNAUTHENTICATED_CONNECTIONS`] budgets.
+#[derive(Debug, Clone)]
+pub struct Strangers(Arc<tokio::sync::Semaphore>);
+
+impl Default for Strangers {
+    fn default() -> Self {
+        Strangers(Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_CONNECTIONS)))
+    }
+}
+
+impl Strangers {
+    /// A place for one more stranger; `None` when all are taken (refuse the connection).
+    pub fn enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
 }
 
 /// The transport settings for a dial whose round trip is expected to be about `rtt`: lost
@@ -89,7 +151,7 @@ fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("a few seconds fit in a QUIC idle timeout")));
-    t.max_concurrent_bidi_streams(1024u32.into());
+    t.max_concurrent_bidi_streams(AUTHENTICATED_STREAMS.into());
     t
 }
 
@@ -104,7 +166,7 @@ pub fn endpoint(bind: SocketAddr, identity: &Identity) -> Result<quinn::Endpoint
     tls.alpn_protocols = vec![ALPN_RENDEZVOUS.to_vec(), ALPN_PEER.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport());
+    server.transport_config(accepting_transport());
     quinn::Endpoint::server(server, bind).map_err(|e| NetError::Io { path: bind.to_string(), source: e })
 }
 
@@ -126,7 +188,7 @@ pub fn client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, 
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(dialing_transport());
     Ok(config)
 }
 
@@ -147,6 +209,11 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
     let fail = |reason: String| NetError::Connect { addr: addr.to_owned(), reason };
     let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| fail(e.to_string()))?;
     addrs.next().ok_or_else(|| fail("the name resolves to no address".into()))
+}
+
+/// Waits at most [`HELLO_TIMEOUT`] for the first message of a connection or stream.
+pub async fn first<T>(what: &'static str, read: impl Future<Output = Result<T, NetError>>) -> Result<T, NetError> {
+    tokio::time::timeout(HELLO_TIMEOUT, read).await.map_err(|_| NetError::Timeout { what, after: HELLO_TIMEOUT })?
 }
 
 /// Compares two tokens in time that does not depend on where they differ (`blake3::Hash`

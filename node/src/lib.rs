@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use thunkmesh_net::{AbortOnDrop, Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, FromRendezvous, Hello, NatKind, NodeHello, PROTOCOL_VERSION, ProbeReply, Role, ToRendezvous,
-    WireError,
+    ALPN_RENDEZVOUS, FromRendezvous, HOLDS_PER_MESSAGE, Hello, NatKind, NodeHello, PROTOCOL_VERSION, ProbeReply, Role,
+    ToRendezvous, WireError,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -105,7 +105,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         name: config.name.clone(),
         slots: config.slots,
         fingerprint: identity.fingerprint(),
-        inventory: cache.inventory(),
         local: local.to_string(),
     };
     let role = Role::Node(hello);
@@ -118,11 +117,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let nat = classify_nat(&endpoint, &config, local, &observed, SocketAddr::new(addr.ip(), probe_port)).await;
     info!(session, rendezvous = %addr, %local, %observed, %nat, "registered");
     send_msg(&mut send, &ToRendezvous::Nat(nat)).await?;
+    for held in cache.inventory().chunks(HOLDS_PER_MESSAGE) {
+        send_msg(&mut send, &ToRendezvous::Holds(held.to_vec())).await?;
+    }
     let token: Arc<str> = config.token.clone().into();
     let server = peer::Server::new(cache.clone(), token);
     let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), server.clone())));
     // Streams the rendezvous opens are fetches it relays for peers with no direct path here.
-    let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), server.clone())));
+    let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), None, server.clone())));
     let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token).timed_by(conn.clone())));
     let result = work(ctx, send, recv, shutdown, config.idle_exit).instrument(info_span!("node", session)).await;
     let result = result.map(|worked| Worked { served_bytes: server.served_bytes(), ..worked });

@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use thunkmesh_net::{NetError, Trust, client_config, connect, recv_msg, send_msg};
+use thunkmesh_net::{NetError, Trust, client_config, connect, recv_msg, recv_msg_within, send_msg};
 use thunkmesh_protocol::Id;
-use thunkmesh_protocol::wire::{ALPN_PEER, ErrorCode, PeerRequest, PeerResponse, WireError};
+use thunkmesh_protocol::wire::{ALPN_PEER, ErrorCode, MAX_UNAUTHENTICATED_FRAME, PeerRequest, PeerResponse, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -61,36 +61,57 @@ impl Server {
     }
 }
 
-/// Serves peers on `endpoint` until the endpoint closes.
+/// Serves peers on `endpoint` until the endpoint closes. A connection is a stranger (on the
+/// small budget of `thunkmesh_net`) until one of its requests presents the token.
 pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
     let mut conns = JoinSet::new();
+    let strangers = thunkmesh_net::Strangers::default();
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
-        conns.spawn(serve_conn(incoming, server.clone()).instrument(info_span!("peer", %remote)));
+        let Some(stranger) = strangers.enter() else {
+            warn!(%remote, "too many unauthenticated peer connections; refusing one");
+            incoming.refuse();
+            continue;
+        };
+        conns.spawn(serve_conn(incoming, stranger, server.clone()).instrument(info_span!("peer", %remote)));
         while conns.try_join_next().is_some() {}
     }
 }
 
-async fn serve_conn(incoming: quinn::Incoming, server: Arc<Server>) {
+async fn serve_conn(incoming: quinn::Incoming, stranger: tokio::sync::OwnedSemaphorePermit, server: Arc<Server>) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => return debug!(error = %e, "peer handshake failed"),
     };
-    serve_streams(conn, server).await;
+    serve_streams(conn, Some(stranger), server).await;
 }
 
 /// Serves every stream the other side of `conn` opens as a fetch: a peer's, or the rendezvous'
-/// when it relays for a peer that has no direct path to this node.
-pub async fn serve_streams(conn: quinn::Connection, server: Arc<Server>) {
+/// when it relays for a peer that has no direct path to this node. A `stranger` permit is given
+/// up, and the connection given a member's budget, at the first request with the right token.
+pub async fn serve_streams(
+    conn: quinn::Connection,
+    mut stranger: Option<tokio::sync::OwnedSemaphorePermit>,
+    server: Arc<Server>,
+) {
     let mut streams = JoinSet::new();
+    let (admitted, mut admission) = mpsc::channel::<()>(1);
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            s = conn.accept_bi() => s,
+            Some(()) = admission.recv(), if stranger.is_some() => {
+                thunkmesh_net::admitted(&conn);
+                stranger = None;
+                continue;
+            }
+        };
+        let (send, recv) = match accepted {
             Ok(s) => s,
             Err(e) => return debug!(error = %e, "peer connection ended"),
         };
-        let (server, conn) = (server.clone(), conn.clone());
+        let (server, conn, admitted) = (server.clone(), conn.clone(), admitted.clone());
         streams.spawn(async move {
-            match serve_stream(send, recv, &server.cache, &server.token).await {
+            match serve_stream(send, recv, &server.cache, &server.token, &admitted).await {
                 Ok(sent) => {
                     server.served.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -104,14 +125,17 @@ pub async fn serve_streams(conn: quinn::Connection, server: Arc<Server>) {
     }
 }
 
-/// Answers one fetch; the bytes of the object sent (0 if refused).
+/// Answers one fetch; the bytes of the object sent (0 if refused). A request with the right
+/// token says so on `admitted`.
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     cache: &Cache,
     token: &str,
+    admitted: &mpsc::Sender<()>,
 ) -> Result<u64, NetError> {
-    let Some(PeerRequest::Fetch { blob, token: given }) = recv_msg(&mut recv).await? else {
+    let request = recv_msg_within(&mut recv, MAX_UNAUTHENTICATED_FRAME);
+    let Some(PeerRequest::Fetch { blob, token: given }) = thunkmesh_net::first("fetch request", request).await? else {
         return Err(NetError::Closed("a fetch request (only the rendezvous relays)"));
     };
     if !thunkmesh_net::same_token(&given, token) {
@@ -122,6 +146,7 @@ async fn serve_stream(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
         return Err(NetError::Closed("a valid token"));
     }
+    let _ = admitted.try_send(());
     let file = match cache.has(blob) {
         true => tokio::fs::File::open(cache.path(blob)).await.ok(),
         false => None,

@@ -109,6 +109,8 @@ pub(crate) struct Job {
     pub(crate) stats: TransferStats,
     pub(crate) nodes_lost: u64,
     pub(crate) mode: Mode,
+    /// The store it reads from and writes to (set by the planner).
+    pub(crate) store: u32,
     /// Fail rather than move an object between nodes through storage.
     pub(crate) require_direct: bool,
     /// Objects a peer could not (or will no longer) serve: read from storage once uploaded.
@@ -148,6 +150,7 @@ impl Job {
             stats: TransferStats::default(),
             nodes_lost: 0,
             mode: sub.mode,
+            store: 0,
             require_direct: sub.require_direct,
             peer_failed: BTreeSet::new(),
             storage_fallbacks: 0,

@@ -169,10 +169,21 @@ pub(crate) enum Avail {
     Nowhere,
 }
 
+/// A store (a `--store` URL) as the planner knows it: an index into [`Planner::stores`]. Facts
+/// about storage hold for one store only: an object in one user's bucket is not in another's.
+type StoreKey = u32;
+
 #[derive(Debug, Default)]
 struct Places {
-    storage: bool,
+    /// The stores known to hold it.
+    stores: BTreeSet<StoreKey>,
     nodes: BTreeSet<NodeId>,
+}
+
+impl Places {
+    fn in_store(&self, store: StoreKey) -> bool {
+        self.stores.contains(&store)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +243,8 @@ pub struct Planner {
     twins: HashMap<TaskId, TaskId>,
     /// Copies started.
     speculated: u64,
+    /// Every store a job named, by key.
+    stores: HashMap<String, StoreKey>,
 }
 
 impl Planner {
@@ -289,11 +302,17 @@ impl Planner {
         let state = self.nodes.entry(node).or_default();
         state.slots = slots;
         state.order = order;
+        self.reindex(node);
+        self.node_holds(node, inventory);
+    }
+
+    /// A known node holds these objects in its cache (from earlier runs).
+    pub fn node_holds(&mut self, node: NodeId, inventory: &[Id]) {
+        let Some(state) = self.nodes.get_mut(&node) else { return };
         for &blob in inventory {
             state.holds.insert(blob);
             self.objects.entry(blob).or_default().nodes.insert(node);
         }
-        self.reindex(node);
         // Only objects it brings can make a waiting thunk ready.
         if !inventory.is_empty() {
             let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
@@ -336,7 +355,7 @@ impl Planner {
         for id in ids {
             let Some(job) = self.jobs.get(&id) else { continue };
             let needed = job.needed_blobs();
-            let only_here = |b: &Id| self.objects.get(b).is_some_and(|p| !p.storage && p.nodes.len() == 1);
+            let only_here = |b: &Id| self.objects.get(b).is_some_and(|p| !p.in_store(job.store) && p.nodes.len() == 1);
             let uploads: Vec<Id> = held.iter().filter(|b| needed.contains(b) && only_here(b)).copied().collect();
             for blob in uploads {
                 self.request_fallback_upload(node, id, blob);
@@ -415,9 +434,11 @@ impl Planner {
         if self.jobs.contains_key(&id) {
             return Err(PlanError::DuplicateJob(id));
         }
-        let job = Job::new(sub)?;
+        let mut job = Job::new(sub)?;
+        let next = StoreKey::try_from(self.stores.len()).unwrap_or(StoreKey::MAX);
+        job.store = *self.stores.entry(sub.store.clone()).or_insert(next);
         for &blob in &sub.stored {
-            self.objects.entry(blob).or_default().storage = true;
+            self.objects.entry(blob).or_default().stores.insert(job.store);
         }
         self.jobs.insert(id, job);
         self.reevaluate(id);
@@ -448,15 +469,15 @@ impl Planner {
             Err(error) => return self.fail(info.job, error),
         };
         // In storage mode the node wrote every output to storage before it reported.
-        let stored = job.mode == Mode::Storage;
+        let stored = (job.mode == Mode::Storage).then_some(job.store);
         // The node keeps what it fetched: it can serve those inputs to peers too.
         for &blob in &info.inputs {
             self.place(blob, info.node);
         }
         for blob in placed {
             self.place(blob, info.node);
-            if stored {
-                self.objects.entry(blob).or_default().storage = true;
+            if let Some(store) = stored {
+                self.objects.entry(blob).or_default().stores.insert(store);
             }
         }
         self.settle(info.job);
@@ -499,11 +520,11 @@ impl Planner {
             let message = format!("thunk `{name}` could not run after {MAX_ATTEMPTS} attempts: {}", error.message);
             return self.fail(info.job, WireError { code: error.code, message, detail: error.detail.clone() });
         }
-        let require_direct = job.require_direct;
+        let (require_direct, store) = (job.require_direct, job.store);
         // A peer that could not serve an object it holds uploads it; the consumer then reads it
         // from storage. An object no live node holds is recomputed.
         let served_by_peer = |blob: &Id| {
-            let in_storage = self.objects.get(blob).is_some_and(|p| p.storage);
+            let in_storage = self.objects.get(blob).is_some_and(|p| p.in_store(store));
             !in_storage && self.holders(*blob).iter().any(|&n| n != info.node)
         };
         if require_direct && let Some(blob) = unavailable.iter().find(|b| served_by_peer(b)) {
@@ -515,7 +536,7 @@ impl Planner {
             return self.fail(info.job, WireError::new(ErrorCode::InputUnavailable, message));
         }
         for blob in unavailable {
-            let in_storage = self.objects.get(blob).is_some_and(|p| p.storage);
+            let in_storage = self.objects.get(blob).is_some_and(|p| p.in_store(store));
             match self.holders(*blob).into_iter().find(|&n| n != info.node) {
                 Some(holder) if !in_storage => self.request_fallback_upload(holder, info.job, *blob),
                 _ => {}
@@ -528,19 +549,21 @@ impl Planner {
         self.objects.get(&blob).map(|p| p.nodes.iter().copied().collect()).unwrap_or_default()
     }
 
-    /// A node answered an upload request: the object is in storage (or could not be put there).
+    /// A node answered an upload request: the object is in the job's store (or could not be put
+    /// there). An answer for a job that is not running, or for an object nobody asked that node
+    /// to upload, says nothing about any store and is ignored.
     pub fn stored(&mut self, node: NodeId, job: JobId, blob: Id, ok: bool, stats: TransferStats) {
-        if let Some(j) = self.jobs.get_mut(&job) {
-            j.stats += stats;
-            j.upload_requested.remove(&blob);
-            j.wake_blob(blob);
-        }
-        if let Some(state) = self.nodes.get_mut(&node) {
-            state.drain_uploads.remove(&(job, blob));
-        }
+        let asked = self.nodes.get_mut(&node).is_some_and(|s| s.drain_uploads.remove(&(job, blob)));
         self.check_drained(node);
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if !(j.upload_requested.remove(&blob) || asked) {
+            return;
+        }
+        j.stats += stats;
+        j.wake_blob(blob);
+        let store = j.store;
         if ok {
-            self.objects.entry(blob).or_default().storage = true;
+            self.objects.entry(blob).or_default().stores.insert(store);
         } else {
             self.unplace(blob, node);
             let failures = self.jobs.get_mut(&job).map(|j| {
@@ -627,9 +650,9 @@ impl Planner {
         }
     }
 
-    fn avail(&self, blob: &Id) -> Avail {
+    fn avail(&self, blob: &Id, store: StoreKey) -> Avail {
         match self.objects.get(blob) {
-            Some(p) if p.storage => Avail::Stored,
+            Some(p) if p.in_store(store) => Avail::Stored,
             Some(p) if !p.nodes.is_empty() => Avail::Cached,
             _ => Avail::Nowhere,
         }
@@ -647,7 +670,8 @@ impl Planner {
     fn settle(&mut self, id: JobId) {
         let Some(mut job) = self.jobs.remove(&id) else { return };
         loop {
-            let avail = |blob: &Id| self.avail(blob);
+            let store = job.store;
+            let avail = |blob: &Id| self.avail(blob, store);
             let result = job.evaluate_pending(&avail);
             for (name, reduction) in job.take_resolved() {
                 self.out.push_back(Decision::Resolved { job: id, name, reduction });
@@ -684,7 +708,7 @@ impl Planner {
                 Resolved::Broken(_) => continue,
             };
             let places = self.objects.get(&blob);
-            if places.is_some_and(|p| p.storage) {
+            if places.is_some_and(|p| p.in_store(job.store)) {
                 job.target_stored(i);
                 continue;
             }
@@ -927,9 +951,9 @@ impl Planner {
         let task = self.next_task;
         self.next_task += 1;
         let none = BTreeSet::new();
-        let peer_failed = self.jobs.get(&job).map_or(&none, |j| &j.peer_failed);
+        let (peer_failed, store) = self.jobs.get(&job).map_or((&none, 0), |j| (&j.peer_failed, j.store));
         let sources = match mode {
-            Mode::P2p => self.sources(node, &resolved, peer_failed),
+            Mode::P2p => self.sources(node, &resolved, peer_failed, store),
             Mode::Storage => {
                 resolved.iter().collect::<BTreeSet<_>>().into_iter().map(|b| (*b, vec![Place::Storage])).collect()
             }
@@ -948,7 +972,13 @@ impl Planner {
     }
 
     /// Peers first, then storage; only storage for objects a peer already failed to serve.
-    fn sources(&self, node: NodeId, resolved: &[Id], peer_failed: &BTreeSet<Id>) -> Vec<(Id, Vec<Place>)> {
+    fn sources(
+        &self,
+        node: NodeId,
+        resolved: &[Id],
+        peer_failed: &BTreeSet<Id>,
+        store: StoreKey,
+    ) -> Vec<(Id, Vec<Place>)> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for blob in resolved {
@@ -958,7 +988,7 @@ impl Planner {
             }
             let peers = p.nodes.iter().filter(|_| !peer_failed.contains(blob));
             let mut places: Vec<Place> = peers.map(|&n| Place::Node(n)).collect();
-            if p.storage {
+            if p.in_store(store) {
                 places.push(Place::Storage);
             }
             out.push((*blob, places));

@@ -583,3 +583,29 @@ fn progress_counts_what_could_run_now_apart_from_what_waits_for_inputs() {
     let progress = p.progress(JOB).expect("the job");
     assert_eq!((progress.total, progress.done, progress.running, progress.ready), (3, 0, 1, 1), "{progress:?}");
 }
+
+/// Issue 12, finding 3: a job's target stored in one store is not taken as stored in another,
+/// and a `Stored` for a job that does not exist (or an upload nobody asked for) records nothing.
+#[test]
+fn storage_facts_belong_to_one_store() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    let on =
+        |store: &str| Submission { store: store.into(), ..submission(&[("a", &a)], vec![out(&a)], vec![program()]) };
+    p.submit(1, &on("file:///a")).expect("valid job");
+    let run = assigns(&drain(&mut p)).remove(0);
+    p.task_done(1, run.task, &blob_output(b"A"), TransferStats::default());
+    let ds = drain(&mut p);
+    answer_uploads(&mut p, &ds);
+    assert!(job_done(&drain(&mut p)).is_some(), "the target reached store a");
+
+    // Lies about a job that does not exist, and an upload nobody asked of job 2.
+    p.stored(1, 99, Id::of_blob(b"A"), true, TransferStats::default());
+    p.submit(2, &on("file:///b")).expect("valid job");
+    p.stored(1, 2, Id::of_blob(b"A"), true, TransferStats::default());
+    let ds = drain(&mut p);
+    assert!(job_done(&ds).is_none(), "store b does not hold the target yet: {ds:?}");
+    let upload = ds.iter().any(|d| matches!(d, Decision::Upload { job: 2, blob, .. } if *blob == Id::of_blob(b"A")));
+    assert!(upload || !assigns(&ds).is_empty(), "the target is uploaded to b or computed again: {ds:?}");
+}

@@ -15,10 +15,19 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
-/// Largest frame accepted, in bytes (the length prefix not included).
+/// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
+
+/// Largest frame accepted before the sender is authenticated: a [`Hello`] or a
+/// [`PeerRequest`], which hold a token and a few names. Nothing unauthenticated makes a process
+/// read more than this per stream.
+pub const MAX_UNAUTHENTICATED_FRAME: usize = 64 << 10;
+
+/// Most object ids in one [`ToRendezvous::Holds`] message (a frame stays well under
+/// [`MAX_FRAME`]).
+pub const HOLDS_PER_MESSAGE: usize = 65_536;
 
 /// Length of the frame header.
 pub const FRAME_HEADER: usize = 4;
@@ -60,8 +69,6 @@ pub struct NodeHello {
     pub slots: u32,
     /// SHA-256 of its certificate: peers pin it.
     pub fingerprint: [u8; 32],
-    /// Objects already in its cache (from earlier runs).
-    pub inventory: Vec<Id>,
     /// Its endpoint's address as it sees it (`ip:port`): behind a NAT, the private one, where a
     /// peer behind the same NAT reaches it.
     pub local: String,
@@ -72,6 +79,9 @@ pub struct NodeHello {
 pub enum ToRendezvous {
     /// A client's job.
     Submit(Submission),
+    /// Objects a node already holds in its cache (from earlier runs), sent after the welcome in
+    /// pieces of at most [`HOLDS_PER_MESSAGE`]: the hello stays small.
+    Holds(Vec<Id>),
     /// A node finished a task.
     Done(TaskDone),
     /// A node could not finish a task.
@@ -542,9 +552,15 @@ pub enum PeerResponse {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrameError {
-    /// The length prefix announces more than [`MAX_FRAME`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    /// The length prefix announces more than this point of the conversation allows.
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// What the prefix announced.
+        len: usize,
+        /// What is allowed here ([`MAX_FRAME`], or [`MAX_UNAUTHENTICATED_FRAME`] before a
+        /// peer is authenticated).
+        limit: usize,
+    },
     /// The archive does not validate as the expected message type.
     #[error("malformed message: {0}")]
     Malformed(String),
@@ -565,11 +581,11 @@ where
     out
 }
 
-/// Reads the body length from a frame header, refusing oversized frames.
-pub fn frame_len(header: [u8; FRAME_HEADER]) -> Result<usize, FrameError> {
+/// Reads the body length from a frame header, refusing frames over `limit`.
+pub fn frame_len(header: [u8; FRAME_HEADER], limit: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
     }
     Ok(len)
 }
@@ -578,12 +594,13 @@ pub fn frame_len(header: [u8; FRAME_HEADER]) -> Result<usize, FrameError> {
 pub fn decode_body<T>(body: &[u8]) -> Result<T, FrameError>
 where
     T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
-        + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::BoxedError>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::BoxedError>>,
 {
     let mut aligned = AlignedVec::<16>::with_capacity(body.len());
     aligned.extend_from_slice(body);
-    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| FrameError::Malformed(e.to_string()))
+    // The boxed error keeps what bytecheck found (rancor's plain error says nothing in release).
+    rkyv::from_bytes::<T, rancor::BoxedError>(&aligned).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -598,11 +615,11 @@ mod tests {
             + for<'a> Serialize<
                 rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
             >,
-        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
-            + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::BoxedError>>
+            + Deserialize<T, rkyv::api::high::HighDeserializer<rancor::BoxedError>>,
     {
         let frame = encode_frame(msg);
-        let len = frame_len(frame[..4].try_into().expect("4 bytes")).expect("in limit");
+        let len = frame_len(frame[..4].try_into().expect("4 bytes"), MAX_FRAME).expect("in limit");
         assert_eq!(len, frame.len() - 4);
         decode_body(&frame[4..]).expect("valid frame")
     }
@@ -667,6 +684,7 @@ mod tests {
                 .prop_map(|(job, blob, ok, stats)| ToRendezvous::Stored(Stored { job, blob, ok, stats })),
             Just(ToRendezvous::Drain),
             Just(ToRendezvous::Status),
+            proptest::collection::vec(arb_id(), 0..4).prop_map(ToRendezvous::Holds),
             Just(ToRendezvous::Nat(NatKind::EndpointDependent)),
         ]
     }
@@ -734,10 +752,8 @@ mod tests {
     }
 
     fn arb_hello() -> impl Strategy<Value = Hello> {
-        let node = (".{0,8}", any::<u32>(), any::<[u8; 32]>(), proptest::collection::vec(arb_id(), 0..3), ".{0,12}")
-            .prop_map(|(name, slots, fingerprint, inventory, local)| {
-                Role::Node(NodeHello { name, slots, fingerprint, inventory, local })
-            });
+        let node = (".{0,8}", any::<u32>(), any::<[u8; 32]>(), ".{0,12}")
+            .prop_map(|(name, slots, fingerprint, local)| Role::Node(NodeHello { name, slots, fingerprint, local }));
         let role = prop_oneof![node, Just(Role::Client), Just(Role::Peer)];
         (any::<u32>(), ".{0,12}", role).prop_map(|(version, token, role)| Hello { version, token, role })
     }
@@ -795,13 +811,24 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_from_the_header() {
         let header = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        assert_eq!(frame_len(header), Err(FrameError::TooLarge(MAX_FRAME + 1)));
+        assert_eq!(frame_len(header, MAX_FRAME), Err(FrameError::TooLarge { len: MAX_FRAME + 1, limit: MAX_FRAME }));
     }
 
     #[test]
-    fn a_truncated_archive_is_refused() {
+    fn a_truncated_archive_is_refused_with_what_was_wrong() {
         let frame = encode_frame(&PeerRequest::Fetch { blob: Id::of_blob(b"x"), token: "t".into() });
         let cut = &frame[4..frame.len() - 3];
-        assert!(matches!(decode_body::<PeerRequest>(cut), Err(FrameError::Malformed(_))));
+        let Err(FrameError::Malformed(why)) = decode_body::<PeerRequest>(cut) else { panic!("must be refused") };
+        assert!(!why.contains("without error information"), "{why}");
+    }
+
+    #[test]
+    fn the_largest_hello_fits_before_authentication() {
+        let name = "n".repeat(1024);
+        let node = NodeHello { name, slots: u32::MAX, fingerprint: [0; 32], local: "[::1]:65535".into() };
+        let hello = Hello { version: PROTOCOL_VERSION, token: "t".repeat(4096), role: Role::Node(node) };
+        assert!(encode_frame(&hello).len() < MAX_UNAUTHENTICATED_FRAME);
+        let holds = ToRendezvous::Holds(vec![Id::of_blob(b"x"); HOLDS_PER_MESSAGE]);
+        assert!(encode_frame(&holds).len() < MAX_FRAME);
     }
 }

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use thunkmesh_net::{NetError, recv_msg, send_msg};
-use thunkmesh_protocol::wire::{ErrorCode, FromRendezvous, Hello, PROTOCOL_VERSION, Role, ToRendezvous, WireError};
+use thunkmesh_net::{NetError, recv_msg, recv_msg_within, send_msg};
+use thunkmesh_protocol::wire::{
+    ErrorCode, FromRendezvous, Hello, MAX_UNAUTHENTICATED_FRAME, PROTOCOL_VERSION, Role, ToRendezvous, WireError,
+};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::core::Event;
 use crate::relay::Relay;
-
-/// Time a new connection has to open its control stream and say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often a connection checks whether its peer's address changed (a NAT gave it a new
 /// mapping; QUIC carries the connection over to the new address by itself).
@@ -25,7 +25,6 @@ pub(crate) const OUTBOX: usize = 1024;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-/// Runs one connection from handshake to close.
 /// What every connection shares.
 pub(crate) struct Context {
     /// The mesh's token.
@@ -36,7 +35,14 @@ pub(crate) struct Context {
     pub(crate) relay: Arc<Relay>,
 }
 
-pub(crate) async fn handle(incoming: quinn::Incoming, context: Context, events: mpsc::Sender<Event>) {
+/// Runs one connection from handshake to close; `stranger` is its place among the connections
+/// not yet authenticated, given up at the hello.
+pub(crate) async fn handle(
+    incoming: quinn::Incoming,
+    stranger: OwnedSemaphorePermit,
+    context: Context,
+    events: mpsc::Sender<Event>,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -45,7 +51,7 @@ pub(crate) async fn handle(incoming: quinn::Incoming, context: Context, events: 
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("conn", session, %remote);
     async move {
-        if let Err(e) = run(&conn, session, &context, events).await {
+        if let Err(e) = run(&conn, stranger, session, &context, events).await {
             warn!(error = %e, "closing the connection");
             conn.close(2u32.into(), e.to_string().as_bytes());
         }
@@ -56,25 +62,27 @@ pub(crate) async fn handle(incoming: quinn::Incoming, context: Context, events: 
 
 async fn run(
     conn: &quinn::Connection,
+    stranger: OwnedSemaphorePermit,
     session: u64,
     context: &Context,
     events: mpsc::Sender<Event>,
 ) -> Result<(), NetError> {
-    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
-        .await
-        .map_err(|_| NetError::Closed("a control stream in time"))??;
-    let hello: Hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut recv))
-        .await
-        .map_err(|_| NetError::Closed("a hello in time"))??
-        .ok_or(NetError::Closed("a hello"))?;
+    let (mut send, recv, hello) = thunkmesh_net::first("hello", async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let hello = recv_msg_within::<Hello>(&mut recv, MAX_UNAUTHENTICATED_FRAME).await?;
+        Ok((send, recv, hello.ok_or(NetError::Closed("a hello"))?))
+    })
+    .await?;
     if let Err(refusal) = admit(&hello, &context.token) {
         warn!(reason = %refusal.message, "refused");
         return refuse(conn, &mut send, refusal).await;
     }
+    thunkmesh_net::admitted(conn);
+    drop(stranger);
     let (tx, rx) = mpsc::channel(OUTBOX);
     let joined = match hello.role {
         Role::Node(node) => {
-            info!(name = %node.name, slots = node.slots, cached = node.inventory.len(), "node joined");
+            info!(name = %node.name, slots = node.slots, "node joined");
             Event::NodeJoined { node: session, hello: node, addr: conn.remote_address(), tx }
         }
         Role::Client => Event::ClientJoined { job: session, tx },

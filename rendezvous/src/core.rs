@@ -150,7 +150,7 @@ impl Core {
                 };
                 self.nodes.insert(node, entry);
                 self.node_count.send_replace(self.nodes.len());
-                self.planner.node_joined(node, hello.slots, &hello.inventory);
+                self.planner.node_joined(node, hello.slots, &[]);
             }
             Event::ClientJoined { job, tx } => {
                 self.clients.insert(
@@ -194,6 +194,7 @@ impl Core {
         let is_node = self.nodes.contains_key(&from);
         match msg {
             ToRendezvous::Submit(sub) => self.submit(from, sub),
+            ToRendezvous::Holds(held) if is_node => self.planner.node_holds(from, &held),
             ToRendezvous::Done(d) if is_node => self.planner.task_done(from, d.task, &d.outputs, d.stats),
             ToRendezvous::Failed(f) if is_node => {
                 if f.error.code == ErrorCode::InputUnavailable {

@@ -92,6 +92,7 @@ async fn serve_counting(
     let (events, inbox) = mpsc::channel(EVENT_QUEUE);
     let token: Arc<str> = token.into();
     let relay = relay::Relay::new(token.clone());
+    let strangers = thunkmesh_net::Strangers::default();
     let mut tasks = JoinSet::new();
     tasks.spawn(core::Core::new(nodes).run(inbox));
     let probe_port = probe.as_ref().and_then(|p| p.local_addr().ok()).map_or(0, |a| a.port());
@@ -105,8 +106,13 @@ async fn serve_counting(
             () = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let Some(stranger) = strangers.enter() else {
+                    warn!(remote = %incoming.remote_address(), "too many connections say no hello yet; refusing one");
+                    incoming.refuse();
+                    continue;
+                };
                 let context = conn::Context { token: token.clone(), probe_port, relay: relay.clone() };
-                tasks.spawn(conn::handle(incoming, context, events.clone()));
+                tasks.spawn(conn::handle(incoming, stranger, context, events.clone()));
             }
             Some(done) = tasks.join_next() => {
                 if let Err(e) = done.map_err(|e| e.to_string()) {

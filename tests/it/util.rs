@@ -194,6 +194,11 @@ impl SelfHosted {
         Proc(child)
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self._proc.0.id()
+    }
+
     /// What `thunkmesh status` prints about this rendezvous' nodes.
     pub fn status(&self) -> String {
         let out = thunkmesh_in(self.ns.as_deref())
