@@ -40,7 +40,9 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Opens (or creates) the cache in `dir` and indexes what it holds.
+    /// Opens (or creates) the cache in `dir` and indexes what it holds, after hashing every
+    /// object: a file whose bytes are not its name's (changed between runs, cut short, or put
+    /// there by a program) is removed, and so is anything that is not a regular file.
     pub fn open(dir: &Path) -> Result<Cache, CacheError> {
         // Sandboxed programs run in another working directory: every path must be absolute.
         let dir = &std::path::absolute(dir).map_err(io(dir))?;
@@ -53,23 +55,7 @@ impl Cache {
             std::fs::remove_dir_all(d).map_err(io(d))?;
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        let mut index = HashSet::new();
-        for entry in std::fs::read_dir(&objects).map_err(io(&objects))? {
-            let entry = entry.map_err(io(&objects))?;
-            let path = entry.path();
-            let id = entry.file_name().to_str().and_then(|n| n.parse::<Id>().ok());
-            let meta = entry.metadata().ok();
-            match id {
-                Some(id) if meta.as_ref().is_some_and(|m| m.is_file() && m.len() == id.size) => {
-                    if meta.is_some_and(|m| m.permissions().mode() & 0o777 != READ_ONLY) {
-                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(READ_ONLY))
-                            .map_err(io(&path))?;
-                    }
-                    index.insert(id);
-                }
-                _ => std::fs::remove_file(&path).map_err(io(&path))?,
-            }
-        }
+        let index = adopt_verified(&objects)?;
         Ok(Cache { objects, tmp, work, index: Mutex::new(index), next_tmp: AtomicU64::new(0) })
     }
 
@@ -145,6 +131,66 @@ impl Cache {
     }
 }
 
+/// Hashes every file in `objects`, keeps those whose bytes match their name, and removes the
+/// rest (folders and links too).
+fn adopt_verified(objects: &Path) -> Result<HashSet<Id>, CacheError> {
+    let started = std::time::Instant::now();
+    let (mut index, mut bytes, mut dropped) = (HashSet::new(), 0u64, 0usize);
+    for entry in std::fs::read_dir(objects).map_err(io(objects))? {
+        let path = entry.map_err(io(objects))?.path();
+        match verified(&path) {
+            Some(id) => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(READ_ONLY)).map_err(io(&path))?;
+                bytes += id.size;
+                index.insert(id);
+            }
+            None => {
+                dropped += 1;
+                remove_any(&path).map_err(io(&path))?;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    tracing::info!(objects = index.len(), bytes, dropped, ?elapsed, "cache verified");
+    Ok(index)
+}
+
+/// The id of a cached file, if it is a regular file whose bytes hash to its name.
+fn verified(path: &Path) -> Option<Id> {
+    let named: Id = path.file_name()?.to_str()?.parse().ok()?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.len() != named.size {
+        return None;
+    }
+    let actual = hash_file_blocking(path).ok()?;
+    if actual != named {
+        tracing::warn!(path = %path.display(), actual = %actual, "a cached object's bytes do not match its id; removed");
+        return None;
+    }
+    Some(named)
+}
+
+/// Removes a file, a link or a whole folder.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path)?.is_dir() {
+        true => {
+            make_writable(path);
+            std::fs::remove_dir_all(path)
+        }
+        false => std::fs::remove_file(path),
+    }
+}
+
+/// Gives the owner write access to a folder tree (a program may have left read-only folders).
+fn make_writable(dir: &Path) {
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            make_writable(&entry.path());
+        }
+    }
+}
+
 /// BLAKE3 and size of a file, read in chunks.
 pub async fn hash_file(path: &Path) -> std::io::Result<Id> {
     let path = path.to_owned();
@@ -195,5 +241,39 @@ mod tests {
         let reopened = Cache::open(dir.path()).expect("reopen");
         assert_eq!(reopened.inventory(), vec![id]);
         assert!(!dir.path().join("objects/not-an-id").exists());
+    }
+
+    /// Issue 12, finding 2: bytes changed between runs (same size) are not served again.
+    #[tokio::test]
+    async fn an_object_whose_bytes_changed_between_runs_is_dropped_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Arc::new(Cache::open(dir.path()).expect("open"));
+        let (tmp, other) = (cache.temp_path(), cache.temp_path());
+        tokio::fs::write(&tmp, b"right").await.expect("write");
+        tokio::fs::write(&other, b"other").await.expect("write");
+        let id = cache.adopt_hashed(&tmp).await.expect("adopt");
+        let kept = cache.adopt_hashed(&other).await.expect("adopt");
+        let path = cache.path(id);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::write(&path, b"wrong").expect("same size, other bytes");
+        let reopened = Cache::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.inventory(), vec![kept]);
+        assert!(!path.exists(), "the damaged object is removed");
+    }
+
+    /// Issue 12, finding 7: a folder a program made among the objects does not stop the node.
+    #[test]
+    fn a_folder_among_the_objects_is_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Cache::open(dir.path()).expect("open"));
+        let junk = dir.path().join("objects/junkdir/deeper");
+        std::fs::create_dir_all(&junk).expect("mkdir");
+        std::fs::write(junk.join("f"), b"x").expect("write");
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        let named = dir.path().join("objects").join(Id::of_blob(b"dir").to_string());
+        std::fs::create_dir(&named).expect("a folder named like an object");
+        let reopened = Cache::open(dir.path()).expect("a folder is no reason to stop");
+        assert!(reopened.inventory().is_empty());
+        assert!(!dir.path().join("objects/junkdir").exists() && !named.exists());
     }
 }

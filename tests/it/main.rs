@@ -4,8 +4,10 @@
 mod bad_jobs;
 mod examples;
 mod failures;
+mod flood;
 mod lambda;
 mod nat;
 mod s3;
 mod self_hosted;
+mod trust;
 mod util;
