@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use thunkmesh_client::{JobRun, LocalMesh, Reporter, RunError, Summary, Target, load_job, run_job};
 use thunkmesh_net::{Identity, Trust, parse_fingerprint};
@@ -137,8 +137,13 @@ fn report(args: &RunArgs, summary: &Summary, launched: Option<&thunkmesh_lambda:
     Ok(())
 }
 
+/// The token from the environment; unset or empty is a usage error.
 fn token() -> Result<String> {
-    std::env::var(TOKEN_ENV).map_err(|_| anyhow!("set {TOKEN_ENV} to the rendezvous' token (see docs/operations.md)"))
+    match std::env::var(TOKEN_ENV) {
+        Ok(t) if !t.trim().is_empty() => Ok(t),
+        Ok(_) => Err(UsageError(format!("{TOKEN_ENV} is empty: set it to the rendezvous' token")).into()),
+        Err(_) => Err(UsageError(format!("set {TOKEN_ENV} to the rendezvous' token (see docs/operations.md)")).into()),
+    }
 }
 
 fn trust(args: &TrustArgs) -> Result<Trust> {
@@ -174,9 +179,9 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
         (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
         _ => Identity::load_or_create(&args.state_dir)?,
     };
-    let token = match std::env::var(TOKEN_ENV) {
-        Ok(t) => t,
-        Err(_) => stored_token(&args.state_dir)?,
+    let token = match std::env::var_os(TOKEN_ENV) {
+        Some(_) => token()?,
+        None => stored_token(&args.state_dir)?,
     };
     let endpoint = thunkmesh_net::endpoint(args.listen, &identity)?;
     let probe = args.probe_listen.map(|addr| thunkmesh_net::endpoint(addr, &identity)).transpose()?;

@@ -45,7 +45,12 @@ pub fn load_job(path: &Path) -> Result<LoadedJob, JobError> {
     Ok(LoadedJob { file, job: spec.resolve(&ids, &hosts), values })
 }
 
+/// BLAKE3 of a regular file. Anything else (a device such as `/dev/zero`, a FIFO, a folder) is
+/// refused before it is opened: reading it could block or never end.
 fn hash(path: &Path) -> std::io::Result<Id> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a regular file"));
+    }
     let mut hasher = blake3::Hasher::new();
     let size = std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok(Id::blob(*hasher.finalize().as_bytes(), size))
@@ -88,6 +93,21 @@ mod tests {
         let path = write_job(dir.path(), text);
         let e = load_job(&path).expect_err("missing file").to_string();
         assert!(e.ends_with("values, key `in`: cannot read `nope.txt`: No such file or directory (os error 2)"), "{e}");
+    }
+
+    /// Issue 12, finding 5: a device or a FIFO as a value used to hang the client.
+    #[test]
+    fn a_value_that_is_not_a_regular_file_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+        for value in ["/dev/zero", fifo.to_str().expect("utf-8"), "."] {
+            let text = format!(
+                "[values]\nin = \"{value}\"\n[[thunk]]\nname = \"t\"\nprogram = \"in\"\noutputs = [\"o\"]\n[targets]\n\"o\" = \"t#o\"\n"
+            );
+            let e = load_job(&write_job(dir.path(), &text)).expect_err("not a file").to_string();
+            assert!(e.ends_with(&format!("values, key `in`: cannot read `{value}`: is not a regular file")), "{e}");
+        }
     }
 
     #[test]

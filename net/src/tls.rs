@@ -40,7 +40,7 @@ impl Identity {
                 .map_err(|e| NetError::Tls(format!("cannot generate a certificate: {e}")))?;
             std::fs::create_dir_all(dir).map_err(|e| NetError::io(dir, e))?;
             std::fs::write(&cert, certified.cert.pem()).map_err(|e| NetError::io(&cert, e))?;
-            std::fs::write(&key, certified.signing_key.serialize_pem()).map_err(|e| NetError::io(&key, e))?;
+            write_private(&key, certified.signing_key.serialize_pem().as_bytes()).map_err(|e| NetError::io(&key, e))?;
         }
         Identity::from_pem_files(&cert, &key)
     }
@@ -61,6 +61,13 @@ impl Identity {
     pub fn fingerprint(&self) -> [u8; 32] {
         fingerprint(&self.chain[0])
     }
+}
+
+/// Writes a new file that only its owner may read (a private key).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?.write_all(bytes)
 }
 
 /// SHA-256 of a DER certificate (the value `openssl x509 -fingerprint -sha256` prints).

@@ -64,3 +64,22 @@ fn what_one_store_holds_says_nothing_about_another() {
         assert_eq!(run.out("copy.txt"), b"in both stores\n", "store {store}");
     }
 }
+
+/// Issue 12, finding 9: an empty token is a usage error, and the rendezvous' key is private.
+#[test]
+fn an_empty_token_is_refused_and_the_key_is_private() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("rdv");
+    let rdv = SelfHosted::start(&state);
+    let mode = std::fs::metadata(state.join("key.pem")).expect("key.pem").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "key.pem is {mode:o}");
+    let out = crate::util::thunkmesh()
+        .args(["status", "--rendezvous", &rdv.addr])
+        .args(&rdv.trust)
+        .env("THUNKMESH_TOKEN", "")
+        .output()
+        .expect("start thunkmesh status");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("THUNKMESH_TOKEN is empty"), "{stderr}");
+}
