@@ -32,10 +32,11 @@ pub async fn dispatch(command: Command) -> ExitCode {
     }
 }
 
-/// Says why on stderr; exit code 2 for flags that cannot work, 1 for the rest.
+/// Says why on stderr; exit code 2 for flags or a job that cannot work, 1 for the rest.
 fn failed(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
-    ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
+    let bad_job = matches!(e.downcast_ref::<RunError>(), Some(RunError::TooLarge { .. }));
+    ExitCode::from(if bad_job || e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
 }
 
 async fn run(args: RunArgs) -> ExitCode {

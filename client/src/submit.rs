@@ -9,8 +9,8 @@ use futures::StreamExt;
 use thunkmesh_net::{Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
 use thunkmesh_protocol::job::NamedThunk;
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, FromRendezvous, Hello, JobOutcome, Mode, NodeStatus, PROTOCOL_VERSION, Progress, Reduction, Role,
-    Submission, SubmittedThunk, ToRendezvous, WireError,
+    ALPN_RENDEZVOUS, FRAME_HEADER, FromRendezvous, Hello, JobOutcome, MAX_FRAME, Mode, NodeStatus, PROTOCOL_VERSION,
+    Progress, Reduction, Role, Submission, SubmittedThunk, ToRendezvous, WireError, encode_frame,
 };
 use thunkmesh_protocol::{Id, Ref};
 use thunkmesh_store::{Store, StoreError};
@@ -44,6 +44,17 @@ pub enum RunError {
     /// A thunk (or the job) failed.
     #[error("job failed: {0}")]
     JobFailed(WireError),
+    /// The job does not fit in one message to the rendezvous (found before anything is
+    /// uploaded).
+    #[error(
+        "the job is {bytes} bytes as one message, over the {limit}-byte limit of the wire; split it into smaller jobs"
+    )]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The rendezvous went away before the job ended.
     #[error("the rendezvous closed the connection before the job ended")]
     Disconnected,
@@ -130,9 +141,7 @@ pub async fn run_job(
     let job_started = Instant::now();
     reporter.phase("consulting the memo cache");
     let scan = scan_memo(job, store, memo).await?;
-    reporter.phase("uploading inputs");
-    let stored = upload_values(job, store, &scan).await?;
-    let submission = Submission {
+    let mut submission = Submission {
         store: store.url().to_owned(),
         mode,
         thunks: job
@@ -142,15 +151,29 @@ pub async fn run_job(
             .map(|t| SubmittedThunk { name: t.name.clone(), thunk: t.thunk.clone() })
             .collect(),
         targets: job.job.targets.values().cloned().collect::<BTreeSet<_>>().into_iter().collect(),
-        stored: stored.into_iter().chain(scan.stored).collect(),
-        memo: scan.reductions,
+        // The most it can say is stored: every value (the uploads below can only say less).
+        stored: job.values.keys().copied().chain(scan.stored.iter().copied()).collect(),
+        memo: scan.reductions.clone(),
         require_direct,
     };
+    fits_one_message(&submission)?;
+    reporter.phase("uploading inputs");
+    let uploaded = upload_values(job, store, &scan).await?;
+    submission.stored = uploaded.into_iter().chain(scan.stored).collect();
     reporter.phase("waiting for nodes");
     let records = (memo == Memo::On).then_some(store);
     let outcome = submit(&submission, records, target, reporter).await?;
     let targets = write_targets(job, store, &outcome, out_dir).await?;
     Ok(Summary::new(&outcome, store.stats(), targets, started.elapsed(), job_started.elapsed()))
+}
+
+/// Refuses a submission larger than one frame before anything is uploaded.
+fn fits_one_message(submission: &Submission) -> Result<(), RunError> {
+    let bytes = encode_frame(&ToRendezvous::Submit(submission.clone())).len() - FRAME_HEADER;
+    match bytes > MAX_FRAME {
+        true => Err(RunError::TooLarge { bytes, limit: MAX_FRAME }),
+        false => Ok(()),
+    }
 }
 
 /// Looks up the targets' thunks first: one whose reduction is known and whose target outputs

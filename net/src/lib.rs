@@ -51,12 +51,12 @@ pub enum NetError {
         /// Why.
         reason: String,
     },
-    /// An established connection failed.
+    /// An established connection failed (the reason, with quinn's whole chain of causes).
     #[error("connection lost: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    /// Writing to a stream failed.
+    Connection(String),
+    /// Writing to a stream failed (the reason, with its causes).
     #[error("write failed: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(String),
     /// Reading from a stream failed.
     #[error("read failed: {0}")]
     Read(String),
@@ -74,6 +74,36 @@ pub enum NetError {
         /// How long it was awaited.
         after: Duration,
     },
+}
+
+/// An error and its causes on one line, each said once.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+impl From<quinn::ConnectionError> for NetError {
+    fn from(e: quinn::ConnectionError) -> NetError {
+        NetError::Connection(with_causes(&e))
+    }
+}
+
+impl From<quinn::WriteError> for NetError {
+    fn from(e: quinn::WriteError) -> NetError {
+        match e {
+            // "connection lost" is what the variant says already.
+            quinn::WriteError::ConnectionLost(c) => NetError::Write(with_causes(&c)),
+            e => NetError::Write(with_causes(&e)),
+        }
+    }
 }
 
 impl NetError {
@@ -258,6 +288,27 @@ mod tests {
         let (_, mut recv) = accepted.accept_bi().await.expect("accept");
         let got: Option<Hello> = recv_msg(&mut recv).await.expect("frame");
         assert_eq!(got, Some(hello));
+    }
+
+    /// Issue 12, finding 11: a silent peer is a timeout, not a closed stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_naming_what_was_awaited() {
+        let silent = std::future::pending::<Result<(), NetError>>();
+        let err = first("hello", silent).await.expect_err("nothing came");
+        assert_eq!(err.to_string(), "no hello within 10s");
+    }
+
+    /// Issue 12, finding 11: `connection lost: connection lost:` said the same thing twice.
+    #[tokio::test]
+    async fn a_lost_connection_says_why_once() {
+        let (dialed, accepted) = pair(|id| Trust::Pinned(id.fingerprint())).await.expect("connected");
+        accepted.close(2u32.into(), b"frame too large");
+        let (mut send, _) = dialed.open_bi().await.expect("open");
+        let _ = dialed.closed().await;
+        let err = send_msg(&mut send, &Role::Client).await.expect_err("the connection is gone");
+        let text = err.to_string();
+        assert!(text.starts_with("write failed: closed by peer: frame too large"), "{text}");
+        assert_eq!(text.matches("connection lost").count(), 0, "{text}");
     }
 
     #[tokio::test]

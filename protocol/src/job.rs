@@ -63,7 +63,7 @@ pub enum JobProblem {
     #[error("thunks form a cycle: {0}")]
     Cycle(String),
     /// A timeout is not a duration like `30s` or `5m`.
-    #[error("timeout `{0}` is not a duration such as `30s` or `5m`")]
+    #[error("timeout `{0}` is not a duration of at least 1ms such as `30s` or `5m`")]
     Timeout(String),
     /// A job with no targets, or a tail without `result`.
     #[error("{0}")]
@@ -373,9 +373,10 @@ impl Checker<'_> {
         check_sandbox_paths(&paths).map_err(|e| self.err(place("inputs/outputs"), JobProblem::Path(e.to_string())))?;
         let timeout = match &t.timeout {
             None => DEFAULT_TIMEOUT,
+            // Timeouts travel in whole milliseconds: less than one would be no time at all.
             Some(s) => humantime::parse_duration(s)
                 .ok()
-                .filter(|d| !d.is_zero())
+                .filter(|d| *d >= Duration::from_millis(1))
                 .ok_or_else(|| self.err(place("timeout"), JobProblem::Timeout(s.clone())))?,
         };
         let spec = ThunkSpec {
@@ -625,6 +626,9 @@ timeout = "30s"
     fn bad_timeout_and_relative_host_program_are_refused() {
         let text = GOOD.replace("\"30s\"", "\"soon\"");
         assert!(error(&text).contains("key `timeout`: timeout `soon` is not a duration"));
+        // Issue 12, finding 11: under a millisecond used to pass here and fail at the rendezvous.
+        let text = GOOD.replace("timeout = \"30s\"", "timeout = \"500us\"");
+        assert!(error(&text).contains("key `timeout`: timeout `500us` is not a duration"), "{}", error(&text));
         let text = GOOD.replace("/usr/bin/sort", "sort");
         assert!(error(&text).contains("host program `sort`: must be an absolute path"));
     }
