@@ -65,8 +65,11 @@ pub enum StoreError {
         /// The backend's error.
         source: object_store::Error,
     },
-    /// A blob's bytes do not match its id.
-    #[error("object `{key}` in storage is corrupt: its bytes hash to {actual}")]
+    /// A blob's bytes do not match its id. The corrupt object was deleted from storage (if the
+    /// backend allowed it), so the next upload of the right bytes takes its place.
+    #[error(
+        "object `{key}` in storage is corrupt: its bytes hash to {actual}; it was removed, and the next run uploads the right bytes"
+    )]
     Corrupt {
         /// The object key.
         key: String,
@@ -239,6 +242,10 @@ impl Store {
         let actual = Id::blob(*hasher.finalize().as_bytes(), size);
         if actual != id {
             let _ = tokio::fs::remove_file(dest).await;
+            // A HEAD with the right size would otherwise keep every later upload away.
+            if let Err(e) = self.inner.delete(&key).await {
+                tracing::warn!(%key, error = %e, "cannot remove a corrupt object from storage");
+            }
             return Err(StoreError::Corrupt { key: key.to_string(), actual });
         }
         Ok(true)
@@ -396,6 +403,10 @@ mod tests {
         let err = store.get_blob_to_file(id, &dest).await.expect_err("corrupt");
         assert!(err.to_string().contains("is corrupt"), "{err}");
         assert!(!dest.exists());
+        // Issue 12, finding 10: the corrupt copy leaves storage, so an upload can repair it.
+        assert!(!store.has_blob(id).await.expect("head"), "the corrupt object was removed");
+        store.put_blob(id, Bytes::from_static(b"expected")).await.expect("put");
+        assert!(store.get_blob_to_file(id, &dest).await.expect("repaired"));
     }
 
     #[tokio::test]

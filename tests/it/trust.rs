@@ -6,14 +6,15 @@ use std::path::Path;
 
 use crate::util::{SelfHosted, write};
 
-/// A value copied by one thunk into the target `copy.txt`.
+/// A value written twice by one thunk into the target `copy.txt` (so the target is another
+/// object than the value).
 fn copy_job(dir: &Path, text: &str) -> std::path::PathBuf {
     write(
         dir,
         &[
             (
                 "job.toml",
-                "[values]\ndata = \"data.txt\"\n\n[[thunk]]\nname = \"copy\"\nprogram = { host = \"/bin/cp\" }\nargs = [\"data.txt\", \"o\"]\ninputs = { \"data.txt\" = \"data\" }\noutputs = [\"o\"]\n\n[targets]\n\"copy.txt\" = \"copy#o\"\n",
+                "[values]\ndata = \"data.txt\"\n\n[[thunk]]\nname = \"copy\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"/bin/cat data.txt data.txt > o\"]\ninputs = { \"data.txt\" = \"data\" }\noutputs = [\"o\"]\n\n[targets]\n\"copy.txt\" = \"copy#o\"\n",
             ),
             ("data.txt", text),
         ],
@@ -43,12 +44,11 @@ fn a_cache_damaged_between_runs_gives_the_right_answer() {
     rdv.run(dir.path(), &job, &rdv.token).ok();
     drop(node);
     let damaged = damage_cache(&cache);
-    // The input and its copy are one object.
-    assert_eq!(damaged, 1, "the node cached the input");
+    assert_eq!(damaged, 2, "the node cached the input and the output");
     let _node = rdv.node(&cache, "n0");
     let run = rdv.run_with(dir.path(), &job, &["--memo", "off"]);
     run.ok();
-    assert_eq!(run.out("copy.txt"), b"the right bytes\n");
+    assert_eq!(run.out("copy.txt"), b"the right bytes\nthe right bytes\n");
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn what_one_store_holds_says_nothing_about_another() {
         let url = format!("file://{}", dir.path().join(store).display());
         let run = rdv.run_with(dir.path(), &job, &["--store", &url, "--memo", "off"]);
         run.ok();
-        assert_eq!(run.out("copy.txt"), b"in both stores\n", "store {store}");
+        assert_eq!(run.out("copy.txt"), b"in both stores\nin both stores\n", "store {store}");
     }
 }
 
@@ -82,4 +82,36 @@ fn an_empty_token_is_refused_and_the_key_is_private() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("THUNKMESH_TOKEN is empty"), "{stderr}");
+}
+
+/// Issue 12, finding 10: a corrupt input in the store used to fail every rerun, since the client
+/// trusted a HEAD with the right size. The run that finds it removes it; the next one uploads
+/// the right bytes and succeeds.
+#[test]
+fn a_corrupt_object_in_the_store_is_repaired_by_the_next_upload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = copy_job(dir.path(), "stored bytes\n");
+    crate::util::run_in(dir.path(), &job, &["--workers", "1"]).ok();
+    let state = dir.path().join(".thunkmesh");
+    let blobs = state.join("store/blobs");
+    for entry in std::fs::read_dir(&blobs).expect("blobs") {
+        let path = entry.expect("entry").path();
+        let bytes: Vec<u8> = std::fs::read(&path).expect("read").iter().map(|b| !b).collect();
+        std::fs::write(&path, bytes).expect("damage");
+    }
+    // Fresh node caches, so the input must come from the store.
+    for entry in std::fs::read_dir(&state).expect("state") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n != "store") && path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove");
+        }
+    }
+    let found = crate::util::run_in(dir.path(), &job, &["--workers", "1", "--memo", "off"]);
+    assert_eq!(found.code, Some(1), "{}", found.stderr);
+    // The first attempt finds it corrupt and removes it; the retries find it gone.
+    let said = ["is corrupt", "not in storage"];
+    assert!(said.iter().any(|s| found.stderr.contains(s)), "{}", found.stderr);
+    let repaired = crate::util::run_in(dir.path(), &job, &["--workers", "1", "--memo", "off"]);
+    repaired.ok();
+    assert_eq!(repaired.out("copy.txt"), b"stored bytes\nstored bytes\n");
 }
