@@ -704,8 +704,11 @@ impl Planner {
                     job.target_waits_for_thunk(i, thunk);
                     continue;
                 }
-                // Evaluating the thunk that reads it reports why.
-                Resolved::Broken(_) => continue,
+                // It never resolves (a tail that returns itself, or names no thunk): say so,
+                // or the job waits for ever.
+                Resolved::Broken(why) => {
+                    return Err(WireError::new(ErrorCode::BadTail, format!("target {target}: {why}")));
+                }
             };
             let places = self.objects.get(&blob);
             if places.is_some_and(|p| p.in_store(job.store)) {

@@ -311,6 +311,24 @@ fn a_tail_naming_an_unknown_thunk_fails_the_job_clearly() {
     assert!(error.message.starts_with("tail `out` of thunk `fib`:"), "{}", error.message);
 }
 
+/// Issue 12, finding 4: a tail that returns its own output, as a target, hung the job.
+#[test]
+fn a_tail_that_returns_itself_fails_the_job_naming_the_target() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let fib = thunk("fib", &[]);
+    p.submit(JOB, &submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
+    let task = assigns(&drain(&mut p))[0].task;
+    let tail = OutputValue::Tail { blob: Id::of_blob(b"t"), thunks: vec![], result: out(&fib) };
+    p.task_done(1, task, &[("out".into(), tail)], TransferStats::default());
+    let ds = drain(&mut p);
+    let error =
+        ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None });
+    let error = error.unwrap_or_else(|| panic!("the job must fail, not wait: {ds:?}"));
+    assert_eq!(error.code, ErrorCode::BadTail);
+    assert!(error.message.contains("target") && error.message.contains("tail calls"), "{}", error.message);
+}
+
 #[test]
 fn a_submission_with_a_dangling_ref_is_refused() {
     let mut p = Planner::new();
