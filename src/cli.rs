@@ -224,6 +224,22 @@ pub struct NodeArgs {
     /// Name shown in the rendezvous' logs [default: host name and process id].
     #[arg(long)]
     pub name: Option<String>,
+    /// How programs are isolated: `auto`, the best the kernel allows (a private root and
+    /// namespaces, else only the process tree; docs/reliability.md), `process-tree` (as on
+    /// Lambda), or `off`.
+    #[arg(long, value_enum, default_value_t = SandboxArg::Auto, env = "THUNKMESH_SANDBOX")]
+    pub sandbox: SandboxArg,
+}
+
+/// `--sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxArg {
+    /// The best isolation the kernel allows.
+    Auto,
+    /// Only the process tree: every process a program starts is killed when it ends.
+    ProcessTree,
+    /// None: programs run as the node's children and see its whole file system.
+    Off,
 }
 
 /// `--engine`.

@@ -13,7 +13,9 @@ use thunkmesh_node::NodeConfig;
 use thunkmesh_protocol::wire::Progress;
 use thunkmesh_store::{Store, StoreError};
 
-use crate::cli::{Command, EngineArg, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, StatusArgs, TrustArgs};
+use crate::cli::{
+    Command, EngineArg, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, SandboxArg, StatusArgs, TrustArgs,
+};
 
 /// The environment variable that carries the mesh token.
 const TOKEN_ENV: &str = "THUNKMESH_TOKEN";
@@ -208,10 +210,15 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
 async fn status(args: StatusArgs) -> Result<()> {
     let target = remote_target(&args.rendezvous, &args.trust)?;
     let nodes = thunkmesh_client::status(&target).await?;
-    println!("{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}", "NODE", "OBSERVED", "LOCAL", "NAT", "SLOTS", "RUNNING");
+    let header = ("NODE", "OBSERVED", "LOCAL", "NAT", "SLOTS", "RUNNING", "SANDBOX");
+    println!(
+        "{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}  {}",
+        header.0, header.1, header.2, header.3, header.4, header.5, header.6
+    );
     for n in &nodes {
         let nat = n.nat.to_string();
-        println!("{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}", n.name, n.observed, n.local, nat, n.slots, n.running);
+        let (name, observed, local, slots, running) = (&n.name, &n.observed, &n.local, n.slots, n.running);
+        println!("{name:<20} {observed:<22} {local:<22} {nat:<31} {slots:>5} {running:>7}  {}", n.isolation);
     }
     println!("{} node(s)", nodes.len());
     Ok(())
@@ -253,6 +260,13 @@ async fn node(args: NodeArgs) -> Result<()> {
         bind: args.bind,
         name,
         idle_exit: None,
+        launcher: match args.sandbox {
+            SandboxArg::Off => None,
+            mode => Some(thunkmesh_node::jail::Launcher {
+                binary: std::env::current_exe().context("cannot find this program's own path")?,
+                namespaces: mode == SandboxArg::Auto,
+            }),
+        },
     };
     let worked = thunkmesh_node::run(config, stop_requested()).await?;
     if worked.disk_full {

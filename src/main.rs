@@ -9,6 +9,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The node starts this binary again to isolate each program it runs.
+    if std::env::args_os().nth(1).is_some_and(|a| a == thunkmesh_node::jail::LAUNCHER_ARG) {
+        let code = thunkmesh_node::jail::launcher_main(std::env::args_os().skip(2));
+        return ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX));
+    }
     // Started by the Lambda runtime (no arguments, the runtime API in the environment): a node
     // per invocation.
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args_os().len() == 1 {

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::cache::{Cache, hash_file_blocking, hash_reader};
+use crate::jail::Jail;
 use crate::peer::Peers;
 use crate::sandbox::{Sandbox, Sandboxes};
 
@@ -50,6 +51,8 @@ pub(crate) struct Ctx {
     cleanups: std::sync::Mutex<JoinSet<()>>,
     /// A task failed because the cache's disk was full: the node should stop taking work.
     disk_full: std::sync::atomic::AtomicBool,
+    /// What isolates programs (`None`: nothing).
+    pub(crate) jail: Option<Jail>,
 }
 
 /// Why a task failed, and which inputs could not be had.
@@ -69,7 +72,7 @@ impl Fail {
 }
 
 impl Ctx {
-    pub(crate) fn new(cache: Arc<Cache>, peers: Peers) -> Ctx {
+    pub(crate) fn new(cache: Arc<Cache>, peers: Peers, jail: Option<Jail>) -> Ctx {
         let sandboxes = Sandboxes::new(cache.work_dir());
         Ctx {
             cache,
@@ -79,6 +82,7 @@ impl Ctx {
             host_pins: Arc::default(),
             cleanups: Default::default(),
             disk_full: Default::default(),
+            jail,
         }
     }
 
@@ -342,7 +346,7 @@ async fn run_in(
     let root = lease.sandbox().root();
     let (program, linked) = place_inputs(ctx, a, lease.sandbox()).await?;
     let started = Instant::now();
-    let ran = execute(a, &program, &root).await;
+    let ran = execute(ctx, a, &program, lease.sandbox()).await;
     stats.program_micros += micros_since(started);
     let succeeded = matches!(&ran, Ok((status, _)) if status.success());
     // A program that failed on a full disk is not at fault: checked while its files still
@@ -354,6 +358,12 @@ async fn run_in(
         lease.end_emptied();
     }
     let (status, output) = ran?;
+    if status.code() == Some(crate::jail::SETUP_FAILED) && output.starts_with(crate::jail::LAUNCHER_FAILED) {
+        return Err(Fail {
+            error: output.error(ErrorCode::NodeError, "the sandbox could not be set up".into()),
+            unavailable: vec![],
+        });
+    }
     if !status.success() {
         let message = match status.code() {
             Some(code) => format!("exit status {code}"),
@@ -495,14 +505,24 @@ fn written_input(cache: &Cache, linked: &[Linked]) -> Option<String> {
 }
 
 /// Runs the program under the thunk's timeout; returns its status and the tail of its output.
-async fn execute(a: &Assignment, program: &Path, root: &Path) -> Result<(std::process::ExitStatus, OutputTail), Fail> {
+async fn execute(
+    ctx: &Ctx,
+    a: &Assignment,
+    program: &Path,
+    sandbox: &Sandbox,
+) -> Result<(std::process::ExitStatus, OutputTail), Fail> {
     let (reader, writer) = std::io::pipe().map_err(Fail::node)?;
-    let mut command = tokio::process::Command::new(program);
+    let root = sandbox.root();
+    let shipped = matches!(a.thunk.program, Program::Ref(_));
+    let mut command = match &ctx.jail {
+        Some(jail) => jail.command(&root, &sandbox.jail_root(), program, shipped),
+        None => tokio::process::Command::new(program),
+    };
     command
         .args(&a.thunk.args)
         .env_clear()
         .envs(&a.thunk.env)
-        .current_dir(root)
+        .current_dir(&root)
         .stdin(Stdio::null())
         .stdout(writer.try_clone().map_err(Fail::node)?)
         .stderr(writer)
@@ -570,6 +590,10 @@ impl OutputTail {
                 },
             }
         }
+    }
+
+    fn starts_with(&self, prefix: &str) -> bool {
+        self.bytes.iter().copied().take(prefix.len()).eq(prefix.bytes())
     }
 
     /// A failure with this output (if any) as its detail.

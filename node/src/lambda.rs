@@ -90,6 +90,13 @@ async fn invoked(event: LambdaEvent<Invocation>) -> Result<Report, Diagnostic> {
         bind: ([0, 0, 0, 0], 0).into(),
         name: format!("lambda-{}", event.context.request_id),
         idle_exit: invocation.idle_seconds.map(Duration::from_secs),
+        // Lambda allows no namespaces: the launcher keeps the process tree (docs/reliability.md).
+        launcher: match std::env::var("THUNKMESH_SANDBOX").as_deref() {
+            Ok("off") => None,
+            mode => std::env::current_exe()
+                .ok()
+                .map(|binary| crate::jail::Launcher { binary, namespaces: mode != Ok("process-tree") }),
+        },
     };
     let work_for = work_time(event.context.deadline, invocation.max_seconds);
     info!(rendezvous = %config.rendezvous, work_for = ?work_for, cold, "invoked");

@@ -11,6 +11,7 @@
 
 pub mod cache;
 mod exec;
+pub mod jail;
 pub mod lambda;
 pub mod peer;
 mod sandbox;
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     pub name: String,
     /// Drain and stop after this long with nothing to run (Lambda workers; `None`: never).
     pub idle_exit: Option<Duration>,
+    /// What isolates programs; `None`: they run as the node's plain children.
+    pub launcher: Option<jail::Launcher>,
 }
 
 /// Why a node stopped.
@@ -96,6 +99,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let identity = Identity::generate()?;
     let endpoint = thunkmesh_net::endpoint(config.bind, &identity)?;
     let cache = Arc::new(Cache::open(&config.cache_dir)?);
+    let jail = config.launcher.as_ref().map(jail::Jail::probe);
+    let isolation = jail.as_ref().map_or(jail::Isolation::Off, |j| j.isolation().clone());
+    info!(%isolation, "programs are isolated");
     let addr = thunkmesh_net::resolve(&config.rendezvous).await?;
     let conn = connect(&endpoint, client_config(&config.trust, ALPN_RENDEZVOUS)?, addr, &config.server_name).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
@@ -106,6 +112,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         slots: config.slots,
         fingerprint: identity.fingerprint(),
         local: local.to_string(),
+        isolation: isolation.to_string(),
     };
     let role = Role::Node(hello);
     send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token: config.token.clone(), role }).await?;
@@ -125,7 +132,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), server.clone())));
     // Streams the rendezvous opens are fetches it relays for peers with no direct path here.
     let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), None, server.clone())));
-    let ctx = Arc::new(Ctx::new(cache, Peers::new(endpoint.clone(), config.token).timed_by(conn.clone())));
+    let peers = Peers::new(endpoint.clone(), config.token).timed_by(conn.clone());
+    let ctx = Arc::new(Ctx::new(cache, peers, jail));
     let result = work(ctx, send, recv, shutdown, config.idle_exit).instrument(info_span!("node", session)).await;
     let result = result.map(|worked| Worked { served_bytes: server.served_bytes(), ..worked });
     conn.close(0u32.into(), b"node stopping");

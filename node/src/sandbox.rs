@@ -24,6 +24,12 @@ impl Sandbox {
         self.dir.join("root")
     }
 
+    /// An empty folder the launcher builds the program's private root in (in its own mount
+    /// namespace: the node never sees anything there).
+    pub(crate) fn jail_root(&self) -> PathBuf {
+        self.dir.join("jail")
+    }
+
     /// Where a shipped (content-addressed) program is linked.
     pub(crate) fn program(&self) -> PathBuf {
         self.dir.join("program")
@@ -77,6 +83,7 @@ impl Sandboxes {
         }
         let sandbox = Sandbox { dir: self.dir.join(self.next.fetch_add(1, Ordering::Relaxed).to_string()) };
         std::fs::create_dir_all(sandbox.root())?;
+        std::fs::create_dir_all(sandbox.jail_root())?;
         Ok(sandbox)
     }
 

@@ -72,6 +72,8 @@ pub struct NodeHello {
     /// Its endpoint's address as it sees it (`ip:port`): behind a NAT, the private one, where a
     /// peer behind the same NAT reaches it.
     pub local: String,
+    /// How it isolates the programs it runs, in words (`thunkmesh status` shows it).
+    pub isolation: String,
 }
 
 /// Messages a node or client sends to the rendezvous.
@@ -144,6 +146,8 @@ pub struct NodeStatus {
     pub slots: u32,
     /// Thunks running on it now.
     pub running: u32,
+    /// How it isolates programs.
+    pub isolation: String,
 }
 
 /// Messages the rendezvous sends to a node or client.
@@ -731,6 +735,7 @@ mod tests {
                     nat,
                     slots,
                     running,
+                    isolation: "namespaces".into(),
                 }])
             }),
             (".{0,12}", any::<[u8; 32]>())
@@ -752,8 +757,11 @@ mod tests {
     }
 
     fn arb_hello() -> impl Strategy<Value = Hello> {
-        let node = (".{0,8}", any::<u32>(), any::<[u8; 32]>(), ".{0,12}")
-            .prop_map(|(name, slots, fingerprint, local)| Role::Node(NodeHello { name, slots, fingerprint, local }));
+        let node = (".{0,8}", any::<u32>(), any::<[u8; 32]>(), ".{0,12}", ".{0,12}").prop_map(
+            |(name, slots, fingerprint, local, isolation)| {
+                Role::Node(NodeHello { name, slots, fingerprint, local, isolation })
+            },
+        );
         let role = prop_oneof![node, Just(Role::Client), Just(Role::Peer)];
         (any::<u32>(), ".{0,12}", role).prop_map(|(version, token, role)| Hello { version, token, role })
     }
@@ -825,7 +833,8 @@ mod tests {
     #[test]
     fn the_largest_hello_fits_before_authentication() {
         let name = "n".repeat(1024);
-        let node = NodeHello { name, slots: u32::MAX, fingerprint: [0; 32], local: "[::1]:65535".into() };
+        let isolation = "process tree only (".to_owned() + &"e".repeat(1024) + ")";
+        let node = NodeHello { name, slots: u32::MAX, fingerprint: [0; 32], local: "[::1]:65535".into(), isolation };
         let hello = Hello { version: PROTOCOL_VERSION, token: "t".repeat(4096), role: Role::Node(node) };
         assert!(encode_frame(&hello).len() < MAX_UNAUTHENTICATED_FRAME);
         let holds = ToRendezvous::Holds(vec![Id::of_blob(b"x"); HOLDS_PER_MESSAGE]);

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::core::Event;
+use crate::driver::Inbound;
 use crate::relay::Relay;
 
 /// How often a connection checks whether its peer's address changed (a NAT gave it a new
@@ -41,7 +42,7 @@ pub(crate) async fn handle(
     incoming: quinn::Incoming,
     stranger: OwnedSemaphorePermit,
     context: Context,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Inbound>,
 ) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -65,7 +66,7 @@ async fn run(
     stranger: OwnedSemaphorePermit,
     session: u64,
     context: &Context,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Inbound>,
 ) -> Result<(), NetError> {
     let (mut send, recv, hello) = thunkmesh_net::first("hello", async {
         let (send, mut recv) = conn.accept_bi().await?;
@@ -83,9 +84,9 @@ async fn run(
     let joined = match hello.role {
         Role::Node(node) => {
             info!(name = %node.name, slots = node.slots, "node joined");
-            Event::NodeJoined { node: session, hello: node, addr: conn.remote_address(), tx }
+            Event::NodeJoined { node: session, hello: node, addr: conn.remote_address() }
         }
-        Role::Client => Event::ClientJoined { job: session, tx },
+        Role::Client => Event::ClientJoined { job: session },
         Role::Peer => {
             let refusal = WireError::new(ErrorCode::BadMessage, "peers connect to nodes, not to the rendezvous");
             return refuse(conn, &mut send, refusal).await;
@@ -95,7 +96,7 @@ async fn run(
     let observed = conn.remote_address().to_string();
     let welcome = FromRendezvous::Welcome { session, observed, probe_port: context.probe_port };
     send_msg(&mut send, &welcome).await?;
-    if events.send(joined).await.is_err() {
+    if events.send(Inbound { event: joined, outbox: Some(tx) }).await.is_err() {
         return Ok(());
     }
     let relaying = async {
@@ -108,7 +109,7 @@ async fn run(
         r = exchange(conn, session, send, recv, rx, &events) => r,
         () = relaying => Ok(()),
     };
-    let _ = events.send(Event::Left { session }).await;
+    let _ = events.send(Event::Left { session }.into()).await;
     result
 }
 
@@ -141,11 +142,11 @@ async fn exchange(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut outbox: mpsc::Receiver<FromRendezvous>,
-    events: &mpsc::Sender<Event>,
+    events: &mpsc::Sender<Inbound>,
 ) -> Result<(), NetError> {
     let reader = async {
         while let Some(msg) = recv_msg::<ToRendezvous>(&mut recv).await? {
-            if events.send(Event::Message { from: session, msg }).await.is_err() {
+            if events.send(Event::Message { from: session, msg }.into()).await.is_err() {
                 break;
             }
         }
@@ -169,7 +170,7 @@ async fn exchange(
             if now != addr {
                 info!(from = %addr, to = %now, "the peer's address changed");
                 addr = now;
-                if events.send(Event::Moved { session, addr }).await.is_err() {
+                if events.send(Event::Moved { session, addr }.into()).await.is_err() {
                     return Ok(());
                 }
             }

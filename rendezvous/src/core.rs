@@ -1,12 +1,15 @@
-//! The core task: owns the planner and the registry of connected nodes and clients, turns
-//! messages into planner events and planner decisions into messages.
+//! The rendezvous' decisions, as a pure state machine: it owns the planner and the registry of
+//! connected nodes and clients, takes events from connections with the time (`handle(now, ..)`),
+//! and returns what to send to whom as [`Action`]s (`poll`). It owns no socket, channel or
+//! clock: `driver.rs` runs it under tokio, and the tests step it by hand and replay seeded
+//! random fault schedules against it.
 //!
 //! It also brokers direct paths between nodes. A consumer is told to dial a producer where the
 //! rendezvous sees it (its NAT's public side), or at its private address when both sit behind the
 //! same NAT. A producer behind a NAT is introduced to each new consumer first, so that it dials
 //! the consumer at the same time: each side's packets open its own NAT to the other's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,30 +19,39 @@ use thunkmesh_protocol::wire::{
     Assignment, ErrorCode, FromRendezvous, InputSource, Mode, NatKind, NodeHello, NodeStatus, Progress, Resolution,
     Source, ToRendezvous, UploadRequest, WireError,
 };
-use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 /// How often clients hear about progress (when it changed).
-const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// What connections tell the core.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Event {
     /// A node said hello.
-    NodeJoined { node: u64, hello: NodeHello, addr: SocketAddr, tx: mpsc::Sender<FromRendezvous> },
+    NodeJoined { node: u64, hello: NodeHello, addr: SocketAddr },
     /// A client said hello; its job id is its session.
-    ClientJoined { job: u64, tx: mpsc::Sender<FromRendezvous> },
+    ClientJoined { job: u64 },
     /// A message on an admitted connection.
     Message { from: u64, msg: ToRendezvous },
     /// A connection now comes from another address (its NAT mapped it anew).
     Moved { session: u64, addr: SocketAddr },
-    /// A connection ended.
+    /// A connection ended (or cannot keep up with what it is sent).
     Left { session: u64 },
+}
+
+/// What the core asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+#[allow(clippy::large_enum_variant, reason = "each action is moved once, straight to its connection")]
+pub(crate) enum Action {
+    /// Send a message on a session's control stream (a refusal closes the connection after).
+    Send { to: u64, msg: FromRendezvous },
+    /// This many nodes are registered now.
+    Nodes(usize),
 }
 
 #[derive(Debug)]
 struct NodeEntry {
-    tx: mpsc::Sender<FromRendezvous>,
     name: String,
     slots: u32,
     /// What it found out about its NAT.
@@ -49,6 +61,8 @@ struct NodeEntry {
     /// Where it sees itself (differs from `addr` behind a NAT).
     local: Option<SocketAddr>,
     fingerprint: [u8; 32],
+    /// How it isolates programs, as it says.
+    isolation: String,
     /// Consumers this node was told to dial.
     introduced: HashSet<u64>,
 }
@@ -80,88 +94,74 @@ impl NodeEntry {
 
 #[derive(Debug)]
 struct ClientEntry {
-    tx: mpsc::Sender<FromRendezvous>,
     store: Option<String>,
     mode: Mode,
     require_direct: bool,
     progress: Progress,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Core {
     planner: Planner,
     nodes: HashMap<u64, NodeEntry>,
     clients: HashMap<u64, ClientEntry>,
-    node_count: watch::Sender<usize>,
-    /// The planner's clock starts here.
-    started: tokio::time::Instant,
+    out: VecDeque<Action>,
 }
 
 impl Core {
-    /// A core that publishes how many nodes are registered on `node_count`.
-    pub(crate) fn new(node_count: watch::Sender<usize>) -> Core {
-        let started = tokio::time::Instant::now();
-        Core { planner: Planner::new(), nodes: HashMap::new(), clients: HashMap::new(), node_count, started }
+    /// Takes one event at `now` (time since the core started).
+    pub(crate) fn handle(&mut self, now: Duration, event: Event) {
+        self.planner.advance(now);
+        self.apply(event);
+        self.dispatch();
     }
 
-    pub(crate) async fn run(mut self, mut inbox: mpsc::Receiver<Event>) {
-        let mut tick = tokio::time::interval(PROGRESS_EVERY);
-        loop {
-            // A thunk held for a busy node stops waiting at its deadline even if nothing happens.
-            let deadline = self.planner.next_deadline().map(|at| self.started + at);
-            let wake = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                event = inbox.recv() => {
-                    let Some(event) = event else { return };
-                    self.planner.advance(self.started.elapsed());
-                    self.handle(event);
-                    self.dispatch();
-                }
-                () = wake => {
-                    self.planner.advance(self.started.elapsed());
-                    self.dispatch();
-                }
-                _ = tick.tick() => self.send_progress(),
-            }
-        }
+    /// Time passed with nothing else happening (a held thunk's wait may have run out).
+    pub(crate) fn wake(&mut self, now: Duration) {
+        self.planner.advance(now);
+        self.dispatch();
     }
 
-    fn handle(&mut self, event: Event) {
+    /// When [`Core::wake`] should next be called, if nothing else happens first.
+    pub(crate) fn next_deadline(&self) -> Option<Duration> {
+        self.planner.next_deadline()
+    }
+
+    /// Tells clients how their jobs progress (call every [`PROGRESS_EVERY`]).
+    pub(crate) fn tick(&mut self) {
+        self.send_progress();
+    }
+
+    /// The next thing to do.
+    pub(crate) fn poll(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    fn apply(&mut self, event: Event) {
         match event {
-            Event::NodeJoined { node, hello, addr, tx } => {
+            Event::NodeJoined { node, hello, addr } => {
                 let local = hello.local.parse().ok();
                 if local.is_none() {
                     warn!(node, local = %hello.local, "node sent a local address that is not ip:port");
                 }
                 let entry = NodeEntry {
-                    tx,
                     name: hello.name.clone(),
                     slots: hello.slots,
                     nat: NatKind::Unknown,
                     addr,
                     local,
                     fingerprint: hello.fingerprint,
+                    isolation: hello.isolation.clone(),
                     introduced: HashSet::new(),
                 };
                 self.nodes.insert(node, entry);
-                self.node_count.send_replace(self.nodes.len());
+                self.out.push_back(Action::Nodes(self.nodes.len()));
                 self.planner.node_joined(node, hello.slots, &[]);
             }
-            Event::ClientJoined { job, tx } => {
+            Event::ClientJoined { job } => {
                 self.clients.insert(
                     job,
-                    ClientEntry {
-                        tx,
-                        store: None,
-                        mode: Mode::P2p,
-                        require_direct: false,
-                        progress: Progress::default(),
-                    },
+                    ClientEntry { store: None, mode: Mode::P2p, require_direct: false, progress: Progress::default() },
                 );
             }
             Event::Moved { session, addr } => self.moved(session, addr),
@@ -182,7 +182,7 @@ impl Core {
     fn left(&mut self, session: u64) {
         if self.nodes.remove(&session).is_some() {
             info!(node = session, "node left");
-            self.node_count.send_replace(self.nodes.len());
+            self.out.push_back(Action::Nodes(self.nodes.len()));
             self.planner.node_left(session);
         }
         if self.clients.remove(&session).is_some() {
@@ -241,13 +241,10 @@ impl Core {
         self.send(session, FromRendezvous::Refused(WireError::new(ErrorCode::BadMessage, why)));
     }
 
-    /// Queues a message to a connection; a connection whose queue is full is dropped.
+    /// Sends a message to a connection that is still registered.
     fn send(&mut self, session: u64, msg: FromRendezvous) {
-        let tx = self.nodes.get(&session).map(|n| &n.tx).or_else(|| self.clients.get(&session).map(|c| &c.tx));
-        let Some(tx) = tx else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg) {
-            warn!(session, "connection is not reading its messages; dropping it");
-            self.left(session);
+        if self.nodes.contains_key(&session) || self.clients.contains_key(&session) {
+            self.out.push_back(Action::Send { to: session, msg });
         }
     }
 
@@ -289,6 +286,7 @@ impl Core {
                 nat: n.nat,
                 slots: n.slots,
                 running: u32::try_from(self.planner.running(id)).unwrap_or(u32::MAX),
+                isolation: n.isolation.clone(),
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,13 +1,14 @@
 //! The control-plane server: admits nodes and clients by token over QUIC, keeps the node registry,
 //! feeds events to the planner and carries its decisions back out. It never carries object bytes.
 //!
-//! Each connection runs in its own task, owned by the accept loop; all of them talk to one core
-//! task (`core`) that owns the planner, so the planner needs no lock. A connection that sends a
+//! Each connection runs in its own task, owned by the accept loop; all of them talk to one task
+//! (`driver`) that runs the pure core (`core`), which owns the planner, so nothing needs a lock. A connection that sends a
 //! malformed or unexpected message is closed with a reason; the server and other connections go on.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod conn;
 mod core;
+mod driver;
 mod probe;
 mod relay;
 
@@ -94,7 +95,7 @@ async fn serve_counting(
     let relay = relay::Relay::new(token.clone());
     let strangers = thunkmesh_net::Strangers::default();
     let mut tasks = JoinSet::new();
-    tasks.spawn(core::Core::new(nodes).run(inbox));
+    tasks.spawn(driver::run(inbox, nodes));
     let probe_port = probe.as_ref().and_then(|p| p.local_addr().ok()).map_or(0, |a| a.port());
     if let Some(probe) = probe.clone() {
         tasks.spawn(probe::serve(probe));

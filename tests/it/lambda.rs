@@ -75,6 +75,8 @@ fn function(emulator: &Emulator, dir: &std::path::Path, env: &[(&'static str, St
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
         .env("TMPDIR", &tmp)
+        // Lambda allows no namespaces: its node keeps only the process tree, as here.
+        .env("THUNKMESH_SANDBOX", "process-tree")
         .env("RUST_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stderr(std::fs::File::create(&log).map_or(Stdio::null(), Stdio::from))

@@ -8,6 +8,7 @@ mod flood;
 mod lambda;
 mod nat;
 mod s3;
+mod sandbox;
 mod self_hosted;
 mod trust;
 mod util;

@@ -142,7 +142,7 @@ async fn an_oversized_frame_closes_only_its_own_connection() {
 fn a_producer_that_leaves_gracefully_hands_its_outputs_over_through_storage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rdv = SelfHosted::start(&dir.path().join("rdv"));
-    let leaving = rdv.node(&dir.path().join("node-a"), "leaving");
+    let leaving = rdv.node_in(None, &dir.path().join("node-a"), "leaving", &["--sandbox", "off"]);
     // `slow` touches a marker outside its sandbox (a test-only breach of hermeticity) so the test
     // knows when it runs.
     let marker = dir.path().join("slow-started");

@@ -26,6 +26,12 @@ pub fn thunkmesh_in(ns: Option<&str>) -> Command {
     cmd
 }
 
+/// Whether the tests run as root (as CI does).
+pub fn is_root() -> bool {
+    let uid = Command::new("id").arg("-u").output().expect("id -u").stdout;
+    uid.trim_ascii() == b"0"
+}
+
 /// A file or folder of the repository.
 pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -70,6 +76,15 @@ pub fn run_in(dir: &Path, job: &Path, extra: &[&str]) -> Run {
     let mut cmd = thunkmesh();
     cmd.current_dir(dir).arg("run").arg(job).args(["--summary-json", "summary.json"]).args(extra);
     finish(dir, cmd.output().expect("start thunkmesh"))
+}
+
+/// Like [`run_in`] with the local nodes' sandbox set to `mode` (`off`: for the tests whose
+/// thunks touch a marker outside their sandbox, a test-only breach of hermeticity, to tell the
+/// test what ran).
+pub fn run_with_sandbox(dir: &Path, job: &Path, mode: &str, extra: &[&str]) -> Run {
+    let mut cmd = thunkmesh();
+    cmd.current_dir(dir).arg("run").arg(job).args(["--summary-json", "summary.json"]).args(extra);
+    finish(dir, cmd.env("THUNKMESH_SANDBOX", mode).output().expect("start thunkmesh"))
 }
 
 pub fn finish(dir: &Path, output: Output) -> Run {

@@ -1,0 +1,90 @@
+//! The thin tokio layer around the core: one task that feeds it connections' events with the
+//! time, wakes it at its deadlines and every [`PROGRESS_EVERY`], and carries its actions out on
+//! each connection's outbox. A connection whose outbox is full is not reading its messages: it
+//! is told to the core as gone, and its outbox is dropped, which ends the connection.
+
+use std::collections::HashMap;
+
+use thunkmesh_protocol::wire::FromRendezvous;
+use tokio::sync::{mpsc, watch};
+use tracing::warn;
+
+use crate::core::{Action, Core, Event, PROGRESS_EVERY};
+
+/// An event from a connection, with the outbox of a connection that just joined.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub(crate) event: Event,
+    pub(crate) outbox: Option<mpsc::Sender<FromRendezvous>>,
+}
+
+impl From<Event> for Inbound {
+    fn from(event: Event) -> Inbound {
+        Inbound { event, outbox: None }
+    }
+}
+
+/// Runs the core until every connection's sender is gone; publishes the node count on `nodes`.
+pub(crate) async fn run(mut inbox: mpsc::Receiver<Inbound>, nodes: watch::Sender<usize>) {
+    let started = tokio::time::Instant::now();
+    let mut core = Core::default();
+    let mut outboxes: HashMap<u64, mpsc::Sender<FromRendezvous>> = HashMap::new();
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        // A thunk held for a busy node stops waiting at its deadline even if nothing happens.
+        let deadline = core.next_deadline().map(|at| started + at);
+        let wake = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            inbound = inbox.recv() => {
+                let Some(Inbound { event, outbox }) = inbound else { return };
+                if let (Some(outbox), Some(session)) = (outbox, joined(&event)) {
+                    outboxes.insert(session, outbox);
+                }
+                if let Event::Left { session } = event {
+                    outboxes.remove(&session);
+                }
+                core.handle(started.elapsed(), event);
+            }
+            () = wake => core.wake(started.elapsed()),
+            _ = tick.tick() => core.tick(),
+        }
+        carry_out(&mut core, &mut outboxes, &nodes, started);
+    }
+}
+
+fn joined(event: &Event) -> Option<u64> {
+    match event {
+        Event::NodeJoined { node, .. } => Some(*node),
+        Event::ClientJoined { job } => Some(*job),
+        _ => None,
+    }
+}
+
+/// Does what the core asks until it asks nothing more.
+fn carry_out(
+    core: &mut Core,
+    outboxes: &mut HashMap<u64, mpsc::Sender<FromRendezvous>>,
+    nodes: &watch::Sender<usize>,
+    started: tokio::time::Instant,
+) {
+    while let Some(action) = core.poll() {
+        match action {
+            Action::Nodes(n) => {
+                nodes.send_replace(n);
+            }
+            Action::Send { to, msg } => {
+                let Some(outbox) = outboxes.get(&to) else { continue };
+                if let Err(mpsc::error::TrySendError::Full(_)) = outbox.try_send(msg) {
+                    warn!(session = to, "connection is not reading its messages; dropping it");
+                    outboxes.remove(&to);
+                    core.handle(started.elapsed(), Event::Left { session: to });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The sandbox (issue 12, finding 12 and 8): a program sees its inputs and the system's
+//! programs, nothing else of the node; it cannot write outside its sandbox or into its inputs;
+//! and nothing it starts outlives it. Run as CI runs (root): namespaces and `nobody`.
+
+use std::path::Path;
+
+use crate::util::{run_in, write};
+
+/// A job of one thunk running `script` under `/bin/sh` with the value `data.txt` as an input.
+fn job(dir: &Path, script: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[values]\ndata = \"data.txt\"\n\n[[thunk]]\nname = \"t\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", '''{script}''']\nenv = {{ PATH = \"/usr/bin:/bin\" }}\ninputs = {{ \"data.txt\" = \"data\" }}\noutputs = [\"o\"]\n\n[targets]\n\"o\" = \"t#o\"\n"
+    );
+    write(dir, &[("job.toml", &text), ("data.txt", "declared\n")])
+}
+
+#[test]
+fn a_declared_input_and_host_programs_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_in(dir.path(), &job(dir.path(), "cat data.txt | tr a-z A-Z > o; pwd >> o"), &["--workers", "1"]);
+    run.ok();
+    assert_eq!(run.out("o"), b"DECLARED\n/thunk\n");
+}
+
+#[test]
+fn an_undeclared_read_fails_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "node's file\n").expect("write");
+    for path in ["/etc/passwd".to_owned(), secret.display().to_string()] {
+        let run = run_in(dir.path(), &job(dir.path(), &format!("cat {path} > o")), &["--workers", "1"]);
+        assert_eq!(run.code, Some(1), "reading {path} must fail: {}", run.stderr);
+        assert!(run.stderr.contains(&format!("{path}: No such file or directory")), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn writes_outside_the_sandbox_and_into_inputs_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = dir.path().join("written-from-a-thunk");
+    let script = format!(
+        "echo x > {}; echo x > ../escaped; echo bad >> data.txt; chmod 666 data.txt; echo ok > o",
+        outside.display()
+    );
+    let run = run_in(dir.path(), &job(dir.path(), &script), &["--workers", "1"]);
+    run.ok();
+    assert_eq!(run.out("o"), b"ok\n");
+    assert!(!outside.exists(), "a thunk wrote on the node's disk");
+    // The input is unchanged in every cache and in the store: the next job reads it intact.
+    let again = run_in(dir.path(), &job(dir.path(), "cat data.txt > o"), &["--workers", "1"]);
+    again.ok();
+    assert_eq!(again.out("o"), b"declared\n");
+}
+
+/// How many processes run `sleep SECONDS` (the tag tells this test's apart).
+fn sleepers(seconds: &str) -> usize {
+    let out = std::process::Command::new("pgrep").args(["-f", &format!("sleep {seconds}")]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// In both sandboxes: namespaces (the PID namespace dies with the program) and the process
+/// tree alone (Lambda's fallback: the launcher is the subreaper and kills what is left).
+#[test]
+fn a_process_a_thunk_leaves_behind_is_killed_when_it_ends() {
+    for (mode, tag) in [("auto", "987.25"), ("process-tree", "987.75")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = format!("setsid sleep {tag} < /dev/null > /dev/null 2>&1 & sleep {tag}1 & echo ok > o");
+        let run = crate::util::run_with_sandbox(dir.path(), &job(dir.path(), &script), mode, &["--workers", "1"]);
+        run.ok();
+        assert_eq!(run.out("o"), b"ok\n");
+        assert_eq!(sleepers(tag), 0, "{mode}: a left-behind process outlived its thunk");
+    }
+}
