@@ -142,8 +142,9 @@ struct NodeState {
     holds: BTreeSet<Id>,
     /// Leaving: takes no new work; uploads what others still need first.
     draining: bool,
-    /// Uploads asked of this node while draining, not yet answered.
-    drain_uploads: BTreeSet<(JobId, Id)>,
+    /// Uploads asked of this node, not yet answered: a draining node is released only when
+    /// they are, and a node that vanishes gives them back to their jobs.
+    uploads: BTreeSet<(JobId, Id)>,
     /// Told it may go.
     released: bool,
     /// Its place among equally busy nodes (drawn from the seed).
@@ -371,8 +372,13 @@ impl Planner {
             return;
         }
         j.storage_fallbacks += 1;
-        if let Some(state) = self.nodes.get_mut(&node).filter(|s| s.draining) {
-            state.drain_uploads.insert((job, blob));
+        self.ask_upload(node, job, blob);
+    }
+
+    /// Asks `node` to put `blob` into `job`'s store, and remembers that it owes the answer.
+    fn ask_upload(&mut self, node: NodeId, job: JobId, blob: Id) {
+        if let Some(state) = self.nodes.get_mut(&node) {
+            state.uploads.insert((job, blob));
         }
         self.out.push_back(Decision::Upload { node, job, blob });
     }
@@ -380,7 +386,7 @@ impl Planner {
     /// Releases a draining node once it runs nothing and owes no upload (once).
     fn check_drained(&mut self, node: NodeId) {
         let Some(state) = self.nodes.get_mut(&node) else { return };
-        if state.draining && !state.released && state.running.is_empty() && state.drain_uploads.is_empty() {
+        if state.draining && !state.released && state.running.is_empty() && state.uploads.is_empty() {
             state.released = true;
             self.out.push_back(Decision::Drained { node });
         }
@@ -406,6 +412,14 @@ impl Planner {
         self.release_held(node);
         let Some(state) = self.nodes.remove(&node) else { return };
         let lost = !state.draining;
+        // What it was asked to upload and never answered is asked again of another holder (or
+        // recomputed) when its job is looked at below.
+        for (job, blob) in &state.uploads {
+            if let Some(j) = self.jobs.get_mut(job) {
+                j.upload_requested.remove(blob);
+                j.wake_blob(*blob);
+            }
+        }
         for blob in &state.holds {
             if let Some(p) = self.objects.get_mut(blob) {
                 p.nodes.remove(&node);
@@ -553,7 +567,7 @@ impl Planner {
     /// there). An answer for a job that is not running, or for an object nobody asked that node
     /// to upload, says nothing about any store and is ignored.
     pub fn stored(&mut self, node: NodeId, job: JobId, blob: Id, ok: bool, stats: TransferStats) {
-        let asked = self.nodes.get_mut(&node).is_some_and(|s| s.drain_uploads.remove(&(job, blob)));
+        let asked = self.nodes.get_mut(&node).is_some_and(|s| s.uploads.remove(&(job, blob)));
         self.check_drained(node);
         let Some(j) = self.jobs.get_mut(&job) else { return };
         if !(j.upload_requested.remove(&blob) || asked) {
@@ -717,9 +731,7 @@ impl Planner {
             }
             job.target_waits_for_blob(i, blob);
             match places.and_then(|p| p.nodes.iter().next().copied()) {
-                Some(node) if job.upload_requested.insert(blob) => {
-                    self.out.push_back(Decision::Upload { node, job: id, blob });
-                }
+                Some(node) if job.upload_requested.insert(blob) => self.ask_upload(node, id, blob),
                 Some(_) => {}
                 None => match job.demand_producer_of(blob) {
                     Some(producer) => job.target_waits_for_thunk(i, producer),

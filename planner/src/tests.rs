@@ -627,3 +627,25 @@ fn storage_facts_belong_to_one_store() {
     let upload = ds.iter().any(|d| matches!(d, Decision::Upload { job: 2, blob, .. } if *blob == Id::of_blob(b"A")));
     assert!(upload || !assigns(&ds).is_empty(), "the target is uploaded to b or computed again: {ds:?}");
 }
+
+/// Found by the rendezvous' fault-schedule simulation: a node that vanished owing the upload of
+/// a target left the job waiting for ever (the request stayed marked as asked).
+#[test]
+fn a_node_lost_while_it_owes_a_target_upload_does_not_stall_the_job() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    let run = assigns(&drain(&mut p)).remove(0);
+    p.task_done(1, run.task, &blob_output(b"A"), TransferStats::default());
+    let asked = drain(&mut p);
+    assert!(asked.iter().any(|d| matches!(d, Decision::Upload { node: 1, .. })), "{asked:?}");
+    p.node_joined(2, 1, &[]);
+    p.node_left(1);
+    let rerun = assigns(&drain(&mut p));
+    assert_eq!(rerun.len(), 1, "the only copy was lost: `a` runs again");
+    p.task_done(2, rerun[0].task, &blob_output(b"A"), TransferStats::default());
+    let ds = drain(&mut p);
+    answer_uploads(&mut p, &ds);
+    assert!(job_done(&drain(&mut p)).is_some(), "the target reaches storage from node 2");
+}

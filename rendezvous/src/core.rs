@@ -132,6 +132,12 @@ impl Core {
         self.send_progress();
     }
 
+    /// A job's progress, for tests.
+    #[cfg(test)]
+    pub(crate) fn progress(&self, job: u64) -> Option<Progress> {
+        self.planner.progress(job)
+    }
+
     /// The next thing to do.
     pub(crate) fn poll(&mut self) -> Option<Action> {
         self.out.pop_front()

@@ -8,6 +8,8 @@
 
 mod conn;
 mod core;
+#[cfg(test)]
+mod core_tests;
 mod driver;
 mod probe;
 mod relay;
