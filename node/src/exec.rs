@@ -419,6 +419,7 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
         places.push((blob, format!("input `{path}`"), root.join(path)));
     }
     let (cache, pins) = (ctx.cache.clone(), ctx.host_pins.clone());
+    let nobody = ctx.jail.as_ref().is_some_and(Jail::as_nobody).then_some(root.clone());
     let layout = move || -> Result<Vec<Linked>, Fail> {
         if let Some((path, pin)) = host {
             let shown = path.display();
@@ -427,7 +428,12 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
                 return Err(Fail::node(format!("host program {shown} on this node is {actual}, the job pinned {pin}")));
             }
         }
-        link_inputs(&cache, places).map_err(Fail::node)
+        let linked = link_inputs(&cache, places).map_err(Fail::node)?;
+        // The program's folders are its user's; the linked inputs stay the node's.
+        if let Some(root) = &nobody {
+            crate::jail::hand_over(root).map_err(Fail::node)?;
+        }
+        Ok(linked)
     };
     let linked = tokio::task::spawn_blocking(layout).await.map_err(Fail::node)??;
     Ok((program, linked))
@@ -515,7 +521,7 @@ async fn execute(
     let root = sandbox.root();
     let shipped = matches!(a.thunk.program, Program::Ref(_));
     let mut command = match &ctx.jail {
-        Some(jail) => jail.command(&root, &sandbox.jail_root(), program, shipped),
+        Some(jail) => jail.command(&root, &sandbox.jail_root(), program, shipped).map_err(Fail::node)?,
         None => tokio::process::Command::new(program),
     };
     command

@@ -99,9 +99,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let identity = Identity::generate()?;
     let endpoint = thunkmesh_net::endpoint(config.bind, &identity)?;
     let cache = Arc::new(Cache::open(&config.cache_dir)?);
-    let jail = config.launcher.as_ref().map(jail::Jail::probe);
+    let jail = config.launcher.as_ref().map(|l| jail::Jail::probe(l, cache.work_dir()));
     let isolation = jail.as_ref().map_or(jail::Isolation::Off, |j| j.isolation().clone());
     info!(%isolation, "programs are isolated");
+    let inventory = cache.inventory();
     let addr = thunkmesh_net::resolve(&config.rendezvous).await?;
     let conn = connect(&endpoint, client_config(&config.trust, ALPN_RENDEZVOUS)?, addr, &config.server_name).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
@@ -113,6 +114,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         fingerprint: identity.fingerprint(),
         local: local.to_string(),
         isolation: isolation.to_string(),
+        holds: inventory.len() as u64,
     };
     let role = Role::Node(hello);
     send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token: config.token.clone(), role }).await?;
@@ -124,7 +126,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let nat = classify_nat(&endpoint, &config, local, &observed, SocketAddr::new(addr.ip(), probe_port)).await;
     info!(session, rendezvous = %addr, %local, %observed, %nat, "registered");
     send_msg(&mut send, &ToRendezvous::Nat(nat)).await?;
-    for held in cache.inventory().chunks(HOLDS_PER_MESSAGE) {
+    for held in inventory.chunks(HOLDS_PER_MESSAGE) {
         send_msg(&mut send, &ToRendezvous::Holds(held.to_vec())).await?;
     }
     let token: Arc<str> = config.token.clone().into();

@@ -74,6 +74,9 @@ pub struct NodeHello {
     pub local: String,
     /// How it isolates the programs it runs, in words (`thunkmesh status` shows it).
     pub isolation: String,
+    /// How many object ids its [`ToRendezvous::Holds`] messages will list: it is given work
+    /// only once they all arrived.
+    pub holds: u64,
 }
 
 /// Messages a node or client sends to the rendezvous.
@@ -759,7 +762,7 @@ mod tests {
     fn arb_hello() -> impl Strategy<Value = Hello> {
         let node = (".{0,8}", any::<u32>(), any::<[u8; 32]>(), ".{0,12}", ".{0,12}").prop_map(
             |(name, slots, fingerprint, local, isolation)| {
-                Role::Node(NodeHello { name, slots, fingerprint, local, isolation })
+                Role::Node(NodeHello { name, slots, fingerprint, local, isolation, holds: 3 })
             },
         );
         let role = prop_oneof![node, Just(Role::Client), Just(Role::Peer)];
@@ -834,7 +837,8 @@ mod tests {
     fn the_largest_hello_fits_before_authentication() {
         let name = "n".repeat(1024);
         let isolation = "process tree only (".to_owned() + &"e".repeat(1024) + ")";
-        let node = NodeHello { name, slots: u32::MAX, fingerprint: [0; 32], local: "[::1]:65535".into(), isolation };
+        let local = "[::1]:65535".into();
+        let node = NodeHello { name, slots: u32::MAX, fingerprint: [0; 32], local, isolation, holds: u64::MAX };
         let hello = Hello { version: PROTOCOL_VERSION, token: "t".repeat(4096), role: Role::Node(node) };
         assert!(encode_frame(&hello).len() < MAX_UNAUTHENTICATED_FRAME);
         let holds = ToRendezvous::Holds(vec![Id::of_blob(b"x"); HOLDS_PER_MESSAGE]);

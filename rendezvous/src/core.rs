@@ -63,6 +63,9 @@ struct NodeEntry {
     fingerprint: [u8; 32],
     /// How it isolates programs, as it says.
     isolation: String,
+    /// Ids of its cache it said would follow and have not yet: it gets work once this is empty
+    /// (`None`: it has it already).
+    awaited: Option<Awaited>,
     /// Consumers this node was told to dial.
     introduced: HashSet<u64>,
 }
@@ -90,6 +93,13 @@ impl NodeEntry {
             _ => self.addr,
         }
     }
+}
+
+/// The ids a node announced in its hello, as they arrive.
+#[derive(Debug)]
+struct Awaited {
+    left: u64,
+    held: Vec<Id>,
 }
 
 #[derive(Debug)]
@@ -159,10 +169,10 @@ impl Core {
                     fingerprint: hello.fingerprint,
                     isolation: hello.isolation.clone(),
                     introduced: HashSet::new(),
+                    awaited: Some(Awaited { left: hello.holds, held: Vec::new() }),
                 };
                 self.nodes.insert(node, entry);
-                self.out.push_back(Action::Nodes(self.nodes.len()));
-                self.planner.node_joined(node, hello.slots, &[]);
+                self.holds(node, Vec::new());
             }
             Event::ClientJoined { job } => {
                 self.clients.insert(
@@ -185,11 +195,35 @@ impl Core {
         self.nodes.values_mut().for_each(|n| _ = n.introduced.remove(&node));
     }
 
+    /// Part of a node's cache: kept until all it announced arrived, then the node is ready.
+    fn holds(&mut self, node: u64, held: Vec<Id>) {
+        let Some(entry) = self.nodes.get_mut(&node) else { return };
+        let Some(awaited) = entry.awaited.as_mut() else {
+            return self.planner.node_holds(node, &held);
+        };
+        awaited.left = awaited.left.saturating_sub(held.len() as u64);
+        awaited.held.extend(held);
+        if awaited.left > 0 {
+            return;
+        }
+        let (slots, held) = (entry.slots, std::mem::take(&mut awaited.held));
+        entry.awaited = None;
+        self.planner.node_joined(node, slots, &held);
+        self.out.push_back(Action::Nodes(self.ready_nodes()));
+    }
+
+    /// Nodes that may be given work.
+    fn ready_nodes(&self) -> usize {
+        self.nodes.values().filter(|n| n.awaited.is_none()).count()
+    }
+
     fn left(&mut self, session: u64) {
-        if self.nodes.remove(&session).is_some() {
+        if let Some(node) = self.nodes.remove(&session) {
             info!(node = session, "node left");
-            self.out.push_back(Action::Nodes(self.nodes.len()));
-            self.planner.node_left(session);
+            if node.awaited.is_none() {
+                self.out.push_back(Action::Nodes(self.ready_nodes()));
+                self.planner.node_left(session);
+            }
         }
         if self.clients.remove(&session).is_some() {
             self.planner.cancel(session);
@@ -200,7 +234,7 @@ impl Core {
         let is_node = self.nodes.contains_key(&from);
         match msg {
             ToRendezvous::Submit(sub) => self.submit(from, sub),
-            ToRendezvous::Holds(held) if is_node => self.planner.node_holds(from, &held),
+            ToRendezvous::Holds(held) if is_node => self.holds(from, held),
             ToRendezvous::Done(d) if is_node => self.planner.task_done(from, d.task, &d.outputs, d.stats),
             ToRendezvous::Failed(f) if is_node => {
                 if f.error.code == ErrorCode::InputUnavailable {

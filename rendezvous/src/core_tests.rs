@@ -43,6 +43,7 @@ fn hello(name: &str) -> NodeHello {
         fingerprint: [7; 32],
         local: "127.0.0.1:9".into(),
         isolation: "namespaces".into(),
+        holds: 0,
     }
 }
 
@@ -425,4 +426,19 @@ fn the_node_count_follows_joins_and_leaves() {
         .filter_map(|a| if let Action::Nodes(n) = a { Some(n) } else { None })
         .collect();
     assert_eq!(counts, [1, 2, 1]);
+}
+
+/// A node whose hello announces cached objects counts, and gets work, only once their ids
+/// arrived: a job submitted in between would otherwise recompute what it holds.
+#[test]
+fn a_node_is_ready_only_once_its_announced_holdings_arrived() {
+    let mut core = Core::default();
+    let held = Id::of_blob(b"from an earlier run");
+    let announcing = NodeHello { holds: 1, ..hello("a") };
+    core.handle(Duration::ZERO, Event::NodeJoined { node: 1, hello: announcing, addr: addr(1) });
+    let before: Vec<Action> = std::iter::from_fn(|| core.poll()).collect();
+    assert!(!before.iter().any(|a| matches!(a, Action::Nodes(1))), "ready too soon: {before:?}");
+    core.handle(Duration::ZERO, Event::Message { from: 1, msg: ToRendezvous::Holds(vec![held]) });
+    let after: Vec<Action> = std::iter::from_fn(|| core.poll()).collect();
+    assert!(after.contains(&Action::Nodes(1)), "{after:?}");
 }

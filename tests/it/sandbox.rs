@@ -71,3 +71,15 @@ fn a_process_a_thunk_leaves_behind_is_killed_when_it_ends() {
         assert_eq!(sleepers(tag), 0, "{mode}: a left-behind process outlived its thunk");
     }
 }
+
+#[test]
+fn a_thunk_has_no_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let script =
+        format!("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\" && echo reached > o");
+    let run = run_in(dir.path(), &job(dir.path(), &script), &["--workers", "1"]);
+    assert_eq!(run.code, Some(1), "the thunk reached the node's loopback: {}", run.stderr);
+    assert!(run.stderr.contains("Network is unreachable"), "{}", run.stderr);
+}
