@@ -383,6 +383,9 @@ async fn run_in(
         let value = match found {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing("was not created")),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return Err(missing("is not a regular file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(missing("is reached through a link, not a folder of the sandbox"));
+            }
             Err(e) => return Err(Fail::node(e)),
             Ok(Inspected::Blob(blob)) => OutputValue::Blob(blob),
             Ok(Inspected::Tail(len)) => read_tail_output(ctx, a, &root, &name, len).await?,
@@ -487,7 +490,7 @@ async fn finish(
             ));
         }
         let outputs: Vec<_> =
-            wanted.into_iter().map(|name| (name.clone(), inspect_output(&cache, &root.join(name)))).collect();
+            wanted.into_iter().map(|name| (name.clone(), inspect_output(&cache, &root, &name))).collect();
         let tail = outputs.iter().any(|(_, found)| matches!(found, Ok(Inspected::Tail(_))));
         let emptied = !tail && emptier.empty().is_ok();
         Ok(Finished { outputs, emptied })
@@ -649,8 +652,9 @@ enum Inspected {
 
 /// Reads an output once: checks it is a regular file, recognises a tail by its first bytes, and
 /// otherwise hashes it and moves it into the cache (blocking).
-fn inspect_output(cache: &Cache, path: &Path) -> std::io::Result<Inspected> {
+fn inspect_output(cache: &Cache, root: &Path, name: &str) -> std::io::Result<Inspected> {
     use std::io::Read;
+    let path = &in_sandbox(root, name)?;
     let meta = std::fs::symlink_metadata(path)?;
     if !meta.is_file() {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
@@ -672,6 +676,26 @@ fn inspect_output(cache: &Cache, path: &Path) -> std::io::Result<Inspected> {
     Ok(Inspected::Blob(id))
 }
 
+/// The file `rel` names in the sandbox at `root`, reached through real folders only: a folder a
+/// program replaced by a link (to anywhere on the node) is refused with `NotADirectory`, and so
+/// is any `..` or absolute part. The node reads outputs in its own view of the file system, where
+/// such a link would lead outside the sandbox.
+fn in_sandbox(root: &Path, rel: &str) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let mut path = root.to_owned();
+    let parts: Vec<Component<'_>> = Path::new(rel).components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Component::Normal(part) = part else {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotADirectory));
+        };
+        path.push(part);
+        if i + 1 < parts.len() && !std::fs::symlink_metadata(&path)?.is_dir() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotADirectory));
+        }
+    }
+    Ok(path)
+}
+
 /// Parses a tail output: its values are files in the sandbox, its host programs are pinned here.
 async fn read_tail_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str, len: u64) -> Result<OutputValue, Fail> {
     let path = &root.join(name);
@@ -687,8 +711,12 @@ async fn read_tail_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str, le
     }
     let mut values = BTreeMap::new();
     for (value, file) in &spec.values {
-        let id =
-            ctx.cache.copy_in(&root.join(file)).await.map_err(|e| bad(format!("{label}: value `{value}`: {e}")))?;
+        let fail = |e: std::io::Error| bad(format!("{label}: value `{value}`: {e}"));
+        let file = in_sandbox(root, file).map_err(fail)?;
+        if !std::fs::symlink_metadata(&file).map_err(fail)?.is_file() {
+            return Err(bad(format!("{label}: value `{value}` is not a regular file")));
+        }
+        let id = ctx.cache.copy_in(&file).await.map_err(|e| bad(format!("{label}: value `{value}`: {e}")))?;
         values.insert(value.clone(), id);
     }
     let mut hosts = BTreeMap::new();

@@ -83,3 +83,22 @@ fn a_thunk_has_no_network() {
     assert_eq!(run.code, Some(1), "the thunk reached the node's loopback: {}", run.stderr);
     assert!(run.stderr.contains("Network is unreachable"), "{}", run.stderr);
 }
+
+/// Issue 12, finding 6: an output `d/f` where the program made `d` a link to a folder outside
+/// the sandbox: the node used to move the outside file into its cache.
+#[test]
+fn an_output_behind_a_link_out_of_the_sandbox_is_refused_and_nothing_is_moved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    std::fs::write(outside.join("f"), "the node's file\n").expect("write");
+    let text = format!(
+        "[[thunk]]\nname = \"t\"\nprogram = {{ host = \"/bin/ln\" }}\nargs = [\"-s\", \"{}\", \"d\"]\noutputs = [\"d/f\"]\n\n[targets]\n\"f\" = \"t#d/f\"\n",
+        outside.display()
+    );
+    let job = write(dir.path(), &[("job.toml", &text)]);
+    let run = run_in(dir.path(), &job, &["--workers", "1"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("output `d/f` is reached through a link"), "{}", run.stderr);
+    assert_eq!(std::fs::read(outside.join("f")).expect("still there"), b"the node's file\n");
+}
