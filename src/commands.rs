@@ -297,7 +297,8 @@ fn hostname() -> String {
 }
 
 /// The progress bar: drawn only when stderr is a terminal.
-struct Bar(ProgressBar);
+/// The progress bar, and whether the user was told that no node has joined.
+struct Bar(ProgressBar, bool);
 
 impl Bar {
     fn new() -> Bar {
@@ -307,7 +308,7 @@ impl Bar {
             .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(120));
-        Bar(bar)
+        Bar(bar, false)
     }
 }
 
@@ -320,5 +321,15 @@ impl Reporter for Bar {
         self.0.set_length(p.total);
         self.0.set_position(p.done);
         self.0.set_message(format!("{} running", p.running));
+        if p.nodes == 0 && p.done < p.total && !self.1 {
+            // Said once, also without a terminal: a self-hosted rendezvous may have no node yet.
+            let line = "waiting for a node to join the rendezvous (none has; start one with `thunkmesh node`)";
+            if self.0.is_hidden() {
+                eprintln!("{line}")
+            } else {
+                self.0.println(line)
+            }
+            self.1 = true;
+        }
     }
 }

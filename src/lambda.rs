@@ -102,7 +102,8 @@ impl Reporter for Demanding<'_> {
         // Workers for what could run now; a thunk still waiting for inputs would keep a worker
         // idle (and billed) until they exist.
         self.demand.send_replace(Demand::Thunks(p.ready + p.running));
-        self.inner.progress(p);
+        // No node yet is no news here: the launcher is starting the workers.
+        self.inner.progress(Progress { nodes: p.nodes.max(1), ..p });
     }
 }
 

@@ -606,7 +606,8 @@ impl Planner {
 
     /// Counts for a job's progress display.
     pub fn progress(&self, job: JobId) -> Option<thunkmesh_protocol::wire::Progress> {
-        self.jobs.get(&job).map(Job::progress)
+        let nodes = self.nodes.values().filter(|s| !s.draining).count() as u64;
+        self.jobs.get(&job).map(|j| thunkmesh_protocol::wire::Progress { nodes, ..j.progress() })
     }
 
     /// The thunk and its name, for building an assignment.

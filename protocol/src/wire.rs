@@ -428,6 +428,8 @@ pub struct Progress {
     /// Thunks whose inputs are all available, waiting for a free slot (what more workers
     /// would start on).
     pub ready: u64,
+    /// Nodes registered that take work (0: the job waits for one to join).
+    pub nodes: u64,
 }
 
 /// The end of a successful job.
@@ -720,8 +722,13 @@ mod tests {
     fn arb_from_rendezvous() -> impl Strategy<Value = FromRendezvous> {
         let reduction = (arb_id(), proptest::collection::vec(("[a-z]{1,4}", arb_id()), 0..3))
             .prop_map(|(thunk, outputs)| Reduction { thunk, outputs });
-        let progress =
-            any::<[u64; 4]>().prop_map(|[total, done, running, ready]| Progress { total, done, running, ready });
+        let progress = any::<[u64; 5]>().prop_map(|[total, done, running, ready, nodes]| Progress {
+            total,
+            done,
+            running,
+            ready,
+            nodes,
+        });
         let outcome = (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 6]>())
             .prop_map(|(targets, stats, [executed, cached, total, nodes_lost, storage_fallbacks, copies])| {
                 JobOutcome { targets, stats, executed, cached, total, nodes_lost, storage_fallbacks, copies }

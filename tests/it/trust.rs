@@ -115,3 +115,35 @@ fn a_corrupt_object_in_the_store_is_repaired_by_the_next_upload() {
     repaired.ok();
     assert_eq!(repaired.out("copy.txt"), b"stored bytes\nstored bytes\n");
 }
+
+/// Issue 12, finding 11: a job on a rendezvous with no node waited without a word.
+#[test]
+fn a_job_with_no_node_to_run_on_says_so() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let job = copy_job(dir.path(), "nobody runs this\n");
+    let mut client = crate::util::Proc(
+        crate::util::thunkmesh()
+            .current_dir(dir.path())
+            .arg("run")
+            .arg(&job)
+            .args(["--rendezvous", &rdv.addr])
+            .args(&rdv.trust)
+            .env("THUNKMESH_TOKEN", &rdv.token)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start thunkmesh run"),
+    );
+    let stderr = client.0.stderr.take().expect("piped");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| _ = lines.send(l)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = seen.recv_timeout(left).expect("the client says it waits for a node");
+        if line.contains("waiting for a node to join the rendezvous") {
+            break;
+        }
+    }
+}
