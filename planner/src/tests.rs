@@ -293,20 +293,25 @@ fn a_tail_call_adds_thunks_and_the_output_resolves_to_their_result() {
     assert_eq!(p.resolve(JOB, &out(&fib)), Some(Id::of_blob(b"8")));
 }
 
-#[test]
-fn a_tail_naming_an_unknown_thunk_fails_the_job_clearly() {
+/// Runs `fib`, whose output is a tail with no thunks and `result`, as the job's target; returns
+/// how the job failed.
+fn failure_of_a_tail_returning(result: impl FnOnce(&Thunk) -> Ref) -> WireError {
     let mut p = Planner::new();
     p.node_joined(1, 1, &[]);
     let fib = thunk("fib", &[]);
-    let ghost = thunk("ghost", &[]);
     p.submit(JOB, &submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p))[0].task;
-    let tail = OutputValue::Tail { blob: Id::of_blob(b"t"), thunks: vec![], result: out(&ghost) };
+    let tail = OutputValue::Tail { blob: Id::of_blob(b"t"), thunks: vec![], result: result(&fib) };
     p.task_done(1, task, &[("out".into(), tail)], TransferStats::default());
     let ds = drain(&mut p);
     let error =
         ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None });
-    let error = error.expect("job fails");
+    error.unwrap_or_else(|| panic!("the job must fail, not wait: {ds:?}"))
+}
+
+#[test]
+fn a_tail_naming_an_unknown_thunk_fails_the_job_clearly() {
+    let error = failure_of_a_tail_returning(|_| out(&thunk("ghost", &[])));
     assert_eq!(error.code, ErrorCode::BadTail);
     assert!(error.message.starts_with("tail `out` of thunk `fib`:"), "{}", error.message);
 }
@@ -314,17 +319,7 @@ fn a_tail_naming_an_unknown_thunk_fails_the_job_clearly() {
 /// Issue 12, finding 4: a tail that returns its own output, as a target, hung the job.
 #[test]
 fn a_tail_that_returns_itself_fails_the_job_naming_the_target() {
-    let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
-    let fib = thunk("fib", &[]);
-    p.submit(JOB, &submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
-    let task = assigns(&drain(&mut p))[0].task;
-    let tail = OutputValue::Tail { blob: Id::of_blob(b"t"), thunks: vec![], result: out(&fib) };
-    p.task_done(1, task, &[("out".into(), tail)], TransferStats::default());
-    let ds = drain(&mut p);
-    let error =
-        ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None });
-    let error = error.unwrap_or_else(|| panic!("the job must fail, not wait: {ds:?}"));
+    let error = failure_of_a_tail_returning(out);
     assert_eq!(error.code, ErrorCode::BadTail);
     assert!(error.message.contains("target") && error.message.contains("tail calls"), "{}", error.message);
 }
