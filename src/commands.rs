@@ -232,16 +232,10 @@ fn stored_token(state_dir: &Path) -> Result<String> {
     }
     std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
     let token = format!("{:032x}", rand::random::<u128>());
-    write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+    thunkmesh_net::write_private(&path, token.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     eprintln!("generated a token in {} (or set {TOKEN_ENV})", path.display());
     Ok(token)
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(text.as_bytes())
 }
 
 async fn node(args: NodeArgs) -> Result<()> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use frame::{recv_msg, recv_msg_within, send_msg};
-pub use tls::{Identity, Trust, fingerprint, parse_fingerprint};
+pub use tls::{Identity, Trust, fingerprint, parse_fingerprint, write_private};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 #[cfg(doc)]

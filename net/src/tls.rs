@@ -63,8 +63,9 @@ impl Identity {
     }
 }
 
-/// Writes a new file that only its owner may read (a private key).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a new file that only its owner may read (a private key, a token); an existing file
+/// is an error, not overwritten.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?.write_all(bytes)
