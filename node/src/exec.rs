@@ -711,12 +711,12 @@ async fn read_tail_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str, le
     }
     let mut values = BTreeMap::new();
     for (value, file) in &spec.values {
-        let fail = |e: std::io::Error| bad(format!("{label}: value `{value}`: {e}"));
-        let file = in_sandbox(root, file).map_err(fail)?;
-        if !std::fs::symlink_metadata(&file).map_err(fail)?.is_file() {
+        let fail = |e: &dyn std::fmt::Display| bad(format!("{label}: value `{value}`: {e}"));
+        let file = in_sandbox(root, file).map_err(|e| fail(&e))?;
+        if !std::fs::symlink_metadata(&file).map_err(|e| fail(&e))?.is_file() {
             return Err(bad(format!("{label}: value `{value}` is not a regular file")));
         }
-        let id = ctx.cache.copy_in(&file).await.map_err(|e| bad(format!("{label}: value `{value}`: {e}")))?;
+        let id = ctx.cache.copy_in(&file).await.map_err(|e| fail(&e))?;
         values.insert(value.clone(), id);
     }
     let mut hosts = BTreeMap::new();

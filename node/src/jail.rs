@@ -302,6 +302,8 @@ struct Plan {
     maps: Option<(Vec<u8>, Vec<u8>)>,
     root_user: bool,
     shared: Option<std::sync::Arc<Shared>>,
+    /// [`JAIL_WORK`], where the program starts.
+    cwd: CString,
 }
 
 fn c(path: &Path) -> std::io::Result<CString> {
@@ -347,7 +349,7 @@ impl Plan {
         let maps = (!root_user).then(|| {
             (format!("{0} {0} 1", uid.as_raw()).into_bytes(), format!("{0} {0} 1", gid.as_raw()).into_bytes())
         });
-        Ok(Plan { root: c(root)?, steps, maps, root_user, shared })
+        Ok(Plan { root: c(root)?, steps, maps, root_user, shared, cwd: c(Path::new(JAIL_WORK))? })
     }
 }
 
@@ -435,7 +437,7 @@ fn become_init(plan: &Plan) -> std::io::Result<()> {
         0 => {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             rustix::process::chroot(plan.root.as_c_str())?;
-            rustix::process::chdir(c"/thunk")?;
+            rustix::process::chdir(plan.cwd.as_c_str())?;
             if plan.root_user {
                 let nobody = rustix::process::Gid::from_raw(NOBODY);
                 rustix::thread::set_thread_groups(&[])?;

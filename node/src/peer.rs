@@ -12,7 +12,7 @@ use thunkmesh_net::{NetError, Trust, client_config, connect, recv_msg, recv_msg_
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::{ALPN_PEER, ErrorCode, MAX_UNAUTHENTICATED_FRAME, PeerRequest, PeerResponse, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -91,27 +91,25 @@ async fn serve_conn(incoming: quinn::Incoming, stranger: tokio::sync::OwnedSemap
 /// up, and the connection given a member's budget, at the first request with the right token.
 pub async fn serve_streams(
     conn: quinn::Connection,
-    mut stranger: Option<tokio::sync::OwnedSemaphorePermit>,
+    stranger: Option<tokio::sync::OwnedSemaphorePermit>,
     server: Arc<Server>,
 ) {
     let mut streams = JoinSet::new();
-    let (admitted, mut admission) = mpsc::channel::<()>(1);
+    let stranger = Arc::new(std::sync::Mutex::new(stranger));
     loop {
-        let accepted = tokio::select! {
-            s = conn.accept_bi() => s,
-            Some(()) = admission.recv(), if stranger.is_some() => {
-                thunkmesh_net::admitted(&conn);
-                stranger = None;
-                continue;
-            }
-        };
-        let (send, recv) = match accepted {
+        let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => return debug!(error = %e, "peer connection ended"),
         };
-        let (server, conn, admitted) = (server.clone(), conn.clone(), admitted.clone());
+        let (server, conn, stranger) = (server.clone(), conn.clone(), stranger.clone());
         streams.spawn(async move {
-            match serve_stream(send, recv, &server.cache, &server.token, &admitted).await {
+            let admit = || {
+                let place = stranger.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                if place.is_some() {
+                    thunkmesh_net::admitted(&conn);
+                }
+            };
+            match serve_stream(send, recv, &server.cache, &server.token, admit).await {
                 Ok(sent) => {
                     server.served.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -126,13 +124,13 @@ pub async fn serve_streams(
 }
 
 /// Answers one fetch; the bytes of the object sent (0 if refused). A request with the right
-/// token says so on `admitted`.
+/// token calls `admit`.
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     cache: &Cache,
     token: &str,
-    admitted: &mpsc::Sender<()>,
+    admit: impl FnOnce(),
 ) -> Result<u64, NetError> {
     let request = recv_msg_within(&mut recv, MAX_UNAUTHENTICATED_FRAME);
     let Some(PeerRequest::Fetch { blob, token: given }) = thunkmesh_net::first("fetch request", request).await? else {
@@ -146,7 +144,7 @@ async fn serve_stream(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
         return Err(NetError::Closed("a valid token"));
     }
-    let _ = admitted.try_send(());
+    admit();
     let file = match cache.has(blob) {
         true => tokio::fs::File::open(cache.path(blob)).await.ok(),
         false => None,

@@ -24,8 +24,8 @@ impl Sandbox {
         self.dir.join("root")
     }
 
-    /// An empty folder the launcher builds the program's private root in (in its own mount
-    /// namespace: the node never sees anything there).
+    /// An empty folder the program's private root is built in (in the program's own mount
+    /// namespace, `jail.rs`: the node never sees anything there).
     pub(crate) fn jail_root(&self) -> PathBuf {
         self.dir.join("jail")
     }

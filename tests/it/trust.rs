@@ -123,18 +123,8 @@ fn a_job_with_no_node_to_run_on_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rdv = SelfHosted::start(&dir.path().join("rdv"));
     let job = copy_job(dir.path(), "nobody runs this\n");
-    let mut client = crate::util::Proc(
-        crate::util::thunkmesh()
-            .current_dir(dir.path())
-            .arg("run")
-            .arg(&job)
-            .args(["--rendezvous", &rdv.addr])
-            .args(&rdv.trust)
-            .env("THUNKMESH_TOKEN", &rdv.token)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start thunkmesh run"),
-    );
+    let mut run = rdv.run_command(dir.path(), &job, &rdv.token);
+    let mut client = crate::util::Proc(run.stderr(std::process::Stdio::piped()).spawn().expect("start thunkmesh run"));
     let stderr = client.0.stderr.take().expect("piped");
     let (lines, seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| _ = lines.send(l)));

@@ -227,7 +227,7 @@ impl SelfHosted {
     }
 
     /// `thunkmesh run JOB` against this rendezvous, in `dir`, presenting `token`.
-    fn run_command(&self, dir: &Path, job: &Path, token: &str) -> Command {
+    pub fn run_command(&self, dir: &Path, job: &Path, token: &str) -> Command {
         let mut cmd = thunkmesh_in(self.ns.as_deref());
         cmd.current_dir(dir)
             .arg("run")
