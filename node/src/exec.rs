@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -521,40 +520,28 @@ async fn execute(
     sandbox: &Sandbox,
 ) -> Result<(std::process::ExitStatus, OutputTail), Fail> {
     let (reader, writer) = std::io::pipe().map_err(Fail::node)?;
-    let root = sandbox.root();
-    let shipped = matches!(a.thunk.program, Program::Ref(_));
-    let mut command = match &ctx.jail {
-        Some(jail) => jail.command(&root, &sandbox.jail_root(), program, shipped).map_err(Fail::node)?,
-        None => tokio::process::Command::new(program),
-    };
-    command
-        .args(&a.thunk.args)
-        .env_clear()
-        .envs(&a.thunk.env)
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone().map_err(Fail::node)?)
-        .stderr(writer)
-        .process_group(0)
-        .kill_on_drop(true);
-    let spawned = command.spawn();
-    // The child holds the pipe's write end now; ours must close for the read end to see its end.
-    drop(command);
-    let mut child = spawned.map_err(|e| Fail::new(ErrorCode::ExitStatus, format!("cannot start the program: {e}")))?;
-    // Until the program is reaped, dropping this (a cancelled task) kills its whole group.
-    let mut group = GroupGuard(child.id());
+    let (root, jail_root) = (sandbox.root(), sandbox.jail_root());
+    let started = crate::jail::start(
+        ctx.jail.as_ref(),
+        crate::jail::Program {
+            path: program,
+            shipped: matches!(a.thunk.program, Program::Ref(_)),
+            args: &a.thunk.args,
+            env: &a.thunk.env,
+            work: &root,
+            root: &jail_root,
+            output: writer.into(),
+        },
+    );
+    // Until it is reaped, dropping this (a cancelled task) kills the program and what it started.
+    let mut child = started.map_err(|e| Fail::new(ErrorCode::ExitStatus, format!("cannot start the program: {e}")))?;
     let mut output = OutputTail::default();
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(Fail::node)?;
     let timeout = a.thunk.timeout();
     match tokio::time::timeout(timeout, output.read_until_exit(&mut child, &mut pipe)).await {
-        Ok(status) => {
-            group.0 = None;
-            Ok((status.map_err(Fail::node)?, output))
-        }
+        Ok(status) => Ok((status.map_err(Fail::node)?, output)),
         Err(_) => {
-            if let Some(pid) = group.0.take() {
-                kill_group(pid);
-            }
+            child.kill();
             let _ = child.wait().await;
             let message = format!("timed out after {}", humantime::format_duration(timeout));
             Err(Fail { error: output.error(ErrorCode::Timeout, message), unavailable: vec![] })
@@ -580,7 +567,7 @@ impl OutputTail {
     /// left behind may hold the pipe open, so its end is not waited for.
     async fn read_until_exit(
         &mut self,
-        child: &mut tokio::process::Child,
+        child: &mut crate::jail::Running,
         pipe: &mut tokio::net::unix::pipe::Receiver,
     ) -> std::io::Result<std::process::ExitStatus> {
         let mut buf = vec![0u8; 16 * 1024];
@@ -617,29 +604,6 @@ impl OutputTail {
 
 fn micros_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The process group of a program not yet reaped.
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
-            kill_group(pid);
-        }
-    }
-}
-
-/// Kills the program and everything it started (they share its process group).
-#[allow(unsafe_code)]
-fn kill_group(pid: u32) {
-    let Ok(pgid) = libc::pid_t::try_from(pid) else { return };
-    // SAFETY: killpg only sends a signal and touches no memory of ours. The child was spawned
-    // with process_group(0), so its group id is its pid, and it has not been reaped yet, so the
-    // id cannot have been reused.
-    unsafe {
-        libc::killpg(pgid, libc::SIGKILL);
-    }
 }
 
 /// What an output file turned out to be.

@@ -1,16 +1,16 @@
 //! The isolation around each program a node runs, the best its kernel allows.
 //!
-//! With namespaces (root, or unprivileged user namespaces) the node's forked child, before it
-//! execs the program, enters new mount, PID, network (loopback only, down), IPC and UTS
-//! namespaces and builds a private root on a tmpfs that holds only the system's program folders
-//! (`/usr`, `/bin`, `/lib*`, `/sbin`, read only, no setuid), what of `/etc` finds programs and
-//! libraries, a few devices, a private `/tmp`, the sandbox at `/thunk` and a shipped program at
-//! `/.program`; nothing else of the node's file system (its cache, `/etc/passwd`, `/home`, other
-//! sandboxes) exists there. It then forks once more, so the program is PID 1 of its own PID
-//! namespace and every process it starts dies with it, `setsid` or not; the process between
-//! waits for it and exits as it did. A node running as root runs programs as `nobody` (65534),
-//! who cannot write or `chmod` the root-owned, read-only cached inputs linked into the sandbox.
-//! Every path is made ready before the fork, so the child allocates nothing.
+//! With namespaces (root, or unprivileged user namespaces) the program's process is cloned in
+//! new mount and PID namespaces (and network, loopback only and down, IPC and UTS ones) and,
+//! before it execs the program, builds a private root on a tmpfs that holds only the system's
+//! program folders (`/usr`, `/bin`, `/lib*`, `/sbin`, read only, no setuid), what of `/etc` finds
+//! programs and libraries, a few devices, a private `/tmp`, the sandbox at `/thunk` and a
+//! shipped program at `/.program`; nothing else of the node's file system (its cache,
+//! `/etc/passwd`, `/home`, other sandboxes) exists there. The program is PID 1 of its PID
+//! namespace, so every process it starts dies with it, `setsid` or not. A node running as root
+//! runs programs as `nobody` (65534), who cannot write or `chmod` the root-owned, read-only
+//! cached inputs linked into the sandbox. Every path is made ready before the clone, which
+//! shares the node's memory rather than copying it ([`spawn`](crate::spawn)).
 //!
 //! Without namespaces (a Lambda function) the program is started through the node's own binary
 //! as a *launcher* (`thunkmesh __jail -- PROGRAM...`, [`launcher_main`]), which only keeps the
@@ -18,11 +18,16 @@
 //! reparented to it, and it kills every one of them when the program ends. The file system is
 //! then shared with the node.
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::spawn::{self, At, Exec, Failed, Orphans};
 
 /// The first argument that makes the thunkmesh binary a (process-tree) launcher.
 pub const LAUNCHER_ARG: &str = "__jail";
@@ -89,31 +94,52 @@ pub struct Jail {
     host: HostLayout,
     /// Empty network, IPC and UTS namespaces made once and entered by every program (a root
     /// node's: making a network namespace per program costs about 2 ms).
-    shared: Option<std::sync::Arc<Shared>>,
+    shared: Option<Arc<Shared>>,
+    orphans: Arc<Orphans>,
 }
 
-/// Namespaces every program enters rather than making its own: they hold nothing a program
-/// could leave to another (no interface but a loopback that is down, no IPC objects the
-/// programs' user may not reach anyway).
+/// Namespaces every program enters rather than making its own (a root node's): empty network,
+/// IPC and UTS namespaces that hold nothing a program could leave to another (no interface but
+/// a loopback that is down, no IPC objects the programs' user may not reach anyway), and a
+/// mount namespace that holds the host's part of the private root, built once at `root`: each
+/// program enters it and makes a copy of its own, then mounts only its sandbox, its `/tmp` and
+/// its program. (Making a network namespace per program costs about 2 ms, building the root
+/// about 0.3.)
 #[derive(Debug)]
 struct Shared {
-    net: std::os::fd::OwnedFd,
-    ipc: std::os::fd::OwnedFd,
-    uts: std::os::fd::OwnedFd,
+    net: OwnedFd,
+    ipc: OwnedFd,
+    uts: OwnedFd,
+    template: OwnedFd,
+    root: CString,
 }
 
 impl Shared {
-    /// Makes them on a thread of its own (namespaces belong to threads), which then ends.
-    fn make() -> std::io::Result<Shared> {
-        std::thread::spawn(|| {
+    /// Makes them on a thread of its own (namespaces belong to threads), which then ends; the
+    /// template's root is built at `root`, an empty folder of the node's.
+    fn make(host: &HostLayout, root: &Path) -> std::io::Result<Shared> {
+        let mut steps = host_steps(host, root)?;
+        let inside = |p: &str| c(&root.join(p.trim_start_matches('/')));
+        steps.extend([Step::Mkdir(inside("/tmp")?, 0o755), Step::Mkdir(inside(JAIL_WORK)?, 0o755)]);
+        steps.push(Step::File(inside(JAIL_PROGRAM)?));
+        let root = c(root)?;
+        std::thread::spawn(move || {
+            use rustix::mount::{MountFlags as M, MountPropagationFlags as P};
             use rustix::thread::UnshareFlags as F;
             // SAFETY: `FILES` is not among the flags; this thread only opens its namespaces.
             #[allow(unsafe_code)]
-            unsafe { rustix::thread::unshare_unsafe(F::NEWNET | F::NEWIPC | F::NEWUTS) }?;
-            let open = |name: &str| -> std::io::Result<std::os::fd::OwnedFd> {
+            unsafe { rustix::thread::unshare_unsafe(F::NEWNET | F::NEWIPC | F::NEWUTS | F::NEWNS) }?;
+            rustix::mount::mount_change(c"/", P::PRIVATE | P::REC)?;
+            rustix::mount::mount(c"tmpfs", &root, c"tmpfs", M::NOSUID | M::NODEV, c"mode=0755,size=1m")?;
+            for step in &steps {
+                step.run().map_err(|e| std::io::Error::new(e.kind(), step.failed(e.into())))?;
+            }
+            rustix::fs::chmod(&root, rustix::fs::Mode::from_raw_mode(0o555))?;
+            rustix::mount::mount_remount(&root, M::RDONLY | M::NOSUID | M::NODEV, c"")?;
+            let open = |name: &str| -> std::io::Result<OwnedFd> {
                 Ok(std::fs::File::open(format!("/proc/thread-self/ns/{name}"))?.into())
             };
-            Ok(Shared { net: open("net")?, ipc: open("ipc")?, uts: open("uts")? })
+            Ok(Shared { net: open("net")?, ipc: open("ipc")?, uts: open("uts")?, template: open("mnt")?, root })
         })
         .join()
         .map_err(|_| std::io::Error::other("the thread making namespaces panicked"))?
@@ -129,13 +155,19 @@ impl Jail {
             isolation: Isolation::Namespaces,
             host: HostLayout::find(),
             shared: None,
+            orphans: Arc::default(),
         };
         if !launcher.namespaces {
             jail.isolation = Isolation::ProcessTree("as asked".into());
             return jail;
         }
         if rustix::process::getuid().is_root() {
-            jail.shared = Shared::make().ok().map(std::sync::Arc::new);
+            let root = scratch.join("template-root");
+            let made = std::fs::create_dir_all(&root).and_then(|()| Shared::make(&jail.host, &root));
+            match made {
+                Ok(shared) => jail.shared = Some(Arc::new(shared)),
+                Err(e) => tracing::warn!(error = %e, "no shared namespaces: each program makes its own"),
+            }
         }
         if let Err(why) = jail.try_namespaces(scratch) {
             jail.isolation = Isolation::ProcessTree(why);
@@ -148,20 +180,22 @@ impl Jail {
         for dir in [&work, &root] {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let plan = Plan::new(&self.host, &root, &work, None, self.shared.clone()).map_err(|e| e.to_string())?;
-        let mut command = Command::new("/bin/true");
-        // SAFETY: `enter` makes only system calls on memory prepared before the fork.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, move || enter(&plan));
-        }
-        let status = command.status().map_err(|e| format!("namespaces: {e}"));
+        let ran = self.run_true(&root, &work).map_err(|e| format!("namespaces: {e}"));
         let _ = std::fs::remove_dir(&work);
         let _ = std::fs::remove_dir(&root);
-        match status? {
+        match ran? {
             s if s.success() => Ok(()),
             s => Err(format!("/bin/true in a private root ended with {s}")),
         }
+    }
+
+    /// Runs `/bin/true` in a private root built in `root`, with `work` as its sandbox.
+    fn run_true(&self, root: &Path, work: &Path) -> std::io::Result<std::process::ExitStatus> {
+        let plan = Plan::new(&self.host, root, work, None, self.shared.clone())?;
+        let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
+        let program = Path::new("/bin/true");
+        let exec = Exec::new(program, &[], std::iter::empty(), [null()?, null()?, null()?])?;
+        spawn::spawn(&exec, plan.namespaces(), &|| enter(&plan)).map_err(|f| plan.explain(f, program))?.wait_blocking()
     }
 
     /// How programs are isolated.
@@ -175,29 +209,120 @@ impl Jail {
         self.isolation == Isolation::Namespaces && rustix::process::getuid().is_root()
     }
 
-    /// The command that runs `program` (a `shipped` one at its path in the sandbox folder) in
-    /// the sandbox at `work`, building the private root in `root` (an empty folder beside it).
-    /// Arguments, environment and streams are the caller's to add.
-    pub(crate) fn command(
-        &self,
-        work: &Path,
-        root: &Path,
-        program: &Path,
-        shipped: bool,
-    ) -> std::io::Result<tokio::process::Command> {
+    /// Starts `program` in a private root (namespaces) or through the launcher (process tree).
+    fn start(&self, program: Program<'_>) -> std::io::Result<Running> {
         if self.isolation != Isolation::Namespaces {
             let mut command = tokio::process::Command::new(&self.launcher);
-            command.arg(LAUNCHER_ARG).arg("--").arg(program);
-            return Ok(command);
+            command.arg(LAUNCHER_ARG).arg("--").arg(program.path);
+            return start_plain(command, program);
         }
-        let plan = Plan::new(&self.host, root, work, shipped.then_some(program), self.shared.clone())?;
-        let mut command = tokio::process::Command::new(if shipped { Path::new(JAIL_PROGRAM) } else { program });
-        // SAFETY: `enter` makes only system calls on memory prepared before the fork.
-        #[allow(unsafe_code)]
-        unsafe {
-            command.pre_exec(move || enter(&plan));
+        self.orphans.reap();
+        let shipped = program.shipped.then_some(program.path);
+        let plan = Plan::new(&self.host, program.root, program.work, shipped, self.shared.clone())?;
+        let path = if program.shipped { Path::new(JAIL_PROGRAM) } else { program.path };
+        let null = std::fs::File::open("/dev/null")?.into();
+        let streams = [null, program.output.try_clone()?, program.output];
+        let exec = Exec::new(path, program.args, program.env, streams)?;
+        let started =
+            spawn::spawn(&exec, plan.namespaces(), &|| enter(&plan)).map_err(|f| plan.explain(f, program.path))?;
+        Ok(Running::Jailed(started.watch(self.orphans.clone())?))
+    }
+}
+
+/// A program to start: what runs, with what, where, and where its output goes.
+pub(crate) struct Program<'a> {
+    pub path: &'a Path,
+    /// A program shipped with the job, at `path` in the sandbox folder (else a host program).
+    pub shipped: bool,
+    pub args: &'a [String],
+    /// Its whole environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// The sandbox folder, where it starts.
+    pub work: &'a Path,
+    /// An empty folder beside it, for a private root.
+    pub root: &'a Path,
+    /// Its standard output and error (its input is `/dev/null`).
+    pub output: OwnedFd,
+}
+
+/// Starts `program` isolated by `jail`, or (none) as a plain child of the node in a process
+/// group of its own.
+pub(crate) fn start(jail: Option<&Jail>, program: Program<'_>) -> std::io::Result<Running> {
+    match jail {
+        Some(jail) => jail.start(program),
+        None => start_plain(tokio::process::Command::new(program.path), program),
+    }
+}
+
+fn start_plain(mut command: tokio::process::Command, program: Program<'_>) -> std::io::Result<Running> {
+    command
+        .args(program.args)
+        .env_clear()
+        .envs(program.env)
+        .current_dir(program.work)
+        .stdin(Stdio::null())
+        .stdout(program.output.try_clone()?)
+        .stderr(program.output)
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command.spawn()?;
+    let group = child.id();
+    Ok(Running::Plain { child, group })
+}
+
+/// A started program, until it is reaped. Dropping it kills the program and what it started.
+#[derive(Debug)]
+pub(crate) enum Running {
+    /// A child of the node (through the launcher, or not isolated), leader of its process group
+    /// (`None` once reaped).
+    Plain { child: tokio::process::Child, group: Option<u32> },
+    /// PID 1 of its own PID namespace.
+    Jailed(spawn::Watched),
+}
+
+impl Running {
+    /// Waits for the program's end and reaps it.
+    pub(crate) async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Running::Plain { child, group } => {
+                let status = child.wait().await;
+                if status.is_ok() {
+                    *group = None;
+                }
+                status
+            }
+            Running::Jailed(watched) => watched.wait().await,
         }
-        Ok(command)
+    }
+
+    /// Kills the program and everything it started (its process group, or its PID namespace).
+    pub(crate) fn kill(&mut self) {
+        match self {
+            Running::Plain { group, .. } => {
+                if let Some(pid) = group.take() {
+                    kill_group(pid);
+                }
+            }
+            Running::Jailed(watched) => watched.kill(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Kills a process group.
+#[allow(unsafe_code)]
+fn kill_group(pid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pid) else { return };
+    // SAFETY: killpg only sends a signal and touches no memory of ours. The leader was spawned
+    // with process_group(0), so the group's id is its pid, and it has not been reaped yet, so
+    // the id cannot have been reused.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
     }
 }
 
@@ -228,18 +353,21 @@ pub fn launcher_main(mut args: impl Iterator<Item = OsString>) -> i32 {
 #[derive(Debug)]
 enum Step {
     Mkdir(CString, u32),
+    /// An empty file (to bind a file on).
+    File(CString),
     Symlink {
         target: CString,
         at: CString,
     },
-    /// Bind `host` at `at` (an empty folder or file is made first).
+    /// Bind `host` at `at`, an existing folder or file.
     Bind {
         host: CString,
         at: CString,
-        dir: bool,
         device: bool,
         read_only: bool,
     },
+    /// A private `/tmp`.
+    Tmpfs(CString),
 }
 
 /// The host's part of every private root, found once per node: what exists of the system
@@ -301,7 +429,7 @@ struct Plan {
     /// `uid_map` and `gid_map` lines, for a user namespace (not root).
     maps: Option<(Vec<u8>, Vec<u8>)>,
     root_user: bool,
-    shared: Option<std::sync::Arc<Shared>>,
+    shared: Option<Arc<Shared>>,
     /// [`JAIL_WORK`], where the program starts.
     cwd: CString,
 }
@@ -311,108 +439,207 @@ fn c(path: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::other(format!("{} holds a NUL", path.display())))
 }
 
+/// The steps that build the host's part of a private root at `root`.
+fn host_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
+    let mut steps = Vec::with_capacity(2 * host.entries.len());
+    for (rel, entry) in &host.entries {
+        let at = c(&root.join(rel))?;
+        match entry {
+            HostEntry::Dir => steps.push(Step::Mkdir(at, 0o755)),
+            HostEntry::Symlink(target) => steps.push(Step::Symlink { target: c(target)?, at }),
+            HostEntry::Bind { dir, device, read_only } => {
+                steps.push(if *dir { Step::Mkdir(at.clone(), 0o755) } else { Step::File(at.clone()) });
+                let host = c(&Path::new("/").join(rel))?;
+                steps.push(Step::Bind { host, at, device: *device, read_only: *read_only });
+            }
+        }
+    }
+    Ok(steps)
+}
+
 impl Plan {
+    /// The plan for a program in the sandbox `work` (and `program`, if shipped): in a copy of
+    /// the shared template, or in a root to build at `root`, an empty folder.
     fn new(
         host: &HostLayout,
         root: &Path,
         work: &Path,
         program: Option<&Path>,
-        shared: Option<std::sync::Arc<Shared>>,
+        shared: Option<Arc<Shared>>,
     ) -> std::io::Result<Plan> {
-        let mut steps = Vec::with_capacity(host.entries.len() + 3);
-        for (rel, entry) in &host.entries {
-            let at = c(&root.join(rel))?;
-            steps.push(match entry {
-                HostEntry::Dir => Step::Mkdir(at, 0o755),
-                HostEntry::Symlink(target) => Step::Symlink { target: c(target)?, at },
-                HostEntry::Bind { dir, device, read_only } => {
-                    let host = c(&Path::new("/").join(rel))?;
-                    Step::Bind { host, at, dir: *dir, device: *device, read_only: *read_only }
+        let root = match &shared {
+            Some(shared) => PathBuf::from(std::ffi::OsStr::from_bytes(shared.root.as_bytes())),
+            None => root.to_owned(),
+        };
+        let inside = |p: &str| c(&root.join(p.trim_start_matches('/')));
+        let mut steps = match shared {
+            Some(_) => Vec::with_capacity(3),
+            None => {
+                let mut steps = host_steps(host, &root)?;
+                steps.extend([Step::Mkdir(inside("/tmp")?, 0o755), Step::Mkdir(inside(JAIL_WORK)?, 0o755)]);
+                if program.is_some() {
+                    steps.push(Step::File(inside(JAIL_PROGRAM)?));
                 }
-            });
-        }
-        steps.push(Step::Mkdir(c(&root.join("tmp"))?, 0o1777));
-        let inside = |p: &str| root.join(p.trim_start_matches('/'));
-        steps.push(Step::Bind {
-            host: c(work)?,
-            at: c(&inside(JAIL_WORK))?,
-            dir: true,
-            device: false,
-            read_only: false,
-        });
+                steps
+            }
+        };
+        steps.push(Step::Tmpfs(inside("/tmp")?));
+        steps.push(Step::Bind { host: c(work)?, at: inside(JAIL_WORK)?, device: false, read_only: false });
         if let Some(program) = program {
-            let at = c(&inside(JAIL_PROGRAM))?;
-            steps.push(Step::Bind { host: c(program)?, at, dir: false, device: false, read_only: true });
+            steps.push(Step::Bind { host: c(program)?, at: inside(JAIL_PROGRAM)?, device: false, read_only: true });
         }
         let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
         let root_user = uid.is_root();
         let maps = (!root_user).then(|| {
             (format!("{0} {0} 1", uid.as_raw()).into_bytes(), format!("{0} {0} 1", gid.as_raw()).into_bytes())
         });
-        Ok(Plan { root: c(root)?, steps, maps, root_user, shared, cwd: c(Path::new(JAIL_WORK))? })
+        Ok(Plan { root: c(&root)?, steps, maps, root_user, shared, cwd: c(Path::new(JAIL_WORK))? })
     }
 }
 
-/// Runs in the child between fork and exec: enters new namespaces, builds the private root,
-/// forks once more so the program is PID 1 of its own PID namespace (this process waits for it
-/// and exits with its status), and drops privileges. Only system calls; nothing allocates.
-fn enter(plan: &Plan) -> std::io::Result<()> {
+impl Plan {
+    /// The namespaces the child is made in: always PID, and mount, network, IPC and UTS unless
+    /// it enters the node's shared ones; a user namespace when the node is not root.
+    fn namespaces(&self) -> std::ffi::c_int {
+        let mut flags = libc::CLONE_NEWPID;
+        if self.shared.is_none() {
+            flags |= libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        }
+        if self.maps.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        }
+        flags
+    }
+
+    /// A failure of the child's setup or exec of `program`, with the path it concerned.
+    fn explain(&self, failed: Failed, program: &Path) -> std::io::Error {
+        let errno = std::io::Error::from(failed.errno);
+        let kind = errno.kind();
+        let message = match failed.step.and_then(|i| self.steps.get(i)) {
+            Some(step) => format!("sandbox: {}", step.failed(errno)),
+            None if failed.what == spawn::EXEC && kind == std::io::ErrorKind::NotFound => format!(
+                "sandbox: {} is not in the private root, which has only the host's /usr, /bin, /sbin and /lib*",
+                program.display()
+            ),
+            None if failed.what == spawn::EXEC => format!("sandbox: exec {}: {errno}", program.display()),
+            None => format!("sandbox: {failed}"),
+        };
+        std::io::Error::new(kind, message)
+    }
+}
+
+/// Runs in the cloned child, already in its new namespaces (see [`spawn`]): enters the shared
+/// ones, maps its user, builds the private root, enters it and drops privileges. Only system
+/// calls on what the plan prepared; nothing allocates.
+fn enter(plan: &Plan) -> Result<(), Failed> {
+    use rustix::fs::Mode;
     use rustix::mount::{MountFlags as M, MountPropagationFlags as P};
-    use rustix::thread::UnshareFlags as F;
-    let mut flags = F::NEWNS | F::NEWPID;
     match &plan.shared {
         Some(shared) => {
-            use rustix::thread::LinkNameSpaceType as T;
+            use rustix::thread::{LinkNameSpaceType as T, move_into_link_name_space as enter};
             use std::os::fd::AsFd;
-            rustix::thread::move_into_link_name_space(shared.net.as_fd(), Some(T::Network))?;
-            rustix::thread::move_into_link_name_space(shared.ipc.as_fd(), Some(T::InterProcessCommunication))?;
-            rustix::thread::move_into_link_name_space(shared.uts.as_fd(), Some(T::HostNameAndNISDomainName))?;
+            let what = "enter the shared network, IPC and UTS namespaces";
+            enter(shared.net.as_fd(), Some(T::Network)).at(what)?;
+            enter(shared.ipc.as_fd(), Some(T::InterProcessCommunication)).at(what)?;
+            enter(shared.uts.as_fd(), Some(T::HostNameAndNISDomainName)).at(what)?;
+            enter(shared.template.as_fd(), Some(T::Mount)).at("enter the private root's template")?;
+            // SAFETY: `FILES` is not among the flags; this process has one thread.
+            #[allow(unsafe_code)]
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+                .at("copy the private root's template")?;
         }
-        None => flags |= F::NEWNET | F::NEWIPC | F::NEWUTS,
-    }
-    if plan.maps.is_some() {
-        flags |= F::NEWUSER;
-    }
-    // SAFETY: `FILES` is not among the flags; the forked child has one thread.
-    #[allow(unsafe_code)]
-    unsafe { rustix::thread::unshare_unsafe(flags) }?;
-    if let Some((uid_map, gid_map)) = &plan.maps {
-        write_file(c"/proc/self/setgroups", b"deny")?;
-        write_file(c"/proc/self/uid_map", uid_map)?;
-        write_file(c"/proc/self/gid_map", gid_map)?;
-    }
-    rustix::mount::mount_change(c"/", P::PRIVATE | P::REC)?;
-    rustix::mount::mount(c"tmpfs", plan.root.as_c_str(), c"tmpfs", M::NOSUID | M::NODEV, c"mode=0755,size=1g")?;
-    for step in &plan.steps {
-        match step {
-            Step::Mkdir(at, mode) => {
-                rustix::fs::mkdir(at.as_c_str(), rustix::fs::Mode::from_raw_mode(*mode))?;
-                rustix::fs::chmod(at.as_c_str(), rustix::fs::Mode::from_raw_mode(*mode))?;
+        None => {
+            if let Some((uid_map, gid_map)) = &plan.maps {
+                let what = "map the node's user into the user namespace";
+                write_file(c"/proc/self/setgroups", b"deny").at(what)?;
+                write_file(c"/proc/self/uid_map", uid_map).at(what)?;
+                write_file(c"/proc/self/gid_map", gid_map).at(what)?;
             }
-            Step::Symlink { target, at } => rustix::fs::symlink(target.as_c_str(), at.as_c_str())?,
-            Step::Bind { host, at, dir, device, read_only } => bind(host, at, *dir, *device, *read_only)?,
+            rustix::mount::mount_change(c"/", P::PRIVATE | P::REC).at("make the mounts private")?;
+            let options = c"mode=0755,size=1m";
+            rustix::mount::mount(c"tmpfs", plan.root.as_c_str(), c"tmpfs", M::NOSUID | M::NODEV, options)
+                .at("mount a tmpfs for the private root")?;
         }
     }
-    rustix::fs::chmod(plan.root.as_c_str(), rustix::fs::Mode::from_raw_mode(0o555))?;
-    become_init(plan)
+    for (index, step) in plan.steps.iter().enumerate() {
+        step.run().map_err(|errno| Failed { what: step.what(), step: Some(index), errno })?;
+    }
+    if plan.shared.is_none() {
+        rustix::fs::chmod(plan.root.as_c_str(), Mode::from_raw_mode(0o555)).at("seal the private root")?;
+    }
+    rustix::process::chroot(plan.root.as_c_str()).at("enter the private root")?;
+    rustix::process::chdir(plan.cwd.as_c_str()).at("enter the sandbox")?;
+    if plan.root_user {
+        let what = "become nobody";
+        rustix::thread::set_thread_groups(&[]).at(what)?;
+        rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(NOBODY)).at(what)?;
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(NOBODY)).at(what)?;
+    }
+    // After the change of user, which clears it. The parent is the node's thread that cloned
+    // this process: one of the runtime's workers, which live as long as the node.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .at("ask to die with the node")?;
+    rustix::thread::set_no_new_privs(true).at("set no_new_privs")
 }
 
-fn write_file(path: &CStr, bytes: &[u8]) -> std::io::Result<()> {
+impl Step {
+    fn run(&self) -> rustix::io::Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        use rustix::mount::MountFlags as M;
+        match self {
+            Step::Mkdir(at, mode) => {
+                rustix::fs::mkdir(at.as_c_str(), Mode::from_raw_mode(*mode))?;
+                rustix::fs::chmod(at.as_c_str(), Mode::from_raw_mode(*mode))
+            }
+            Step::File(at) => {
+                let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC;
+                rustix::fs::open(at.as_c_str(), flags, Mode::from_raw_mode(0o644)).map(drop)
+            }
+            Step::Symlink { target, at } => rustix::fs::symlink(target.as_c_str(), at.as_c_str()),
+            Step::Bind { host, at, device, read_only } => bind(host, at, *device, *read_only),
+            Step::Tmpfs(at) => {
+                let options = c"mode=1777,size=1g";
+                rustix::mount::mount(c"tmpfs", at.as_c_str(), c"tmpfs", M::NOSUID | M::NODEV, options)
+            }
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Step::Mkdir(..) => "make the folder",
+            Step::File(..) => "make the file",
+            Step::Symlink { .. } => "make the link",
+            Step::Bind { .. } => "bind a host path at",
+            Step::Tmpfs(..) => "mount a tmpfs at",
+        }
+    }
+
+    /// What failed, where.
+    fn failed(&self, error: std::io::Error) -> String {
+        format!("{} {}: {error}", self.what(), self.at().to_string_lossy())
+    }
+
+    /// Where in the private root (as the node sees it) the step acts.
+    fn at(&self) -> &CStr {
+        match self {
+            Step::Mkdir(at, _)
+            | Step::File(at)
+            | Step::Symlink { at, .. }
+            | Step::Bind { at, .. }
+            | Step::Tmpfs(at) => at,
+        }
+    }
+}
+
+fn write_file(path: &CStr, bytes: &[u8]) -> rustix::io::Result<()> {
     use rustix::fs::{Mode, OFlags};
     let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
     rustix::io::write(&fd, bytes)?;
     Ok(())
 }
 
-fn bind(host: &CStr, at: &CStr, dir: bool, device: bool, read_only: bool) -> std::io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
+fn bind(host: &CStr, at: &CStr, device: bool, read_only: bool) -> rustix::io::Result<()> {
     use rustix::mount::MountFlags as M;
-    match dir {
-        true => rustix::fs::mkdir(at, Mode::from_raw_mode(0o755))?,
-        false => {
-            drop(rustix::fs::open(at, OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC, Mode::from_raw_mode(0o644))?)
-        }
-    }
     rustix::mount::mount_bind_recursive(host, at)?;
     let mut flags = M::BIND | M::NOSUID;
     if !device {
@@ -421,51 +648,7 @@ fn bind(host: &CStr, at: &CStr, dir: bool, device: bool, read_only: bool) -> std
     if read_only {
         flags |= M::RDONLY;
     }
-    rustix::mount::mount_remount(at, flags, c"")?;
-    Ok(())
-}
-
-/// Forks: the new process (PID 1 of the new PID namespace) enters the private root and returns
-/// to exec the program; this one waits for it and exits with its status, never returning.
-fn become_init(plan: &Plan) -> std::io::Result<()> {
-    // SAFETY: fork in a single-threaded process (the node's forked child); the child only makes
-    // system calls before it execs, and the parent only waits and exits.
-    #[allow(unsafe_code)]
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(std::io::Error::last_os_error()),
-        0 => {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            rustix::process::chroot(plan.root.as_c_str())?;
-            rustix::process::chdir(plan.cwd.as_c_str())?;
-            if plan.root_user {
-                let nobody = rustix::process::Gid::from_raw(NOBODY);
-                rustix::thread::set_thread_groups(&[])?;
-                rustix::thread::set_thread_gid(nobody)?;
-                rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(NOBODY))?;
-            }
-            rustix::thread::set_no_new_privs(true)?;
-            Ok(())
-        }
-        child => wait_and_exit(child),
-    }
-}
-
-/// The waiting half of [`become_init`]: holds no descriptor (so the node's pipes and its spawn
-/// see only the program's), waits, and exits as the program did.
-fn wait_and_exit(child: libc::pid_t) -> ! {
-    // SAFETY: plain system calls on integers; `_exit` does not return and runs no destructors.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
-        let mut status = 0;
-        while libc::waitpid(child, &mut status, 0) == -1 && *libc::__errno_location() == libc::EINTR {}
-        let code = match libc::WIFEXITED(status) {
-            true => libc::WEXITSTATUS(status),
-            false => 128 + libc::WTERMSIG(status),
-        };
-        libc::_exit(code)
-    }
+    rustix::mount::mount_remount(at, flags, c"")
 }
 
 /// Gives the sandbox's folders to `nobody`, so the program can create its outputs; the cached

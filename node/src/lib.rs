@@ -15,6 +15,7 @@ pub mod jail;
 pub mod lambda;
 pub mod peer;
 mod sandbox;
+mod spawn;
 
 use std::future::Future;
 use std::net::SocketAddr;

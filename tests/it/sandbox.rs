@@ -34,6 +34,25 @@ fn an_undeclared_read_fails_naming_the_path() {
     }
 }
 
+/// A host program the private root does not hold is named, with where host programs must be.
+#[test]
+fn a_host_program_outside_the_system_folders_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tool = dir.path().join("tool.sh");
+    std::fs::write(&tool, "#!/bin/sh\necho hi > o\n").expect("write");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let text = format!(
+        "[[thunk]]\nname = \"t\"\nprogram = {{ host = \"{}\" }}\noutputs = [\"o\"]\n\n[targets]\n\"o\" = \"t#o\"\n",
+        tool.display()
+    );
+    let job = write(dir.path(), &[("job.toml", &text)]);
+    let run = run_in(dir.path(), &job, &["--workers", "1"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let said = format!("{} is not in the private root, which has only the host's /usr, /bin", tool.display());
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
+}
+
 #[test]
 fn writes_outside_the_sandbox_and_into_inputs_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -101,4 +120,37 @@ fn an_output_behind_a_link_out_of_the_sandbox_is_refused_and_nothing_is_moved() 
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("output `d/f` is reached through a link"), "{}", run.stderr);
     assert_eq!(std::fs::read(outside.join("f")).expect("still there"), b"the node's file\n");
+}
+
+/// A node that is not root builds its private root in a user namespace of its own, where its
+/// user is the programs' user: the same isolation, without `nobody` (run as root, the test
+/// starts the job as `nobody`).
+#[test]
+fn a_node_that_is_not_root_isolates_programs_in_a_user_namespace() {
+    if !crate::util::is_root() {
+        eprintln!("skipped: needs root to start a job as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "ls / > o; cat /etc/passwd >> o 2>&1; echo pid=$$ user=$(id -u) >> o";
+    let job = job(dir.path(), script);
+    let chown = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(dir.path()).status();
+    assert!(chown.expect("chown").success());
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", env!("CARGO_BIN_EXE_thunkmesh")])
+        .arg("run")
+        .arg(&job)
+        .args(["--workers", "1"])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env("TMPDIR", dir.path())
+        .env_remove("THUNKMESH_TOKEN")
+        .output()
+        .expect("setpriv");
+    let run = crate::util::finish(dir.path(), output);
+    run.ok();
+    let seen = String::from_utf8_lossy(&run.out("o")).into_owned();
+    assert!(seen.lines().any(|l| l == "thunk"), "no private root: {seen}");
+    assert!(seen.contains("/etc/passwd: No such file or directory"), "{seen}");
+    assert!(seen.contains("pid=1 user=65534"), "{seen}");
 }
