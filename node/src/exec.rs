@@ -531,6 +531,7 @@ async fn execute(
             work: &root,
             root: &jail_root,
             output: writer.into(),
+            network: a.thunk.network,
         },
     );
     // Until it is reaped, dropping this (a cancelled task) kills the program and what it started.

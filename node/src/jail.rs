@@ -6,7 +6,9 @@
 //! program folders (`/usr`, `/bin`, `/lib*`, `/sbin`, read only, no setuid), what of `/etc` finds
 //! programs and libraries, a few devices, a private `/tmp`, the sandbox at `/thunk` and a
 //! shipped program at `/.program`; nothing else of the node's file system (its cache,
-//! `/etc/passwd`, `/home`, other sandboxes) exists there. The program is PID 1 of its PID
+//! `/etc/passwd`, `/home`, other sandboxes) exists there. A thunk that asks for the network
+//! (`network = true`) stays in the node's network namespace and sees `/etc`'s files that resolve
+//! names and check certificates. The program is PID 1 of its PID
 //! namespace, so every process it starts dies with it, `setsid` or not. A node running as root
 //! runs programs as `nobody` (65534), who cannot write or `chmod` the root-owned, read-only
 //! cached inputs linked into the sandbox. Every path is made ready before the clone, which
@@ -52,6 +54,10 @@ const SYSTEM_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "
 /// programs and libraries (Debian's alternatives, the loader's cache), and nothing about users,
 /// hosts or secrets.
 const SYSTEM_ETC: [&str; 4] = ["alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d"];
+
+/// The host files of `/etc` a program that uses the network sees besides (read only): what
+/// resolves names and checks certificates.
+const NETWORK_ETC: [&str; 4] = ["hosts", "resolv.conf", "nsswitch.conf", "ssl"];
 
 /// The devices a program sees.
 const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
@@ -191,7 +197,7 @@ impl Jail {
 
     /// Runs `/bin/true` in a private root built in `root`, with `work` as its sandbox.
     fn run_true(&self, root: &Path, work: &Path) -> std::io::Result<std::process::ExitStatus> {
-        let plan = Plan::new(&self.host, root, work, None, self.shared.clone())?;
+        let plan = Plan::new(&self.host, root, work, None, false, self.shared.clone())?;
         let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
         let program = Path::new("/bin/true");
         let exec = Exec::new(program, &[], std::iter::empty(), [null()?, null()?, null()?])?;
@@ -218,7 +224,7 @@ impl Jail {
         }
         self.orphans.reap();
         let shipped = program.shipped.then_some(program.path);
-        let plan = Plan::new(&self.host, program.root, program.work, shipped, self.shared.clone())?;
+        let plan = Plan::new(&self.host, program.root, program.work, shipped, program.network, self.shared.clone())?;
         let path = if program.shipped { Path::new(JAIL_PROGRAM) } else { program.path };
         let null = std::fs::File::open("/dev/null")?.into();
         let streams = [null, program.output.try_clone()?, program.output];
@@ -243,6 +249,8 @@ pub(crate) struct Program<'a> {
     pub root: &'a Path,
     /// Its standard output and error (its input is `/dev/null`).
     pub output: OwnedFd,
+    /// It may use the node's network.
+    pub network: bool,
 }
 
 /// Starts `program` isolated by `jail`, or (none) as a plain child of the node in a process
@@ -376,6 +384,8 @@ enum Step {
 struct HostLayout {
     /// (path relative to the root, what it is on the host).
     entries: Vec<(PathBuf, HostEntry)>,
+    /// What of [`NETWORK_ETC`] exists, relative to the root, and whether it is a folder.
+    network: Vec<(PathBuf, bool)>,
 }
 
 #[derive(Debug, Clone)]
@@ -416,7 +426,13 @@ impl HostLayout {
                     .push((Path::new("dev").join(dev), HostEntry::Bind { dir: false, device: true, read_only: false }));
             }
         }
-        HostLayout { entries }
+        let network = NETWORK_ETC
+            .iter()
+            .filter_map(|name| {
+                Some((Path::new("etc").join(name), std::fs::metadata(Path::new("/etc").join(name)).ok()?.is_dir()))
+            })
+            .collect();
+        HostLayout { entries, network }
     }
 }
 
@@ -430,6 +446,8 @@ struct Plan {
     maps: Option<(Vec<u8>, Vec<u8>)>,
     root_user: bool,
     shared: Option<Arc<Shared>>,
+    /// The program uses the node's network namespace.
+    network: bool,
     /// [`JAIL_WORK`], where the program starts.
     cwd: CString,
 }
@@ -439,9 +457,10 @@ fn c(path: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::other(format!("{} holds a NUL", path.display())))
 }
 
-/// The steps that build the host's part of a private root at `root`.
+/// The steps that build the host's part of a private root at `root`, with the places where the
+/// network's files are bound for a program that uses it.
 fn host_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
-    let mut steps = Vec::with_capacity(2 * host.entries.len());
+    let mut steps = Vec::with_capacity(2 * host.entries.len() + host.network.len());
     for (rel, entry) in &host.entries {
         let at = c(&root.join(rel))?;
         match entry {
@@ -454,7 +473,19 @@ fn host_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
             }
         }
     }
+    for (rel, dir) in &host.network {
+        let at = c(&root.join(rel))?;
+        steps.push(if *dir { Step::Mkdir(at, 0o755) } else { Step::File(at) });
+    }
     Ok(steps)
+}
+
+/// The steps that bind the network's files of `/etc` for a program that uses it.
+fn network_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
+    let bind = |rel: &PathBuf| -> std::io::Result<Step> {
+        Ok(Step::Bind { host: c(&Path::new("/").join(rel))?, at: c(&root.join(rel))?, device: false, read_only: true })
+    };
+    host.network.iter().map(|(rel, _)| bind(rel)).collect()
 }
 
 impl Plan {
@@ -465,6 +496,7 @@ impl Plan {
         root: &Path,
         work: &Path,
         program: Option<&Path>,
+        network: bool,
         shared: Option<Arc<Shared>>,
     ) -> std::io::Result<Plan> {
         let root = match &shared {
@@ -488,22 +520,29 @@ impl Plan {
         if let Some(program) = program {
             steps.push(Step::Bind { host: c(program)?, at: inside(JAIL_PROGRAM)?, device: false, read_only: true });
         }
+        if network {
+            steps.extend(network_steps(host, &root)?);
+        }
         let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
         let root_user = uid.is_root();
         let maps = (!root_user).then(|| {
             (format!("{0} {0} 1", uid.as_raw()).into_bytes(), format!("{0} {0} 1", gid.as_raw()).into_bytes())
         });
-        Ok(Plan { root: c(&root)?, steps, maps, root_user, shared, cwd: c(Path::new(JAIL_WORK))? })
+        Ok(Plan { root: c(&root)?, steps, maps, root_user, shared, network, cwd: c(Path::new(JAIL_WORK))? })
     }
 }
 
 impl Plan {
-    /// The namespaces the child is made in: always PID, and mount, network, IPC and UTS unless
-    /// it enters the node's shared ones; a user namespace when the node is not root.
+    /// The namespaces the child is made in: always PID, and mount, IPC, UTS and (unless the
+    /// thunk uses the network) network ones unless it enters the node's shared ones; a user
+    /// namespace when the node is not root.
     fn namespaces(&self) -> std::ffi::c_int {
         let mut flags = libc::CLONE_NEWPID;
         if self.shared.is_none() {
-            flags |= libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+            flags |= libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+            if !self.network {
+                flags |= libc::CLONE_NEWNET;
+            }
         }
         if self.maps.is_some() {
             flags |= libc::CLONE_NEWUSER;
@@ -539,7 +578,9 @@ fn enter(plan: &Plan) -> Result<(), Failed> {
             use rustix::thread::{LinkNameSpaceType as T, move_into_link_name_space as enter};
             use std::os::fd::AsFd;
             let what = "enter the shared network, IPC and UTS namespaces";
-            enter(shared.net.as_fd(), Some(T::Network)).at(what)?;
+            if !plan.network {
+                enter(shared.net.as_fd(), Some(T::Network)).at(what)?;
+            }
             enter(shared.ipc.as_fd(), Some(T::InterProcessCommunication)).at(what)?;
             enter(shared.uts.as_fd(), Some(T::HostNameAndNISDomainName)).at(what)?;
             enter(shared.template.as_fd(), Some(T::Mount)).at("enter the private root's template")?;

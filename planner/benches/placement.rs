@@ -37,6 +37,7 @@ fn planner() -> Planner {
                 inputs,
                 outputs: vec!["out".into()],
                 timeout_ms: 60_000,
+                network: false,
             };
             SubmittedThunk { name: format!("t{i}"), thunk }
         })

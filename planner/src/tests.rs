@@ -24,6 +24,7 @@ pub(crate) fn thunk(tag: &str, inputs: &[(&str, Ref)]) -> Thunk {
         inputs: inputs.iter().map(|(p, r)| ((*p).to_owned(), r.clone())).collect(),
         outputs: vec!["out".into()],
         timeout_ms: 1000,
+        network: false,
     }
 }
 

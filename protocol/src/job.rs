@@ -142,6 +142,8 @@ pub struct ThunkSpec {
     pub outputs: Vec<String>,
     /// Run time limit.
     pub timeout: Duration,
+    /// The program may use the node's network.
+    pub network: bool,
 }
 
 /// Whether the text is a job file (values on the client's disk, targets) or a tail (values in
@@ -214,6 +216,8 @@ struct RawThunk {
     inputs: BTreeMap<String, String>,
     outputs: Vec<String>,
     timeout: Option<String>,
+    #[serde(default)]
+    network: bool,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +260,7 @@ impl JobSpec {
                 inputs: spec.inputs.iter().map(|(p, r)| (p.clone(), to_ref(r))).collect(),
                 outputs: spec.outputs.clone(),
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+                network: spec.network,
             };
             let id = thunk.id();
             outputs.insert(&spec.name, id);
@@ -387,6 +392,7 @@ impl Checker<'_> {
             inputs,
             outputs,
             timeout,
+            network: t.network,
         };
         self.check_strings(&spec)?;
         Ok(spec)
@@ -405,6 +411,7 @@ impl Checker<'_> {
             inputs: spec.inputs.keys().map(|k| (k.clone(), dummy.clone())).collect(),
             outputs: spec.outputs.clone(),
             timeout_ms: 1,
+            network: spec.network,
         };
         let place = format!("thunk `{}`: ", spec.name);
         stand_in.validate().map_err(|e| self.err(place, JobProblem::Path(e.to_string())))
@@ -555,6 +562,19 @@ timeout = "30s"
 
     fn error(text: &str) -> String {
         parse(text).expect_err("job should be refused").to_string()
+    }
+
+    #[test]
+    fn network_is_off_unless_a_thunk_asks_and_must_be_a_boolean() {
+        assert!(!parse(GOOD).expect("valid job").thunks[0].network);
+        let asking = GOOD.replace("timeout = \"30s\"", "timeout = \"30s\"\nnetwork = true");
+        assert!(parse(&asking).expect("valid job").thunks[0].network);
+        let text = GOOD.replace("timeout = \"30s\"", "timeout = \"30s\"\nnetwork = \"yes\"");
+        assert!(
+            error(&text).contains("line 20, column 11: invalid type: string \"yes\", expected a boolean"),
+            "{}",
+            error(&text)
+        );
     }
 
     #[test]

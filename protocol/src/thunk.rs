@@ -14,6 +14,10 @@ use crate::id::{Id, Kind};
 /// The first bytes of every encoded thunk: `TMTHUNK` and the format version.
 pub const THUNK_MAGIC: &[u8; 8] = b"TMTHUNK\x01";
 
+/// The options byte that ends the encoding of a thunk that uses the network (absent otherwise,
+/// so every other thunk keeps the id it had before the option existed).
+const NETWORK: u8 = 1;
+
 /// Longest sandbox path, argument, or environment entry accepted.
 pub const MAX_STRING: usize = 64 * 1024;
 
@@ -78,6 +82,9 @@ pub struct Thunk {
     pub outputs: Vec<String>,
     /// Wall-clock limit of one run, in milliseconds.
     pub timeout_ms: u64,
+    /// The program may use the network (the node's): it then runs outside the sandbox's empty
+    /// network namespace. Off unless a job asks; such a thunk's result depends on what it reached.
+    pub network: bool,
 }
 
 /// Why a thunk is not well formed.
@@ -220,6 +227,9 @@ impl Thunk {
         put_u32(&mut out, self.outputs.len());
         self.outputs.iter().for_each(|o| put_str(&mut out, o));
         out.extend_from_slice(&self.timeout_ms.to_le_bytes());
+        if self.network {
+            out.push(NETWORK);
+        }
         out
     }
 
@@ -401,6 +411,9 @@ impl Reader<'_> {
         let inputs = self.count(|r| Ok((r.string()?, r.reference()?)))?;
         let outputs = self.count(Reader::string)?;
         let timeout_ms = self.u64()?;
+        // An options byte follows only for a thunk that uses the network (a 0 there would not
+        // re-encode, and is refused as not canonical).
+        let network = self.at < self.bytes.len() && self.tag(NETWORK)? == NETWORK;
         Ok(Thunk {
             program,
             args,
@@ -408,6 +421,7 @@ impl Reader<'_> {
             inputs: inputs.into_iter().collect(),
             outputs,
             timeout_ms,
+            network,
         })
     }
 }
@@ -427,6 +441,7 @@ pub(crate) mod tests {
             inputs: BTreeMap::from([("in.txt".into(), Ref::Blob(corpus))]),
             outputs: vec!["out.txt".into()],
             timeout_ms: 30_000,
+            network: false,
         }
     }
 
@@ -444,6 +459,7 @@ pub(crate) mod tests {
             inputs: BTreeMap::from([("a".into(), Ref::Output { thunk: t.id(), name: "out.txt".into() })]),
             outputs: vec!["b".into()],
             timeout_ms: 1_000,
+            network: false,
         };
         assert_eq!(hex::encode(consumer.encode()), include_str!("../../docs/ir-golden-2.hex").trim());
         assert_eq!(consumer.id().to_string(), include_str!("../../docs/ir-golden-2.id").trim());
@@ -454,12 +470,25 @@ pub(crate) mod tests {
         let bytes = golden_thunk().encode();
         assert_eq!(Thunk::decode(&bytes[..5]), Err(DecodeError::Magic));
         assert!(matches!(Thunk::decode(&bytes[..bytes.len() - 1]), Err(DecodeError::Truncated(_))));
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert_eq!(Thunk::decode(&longer), Err(DecodeError::Trailing(1)));
+        let with = |extra: &[u8]| Thunk::decode(&[&bytes[..], extra].concat());
+        assert_eq!(with(&[0]), Err(DecodeError::NotCanonical), "network off is said by absence");
+        assert_eq!(with(&[NETWORK, 0]), Err(DecodeError::Trailing(1)));
+        assert_eq!(with(&[7]), Err(DecodeError::Tag { tag: 7, at: bytes.len() }));
         let mut bad_tag = bytes;
         bad_tag[8] = 7;
         assert_eq!(Thunk::decode(&bad_tag), Err(DecodeError::Tag { tag: 7, at: 8 }));
+    }
+
+    /// The network option is one byte at the end, so thunks without it keep their ids (the
+    /// golden vectors above), and a thunk with it is a different thunk.
+    #[test]
+    fn a_thunk_that_uses_the_network_ends_with_its_option_and_has_another_id() {
+        let plain = golden_thunk();
+        let online = Thunk { network: true, ..plain.clone() };
+        let bytes = online.encode();
+        assert_eq!(bytes, [&plain.encode()[..], &[NETWORK]].concat());
+        assert_eq!(Thunk::decode(&bytes), Ok(online.clone()));
+        assert_ne!(online.id(), plain.id());
     }
 
     #[test]
@@ -494,14 +523,16 @@ pub(crate) mod tests {
             proptest::collection::btree_map("in/[a-z]{1,6}", arb_ref(), 0..4),
             proptest::collection::btree_set("out/[a-z]{1,6}", 1..3),
             1u64..1_000_000,
+            any::<bool>(),
         )
-            .prop_map(|(program, args, env, inputs, outputs, timeout_ms)| Thunk {
+            .prop_map(|(program, args, env, inputs, outputs, timeout_ms, network)| Thunk {
                 program: Program::Ref(program),
                 args: args.into_iter().filter(|a| !a.contains('\0')).collect(),
                 env,
                 inputs,
                 outputs: outputs.into_iter().collect(),
                 timeout_ms,
+                network,
             })
     }
 

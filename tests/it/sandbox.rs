@@ -91,16 +91,23 @@ fn a_process_a_thunk_leaves_behind_is_killed_when_it_ends() {
     }
 }
 
+/// A thunk has no network unless it asks for it (`network = true`), and then has the node's,
+/// and the files that resolve names.
 #[test]
-fn a_thunk_has_no_network() {
+fn a_thunk_has_no_network_unless_it_asks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port();
-    let script =
-        format!("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\" && echo reached > o");
-    let run = run_in(dir.path(), &job(dir.path(), &script), &["--workers", "1"]);
+    let connect = format!("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\"");
+    let run = run_in(dir.path(), &job(dir.path(), &format!("{connect} && echo reached > o")), &["--workers", "1"]);
     assert_eq!(run.code, Some(1), "the thunk reached the node's loopback: {}", run.stderr);
     assert!(run.stderr.contains("Network is unreachable"), "{}", run.stderr);
+    let asking = job(dir.path(), &format!("{connect} && cat /etc/hosts > /dev/null && echo reached > o"));
+    let text = std::fs::read_to_string(&asking).expect("read").replace("outputs = ", "network = true\noutputs = ");
+    std::fs::write(&asking, text).expect("write");
+    let run = run_in(dir.path(), &asking, &["--workers", "1"]);
+    run.ok();
+    assert_eq!(run.out("o"), b"reached\n");
 }
 
 /// Issue 12, finding 6: an output `d/f` where the program made `d` a link to a folder outside

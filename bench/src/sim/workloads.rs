@@ -104,6 +104,7 @@ impl Builder {
                 names
             },
             timeout_ms: 600_000,
+            network: false,
         };
         let id = thunk.id();
         let refs = outputs.iter().map(|(n, _)| Ref::Output { thunk: id, name: (*n).to_owned() }).collect();
