@@ -12,7 +12,7 @@
 //! namespace, so every process it starts dies with it, `setsid` or not. A node running as root
 //! runs programs as `nobody` (65534), who cannot write or `chmod` the root-owned, read-only
 //! cached inputs linked into the sandbox. Every path is made ready before the clone, which
-//! shares the node's memory rather than copying it ([`spawn`](crate::spawn)).
+//! shares the node's memory rather than copying it (`spawn.rs`).
 //!
 //! Without namespaces (a Lambda function) the program is started through the node's own binary
 //! as a *launcher* (`thunkmesh __jail -- PROGRAM...`, [`launcher_main`]), which only keeps the
