@@ -110,8 +110,8 @@ fn a_thunk_has_no_network_unless_it_asks() {
     assert_eq!(run.out("o"), b"reached\n");
 }
 
-/// Issue 12, finding 6: an output `d/f` where the program made `d` a link to a folder outside
-/// the sandbox: the node used to move the outside file into its cache.
+/// Issue 12, finding 6: an output `d/f` where the program replaced the folder `d` by a link to a
+/// folder outside the sandbox: the node used to move the outside file into its cache.
 #[test]
 fn an_output_behind_a_link_out_of_the_sandbox_is_refused_and_nothing_is_moved() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -119,7 +119,7 @@ fn an_output_behind_a_link_out_of_the_sandbox_is_refused_and_nothing_is_moved() 
     std::fs::create_dir(&outside).expect("mkdir");
     std::fs::write(outside.join("f"), "the node's file\n").expect("write");
     let text = format!(
-        "[[thunk]]\nname = \"t\"\nprogram = {{ host = \"/bin/ln\" }}\nargs = [\"-s\", \"{}\", \"d\"]\noutputs = [\"d/f\"]\n\n[targets]\n\"f\" = \"t#d/f\"\n",
+        "[[thunk]]\nname = \"t\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"rmdir d && ln -s {} d\"]\noutputs = [\"d/f\"]\n\n[targets]\n\"f\" = \"t#d/f\"\n",
         outside.display()
     );
     let job = write(dir.path(), &[("job.toml", &text)]);
