@@ -28,6 +28,16 @@ pub enum Command {
     Node(NodeArgs),
     /// Show the nodes registered with a rendezvous: addresses, NAT, slots, running thunks.
     Status(StatusArgs),
+    /// Record one call of a program as a thunk, leaving placeholders where its outputs go
+    /// (the generic model; see docs/infer.md).
+    Wrap(WrapArgs),
+    /// Evaluate placeholders and put the real files in their place (with all of run's flags).
+    Force(ForceArgs),
+    /// Show what a placeholder or recorded thunk runs, reads and writes, and whether the memo
+    /// cache has it.
+    Describe(DescribeArgs),
+    /// Print the id each file's bytes get.
+    Hash(HashArgs),
     /// Deploy the node as an AWS Lambda function (see docs/lambda.md).
     #[command(subcommand)]
     Lambda(LambdaCommand),
@@ -106,6 +116,81 @@ pub struct StatusArgs {
 pub struct RunArgs {
     /// The job file (TOML; see docs/jobs.md).
     pub job: PathBuf,
+    /// Where the targets are written.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// How the job runs.
+    #[command(flatten)]
+    pub flags: RunFlags,
+}
+
+/// Flags of `thunkmesh force`.
+#[derive(Debug, Args)]
+pub struct ForceArgs {
+    /// The placeholders to force (files left by `thunkmesh wrap` or `infer`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub files: Vec<PathBuf>,
+    /// Force every placeholder under the current folder (hidden folders are skipped).
+    #[arg(long)]
+    pub all: bool,
+    /// How the job that forces them runs.
+    #[command(flatten)]
+    pub flags: RunFlags,
+}
+
+/// Flags of `thunkmesh wrap`.
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    /// Files the program reads, relative to the current folder (or under it).
+    #[arg(long = "in", value_name = "FILE", num_args = 1..)]
+    pub inputs: Vec<PathBuf>,
+    /// Files the program writes; each gets a placeholder now.
+    #[arg(long = "out", value_name = "FILE", num_args = 1.., required = true)]
+    pub outputs: Vec<PathBuf>,
+    /// The outputs are programs: their placeholders, and so the forced files, get mode 0755.
+    #[arg(long)]
+    pub executable: bool,
+    /// The program's environment, one NAME=VALUE each (nothing else is inherited).
+    #[arg(long = "env", value_name = "NAME=VALUE", default_value = "PATH=/usr/bin:/bin")]
+    pub env: Vec<String>,
+    /// How long one run may take.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Where recorded thunks and the files they read are kept.
+    #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// The program (a path, or a name on PATH) and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+    pub command: Vec<String>,
+}
+
+/// Flags of `thunkmesh hash`.
+#[derive(Debug, Args)]
+pub struct HashArgs {
+    /// The files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Flags of `thunkmesh describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// A placeholder, or a thunk output (`T...#name`) or thunk id recorded in the state folder.
+    pub what: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Where recorded thunks are kept.
+    #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// The store whose memo cache is consulted [default: the state folder's store, as `run`].
+    #[arg(long)]
+    pub store: Option<String>,
+}
+
+/// How a job runs: the flags `run` and `force` share.
+#[derive(Debug, Args)]
+pub struct RunFlags {
     /// Where the job's workers come from.
     #[arg(long, value_enum, default_value_t = EngineArg::Local)]
     pub engine: EngineArg,
@@ -123,9 +208,6 @@ pub struct RunArgs {
     /// A Lambda worker with nothing to run this long drains and answers (with --engine lambda).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub lambda_idle: Duration,
-    /// Where the targets are written.
-    #[arg(long, default_value = "out")]
-    pub out: PathBuf,
     /// Storage for inputs, targets and the memo cache: s3://bucket/prefix (AWS settings from
     /// the environment), file:///path, or memory:// [default: .thunkmesh/store as file://].
     #[arg(long)]
@@ -140,8 +222,8 @@ pub struct RunArgs {
     /// storage when no direct path forms (for benchmarking the direct path).
     #[arg(long)]
     pub require_direct: bool,
-    /// Local state: the default store and the local nodes' caches and logs.
-    #[arg(long, default_value = ".thunkmesh")]
+    /// Local state: the default store, the local nodes' caches and logs, and recorded thunks.
+    #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
     pub state_dir: PathBuf,
     /// Also write the summary as JSON to this file.
     #[arg(long)]

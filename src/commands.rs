@@ -14,7 +14,7 @@ use thunkmesh_protocol::wire::Progress;
 use thunkmesh_store::{Store, StoreError};
 
 use crate::cli::{
-    Command, EngineArg, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, SandboxArg, StatusArgs, TrustArgs,
+    Command, EngineArg, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, RunFlags, SandboxArg, StatusArgs, TrustArgs,
 };
 
 /// The environment variable that carries the mesh token.
@@ -26,6 +26,10 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Rendezvous(args) => rendezvous(args).await,
         Command::Node(args) => node(args).await,
         Command::Status(args) => status(args).await,
+        Command::Wrap(args) => return crate::infer::wrap(&args),
+        Command::Force(args) => return crate::infer::force(args).await,
+        Command::Describe(args) => return crate::infer::describe(&args).await,
+        Command::Hash(args) => return crate::infer::hash(&args),
         Command::Lambda(LambdaCommand::Deploy(args)) => crate::lambda::deploy(args).await,
     };
     match result {
@@ -35,7 +39,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
 }
 
 /// Says why on stderr; exit code 2 for flags or a job that cannot work, 1 for the rest.
-fn failed(e: &anyhow::Error) -> ExitCode {
+pub fn failed(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
     let bad_job = matches!(e.downcast_ref::<RunError>(), Some(RunError::TooLarge { .. }));
     ExitCode::from(if bad_job || e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
@@ -51,9 +55,10 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let mut bar = Bar::new();
-    let result = execute(&args, &job, &mut bar, started).await;
+    let result = execute(&args.flags, &job, &args.out, &mut bar, started).await;
     bar.0.finish_and_clear();
-    match result.and_then(|(summary, launched)| report(&args, &summary, launched.as_ref())) {
+    let said = format!("wrote {} target(s) to {}", job.job.targets.len(), args.out.display());
+    match result.and_then(|(summary, launched)| report(&args.flags, &said, &summary, launched.as_ref())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed(&e),
     }
@@ -64,27 +69,34 @@ async fn run(args: RunArgs) -> ExitCode {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-async fn execute(
-    args: &RunArgs,
+/// Opens `--store`, or the state folder's store.
+pub fn open_store(store: Option<&str>, state_dir: &Path) -> Result<Store> {
+    let url = match store {
+        Some(url) => url.to_owned(),
+        None => Store::folder_url(&state_dir.join("store"))?,
+    };
+    Store::open(&url).map_err(|e| match e {
+        StoreError::Unsupported(_) | StoreError::BadUrl { .. } => anyhow::Error::new(UsageError(e.to_string())),
+        other => other.into(),
+    })
+}
+
+/// Runs `job` as the flags say, writing its targets to `out_dir`.
+pub async fn execute(
+    args: &RunFlags,
     job: &thunkmesh_client::LoadedJob,
+    out_dir: &Path,
     bar: &mut Bar,
     started: Instant,
 ) -> Result<(Summary, Option<thunkmesh_lambda::Launched>)> {
-    let url = match &args.store {
-        Some(url) => url.clone(),
-        None => Store::folder_url(&args.state_dir.join("store"))?,
-    };
-    let store = Store::open(&url).map_err(|e| match e {
-        StoreError::Unsupported(_) | StoreError::BadUrl { .. } => anyhow::Error::new(UsageError(e.to_string())),
-        other => other.into(),
-    })?;
+    let store = open_store(args.store.as_deref(), &args.state_dir)?;
     let run = JobRun {
         job,
         store: &store,
         mode: args.mode.into(),
         memo: args.memo.into(),
         require_direct: args.require_direct,
-        out_dir: &args.out,
+        out_dir,
     };
     if let Some(addr) = &args.rendezvous {
         let target = remote_target(addr, &args.trust)?;
@@ -123,8 +135,14 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from).max(2)
 }
 
-fn report(args: &RunArgs, summary: &Summary, launched: Option<&thunkmesh_lambda::Launched>) -> Result<()> {
-    println!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
+/// Prints `said` and the summary (and writes it as JSON where asked).
+pub fn report(
+    args: &RunFlags,
+    said: &str,
+    summary: &Summary,
+    launched: Option<&thunkmesh_lambda::Launched>,
+) -> Result<()> {
+    println!("{said}");
     println!("{summary}");
     if let Some(launched) = launched {
         println!("{}", crate::lambda::describe(launched));
@@ -292,10 +310,10 @@ fn hostname() -> String {
 
 /// The progress bar: drawn only when stderr is a terminal.
 /// The progress bar, and whether the user was told that no node has joined.
-struct Bar(ProgressBar, bool);
+pub struct Bar(pub ProgressBar, bool);
 
 impl Bar {
-    fn new() -> Bar {
+    pub fn new() -> Bar {
         let bar = ProgressBar::new(0);
         let style = ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} thunks  {msg}")
             .map(|s| s.progress_chars("=> "))

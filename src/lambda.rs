@@ -9,7 +9,7 @@ use thunkmesh_lambda::{Arch, Demand, FunctionSpec, Invocation, LaunchSpec, Launc
 use thunkmesh_protocol::wire::Progress;
 use tokio::sync::watch;
 
-use crate::cli::{DeployArgs, RendezvousArgs, RunArgs};
+use crate::cli::{DeployArgs, RendezvousArgs, RunFlags};
 use crate::commands::UsageError;
 
 /// Beyond the idle time, how long a finished job waits for its workers' reports (a drain may
@@ -56,7 +56,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
 }
 
 /// The launch for `thunkmesh run --engine lambda`, checked against the other flags.
-pub fn launch_spec(args: &RunArgs, store_url: &str, target: &Target) -> Result<LaunchSpec> {
+pub fn launch_spec(args: &RunFlags, store_url: &str, target: &Target) -> Result<LaunchSpec> {
     let usage = |m: &str| anyhow::Error::new(UsageError(m.into()));
     let function = args.function.clone().ok_or_else(|| usage("--engine lambda needs --function NAME"))?;
     let workers = args.workers.ok_or_else(|| usage("--engine lambda needs --workers N (the most alive at once)"))?;

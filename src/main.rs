@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod infer;
 mod lambda;
 
 use std::process::ExitCode;
@@ -21,7 +22,8 @@ fn main() -> ExitCode {
     }
     let cli = cli::Cli::parse();
     let default_level = match cli.command {
-        cli::Command::Run(_) => "warn",
+        cli::Command::Run(_) | cli::Command::Force(_) | cli::Command::Wrap(_) => "warn",
+        cli::Command::Describe(_) | cli::Command::Hash(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -29,7 +29,7 @@ pub fn load_job(path: &Path) -> Result<LoadedJob, JobError> {
     let mut values = BTreeMap::new();
     for (name, rel) in &spec.values {
         let on_disk = base.join(rel);
-        let id = hash(&on_disk).map_err(|e| {
+        let id = hash_file(&on_disk).map_err(|e| {
             let problem = JobProblem::File { path: rel.clone(), reason: e.to_string() };
             JobError::new(&file, format!("values, key `{name}`: "), problem)
         })?;
@@ -45,9 +45,9 @@ pub fn load_job(path: &Path) -> Result<LoadedJob, JobError> {
     Ok(LoadedJob { file, job: spec.resolve(&ids, &hosts), values })
 }
 
-/// BLAKE3 of a regular file. Anything else (a device such as `/dev/zero`, a FIFO, a folder) is
-/// refused before it is opened: reading it could block or never end.
-fn hash(path: &Path) -> std::io::Result<Id> {
+/// The blob id of a regular file's bytes. Anything else (a device such as `/dev/zero`, a FIFO, a
+/// folder) is refused before it is opened: reading it could block or never end.
+pub fn hash_file(path: &Path) -> std::io::Result<Id> {
     if !std::fs::metadata(path)?.is_file() {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a regular file"));
     }
@@ -62,7 +62,7 @@ fn pin_host(path: &Path) -> Result<Id, String> {
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         return Err("is not an executable file".into());
     }
-    hash(path).map_err(|e| e.to_string())
+    hash_file(path).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

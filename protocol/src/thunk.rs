@@ -45,6 +45,35 @@ impl fmt::Display for Ref {
     }
 }
 
+/// Why a printed ref did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseRefError {
+    /// The id part is not an id.
+    #[error(transparent)]
+    Id(#[from] crate::id::ParseIdError),
+    /// A blob id with `#output`, or a thunk id without one.
+    #[error("`{0}` is neither a blob id nor a thunk id with `#output`")]
+    Shape(String),
+}
+
+impl std::str::FromStr for Ref {
+    type Err = ParseRefError;
+
+    /// Parses what [`Ref`]'s `Display` prints: `B...-SIZE`, or `T...-SIZE#name`.
+    fn from_str(s: &str) -> Result<Ref, ParseRefError> {
+        let (id, name) = match s.split_once('#') {
+            Some((id, name)) => (id.parse::<Id>()?, Some(name)),
+            None => (s.parse::<Id>()?, None),
+        };
+        match (id.kind, name) {
+            (Kind::Blob, None) => Ok(Ref::Blob(id)),
+            (Kind::Thunk, Some(name)) if !name.is_empty() => Ok(Ref::Output { thunk: id, name: name.to_owned() }),
+            _ => Err(ParseRefError::Shape(s.to_owned())),
+        }
+    }
+}
+
 impl fmt::Debug for Ref {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}")
@@ -477,6 +506,20 @@ pub(crate) mod tests {
         let mut bad_tag = bytes;
         bad_tag[8] = 7;
         assert_eq!(Thunk::decode(&bad_tag), Err(DecodeError::Tag { tag: 7, at: 8 }));
+    }
+
+    #[test]
+    fn refs_print_and_parse_round_trip() {
+        let blob = Ref::Blob(Id::of_blob(b"x"));
+        let output = Ref::Output { thunk: golden_thunk().id(), name: "out.txt".into() };
+        for r in [blob.clone(), output] {
+            assert_eq!(r.to_string().parse::<Ref>(), Ok(r));
+        }
+        let shape = |s: String| Err(ParseRefError::Shape(s));
+        assert_eq!(format!("{blob}#x").parse::<Ref>(), shape(format!("{blob}#x")));
+        let thunk = golden_thunk().id().to_string();
+        assert_eq!(thunk.parse::<Ref>(), shape(thunk.clone()));
+        assert!(matches!("nope".parse::<Ref>(), Err(ParseRefError::Id(_))));
     }
 
     /// The network option is one byte at the end, so thunks without it keep their ids (the

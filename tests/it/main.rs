@@ -5,6 +5,7 @@ mod bad_jobs;
 mod examples;
 mod failures;
 mod flood;
+mod infer;
 mod lambda;
 mod nat;
 mod s3;

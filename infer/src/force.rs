@@ -1,0 +1,180 @@
+//! Forcing placeholders: the recorded thunks every placeholder needs, read back from the state
+//! folder, become a job whose targets are the placeholders' outputs; once it has run, each
+//! result replaces its placeholder and keeps the placeholder's mode.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use thunkmesh_client::LoadedJob;
+use thunkmesh_protocol::job::{NamedThunk, ResolvedJob};
+use thunkmesh_protocol::{Id, Program, Ref, Thunk};
+
+use crate::placeholder::Placeholder;
+use crate::state::{State, StateError};
+
+/// Why placeholders could not be forced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForceError {
+    /// A file to force is not a placeholder.
+    #[error("{0}: is not a placeholder (only files left by `thunkmesh wrap` or `infer` can be forced)")]
+    NotPlaceholder(String),
+    /// A file could not be read or replaced.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    /// The state folder cannot give what a placeholder needs.
+    #[error("{path}: {error}")]
+    State { path: String, error: StateError },
+}
+
+/// A job that forces placeholders, and where each of its targets goes.
+#[derive(Debug, Clone)]
+pub struct Forcing {
+    /// The job; its targets are named `0`, `1`, ... in the order of `places`.
+    pub job: LoadedJob,
+    /// For each target: the placeholder it replaces, and the mode the file keeps.
+    pub places: Vec<(PathBuf, u32)>,
+}
+
+/// The job that forces the placeholders `files`.
+pub fn forcing(state: &State, files: &[PathBuf]) -> Result<Forcing, ForceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut collected = Collected::default();
+    let mut targets = BTreeMap::new();
+    let mut places = Vec::with_capacity(files.len());
+    for file in files {
+        let shown = file.display().to_string();
+        let io = |error| ForceError::Io { path: shown.clone(), error };
+        let placeholder =
+            Placeholder::read(file).map_err(io)?.ok_or_else(|| ForceError::NotPlaceholder(shown.clone()))?;
+        let mode = std::fs::metadata(file).map_err(io)?.permissions().mode() & 0o7777;
+        collected
+            .visit(state, &placeholder.output)
+            .map_err(|error| ForceError::State { path: shown.clone(), error })?;
+        targets.insert(places.len().to_string(), placeholder.output);
+        places.push((file.clone(), mode));
+    }
+    let job = ResolvedJob { thunks: collected.thunks, targets, result: None };
+    Ok(Forcing { job: LoadedJob { file: "the placeholders".into(), job, values: collected.values }, places })
+}
+
+/// The thunks (producers first) and value files a set of refs needs.
+#[derive(Default)]
+struct Collected {
+    seen: BTreeSet<Id>,
+    thunks: Vec<NamedThunk>,
+    values: BTreeMap<Id, PathBuf>,
+}
+
+impl Collected {
+    fn visit(&mut self, state: &State, r: &Ref) -> Result<(), StateError> {
+        match r {
+            Ref::Blob(id) => {
+                if !self.values.contains_key(id) {
+                    self.values.insert(*id, state.blob(*id)?);
+                }
+            }
+            Ref::Output { thunk: id, .. } => {
+                if self.seen.insert(*id) {
+                    let thunk = state.thunk(*id)?;
+                    for needed in refs(&thunk) {
+                        self.visit(state, needed)?;
+                    }
+                    let name = thunk.outputs.first().cloned().unwrap_or_default();
+                    self.thunks.push(NamedThunk { name, id: *id, thunk });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn refs(thunk: &Thunk) -> impl Iterator<Item = &Ref> {
+    let program = match &thunk.program {
+        Program::Ref(r) => Some(r),
+        Program::Host { .. } => None,
+    };
+    program.into_iter().chain(thunk.inputs.values())
+}
+
+/// Every placeholder under `root`, outside hidden folders (the state folder among them).
+pub fn placeholders_under(root: &Path) -> Result<Vec<PathBuf>, ForceError> {
+    let mut found = Vec::new();
+    let mut folders = vec![root.to_owned()];
+    while let Some(folder) = folders.pop() {
+        let io = |error| ForceError::Io { path: folder.display().to_string(), error };
+        for entry in std::fs::read_dir(&folder).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let (path, kind) = (entry.path(), entry.file_type().map_err(io)?);
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if kind.is_dir() && !hidden {
+                folders.push(path);
+            } else if kind.is_file() && Placeholder::read(&path).ok().flatten().is_some() {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Moves each forced target from `out_dir` over its placeholder, with the placeholder's mode.
+pub fn put_in_place(out_dir: &Path, places: &[(PathBuf, u32)]) -> Result<(), ForceError> {
+    use std::os::unix::fs::PermissionsExt;
+    for (index, (placeholder, mode)) in places.iter().enumerate() {
+        let forced = out_dir.join(index.to_string());
+        let io = |error| ForceError::Io { path: placeholder.display().to_string(), error };
+        std::fs::set_permissions(&forced, std::fs::Permissions::from_mode(*mode)).map_err(io)?;
+        if std::fs::rename(&forced, placeholder).is_err() {
+            // Another file system: copy beside the placeholder, then rename over it.
+            let beside = placeholder.with_extension("thunkmesh-forced");
+            std::fs::copy(&forced, &beside).map_err(io)?;
+            std::fs::rename(&beside, placeholder).map_err(io)?;
+            let _ = std::fs::remove_file(&forced);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wrap::{Wrap, wrap};
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_placeholder_brings_its_whole_upstream_and_other_files_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::open(&dir.path().join(".thunkmesh")).expect("state");
+        std::fs::write(dir.path().join("in.txt"), "x\n").expect("write");
+        let call = |ins: &[PathBuf], outs: &[PathBuf]| {
+            let call = Wrap {
+                cwd: dir.path(),
+                program: OsStr::new("cp"),
+                args: &[],
+                inputs: ins,
+                outputs: outs,
+                env: BTreeMap::new(),
+                timeout: std::time::Duration::from_secs(9),
+                mode: 0o755,
+                path: Some(OsStr::new("/usr/bin:/bin")),
+            };
+            wrap(&state, &call).expect("wrap")
+        };
+        let first = call(&[PathBuf::from("in.txt")], &[PathBuf::from("a")]);
+        let second = call(&[PathBuf::from("a")], &[PathBuf::from("b")]);
+        let forcing = forcing(&state, &[dir.path().join("b")]).expect("forcing");
+        let ids: Vec<Id> = forcing.job.job.thunks.iter().map(|t| t.id).collect();
+        assert_eq!(ids, [first, second], "producers first");
+        assert_eq!(forcing.places, [(dir.path().join("b"), 0o755)]);
+        assert_eq!(forcing.job.values.len(), 2, "the source and the program");
+        assert_eq!(placeholders_under(dir.path()).expect("walk"), [dir.path().join("a"), dir.path().join("b")]);
+        let e = super::forcing(&state, &[dir.path().join("in.txt")]).expect_err("not a placeholder").to_string();
+        assert!(
+            e.ends_with("in.txt: is not a placeholder (only files left by `thunkmesh wrap` or `infer` can be forced)")
+        );
+        let other = State::open(&dir.path().join("elsewhere")).expect("state");
+        let e = super::forcing(&other, &[dir.path().join("b")]).expect_err("unknown thunk").to_string();
+        assert!(e.contains(&format!("b: the state folder {}", other.dir().display())), "{e}");
+    }
+}

@@ -1,0 +1,198 @@
+//! The generic model (gg's `model-generic`): a call of any program whose inputs and outputs the
+//! user names becomes one thunk. The sandbox mirrors the build folder the call runs in: an input
+//! `src/a.txt` is at `src/a.txt` in the sandbox, and the program starts at its top, so relative
+//! paths in the arguments mean what they meant in the build. An input that is a placeholder
+//! refers to the output it stands for; any other file is recorded by its bytes. The program
+//! travels by its bytes too (found on `PATH` like a shell finds it), or is an earlier output.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use thunkmesh_protocol::thunk::ThunkError;
+use thunkmesh_protocol::{Id, Program, Ref, Thunk};
+
+use crate::placeholder::Placeholder;
+use crate::state::{State, StateError};
+
+/// Why a call could not be recorded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WrapError {
+    /// An input or output is not inside the folder the call runs in.
+    #[error("{path}: an {what} must be inside the build folder {cwd}")]
+    Outside { what: &'static str, path: String, cwd: String },
+    /// The program is not on `PATH`.
+    #[error("program `{0}` is not on PATH")]
+    NotOnPath(String),
+    /// A file could not be read, or a placeholder written.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    /// The program is not an executable file.
+    #[error("{0}: is not an executable file")]
+    NotExecutable(String),
+    /// The inputs and outputs do not make a valid thunk (for example, two of them overlap).
+    #[error("not a valid thunk: {0}")]
+    Thunk(#[from] ThunkError),
+    /// The state folder failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// One call to record.
+#[derive(Debug, Clone)]
+pub struct Wrap<'a> {
+    /// The folder the call runs in: every input and output is inside it.
+    pub cwd: &'a Path,
+    /// The program, by path, or by name looked up on `path`.
+    pub program: &'a OsStr,
+    /// Its arguments after argv\[0\].
+    pub args: &'a [String],
+    /// The files it reads.
+    pub inputs: &'a [PathBuf],
+    /// The files it writes.
+    pub outputs: &'a [PathBuf],
+    /// Its whole environment.
+    pub env: BTreeMap<String, String>,
+    /// Its time limit.
+    pub timeout: Duration,
+    /// The mode the outputs' placeholders (and so the forced files) get.
+    pub mode: u32,
+    /// The search path for a program given by name (`PATH`).
+    pub path: Option<&'a OsStr>,
+}
+
+/// Records `call` as a thunk in `state`, writes a placeholder for each output, and returns the
+/// thunk's id.
+pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
+    let program = Program::Ref(program_ref(state, call)?);
+    let mut inputs = BTreeMap::new();
+    for input in call.inputs {
+        let at = sandbox_path(call.cwd, input, "input")?;
+        inputs.insert(at, file_ref(state, &call.cwd.join(input))?);
+    }
+    let mut outputs =
+        call.outputs.iter().map(|o| sandbox_path(call.cwd, o, "output")).collect::<Result<Vec<_>, _>>()?;
+    outputs.sort();
+    outputs.dedup();
+    let thunk = Thunk {
+        program,
+        args: call.args.to_vec(),
+        env: call.env.clone(),
+        inputs,
+        outputs,
+        timeout_ms: u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX).max(1),
+        network: false,
+    };
+    thunk.validate()?;
+    let id = state.add_thunk(&thunk)?;
+    for name in &thunk.outputs {
+        let path = call.cwd.join(name);
+        let placeholder = Placeholder { output: Ref::Output { thunk: id, name: name.clone() } };
+        let written =
+            path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| placeholder.write(&path, call.mode));
+        written.map_err(|error| WrapError::Io { path: path.display().to_string(), error })?;
+    }
+    Ok(id)
+}
+
+/// What a file the call reads is: the output a placeholder stands for, or its own bytes.
+fn file_ref(state: &State, path: &Path) -> Result<Ref, WrapError> {
+    let io = |error| WrapError::Io { path: path.display().to_string(), error };
+    match Placeholder::read(path).map_err(io)? {
+        Some(placeholder) => Ok(placeholder.output),
+        None => Ok(Ref::Blob(state.add_blob(path)?)),
+    }
+}
+
+fn program_ref(state: &State, call: &Wrap<'_>) -> Result<Ref, WrapError> {
+    use std::os::unix::fs::PermissionsExt;
+    let named = Path::new(call.program);
+    let path = match named.components().count() > 1 || named.is_absolute() {
+        true => call.cwd.join(named),
+        false => std::env::split_paths(call.path.unwrap_or_default())
+            .map(|dir| call.cwd.join(dir).join(named))
+            .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+            .ok_or_else(|| WrapError::NotOnPath(named.display().to_string()))?,
+    };
+    let meta = path.metadata().map_err(|error| WrapError::Io { path: path.display().to_string(), error })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(WrapError::NotExecutable(path.display().to_string()));
+    }
+    file_ref(state, &path)
+}
+
+/// The sandbox path of `path` (relative to `cwd`, or absolute under it): relative, without
+/// `.` or `..`.
+fn sandbox_path(cwd: &Path, path: &Path, what: &'static str) -> Result<String, WrapError> {
+    let outside = || WrapError::Outside { what, path: path.display().to_string(), cwd: cwd.display().to_string() };
+    let relative = match path.is_absolute() {
+        true => path.strip_prefix(cwd).map_err(|_| outside())?,
+        false => path,
+    };
+    let mut parts = Vec::new();
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_str().ok_or_else(outside)?),
+            Component::CurDir => {}
+            _ => return Err(outside()),
+        }
+    }
+    if parts.is_empty() {
+        return Err(outside());
+    }
+    Ok(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call<'a>(cwd: &'a Path, inputs: &'a [PathBuf], outputs: &'a [PathBuf]) -> Wrap<'a> {
+        Wrap {
+            cwd,
+            program: OsStr::new("sh"),
+            args: &[],
+            inputs,
+            outputs,
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(60),
+            mode: 0o644,
+            path: Some(OsStr::new("/usr/bin:/bin")),
+        }
+    }
+
+    #[test]
+    fn a_call_becomes_a_thunk_whose_placeholders_chain_into_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::open(&dir.path().join(".thunkmesh")).expect("state");
+        std::fs::write(dir.path().join("in.txt"), "words\n").expect("write");
+        let (ins, outs) = ([PathBuf::from("in.txt")], [PathBuf::from("out/mid.txt")]);
+        let first = wrap(&state, &call(dir.path(), &ins, &outs)).expect("wrap");
+        let mid = Placeholder::read(&dir.path().join("out/mid.txt")).expect("read").expect("a placeholder");
+        assert_eq!(mid.output, Ref::Output { thunk: first, name: "out/mid.txt".into() });
+        let (ins, outs) = ([dir.path().join("out/mid.txt")], [PathBuf::from("last.txt")]);
+        let second = wrap(&state, &call(dir.path(), &ins, &outs)).expect("wrap");
+        let recorded = state.thunk(second).expect("recorded");
+        assert_eq!(recorded.inputs["out/mid.txt"], mid.output);
+        assert_eq!(recorded.outputs, ["last.txt"]);
+    }
+
+    #[test]
+    fn paths_outside_the_build_folder_and_missing_programs_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::open(&dir.path().join(".thunkmesh")).expect("state");
+        for bad in ["../x", "/etc/x", "a/../../x", "."] {
+            let outs = [PathBuf::from(bad)];
+            let e = wrap(&state, &call(dir.path(), &[], &outs)).expect_err("outside").to_string();
+            assert!(e.starts_with(&format!("{bad}: an output must be inside the build folder")), "{e}");
+        }
+        let outs = [PathBuf::from("o")];
+        let mut missing = call(dir.path(), &[], &outs);
+        missing.program = OsStr::new("no-such-program-here");
+        let e = wrap(&state, &missing).expect_err("not on PATH").to_string();
+        assert_eq!(e, "program `no-such-program-here` is not on PATH");
+        assert!(!dir.path().join("o").exists(), "nothing is written for a refused call");
+    }
+}

@@ -1,0 +1,196 @@
+//! `wrap`, `force`, `describe` and `hash`: the commands of model substitution, in terms of the
+//! `thunkmesh-infer` library. Bad input (a path outside the build folder, a file that is not a
+//! placeholder, a placeholder the state folder does not know) ends with one line and exit code 2.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use thunkmesh_infer::{Placeholder, State};
+use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
+
+use crate::cli::{DescribeArgs, ForceArgs, HashArgs, WrapArgs};
+use crate::commands::{Bar, execute, failed, open_store, report};
+
+/// Says why and exits 2: the input, not the run, was wrong.
+fn refused(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+pub fn hash(args: &HashArgs) -> ExitCode {
+    for file in &args.files {
+        match thunkmesh_client::hash_file(file) {
+            Ok(id) => println!("{id}  {}", file.display()),
+            Err(e) => return refused(format_args!("{}: {e}", file.display())),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn wrap(args: &WrapArgs) -> ExitCode {
+    match try_wrap(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => refused(format_args!("{e:#}")),
+    }
+}
+
+fn try_wrap(args: &WrapArgs) -> Result<()> {
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        let (name, value) = pair.split_once('=').with_context(|| format!("--env {pair}: give NAME=VALUE"))?;
+        env.insert(name.to_owned(), value.to_owned());
+    }
+    let (program, rest) = args.command.split_first().context("no program after --")?;
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    let state = State::open(&args.state_dir)?;
+    let call = thunkmesh_infer::Wrap {
+        cwd: &cwd,
+        program: program.as_ref(),
+        args: rest,
+        inputs: &args.inputs,
+        outputs: &args.outputs,
+        path: env.get("PATH").map(|p| p.as_ref()),
+        env: env.clone(),
+        timeout: args.timeout,
+        mode: if args.executable { 0o755 } else { 0o644 },
+    };
+    let id = thunkmesh_infer::wrap(&state, &call)?;
+    tracing::info!(thunk = %id, "recorded");
+    Ok(())
+}
+
+pub async fn force(args: ForceArgs) -> ExitCode {
+    let started = Instant::now();
+    let forcing = match plan_force(&args) {
+        Ok(Some(forcing)) => forcing,
+        Ok(None) => {
+            println!("nothing to force: no placeholder under the current folder");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return refused(format_args!("{e:#}")),
+    };
+    let out = forcing.out.clone();
+    let mut bar = Bar::new();
+    let result = execute(&args.flags, &forcing.it.job, &out, &mut bar, started).await;
+    bar.0.finish_and_clear();
+    let placed = result.and_then(|(summary, launched)| {
+        thunkmesh_infer::put_in_place(&out, &forcing.it.places)?;
+        let said = format!("forced {} placeholder(s)", forcing.it.places.len());
+        report(&args.flags, &said, &summary, launched.as_ref())
+    });
+    match placed {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(&e),
+    }
+}
+
+/// The job that forces what `args` names, and the empty folder its targets go to first.
+struct Planned {
+    it: thunkmesh_infer::Forcing,
+    out: std::path::PathBuf,
+}
+
+fn plan_force(args: &ForceArgs) -> Result<Option<Planned>> {
+    let state = State::open(&args.flags.state_dir)?;
+    let files = match args.all {
+        true => thunkmesh_infer::placeholders_under(Path::new("."))?,
+        false => args.files.clone(),
+    };
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let it = thunkmesh_infer::forcing(&state, &files)?;
+    let out = state.dir().join("forced");
+    match std::fs::remove_dir_all(&out) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot empty {}", out.display()));
+        }
+        _ => {}
+    }
+    Ok(Some(Planned { it, out }))
+}
+
+pub async fn describe(args: &DescribeArgs) -> ExitCode {
+    let found = match what_to_describe(args) {
+        Ok(found) => found,
+        Err(e) => return refused(format_args!("{e:#}")),
+    };
+    match print_description(args, &found).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(&e),
+    }
+}
+
+/// The thunk `args.what` names (a placeholder's, or by id or output ref), and its id.
+fn what_to_describe(args: &DescribeArgs) -> Result<(Id, Thunk)> {
+    let state = State::open(&args.state_dir)?;
+    let path = Path::new(&args.what);
+    let id = match path.exists() {
+        true => match Placeholder::read(path).with_context(|| args.what.clone())? {
+            Some(Placeholder { output: Ref::Output { thunk, .. } }) => thunk,
+            _ => anyhow::bail!("{}: is not a placeholder", args.what),
+        },
+        false => match args.what.split_once('#').map_or(args.what.as_str(), |(id, _)| id).parse::<Id>() {
+            Ok(id) if id.kind == Kind::Thunk => id,
+            _ => anyhow::bail!("{}: is neither a file nor a thunk id (T...) or output (T...#name)", args.what),
+        },
+    };
+    Ok((id, state.thunk(id).with_context(|| args.what.clone())?))
+}
+
+async fn print_description(args: &DescribeArgs, (id, thunk): &(Id, Thunk)) -> Result<()> {
+    let store = open_store(args.store.as_deref(), &args.state_dir)?;
+    let memo = store.get_reduction(*id).await?;
+    let source = |r: &Ref| match r {
+        Ref::Blob(_) => "a file's bytes, recorded",
+        Ref::Output { .. } => "an output of another recorded thunk",
+    };
+    let program = match &thunk.program {
+        Program::Ref(r) => (r.to_string(), source(r).to_owned()),
+        Program::Host { path, pin } => (path.clone(), format!("a host program pinned as {pin}")),
+    };
+    if args.json {
+        let inputs: BTreeMap<&String, serde_json::Value> = thunk
+            .inputs
+            .iter()
+            .map(|(path, r)| (path, serde_json::json!({ "ref": r.to_string(), "source": source(r) })))
+            .collect();
+        let memo = memo.map(|outputs| outputs.into_iter().map(|(n, b)| (n, b.to_string())).collect::<BTreeMap<_, _>>());
+        let json = serde_json::json!({
+            "thunk": id.to_string(),
+            "program": { "ref": program.0, "source": program.1 },
+            "args": thunk.args,
+            "env": thunk.env,
+            "inputs": inputs,
+            "outputs": thunk.outputs,
+            "timeout_ms": thunk.timeout_ms,
+            "network": thunk.network,
+            "memo": memo,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!("thunk    {id}");
+    println!("program  {} ({})", program.0, program.1);
+    println!("args     {:?}", thunk.args);
+    for (i, (name, value)) in thunk.env.iter().enumerate() {
+        println!("{}{name}={value}", if i == 0 { "env      " } else { "         " });
+    }
+    for (i, (path, r)) in thunk.inputs.iter().enumerate() {
+        println!("{}{path} <- {r} ({})", if i == 0 { "inputs   " } else { "         " }, source(r));
+    }
+    println!("outputs  {}", thunk.outputs.join(", "));
+    println!("timeout  {}", humantime::format_duration(thunk.timeout()));
+    println!("network  {}", if thunk.network { "yes" } else { "no" });
+    match memo {
+        Some(outputs) => {
+            let listed: Vec<String> = outputs.iter().map(|(n, b)| format!("{n} = {b}")).collect();
+            println!("memo     recorded in {}: {}", store.url(), listed.join(", "));
+        }
+        None => println!("memo     not recorded in {}", store.url()),
+    }
+    Ok(())
+}
