@@ -28,6 +28,10 @@ pub enum Command {
     Node(NodeArgs),
     /// Show the nodes registered with a rendezvous: addresses, NAT, slots, running thunks.
     Status(StatusArgs),
+    /// Run a build command (`make ...`) with thunkmesh standing in for the compiler drivers, `ar`,
+    /// `ranlib` and `strip`: each call is recorded as a thunk and leaves placeholders (see
+    /// docs/infer.md); `force` then builds them.
+    Infer(InferArgs),
     /// Record one call of a program as a thunk, leaving placeholders where its outputs go
     /// (the generic model; see docs/infer.md).
     Wrap(WrapArgs),
@@ -161,6 +165,20 @@ pub struct WrapArgs {
     pub state_dir: PathBuf,
     /// The program (a path, or a name on PATH) and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+    pub command: Vec<String>,
+}
+
+/// Flags of `thunkmesh infer`.
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// Where recorded thunks and the files they read are kept.
+    #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Say why each call a model could not express ran the real tool.
+    #[arg(long)]
+    pub verbose: bool,
+    /// The build command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND ARGS")]
     pub command: Vec<String>,
 }
 

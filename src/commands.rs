@@ -26,6 +26,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Rendezvous(args) => rendezvous(args).await,
         Command::Node(args) => node(args).await,
         Command::Status(args) => status(args).await,
+        Command::Infer(args) => return crate::infer::infer(&args),
         Command::Wrap(args) => return crate::infer::wrap(&args),
         Command::Force(args) => return crate::infer::force(args).await,
         Command::Describe(args) => return crate::infer::describe(&args).await,

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use thunkmesh_infer::{Placeholder, State};
 use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
 
-use crate::cli::{DescribeArgs, ForceArgs, HashArgs, WrapArgs};
+use crate::cli::{DescribeArgs, ForceArgs, HashArgs, InferArgs, WrapArgs};
 use crate::commands::{Bar, execute, failed, open_store, report};
 
 /// Says why and exits 2: the input, not the run, was wrong.
@@ -28,6 +28,54 @@ pub fn hash(args: &HashArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+pub fn infer(args: &InferArgs) -> ExitCode {
+    match try_infer(args) {
+        Ok(code) => code,
+        Err(e) => refused(format_args!("{e:#}")),
+    }
+}
+
+/// Puts the models first on the build's `PATH` and runs it; exits as the build did.
+fn try_infer(args: &InferArgs) -> Result<ExitCode> {
+    use thunkmesh_infer::models::{MODELS, REAL_PATH_ENV, STATE_ENV, VERBOSE_ENV};
+    let state = State::open(&args.state_dir)?;
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let shims = state.dir().join("bin");
+    std::fs::create_dir_all(&shims).with_context(|| format!("cannot make {}", shims.display()))?;
+    for name in MODELS {
+        let link = shims.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&exe, &link).with_context(|| format!("cannot make {}", link.display()))?;
+    }
+    let real_path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(shims.clone()).chain(std::env::split_paths(&real_path)))
+        .context("PATH holds a folder with a `:`")?;
+    let before = recorded(&state);
+    let (program, rest) = args.command.split_first().context("no build command after --")?;
+    let mut build = std::process::Command::new(program);
+    build.args(rest).env("PATH", path).env(REAL_PATH_ENV, &real_path);
+    build.env(STATE_ENV, std::path::absolute(&args.state_dir).context("cannot read the current folder")?);
+    if args.verbose {
+        build.env(VERBOSE_ENV, "1");
+    }
+    let status = build.status().with_context(|| format!("cannot run {program}"))?;
+    let new = recorded(&state).saturating_sub(before);
+    eprintln!(
+        "recorded {new} new thunk(s) in {}; `thunkmesh force FILE` or `--all` builds them",
+        state.dir().display()
+    );
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        code => ExitCode::from(u8::try_from(code.unwrap_or(1)).unwrap_or(1)),
+    })
+}
+
+/// How many thunks the state folder holds.
+fn recorded(state: &State) -> usize {
+    std::fs::read_dir(state.dir().join("thunks"))
+        .map_or(0, |d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
 }
 
 pub fn wrap(args: &WrapArgs) -> ExitCode {
@@ -56,6 +104,7 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
         env: env.clone(),
         timeout: args.timeout,
         mode: if args.executable { 0o755 } else { 0o644 },
+        host: false,
     };
     let id = thunkmesh_infer::wrap(&state, &call)?;
     tracing::info!(thunk = %id, "recorded");

@@ -15,6 +15,15 @@ fn main() -> ExitCode {
         let code = thunkmesh_node::jail::launcher_main(std::env::args_os().skip(2));
         return ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX));
     }
+    // Started as a model (`thunkmesh infer` put this binary on the build's PATH as `cc`, `ar`...).
+    if std::env::var_os(thunkmesh_infer::models::REAL_PATH_ENV).is_some() {
+        let mut args = std::env::args_os();
+        let name = args.next().map(|a| std::path::Path::new(&a).file_name().unwrap_or_default().to_owned());
+        let name = name.unwrap_or_default().to_string_lossy().into_owned();
+        if thunkmesh_infer::models::MODELS.contains(&name.as_str()) {
+            return thunkmesh_infer::models::main(&name, args.map(|a| a.to_string_lossy().into_owned()).collect());
+        }
+    }
     // Started by the Lambda runtime (no arguments, the runtime API in the environment): a node
     // per invocation.
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args_os().len() == 1 {
@@ -22,7 +31,7 @@ fn main() -> ExitCode {
     }
     let cli = cli::Cli::parse();
     let default_level = match cli.command {
-        cli::Command::Run(_) | cli::Command::Force(_) | cli::Command::Wrap(_) => "warn",
+        cli::Command::Run(_) | cli::Command::Force(_) | cli::Command::Wrap(_) | cli::Command::Infer(_) => "warn",
         cli::Command::Describe(_) | cli::Command::Hash(_) => "warn",
         _ => "info",
     };

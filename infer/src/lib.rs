@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod force;
+pub mod models;
 pub mod placeholder;
 pub mod state;
 pub mod wrap;

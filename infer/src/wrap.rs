@@ -61,12 +61,23 @@ pub struct Wrap<'a> {
     pub mode: u32,
     /// The search path for a program given by name (`PATH`).
     pub path: Option<&'a OsStr>,
+    /// Record the program as a host program pinned by its hash (the node runs its own copy,
+    /// which must have the same bytes) rather than by its bytes.
+    pub host: bool,
 }
 
 /// Records `call` as a thunk in `state`, writes a placeholder for each output, and returns the
 /// thunk's id.
 pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
-    let program = Program::Ref(program_ref(state, call)?);
+    let path = find_program(call.cwd, call.program, call.path)?;
+    let program = match call.host {
+        true => {
+            let pin = thunkmesh_client::hash_file(&path)
+                .map_err(|error| WrapError::Io { path: path.display().to_string(), error })?;
+            Program::Host { path: path.display().to_string(), pin }
+        }
+        false => Program::Ref(file_ref(state, &path)?),
+    };
     let mut inputs = BTreeMap::new();
     for input in call.inputs {
         let at = sandbox_path(call.cwd, input, "input")?;
@@ -98,7 +109,7 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
 }
 
 /// What a file the call reads is: the output a placeholder stands for, or its own bytes.
-fn file_ref(state: &State, path: &Path) -> Result<Ref, WrapError> {
+pub(crate) fn file_ref(state: &State, path: &Path) -> Result<Ref, WrapError> {
     let io = |error| WrapError::Io { path: path.display().to_string(), error };
     match Placeholder::read(path).map_err(io)? {
         Some(placeholder) => Ok(placeholder.output),
@@ -106,26 +117,28 @@ fn file_ref(state: &State, path: &Path) -> Result<Ref, WrapError> {
     }
 }
 
-fn program_ref(state: &State, call: &Wrap<'_>) -> Result<Ref, WrapError> {
+/// The executable `program` names: a path (relative to `cwd`), or a name looked up on `path` as
+/// a shell would.
+pub fn find_program(cwd: &Path, program: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, WrapError> {
     use std::os::unix::fs::PermissionsExt;
-    let named = Path::new(call.program);
-    let path = match named.components().count() > 1 || named.is_absolute() {
-        true => call.cwd.join(named),
-        false => std::env::split_paths(call.path.unwrap_or_default())
-            .map(|dir| call.cwd.join(dir).join(named))
-            .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let named = Path::new(program);
+    let found = match named.components().count() > 1 || named.is_absolute() {
+        true => cwd.join(named),
+        false => std::env::split_paths(path.unwrap_or_default())
+            .map(|dir| cwd.join(dir).join(named))
+            .find(|p| executable(p))
             .ok_or_else(|| WrapError::NotOnPath(named.display().to_string()))?,
     };
-    let meta = path.metadata().map_err(|error| WrapError::Io { path: path.display().to_string(), error })?;
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(WrapError::NotExecutable(path.display().to_string()));
+    match executable(&found) {
+        true => Ok(found),
+        false => Err(WrapError::NotExecutable(found.display().to_string())),
     }
-    file_ref(state, &path)
 }
 
 /// The sandbox path of `path` (relative to `cwd`, or absolute under it): relative, without
 /// `.` or `..`.
-fn sandbox_path(cwd: &Path, path: &Path, what: &'static str) -> Result<String, WrapError> {
+pub(crate) fn sandbox_path(cwd: &Path, path: &Path, what: &'static str) -> Result<String, WrapError> {
     let outside = || WrapError::Outside { what, path: path.display().to_string(), cwd: cwd.display().to_string() };
     let relative = match path.is_absolute() {
         true => path.strip_prefix(cwd).map_err(|_| outside())?,
@@ -160,6 +173,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             mode: 0o644,
             path: Some(OsStr::new("/usr/bin:/bin")),
+            host: false,
         }
     }
 

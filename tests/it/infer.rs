@@ -128,3 +128,142 @@ fn describe_and_hash_tell_what_a_placeholder_is() {
     let sorted: serde_json::Value = serde_json::from_str(&sorted.stdout).expect("json");
     assert!(sorted["memo"]["build/count.txt"].as_str().is_some_and(|b| b.starts_with('B')), "{sorted}");
 }
+
+/// A small C project with its own Makefile: two objects in a static library, a program linked
+/// against it and stripped, `-MD` dependency files.
+fn c_project(dir: &Path) {
+    let files = [
+        ("util.h", "int twice(int x);\nint square(int x);\n"),
+        ("twice.c", "#include \"util.h\"\nint twice(int x) { return 2 * x; }\n"),
+        ("square.c", "#include <stdio.h>\n#include \"util.h\"\nint square(int x) { return x * x; }\n"),
+        (
+            "main.c",
+            "#include <stdio.h>\n#include \"util.h\"\nint main(void) { printf(\"%d %d\\n\", twice(21), square(7)); return 0; }\n",
+        ),
+        (
+            "Makefile",
+            "CFLAGS = -O2 -Wall\nOBJS = twice.o square.o\n\nprog: main.o libutil.a\n\t$(CC) $(CFLAGS) -o prog main.o -L. -lutil\n\tstrip prog\n\nlibutil.a: $(OBJS)\n\tar rc libutil.a $(OBJS)\n\t-ranlib libutil.a\n\n%.o: %.c util.h\n\t$(CC) $(CFLAGS) -MD -c -o $@ $<\n",
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("write");
+    }
+}
+
+fn make(dir: &Path, args: &[&str]) {
+    let status = std::process::Command::new("make").args(["-s", "CC=cc"]).args(args).current_dir(dir).status();
+    assert!(status.expect("make").success());
+}
+
+const BUILT: [&str; 5] = ["main.o", "twice.o", "square.o", "libutil.a", "prog"];
+
+#[test]
+fn an_unchanged_makefile_is_inferred_and_forced_into_the_same_bytes_as_make() {
+    let (direct, inferred) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    c_project(direct.path());
+    make(direct.path(), &[]);
+    c_project(inferred.path());
+    let infer = tm(inferred.path(), &["infer", "--verbose", "--", "make", "-s", "CC=cc"]);
+    infer.ok();
+    assert!(!infer.stderr.contains("running the real"), "every call was modelled: {}", infer.stderr);
+    assert!(infer.stderr.contains("recorded 6 new thunk(s)"), "{}", infer.stderr);
+    for file in BUILT {
+        let text = std::fs::read(inferred.path().join(file)).expect("read");
+        assert!(text.starts_with(b"# thunkmesh placeholder v1\n"), "{file} was built for real at infer time");
+    }
+    let built = force(inferred.path(), &["--all"]);
+    built.ok();
+    assert_eq!(built.num("thunks_executed"), 6, "{}", built.stdout);
+    for file in BUILT {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).expect("read");
+        assert!(read(inferred.path()) == read(direct.path()), "{file} differs from make's");
+    }
+    let said = std::process::Command::new(inferred.path().join("prog")).output().expect("run prog");
+    assert_eq!(said.stdout, b"42 49\n");
+    // A changed source: make asks again for what depends on it, and only that runs.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let twice = inferred.path().join("twice.c");
+    std::fs::write(&twice, "#include \"util.h\"\nint twice(int x) { return x + x + 1; }\n").expect("edit");
+    tm(inferred.path(), &["infer", "--", "make", "-s", "CC=cc"]).ok();
+    let again = force(inferred.path(), &["prog"]);
+    again.ok();
+    assert_eq!(again.num("thunks_executed"), 4, "twice.o, libutil.a, prog's link and strip: {}", again.stdout);
+    let said = std::process::Command::new(inferred.path().join("prog")).output().expect("run prog");
+    assert_eq!(said.stdout, b"43 49\n");
+}
+
+/// The same inferred build forced in storage mode gives the same bytes.
+#[test]
+fn an_inferred_build_in_storage_mode_gives_the_same_bytes() {
+    let (p2p, storage) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    for dir in [p2p.path(), storage.path()] {
+        c_project(dir);
+        tm(dir, &["infer", "--", "make", "-s", "CC=cc"]).ok();
+    }
+    force(p2p.path(), &["prog"]).ok();
+    force(storage.path(), &["--mode", "storage", "prog"]).ok();
+    let read = |dir: &Path| std::fs::read(dir.join("prog")).expect("read");
+    assert!(read(p2p.path()) == read(storage.path()));
+}
+
+/// zlib's Debian source package (fetched by the test command), unpacked into `dir` and
+/// configured for a static build.
+fn zlib(dir: &Path) {
+    let sources = crate::util::repo("target/sources/zlib");
+    let dsc = std::fs::read_dir(&sources)
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "dsc")));
+    let dsc = dsc.unwrap_or_else(|| panic!("no zlib source package in {}: scripts/test fetches it", sources.display()));
+    let unpacked = std::process::Command::new("dpkg-source").arg("-x").arg(&dsc).arg(dir.join("zlib")).output();
+    assert!(unpacked.expect("dpkg-source").status.success(), "dpkg-source -x {}", dsc.display());
+    let configured = std::process::Command::new("./configure").arg("--static").current_dir(dir.join("zlib")).output();
+    assert!(configured.expect("configure").status.success());
+}
+
+const ZLIB_BUILT: [&str; 3] = ["libz.a", "example", "minigzip"];
+
+/// zlib from its unchanged Makefile: `infer -- make libz.a example minigzip`, then `force`,
+/// gives the bytes `make` gives (two direct builds in two folders agree first), its own tests
+/// pass, and a second `force` runs nothing.
+#[test]
+fn zlib_is_built_from_its_makefile_through_infer_and_force_as_make_builds_it() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    let trees: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.path().join("zlib")).collect();
+    for dir in &dirs {
+        zlib(dir.path());
+    }
+    let targets = ZLIB_BUILT;
+    make(&trees[0], &targets);
+    make(&trees[1], &targets);
+    let infer = tm(&trees[2], &[&["infer", "--verbose", "--", "make", "-s"][..], &targets].concat());
+    infer.ok();
+    assert!(!infer.stderr.contains("running the real"), "every call was modelled: {}", infer.stderr);
+    let built = force(&trees[2], &["--all"]);
+    built.ok();
+    for file in ZLIB_BUILT {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).expect("read");
+        assert!(read(&trees[0]) == read(&trees[1]), "{file}: two direct builds differ");
+        assert!(read(&trees[2]) == read(&trees[0]), "{file} differs from make's");
+    }
+    let example = std::process::Command::new("./example").current_dir(&trees[2]).output().expect("example");
+    assert!(example.status.success(), "zlib's example failed: {}", String::from_utf8_lossy(&example.stdout));
+    let round_trip = std::process::Command::new("sh")
+        .args(["-c", "./minigzip < zlib.h | ./minigzip -d | cmp - zlib.h"])
+        .current_dir(&trees[2])
+        .status();
+    assert!(round_trip.expect("minigzip").success(), "minigzip did not round-trip zlib.h");
+    // The same build inferred in a fourth folder with the third's state: the same thunks, all
+    // in the memo cache.
+    let state = trees[2].join(".thunkmesh");
+    let state = state.to_str().expect("utf-8");
+    let fourth = tempfile::tempdir().expect("tempdir");
+    zlib(fourth.path());
+    let tree = fourth.path().join("zlib");
+    tm(&tree, &[&["infer", "--state-dir", state, "--", "make", "-s"][..], &targets].concat()).ok();
+    let again = force(&tree, &["--all", "--state-dir", state]);
+    again.ok();
+    assert_eq!(again.num("thunks_executed"), 0, "{}", again.stdout);
+    for file in ZLIB_BUILT {
+        assert!(std::fs::read(tree.join(file)).expect("read") == std::fs::read(trees[0].join(file)).expect("read"));
+    }
+}
