@@ -11,6 +11,7 @@
 //! rest goes when the benchmark is over.
 
 mod footprint;
+mod infer;
 mod nat;
 mod report;
 mod sim;
@@ -45,6 +46,9 @@ enum Sub {
     Nat(nat::NatArgs),
     /// A node's start time to registration and its idle memory (what a Lambda cold start pays).
     Footprint(footprint::FootprintArgs),
+    /// An unchanged Makefile build (zlib, a synthetic project) through `infer` and `force`
+    /// against `make -j` (zlib needs `scripts/fetch-sources zlib`).
+    Infer(infer::InferArgs),
 }
 
 /// Options of the real benchmark.
@@ -98,6 +102,7 @@ fn main() -> Result<()> {
         Some(Sub::Simulate(args)) => simulate::main(&args),
         Some(Sub::Nat(args)) => nat::main(&args),
         Some(Sub::Footprint(args)) => footprint::main(&args),
+        Some(Sub::Infer(args)) => infer::main(&args),
         None => bench(&cli.bench),
     }
 }

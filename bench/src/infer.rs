@@ -1,0 +1,223 @@
+//! `thunkmesh-bench infer`: an unchanged Makefile build through `thunkmesh infer` and `force`
+//! against `make -j2` on the same machine, for zlib (Debian's source package, fetched by
+//! `scripts/fetch-sources zlib`) and a synthetic project of many sources. Each step runs in a
+//! fresh copy of the configured tree; the figures are wall-clock medians over `--reps` runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// Options of `infer`.
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// Runs of each step.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Sources of the synthetic project.
+    #[arg(long, default_value_t = 200)]
+    sources: usize,
+    /// Local workers `force` starts (and `make -j`).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// The thunkmesh binary [default: `thunkmesh` next to this program].
+    #[arg(long)]
+    thunkmesh: Option<PathBuf>,
+}
+
+/// A project: how to make a configured tree in a folder, and what to build.
+struct Project {
+    name: String,
+    prepare: Box<dyn Fn(&Path) -> Result<()>>,
+    targets: Vec<String>,
+    /// A source file the incremental step changes (a comment is added).
+    change: String,
+}
+
+pub fn main(args: &InferArgs) -> Result<()> {
+    let binary = crate::thunkmesh_binary(args.thunkmesh.as_ref())?;
+    let projects = [zlib()?, synthetic(args.sources)];
+    println!(
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12}",
+        "project", "make -n", "make -j", "infer", "force", "ratio", "memo force", "one changed"
+    );
+    for project in &projects {
+        let row = measure(&binary, project, args)?;
+        println!(
+            "{:<16} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}x {:>9.2}s {:>6.2}s ({})",
+            project.name,
+            row.dry_run,
+            row.make,
+            row.infer,
+            row.force,
+            (row.infer + row.force) / row.make,
+            row.memo_rerun,
+            row.changed,
+            row.changed_ran
+        );
+    }
+    println!(
+        "ratio: (infer + force) / make -j; memo force: force of a fresh copy, inferred again, whose results the memo \
+         cache has; one changed: infer and force after one source of that copy changed (thunks run)"
+    );
+    Ok(())
+}
+
+/// Medians of one project's steps, in seconds.
+struct Row {
+    dry_run: f64,
+    make: f64,
+    infer: f64,
+    force: f64,
+    memo_rerun: f64,
+    changed: f64,
+    changed_ran: String,
+}
+
+fn measure(binary: &Path, project: &Project, args: &InferArgs) -> Result<Row> {
+    let jobs = format!("-j{}", args.workers);
+    let workers = args.workers.to_string();
+    let (mut dry, mut make, mut infer, mut force, mut memo, mut changed) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut changed_ran = String::new();
+    for _ in 0..args.reps {
+        let scratch = tempfile::tempdir()?;
+        let tree = |name: &str| -> Result<PathBuf> {
+            let dir = scratch.path().join(name);
+            std::fs::create_dir_all(&dir)?;
+            (project.prepare)(&dir)?;
+            Ok(dir)
+        };
+        let direct = tree("direct")?;
+        dry.push(timed(Command::new("make").arg("-n").args(&project.targets).current_dir(&direct))?);
+        make.push(timed(Command::new("make").arg("-s").arg(&jobs).args(&project.targets).current_dir(&direct))?);
+        let inferred = tree("inferred")?;
+        let state = inferred.join(".thunkmesh");
+        let infer_cmd = |dir: &Path| {
+            let mut c = Command::new(binary);
+            c.args(["infer", "--state-dir"]).arg(&state).args(["--", "make", "-s"]).args(&project.targets);
+            c.current_dir(dir);
+            c
+        };
+        let force_cmd = |dir: &Path| {
+            let mut c = Command::new(binary);
+            c.args(["force", "--all", "--workers", &workers, "--state-dir"]).arg(&state).current_dir(dir);
+            c
+        };
+        infer.push(timed(&mut infer_cmd(&inferred))?);
+        force.push(timed(&mut force_cmd(&inferred))?);
+        for target in &project.targets {
+            if std::fs::read(inferred.join(target))? != std::fs::read(direct.join(target))? {
+                bail!("{}: {target} differs from make's", project.name);
+            }
+        }
+        let again = tree("again")?;
+        timed(&mut infer_cmd(&again))?;
+        memo.push(timed(&mut force_cmd(&again))?);
+        let changed_file = again.join(&project.change);
+        let text = std::fs::read_to_string(&changed_file)? + "/* changed by thunkmesh-bench */\n";
+        std::fs::write(&changed_file, text)?;
+        let summary = again.join("summary.json");
+        let mut forced = force_cmd(&again);
+        forced.arg("--summary-json").arg(&summary);
+        changed.push(timed(&mut infer_cmd(&again))? + timed(&mut forced)?);
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+        changed_ran = format!("{} run", json["thunks_executed"]);
+    }
+    Ok(Row {
+        dry_run: median(dry),
+        make: median(make),
+        infer: median(infer),
+        force: median(force),
+        memo_rerun: median(memo),
+        changed: median(changed),
+        changed_ran,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs a command to success; its wall time in seconds.
+fn timed(command: &mut Command) -> Result<f64> {
+    let started = Instant::now();
+    let out = command.output().with_context(|| format!("cannot run {command:?}"))?;
+    if !out.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// zlib 1.2.13 from Debian, configured with `--static`; `make libz.a example minigzip`.
+fn zlib() -> Result<Project> {
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sources/zlib");
+    let dsc = std::fs::read_dir(&sources)
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "dsc")))
+        .with_context(|| format!("no zlib source package in {}: run scripts/fetch-sources zlib", sources.display()))?;
+    let prepare = move |dir: &Path| -> Result<()> {
+        let tree = dir.join("zlib");
+        timed(Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&tree))?;
+        timed(Command::new("./configure").arg("--static").current_dir(&tree))?;
+        for entry in std::fs::read_dir(&tree)? {
+            let entry = entry?;
+            std::fs::rename(entry.path(), dir.join(entry.file_name()))?;
+        }
+        Ok(std::fs::remove_dir(&tree)?)
+    };
+    Ok(Project {
+        name: "zlib".into(),
+        prepare: Box::new(prepare),
+        targets: ["libz.a", "example", "minigzip"].map(String::from).to_vec(),
+        change: "adler32.c".into(),
+    })
+}
+
+/// `sources` C files of some dozens of functions each, built into a static library and a
+/// program that calls one function of each.
+fn synthetic(sources: usize) -> Project {
+    let prepare = move |dir: &Path| -> Result<()> {
+        let mut main = String::from("#include <stdio.h>\n");
+        for i in 0..sources {
+            main.push_str(&format!("long f{i}(long);\n"));
+            std::fs::write(dir.join(format!("s{i}.c")), source(i))?;
+        }
+        main.push_str("int main(void) { long t = 0;\n");
+        for i in 0..sources {
+            main.push_str(&format!("  t += f{i}({i});\n"));
+        }
+        main.push_str("  printf(\"%ld\\n\", t); return 0; }\n");
+        std::fs::write(dir.join("main.c"), main)?;
+        let objects: Vec<String> = (0..sources).map(|i| format!("s{i}.o")).collect();
+        let makefile = format!(
+            "CFLAGS = -O2\nOBJS = {}\n\nprog: main.o libsyn.a\n\t$(CC) $(CFLAGS) -o prog main.o -L. -lsyn\n\nlibsyn.a: $(OBJS)\n\tar rc libsyn.a $(OBJS)\n\n%.o: %.c\n\t$(CC) $(CFLAGS) -c -o $@ $<\n",
+            objects.join(" ")
+        );
+        Ok(std::fs::write(dir.join("Makefile"), makefile)?)
+    };
+    Project {
+        name: format!("synthetic-{sources}"),
+        prepare: Box::new(prepare),
+        targets: vec!["prog".into()],
+        change: "s0.c".into(),
+    }
+}
+
+/// Source `i` of the synthetic project: forty small functions and one that calls them.
+fn source(i: usize) -> String {
+    let mut text = format!("static long g{i};\n");
+    for k in 0..40 {
+        text.push_str(&format!(
+            "static long h{k}(long x) {{ long a[16]; for (int j = 0; j < 16; j++) a[j] = x * j + {k}; long s = 0; for (int j = 0; j < 16; j++) s ^= a[j] << (j % 7); return s + g{i}; }}\n"
+        ));
+    }
+    text.push_str(&format!("long f{i}(long x) {{ long s = 0;"));
+    for k in 0..40 {
+        text.push_str(&format!(" s += h{k}(x + {k});"));
+    }
+    text.push_str(" return s; }\n");
+    text
+}
