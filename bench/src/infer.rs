@@ -26,10 +26,13 @@ pub struct InferArgs {
     thunkmesh: Option<PathBuf>,
 }
 
+/// Makes a project's configured tree in an empty folder.
+type Prepare = Box<dyn Fn(&Path) -> Result<()>>;
+
 /// A project: how to make a configured tree in a folder, and what to build.
 struct Project {
     name: String,
-    prepare: Box<dyn Fn(&Path) -> Result<()>>,
+    prepare: Prepare,
     targets: Vec<String>,
     /// A source file the incremental step changes (a comment is added).
     change: String,
