@@ -240,6 +240,11 @@ pub struct RunFlags {
     /// storage when no direct path forms (for benchmarking the direct path).
     #[arg(long)]
     pub require_direct: bool,
+    /// Keep going when a thunk fails: every thunk that does not depend on it still runs, the
+    /// targets that could be made are written, and the summary ends with `N passed, N failed`
+    /// and each failure's output (exit status 1 if any failed).
+    #[arg(long)]
+    pub keep_going: bool,
     /// Local state: the default store, the local nodes' caches and logs, and recorded thunks.
     #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
     pub state_dir: PathBuf,

@@ -58,8 +58,11 @@ async fn run(args: RunArgs) -> ExitCode {
     let mut bar = Bar::new();
     let result = execute(&args.flags, &job, &args.out, &mut bar, started).await;
     bar.0.finish_and_clear();
-    let said = format!("wrote {} target(s) to {}", job.job.targets.len(), args.out.display());
-    match result.and_then(|(summary, launched)| report(&args.flags, &said, &summary, launched.as_ref())) {
+    let reported = result.and_then(|(summary, launched)| {
+        let said = format!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
+        report(&args.flags, &said, &summary, launched.as_ref())
+    });
+    match reported {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed(&e),
     }
@@ -97,6 +100,7 @@ pub async fn execute(
         mode: args.mode.into(),
         memo: args.memo.into(),
         require_direct: args.require_direct,
+        keep_going: args.keep_going,
         out_dir,
     };
     if let Some(addr) = &args.rendezvous {
@@ -155,6 +159,12 @@ pub fn report(
         }
         let json = serde_json::to_string_pretty(&json)?;
         std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if summary.thunks_failed > 0 {
+        bail!(
+            "{} thunk(s) failed (each is named above); everything that did not depend on them ran",
+            summary.thunks_failed
+        );
     }
     Ok(())
 }

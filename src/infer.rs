@@ -126,8 +126,13 @@ pub async fn force(args: ForceArgs) -> ExitCode {
     let result = execute(&args.flags, &forcing.it.job, &out, &mut bar, started).await;
     bar.0.finish_and_clear();
     let placed = result.and_then(|(summary, launched)| {
-        thunkmesh_infer::put_in_place(&out, &forcing.it.places)?;
-        let said = format!("forced {} placeholder(s)", forcing.it.places.len());
+        let placed = thunkmesh_infer::put_in_place(&out, &forcing.it.places)?;
+        let said = match placed == forcing.it.places.len() {
+            true => format!("forced {placed} placeholder(s)"),
+            false => {
+                format!("forced {placed} of {} placeholder(s); the others stay placeholders", forcing.it.places.len())
+            }
+        };
         report(&args.flags, &said, &summary, launched.as_ref())
     });
     match placed {

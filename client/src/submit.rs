@@ -125,6 +125,9 @@ pub struct JobRun<'a> {
     pub memo: Memo,
     /// Fail rather than move an object between nodes any way but directly.
     pub require_direct: bool,
+    /// A failed thunk does not end the job: every thunk that does not depend on it still runs,
+    /// the targets that could be made are written, and the summary names each failure.
+    pub keep_going: bool,
     /// The directory the targets are written to.
     pub out_dir: &'a Path,
 }
@@ -137,7 +140,7 @@ pub async fn run_job(
     reporter: &mut dyn Reporter,
     started: Instant,
 ) -> Result<Summary, RunError> {
-    let JobRun { job, store, mode, memo, require_direct, out_dir } = run;
+    let JobRun { job, store, mode, memo, require_direct, keep_going, out_dir } = run;
     let job_started = Instant::now();
     reporter.phase("consulting the memo cache");
     let scan = scan_memo(job, store, memo).await?;
@@ -155,6 +158,7 @@ pub async fn run_job(
         stored: job.values.keys().copied().chain(scan.stored.iter().copied()).collect(),
         memo: scan.reductions.clone(),
         require_direct,
+        keep_going,
     };
     fits_one_message(&submission)?;
     reporter.phase("uploading inputs");
@@ -418,7 +422,13 @@ async fn write_targets(
     for (file, r) in &job.job.targets {
         let dest = out_dir.join(file);
         let fail = |reason: String| RunError::Output { path: dest.clone(), reason };
-        let blob = *blobs.get(r).ok_or_else(|| fail("the rendezvous did not report it".into()))?;
+        let Some(&blob) = blobs.get(r) else {
+            // A job that kept going leaves out the targets whose thunks failed.
+            if !outcome.failures.is_empty() {
+                continue;
+            }
+            return Err(fail("the rendezvous did not report it".into()));
+        };
         let parent = dest.parent().unwrap_or(out_dir);
         tokio::fs::create_dir_all(parent).await.map_err(|e| fail(e.to_string()))?;
         let partial = parent.join(format!(".{}.partial", blob.hex()));

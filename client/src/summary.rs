@@ -54,6 +54,12 @@ pub struct Summary {
     pub storage_read_micros: u64,
     /// Each target file and the id of its bytes.
     pub targets: BTreeMap<String, String>,
+    /// Thunks that failed (a job that keeps going).
+    pub thunks_failed: u64,
+    /// Thunks not run because an input of theirs failed.
+    pub thunks_skipped: u64,
+    /// Each failure: the thunk and why (first line), then the tail of its output.
+    pub failures: Vec<String>,
 }
 
 impl Summary {
@@ -90,7 +96,19 @@ impl Summary {
             relay_fetch_micros: moved.relay_micros,
             storage_read_micros: moved.storage_read_micros,
             targets: targets.into_iter().map(|(f, id)| (f, id.to_string())).collect(),
+            thunks_failed: outcome.failures.len() as u64,
+            thunks_skipped: outcome.skipped,
+            failures: outcome
+                .failures
+                .iter()
+                .map(|e| [e.message.as_str(), e.detail.as_str()].join("\n").trim_end().to_owned())
+                .collect(),
         }
+    }
+
+    /// Thunks that ran or were reused and did not fail.
+    pub fn passed(&self) -> u64 {
+        self.thunks_total.saturating_sub(self.thunks_failed + self.thunks_skipped)
     }
 }
 
@@ -136,7 +154,17 @@ impl fmt::Display for Summary {
             "wall      {:.3} s ({:.3} s for the job itself)",
             self.wall_ms as f64 / 1000.0,
             self.job_ms as f64 / 1000.0
-        )
+        )?;
+        if self.thunks_failed + self.thunks_skipped > 0 {
+            for failure in &self.failures {
+                write!(f, "\n\nFAILED {failure}")?;
+            }
+            write!(f, "\n\n{} passed, {} failed", self.passed(), self.thunks_failed)?;
+            if self.thunks_skipped > 0 {
+                write!(f, ", {} skipped", self.thunks_skipped)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -166,6 +194,8 @@ mod tests {
             nodes_lost: 0,
             storage_fallbacks: 0,
             copies: 0,
+            failures: vec![],
+            skipped: 0,
         };
         let client =
             TransferStats { storage_gets: 4, storage_puts: 2, storage_bytes_written: 10, ..Default::default() };

@@ -118,11 +118,18 @@ pub fn placeholders_under(root: &Path) -> Result<Vec<PathBuf>, ForceError> {
     Ok(found)
 }
 
-/// Moves each forced target from `out_dir` over its placeholder, with the placeholder's mode.
-pub fn put_in_place(out_dir: &Path, places: &[(PathBuf, u32)]) -> Result<(), ForceError> {
+/// Moves each forced target from `out_dir` over its placeholder, with the placeholder's mode;
+/// returns how many were there (a job that kept going past a failure leaves some out, and their
+/// placeholders stay).
+pub fn put_in_place(out_dir: &Path, places: &[(PathBuf, u32)]) -> Result<usize, ForceError> {
     use std::os::unix::fs::PermissionsExt;
+    let mut placed = 0;
     for (index, (placeholder, mode)) in places.iter().enumerate() {
         let forced = out_dir.join(index.to_string());
+        if !forced.exists() {
+            continue;
+        }
+        placed += 1;
         let io = |error| ForceError::Io { path: placeholder.display().to_string(), error };
         std::fs::set_permissions(&forced, std::fs::Permissions::from_mode(*mode)).map_err(io)?;
         if std::fs::rename(&forced, placeholder).is_err() {
@@ -133,7 +140,7 @@ pub fn put_in_place(out_dir: &Path, places: &[(PathBuf, u32)]) -> Result<(), For
             let _ = std::fs::remove_file(&forced);
         }
     }
-    Ok(())
+    Ok(placed)
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ fn planner() -> Planner {
         stored,
         memo: vec![],
         require_direct: false,
+        keep_going: false,
     };
     p.submit(1, &submission).expect("valid job");
     p

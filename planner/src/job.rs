@@ -31,6 +31,8 @@ pub(crate) enum State {
     Running { node: NodeId },
     /// Outputs known.
     Done { outputs: BTreeMap<String, Value> },
+    /// Given up on (a job that keeps going): it failed, or an input of it did.
+    Failed,
 }
 
 /// What a blocked thunk waits for.
@@ -131,6 +133,12 @@ pub(crate) struct Job {
     pub(crate) durations: Average,
     /// Bytes of one output.
     pub(crate) output_bytes: Average,
+    /// A failed thunk does not end the job: what does not depend on it still runs.
+    pub(crate) keep_going: bool,
+    /// Thunks that failed (a job that keeps going), each with why.
+    failures: BTreeMap<Id, WireError>,
+    /// Thunks not run because an input of theirs failed.
+    skipped: u64,
 }
 
 impl Job {
@@ -161,6 +169,9 @@ impl Job {
             watch: TargetWatch::new(sub.targets.len()),
             durations: Average::new(),
             output_bytes: Average::new(),
+            keep_going: sub.keep_going,
+            failures: BTreeMap::new(),
+            skipped: 0,
         };
         job.add_thunks(&sub.thunks, "")?;
         job.check_refs(sub.thunks.iter().flat_map(|t| t.thunk.refs()).chain(&sub.targets))?;
@@ -370,6 +381,12 @@ impl Job {
         }
     }
 
+    /// A target that will never be stored: its thunk failed (a job that keeps going).
+    pub(crate) fn target_failed(&mut self, i: usize) {
+        self.target_stored(i);
+    }
+
+    /// Whether every target is in storage, or failed.
     pub(crate) fn all_targets_stored(&self) -> bool {
         self.watch.stored_count == self.watch.stored.len()
     }
@@ -410,6 +427,11 @@ impl Job {
                         None => return Err(self.unavailable(thunk, blob)),
                     },
                 },
+                Resolved::Waiting(producer) if self.is_failed(producer) => {
+                    self.skipped += 1;
+                    self.give_up(thunk);
+                    return Ok(());
+                }
                 Resolved::Waiting(producer) => {
                     self.demand(producer);
                     Wait::Thunk(producer)
@@ -440,6 +462,27 @@ impl Job {
         let message =
             format!("input {blob} of thunk `{}` is not available on any node or in storage", self.name(thunk));
         WireError::new(ErrorCode::InputUnavailable, message)
+    }
+
+    /// Records that `thunk` failed with `error` (a job that keeps going): it runs no more, and
+    /// what waits for it is skipped.
+    pub(crate) fn thunk_failed(&mut self, thunk: Id, error: WireError) {
+        self.failures.insert(thunk, error);
+        self.give_up(thunk);
+    }
+
+    /// Marks `thunk` failed and wakes what waits for it (and the targets), which then finds
+    /// its input failed in turn.
+    fn give_up(&mut self, thunk: Id) {
+        if let Some(entry) = self.entries.get_mut(&thunk) {
+            entry.state = State::Failed;
+        }
+        self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
+        self.watch.thunk_done(thunk);
+    }
+
+    pub(crate) fn is_failed(&self, thunk: Id) -> bool {
+        self.entries.get(&thunk).is_some_and(|e| matches!(e.state, State::Failed))
     }
 
     pub(crate) fn next_ready(&mut self) -> Option<Id> {
@@ -605,7 +648,7 @@ impl Job {
         let mut p = Progress { total: self.entries.len() as u64, ..Progress::default() };
         for e in self.entries.values() {
             match e.state {
-                State::Done { .. } => p.done += 1,
+                State::Done { .. } | State::Failed => p.done += 1,
                 State::Running { .. } => p.running += 1,
                 State::Ready => p.ready += 1,
                 State::Idle => {}
@@ -617,11 +660,16 @@ impl Job {
     pub(crate) fn outcome(&self, targets: Vec<(Ref, Id)>) -> JobOutcome {
         let total = self.entries.len() as u64;
         let executed = self.executed.len() as u64;
+        let failed = self.failures.len() as u64;
+        let mut failures: Vec<WireError> = self.failures.values().cloned().collect();
+        failures.sort_by(|a, b| a.message.cmp(&b.message));
         JobOutcome {
+            failures,
+            skipped: self.skipped,
             targets,
             stats: self.stats,
             executed,
-            cached: total - executed,
+            cached: total.saturating_sub(executed + failed + self.skipped),
             total,
             nodes_lost: self.nodes_lost,
             storage_fallbacks: self.storage_fallbacks,

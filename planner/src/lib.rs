@@ -497,7 +497,8 @@ impl Planner {
         self.settle(info.job);
     }
 
-    /// A task failed. A fault of the thunk fails the job; anything else re-plans the thunk.
+    /// A task failed. A fault of the thunk fails the job (or, in a job that keeps going, that
+    /// thunk and what depends on it); anything else re-plans the thunk.
     pub fn task_failed(
         &mut self,
         node: NodeId,
@@ -526,13 +527,20 @@ impl Planner {
         if twin_runs_on && !error.code.is_thunk_fault() {
             return;
         }
-        if error.code.is_thunk_fault() {
-            let message = format!("thunk `{name}` failed: {}", error.message);
-            return self.fail(info.job, WireError { code: error.code, message, detail: error.detail.clone() });
-        }
-        if job.requeue(info.thunk) > MAX_ATTEMPTS {
-            let message = format!("thunk `{name}` could not run after {MAX_ATTEMPTS} attempts: {}", error.message);
-            return self.fail(info.job, WireError { code: error.code, message, detail: error.detail.clone() });
+        let given_up = if error.code.is_thunk_fault() {
+            Some(format!("thunk `{name}` failed: {}", error.message))
+        } else if job.requeue(info.thunk) > MAX_ATTEMPTS {
+            Some(format!("thunk `{name}` could not run after {MAX_ATTEMPTS} attempts: {}", error.message))
+        } else {
+            None
+        };
+        if let Some(message) = given_up {
+            let error = WireError { code: error.code, message, detail: error.detail.clone() };
+            if !job.keep_going {
+                return self.fail(info.job, error);
+            }
+            job.thunk_failed(info.thunk, error);
+            return self.settle(info.job);
         }
         let (require_direct, store) = (job.require_direct, job.store);
         // A peer that could not serve an object it holds uploads it; the consumer then reads it
@@ -715,6 +723,10 @@ impl Planner {
             let target = job.targets[i].clone();
             let blob = match job.resolve(&target) {
                 Resolved::Blob(blob) => blob,
+                Resolved::Waiting(thunk) if job.is_failed(thunk) => {
+                    job.target_failed(i);
+                    continue;
+                }
                 Resolved::Waiting(thunk) => {
                     job.target_waits_for_thunk(i, thunk);
                     continue;

@@ -41,6 +41,7 @@ pub(crate) fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: V
         stored,
         memo: vec![],
         require_direct: false,
+        keep_going: false,
     }
 }
 
@@ -211,6 +212,49 @@ fn a_failing_thunk_fails_the_job_with_its_name_and_the_rest_goes_on() {
     assert_eq!(error.detail, "stderr: boom");
     p.task_done(tasks[1].node, tasks[1].task, &blob_output(b"B"), TransferStats::default());
     assert_eq!(p.resolve(JOB + 1, &out(&b)), Some(Id::of_blob(b"B")), "the other job goes on");
+}
+
+/// A job that keeps going: `a` fails, so `b` (which reads it) is skipped, while `c` (which does
+/// not) still runs, and the job ends with `c`'s target and `a`'s failure.
+#[test]
+fn a_job_that_keeps_going_runs_what_does_not_depend_on_a_failed_thunk() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    let c = thunk("c", &[]);
+    let d = thunk("d", &[("in", out(&c))]);
+    let named = [("a", &a), ("b", &b), ("c", &c), ("d", &d)];
+    let sub = Submission { keep_going: true, ..submission(&named, vec![out(&b), out(&d)], vec![program()]) };
+    p.submit(JOB, &sub).expect("valid job");
+    let mut ran = Vec::new();
+    let mut done = None;
+    for _ in 0..10 {
+        let ds = drain(&mut p);
+        answer_uploads(&mut p, &ds);
+        if let Some(outcome) = job_done(&ds) {
+            done = Some(outcome.clone());
+            break;
+        }
+        assert!(!ds.iter().any(|d| matches!(d, Decision::JobFailed { .. })), "the job must keep going");
+        for task in assigns(&ds) {
+            ran.push(task.thunk);
+            match task.thunk == a.id() {
+                true => {
+                    let error = WireError::new(ErrorCode::ExitStatus, "exit status 1");
+                    p.task_failed(task.node, task.task, &error, &[], TransferStats::default());
+                }
+                false => p.task_done(task.node, task.task, &blob_output(b"ok"), TransferStats::default()),
+            }
+        }
+    }
+    let outcome = done.expect("the job ends");
+    assert!(!ran.contains(&b.id()), "b reads a failed output and never runs");
+    assert!(ran.contains(&c.id()) && ran.contains(&d.id()));
+    assert_eq!(outcome.targets.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), vec![out(&d)]);
+    let failures: Vec<&str> = outcome.failures.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(failures, ["thunk `a` failed: exit status 1"]);
+    assert_eq!(outcome.skipped, 1);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -228,6 +228,9 @@ pub struct Submission {
     /// Fail the job rather than move an object between nodes any way but directly (no relay,
     /// no storage fallback): for benchmarking the direct path.
     pub require_direct: bool,
+    /// A failed thunk does not end the job: every thunk that does not depend on it still runs,
+    /// and the outcome lists the failures.
+    pub keep_going: bool,
 }
 
 /// A thunk with the name the job gave it.
@@ -452,6 +455,11 @@ pub struct JobOutcome {
     pub storage_fallbacks: u64,
     /// Copies of straggling tasks started on other nodes.
     pub copies: u64,
+    /// Thunks that failed, each naming itself (a job that keeps going; its failed targets
+    /// are missing from `targets`).
+    pub failures: Vec<WireError>,
+    /// Thunks not run because an input of theirs failed.
+    pub skipped: u64,
 }
 
 /// Why something failed, as it crosses the wire: a code and a message.
@@ -676,6 +684,7 @@ mod tests {
                     stored,
                     memo: vec![],
                     require_direct: true,
+                    keep_going: false,
                 })),
             (any::<u64>(), proptest::collection::vec(("[a-z]{1,4}", output), 0..3), arb_stats())
                 .prop_map(|(task, outputs, stats)| ToRendezvous::Done(TaskDone { task, outputs, stats })),
@@ -729,10 +738,30 @@ mod tests {
             ready,
             nodes,
         });
-        let outcome = (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 6]>())
-            .prop_map(|(targets, stats, [executed, cached, total, nodes_lost, storage_fallbacks, copies])| {
-                JobOutcome { targets, stats, executed, cached, total, nodes_lost, storage_fallbacks, copies }
-            });
+        let failures = proptest::collection::vec(arb_error(), 0..2);
+        let outcome =
+            (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 7]>(), failures)
+                .prop_map(
+                    |(
+                        targets,
+                        stats,
+                        [executed, cached, total, nodes_lost, storage_fallbacks, copies, skipped],
+                        failures,
+                    )| {
+                        JobOutcome {
+                            targets,
+                            stats,
+                            executed,
+                            cached,
+                            total,
+                            nodes_lost,
+                            storage_fallbacks,
+                            copies,
+                            failures,
+                            skipped,
+                        }
+                    },
+                );
         prop_oneof![
             (any::<u64>(), ".{0,12}", any::<u16>())
                 .prop_map(|(session, observed, probe_port)| FromRendezvous::Welcome { session, observed, probe_port }),

@@ -90,6 +90,7 @@ fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
         stored: vec![],
         memo: vec![],
         require_direct: false,
+        keep_going: false,
     };
     (submission, thunks)
 }

@@ -174,3 +174,38 @@ fn a_node_whose_disk_fills_up_drains_and_its_task_runs_on_another() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.out("big.bin"), vec![0; 6 << 20]);
 }
+
+/// `--keep-going`, as a test suite wants it: a failing test does not stop the others, the one
+/// that needs its output is skipped, the targets that could be made are written, and the
+/// summary names the failure with its output and ends with the counts (exit status 1).
+#[test]
+fn a_job_that_keeps_going_runs_every_test_that_does_not_depend_on_a_failure() {
+    let test = |name: &str, script: &str, input: &str| {
+        format!(
+            "[[thunk]]\nname = \"{name}\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"{script}\"]\n{input}outputs = [\"out\"]\n\n"
+        )
+    };
+    let text = [
+        test("adds", "test $((2 + 2)) = 4 && echo ok > out", ""),
+        test("multiplies", "echo 'expected 6, got 5' >&2; exit 1", ""),
+        test("divides", "test $((6 / 3)) = 2 && echo ok > out", ""),
+        test("uses-product", "cat in > out", "inputs = { \"in\" = \"multiplies#out\" }\n"),
+        "[targets]\n\"adds\" = \"adds#out\"\n\"divides\" = \"divides#out\"\n\"uses-product\" = \"uses-product#out\"\n"
+            .to_owned(),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = write(dir.path(), &[("job.toml", &text)]);
+    let stopped = run_in(dir.path(), &job, &["--workers", "1"]);
+    assert_eq!(stopped.code, Some(1), "without --keep-going the job fails: {}", stopped.stderr);
+    let run = run_in(dir.path(), &job, &["--workers", "2", "--keep-going"]);
+    assert_eq!(run.code, Some(1), "a failure is still an exit status of 1: {}", run.stderr);
+    assert!(run.stdout.contains("FAILED thunk `multiplies` failed: exit status 1"), "{}", run.stdout);
+    assert!(run.stdout.contains("expected 6, got 5"), "the failure's output is shown: {}", run.stdout);
+    assert!(run.stdout.trim_end().ends_with("2 passed, 1 failed, 1 skipped"), "{}", run.stdout);
+    assert!(run.stderr.contains("1 thunk(s) failed"), "{}", run.stderr);
+    assert_eq!(run.out("adds"), b"ok\n");
+    assert_eq!(run.out("divides"), b"ok\n");
+    assert!(!run.dir.join("out/uses-product").exists());
+    assert_eq!((run.num("thunks_failed"), run.num("thunks_skipped")), (1, 1));
+}

@@ -306,6 +306,7 @@ pub fn submission(job: &SimJob, mode: Mode) -> Submission {
         stored: job.values.clone(),
         memo: Vec::new(),
         require_direct: false,
+        keep_going: false,
     }
 }
 
