@@ -154,8 +154,9 @@ pub struct WrapArgs {
     /// The outputs are programs: their placeholders, and so the forced files, get mode 0755.
     #[arg(long)]
     pub executable: bool,
-    /// The program's environment, one NAME=VALUE each (nothing else is inherited).
-    #[arg(long = "env", value_name = "NAME=VALUE", default_value = "PATH=/usr/bin:/bin")]
+    /// The program's environment, one NAME=VALUE each; nothing else is inherited, and PATH is
+    /// /usr/bin:/bin unless given.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
     /// How long one run may take.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]

@@ -86,7 +86,7 @@ pub fn wrap(args: &WrapArgs) -> ExitCode {
 }
 
 fn try_wrap(args: &WrapArgs) -> Result<()> {
-    let mut env = BTreeMap::new();
+    let mut env = BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]);
     for pair in &args.env {
         let (name, value) = pair.split_once('=').with_context(|| format!("--env {pair}: give NAME=VALUE"))?;
         env.insert(name.to_owned(), value.to_owned());

@@ -38,7 +38,9 @@ fn record_build(dir: &Path) {
     )
     .ok();
     let count = "wc -l < build/sorted.txt | tr -d ' ' > build/count.txt";
-    tm(dir, &["wrap", "--in", "build/sorted.txt", "--out", "build/count.txt", "--", "sh", "-c", count]).ok();
+    let wrapped =
+        ["wrap", "--env", "LC_ALL=C", "--in", "build/sorted.txt", "--out", "build/count.txt", "--", "sh", "-c", count];
+    tm(dir, &wrapped).ok();
     let program = "printf '#!/bin/sh\\necho %s words\\n' $(cat build/count.txt) > build/say";
     tm(dir, &["wrap", "--executable", "--in", "build/count.txt", "--out", "build/say", "--", "sh", "-c", program]).ok();
 }
