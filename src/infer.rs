@@ -125,8 +125,14 @@ pub async fn force(args: ForceArgs) -> ExitCode {
     let mut bar = Bar::new();
     let result = execute(&args.flags, &forcing.it.job, &out, &mut bar, started).await;
     bar.0.finish_and_clear();
-    let placed = result.and_then(|(summary, launched)| {
+    let placed = result.and_then(|(mut summary, launched)| {
         let placed = thunkmesh_infer::put_in_place(&out, &forcing.it.places)?;
+        // The job's targets are numbered; the summary names the files they became.
+        let by_path = |(index, id): (String, String)| {
+            let place = index.parse::<usize>().ok().and_then(|i| forcing.it.places.get(i));
+            (place.map_or(index, |(path, _)| path.display().to_string()), id)
+        };
+        summary.targets = std::mem::take(&mut summary.targets).into_iter().map(by_path).collect();
         let said = match placed == forcing.it.places.len() {
             true => format!("forced {placed} placeholder(s)"),
             false => {

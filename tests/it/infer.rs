@@ -54,6 +54,7 @@ fn wrapped_calls_are_forced_into_the_real_files_once() {
     let first = force(dir.path(), &["build/say"]);
     first.ok();
     assert_eq!(first.num("thunks_executed"), 3, "{}", first.stdout);
+    assert!(first.summary["targets"]["build/say"].as_str().is_some_and(|id| id.starts_with('B')), "{}", first.summary);
     assert_eq!(std::fs::metadata(&say).expect("meta").permissions().mode() & 0o777, 0o755);
     let said = std::process::Command::new(&say).output().expect("run the forced program");
     assert_eq!(said.stdout, b"3 words\n");
