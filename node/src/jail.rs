@@ -117,35 +117,27 @@ struct Shared {
     ipc: OwnedFd,
     uts: OwnedFd,
     template: OwnedFd,
-    root: CString,
+    root: PathBuf,
 }
 
 impl Shared {
     /// Makes them on a thread of its own (namespaces belong to threads), which then ends; the
     /// template's root is built at `root`, an empty folder of the node's.
     fn make(host: &HostLayout, root: &Path) -> std::io::Result<Shared> {
-        let mut steps = host_steps(host, root)?;
-        let inside = |p: &str| c(&root.join(p.trim_start_matches('/')));
-        steps.extend([Step::Mkdir(inside("/tmp")?, 0o755), Step::Mkdir(inside(JAIL_WORK)?, 0o755)]);
-        steps.push(Step::File(inside(JAIL_PROGRAM)?));
-        let root = c(root)?;
+        let steps = host_steps(host, root)?;
+        let (path, root) = (root.to_owned(), c(root)?);
         std::thread::spawn(move || {
-            use rustix::mount::{MountFlags as M, MountPropagationFlags as P};
+            use rustix::mount::MountFlags as M;
             use rustix::thread::UnshareFlags as F;
             // SAFETY: `FILES` is not among the flags; this thread only opens its namespaces.
             #[allow(unsafe_code)]
             unsafe { rustix::thread::unshare_unsafe(F::NEWNET | F::NEWIPC | F::NEWUTS | F::NEWNS) }?;
-            rustix::mount::mount_change(c"/", P::PRIVATE | P::REC)?;
-            rustix::mount::mount(c"tmpfs", &root, c"tmpfs", M::NOSUID | M::NODEV, c"mode=0755,size=1m")?;
-            for step in &steps {
-                step.run().map_err(|e| std::io::Error::new(e.kind(), step.failed(e.into())))?;
-            }
-            rustix::fs::chmod(&root, rustix::fs::Mode::from_raw_mode(0o555))?;
+            build_root(&root, &steps).map_err(|f| f.in_steps(&steps))?;
             rustix::mount::mount_remount(&root, M::RDONLY | M::NOSUID | M::NODEV, c"")?;
             let open = |name: &str| -> std::io::Result<OwnedFd> {
                 Ok(std::fs::File::open(format!("/proc/thread-self/ns/{name}"))?.into())
             };
-            Ok(Shared { net: open("net")?, ipc: open("ipc")?, uts: open("uts")?, template: open("mnt")?, root })
+            Ok(Shared { net: open("net")?, ipc: open("ipc")?, uts: open("uts")?, template: open("mnt")?, root: path })
         })
         .join()
         .map_err(|_| std::io::Error::other("the thread making namespaces panicked"))?
@@ -198,10 +190,9 @@ impl Jail {
     /// Runs `/bin/true` in a private root built in `root`, with `work` as its sandbox.
     fn run_true(&self, root: &Path, work: &Path) -> std::io::Result<std::process::ExitStatus> {
         let plan = Plan::new(&self.host, root, work, None, false, self.shared.clone())?;
-        let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
         let program = Path::new("/bin/true");
-        let exec = Exec::new(program, &[], std::iter::empty(), [null()?, null()?, null()?])?;
-        spawn::spawn(&exec, plan.namespaces(), &|| enter(&plan)).map_err(|f| plan.explain(f, program))?.wait_blocking()
+        let exec = Exec::new(program, &[], std::iter::empty(), [dev_null()?, dev_null()?, dev_null()?])?;
+        plan.spawn(&exec, program)?.wait_blocking()
     }
 
     /// How programs are isolated.
@@ -226,13 +217,14 @@ impl Jail {
         let shipped = program.shipped.then_some(program.path);
         let plan = Plan::new(&self.host, program.root, program.work, shipped, program.network, self.shared.clone())?;
         let path = if program.shipped { Path::new(JAIL_PROGRAM) } else { program.path };
-        let null = std::fs::File::open("/dev/null")?.into();
-        let streams = [null, program.output.try_clone()?, program.output];
+        let streams = [dev_null()?, program.output.try_clone()?, program.output];
         let exec = Exec::new(path, program.args, program.env, streams)?;
-        let started =
-            spawn::spawn(&exec, plan.namespaces(), &|| enter(&plan)).map_err(|f| plan.explain(f, program.path))?;
-        Ok(Running::Jailed(started.watch(self.orphans.clone())?))
+        Ok(Running::Jailed(plan.spawn(&exec, program.path)?.watch(self.orphans.clone())?))
     }
+}
+
+fn dev_null() -> std::io::Result<OwnedFd> {
+    Ok(std::fs::File::open("/dev/null")?.into())
 }
 
 /// A program to start: what runs, with what, where, and where its output goes.
@@ -457,10 +449,11 @@ fn c(path: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::other(format!("{} holds a NUL", path.display())))
 }
 
-/// The steps that build the host's part of a private root at `root`, with the places where the
-/// network's files are bound for a program that uses it.
+/// The steps that build the host's part of a private root at `root`, with the places where
+/// each program's `/tmp`, sandbox and program are mounted, and where the network's files are
+/// bound for a program that uses it.
 fn host_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
-    let mut steps = Vec::with_capacity(2 * host.entries.len() + host.network.len());
+    let mut steps = Vec::with_capacity(2 * host.entries.len() + host.network.len() + 3);
     for (rel, entry) in &host.entries {
         let at = c(&root.join(rel))?;
         match entry {
@@ -477,6 +470,9 @@ fn host_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
         let at = c(&root.join(rel))?;
         steps.push(if *dir { Step::Mkdir(at, 0o755) } else { Step::File(at) });
     }
+    let inside = |p: &str| c(&root.join(p.trim_start_matches('/')));
+    steps.extend([Step::Mkdir(inside("/tmp")?, 0o755), Step::Mkdir(inside(JAIL_WORK)?, 0o755)]);
+    steps.push(Step::File(inside(JAIL_PROGRAM)?));
     Ok(steps)
 }
 
@@ -499,21 +495,11 @@ impl Plan {
         network: bool,
         shared: Option<Arc<Shared>>,
     ) -> std::io::Result<Plan> {
-        let root = match &shared {
-            Some(shared) => PathBuf::from(std::ffi::OsStr::from_bytes(shared.root.as_bytes())),
-            None => root.to_owned(),
-        };
+        let root = shared.as_ref().map_or(root, |shared| &shared.root).to_owned();
         let inside = |p: &str| c(&root.join(p.trim_start_matches('/')));
         let mut steps = match shared {
             Some(_) => Vec::with_capacity(3),
-            None => {
-                let mut steps = host_steps(host, &root)?;
-                steps.extend([Step::Mkdir(inside("/tmp")?, 0o755), Step::Mkdir(inside(JAIL_WORK)?, 0o755)]);
-                if program.is_some() {
-                    steps.push(Step::File(inside(JAIL_PROGRAM)?));
-                }
-                steps
-            }
+            None => host_steps(host, &root)?,
         };
         steps.push(Step::Tmpfs(inside("/tmp")?));
         steps.push(Step::Bind { host: c(work)?, at: inside(JAIL_WORK)?, device: false, read_only: false });
@@ -550,20 +536,24 @@ impl Plan {
         flags
     }
 
+    /// Clones the program's process in the plan's namespaces, builds its root and execs `exec`
+    /// (`program` as the job names it, for errors).
+    fn spawn(&self, exec: &Exec, program: &Path) -> std::io::Result<spawn::Started> {
+        spawn::spawn(exec, self.namespaces(), &|| enter(self)).map_err(|f| self.explain(f, program))
+    }
+
     /// A failure of the child's setup or exec of `program`, with the path it concerned.
     fn explain(&self, failed: Failed, program: &Path) -> std::io::Error {
-        let errno = std::io::Error::from(failed.errno);
-        let kind = errno.kind();
-        let message = match failed.step.and_then(|i| self.steps.get(i)) {
-            Some(step) => format!("sandbox: {}", step.failed(errno)),
-            None if failed.what == spawn::EXEC && kind == std::io::ErrorKind::NotFound => format!(
-                "sandbox: {} is not in the private root, which has only the host's /usr, /bin, /sbin and /lib*",
+        let kind = std::io::Error::from(failed.errno).kind();
+        let message = match failed.what == spawn::EXEC {
+            true if kind == std::io::ErrorKind::NotFound => format!(
+                "{} is not in the private root, which has only the host's /usr, /bin, /sbin and /lib*",
                 program.display()
             ),
-            None if failed.what == spawn::EXEC => format!("sandbox: exec {}: {errno}", program.display()),
-            None => format!("sandbox: {failed}"),
+            true => format!("exec {}: {}", program.display(), std::io::Error::from(failed.errno)),
+            false => failed.in_steps(&self.steps).to_string(),
         };
-        std::io::Error::new(kind, message)
+        std::io::Error::new(kind, format!("sandbox: {message}"))
     }
 }
 
@@ -571,8 +561,6 @@ impl Plan {
 /// ones, maps its user, builds the private root, enters it and drops privileges. Only system
 /// calls on what the plan prepared; nothing allocates.
 fn enter(plan: &Plan) -> Result<(), Failed> {
-    use rustix::fs::Mode;
-    use rustix::mount::{MountFlags as M, MountPropagationFlags as P};
     match &plan.shared {
         Some(shared) => {
             use rustix::thread::{LinkNameSpaceType as T, move_into_link_name_space as enter};
@@ -596,17 +584,11 @@ fn enter(plan: &Plan) -> Result<(), Failed> {
                 write_file(c"/proc/self/uid_map", uid_map).at(what)?;
                 write_file(c"/proc/self/gid_map", gid_map).at(what)?;
             }
-            rustix::mount::mount_change(c"/", P::PRIVATE | P::REC).at("make the mounts private")?;
-            let options = c"mode=0755,size=1m";
-            rustix::mount::mount(c"tmpfs", plan.root.as_c_str(), c"tmpfs", M::NOSUID | M::NODEV, options)
-                .at("mount a tmpfs for the private root")?;
         }
     }
-    for (index, step) in plan.steps.iter().enumerate() {
-        step.run().map_err(|errno| Failed { what: step.what(), step: Some(index), errno })?;
-    }
-    if plan.shared.is_none() {
-        rustix::fs::chmod(plan.root.as_c_str(), Mode::from_raw_mode(0o555)).at("seal the private root")?;
+    match plan.shared {
+        Some(_) => run_steps(&plan.steps)?,
+        None => build_root(&plan.root, &plan.steps)?,
     }
     rustix::process::chroot(plan.root.as_c_str()).at("enter the private root")?;
     rustix::process::chdir(plan.cwd.as_c_str()).at("enter the sandbox")?;
@@ -621,6 +603,37 @@ fn enter(plan: &Plan) -> Result<(), Failed> {
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .at("ask to die with the node")?;
     rustix::thread::set_no_new_privs(true).at("set no_new_privs")
+}
+
+impl Failed {
+    /// This failure as an error naming the path of the step of `steps` it happened in.
+    fn in_steps(self, steps: &[Step]) -> std::io::Error {
+        let error = std::io::Error::from(self.errno);
+        match self.step.and_then(|i| steps.get(i)) {
+            Some(step) => {
+                std::io::Error::new(error.kind(), format!("{} {}: {error}", self.what, step.at().to_string_lossy()))
+            }
+            None => std::io::Error::new(error.kind(), self.to_string()),
+        }
+    }
+}
+
+/// Mounts a tmpfs at `root` in this (new) mount namespace, with propagation to the node's
+/// mounts cut, runs `steps` in it, and makes it unwritable. Only system calls.
+fn build_root(root: &CStr, steps: &[Step]) -> Result<(), Failed> {
+    use rustix::mount::{MountFlags as M, MountPropagationFlags as P};
+    rustix::mount::mount_change(c"/", P::PRIVATE | P::REC).at("make the mounts private")?;
+    rustix::mount::mount(c"tmpfs", root, c"tmpfs", M::NOSUID | M::NODEV, c"mode=0755,size=1m")
+        .at("mount a tmpfs for the private root")?;
+    run_steps(steps)?;
+    rustix::fs::chmod(root, rustix::fs::Mode::from_raw_mode(0o555)).at("seal the private root")
+}
+
+fn run_steps(steps: &[Step]) -> Result<(), Failed> {
+    for (index, step) in steps.iter().enumerate() {
+        step.run().map_err(|errno| Failed { what: step.what(), step: Some(index), errno })?;
+    }
+    Ok(())
 }
 
 impl Step {
@@ -653,11 +666,6 @@ impl Step {
             Step::Bind { .. } => "bind a host path at",
             Step::Tmpfs(..) => "mount a tmpfs at",
         }
-    }
-
-    /// What failed, where.
-    fn failed(&self, error: std::io::Error) -> String {
-        format!("{} {}: {error}", self.what(), self.at().to_string_lossy())
     }
 
     /// Where in the private root (as the node sees it) the step acts.
