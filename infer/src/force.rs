@@ -109,7 +109,7 @@ pub fn placeholders_under(root: &Path) -> Result<Vec<PathBuf>, ForceError> {
             let hidden = entry.file_name().to_string_lossy().starts_with('.');
             if kind.is_dir() && !hidden {
                 folders.push(path);
-            } else if kind.is_file() && Placeholder::read(&path).ok().flatten().is_some() {
+            } else if kind.is_file() && Placeholder::is_at(&path) {
                 found.push(path);
             }
         }

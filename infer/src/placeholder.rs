@@ -38,6 +38,11 @@ impl Placeholder {
         })
     }
 
+    /// Whether the file at `path` is a (readable, well-formed) placeholder.
+    pub fn is_at(path: &Path) -> bool {
+        Placeholder::read(path).ok().flatten().is_some()
+    }
+
     /// The placeholder at `path`, or `None` when the file there is not one (it is larger than a
     /// placeholder, or does not start like one). An error only when the file cannot be read,
     /// or starts like a placeholder and names no output.

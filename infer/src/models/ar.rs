@@ -10,10 +10,6 @@ use super::{Call, Outcome};
 use crate::placeholder::Placeholder;
 use crate::wrap::WrapError;
 
-fn is_placeholder(call: &Call, file: &str) -> bool {
-    Placeholder::read(&call.cwd.join(file)).ok().flatten().is_some()
-}
-
 pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
     let Some((ops, rest)) = call.args.split_first() else { return Ok(Outcome::Real("no operation".into())) };
     let ops = ops.trim_start_matches('-');
@@ -45,14 +41,14 @@ pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
 
 pub(super) fn ranlib(call: &Call) -> Result<Outcome, WrapError> {
     match call.args.as_slice() {
-        [archive] if is_placeholder(call, archive) => Ok(Outcome::Recorded),
+        [archive] if Placeholder::is_at(&call.cwd.join(archive)) => Ok(Outcome::Recorded),
         _ => Ok(Outcome::Real("not an archive the ar model made".into())),
     }
 }
 
 pub(super) fn strip(call: &Call) -> Result<Outcome, WrapError> {
     let Some((file, flags)) = call.args.split_last() else { return Ok(Outcome::Real("no file".into())) };
-    if !is_placeholder(call, file) || flags.iter().any(|f| !f.starts_with('-') || f.starts_with("-o")) {
+    if !Placeholder::is_at(&call.cwd.join(file)) || flags.iter().any(|f| !f.starts_with('-') || f.starts_with("-o")) {
         return Ok(Outcome::Real("not one placeholder stripped in place".into()));
     }
     let mut tool_args = flags.to_vec();

@@ -253,7 +253,7 @@ fn includes(call: &Call, flags: &[String], source: &str) -> Result<Result<Includ
     for file in files.split_whitespace() {
         let path = Path::new(file);
         if call.inside(path) {
-            if Placeholder::read(&call.cwd.join(path)).ok().flatten().is_some() {
+            if Placeholder::is_at(&call.cwd.join(path)) {
                 return Ok(Err(format!("{file} is a placeholder: force it before the compile that reads it")));
             }
             found.local.push(file.to_owned());
