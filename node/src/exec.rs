@@ -415,8 +415,14 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
             places.push((blob, "the program".to_owned(), sandbox.program()));
             (sandbox.program(), None)
         }
+        // A program of the thunk's own root was checked against its pin with the thunk (it is
+        // one of the inputs, which are verified like any other).
+        Program::Host { path, .. } if a.thunk.has_root() => (PathBuf::from(path), None),
         Program::Host { path, pin } => (PathBuf::from(path), Some((PathBuf::from(path), *pin))),
     };
+    if a.thunk.has_root() {
+        own_root_possible(ctx.jail.as_ref())?;
+    }
     for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
         places.push((blob, format!("input `{path}`"), root.join(path)));
     }
@@ -445,6 +451,20 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
     };
     let linked = tokio::task::spawn_blocking(layout).await.map_err(Fail::node)??;
     Ok((program, linked))
+}
+
+/// A thunk with its own root (a hermetic toolchain) needs a private root made of its files: only
+/// a node whose kernel allows namespaces can give it one.
+fn own_root_possible(jail: Option<&Jail>) -> Result<(), Fail> {
+    let isolation = jail.map(Jail::isolation);
+    if isolation == Some(&crate::jail::Isolation::Namespaces) {
+        return Ok(());
+    }
+    let here = isolation.map_or_else(|| "off".to_owned(), ToString::to_string);
+    Err(Fail::node(format!(
+        "the thunk brings its own root file system (`.root/` inputs, such as a hermetic toolchain), which \
+         only a node with namespaces can give it; this node's sandbox is {here}"
+    )))
 }
 
 /// Hard-links (or, where that fails, copies) cached objects into a sandbox (blocking).
@@ -538,6 +558,7 @@ async fn execute(
             root: &jail_root,
             output: writer.into(),
             network: a.thunk.network,
+            own_root: a.thunk.has_root(),
         },
     );
     // Until it is reaped, dropping this (a cancelled task) kills the program and what it started.

@@ -189,7 +189,7 @@ impl Jail {
 
     /// Runs `/bin/true` in a private root built in `root`, with `work` as its sandbox.
     fn run_true(&self, root: &Path, work: &Path) -> std::io::Result<std::process::ExitStatus> {
-        let plan = Plan::new(&self.host, root, work, None, false, self.shared.clone())?;
+        let plan = Plan::new(&self.host, root, work, None, false, false, self.shared.clone())?;
         let program = Path::new("/bin/true");
         let exec = Exec::new(program, &[], std::iter::empty(), [dev_null()?, dev_null()?, dev_null()?])?;
         plan.spawn(&exec, program)?.wait_blocking()
@@ -215,7 +215,15 @@ impl Jail {
         }
         self.orphans.reap();
         let shipped = program.shipped.then_some(program.path);
-        let plan = Plan::new(&self.host, program.root, program.work, shipped, program.network, self.shared.clone())?;
+        let plan = Plan::new(
+            &self.host,
+            program.root,
+            program.work,
+            shipped,
+            program.own_root,
+            program.network,
+            self.shared.clone(),
+        )?;
         let path = if program.shipped { Path::new(JAIL_PROGRAM) } else { program.path };
         let streams = [dev_null()?, program.output.try_clone()?, program.output];
         let exec = Exec::new(path, program.args, program.env, streams)?;
@@ -243,6 +251,8 @@ pub(crate) struct Program<'a> {
     pub output: OwnedFd,
     /// It may use the node's network.
     pub network: bool,
+    /// It runs in a root made of its own files (`.root/` in `work`), not the host's folders.
+    pub own_root: bool,
 }
 
 /// Starts `program` isolated by `jail`, or (none) as a plain child of the node in a process
@@ -440,6 +450,10 @@ struct Plan {
     shared: Option<Arc<Shared>>,
     /// The program uses the node's network namespace.
     network: bool,
+    /// The root is built afresh on a tmpfs (not a copy of the shared template).
+    fresh: bool,
+    /// The thunk brings its own root (for errors).
+    own_root: bool,
     /// [`JAIL_WORK`], where the program starts.
     cwd: CString,
 }
@@ -455,25 +469,57 @@ fn c(path: &Path) -> std::io::Result<CString> {
 fn host_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
     let mut steps = Vec::with_capacity(2 * host.entries.len() + host.network.len() + 3);
     for (rel, entry) in &host.entries {
-        let at = c(&root.join(rel))?;
-        match entry {
-            HostEntry::Dir => steps.push(Step::Mkdir(at, 0o755)),
-            HostEntry::Symlink(target) => steps.push(Step::Symlink { target: c(target)?, at }),
-            HostEntry::Bind { dir, device, read_only } => {
-                steps.push(if *dir { Step::Mkdir(at.clone(), 0o755) } else { Step::File(at.clone()) });
-                let host = c(&Path::new("/").join(rel))?;
-                steps.push(Step::Bind { host, at, device: *device, read_only: *read_only });
-            }
-        }
+        entry_steps(&mut steps, root, rel, entry)?;
     }
     for (rel, dir) in &host.network {
         let at = c(&root.join(rel))?;
         steps.push(if *dir { Step::Mkdir(at, 0o755) } else { Step::File(at) });
     }
+    sandbox_places(&mut steps, root)?;
+    Ok(steps)
+}
+
+/// The steps that build a root of a thunk's own files at `root`: every top-level folder or file
+/// of `.root/` in the sandbox `work`, bound read only, and the devices, with the places of the
+/// sandbox, `/tmp` and a shipped program; nothing else of the host's.
+fn own_root_steps(host: &HostLayout, root: &Path, work: &Path) -> std::io::Result<Vec<Step>> {
+    let own = work.join(thunkmesh_protocol::thunk::ROOT_DIR);
+    let mut steps = Vec::new();
+    for entry in std::fs::read_dir(&own)? {
+        let entry = entry?;
+        let at = c(&root.join(entry.file_name()))?;
+        let dir = entry.file_type()?.is_dir();
+        steps.push(if dir { Step::Mkdir(at.clone(), 0o755) } else { Step::File(at.clone()) });
+        steps.push(Step::Bind { host: c(&entry.path())?, at, device: false, read_only: true });
+    }
+    for (rel, entry) in host.entries.iter().filter(|(rel, _)| rel.starts_with("dev")) {
+        entry_steps(&mut steps, root, rel, entry)?;
+    }
+    sandbox_places(&mut steps, root)?;
+    Ok(steps)
+}
+
+/// The steps that put one entry of the host's layout at `rel` in `root`.
+fn entry_steps(steps: &mut Vec<Step>, root: &Path, rel: &Path, entry: &HostEntry) -> std::io::Result<()> {
+    let at = c(&root.join(rel))?;
+    match entry {
+        HostEntry::Dir => steps.push(Step::Mkdir(at, 0o755)),
+        HostEntry::Symlink(target) => steps.push(Step::Symlink { target: c(target)?, at }),
+        HostEntry::Bind { dir, device, read_only } => {
+            steps.push(if *dir { Step::Mkdir(at.clone(), 0o755) } else { Step::File(at.clone()) });
+            let host = c(&Path::new("/").join(rel))?;
+            steps.push(Step::Bind { host, at, device: *device, read_only: *read_only });
+        }
+    }
+    Ok(())
+}
+
+/// The empty places each program's `/tmp`, sandbox and shipped program are mounted on.
+fn sandbox_places(steps: &mut Vec<Step>, root: &Path) -> std::io::Result<()> {
     let inside = |p: &str| c(&root.join(p.trim_start_matches('/')));
     steps.extend([Step::Mkdir(inside("/tmp")?, 0o755), Step::Mkdir(inside(JAIL_WORK)?, 0o755)]);
     steps.push(Step::File(inside(JAIL_PROGRAM)?));
-    Ok(steps)
+    Ok(())
 }
 
 /// The steps that bind the network's files of `/etc` for a program that uses it.
@@ -486,27 +532,34 @@ fn network_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
 
 impl Plan {
     /// The plan for a program in the sandbox `work` (and `program`, if shipped): in a copy of
-    /// the shared template, or in a root to build at `root`, an empty folder.
+    /// the shared template, or in a root to build at `root`, an empty folder (always, for a
+    /// program with its own root).
     fn new(
         host: &HostLayout,
         root: &Path,
         work: &Path,
         program: Option<&Path>,
+        own_root: bool,
         network: bool,
         shared: Option<Arc<Shared>>,
     ) -> std::io::Result<Plan> {
-        let root = shared.as_ref().map_or(root, |shared| &shared.root).to_owned();
+        let fresh = shared.is_none() || own_root;
+        let root = match (&shared, fresh) {
+            (Some(shared), false) => shared.root.clone(),
+            _ => root.to_owned(),
+        };
         let inside = |p: &str| c(&root.join(p.trim_start_matches('/')));
-        let mut steps = match shared {
-            Some(_) => Vec::with_capacity(3),
-            None => host_steps(host, &root)?,
+        let mut steps = match (fresh, own_root) {
+            (false, _) => Vec::with_capacity(3),
+            (true, false) => host_steps(host, &root)?,
+            (true, true) => own_root_steps(host, &root, work)?,
         };
         steps.push(Step::Tmpfs(inside("/tmp")?));
         steps.push(Step::Bind { host: c(work)?, at: inside(JAIL_WORK)?, device: false, read_only: false });
         if let Some(program) = program {
             steps.push(Step::Bind { host: c(program)?, at: inside(JAIL_PROGRAM)?, device: false, read_only: true });
         }
-        if network {
+        if network && !own_root {
             steps.extend(network_steps(host, &root)?);
         }
         let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
@@ -514,7 +567,8 @@ impl Plan {
         let maps = (!root_user).then(|| {
             (format!("{0} {0} 1", uid.as_raw()).into_bytes(), format!("{0} {0} 1", gid.as_raw()).into_bytes())
         });
-        Ok(Plan { root: c(&root)?, steps, maps, root_user, shared, network, cwd: c(Path::new(JAIL_WORK))? })
+        let cwd = c(Path::new(JAIL_WORK))?;
+        Ok(Plan { root: c(&root)?, steps, maps, root_user, shared, network, fresh, own_root, cwd })
     }
 }
 
@@ -546,6 +600,9 @@ impl Plan {
     fn explain(&self, failed: Failed, program: &Path) -> std::io::Error {
         let kind = std::io::Error::from(failed.errno).kind();
         let message = match failed.what == spawn::EXEC {
+            true if kind == std::io::ErrorKind::NotFound && self.own_root => {
+                format!("{} (or the loader it names) is not in the thunk's own root (`.root/`)", program.display())
+            }
             true if kind == std::io::ErrorKind::NotFound => format!(
                 "{} is not in the private root, which has only the host's /usr, /bin, /sbin and /lib*",
                 program.display()
@@ -586,9 +643,9 @@ fn enter(plan: &Plan) -> Result<(), Failed> {
             }
         }
     }
-    match plan.shared {
-        Some(_) => run_steps(&plan.steps)?,
-        None => build_root(&plan.root, &plan.steps)?,
+    match plan.fresh {
+        false => run_steps(&plan.steps)?,
+        true => build_root(&plan.root, &plan.steps)?,
     }
     rustix::process::chroot(plan.root.as_c_str()).at("enter the private root")?;
     rustix::process::chdir(plan.cwd.as_c_str()).at("enter the sandbox")?;
@@ -701,14 +758,18 @@ fn bind(host: &CStr, at: &CStr, device: bool, read_only: bool) -> rustix::io::Re
 }
 
 /// Gives the sandbox's folders to `nobody`, so the program can create its outputs; the cached
-/// inputs linked into them stay root's and read only.
-pub(crate) fn hand_over(dir: &Path) -> Result<(), String> {
+/// inputs linked into them, and the thunk's own root, stay root's and read only.
+pub(crate) fn hand_over(root: &Path) -> Result<(), String> {
+    hand_over_below(root, &|name| name == thunkmesh_protocol::thunk::ROOT_DIR)
+}
+
+fn hand_over_below(dir: &Path, keep: &dyn Fn(&std::ffi::OsStr) -> bool) -> Result<(), String> {
     let nobody = Some(rustix::fs::Uid::from_raw(NOBODY));
     let group = Some(rustix::fs::Gid::from_raw(NOBODY));
     rustix::fs::chown(dir, nobody, group).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            hand_over(&entry.path())?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && !keep(&entry.file_name()) {
+            hand_over_below(&entry.path(), &|_| false)?;
         }
     }
     Ok(())

@@ -18,6 +18,15 @@ pub const THUNK_MAGIC: &[u8; 8] = b"TMTHUNK\x01";
 /// so every other thunk keeps the id it had before the option existed).
 const NETWORK: u8 = 1;
 
+/// The sandbox folder whose inputs make a thunk's own root file system: input `.root/usr/bin/cc`
+/// is the program's `/usr/bin/cc`, and a thunk with any such input sees no host folder at all
+/// (`docs/ir.md`, "Own roots").
+pub const ROOT_DIR: &str = ".root";
+
+/// The top-level folders of a private root that the sandbox provides itself, which a thunk's own
+/// root may not hold.
+const ROOT_RESERVED: [&str; 4] = ["dev", "tmp", "thunk", ".program"];
+
 /// Longest sandbox path, argument, or environment entry accepted.
 pub const MAX_STRING: usize = 64 * 1024;
 
@@ -144,6 +153,17 @@ pub enum ThunkError {
     /// The timeout is zero.
     #[error("the timeout must be more than zero")]
     ZeroTimeout,
+    /// A thunk with its own root runs a host program that is not in that root with its pin.
+    #[error("host program `{0}` must be in the thunk's own root (input `.root{0}`, the blob it is pinned to)")]
+    ProgramNotInRoot(String),
+    /// A file of the thunk's own root is where the sandbox puts its own things.
+    #[error(
+        "`.root{0}`: the thunk's own root may not hold /dev, /tmp, /thunk or /.program, which the sandbox provides"
+    )]
+    ReservedInRoot(String),
+    /// An output would be written into the thunk's own root.
+    #[error("output `{0}` is inside `.root`, the thunk's own root, which is read only")]
+    OutputInRoot(String),
 }
 
 /// Why bytes are not a canonical thunk encoding.
@@ -223,7 +243,43 @@ impl Thunk {
             check_string(value)?;
         }
         let paths: Vec<&str> = self.inputs.keys().chain(&self.outputs).map(String::as_str).collect();
-        check_sandbox_paths(&paths)
+        check_sandbox_paths(&paths)?;
+        self.check_root()
+    }
+
+    /// Whether the thunk brings its own root file system (inputs under [`ROOT_DIR`]).
+    pub fn has_root(&self) -> bool {
+        self.root_files().next().is_some()
+    }
+
+    /// The files of the thunk's own root: (absolute path in the root, what is there).
+    pub fn root_files(&self) -> impl Iterator<Item = (&str, &Ref)> {
+        self.inputs.iter().filter_map(|(path, r)| Some((in_root(path)?, r)))
+    }
+
+    /// A thunk with its own root runs its host program from there: the root must hold it, as
+    /// the blob it is pinned to. Nothing may be written into the root.
+    fn check_root(&self) -> Result<(), ThunkError> {
+        if !self.has_root() {
+            return Ok(());
+        }
+        if let Some(output) = self.outputs.iter().find(|o| o.as_str() == ROOT_DIR || in_root(o).is_some()) {
+            return Err(ThunkError::OutputInRoot(output.clone()));
+        }
+        let reserved = |path: &str| {
+            let top = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+            ROOT_RESERVED.contains(&top)
+        };
+        if let Some((path, _)) = self.root_files().find(|(path, _)| reserved(path)) {
+            return Err(ThunkError::ReservedInRoot(path.to_owned()));
+        }
+        if let Program::Host { path, pin } = &self.program {
+            let held = self.inputs.get(&format!("{ROOT_DIR}{path}"));
+            if held != Some(&Ref::Blob(*pin)) {
+                return Err(ThunkError::ProgramNotInRoot(path.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// The canonical encoding (see `docs/ir.md`).
@@ -278,6 +334,11 @@ impl Thunk {
         }
         Ok(thunk)
     }
+}
+
+/// The absolute path in the thunk's own root of sandbox path `path`, if it is in [`ROOT_DIR`].
+fn in_root(path: &str) -> Option<&str> {
+    path.strip_prefix(ROOT_DIR).filter(|rest| rest.starts_with('/'))
 }
 
 /// Checks that every path stays in the sandbox and that no two paths nest or coincide.
@@ -532,6 +593,35 @@ pub(crate) mod tests {
         assert_eq!(bytes, [&plain.encode()[..], &[NETWORK]].concat());
         assert_eq!(Thunk::decode(&bytes), Ok(online.clone()));
         assert_ne!(online.id(), plain.id());
+    }
+
+    /// A thunk with inputs under `.root/` runs its host program from that root: the root must
+    /// hold the program as the blob it is pinned to, and nothing is written there.
+    #[test]
+    fn a_thunk_with_its_own_root_runs_its_program_from_there() {
+        let cc = Id::of_blob(b"a compiler");
+        let header = Id::of_blob(b"int f(void);");
+        let rooted = Thunk {
+            program: Program::Host { path: "/usr/bin/cc".into(), pin: cc },
+            inputs: BTreeMap::from([
+                (".root/usr/bin/cc".into(), Ref::Blob(cc)),
+                (".root/usr/include/f.h".into(), Ref::Blob(header)),
+                (".rootless".into(), Ref::Blob(header)),
+            ]),
+            ..golden_thunk()
+        };
+        assert_eq!(rooted.validate(), Ok(()));
+        assert!(rooted.has_root() && !golden_thunk().has_root());
+        let files: Vec<_> = rooted.root_files().map(|(path, _)| path).collect();
+        assert_eq!(files, ["/usr/bin/cc", "/usr/include/f.h"]);
+        let other_pin = Thunk { program: Program::Host { path: "/usr/bin/cc".into(), pin: header }, ..rooted.clone() };
+        assert_eq!(other_pin.validate(), Err(ThunkError::ProgramNotInRoot("/usr/bin/cc".into())));
+        let writes_root = Thunk { outputs: vec![".root/usr/lib/x".into()], ..rooted.clone() };
+        assert_eq!(writes_root.validate(), Err(ThunkError::OutputInRoot(".root/usr/lib/x".into())));
+        let mut dev = rooted.clone();
+        dev.inputs.insert(".root/dev/null".into(), Ref::Blob(header));
+        assert_eq!(dev.validate(), Err(ThunkError::ReservedInRoot("/dev/null".into())));
+        assert_eq!(Thunk::decode(&rooted.encode()), Ok(rooted));
     }
 
     #[test]

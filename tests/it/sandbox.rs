@@ -161,3 +161,48 @@ fn a_node_that_is_not_root_isolates_programs_in_a_user_namespace() {
     assert!(seen.contains("/etc/passwd: No such file or directory"), "{seen}");
     assert!(seen.contains("pid=1 user=65534"), "{seen}");
 }
+
+/// A job whose thunk brings its own root: `/bin/sh` (dash), the C library and the loader as
+/// `.root/` inputs, read from the host's files, and `script` run by that shell.
+fn own_root_job(dir: &Path, script: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[values]\nsh = \"/bin/sh\"\nlibc = \"/lib/x86_64-linux-gnu/libc.so.6\"\nloader = \"/lib64/ld-linux-x86-64.so.2\"\n\n[[thunk]]\nname = \"t\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", '''{script}''']\ninputs = {{ \".root/bin/sh\" = \"sh\", \".root/lib/x86_64-linux-gnu/libc.so.6\" = \"libc\", \".root/lib64/ld-linux-x86-64.so.2\" = \"loader\" }}\noutputs = [\"o\"]\n\n[targets]\n\"o\" = \"t#o\"\n"
+    );
+    write(dir, &[("job.toml", &text)])
+}
+
+/// With `.root/` inputs the program's whole file system is those files (and the sandbox's own
+/// `/dev`, `/tmp` and `/thunk`): no host folder is there, so nothing undeclared can be read.
+#[test]
+fn a_thunk_with_its_own_root_sees_only_that_root() {
+    if !Path::new("/lib/x86_64-linux-gnu/libc.so.6").exists() {
+        eprintln!("skipped: the root below is made for x86-64 glibc systems");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "for f in /* /lib/*/*; do echo $f; done > o; read x < /etc/passwd 2>> o || echo no passwd >> o";
+    let run = run_in(dir.path(), &own_root_job(dir.path(), script), &["--workers", "1"]);
+    run.ok();
+    let seen = String::from_utf8_lossy(&run.out("o")).into_owned();
+    let lines: Vec<&str> = seen.lines().take(7).collect();
+    assert_eq!(
+        lines,
+        ["/bin", "/dev", "/lib", "/lib64", "/thunk", "/tmp", "/lib/x86_64-linux-gnu/libc.so.6"],
+        "{seen}"
+    );
+    assert!(seen.ends_with("no passwd\n"), "{seen}");
+}
+
+/// A node that cannot make a private root refuses such a thunk, saying why, instead of running
+/// the host's programs.
+#[test]
+fn a_node_without_namespaces_refuses_a_thunk_with_its_own_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = own_root_job(dir.path(), "echo ran > o");
+    let mut cmd = crate::util::thunkmesh();
+    cmd.current_dir(dir.path()).env("THUNKMESH_SANDBOX", "off").arg("run").arg(&job).args(["--workers", "1"]);
+    let run = crate::util::finish(dir.path(), cmd.output().expect("start thunkmesh"));
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("the thunk brings its own root file system"), "{}", run.stderr);
+    assert!(run.stderr.contains("this node's sandbox is off"), "{}", run.stderr);
+}
