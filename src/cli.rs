@@ -178,9 +178,24 @@ pub struct InferArgs {
     /// Say why each call a model could not express ran the real tool.
     #[arg(long)]
     pub verbose: bool,
+    /// Where the modelled tools come from on the nodes: `hermetic` ships each tool with its
+    /// libraries, helpers and the system headers and libraries the call reads, so a node needs no
+    /// compiler (it needs namespaces); `host` runs the node's own tools, pinned by their hash (for
+    /// nodes without namespaces, such as Lambda, that have the same compiler).
+    #[arg(long, value_enum, default_value_t = ToolchainArg::Hermetic)]
+    pub toolchain: ToolchainArg,
     /// The build command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND ARGS")]
     pub command: Vec<String>,
+}
+
+/// Where modelled tools come from on the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolchainArg {
+    /// Shipped with each thunk as its own root.
+    Hermetic,
+    /// The nodes' own programs, pinned by their hash.
+    Host,
 }
 
 /// Flags of `thunkmesh hash`.

@@ -57,6 +57,11 @@ fn try_infer(args: &InferArgs) -> Result<ExitCode> {
     let mut build = std::process::Command::new(program);
     build.args(rest).env("PATH", path).env(REAL_PATH_ENV, &real_path);
     build.env(STATE_ENV, std::path::absolute(&args.state_dir).context("cannot read the current folder")?);
+    let toolchain = match args.toolchain {
+        crate::cli::ToolchainArg::Hermetic => "hermetic",
+        crate::cli::ToolchainArg::Host => "host",
+    };
+    build.env(thunkmesh_infer::models::TOOLCHAIN_ENV, toolchain);
     if args.verbose {
         build.env(VERBOSE_ENV, "1");
     }
@@ -104,7 +109,7 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
         env: env.clone(),
         timeout: args.timeout,
         mode: if args.executable { 0o755 } else { 0o644 },
-        host: false,
+        run: thunkmesh_infer::Run::Shipped,
     };
     let id = thunkmesh_infer::wrap(&state, &call)?;
     tracing::info!(thunk = %id, "recorded");
@@ -210,6 +215,9 @@ async fn print_description(args: &DescribeArgs, (id, thunk): &(Id, Thunk)) -> Re
     };
     let program = match &thunk.program {
         Program::Ref(r) => (r.to_string(), source(r).to_owned()),
+        Program::Host { path, pin } if thunk.has_root() => {
+            (path.clone(), format!("from the thunk's own root, pinned as {pin}"))
+        }
         Program::Host { path, pin } => (path.clone(), format!("a host program pinned as {pin}")),
     };
     if args.json {
@@ -239,8 +247,17 @@ async fn print_description(args: &DescribeArgs, (id, thunk): &(Id, Thunk)) -> Re
     for (i, (name, value)) in thunk.env.iter().enumerate() {
         println!("{}{name}={value}", if i == 0 { "env      " } else { "         " });
     }
-    for (i, (path, r)) in thunk.inputs.iter().enumerate() {
+    let (root, inputs): (Vec<_>, Vec<_>) = thunk.inputs.iter().partition(|(path, _)| path.starts_with(".root/"));
+    for (i, (path, r)) in inputs.iter().enumerate() {
         println!("{}{path} <- {r} ({})", if i == 0 { "inputs   " } else { "         " }, source(r));
+    }
+    if !root.is_empty() {
+        let bytes: u64 = root.iter().map(|(_, r)| if let Ref::Blob(id) = r { id.size } else { 0 }).sum();
+        let size = thunkmesh_client::summary::bytes(bytes);
+        println!(
+            "root     {} files, {size}: the toolchain, libraries and headers it runs with (`--json` lists them)",
+            root.len()
+        );
     }
     println!("outputs  {}", thunk.outputs.join(", "));
     println!("timeout  {}", humantime::format_duration(thunk.timeout()));

@@ -168,7 +168,8 @@ impl fmt::Display for Summary {
     }
 }
 
-fn bytes(n: u64) -> String {
+/// `n` bytes as people read them: `3.0 MiB`.
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = n as f64;
     let mut unit = 0;

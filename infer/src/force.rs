@@ -165,7 +165,7 @@ mod tests {
                 timeout: std::time::Duration::from_secs(9),
                 mode: 0o755,
                 path: Some(OsStr::new("/usr/bin:/bin")),
-                host: false,
+                run: crate::wrap::Run::Shipped,
             };
             wrap(&state, &call).expect("wrap")
         };

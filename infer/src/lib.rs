@@ -10,9 +10,10 @@ pub mod force;
 pub mod models;
 pub mod placeholder;
 pub mod state;
+pub mod toolchain;
 pub mod wrap;
 
 pub use force::{ForceError, Forcing, forcing, placeholders_under, put_in_place};
 pub use placeholder::Placeholder;
 pub use state::{State, StateError};
-pub use wrap::{Wrap, WrapError, wrap};
+pub use wrap::{Run, Wrap, WrapError, wrap};

@@ -3,6 +3,11 @@
 //! `blobs/` by id, copied when the thunk was recorded (a copy, not a link: an edit of the source
 //! afterwards must not change what was recorded). Whatever is read back is checked against its
 //! id, so a damaged record is an error that names it, never a wrong build.
+//!
+//! The system's files a toolchain is made of (compilers, libraries, headers) are hashed once:
+//! `known/` remembers each one's id with the file's device, inode, size, modification and change
+//! times, and hashes it again when any of them differs. `toolchains/` keeps lists of such files
+//! that took running programs to find (`toolchain.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +45,7 @@ impl State {
     /// Opens (making it if needed) the state of `state_dir`.
     pub fn open(state_dir: &Path) -> Result<State, StateError> {
         let dir = std::path::absolute(state_dir.join("infer")).map_err(io(state_dir))?;
-        for sub in ["thunks", "blobs"] {
+        for sub in ["thunks", "blobs", "known", "toolchains"] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(io(&path))?;
         }
@@ -73,6 +78,58 @@ impl State {
         Ok(id)
     }
 
+    /// Records a copy of the system file at `path` and returns its id, hashing it only when it
+    /// changed since it was last recorded (see the module documentation).
+    pub fn add_system_file(&self, path: &Path) -> Result<Id, StateError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(io(path))?;
+        let stamp = format!(
+            "{} {} {} {}.{} {}.{}",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        );
+        let memo = self.dir.join("known").join(Id::of_blob(path.as_os_str().as_encoded_bytes()).hex());
+        let remembered = std::fs::read_to_string(&memo).ok().and_then(|text| {
+            let (was, id) = text.trim_end().rsplit_once(' ')?;
+            (was == stamp).then(|| id.parse::<Id>().ok()).flatten()
+        });
+        if let Some(id) = remembered.filter(|id| self.blob_path(*id).exists()) {
+            return Ok(id);
+        }
+        let id = self.add_blob(path)?;
+        self.write_atomically(&memo, format!("{stamp} {id}\n").as_bytes())?;
+        Ok(id)
+    }
+
+    /// A list the state keeps under `toolchains/` by `key` (one entry a line), if there is one.
+    pub(crate) fn list(&self, key: &str) -> Option<Vec<String>> {
+        let path = self.dir.join("toolchains").join(Id::of_blob(key.as_bytes()).hex());
+        let text = std::fs::read_to_string(path).ok()?;
+        let (head, body) = text.split_once('\n')?;
+        (head == key).then(|| body.lines().map(str::to_owned).collect())
+    }
+
+    /// Keeps `entries` under `key` (see [`State::list`]).
+    pub(crate) fn keep_list(&self, key: &str, entries: &[String]) -> Result<(), StateError> {
+        let path = self.dir.join("toolchains").join(Id::of_blob(key.as_bytes()).hex());
+        let mut text = format!("{key}\n");
+        entries.iter().for_each(|e| text.push_str(&format!("{e}\n")));
+        self.write_atomically(&path, text.as_bytes())
+    }
+
+    /// Writes `bytes` to `path` through a rename, so concurrent readers see all or nothing.
+    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}-{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+
     /// The copy of blob `id`, checked against its id.
     pub fn blob(&self, id: Id) -> Result<PathBuf, StateError> {
         let path = self.blob_path(id);
@@ -92,9 +149,7 @@ impl State {
         let id = Id::new(Kind::Thunk, &bytes);
         let path = self.thunk_path(id);
         if !path.exists() {
-            let tmp = self.dir.join("thunks").join(format!(".{}-{}", id.hex(), std::process::id()));
-            std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            self.write_atomically(&path, &bytes)?;
         }
         Ok(id)
     }

@@ -10,11 +10,12 @@ use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use thunkmesh_protocol::thunk::ThunkError;
+use thunkmesh_protocol::thunk::{ROOT_DIR, ThunkError};
 use thunkmesh_protocol::{Id, Program, Ref, Thunk};
 
 use crate::placeholder::Placeholder;
 use crate::state::{State, StateError};
+use crate::toolchain::Root;
 
 /// Why a call could not be recorded.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,9 @@ pub enum WrapError {
     /// The state folder failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The tool's own root could not be made.
+    #[error("cannot make the tool's hermetic root ({0}); `infer --toolchain host` runs the nodes' own tools instead")]
+    Toolchain(String),
 }
 
 /// One call to record.
@@ -61,24 +65,44 @@ pub struct Wrap<'a> {
     pub mode: u32,
     /// The search path for a program given by name (`PATH`).
     pub path: Option<&'a OsStr>,
-    /// Record the program as a host program pinned by its hash (the node runs its own copy,
-    /// which must have the same bytes) rather than by its bytes.
-    pub host: bool,
+    /// How the program reaches the nodes.
+    pub run: Run,
+}
+
+/// How a recorded program reaches the nodes.
+#[derive(Debug, Clone)]
+pub enum Run {
+    /// By its bytes, like an input (the generic model's default).
+    Shipped,
+    /// As a host program pinned by its hash: the node runs its own copy, which must have the same
+    /// bytes.
+    Host,
+    /// As a host program of the thunk's own root, which holds it and these files of this machine
+    /// (a hermetic toolchain): the node needs none of them.
+    Rooted(Root),
 }
 
 /// Records `call` as a thunk in `state`, writes a placeholder for each output, and returns the
 /// thunk's id.
 pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
     let path = find_program(call.cwd, call.program, call.path)?;
-    let program = match call.host {
-        true => {
+    let mut inputs = BTreeMap::new();
+    let program = match &call.run {
+        Run::Host => {
             let pin = thunkmesh_client::hash_file(&path)
                 .map_err(|error| WrapError::Io { path: path.display().to_string(), error })?;
             Program::Host { path: path.display().to_string(), pin }
         }
-        false => Program::Ref(file_ref(state, &path)?),
+        Run::Rooted(root) => {
+            let path = crate::toolchain::normal(&path);
+            for file in root.files().chain([path.as_path()]) {
+                let id = state.add_system_file(file)?;
+                inputs.insert(format!("{ROOT_DIR}{}", file.display()), Ref::Blob(id));
+            }
+            Program::Host { path: path.display().to_string(), pin: state.add_system_file(&path)? }
+        }
+        Run::Shipped => Program::Ref(file_ref(state, &path)?),
     };
-    let mut inputs = BTreeMap::new();
     for input in call.inputs {
         let at = sandbox_path(call.cwd, input, "input")?;
         inputs.insert(at, file_ref(state, &call.cwd.join(input))?);
@@ -173,7 +197,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             mode: 0o644,
             path: Some(OsStr::new("/usr/bin:/bin")),
-            host: false,
+            run: Run::Shipped,
         }
     }
 

@@ -34,6 +34,9 @@ use crate::spawn::{self, At, Exec, Failed, Orphans};
 /// The first argument that makes the thunkmesh binary a (process-tree) launcher.
 pub const LAUNCHER_ARG: &str = "__jail";
 
+/// The launcher's argument that only exits 0: what the namespace probe runs.
+const PROBE_ARG: &str = "--probe";
+
 /// What the launcher says, as the first words of stderr, when it (not the program) failed.
 pub(crate) const LAUNCHER_FAILED: &str = "thunkmesh jail:";
 
@@ -145,8 +148,8 @@ impl Shared {
 }
 
 impl Jail {
-    /// Finds out what this kernel allows (only what `launcher` permits) by running `/bin/true`
-    /// in a private root built under `scratch`.
+    /// Finds out what this kernel allows (only what `launcher` permits) by running the node's
+    /// own binary in a private root built under `scratch`.
     pub fn probe(launcher: &Launcher, scratch: &Path) -> Jail {
         let mut jail = Jail {
             launcher: launcher.binary.clone(),
@@ -178,21 +181,24 @@ impl Jail {
         for dir in [&work, &root] {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let ran = self.run_true(&root, &work).map_err(|e| format!("namespaces: {e}"));
+        let ran = self.run_probe(&root, &work).map_err(|e| format!("namespaces: {e}"));
         let _ = std::fs::remove_dir(&work);
         let _ = std::fs::remove_dir(&root);
         match ran? {
             s if s.success() => Ok(()),
-            s => Err(format!("/bin/true in a private root ended with {s}")),
+            s => Err(format!("the node's own binary in a private root ended with {s}")),
         }
     }
 
-    /// Runs `/bin/true` in a private root built in `root`, with `work` as its sandbox.
-    fn run_true(&self, root: &Path, work: &Path) -> std::io::Result<std::process::ExitStatus> {
-        let plan = Plan::new(&self.host, root, work, None, false, false, self.shared.clone())?;
-        let program = Path::new("/bin/true");
-        let exec = Exec::new(program, &[], std::iter::empty(), [dev_null()?, dev_null()?, dev_null()?])?;
-        plan.spawn(&exec, program)?.wait_blocking()
+    /// Runs the node's own binary, shipped as a program, in a private root built in `root` with
+    /// `work` as its sandbox (`__jail --probe`, which only exits 0): it needs nothing of the
+    /// host's but the libraries the node itself loads.
+    fn run_probe(&self, root: &Path, work: &Path) -> std::io::Result<std::process::ExitStatus> {
+        let plan = Plan::new(&self.host, root, work, Some(&self.launcher), false, false, self.shared.clone())?;
+        let args = [LAUNCHER_ARG.to_owned(), PROBE_ARG.to_owned()];
+        let exec =
+            Exec::new(Path::new(JAIL_PROGRAM), &args, std::iter::empty(), [dev_null()?, dev_null()?, dev_null()?])?;
+        plan.spawn(&exec, &self.launcher)?.wait_blocking()
     }
 
     /// How programs are isolated.
@@ -341,7 +347,11 @@ fn kill_group(pid: u32) {
 /// on stderr.
 pub fn launcher_main(mut args: impl Iterator<Item = OsString>) -> i32 {
     let run = || -> Result<i32, String> {
-        if args.next().as_deref() != Some("--".as_ref()) {
+        let first = args.next();
+        if first.as_deref() == Some(PROBE_ARG.as_ref()) {
+            return Ok(0);
+        }
+        if first.as_deref() != Some("--".as_ref()) {
             return Err("usage: __jail -- PROGRAM ARGS...".into());
         }
         let program = args.next().ok_or("no program to run")?;

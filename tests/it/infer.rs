@@ -270,3 +270,50 @@ fn zlib_is_built_from_its_makefile_through_infer_and_force_as_make_builds_it() {
         assert!(std::fs::read(tree.join(file)).expect("read") == std::fs::read(trees[0].join(file)).expect("read"));
     }
 }
+
+/// `thunkmesh force ARGS` in `dir`, started in a mount namespace where the compiler, the
+/// binutils and the system headers are hidden (empty file systems over `/usr/lib/gcc`,
+/// `/usr/include`, `/usr/libexec` and `/usr/bin`, which `/bin` is on this kind of system): its
+/// nodes cannot see a compiler.
+fn force_without_a_compiler(dir: &Path, extra: &[&str]) -> Run {
+    let hide = "for d in /usr/lib/gcc /usr/include /usr/libexec /usr/bin; do \
+                  if [ -d $d ]; then mount -t tmpfs hidden $d || exit 99; fi; done; \
+                if [ -e /usr/bin/cc ] || [ -e /usr/bin/as ] || [ -e /bin/ld ]; then exit 98; fi; \
+                exec \"$0\" \"$@\"";
+    let mut command = std::process::Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", hide, env!("CARGO_BIN_EXE_thunkmesh")]);
+    command.args([&["force", "--summary-json", "summary.json", "--workers", "2"], extra].concat());
+    let run = finish(dir, command.current_dir(dir).output().expect("start unshare"));
+    assert!(!matches!(run.code, Some(98 | 99)), "the compiler could not be hidden: {}", run.stderr);
+    run
+}
+
+/// The compile and link thunks bring their toolchain (`--toolchain hermetic`, the default): a
+/// node that cannot see the host's compiler builds zlib into the bytes `make` gives. Recorded
+/// with `--toolchain host` instead, the same node refuses to run the host's compiler it lacks.
+#[test]
+fn a_node_without_a_compiler_builds_zlib_into_the_same_bytes() {
+    if !crate::util::is_root() {
+        eprintln!("skipped: hiding the compiler takes a mount namespace (root, as in CI)");
+        return;
+    }
+    let (direct, inferred) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    zlib(direct.path());
+    zlib(inferred.path());
+    let (direct, tree) = (direct.path().join("zlib"), inferred.path().join("zlib"));
+    make(&direct, &ZLIB_BUILT);
+    tm(&tree, &[&["infer", "--", "make", "-s"][..], &ZLIB_BUILT].concat()).ok();
+    let built = force_without_a_compiler(&tree, &["--all"]);
+    built.ok();
+    assert!(built.num("thunks_executed") > 10, "{}", built.stdout);
+    for file in ZLIB_BUILT {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).expect("read");
+        assert!(read(&tree) == read(&direct), "{file} differs from make's");
+    }
+    let project = tempfile::tempdir().expect("tempdir");
+    c_project(project.path());
+    tm(project.path(), &["infer", "--toolchain", "host", "--", "make", "-s", "CC=cc"]).ok();
+    let refused = force_without_a_compiler(project.path(), &["prog"]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    assert!(refused.stderr.contains("host program /usr/bin/cc: "), "{}", refused.stderr);
+}

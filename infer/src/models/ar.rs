@@ -2,12 +2,14 @@
 //! deterministically (`D`) and with its index (`s`), so `ranlib` of an archive that is still a
 //! placeholder has nothing to add and records nothing. `strip` of a placeholder becomes a thunk
 //! that strips a copy. Both read an existing archive or program through the copy-then-run shell
-//! line of [`in_place`], since a thunk's input and output cannot be one path.
+//! line of [`in_place`], since a thunk's input and output cannot be one path (so their roots hold
+//! `sh`, `cp` and `chmod` besides the tool).
 
 use std::path::{Path, PathBuf};
 
 use super::{Call, Outcome};
 use crate::placeholder::Placeholder;
+use crate::toolchain::{self, Root};
 use crate::wrap::WrapError;
 
 pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
@@ -34,7 +36,7 @@ pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
     if call.cwd.join(archive).exists() {
         in_place(call, "ar", archive, &tool_args, &inputs, 0o644)?;
     } else {
-        call.record("ar", &tool_args, &inputs, &[PathBuf::from(archive)], 0o644)?;
+        call.record("ar", &tool_args, &inputs, &[PathBuf::from(archive)], 0o644, &Root::default())?;
     }
     Ok(Outcome::Recorded)
 }
@@ -76,7 +78,15 @@ fn in_place(
     args.extend(tool_args.iter().cloned());
     let mut all_inputs = inputs.to_vec();
     all_inputs.push(PathBuf::from(&before));
-    let recorded = call.record("sh", &args, &all_inputs, &[PathBuf::from(file)], mode);
+    let system = match call.hermetic() {
+        true => {
+            let mut root = call.programs_root(&["cp", "chmod"])?;
+            root.extend(&toolchain::program(&call.state, &real).map_err(WrapError::Toolchain)?);
+            root
+        }
+        false => Root::default(),
+    };
+    let recorded = call.record("sh", &args, &all_inputs, &[PathBuf::from(file)], mode, &system);
     let _ = std::fs::remove_file(&staged);
     recorded
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Call, Outcome};
 use crate::placeholder::Placeholder;
+use crate::toolchain::{self, Root};
 use crate::wrap::WrapError;
 
 /// Options whose value is the next argument.
@@ -203,7 +204,8 @@ fn compile(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
         thunk_args.extend(["-c".into(), source.clone(), "-o".into(), object.clone()]);
         thunk_args.extend(deterministic(&object));
         let inputs: Vec<PathBuf> = headers.local.iter().map(PathBuf::from).collect();
-        call.record(&call.tool, &thunk_args, &inputs, &[PathBuf::from(&object)], 0o644)?;
+        let system = system_root(call, args, &headers.system, &[])?;
+        call.record(&call.tool, &thunk_args, &inputs, &[PathBuf::from(&object)], 0o644, &system)?;
         if let Some(only_user) = args.deps {
             write_dep_file(call, args, &object, &headers, only_user)?;
         }
@@ -224,7 +226,7 @@ fn deterministic(object: &str) -> [String; 2] {
 }
 
 /// What a source includes, as the preprocessor says: the files of the build folder, and the
-/// system's (which the node's own compiler provides).
+/// system's (which go into the call's own root).
 struct Includes {
     local: Vec<String>,
     system: Vec<String>,
@@ -266,6 +268,26 @@ fn includes(call: &Call, flags: &[String], source: &str) -> Result<Result<Includ
     Ok(Ok(found))
 }
 
+/// The system's part of a compile's or link's own root: the driver's helpers and libraries, the
+/// system `headers` the call reads and, for a link, what the linker reads with `link_options`
+/// (none for `--toolchain host`).
+fn system_root(call: &Call, args: &Args, headers: &[String], link_options: &[String]) -> Result<Root, WrapError> {
+    if !call.hermetic() {
+        return Ok(Root::default());
+    }
+    let driver = call.real(&call.tool)?;
+    let fuse_ld = args.flags.iter().find_map(|f| f.strip_prefix("-fuse-ld="));
+    let lto = args.flags.iter().any(|f| f == "-flto" || f.starts_with("-flto="));
+    let sources: Vec<&str> = args.operands.iter().map(String::as_str).filter(|o| is_source(o)).collect();
+    let helpers = toolchain::helpers_for(&sources, !args.compile, lto, fuse_ld);
+    let mut root = toolchain::driver(&call.state, &driver, &helpers).map_err(WrapError::Toolchain)?;
+    headers.iter().for_each(|h| root.add(Path::new(h)));
+    if !args.compile {
+        root.extend(&toolchain::link(&call.state, &driver, link_options).map_err(WrapError::Toolchain)?);
+    }
+    Ok(root)
+}
+
 /// The dependency file `-MD`/`-MMD` asks for, written now (make reads it on the next run).
 fn write_dep_file(
     call: &Call,
@@ -293,11 +315,15 @@ fn write_dep_file(
 fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
     let output = args.output.clone().unwrap_or_else(|| "a.out".into());
     let mut inputs = Vec::new();
+    let mut headers = Vec::new();
     for operand in &args.operands {
         let path = Path::new(operand);
         if is_source(operand) {
             match includes(call, &args.flags, operand)? {
-                Ok(found) => inputs.extend(found.local.iter().map(PathBuf::from)),
+                Ok(found) => {
+                    inputs.extend(found.local.iter().map(PathBuf::from));
+                    headers.extend(found.system);
+                }
                 Err(why) => return Ok(Outcome::Real(why)),
             }
         } else if call.inside(path) {
@@ -306,16 +332,19 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
             return Ok(Outcome::Real(format!("links {operand}, outside the build folder")));
         }
     }
-    for lib in &args.libs {
+    let local_lib = |lib: &str| {
         let candidates =
             args.lib_dirs.iter().flat_map(|dir| ["so", "a"].map(|ext| Path::new(dir).join(format!("lib{lib}.{ext}"))));
-        let local = candidates.filter(|p| call.inside(p)).find(|p| call.cwd.join(p).exists());
-        inputs.extend(local);
-    }
+        candidates.filter(|p| call.inside(p)).find(|p| call.cwd.join(p).exists())
+    };
+    inputs.extend(args.libs.iter().filter_map(|lib| local_lib(lib)));
     inputs.sort();
     inputs.dedup();
+    let options =
+        toolchain::link_options(&args.flags, &|lib| local_lib(lib).is_some(), &|dir| call.inside(Path::new(dir)));
+    let system = system_root(call, args, &headers, &options)?;
     let mode = if args.flags.iter().any(|f| f == "-r") { 0o644 } else { 0o755 };
-    call.record(&call.tool, &call.args, &inputs, &[PathBuf::from(&output)], mode)?;
+    call.record(&call.tool, &call.args, &inputs, &[PathBuf::from(&output)], mode, &system)?;
     Ok(Outcome::Recorded)
 }
 

@@ -4,8 +4,10 @@
 //! does not know, a file outside the build folder) runs the real tool instead, found on the
 //! `PATH` the build had before, and says so once with `--verbose`.
 //!
-//! The tools run on the nodes as host programs pinned by their hash: a node must have the same
-//! compiler (and, for now, the same system headers and libraries, which are not declared).
+//! The tools travel with their thunks: each thunk brings its own root holding the tool, its
+//! libraries and helpers, and the system headers and libraries the call reads
+//! ([`crate::toolchain`]), so a node needs no compiler. With `infer --toolchain host` they run
+//! as host programs pinned by their hash instead, and a node must have the same ones.
 
 mod ar;
 mod cc;
@@ -15,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::state::State;
-use crate::wrap::{Wrap, WrapError, find_program, wrap};
+use crate::toolchain::{self, Root};
+use crate::wrap::{Run, Wrap, WrapError, find_program, wrap};
 
 /// The names the models answer to.
 pub const MODELS: [&str; 10] = ["cc", "gcc", "g++", "c++", "clang", "clang++", "ar", "ranlib", "strip", "ld"];
@@ -30,10 +33,13 @@ pub const VERBOSE_ENV: &str = "THUNKMESH_VERBOSE";
 /// The environment variable that names the state folder.
 pub const STATE_ENV: &str = "THUNKMESH_STATE_DIR";
 
+/// Set to `host` by `infer --toolchain host`: tools run as the nodes' own host programs.
+pub const TOOLCHAIN_ENV: &str = "THUNKMESH_TOOLCHAIN";
+
 /// The environment every modelled tool runs with on the nodes: deterministic, and the same
 /// wherever it runs.
 fn tool_env() -> std::collections::BTreeMap<String, String> {
-    [("PATH", "/usr/bin:/bin"), ("LC_ALL", "C"), ("SOURCE_DATE_EPOCH", "0")]
+    [("PATH", crate::toolchain::TOOL_PATH), ("LC_ALL", "C"), ("SOURCE_DATE_EPOCH", "0")]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
@@ -112,8 +118,9 @@ impl Call {
         }
     }
 
-    /// Records a thunk running the real `tool` (pinned) with `args`, reading `inputs` and
-    /// writing `outputs` (with `mode`).
+    /// Records a thunk running the real `tool` with `args`, reading `inputs` and writing
+    /// `outputs` (with `mode`). The tool brings its own root, which holds `system` besides the
+    /// tool and its libraries (or it is the node's host program, with `--toolchain host`).
     fn record(
         &self,
         tool: &str,
@@ -121,8 +128,17 @@ impl Call {
         inputs: &[PathBuf],
         outputs: &[PathBuf],
         mode: u32,
+        system: &Root,
     ) -> Result<(), WrapError> {
         let real = self.real(tool)?;
+        let run = match self.hermetic() {
+            false => Run::Host,
+            true => {
+                let mut root = toolchain::program(&self.state, &real).map_err(WrapError::Toolchain)?;
+                root.extend(system);
+                Run::Rooted(root)
+            }
+        };
         let call = Wrap {
             cwd: &self.cwd,
             program: real.as_os_str(),
@@ -133,9 +149,24 @@ impl Call {
             timeout: std::time::Duration::from_secs(600),
             mode,
             path: None,
-            host: true,
+            run,
         };
         wrap(&self.state, &call).map(drop)
+    }
+
+    /// Whether the tools bring their own roots (not `--toolchain host`).
+    fn hermetic(&self) -> bool {
+        std::env::var(TOOLCHAIN_ENV).as_deref() != Ok("host")
+    }
+
+    /// The root of the programs `names` (looked up where the tools look them up on the nodes).
+    fn programs_root(&self, names: &[&str]) -> Result<Root, WrapError> {
+        let mut root = Root::default();
+        for name in names {
+            let path = find_program(Path::new("/"), OsStr::new(name), Some(OsStr::new(toolchain::TOOL_PATH)))?;
+            root.extend(&toolchain::program(&self.state, &path).map_err(WrapError::Toolchain)?);
+        }
+        Ok(root)
     }
 
     /// Whether `path` (as the call names it) is inside the build folder.
