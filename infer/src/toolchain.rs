@@ -141,11 +141,11 @@ pub(crate) fn helpers_for(compiles: &[&str], links: bool, lto: bool, fuse_ld: Op
     names
 }
 
-/// The root a C compiler driver needs with the helpers `names` ([`helpers_for`]): itself and
-/// each helper where it finds it, with their libraries.
+/// The root of a C compiler driver's helpers `names` ([`helpers_for`]): each where the driver
+/// finds it, with its libraries (the driver's own root is [`program`]'s).
 pub(crate) fn driver(state: &State, driver: &Path, names: &[String]) -> Result<Root, String> {
     let programs = found_once(state, "driver", driver, &names.join(" "), || helpers(driver, names))?;
-    let mut root = program(state, driver)?;
+    let mut root = Root::default();
     for helper in &programs {
         root.extend(&program(state, Path::new(helper))?);
     }

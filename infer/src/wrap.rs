@@ -95,11 +95,15 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
         }
         Run::Rooted(root) => {
             let path = crate::toolchain::normal(&path);
+            let mut pin = None;
             for file in root.files().chain([path.as_path()]) {
                 let id = state.add_system_file(file)?;
+                pin = Some(id);
                 inputs.insert(format!("{ROOT_DIR}{}", file.display()), Ref::Blob(id));
             }
-            Program::Host { path: path.display().to_string(), pin: state.add_system_file(&path)? }
+            // The last file is the program itself.
+            let pin = pin.map_or_else(|| state.add_system_file(&path), Ok)?;
+            Program::Host { path: path.display().to_string(), pin }
         }
         Run::Shipped => Program::Ref(file_ref(state, &path)?),
     };

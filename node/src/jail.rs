@@ -460,8 +460,6 @@ struct Plan {
     shared: Option<Arc<Shared>>,
     /// The program uses the node's network namespace.
     network: bool,
-    /// The root is built afresh on a tmpfs (not a copy of the shared template).
-    fresh: bool,
     /// The thunk brings its own root (for errors).
     own_root: bool,
     /// [`JAIL_WORK`], where the program starts.
@@ -578,11 +576,16 @@ impl Plan {
             (format!("{0} {0} 1", uid.as_raw()).into_bytes(), format!("{0} {0} 1", gid.as_raw()).into_bytes())
         });
         let cwd = c(Path::new(JAIL_WORK))?;
-        Ok(Plan { root: c(&root)?, steps, maps, root_user, shared, network, fresh, own_root, cwd })
+        Ok(Plan { root: c(&root)?, steps, maps, root_user, shared, network, own_root, cwd })
     }
 }
 
 impl Plan {
+    /// Whether the root is built afresh on a tmpfs (not a copy of the shared template).
+    fn fresh(&self) -> bool {
+        self.shared.is_none() || self.own_root
+    }
+
     /// The namespaces the child is made in: always PID, and mount, IPC, UTS and (unless the
     /// thunk uses the network) network ones unless it enters the node's shared ones; a user
     /// namespace when the node is not root.
@@ -653,7 +656,7 @@ fn enter(plan: &Plan) -> Result<(), Failed> {
             }
         }
     }
-    match plan.fresh {
+    match plan.fresh() {
         false => run_steps(&plan.steps)?,
         true => build_root(&plan.root, &plan.steps)?,
     }
