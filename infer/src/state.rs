@@ -187,6 +187,7 @@ mod tests {
             outputs: vec!["o".into()],
             timeout_ms: 1000,
             network: false,
+            stdout: false,
         }
     }
 

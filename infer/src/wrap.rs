@@ -123,6 +123,7 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
         outputs,
         timeout_ms: u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX).max(1),
         network: false,
+        stdout: false,
     };
     thunk.validate()?;
     let id = state.add_thunk(&thunk)?;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
+use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
 use thunkmesh_protocol::wire::{
     Assignment, ErrorCode, Mode, OutputValue, Source, Stored, SubmittedThunk, TaskDone, TaskFailed, ToRendezvous,
     TransferStats, UploadRequest, WireError,
@@ -345,9 +346,12 @@ async fn run_in(
     let root = lease.sandbox().root();
     let (program, linked) = place_inputs(ctx, a, lease.sandbox()).await?;
     let started = Instant::now();
-    let ran = execute(ctx, a, &program, lease.sandbox()).await;
+    let mut ran = execute(ctx, a, &program, lease.sandbox()).await;
     stats.program_micros += micros_since(started);
     let succeeded = matches!(&ran, Ok((status, _)) if status.success());
+    if let (Ok((_, output)), true, false) = (&mut ran, a.thunk.stdout, succeeded) {
+        output.put_stdout_first(&root.join(STDOUT_OUTPUT));
+    }
     // A program that failed on a full disk is not at fault: checked while its files still
     // fill the sandbox.
     let full = if succeeded { None } else { ctx.full_disk() };
@@ -547,6 +551,10 @@ async fn execute(
 ) -> Result<(std::process::ExitStatus, OutputTail), Fail> {
     let (reader, writer) = std::io::pipe().map_err(Fail::node)?;
     let (root, jail_root) = (sandbox.root(), sandbox.jail_root());
+    let stdout = match a.thunk.stdout {
+        true => std::fs::File::create_new(root.join(STDOUT_OUTPUT)).map_err(Fail::node)?.into(),
+        false => writer.try_clone().map_err(Fail::node)?.into(),
+    };
     let started = crate::jail::start(
         ctx.jail.as_ref(),
         crate::jail::Program {
@@ -556,7 +564,8 @@ async fn execute(
             env: &a.thunk.env,
             work: &root,
             root: &jail_root,
-            output: writer.into(),
+            stdout,
+            stderr: writer.into(),
             network: a.thunk.network,
             own_root: a.thunk.has_root(),
         },
@@ -616,6 +625,14 @@ impl OutputTail {
         }
     }
 
+    /// For a program whose standard output is a file (its result): puts the end of that file
+    /// before what it wrote to standard error, so a failure shows what it printed.
+    fn put_stdout_first(&mut self, stdout: &Path) {
+        let stderr: Vec<u8> = self.bytes.drain(..).collect();
+        self.push(&file_tail(stdout, OUTPUT_TAIL).unwrap_or_default());
+        self.push(&stderr);
+    }
+
     fn starts_with(&self, prefix: &str) -> bool {
         self.bytes.iter().copied().take(prefix.len()).eq(prefix.bytes())
     }
@@ -628,6 +645,17 @@ impl OutputTail {
             if text.is_empty() { String::new() } else { format!("output (last {OUTPUT_TAIL} bytes):\n{text}") };
         WireError { code, message, detail }
     }
+}
+
+/// The last `len` bytes of a file (all of a shorter one).
+fn file_tail(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    file.seek(SeekFrom::Start(size.saturating_sub(len as u64)))?;
+    let mut tail = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut tail)?;
+    Ok(tail)
 }
 
 fn micros_since(started: Instant) -> u64 {

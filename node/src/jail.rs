@@ -231,7 +231,7 @@ impl Jail {
             self.shared.clone(),
         )?;
         let path = if program.shipped { Path::new(JAIL_PROGRAM) } else { program.path };
-        let streams = [dev_null()?, program.output.try_clone()?, program.output];
+        let streams = [dev_null()?, program.stdout, program.stderr];
         let exec = Exec::new(path, program.args, program.env, streams)?;
         Ok(Running::Jailed(plan.spawn(&exec, program.path)?.watch(self.orphans.clone())?))
     }
@@ -253,8 +253,10 @@ pub(crate) struct Program<'a> {
     pub work: &'a Path,
     /// An empty folder beside it, for a private root.
     pub root: &'a Path,
-    /// Its standard output and error (its input is `/dev/null`).
-    pub output: OwnedFd,
+    /// Its standard output (its input is `/dev/null`).
+    pub stdout: OwnedFd,
+    /// Its standard error.
+    pub stderr: OwnedFd,
     /// It may use the node's network.
     pub network: bool,
     /// It runs in a root made of its own files (`.root/` in `work`), not the host's folders.
@@ -277,8 +279,8 @@ fn start_plain(mut command: tokio::process::Command, program: Program<'_>) -> st
         .envs(program.env)
         .current_dir(program.work)
         .stdin(Stdio::null())
-        .stdout(program.output.try_clone()?)
-        .stderr(program.output)
+        .stdout(program.stdout)
+        .stderr(program.stderr)
         .process_group(0)
         .kill_on_drop(true);
     let child = command.spawn()?;

@@ -38,6 +38,7 @@ fn planner() -> Planner {
                 outputs: vec!["out".into()],
                 timeout_ms: 60_000,
                 network: false,
+                stdout: false,
             };
             SubmittedThunk { name: format!("t{i}"), thunk }
         })

@@ -25,6 +25,7 @@ pub(crate) fn thunk(tag: &str, inputs: &[(&str, Ref)]) -> Thunk {
         outputs: vec!["out".into()],
         timeout_ms: 1000,
         network: false,
+        stdout: false,
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::id::Id;
-use crate::thunk::{Program, Ref, Thunk, check_sandbox_path, check_sandbox_paths};
+use crate::thunk::{Program, Ref, STDOUT_OUTPUT, Thunk, check_sandbox_path, check_sandbox_paths};
 
 /// The first line of a thunk output that is a tail call (a dynamic thunk).
 pub const TAIL_MARKER: &str = "# thunkmesh-tail v1\n";
@@ -144,6 +144,8 @@ pub struct ThunkSpec {
     pub timeout: Duration,
     /// The program may use the node's network.
     pub network: bool,
+    /// The program's standard output is its output `stdout` (listed in `outputs`).
+    pub stdout: bool,
 }
 
 /// Whether the text is a job file (values on the client's disk, targets) or a tail (values in
@@ -214,10 +216,13 @@ struct RawThunk {
     env: BTreeMap<String, String>,
     #[serde(default)]
     inputs: BTreeMap<String, String>,
+    #[serde(default)]
     outputs: Vec<String>,
     timeout: Option<String>,
     #[serde(default)]
     network: bool,
+    #[serde(default)]
+    stdout: bool,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +266,7 @@ impl JobSpec {
                 outputs: spec.outputs.clone(),
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
                 network: spec.network,
+                stdout: spec.stdout,
             };
             let id = thunk.id();
             outputs.insert(&spec.name, id);
@@ -327,7 +333,8 @@ impl Checker<'_> {
         let mut declared: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for t in &raw.thunks {
             self.check_name(&t.name, "thunk: ")?;
-            let outs: BTreeSet<&str> = t.outputs.iter().map(String::as_str).collect();
+            let stdout = t.stdout.then_some(STDOUT_OUTPUT);
+            let outs: BTreeSet<&str> = t.outputs.iter().map(String::as_str).chain(stdout).collect();
             if declared.insert(&t.name, outs).is_some() {
                 return Err(self.err("", JobProblem::DuplicateThunk(t.name.clone())));
             }
@@ -367,12 +374,16 @@ impl Checker<'_> {
             inputs.insert(path.clone(), r);
         }
         let mut outputs = t.outputs.clone();
+        if t.stdout {
+            outputs.push(STDOUT_OUTPUT.to_owned());
+        }
         outputs.sort();
         if let Some(w) = outputs.windows(2).find(|w| w[0] == w[1]) {
             return Err(self.err(place("outputs"), JobProblem::DuplicateOutput(w[0].clone())));
         }
         if outputs.is_empty() {
-            return Err(self.err(place("outputs"), JobProblem::Missing("a thunk needs at least one output".into())));
+            let missing = "a thunk needs at least one output (or `stdout = true`)".into();
+            return Err(self.err(place("outputs"), JobProblem::Missing(missing)));
         }
         let paths: Vec<&str> = inputs.keys().chain(&outputs).map(String::as_str).collect();
         check_sandbox_paths(&paths).map_err(|e| self.err(place("inputs/outputs"), JobProblem::Path(e.to_string())))?;
@@ -393,6 +404,7 @@ impl Checker<'_> {
             outputs,
             timeout,
             network: t.network,
+            stdout: t.stdout,
         };
         self.check_strings(&spec)?;
         Ok(spec)
@@ -412,6 +424,7 @@ impl Checker<'_> {
             outputs: spec.outputs.clone(),
             timeout_ms: 1,
             network: spec.network,
+            stdout: spec.stdout,
         };
         let place = format!("thunk `{}`: ", spec.name);
         stand_in.validate().map_err(|e| self.err(place, JobProblem::Path(e.to_string())))
@@ -574,6 +587,25 @@ timeout = "30s"
             error(&text).contains("line 20, column 11: invalid type: string \"yes\", expected a boolean"),
             "{}",
             error(&text)
+        );
+    }
+
+    /// `stdout = true` adds the output `stdout`, which other thunks and targets may name; a thunk
+    /// with neither outputs nor `stdout` is refused with a message saying both ways.
+    #[test]
+    fn a_thunk_may_give_its_standard_output_instead_of_files() {
+        let printing = GOOD
+            .replace("outputs = [\"out.txt\"]\ntimeout", "stdout = true\ntimeout")
+            .replace("count-0#out.txt", "count-0#stdout");
+        let spec = parse(&printing).expect("valid job");
+        let count = spec.thunks.iter().find(|t| t.name == "count-0").expect("count-0");
+        assert!(count.stdout);
+        assert_eq!(count.outputs, [STDOUT_OUTPUT]);
+        let silent = printing.replace("stdout = true\n", "").replace("count-0#stdout", "corpus");
+        assert!(
+            error(&silent).contains("a thunk needs at least one output (or `stdout = true`)"),
+            "{}",
+            error(&silent)
         );
     }
 

@@ -14,9 +14,17 @@ use crate::id::{Id, Kind};
 /// The first bytes of every encoded thunk: `TMTHUNK` and the format version.
 pub const THUNK_MAGIC: &[u8; 8] = b"TMTHUNK\x01";
 
-/// The options byte that ends the encoding of a thunk that uses the network (absent otherwise,
-/// so every other thunk keeps the id it had before the option existed).
+/// The options byte that ends the encoding of a thunk with options (absent when it has none,
+/// so every other thunk keeps the id it had before options existed): this bit says the thunk
+/// uses the network.
 const NETWORK: u8 = 1;
+
+/// The options bit that says the program's standard output is its output [`STDOUT_OUTPUT`].
+const STDOUT: u8 = 2;
+
+/// The output that a thunk whose result is its standard output declares: the node makes the
+/// program's standard output this file of its sandbox (`docs/ir.md`, "Options").
+pub const STDOUT_OUTPUT: &str = "stdout";
 
 /// The sandbox folder whose inputs make a thunk's own root file system: input `.root/usr/bin/cc`
 /// is the program's `/usr/bin/cc`, and a thunk with any such input sees no host folder at all
@@ -123,6 +131,10 @@ pub struct Thunk {
     /// The program may use the network (the node's): it then runs outside the sandbox's empty
     /// network namespace. Off unless a job asks; such a thunk's result depends on what it reached.
     pub network: bool,
+    /// The program's standard output is its output [`STDOUT_OUTPUT`] (which `outputs` must
+    /// list), so a program that only prints, such as a test, is a thunk without an output file
+    /// of its own. Its exit status still decides success: a program that fails has no result.
+    pub stdout: bool,
 }
 
 /// Why a thunk is not well formed.
@@ -161,6 +173,9 @@ pub enum ThunkError {
         "`.root{0}`: the thunk's own root may not hold /dev, /tmp, /thunk or /.program, which the sandbox provides"
     )]
     ReservedInRoot(String),
+    /// A thunk whose result is its standard output does not declare that output.
+    #[error("a thunk whose result is its standard output must list the output `{STDOUT_OUTPUT}`")]
+    StdoutNotDeclared,
     /// An output would be written into the thunk's own root.
     #[error("output `{0}` is inside `.root`, the thunk's own root, which is read only")]
     OutputInRoot(String),
@@ -228,6 +243,9 @@ impl Thunk {
         }
         if self.timeout_ms == 0 {
             return Err(ThunkError::ZeroTimeout);
+        }
+        if self.stdout && !self.outputs.iter().any(|o| o == STDOUT_OUTPUT) {
+            return Err(ThunkError::StdoutNotDeclared);
         }
         if let Program::Host { path, .. } = &self.program {
             check_string(path)?;
@@ -312,8 +330,9 @@ impl Thunk {
         put_u32(&mut out, self.outputs.len());
         self.outputs.iter().for_each(|o| put_str(&mut out, o));
         out.extend_from_slice(&self.timeout_ms.to_le_bytes());
-        if self.network {
-            out.push(NETWORK);
+        let options = (u8::from(self.network) * NETWORK) | (u8::from(self.stdout) * STDOUT);
+        if options != 0 {
+            out.push(options);
         }
         out
     }
@@ -501,9 +520,9 @@ impl Reader<'_> {
         let inputs = self.count(|r| Ok((r.string()?, r.reference()?)))?;
         let outputs = self.count(Reader::string)?;
         let timeout_ms = self.u64()?;
-        // An options byte follows only for a thunk that uses the network (a 0 there would not
-        // re-encode, and is refused as not canonical).
-        let network = self.at < self.bytes.len() && self.tag(NETWORK)? == NETWORK;
+        // An options byte follows only for a thunk with options (a 0 there would not re-encode,
+        // and is refused as not canonical).
+        let options = if self.at < self.bytes.len() { self.options()? } else { 0 };
         Ok(Thunk {
             program,
             args,
@@ -511,8 +530,18 @@ impl Reader<'_> {
             inputs: inputs.into_iter().collect(),
             outputs,
             timeout_ms,
-            network,
+            network: options & NETWORK != 0,
+            stdout: options & STDOUT != 0,
         })
+    }
+
+    fn options(&mut self) -> Result<u8, DecodeError> {
+        let at = self.at;
+        let options = self.u8()?;
+        if options & !(NETWORK | STDOUT) != 0 {
+            return Err(DecodeError::Tag { tag: options, at });
+        }
+        Ok(options)
     }
 }
 
@@ -532,6 +561,7 @@ pub(crate) mod tests {
             outputs: vec!["out.txt".into()],
             timeout_ms: 30_000,
             network: false,
+            stdout: false,
         }
     }
 
@@ -550,6 +580,7 @@ pub(crate) mod tests {
             outputs: vec!["b".into()],
             timeout_ms: 1_000,
             network: false,
+            stdout: false,
         };
         assert_eq!(hex::encode(consumer.encode()), include_str!("../../docs/ir-golden-2.hex").trim());
         assert_eq!(consumer.id().to_string(), include_str!("../../docs/ir-golden-2.id").trim());
@@ -593,6 +624,26 @@ pub(crate) mod tests {
         assert_eq!(bytes, [&plain.encode()[..], &[NETWORK]].concat());
         assert_eq!(Thunk::decode(&bytes), Ok(online.clone()));
         assert_ne!(online.id(), plain.id());
+    }
+
+    /// A thunk whose result is its standard output sets the options byte's second bit, alone or
+    /// with the network's; it must declare the output `stdout`. Unknown bits are refused.
+    #[test]
+    fn a_thunk_whose_result_is_its_stdout_declares_it_and_sets_its_option() {
+        let plain = golden_thunk();
+        let outputs = vec!["out.txt".to_owned(), STDOUT_OUTPUT.to_owned()];
+        let printing = Thunk { stdout: true, outputs, ..plain.clone() };
+        let bytes = printing.encode();
+        let without = Thunk { stdout: false, ..printing.clone() };
+        assert_eq!(bytes, [&without.encode()[..], &[STDOUT]].concat());
+        assert_eq!(Thunk::decode(&bytes), Ok(printing.clone()));
+        let both = Thunk { network: true, ..printing.clone() };
+        assert_eq!(both.encode().last(), Some(&(NETWORK | STDOUT)));
+        assert_eq!(Thunk::decode(&both.encode()), Ok(both));
+        let undeclared = Thunk { stdout: true, ..plain.clone() };
+        assert_eq!(undeclared.validate(), Err(ThunkError::StdoutNotDeclared));
+        let unknown = [&plain.encode()[..], &[4]].concat();
+        assert_eq!(Thunk::decode(&unknown), Err(DecodeError::Tag { tag: 4, at: unknown.len() - 1 }));
     }
 
     /// A thunk with inputs under `.root/` runs its host program from that root: the root must
@@ -657,15 +708,22 @@ pub(crate) mod tests {
             proptest::collection::btree_set("out/[a-z]{1,6}", 1..3),
             1u64..1_000_000,
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(program, args, env, inputs, outputs, timeout_ms, network)| Thunk {
-                program: Program::Ref(program),
-                args: args.into_iter().filter(|a| !a.contains('\0')).collect(),
-                env,
-                inputs,
-                outputs: outputs.into_iter().collect(),
-                timeout_ms,
-                network,
+            .prop_map(|(program, args, env, inputs, mut outputs, timeout_ms, network, stdout)| {
+                if stdout {
+                    outputs.insert(STDOUT_OUTPUT.to_owned());
+                }
+                Thunk {
+                    program: Program::Ref(program),
+                    args: args.into_iter().filter(|a| !a.contains('\0')).collect(),
+                    env,
+                    inputs,
+                    outputs: outputs.into_iter().collect(),
+                    timeout_ms,
+                    network,
+                    stdout,
+                }
             })
     }
 

@@ -75,6 +75,7 @@ fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
             outputs: vec!["out".into()],
             timeout_ms: 1000,
             network: false,
+            stdout: false,
         });
     }
     let target = Ref::Output { thunk: thunks[n - 1].id(), name: "out".into() };

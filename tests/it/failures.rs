@@ -209,3 +209,35 @@ fn a_job_that_keeps_going_runs_every_test_that_does_not_depend_on_a_failure() {
     assert!(!run.dir.join("out/uses-product").exists());
     assert_eq!((run.num("thunks_failed"), run.num("thunks_skipped")), (1, 1));
 }
+
+/// A test that only prints is a thunk whose result is its standard output (`stdout = true`):
+/// no output file is invented, a pass is memoized like any result, and a failure shows what the
+/// test printed to its standard output as well as to its standard error.
+#[test]
+fn a_test_that_only_prints_is_a_thunk_and_a_failure_shows_what_it_printed() {
+    let test = |name: &str, script: &str| {
+        format!(
+            "[[thunk]]\nname = \"{name}\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"{script}\"]\nstdout = true\n\n"
+        )
+    };
+    let text = [
+        test("adds", "echo 'PASS: 2 + 2 = 4'"),
+        test("multiplies", "echo 'FAIL: expected 6, got 5'; echo 'see above' >&2; exit 1"),
+        "[targets]\n\"adds.log\" = \"adds#stdout\"\n\"multiplies.log\" = \"multiplies#stdout\"\n".to_owned(),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = write(dir.path(), &[("job.toml", &text)]);
+    let run = run_in(dir.path(), &job, &["--workers", "2", "--keep-going"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stdout.contains("FAILED thunk `multiplies` failed: exit status 1"), "{}", run.stdout);
+    let shown = run.stdout.find("FAIL: expected 6, got 5").zip(run.stdout.find("see above"));
+    assert!(shown.is_some_and(|(out, err)| out < err), "stdout, then stderr: {}", run.stdout);
+    assert!(run.stdout.trim_end().ends_with("1 passed, 1 failed"), "{}", run.stdout);
+    assert_eq!(run.out("adds.log"), b"PASS: 2 + 2 = 4\n");
+    assert!(!run.dir.join("out/multiplies.log").exists());
+    let again = run_in(dir.path(), &job, &["--workers", "2", "--keep-going"]);
+    let counts = (again.num("thunks_executed"), again.num("thunks_failed"));
+    assert_eq!(counts, (0, 1), "the pass is memoized, the failure runs again: {}", again.stdout);
+    assert!(again.stdout.contains("FAIL: expected 6, got 5"), "{}", again.stdout);
+}
