@@ -134,7 +134,8 @@ pub struct ForceArgs {
     /// The placeholders to force (files left by `thunkmesh wrap` or `infer`).
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub files: Vec<PathBuf>,
-    /// Force every placeholder under the current folder (hidden folders are skipped).
+    /// Force every placeholder under the current folder (not in the state folder or a version
+    /// control folder such as .git; hidden build folders such as .libs are searched).
     #[arg(long)]
     pub all: bool,
     /// How the job that forces them runs.
@@ -149,8 +150,18 @@ pub struct WrapArgs {
     #[arg(long = "in", value_name = "FILE", num_args = 1..)]
     pub inputs: Vec<PathBuf>,
     /// Files the program writes; each gets a placeholder now.
-    #[arg(long = "out", value_name = "FILE", num_args = 1.., required = true)]
+    #[arg(long = "out", value_name = "FILE", num_args = 1.., required_unless_present = "stdout")]
     pub outputs: Vec<PathBuf>,
+    /// The program's standard output is its result (a test that only prints): the placeholder
+    /// for it is printed on this call's standard output, so where a test harness sends the
+    /// test's output (its log file) becomes the placeholder, and `force` puts what the test
+    /// printed there.
+    #[arg(long)]
+    pub stdout: bool,
+    /// The exit status of this call, which records and runs nothing: 77 makes an automake test
+    /// harness report the test as SKIP, which it is until forced.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub status: u8,
     /// The outputs are programs: their placeholders, and so the forced files, get mode 0755.
     #[arg(long)]
     pub executable: bool,

@@ -3,12 +3,13 @@
 //! placeholder, a placeholder the state folder does not know) ends with one line and exit code 2.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use thunkmesh_infer::{Placeholder, State};
+use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
 use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
 
 use crate::cli::{DescribeArgs, ForceArgs, HashArgs, InferArgs, WrapArgs};
@@ -39,12 +40,14 @@ pub fn infer(args: &InferArgs) -> ExitCode {
 
 /// Puts the models first on the build's `PATH` and runs it; exits as the build did.
 fn try_infer(args: &InferArgs) -> Result<ExitCode> {
-    use thunkmesh_infer::models::{MODELS, REAL_PATH_ENV, STATE_ENV, VERBOSE_ENV};
+    use thunkmesh_infer::models::{MODELS, REAL_PATH_ENV, STATE_ENV, TOP_ENV, VERBOSE_ENV};
     let state = State::open(&args.state_dir)?;
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
     let shims = state.dir().join("bin");
     std::fs::create_dir_all(&shims).with_context(|| format!("cannot make {}", shims.display()))?;
-    for name in MODELS {
+    // `thunkmesh` itself, for a build that calls `thunkmesh wrap` (a test harness's
+    // `LOG_COMPILER`), whichever way this binary was started.
+    for name in MODELS.into_iter().chain(["thunkmesh"]) {
         let link = shims.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&exe, &link).with_context(|| format!("cannot make {}", link.display()))?;
@@ -57,6 +60,7 @@ fn try_infer(args: &InferArgs) -> Result<ExitCode> {
     let mut build = std::process::Command::new(program);
     build.args(rest).env("PATH", path).env(REAL_PATH_ENV, &real_path);
     build.env(STATE_ENV, std::path::absolute(&args.state_dir).context("cannot read the current folder")?);
+    build.env(TOP_ENV, std::env::current_dir().context("cannot read the current folder")?);
     let toolchain = match args.toolchain {
         crate::cli::ToolchainArg::Hermetic => "hermetic",
         crate::cli::ToolchainArg::Host => "host",
@@ -85,12 +89,13 @@ fn recorded(state: &State) -> usize {
 
 pub fn wrap(args: &WrapArgs) -> ExitCode {
     match try_wrap(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(args.status),
         Err(e) => refused(format_args!("{e:#}")),
     }
 }
 
 fn try_wrap(args: &WrapArgs) -> Result<()> {
+    use thunkmesh_infer::models::TOP_ENV;
     let mut env = BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]);
     for pair in &args.env {
         let (name, value) = pair.split_once('=').with_context(|| format!("--env {pair}: give NAME=VALUE"))?;
@@ -98,9 +103,14 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
     }
     let (program, rest) = args.command.split_first().context("no program after --")?;
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    // Under `infer`, the build folder is where it was started (a recursive make's call runs in
+    // a subfolder of it).
+    let top = std::env::var_os(TOP_ENV).map_or_else(|| cwd.clone(), PathBuf::from);
     let state = State::open(&args.state_dir)?;
     let call = thunkmesh_infer::Wrap {
+        top: &top,
         cwd: &cwd,
+        stdout: args.stdout,
         program: program.as_ref(),
         args: rest,
         inputs: &args.inputs,
@@ -113,6 +123,10 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
     };
     let id = thunkmesh_infer::wrap(&state, &call)?;
     tracing::info!(thunk = %id, "recorded");
+    if args.stdout {
+        let output = Ref::Output { thunk: id, name: STDOUT_OUTPUT.to_owned() };
+        print!("{}", Placeholder { output }.text());
+    }
     Ok(())
 }
 
@@ -161,7 +175,7 @@ struct Planned {
 fn plan_force(args: &ForceArgs) -> Result<Option<Planned>> {
     let state = State::open(&args.flags.state_dir)?;
     let files = match args.all {
-        true => thunkmesh_infer::placeholders_under(Path::new("."))?,
+        true => thunkmesh_infer::placeholders_under(Path::new("."), &args.flags.state_dir)?,
         false => args.files.clone(),
     };
     if files.is_empty() {

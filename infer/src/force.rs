@@ -42,6 +42,7 @@ pub fn forcing(state: &State, files: &[PathBuf]) -> Result<Forcing, ForceError> 
     let mut collected = Collected::default();
     let mut targets = BTreeMap::new();
     let mut places = Vec::with_capacity(files.len());
+    let mut forced_for = BTreeMap::new();
     for file in files {
         let shown = file.display().to_string();
         let io = |error| ForceError::Io { path: shown.clone(), error };
@@ -51,8 +52,17 @@ pub fn forcing(state: &State, files: &[PathBuf]) -> Result<Forcing, ForceError> 
         collected
             .visit(state, &placeholder.output)
             .map_err(|error| ForceError::State { path: shown.clone(), error })?;
+        if let Ref::Output { thunk, .. } = &placeholder.output {
+            forced_for.entry(*thunk).or_insert_with(|| shown.clone());
+        }
         targets.insert(places.len().to_string(), placeholder.output);
         places.push((file.clone(), mode));
+    }
+    // A thunk forced for a file is named after it in messages (a test's output is `stdout`).
+    for thunk in &mut collected.thunks {
+        if let Some(file) = forced_for.get(&thunk.id) {
+            thunk.name.clone_from(file);
+        }
     }
     let job = ResolvedJob { thunks: collected.thunks, targets, result: None };
     Ok(Forcing { job: LoadedJob { file: "the placeholders".into(), job, values: collected.values }, places })
@@ -97,8 +107,17 @@ fn refs(thunk: &Thunk) -> impl Iterator<Item = &Ref> {
     program.into_iter().chain(thunk.inputs.values())
 }
 
-/// Every placeholder under `root`, outside hidden folders (the state folder among them).
-pub fn placeholders_under(root: &Path) -> Result<Vec<PathBuf>, ForceError> {
+/// Folders that hold a version control system's records, never a build's files.
+const VCS_FOLDERS: [&str; 4] = [".git", ".hg", ".svn", ".jj"];
+
+/// Every placeholder under `root`, outside the state folder `state` and version control folders
+/// (hidden folders of a build, such as libtool's `.libs`, are searched).
+pub fn placeholders_under(root: &Path, state: &Path) -> Result<Vec<PathBuf>, ForceError> {
+    let state = std::fs::canonicalize(state).ok();
+    let skipped = |path: &Path, name: &str| {
+        VCS_FOLDERS.contains(&name)
+            || state.as_deref().is_some_and(|s| std::fs::canonicalize(path).is_ok_and(|p| p == s))
+    };
     let mut found = Vec::new();
     let mut folders = vec![root.to_owned()];
     while let Some(folder) = folders.pop() {
@@ -106,8 +125,7 @@ pub fn placeholders_under(root: &Path) -> Result<Vec<PathBuf>, ForceError> {
         for entry in std::fs::read_dir(&folder).map_err(io)? {
             let entry = entry.map_err(io)?;
             let (path, kind) = (entry.path(), entry.file_type().map_err(io)?);
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if kind.is_dir() && !hidden {
+            if kind.is_dir() && !skipped(&path, &entry.file_name().to_string_lossy()) {
                 folders.push(path);
             } else if kind.is_file() && Placeholder::is_at(&path) {
                 found.push(path);
@@ -156,7 +174,9 @@ mod tests {
         std::fs::write(dir.path().join("in.txt"), "x\n").expect("write");
         let call = |ins: &[PathBuf], outs: &[PathBuf]| {
             let call = Wrap {
+                top: dir.path(),
                 cwd: dir.path(),
+                stdout: false,
                 program: OsStr::new("cp"),
                 args: &[],
                 inputs: ins,
@@ -176,7 +196,8 @@ mod tests {
         assert_eq!(ids, [first, second], "producers first");
         assert_eq!(forcing.places, [(dir.path().join("b"), 0o755)]);
         assert_eq!(forcing.job.values.len(), 2, "the source and the program");
-        assert_eq!(placeholders_under(dir.path()).expect("walk"), [dir.path().join("a"), dir.path().join("b")]);
+        let walked = placeholders_under(dir.path(), &dir.path().join(".thunkmesh")).expect("walk");
+        assert_eq!(walked, [dir.path().join("a"), dir.path().join("b")], "not the state folder's");
         let e = super::forcing(&state, &[dir.path().join("in.txt")]).expect_err("not a placeholder").to_string();
         assert!(
             e.ends_with("in.txt: is not a placeholder (only files left by `thunkmesh wrap` or `infer` can be forced)")

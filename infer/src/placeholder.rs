@@ -1,7 +1,9 @@
 //! Placeholders: the small text files a model leaves where an output would be. One names the
 //! thunk output it stands for, so it survives `mv` and `cp`, and a later model that reads it as
 //! an input records a reference to that output instead of its bytes. Its mode is the mode the
-//! real file gets when it is forced (a linked program's placeholder is executable).
+//! real file gets when it is forced (a linked program's placeholder is executable). Lines after
+//! the ref are ignored: a test harness appends its verdict to a log file that is a placeholder
+//! (`thunkmesh wrap --stdout`).
 
 use std::io::Read;
 use std::path::Path;
@@ -55,7 +57,7 @@ impl Placeholder {
         let read = std::fs::File::open(path)?.take(MAX_LEN).read_to_string(&mut text);
         let Some(rest) = read.ok().and_then(|_| text.strip_prefix(MAGIC)) else { return Ok(None) };
         let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
-        let line = rest.strip_suffix('\n').ok_or_else(|| bad("a placeholder ends with a newline".into()))?;
+        let (line, _) = rest.split_once('\n').ok_or_else(|| bad("a placeholder's ref ends with a newline".into()))?;
         let output = line.parse::<Ref>().map_err(|e| bad(format!("a placeholder with a bad ref: {e}")))?;
         match output {
             Ref::Output { .. } => Ok(Some(Placeholder { output })),
@@ -83,6 +85,16 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o755);
         std::fs::copy(&path, &copy).expect("cp");
         assert_eq!(Placeholder::read(&copy).expect("read"), Some(placeholder()));
+    }
+
+    /// An automake test harness appends its verdict to the log file that `wrap --stdout` made a
+    /// placeholder: what follows the ref's line is not read.
+    #[test]
+    fn lines_after_the_ref_are_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("test.log");
+        std::fs::write(&path, format!("{}SKIP test (exit status: 77)\n", placeholder().text())).expect("write");
+        assert_eq!(Placeholder::read(&path).expect("read"), Some(placeholder()));
     }
 
     #[test]

@@ -188,6 +188,7 @@ mod tests {
             timeout_ms: 1000,
             network: false,
             stdout: false,
+            dir: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The generic model (gg's `model-generic`): a call of any program whose inputs and outputs the
-//! user names becomes one thunk. The sandbox mirrors the build folder the call runs in: an input
-//! `src/a.txt` is at `src/a.txt` in the sandbox, and the program starts at its top, so relative
-//! paths in the arguments mean what they meant in the build. An input that is a placeholder
+//! user names becomes one thunk. The sandbox mirrors the build folder: an input `src/a.txt` is at
+//! `src/a.txt` in the sandbox, and the program starts in the sandbox's copy of the folder the
+//! call ran in (its top, or `src/` for a call a recursive make made there), so relative paths in
+//! the arguments, `../include/a.h` too, mean what they meant in the build. An input that is a placeholder
 //! refers to the output it stands for; any other file is recorded by its bytes. The program
 //! travels by its bytes too (found on `PATH` like a shell finds it), or is an earlier output.
 
@@ -10,7 +11,7 @@ use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use thunkmesh_protocol::thunk::{ROOT_DIR, ThunkError};
+use thunkmesh_protocol::thunk::{ROOT_DIR, STDOUT_OUTPUT, ThunkError};
 use thunkmesh_protocol::{Id, Program, Ref, Thunk};
 
 use crate::placeholder::Placeholder;
@@ -21,7 +22,7 @@ use crate::toolchain::Root;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WrapError {
-    /// An input or output is not inside the folder the call runs in.
+    /// An input or output is not inside the build folder.
     #[error("{path}: an {what} must be inside the build folder {cwd}")]
     Outside { what: &'static str, path: String, cwd: String },
     /// The program is not on `PATH`.
@@ -47,8 +48,13 @@ pub enum WrapError {
 /// One call to record.
 #[derive(Debug, Clone)]
 pub struct Wrap<'a> {
-    /// The folder the call runs in: every input and output is inside it.
+    /// The build folder, which the sandbox mirrors: every input and output is inside it.
+    pub top: &'a Path,
+    /// The folder the call runs in, `top` or a folder inside it: relative paths are relative to
+    /// it, and the program starts in its copy.
     pub cwd: &'a Path,
+    /// The program's standard output is its result (the output `stdout`).
+    pub stdout: bool,
     /// The program, by path, or by name looked up on `path`.
     pub program: &'a OsStr,
     /// Its arguments after argv\[0\].
@@ -108,13 +114,20 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
         Run::Shipped => Program::Ref(file_ref(state, &path)?),
     };
     for input in call.inputs {
-        let at = sandbox_path(call.cwd, input, "input")?;
+        let at = sandbox_path(call.top, call.cwd, input, "input")?;
         inputs.insert(at, file_ref(state, &call.cwd.join(input))?);
     }
     let mut outputs =
-        call.outputs.iter().map(|o| sandbox_path(call.cwd, o, "output")).collect::<Result<Vec<_>, _>>()?;
+        call.outputs.iter().map(|o| sandbox_path(call.top, call.cwd, o, "output")).collect::<Result<Vec<_>, _>>()?;
+    if call.stdout {
+        outputs.push(STDOUT_OUTPUT.to_owned());
+    }
     outputs.sort();
     outputs.dedup();
+    let dir = match call.cwd == call.top {
+        true => None,
+        false => Some(sandbox_path(call.top, call.top, call.cwd, "folder")?),
+    };
     let thunk = Thunk {
         program,
         args: call.args.to_vec(),
@@ -123,12 +136,13 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
         outputs,
         timeout_ms: u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX).max(1),
         network: false,
-        stdout: false,
+        stdout: call.stdout,
+        dir,
     };
     thunk.validate()?;
     let id = state.add_thunk(&thunk)?;
-    for name in &thunk.outputs {
-        let path = call.cwd.join(name);
+    for name in thunk.outputs.iter().filter(|o| !call.stdout || o.as_str() != STDOUT_OUTPUT) {
+        let path = call.top.join(name);
         let placeholder = Placeholder { output: Ref::Output { thunk: id, name: name.clone() } };
         let written =
             path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| placeholder.write(&path, call.mode));
@@ -165,14 +179,12 @@ pub fn find_program(cwd: &Path, program: &OsStr, path: Option<&OsStr>) -> Result
     }
 }
 
-/// The sandbox path of `path` (relative to `cwd`, or absolute under it): relative, without
-/// `.` or `..`.
-pub(crate) fn sandbox_path(cwd: &Path, path: &Path, what: &'static str) -> Result<String, WrapError> {
-    let outside = || WrapError::Outside { what, path: path.display().to_string(), cwd: cwd.display().to_string() };
-    let relative = match path.is_absolute() {
-        true => path.strip_prefix(cwd).map_err(|_| outside())?,
-        false => path,
-    };
+/// The sandbox path of `path` (relative to `cwd`, or absolute; `..` resolved by name), which
+/// must be inside the build folder `top`: relative, without `.` or `..`.
+pub(crate) fn sandbox_path(top: &Path, cwd: &Path, path: &Path, what: &'static str) -> Result<String, WrapError> {
+    let outside = || WrapError::Outside { what, path: path.display().to_string(), cwd: top.display().to_string() };
+    let absolute = crate::toolchain::normal(&cwd.join(path));
+    let relative = absolute.strip_prefix(crate::toolchain::normal(top)).map_err(|_| outside())?;
     let mut parts = Vec::new();
     for component in relative.components() {
         match component {
@@ -193,7 +205,9 @@ mod tests {
 
     fn call<'a>(cwd: &'a Path, inputs: &'a [PathBuf], outputs: &'a [PathBuf]) -> Wrap<'a> {
         Wrap {
+            top: cwd,
             cwd,
+            stdout: false,
             program: OsStr::new("sh"),
             args: &[],
             inputs,

@@ -430,8 +430,15 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
     for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
         places.push((blob, format!("input `{path}`"), root.join(path)));
     }
-    let output_folders: Vec<PathBuf> =
-        a.thunk.outputs.iter().filter_map(|o| Some(root.join(o).parent()?.to_owned())).filter(|f| *f != root).collect();
+    let start_folder = a.thunk.dir.as_ref().map(|dir| root.join(dir));
+    let output_folders: Vec<PathBuf> = a
+        .thunk
+        .outputs
+        .iter()
+        .filter_map(|o| Some(root.join(o).parent()?.to_owned()))
+        .filter(|f| *f != root)
+        .chain(start_folder)
+        .collect();
     let (cache, pins) = (ctx.cache.clone(), ctx.host_pins.clone());
     let nobody = ctx.jail.as_ref().is_some_and(Jail::as_nobody).then_some(root.clone());
     let layout = move || -> Result<Vec<Linked>, Fail> {
@@ -443,7 +450,8 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
             }
         }
         let linked = link_inputs(&cache, places).map_err(Fail::node)?;
-        // The folders of the declared outputs exist, as they did where the call was recorded.
+        // The folders of the declared outputs (and the one it starts in) exist, as they did
+        // where the call was recorded.
         for folder in &output_folders {
             std::fs::create_dir_all(folder).map_err(Fail::node)?;
         }
@@ -563,6 +571,7 @@ async fn execute(
             args: &a.thunk.args,
             env: &a.thunk.env,
             work: &root,
+            dir: a.thunk.dir.as_deref(),
             root: &jail_root,
             stdout,
             stderr: writer.into(),

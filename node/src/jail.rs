@@ -221,7 +221,7 @@ impl Jail {
         }
         self.orphans.reap();
         let shipped = program.shipped.then_some(program.path);
-        let plan = Plan::new(
+        let mut plan = Plan::new(
             &self.host,
             program.root,
             program.work,
@@ -230,6 +230,9 @@ impl Jail {
             program.network,
             self.shared.clone(),
         )?;
+        if let Some(dir) = program.dir {
+            plan.cwd = c(&Path::new(JAIL_WORK).join(dir))?;
+        }
         let path = if program.shipped { Path::new(JAIL_PROGRAM) } else { program.path };
         let streams = [dev_null()?, program.stdout, program.stderr];
         let exec = Exec::new(path, program.args, program.env, streams)?;
@@ -249,8 +252,10 @@ pub(crate) struct Program<'a> {
     pub args: &'a [String],
     /// Its whole environment.
     pub env: &'a BTreeMap<String, String>,
-    /// The sandbox folder, where it starts.
+    /// The sandbox folder.
     pub work: &'a Path,
+    /// The folder of `work` it starts in (`work` itself when `None`).
+    pub dir: Option<&'a str>,
     /// An empty folder beside it, for a private root.
     pub root: &'a Path,
     /// Its standard output (its input is `/dev/null`).
@@ -277,7 +282,7 @@ fn start_plain(mut command: tokio::process::Command, program: Program<'_>) -> st
         .args(program.args)
         .env_clear()
         .envs(program.env)
-        .current_dir(program.work)
+        .current_dir(program.dir.map_or_else(|| program.work.to_owned(), |dir| program.work.join(dir)))
         .stdin(Stdio::null())
         .stdout(program.stdout)
         .stderr(program.stderr)

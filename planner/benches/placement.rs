@@ -39,6 +39,7 @@ fn planner() -> Planner {
                 timeout_ms: 60_000,
                 network: false,
                 stdout: false,
+                dir: None,
             };
             SubmittedThunk { name: format!("t{i}"), thunk }
         })

@@ -26,6 +26,7 @@ pub(crate) fn thunk(tag: &str, inputs: &[(&str, Ref)]) -> Thunk {
         timeout_ms: 1000,
         network: false,
         stdout: false,
+        dir: None,
     }
 }
 

@@ -267,6 +267,7 @@ impl JobSpec {
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
                 network: spec.network,
                 stdout: spec.stdout,
+                dir: None,
             };
             let id = thunk.id();
             outputs.insert(&spec.name, id);
@@ -425,6 +426,7 @@ impl Checker<'_> {
             timeout_ms: 1,
             network: spec.network,
             stdout: spec.stdout,
+            dir: None,
         };
         let place = format!("thunk `{}`: ", spec.name);
         stand_in.validate().map_err(|e| self.err(place, JobProblem::Path(e.to_string())))

@@ -22,6 +22,9 @@ const NETWORK: u8 = 1;
 /// The options bit that says the program's standard output is its output [`STDOUT_OUTPUT`].
 const STDOUT: u8 = 2;
 
+/// The options bit that says the program starts in a folder of its sandbox, whose path follows.
+const DIR: u8 = 4;
+
 /// The output that a thunk whose result is its standard output declares: the node makes the
 /// program's standard output this file of its sandbox (`docs/ir.md`, "Options").
 pub const STDOUT_OUTPUT: &str = "stdout";
@@ -135,6 +138,9 @@ pub struct Thunk {
     /// list), so a program that only prints, such as a test, is a thunk without an output file
     /// of its own. Its exit status still decides success: a program that fails has no result.
     pub stdout: bool,
+    /// The folder of the sandbox the program starts in (its top when `None`): a call that a
+    /// build made in a subfolder reads files beside that folder (`../include/x.h`).
+    pub dir: Option<String>,
 }
 
 /// Why a thunk is not well formed.
@@ -247,6 +253,9 @@ impl Thunk {
         if self.stdout && !self.outputs.iter().any(|o| o == STDOUT_OUTPUT) {
             return Err(ThunkError::StdoutNotDeclared);
         }
+        if let Some(dir) = &self.dir {
+            check_sandbox_path(dir)?;
+        }
         if let Program::Host { path, .. } = &self.program {
             check_string(path)?;
             if !path.starts_with('/') {
@@ -330,9 +339,14 @@ impl Thunk {
         put_u32(&mut out, self.outputs.len());
         self.outputs.iter().for_each(|o| put_str(&mut out, o));
         out.extend_from_slice(&self.timeout_ms.to_le_bytes());
-        let options = (u8::from(self.network) * NETWORK) | (u8::from(self.stdout) * STDOUT);
+        let options = (u8::from(self.network) * NETWORK)
+            | (u8::from(self.stdout) * STDOUT)
+            | (u8::from(self.dir.is_some()) * DIR);
         if options != 0 {
             out.push(options);
+        }
+        if let Some(dir) = &self.dir {
+            put_str(&mut out, dir);
         }
         out
     }
@@ -523,6 +537,7 @@ impl Reader<'_> {
         // An options byte follows only for a thunk with options (a 0 there would not re-encode,
         // and is refused as not canonical).
         let options = if self.at < self.bytes.len() { self.options()? } else { 0 };
+        let dir = if options & DIR != 0 { Some(self.string()?) } else { None };
         Ok(Thunk {
             program,
             args,
@@ -532,13 +547,14 @@ impl Reader<'_> {
             timeout_ms,
             network: options & NETWORK != 0,
             stdout: options & STDOUT != 0,
+            dir,
         })
     }
 
     fn options(&mut self) -> Result<u8, DecodeError> {
         let at = self.at;
         let options = self.u8()?;
-        if options & !(NETWORK | STDOUT) != 0 {
+        if options & !(NETWORK | STDOUT | DIR) != 0 {
             return Err(DecodeError::Tag { tag: options, at });
         }
         Ok(options)
@@ -562,6 +578,7 @@ pub(crate) mod tests {
             timeout_ms: 30_000,
             network: false,
             stdout: false,
+            dir: None,
         }
     }
 
@@ -581,6 +598,7 @@ pub(crate) mod tests {
             timeout_ms: 1_000,
             network: false,
             stdout: false,
+            dir: None,
         };
         assert_eq!(hex::encode(consumer.encode()), include_str!("../../docs/ir-golden-2.hex").trim());
         assert_eq!(consumer.id().to_string(), include_str!("../../docs/ir-golden-2.id").trim());
@@ -594,7 +612,7 @@ pub(crate) mod tests {
         let with = |extra: &[u8]| Thunk::decode(&[&bytes[..], extra].concat());
         assert_eq!(with(&[0]), Err(DecodeError::NotCanonical), "network off is said by absence");
         assert_eq!(with(&[NETWORK, 0]), Err(DecodeError::Trailing(1)));
-        assert_eq!(with(&[7]), Err(DecodeError::Tag { tag: 7, at: bytes.len() }));
+        assert_eq!(with(&[9]), Err(DecodeError::Tag { tag: 9, at: bytes.len() }));
         let mut bad_tag = bytes;
         bad_tag[8] = 7;
         assert_eq!(Thunk::decode(&bad_tag), Err(DecodeError::Tag { tag: 7, at: 8 }));
@@ -642,8 +660,24 @@ pub(crate) mod tests {
         assert_eq!(Thunk::decode(&both.encode()), Ok(both));
         let undeclared = Thunk { stdout: true, ..plain.clone() };
         assert_eq!(undeclared.validate(), Err(ThunkError::StdoutNotDeclared));
-        let unknown = [&plain.encode()[..], &[4]].concat();
-        assert_eq!(Thunk::decode(&unknown), Err(DecodeError::Tag { tag: 4, at: unknown.len() - 1 }));
+        let unknown = [&plain.encode()[..], &[8]].concat();
+        assert_eq!(Thunk::decode(&unknown), Err(DecodeError::Tag { tag: 8, at: unknown.len() - 1 }));
+    }
+
+    /// A program that starts in a folder of its sandbox says so with the third options bit and
+    /// the folder's path after the byte; the folder must be a sandbox path.
+    #[test]
+    fn a_thunk_that_starts_in_a_folder_names_it_after_its_options() {
+        let plain = golden_thunk();
+        let inside = Thunk { dir: Some("src/lib".into()), ..plain.clone() };
+        let bytes = inside.encode();
+        assert_eq!(bytes, [&plain.encode()[..], &[DIR, 7, 0, 0, 0], b"src/lib"].concat());
+        assert_eq!(Thunk::decode(&bytes), Ok(inside.clone()));
+        assert_ne!(inside.id(), plain.id());
+        let truncated = &bytes[..bytes.len() - 1];
+        assert!(matches!(Thunk::decode(truncated), Err(DecodeError::Truncated(_))));
+        let climbing = Thunk { dir: Some("../up".into()), ..plain };
+        assert_eq!(climbing.validate(), Err(ThunkError::EscapingPath("../up".into())));
     }
 
     /// A thunk with inputs under `.root/` runs its host program from that root: the root must
@@ -709,8 +743,9 @@ pub(crate) mod tests {
             1u64..1_000_000,
             any::<bool>(),
             any::<bool>(),
+            proptest::option::of("[a-z]{1,6}"),
         )
-            .prop_map(|(program, args, env, inputs, mut outputs, timeout_ms, network, stdout)| {
+            .prop_map(|(program, args, env, inputs, mut outputs, timeout_ms, network, stdout, dir)| {
                 if stdout {
                     outputs.insert(STDOUT_OUTPUT.to_owned());
                 }
@@ -723,6 +758,7 @@ pub(crate) mod tests {
                     timeout_ms,
                     network,
                     stdout,
+                    dir,
                 }
             })
     }

@@ -76,6 +76,7 @@ fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
             timeout_ms: 1000,
             network: false,
             stdout: false,
+            dir: None,
         });
     }
     let target = Ref::Output { thunk: thunks[n - 1].id(), name: "out".into() };

@@ -8,11 +8,11 @@ use std::path::Path;
 use crate::util::{Run, finish, thunkmesh};
 
 /// `thunkmesh ARGS` in `dir`.
-fn tm(dir: &Path, args: &[&str]) -> Run {
+pub(crate) fn tm(dir: &Path, args: &[&str]) -> Run {
     finish(dir, thunkmesh().current_dir(dir).args(args).output().expect("start thunkmesh"))
 }
 
-fn force(dir: &Path, extra: &[&str]) -> Run {
+pub(crate) fn force(dir: &Path, extra: &[&str]) -> Run {
     let args = [&["force", "--summary-json", "summary.json", "--workers", "2"], extra].concat();
     tm(dir, &args)
 }
@@ -212,14 +212,8 @@ fn an_inferred_build_in_storage_mode_gives_the_same_bytes() {
 /// zlib's Debian source package (fetched by the test command), unpacked into `dir` and
 /// configured for a static build.
 fn zlib(dir: &Path) {
-    let sources = crate::util::repo("target/sources/zlib");
-    let dsc = std::fs::read_dir(&sources)
-        .ok()
-        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "dsc")));
-    let dsc = dsc.unwrap_or_else(|| panic!("no zlib source package in {}: scripts/test fetches it", sources.display()));
-    let unpacked = std::process::Command::new("dpkg-source").arg("-x").arg(&dsc).arg(dir.join("zlib")).output();
-    assert!(unpacked.expect("dpkg-source").status.success(), "dpkg-source -x {}", dsc.display());
-    let configured = std::process::Command::new("./configure").arg("--static").current_dir(dir.join("zlib")).output();
+    let tree = crate::util::debian_source("zlib", dir);
+    let configured = std::process::Command::new("./configure").arg("--static").current_dir(tree).output();
     assert!(configured.expect("configure").status.success());
 }
 

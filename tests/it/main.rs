@@ -11,5 +11,6 @@ mod nat;
 mod s3;
 mod sandbox;
 mod self_hosted;
+mod test_suites;
 mod trust;
 mod util;

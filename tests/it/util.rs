@@ -37,6 +37,21 @@ pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Unpacks Debian's source package `name` (fetched into `target/sources/NAME` by the test
+/// command) into `into/NAME`, and returns that folder.
+pub fn debian_source(name: &str, into: &Path) -> PathBuf {
+    let sources = repo(&format!("target/sources/{name}"));
+    let dsc = std::fs::read_dir(&sources)
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "dsc")));
+    let dsc =
+        dsc.unwrap_or_else(|| panic!("no {name} source package in {}: scripts/test fetches it", sources.display()));
+    let tree = into.join(name);
+    let unpacked = Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&tree).output();
+    assert!(unpacked.expect("dpkg-source").status.success(), "dpkg-source -x {}", dsc.display());
+    tree
+}
+
 /// What a `thunkmesh run` left behind.
 #[derive(Debug)]
 pub struct Run {

@@ -106,6 +106,7 @@ impl Builder {
             timeout_ms: 600_000,
             network: false,
             stdout: false,
+            dir: None,
         };
         let id = thunk.id();
         let refs = outputs.iter().map(|(n, _)| Ref::Output { thunk: id, name: (*n).to_owned() }).collect();

@@ -27,6 +27,10 @@ pub const MODELS: [&str; 10] = ["cc", "gcc", "g++", "c++", "clang", "clang++", "
 /// presence tells the binary it was started as a model.
 pub const REAL_PATH_ENV: &str = "THUNKMESH_REAL_PATH";
 
+/// The build folder, where `infer` was started: calls a recursive make runs in its subfolders
+/// read and write files anywhere in it.
+pub const TOP_ENV: &str = "THUNKMESH_BUILD_TOP";
+
 /// Set by `infer --verbose`: models say why they ran a real tool.
 pub const VERBOSE_ENV: &str = "THUNKMESH_VERBOSE";
 
@@ -49,6 +53,9 @@ fn tool_env() -> std::collections::BTreeMap<String, String> {
 struct Call {
     tool: String,
     args: Vec<String>,
+    /// The build folder (where `infer` was started): the sandbox mirrors it.
+    top: PathBuf,
+    /// Where the call runs: `top` or a folder inside it (a recursive make's).
     cwd: PathBuf,
     real_path: std::ffi::OsString,
     state: State,
@@ -73,7 +80,8 @@ pub fn main(tool: &str, args: Vec<String>) -> ExitCode {
         Ok(opened) => opened,
         Err(e) => return said(tool, &e, 2),
     };
-    let call = Call { tool: tool.to_owned(), args, cwd, real_path, state };
+    let top = std::env::var_os(TOP_ENV).map_or_else(|| cwd.clone(), PathBuf::from);
+    let call = Call { tool: tool.to_owned(), args, top, cwd, real_path, state };
     let decided = match tool {
         "ar" => ar::ar(&call),
         "ranlib" => ar::ranlib(&call),
@@ -140,7 +148,9 @@ impl Call {
             }
         };
         let call = Wrap {
+            top: &self.top,
             cwd: &self.cwd,
+            stdout: false,
             program: real.as_os_str(),
             args,
             inputs,
@@ -171,6 +181,6 @@ impl Call {
 
     /// Whether `path` (as the call names it) is inside the build folder.
     fn inside(&self, path: &Path) -> bool {
-        crate::wrap::sandbox_path(&self.cwd, path, "input").is_ok()
+        crate::wrap::sandbox_path(&self.top, &self.cwd, path, "input").is_ok()
     }
 }
