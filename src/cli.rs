@@ -146,7 +146,8 @@ pub struct ForceArgs {
 /// Flags of `thunkmesh wrap`.
 #[derive(Debug, Args)]
 pub struct WrapArgs {
-    /// Files the program reads, relative to the current folder (or under it).
+    /// Files the program reads, relative to the current folder; they must be inside the build
+    /// folder (the current folder, or under `infer` the folder it was started in).
     #[arg(long = "in", value_name = "FILE", num_args = 1..)]
     pub inputs: Vec<PathBuf>,
     /// Files the program writes; each gets a placeholder now.

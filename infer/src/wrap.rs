@@ -236,6 +236,31 @@ mod tests {
         assert_eq!(recorded.outputs, ["last.txt"]);
     }
 
+    /// A call a recursive make runs in `src/` reads `../include/a.h`: the sandbox mirrors the
+    /// build folder, the program starts in its `src/`, and the placeholder lands where the call
+    /// named it; a path above the build folder is still refused.
+    #[test]
+    fn a_call_in_a_subfolder_starts_there_in_a_sandbox_of_the_whole_build_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::open(&dir.path().join(".thunkmesh")).expect("state");
+        std::fs::create_dir_all(dir.path().join("include")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("src")).expect("mkdir");
+        std::fs::write(dir.path().join("include/a.h"), "#define A 1\n").expect("write");
+        let src = dir.path().join("src");
+        let (ins, outs) = ([PathBuf::from("../include/a.h")], [PathBuf::from("a.o")]);
+        let inside = Wrap { top: dir.path(), stdout: true, ..call(&src, &ins, &outs) };
+        let id = wrap(&state, &inside).expect("wrap");
+        let recorded = state.thunk(id).expect("recorded");
+        assert_eq!(recorded.dir.as_deref(), Some("src"));
+        assert_eq!(recorded.inputs.keys().collect::<Vec<_>>(), ["include/a.h"]);
+        assert_eq!(recorded.outputs, ["src/a.o", STDOUT_OUTPUT]);
+        assert!(recorded.stdout);
+        assert!(Placeholder::is_at(&src.join("a.o")) && !dir.path().join(STDOUT_OUTPUT).exists());
+        let above = [PathBuf::from("../../x")];
+        let e = wrap(&state, &Wrap { top: dir.path(), ..call(&src, &above, &outs) }).expect_err("above");
+        assert!(e.to_string().starts_with("../../x: an input must be inside the build folder"), "{e}");
+    }
+
     #[test]
     fn paths_outside_the_build_folder_and_missing_programs_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
