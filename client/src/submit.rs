@@ -168,7 +168,8 @@ pub async fn run_job(
     let records = (memo == Memo::On).then_some(store);
     let outcome = submit(&submission, records, target, reporter).await?;
     let targets = write_targets(job, store, &outcome, out_dir).await?;
-    Ok(Summary::new(&outcome, store.stats(), targets, started.elapsed(), job_started.elapsed()))
+    let summary = Summary::new(&outcome, store.stats(), targets, started.elapsed(), job_started.elapsed());
+    Ok(Summary { keep_going, ..summary })
 }
 
 /// Refuses a submission larger than one frame before anything is uploaded.

@@ -60,6 +60,10 @@ pub struct Summary {
     pub thunks_skipped: u64,
     /// Each failure: the thunk and why (first line), then the tail of its output.
     pub failures: Vec<String>,
+    /// The job kept going past failures (`--keep-going`): the printed summary always ends with
+    /// `N passed, N failed`, as a test run's does.
+    #[serde(skip)]
+    pub keep_going: bool,
 }
 
 impl Summary {
@@ -103,6 +107,7 @@ impl Summary {
                 .iter()
                 .map(|e| [e.message.as_str(), e.detail.as_str()].join("\n").trim_end().to_owned())
                 .collect(),
+            keep_going: false,
         }
     }
 
@@ -155,7 +160,7 @@ impl fmt::Display for Summary {
             self.wall_ms as f64 / 1000.0,
             self.job_ms as f64 / 1000.0
         )?;
-        if self.thunks_failed + self.thunks_skipped > 0 {
+        if self.keep_going || self.thunks_failed + self.thunks_skipped > 0 {
             for failure in &self.failures {
                 write!(f, "\n\nFAILED {failure}")?;
             }
@@ -207,5 +212,8 @@ mod tests {
         assert!(text.contains("4 total, 3 executed, 1 cached"), "{text}");
         assert!(text.contains("2 fetches, 3.0 MiB"), "{text}");
         assert!(text.contains("5 GET/HEAD (0 B), 2 PUT (10 B)"), "{text}");
+        assert!(!text.contains("passed"), "no counts line for a job that stops at a failure: {text}");
+        let kept = Summary { keep_going: true, ..s }.to_string();
+        assert!(kept.trim_end().ends_with("4 passed, 0 failed"), "{kept}");
     }
 }
