@@ -146,6 +146,8 @@ pub struct ThunkSpec {
     pub network: bool,
     /// The program's standard output is its output `stdout` (listed in `outputs`).
     pub stdout: bool,
+    /// The folder of the sandbox the program starts in (its top when `None`).
+    pub dir: Option<String>,
 }
 
 /// Whether the text is a job file (values on the client's disk, targets) or a tail (values in
@@ -223,6 +225,7 @@ struct RawThunk {
     network: bool,
     #[serde(default)]
     stdout: bool,
+    dir: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -267,7 +270,7 @@ impl JobSpec {
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
                 network: spec.network,
                 stdout: spec.stdout,
-                dir: None,
+                dir: spec.dir.clone(),
             };
             let id = thunk.id();
             outputs.insert(&spec.name, id);
@@ -388,6 +391,9 @@ impl Checker<'_> {
         }
         let paths: Vec<&str> = inputs.keys().chain(&outputs).map(String::as_str).collect();
         check_sandbox_paths(&paths).map_err(|e| self.err(place("inputs/outputs"), JobProblem::Path(e.to_string())))?;
+        if let Some(dir) = &t.dir {
+            check_sandbox_path(dir).map_err(|e| self.err(place("dir"), JobProblem::Path(e.to_string())))?;
+        }
         let timeout = match &t.timeout {
             None => DEFAULT_TIMEOUT,
             // Timeouts travel in whole milliseconds: less than one would be no time at all.
@@ -406,6 +412,7 @@ impl Checker<'_> {
             timeout,
             network: t.network,
             stdout: t.stdout,
+            dir: t.dir.clone(),
         };
         self.check_strings(&spec)?;
         Ok(spec)
@@ -426,7 +433,7 @@ impl Checker<'_> {
             timeout_ms: 1,
             network: spec.network,
             stdout: spec.stdout,
-            dir: None,
+            dir: spec.dir.clone(),
         };
         let place = format!("thunk `{}`: ", spec.name);
         stand_in.validate().map_err(|e| self.err(place, JobProblem::Path(e.to_string())))
@@ -608,6 +615,19 @@ timeout = "30s"
             error(&silent).contains("a thunk needs at least one output (or `stdout = true`)"),
             "{}",
             error(&silent)
+        );
+    }
+
+    /// `dir` names the folder of the sandbox the program starts in; it must stay inside it.
+    #[test]
+    fn a_thunk_may_start_in_a_folder_of_its_sandbox() {
+        let inside = GOOD.replace("timeout = \"30s\"", "timeout = \"30s\"\ndir = \"work/here\"");
+        let spec = parse(&inside).expect("valid job");
+        assert_eq!(spec.thunks.iter().find(|t| t.name == "count-0").and_then(|t| t.dir.as_deref()), Some("work/here"));
+        let climbing = GOOD.replace("timeout = \"30s\"", "timeout = \"30s\"\ndir = \"../up\"");
+        assert_eq!(
+            error(&climbing),
+            "job.toml: thunk `count-0`, key `dir`: path `../up` must be relative and stay inside the sandbox"
         );
     }
 

@@ -206,3 +206,19 @@ fn a_node_without_namespaces_refuses_a_thunk_with_its_own_root() {
     assert!(run.stderr.contains("the thunk brings its own root file system"), "{}", run.stderr);
     assert!(run.stderr.contains("this node's sandbox is off"), "{}", run.stderr);
 }
+
+/// `dir` starts the program in a folder of its sandbox: it reads and writes above it (as a call of a
+/// recursive make does), the folder exists though nothing was placed in it, and it is the same
+/// with the process-tree sandbox and with none.
+#[test]
+fn a_thunk_starts_in_the_folder_it_names() {
+    let text = "[values]\ndata = \"data.txt\"\n\n[[thunk]]\nname = \"t\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", 'pwd > ../../o && cat ../../data.txt >> ../../o']\nenv = { PATH = \"/usr/bin:/bin\" }\ninputs = { \"data.txt\" = \"data\" }\noutputs = [\"o\"]\ndir = \"deep/er\"\n\n[targets]\n\"o\" = \"t#o\"\n";
+    for mode in ["auto", "process-tree", "off"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = write(dir.path(), &[("job.toml", text), ("data.txt", "beside\n")]);
+        let run = crate::util::run_with_sandbox(dir.path(), &job, mode, &["--workers", "1"]);
+        run.ok();
+        let out = String::from_utf8(run.out("o")).expect("utf-8");
+        assert!(out.ends_with("/deep/er\nbeside\n"), "{mode}: {out}");
+    }
+}
