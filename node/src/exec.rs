@@ -36,6 +36,9 @@ const MAX_TAIL_THUNKS: usize = 10_000;
 /// Free bytes on the cache's disk below which the node counts it as full.
 const DISK_FULL_BELOW: u64 = 1 << 20;
 
+/// How the inputs of a thunk's own root start: `.root/usr/bin/cc` is its `/usr/bin/cc`.
+const OWN_ROOT_PREFIX: &str = ".root/";
+
 /// How much of a failed program's output (stdout and stderr) is reported.
 const OUTPUT_TAIL: usize = 2048;
 
@@ -344,9 +347,9 @@ async fn run_in(
     stats: &mut TransferStats,
 ) -> Result<Vec<(String, OutputValue)>, Fail> {
     let root = lease.sandbox().root();
-    let (program, linked) = place_inputs(ctx, a, lease.sandbox()).await?;
+    let Placed { program, linked, own_root } = place_inputs(ctx, a, lease.sandbox()).await?;
     let started = Instant::now();
-    let mut ran = execute(ctx, a, &program, lease.sandbox()).await;
+    let mut ran = execute(ctx, a, &program, own_root.as_deref(), lease.sandbox()).await;
     stats.program_micros += micros_since(started);
     let succeeded = matches!(&ran, Ok((status, _)) if status.success());
     if let (Ok((_, output)), true, false) = (&mut ran, a.thunk.stdout, succeeded) {
@@ -409,7 +412,7 @@ struct Linked {
 /// Lays out the sandbox (the shipped program, the inputs) in one blocking call, which also checks
 /// a host program against its pin; returns the path of the program to run and the inputs that
 /// were linked rather than copied.
-async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(PathBuf, Vec<Linked>), Fail> {
+async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<Placed, Fail> {
     let root = sandbox.root();
     let mut resolved = a.resolved.iter().copied();
     let mut places = Vec::with_capacity(a.thunk.inputs.len() + 1);
@@ -427,8 +430,13 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
     if a.thunk.has_root() {
         own_root_possible(ctx.jail.as_ref())?;
     }
+    // The files of an own root go to the node's tree of that root, made once (`roots.rs`).
+    let mut root_files = Vec::new();
     for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
-        places.push((blob, format!("input `{path}`"), root.join(path)));
+        match path.strip_prefix(OWN_ROOT_PREFIX).filter(|_| a.thunk.has_root()) {
+            Some(file) => root_files.push((file.to_owned(), blob)),
+            None => places.push((blob, format!("input `{path}`"), root.join(path))),
+        }
     }
     let start_folder = a.thunk.dir.as_ref().map(|dir| root.join(dir));
     let output_folders: Vec<PathBuf> = a
@@ -441,7 +449,7 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
         .collect();
     let (cache, pins) = (ctx.cache.clone(), ctx.host_pins.clone());
     let nobody = ctx.jail.as_ref().is_some_and(Jail::as_nobody).then_some(root.clone());
-    let layout = move || -> Result<Vec<Linked>, Fail> {
+    let layout = move || -> Result<(Vec<Linked>, Option<PathBuf>), Fail> {
         if let Some((path, pin)) = host {
             let shown = path.display();
             let actual = pins.pin(&path).map_err(|e| Fail::node(format!("host program {shown}: {e}")))?;
@@ -450,6 +458,10 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
             }
         }
         let linked = link_inputs(&cache, places).map_err(Fail::node)?;
+        let own_root = match root_files.is_empty() {
+            true => None,
+            false => Some(crate::roots::tree(&cache, &root_files).map_err(Fail::node)?),
+        };
         // The folders of the declared outputs (and the one it starts in) exist, as they did
         // where the call was recorded.
         for folder in &output_folders {
@@ -459,10 +471,18 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<(P
         if let Some(root) = &nobody {
             crate::jail::hand_over(root).map_err(Fail::node)?;
         }
-        Ok(linked)
+        Ok((linked, own_root))
     };
-    let linked = tokio::task::spawn_blocking(layout).await.map_err(Fail::node)??;
-    Ok((program, linked))
+    let (linked, own_root) = tokio::task::spawn_blocking(layout).await.map_err(Fail::node)??;
+    Ok(Placed { program, linked, own_root })
+}
+
+/// A laid-out sandbox: the program to run, the inputs linked from the cache, and the tree of
+/// the thunk's own root, if it brings one.
+struct Placed {
+    program: PathBuf,
+    linked: Vec<Linked>,
+    own_root: Option<PathBuf>,
 }
 
 /// A thunk with its own root (a hermetic toolchain) needs a private root made of its files: only
@@ -555,6 +575,7 @@ async fn execute(
     ctx: &Ctx,
     a: &Assignment,
     program: &Path,
+    own_root: Option<&Path>,
     sandbox: &Sandbox,
 ) -> Result<(std::process::ExitStatus, OutputTail), Fail> {
     let (reader, writer) = std::io::pipe().map_err(Fail::node)?;
@@ -576,7 +597,7 @@ async fn execute(
             stdout,
             stderr: writer.into(),
             network: a.thunk.network,
-            own_root: a.thunk.has_root(),
+            own_root,
         },
     );
     // Until it is reaped, dropping this (a cancelled task) kills the program and what it started.

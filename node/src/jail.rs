@@ -194,7 +194,7 @@ impl Jail {
     /// `work` as its sandbox (`__jail --probe`, which only exits 0): it needs nothing of the
     /// host's but the libraries the node itself loads.
     fn run_probe(&self, root: &Path, work: &Path) -> std::io::Result<std::process::ExitStatus> {
-        let plan = Plan::new(&self.host, root, work, Some(&self.launcher), false, false, self.shared.clone())?;
+        let plan = Plan::new(&self.host, root, work, Some(&self.launcher), None, false, self.shared.clone())?;
         let args = [LAUNCHER_ARG.to_owned(), PROBE_ARG.to_owned()];
         let exec =
             Exec::new(Path::new(JAIL_PROGRAM), &args, std::iter::empty(), [dev_null()?, dev_null()?, dev_null()?])?;
@@ -264,8 +264,9 @@ pub(crate) struct Program<'a> {
     pub stderr: OwnedFd,
     /// It may use the node's network.
     pub network: bool,
-    /// It runs in a root made of its own files (`.root/` in `work`), not the host's folders.
-    pub own_root: bool,
+    /// It runs in a root made of its own files (its `.root/` inputs), laid out in this tree
+    /// (`roots.rs`), not in the host's folders.
+    pub own_root: Option<&'a Path>,
 }
 
 /// Starts `program` isolated by `jail`, or (none) as a plain child of the node in a process
@@ -495,12 +496,11 @@ fn host_steps(host: &HostLayout, root: &Path) -> std::io::Result<Vec<Step>> {
 }
 
 /// The steps that build a root of a thunk's own files at `root`: every top-level folder or file
-/// of `.root/` in the sandbox `work`, bound read only, and the devices, with the places of the
-/// sandbox, `/tmp` and a shipped program; nothing else of the host's.
-fn own_root_steps(host: &HostLayout, root: &Path, work: &Path) -> std::io::Result<Vec<Step>> {
-    let own = work.join(thunkmesh_protocol::thunk::ROOT_DIR);
+/// of the tree `own` (its `.root/` inputs, `roots.rs`), bound read only, and the devices, with
+/// the places of the sandbox, `/tmp` and a shipped program; nothing else of the host's.
+fn own_root_steps(host: &HostLayout, root: &Path, own: &Path) -> std::io::Result<Vec<Step>> {
     let mut steps = Vec::new();
-    for entry in std::fs::read_dir(&own)? {
+    for entry in std::fs::read_dir(own)? {
         let entry = entry?;
         let at = c(&root.join(entry.file_name()))?;
         let dir = entry.file_type()?.is_dir();
@@ -554,20 +554,21 @@ impl Plan {
         root: &Path,
         work: &Path,
         program: Option<&Path>,
-        own_root: bool,
+        own: Option<&Path>,
         network: bool,
         shared: Option<Arc<Shared>>,
     ) -> std::io::Result<Plan> {
+        let own_root = own.is_some();
         let fresh = shared.is_none() || own_root;
         let root = match (&shared, fresh) {
             (Some(shared), false) => shared.root.clone(),
             _ => root.to_owned(),
         };
         let inside = |p: &str| c(&root.join(p.trim_start_matches('/')));
-        let mut steps = match (fresh, own_root) {
+        let mut steps = match (fresh, own) {
             (false, _) => Vec::with_capacity(3),
-            (true, false) => host_steps(host, &root)?,
-            (true, true) => own_root_steps(host, &root, work)?,
+            (true, None) => host_steps(host, &root)?,
+            (true, Some(own)) => own_root_steps(host, &root, own)?,
         };
         steps.push(Step::Tmpfs(inside("/tmp")?));
         steps.push(Step::Bind { host: c(work)?, at: inside(JAIL_WORK)?, device: false, read_only: false });

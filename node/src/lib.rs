@@ -14,6 +14,7 @@ mod exec;
 pub mod jail;
 pub mod lambda;
 pub mod peer;
+mod roots;
 mod sandbox;
 mod spawn;
 
