@@ -567,6 +567,10 @@ fn written_input(cache: &Cache, linked: &[Linked]) -> Option<String> {
     for l in &written {
         cache.forget(l.blob);
     }
+    // A root tree may link the same file: none is trusted any more.
+    if !written.is_empty() {
+        crate::roots::drop_all(cache);
+    }
     written.first().map(|l| l.path.clone())
 }
 

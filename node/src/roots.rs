@@ -4,7 +4,9 @@
 //! compile of a build brings the same root, so laying it out per thunk made and removed ~30-100
 //! links and their folders each time, and ext4 slows every folder it makes while many were
 //! removed in the last seconds (`sandbox.rs`). The trees live in the cache's work folder, which
-//! is emptied when the cache opens, so a tree never outlives the objects it was checked against.
+//! is emptied when the cache opens, so a tree never outlives the objects it was checked against,
+//! and every tree is dropped when a cached file is found written (`exec.rs`), since a tree may
+//! link that file.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +42,19 @@ pub(crate) fn tree(cache: &Cache, files: &[(String, Id)]) -> std::io::Result<Pat
             let _ = std::fs::remove_dir_all(&building);
             Err(e)
         }
+    }
+}
+
+/// Drops every tree (a cached file they may link was found written): the next task with a root
+/// lays its tree out again from the cache. Programs running with a tree keep what they have bound.
+pub(crate) fn drop_all(cache: &Cache) {
+    let dir = cache.work_dir().join(ROOTS);
+    // Moved aside first, so no task finds a tree while it is being removed.
+    let aside = cache.temp_path();
+    if std::fs::rename(&dir, &aside).is_ok()
+        && let Err(e) = std::fs::remove_dir_all(&aside)
+    {
+        tracing::warn!(dir = %aside.display(), error = %e, "could not remove the dropped root trees");
     }
 }
 
@@ -98,6 +113,9 @@ mod tests {
         assert_eq!(tree(&cache, &files).expect("again"), first, "made once");
         let other = tree(&cache, &[("usr/bin/c99".to_owned(), id)]).expect("other");
         assert_ne!(other, first, "another root, another tree");
+        drop_all(&cache);
+        assert!(!first.exists() && !other.exists(), "a written input drops every tree");
+        assert_eq!(tree(&cache, &files).expect("laid out again"), first);
         let reopened = Cache::open(dir.path()).expect("reopen");
         assert!(!first.exists(), "trees do not outlive the cache's opening");
         drop(reopened);
