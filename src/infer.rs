@@ -3,7 +3,7 @@
 //! placeholder, a placeholder the state folder does not know) ends with one line and exit code 2.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -95,7 +95,6 @@ pub fn wrap(args: &WrapArgs) -> ExitCode {
 }
 
 fn try_wrap(args: &WrapArgs) -> Result<()> {
-    use thunkmesh_infer::models::TOP_ENV;
     let mut env = BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]);
     for pair in &args.env {
         let (name, value) = pair.split_once('=').with_context(|| format!("--env {pair}: give NAME=VALUE"))?;
@@ -105,7 +104,7 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
     // Under `infer`, the build folder is where it was started (a recursive make's call runs in
     // a subfolder of it).
-    let top = std::env::var_os(TOP_ENV).map_or_else(|| cwd.clone(), PathBuf::from);
+    let top = thunkmesh_infer::models::build_folder(&cwd);
     let state = State::open(&args.state_dir)?;
     let call = thunkmesh_infer::Wrap {
         top: &top,

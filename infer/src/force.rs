@@ -113,10 +113,12 @@ const VCS_FOLDERS: [&str; 4] = [".git", ".hg", ".svn", ".jj"];
 /// Every placeholder under `root`, outside the state folder `state` and version control folders
 /// (hidden folders of a build, such as libtool's `.libs`, are searched).
 pub fn placeholders_under(root: &Path, state: &Path) -> Result<Vec<PathBuf>, ForceError> {
+    // Only a folder of the state folder's name can be it: the others are not resolved.
+    let state_name = state.file_name().map(|n| n.to_string_lossy().into_owned());
     let state = std::fs::canonicalize(state).ok();
     let skipped = |path: &Path, name: &str| {
-        VCS_FOLDERS.contains(&name)
-            || state.as_deref().is_some_and(|s| std::fs::canonicalize(path).is_ok_and(|p| p == s))
+        let is_state = || state_name.as_deref() == Some(name) && std::fs::canonicalize(path).ok() == state;
+        VCS_FOLDERS.contains(&name) || is_state()
     };
     let mut found = Vec::new();
     let mut folders = vec![root.to_owned()];

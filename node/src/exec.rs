@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
-use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
+use thunkmesh_protocol::thunk::{STDOUT_OUTPUT, in_root};
 use thunkmesh_protocol::wire::{
     Assignment, ErrorCode, Mode, OutputValue, Source, Stored, SubmittedThunk, TaskDone, TaskFailed, ToRendezvous,
     TransferStats, UploadRequest, WireError,
@@ -35,9 +35,6 @@ const MAX_TAIL_THUNKS: usize = 10_000;
 
 /// Free bytes on the cache's disk below which the node counts it as full.
 const DISK_FULL_BELOW: u64 = 1 << 20;
-
-/// How the inputs of a thunk's own root start: `.root/usr/bin/cc` is its `/usr/bin/cc`.
-const OWN_ROOT_PREFIX: &str = ".root/";
 
 /// How much of a failed program's output (stdout and stderr) is reported.
 const OUTPUT_TAIL: usize = 2048;
@@ -433,8 +430,8 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<Pl
     // The files of an own root go to the node's tree of that root, made once (`roots.rs`).
     let mut root_files = Vec::new();
     for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
-        match path.strip_prefix(OWN_ROOT_PREFIX).filter(|_| a.thunk.has_root()) {
-            Some(file) => root_files.push((file.to_owned(), blob)),
+        match in_root(path) {
+            Some(file) => root_files.push((file.trim_start_matches('/').to_owned(), blob)),
             None => places.push((blob, format!("input `{path}`"), root.join(path))),
         }
     }

@@ -8,7 +8,6 @@
 //! and every tree is dropped when a cached file is found written (`exec.rs`), since a tree may
 //! link that file.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use thunkmesh_protocol::Id;
@@ -76,23 +75,9 @@ fn lay_out(cache: &Cache, at: &std::path::Path, files: &[(String, Id)]) -> std::
 fn name(files: &[(String, Id)]) -> String {
     let mut hasher = blake3::Hasher::new();
     for (path, blob) in files {
-        let _ = writeln!(HashWriter(&mut hasher), "{path}\0{blob}");
+        hasher.update(path.as_bytes()).update(b"\0").update(blob.to_string().as_bytes()).update(b"\n");
     }
     hasher.finalize().to_hex().to_string()
-}
-
-/// Lets `writeln!` feed a hasher.
-struct HashWriter<'a>(&'a mut blake3::Hasher);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -369,8 +369,9 @@ impl Thunk {
     }
 }
 
-/// The absolute path in the thunk's own root of sandbox path `path`, if it is in [`ROOT_DIR`].
-fn in_root(path: &str) -> Option<&str> {
+/// The absolute path in the thunk's own root of sandbox path `path`, if it is in [`ROOT_DIR`]
+/// (`.root/usr/bin/cc` is `/usr/bin/cc`).
+pub fn in_root(path: &str) -> Option<&str> {
     path.strip_prefix(ROOT_DIR).filter(|rest| rest.starts_with('/'))
 }
 

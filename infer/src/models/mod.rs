@@ -31,6 +31,12 @@ pub const REAL_PATH_ENV: &str = "THUNKMESH_REAL_PATH";
 /// read and write files anywhere in it.
 pub const TOP_ENV: &str = "THUNKMESH_BUILD_TOP";
 
+/// The build folder of a call made in `cwd`: where `infer` was started ([`TOP_ENV`]), else
+/// `cwd` itself.
+pub fn build_folder(cwd: &Path) -> PathBuf {
+    std::env::var_os(TOP_ENV).map_or_else(|| cwd.to_owned(), PathBuf::from)
+}
+
 /// Set by `infer --verbose`: models say why they ran a real tool.
 pub const VERBOSE_ENV: &str = "THUNKMESH_VERBOSE";
 
@@ -80,7 +86,7 @@ pub fn main(tool: &str, args: Vec<String>) -> ExitCode {
         Ok(opened) => opened,
         Err(e) => return said(tool, &e, 2),
     };
-    let top = std::env::var_os(TOP_ENV).map_or_else(|| cwd.clone(), PathBuf::from);
+    let top = build_folder(&cwd);
     let call = Call { tool: tool.to_owned(), args, top, cwd, real_path, state };
     let decided = match tool {
         "ar" => ar::ar(&call),
