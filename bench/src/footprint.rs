@@ -86,8 +86,16 @@ fn start_node(binary: &PathBuf, addr: &str, fingerprint: &str, cache: &std::path
 
 /// `VmRSS` of a `/proc/PID/status`, in MiB.
 fn resident_mib(status: &str) -> Result<f64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc status")?;
-    let kib: f64 = line.split_whitespace().nth(1).context("VmRSS has no value")?.parse()?;
+    status_mib(status, "VmRSS")
+}
+
+/// A memory `field` of a `/proc/PID/status` (`VmRSS`, `VmHWM`), in MiB.
+pub fn status_mib(status: &str, field: &str) -> Result<f64> {
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
+        .with_context(|| format!("no {field} in /proc status"))?;
+    let kib: f64 = line.split_whitespace().nth(1).with_context(|| format!("{field} has no value"))?.parse()?;
     Ok(kib / 1024.0)
 }
 

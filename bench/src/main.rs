@@ -12,10 +12,12 @@
 
 mod footprint;
 mod infer;
+mod mesh;
 mod nat;
 mod report;
 mod sim;
 mod simulate;
+mod transfer;
 mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +51,8 @@ enum Sub {
     /// An unchanged Makefile build (zlib, a synthetic project) through `infer` and `force`
     /// against `make -j` (zlib needs `scripts/fetch-sources zlib`).
     Infer(infer::InferArgs),
+    /// One object fetched between two nodes on loopback, by size: rate, CPU per GiB, memory.
+    Transfer(transfer::TransferArgs),
 }
 
 /// Options of the real benchmark.
@@ -103,6 +107,7 @@ fn main() -> Result<()> {
         Some(Sub::Nat(args)) => nat::main(&args),
         Some(Sub::Footprint(args)) => footprint::main(&args),
         Some(Sub::Infer(args)) => infer::main(&args),
+        Some(Sub::Transfer(args)) => transfer::main(&args),
         None => bench(&cli.bench),
     }
 }

@@ -5,14 +5,12 @@
 //! NAT, and runs a two-step job whose one small intermediate must cross between the nodes,
 //! reading the fetch times the nodes report in each run's summary.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
-use thunkmesh_netlab::{Host, Lab, Mapping};
+use anyhow::{Result, bail};
+use thunkmesh_netlab::{Lab, Mapping};
+
+use crate::mesh::{Mesh, count};
 
 /// Options of `nat`.
 #[derive(Debug, clap::Args)]
@@ -31,9 +29,6 @@ pub struct NatArgs {
     out: PathBuf,
 }
 
-/// The token of the benchmark's meshes.
-const TOKEN: &str = "nat-benchmark-token";
-
 pub fn main(args: &NatArgs) -> Result<()> {
     let binary = crate::thunkmesh_binary(args.thunkmesh.as_ref())?;
     let _ = std::fs::remove_dir_all(&args.out);
@@ -47,16 +42,17 @@ pub fn main(args: &NatArgs) -> Result<()> {
         // A fresh mesh per repetition: its first fetch sets the path up, its second reuses it.
         let (mut first, mut reused) = (Vec::new(), Vec::new());
         for rep in 0..args.reps {
-            let mesh = Mesh::start(&binary, &lab.public(), &[&ha, &hb], &out.join(format!("cone-{rep}")))?;
-            let times = mesh.fetch_times(2, args.size, "p2p", "none", "peer")?;
+            let places = [(&ha).into(), (&hb).into()];
+            let mesh = Mesh::start(&binary, &(&lab.public()).into(), &places, 1, &out.join(format!("cone-{rep}")))?;
+            let times = fetch_times(&mesh, 2, args.size, "p2p", "none", "peer")?;
             first.push(times[0]);
             reused.push(times[1]);
         }
         rows.push(("direct, first fetch (sets the path up)".into(), first));
         rows.push(("direct, path reused".into(), reused));
-        let mesh = Mesh::start(&binary, &lab.public(), &[&ha, &hb], &out.join("cone"))?;
+        let mesh = Mesh::start(&binary, &(&lab.public()).into(), &[(&ha).into(), (&hb).into()], 1, &out.join("cone"))?;
         for profile in ["none", "s3-express", "s3-standard"] {
-            let stored = mesh.fetch_times(args.reps, args.size, "storage", profile, "storage")?;
+            let stored = fetch_times(&mesh, args.reps, args.size, "storage", profile, "storage")?;
             rows.push((format!("through storage ({profile}), one read"), stored));
         }
     }
@@ -64,8 +60,9 @@ pub fn main(args: &NatArgs) -> Result<()> {
         let mut lab = Lab::new("br")?;
         let (mut a, mut b) = (lab.nat(Mapping::EndpointIndependent)?, lab.nat(Mapping::Symmetric)?);
         let (ha, hb) = (lab.host_behind(&mut a)?, lab.host_behind(&mut b)?);
-        let mesh = Mesh::start(&binary, &lab.public(), &[&ha, &hb], &out.join("symmetric"))?;
-        let relayed = mesh.fetch_times(args.reps, args.size, "p2p", "none", "relay")?;
+        let mesh =
+            Mesh::start(&binary, &(&lab.public()).into(), &[(&ha).into(), (&hb).into()], 1, &out.join("symmetric"))?;
+        let relayed = fetch_times(&mesh, args.reps, args.size, "p2p", "none", "relay")?;
         rows.push(("relayed (cone and symmetric NAT)".into(), relayed));
     }
     println!("\nfetch of a {}-byte object between two nodes behind NATs, ms per fetch", args.size);
@@ -82,7 +79,7 @@ pub fn main(args: &NatArgs) -> Result<()> {
     Ok(())
 }
 
-fn spread(times: &[f64]) -> (f64, f64, f64) {
+pub fn spread(times: &[f64]) -> (f64, f64, f64) {
     let mut sorted = times.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();
@@ -93,145 +90,30 @@ fn spread(times: &[f64]) -> (f64, f64, f64) {
     (median, sorted[0], sorted[n - 1])
 }
 
-/// A rendezvous on the public network and one node (one slot) behind each NAT.
-struct Mesh {
-    binary: PathBuf,
-    public: Host,
-    fingerprint: String,
-    dir: PathBuf,
-    procs: Vec<Child>,
-    /// Reads the rendezvous' log so that it never writes to a closed pipe; ends with it.
-    drain: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-        if let Some(drain) = self.drain.take() {
-            let _ = drain.join();
-        }
-    }
-}
-
-impl Mesh {
-    fn start(binary: &Path, public: &Host, hosts: &[&Host], dir: &Path) -> Result<Mesh> {
-        std::fs::create_dir_all(dir)?;
-        let (addr, probe) = (format!("{}:7700", public.ip), format!("{}:7701", public.ip));
-        let mut rendezvous = in_ns(binary, &public.ns)
-            .args(["rendezvous", "--listen", &addr, "--probe-listen", &probe, "--state-dir"])
-            .arg(dir.join("rdv"))
-            .env("THUNKMESH_TOKEN", TOKEN)
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start the rendezvous")?;
-        let stderr = rendezvous.stderr.take().context("the rendezvous' stderr")?;
-        let mut mesh = Mesh {
-            binary: binary.into(),
-            public: public.clone(),
-            fingerprint: String::new(),
-            dir: dir.into(),
-            procs: vec![rendezvous],
-            drain: None,
+/// Runs the crossing job with `size`-byte objects `reps` times in `mode`, storage under latency
+/// `profile`; returns the time of each fetch of `kind` (peer, relay, storage), in ms.
+fn fetch_times(mesh: &Mesh, reps: usize, size: usize, mode: &str, profile: &str, kind: &str) -> Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for rep in 0..reps {
+        // Each run's objects differ, so no node already holds what it needs.
+        let label = format!("{mode}-{profile}-{rep}");
+        let summary = mesh.run(&label, &crossing_job(size, &label), mode, profile)?;
+        let (count, micros) = match kind {
+            "peer" => (count(&summary, "peer_fetches")?, count(&summary, "peer_fetch_micros")?),
+            "relay" => (count(&summary, "relayed_fetches")?, count(&summary, "relay_fetch_micros")?),
+            // Storage mode reads both of the consumer's inputs from storage.
+            _ => (2, count(&summary, "storage_read_micros")?),
         };
-        let mut lines = BufReader::new(stderr).lines();
-        mesh.fingerprint = crate::read_fingerprint(&mut lines)?;
-        mesh.drain = Some(std::thread::spawn(move || lines.for_each(drop)));
-        for (i, host) in hosts.iter().enumerate() {
-            let node = in_ns(binary, &host.ns)
-                .args(["node", "--rendezvous", &addr, "--bind", "0.0.0.0:0", "--fingerprint", &mesh.fingerprint])
-                .args(["--slots", "1", "--name", &format!("node{i}"), "--cache-dir"])
-                .arg(dir.join(format!("node{i}")))
-                .env("THUNKMESH_TOKEN", TOKEN)
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start a node")?;
-            mesh.procs.push(node);
+        if count == 0 {
+            bail!("run {rep} in {mode} mode made no {kind} fetch: {summary}");
         }
-        mesh.wait_for(hosts.len())?;
-        Ok(mesh)
+        times.push(micros as f64 / count as f64 / 1e3);
     }
-
-    /// Waits until `nodes` nodes are registered (and have classified their NATs).
-    fn wait_for(&self, nodes: usize) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let out = self
-                .thunkmesh()
-                .args(["status", "--rendezvous", &self.addr()])
-                .args(self.trust())
-                .env("THUNKMESH_TOKEN", TOKEN)
-                .output()?;
-            last = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            if last.contains(&format!("{nodes} node(s)")) && !last.contains("unknown") {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("the nodes did not register within 20 s; the last status:\n{last}")
-    }
-
-    /// Runs the crossing job with `size`-byte objects `reps` times in `mode`, storage under
-    /// latency `profile`; returns the time of each fetch of `kind` (peer, relay, storage), in ms.
-    fn fetch_times(&self, reps: usize, size: usize, mode: &str, profile: &str, kind: &str) -> Result<Vec<f64>> {
-        let mut times = Vec::new();
-        for rep in 0..reps {
-            let work = self.dir.join(format!("{mode}-{profile}-{rep}"));
-            std::fs::create_dir_all(&work)?;
-            // Each run's objects differ, so no node already holds what it needs.
-            std::fs::write(work.join("job.toml"), crossing_job(size, &format!("{mode}-{profile}-{rep}")))?;
-            let store = format!("file://{}?latency={profile}", self.dir.join("store").display());
-            let out = self
-                .thunkmesh()
-                .current_dir(&work)
-                .args(["run", "job.toml", "--rendezvous", &self.addr(), "--mode", mode, "--memo", "off"])
-                .args(self.trust())
-                .args(["--store", &store, "--summary-json", "summary.json"])
-                .env("THUNKMESH_TOKEN", TOKEN)
-                .output()?;
-            if !out.status.success() {
-                bail!("a {mode} run failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            let summary: Value = serde_json::from_str(&std::fs::read_to_string(work.join("summary.json"))?)?;
-            let num = |key: &str| summary[key].as_u64().with_context(|| format!("summary has no `{key}`"));
-            let (count, micros) = match kind {
-                "peer" => (num("peer_fetches")?, num("peer_fetch_micros")?),
-                "relay" => (num("relayed_fetches")?, num("relay_fetch_micros")?),
-                // Storage mode reads both of the consumer's inputs from storage.
-                _ => (2, num("storage_read_micros")?),
-            };
-            if count == 0 {
-                bail!("run {rep} in {mode} mode made no {kind} fetch: {summary}");
-            }
-            times.push(micros as f64 / count as f64 / 1e3);
-        }
-        Ok(times)
-    }
-
-    fn thunkmesh(&self) -> Command {
-        in_ns(&self.binary, &self.public.ns)
-    }
-
-    fn addr(&self) -> String {
-        format!("{}:7700", self.public.ip)
-    }
-
-    fn trust(&self) -> [&str; 2] {
-        ["--fingerprint", &self.fingerprint]
-    }
-}
-
-fn in_ns(binary: &Path, ns: &str) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(binary).env("RUST_LOG", "warn");
-    cmd
+    Ok(times)
 }
 
 /// Two producers of `size` bytes that run at once, one per node, and a consumer of both.
-fn crossing_job(size: usize, tag: &str) -> String {
+pub fn crossing_job(size: usize, tag: &str) -> String {
     let producer = |name: &str| {
         format!(
             "[[thunk]]\nname = \"{name}\"\nprogram = {{ host = \"/bin/sh\" }}\n\

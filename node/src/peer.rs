@@ -4,14 +4,16 @@
 //! enters the cache; a peer that sends anything malformed loses its connection, nothing more.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use thunkmesh_net::{NetError, Trust, client_config, connect, recv_msg, recv_msg_within, send_msg};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::{ALPN_PEER, ErrorCode, MAX_UNAUTHENTICATED_FRAME, PeerRequest, PeerResponse, WireError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use thunkmesh_store::{BLOCK, BlobSink};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info_span, warn};
@@ -146,26 +148,45 @@ async fn serve_stream(
     }
     admit();
     let file = match cache.has(blob) {
-        true => tokio::fs::File::open(cache.path(blob)).await.ok(),
+        true => open_blocking(cache.path(blob)).await.ok(),
         false => None,
     };
-    let Some(mut file) = file else {
+    let Some(file) = file else {
         let refusal = WireError::new(ErrorCode::NotFound, format!("{blob} is not in this node's cache"));
         send_msg(&mut send, &PeerResponse::Refused(refusal)).await?;
         let _ = send.finish();
         return Ok(0);
     };
     send_msg(&mut send, &PeerResponse::Found { size: blob.size }).await?;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf).await.map_err(|e| NetError::Read(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        send.write_all(&buf[..n]).await?;
-    }
+    send_file(&mut send, file).await?;
     let _ = send.finish();
     Ok(blob.size)
+}
+
+async fn open_blocking(path: std::path::PathBuf) -> std::io::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || std::fs::File::open(path)).await.map_err(std::io::Error::other)?
+}
+
+/// Sends the whole of `file` in blocks of [`BLOCK`], each read on a blocking thread while the
+/// one before it is sent, and handed to quinn without a copy.
+async fn send_file(send: &mut quinn::SendStream, file: std::fs::File) -> Result<(), NetError> {
+    let read = |mut file: std::fs::File| {
+        tokio::task::spawn_blocking(move || {
+            let mut block = Vec::with_capacity(BLOCK);
+            (&mut file).take(BLOCK as u64).read_to_end(&mut block)?;
+            Ok::<_, std::io::Error>((file, Bytes::from(block)))
+        })
+    };
+    let failed = |e: std::io::Error| NetError::Read(format!("a cached object: {e}"));
+    let mut next = read(file);
+    loop {
+        let (file, block) = next.await.map_err(|e| failed(std::io::Error::other(e)))?.map_err(failed)?;
+        if block.is_empty() {
+            return Ok(());
+        }
+        next = read(file);
+        send.write_chunk(block).await?;
+    }
 }
 
 /// How long a direct path to a peer has to form before a fetch gives up on it (the object then
@@ -267,37 +288,37 @@ async fn request(conn: &quinn::Connection, req: &PeerRequest, blob: Id, cache: &
         None => return Err(NetError::Closed("a response").into()),
     }
     let tmp = cache.temp_path();
-    let error = match receive_into(&mut recv, &tmp, blob.size).await {
-        Ok(actual) if actual == blob => {
-            cache.adopt(&tmp, blob).await.map_err(|e| FetchError::Local(e.to_string()))?;
-            return Ok(blob.size);
-        }
-        Ok(actual) => FetchError::Corrupt { expected: blob, actual },
-        Err(e) => e,
-    };
-    let _ = tokio::fs::remove_file(&tmp).await;
-    Err(error)
+    let actual = receive_into(&mut recv, &tmp, blob.size).await?;
+    if actual != blob {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(FetchError::Corrupt { expected: blob, actual });
+    }
+    cache.adopt(&tmp, blob).await.map_err(|e| FetchError::Local(e.to_string()))?;
+    Ok(blob.size)
 }
 
-/// Reads at most `limit` bytes into `path`, hashing them.
+/// Reads at most `limit` bytes into `path`, hashing them (the file is removed on failure).
 async fn receive_into(recv: &mut quinn::RecvStream, path: &std::path::Path, limit: u64) -> Result<Id, FetchError> {
-    let local = |e: std::io::Error| FetchError::Local(format!("{}: {e}", path.display()));
-    let mut file = tokio::fs::File::create(path).await.map_err(local)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut size = 0u64;
-    while let Some(chunk) = recv.read_chunk(256 * 1024, true).await.map_err(|e| NetError::Read(e.to_string()))? {
-        size += chunk.bytes.len() as u64;
-        if size > limit {
+    let mut sink = BlobSink::new(path);
+    let taken = take_at_most(recv, &mut sink, limit).await;
+    if let Err(e) = taken {
+        sink.discard().await;
+        return Err(e);
+    }
+    sink.finish().await.map_err(|e| FetchError::Local(format!("{}: {e}", path.display())))
+}
+
+async fn take_at_most(recv: &mut quinn::RecvStream, sink: &mut BlobSink, limit: u64) -> Result<(), FetchError> {
+    while let Some(chunk) = recv.read_chunk(BLOCK, true).await.map_err(|e| NetError::Read(e.to_string()))? {
+        if sink.len() + chunk.bytes.len() as u64 > limit {
             return Err(FetchError::Refused(WireError::new(
                 ErrorCode::BadMessage,
                 "peer sent more bytes than announced",
             )));
         }
-        hasher.update(&chunk.bytes);
-        file.write_all(&chunk.bytes).await.map_err(local)?;
+        sink.write(&chunk.bytes).await.map_err(|e| FetchError::Local(e.to_string()))?;
     }
-    file.flush().await.map_err(local)?;
-    Ok(Id::blob(*hasher.finalize().as_bytes(), size))
+    Ok(())
 }
 
 #[cfg(test)]

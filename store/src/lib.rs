@@ -15,8 +15,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod latency;
+mod sink;
 
 pub use latency::Latency;
+pub use sink::{BLOCK, BlobSink};
 
 use std::collections::HashSet;
 use std::path::{Path as FsPath, PathBuf};
@@ -29,7 +31,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::TransferStats;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 const REDUCTION_HEADER: &str = "thunkmesh-reduction v1";
 
@@ -227,19 +229,20 @@ impl Store {
             Err(source) => return Err(StoreError::Backend { key: key.to_string(), source }),
         };
         let local = |source| StoreError::Local { path: dest.into(), source };
-        let mut file = tokio::fs::File::create(dest).await.map_err(local)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
+        let mut sink = BlobSink::new(dest);
         let mut stream = result.into_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| StoreError::Backend { key: key.to_string(), source })?;
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            file.write_all(&chunk).await.map_err(local)?;
+            let written = match chunk {
+                Ok(chunk) => sink.write(&chunk).await.map_err(local),
+                Err(source) => Err(StoreError::Backend { key: key.to_string(), source }),
+            };
+            if let Err(e) = written {
+                sink.discard().await;
+                return Err(e);
+            }
         }
-        file.flush().await.map_err(local)?;
-        self.counters.read.fetch_add(size, Ordering::Relaxed);
-        let actual = Id::blob(*hasher.finalize().as_bytes(), size);
+        let actual = sink.finish().await.map_err(local)?;
+        self.counters.read.fetch_add(actual.size, Ordering::Relaxed);
         if actual != id {
             let _ = tokio::fs::remove_file(dest).await;
             // A HEAD with the right size would otherwise keep every later upload away.

@@ -1,0 +1,159 @@
+//! `thunkmesh-bench transfer`: how fast one object moves between two nodes, directly peer to
+//! peer. A rendezvous and two nodes run as processes on loopback; each run is a job whose two
+//! producers write an object of the given size at once, one on each node, and whose consumer
+//! reads both, so one object crosses. Reported per size: the fetch's rate (from the nodes' own
+//! timing in the summary), the CPU time of the receiving and the sending node per GiB moved, and
+//! how far each node's peak memory rose above what it held before the run.
+//!
+//! The relay is not measured here: it carries only objects of at most 1 MiB at 16 MiB/s by
+//! design (`rendezvous/src/relay.rs`), and only between nodes behind NATs (`thunkmesh-bench nat`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use crate::footprint::status_mib;
+use crate::mesh::{Mesh, Place, count};
+
+/// Options of `transfer`.
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    /// Object sizes, with a unit (KiB, MiB, GiB; comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1KiB,1MiB,64MiB,1GiB")]
+    sizes: Vec<String>,
+    /// Fetches per size.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// The thunkmesh binary [default: `thunkmesh` next to this program].
+    #[arg(long)]
+    thunkmesh: Option<PathBuf>,
+    /// Where scratch files and `transfer.json` go.
+    #[arg(long, default_value = "target/bench-transfer")]
+    out: PathBuf,
+}
+
+/// One fetch: its rate, and what it cost each side.
+#[derive(Debug, serde::Serialize)]
+struct Fetch {
+    mib_per_s: f64,
+    receiver_cpu_s: f64,
+    sender_cpu_s: f64,
+    receiver_peak_mib: f64,
+    sender_peak_mib: f64,
+}
+
+pub fn main(args: &TransferArgs) -> Result<()> {
+    let binary = crate::thunkmesh_binary(args.thunkmesh.as_ref())?;
+    let out = std::path::absolute(&args.out)?;
+    let _ = std::fs::remove_dir_all(&out);
+    let mesh = Mesh::start(&binary, &Place::loopback(), &[Place::loopback(), Place::loopback()], 1, &out)?;
+    let mut json = Vec::new();
+    println!("\none object fetched between two nodes on loopback (median of {} runs)", args.reps);
+    println!(
+        "{:>8} {:>10} {:>16} {:>16} {:>20}",
+        "size", "MiB/s", "CPU s/GiB recv", "CPU s/GiB send", "peak MiB recv/send"
+    );
+    for text in &args.sizes {
+        let size = parse_size(text)?;
+        let mut fetches = Vec::new();
+        for rep in 0..args.reps {
+            fetches.push(fetch_once(&mesh, size, &format!("{text}-{rep}"))?);
+            let _ = std::fs::remove_dir_all(out.join(format!("{text}-{rep}")));
+        }
+        let median = |f: fn(&Fetch) -> f64| crate::nat::spread(&fetches.iter().map(f).collect::<Vec<_>>()).0;
+        let gib = size as f64 / f64::from(1u32 << 30);
+        println!(
+            "{text:>8} {:>10.1} {:>16.2} {:>16.2} {:>9.1} / {:<9.1}",
+            median(|f| f.mib_per_s),
+            median(|f| f.receiver_cpu_s) / gib,
+            median(|f| f.sender_cpu_s) / gib,
+            median(|f| f.receiver_peak_mib),
+            median(|f| f.sender_peak_mib),
+        );
+        json.push(serde_json::json!({ "size": text, "bytes": size, "fetches": fetches }));
+    }
+    std::fs::write(out.join("transfer.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    eprintln!("wrote {}", out.join("transfer.json").display());
+    Ok(())
+}
+
+/// Runs the crossing job once and measures its one peer fetch.
+fn fetch_once(mesh: &Mesh, size: u64, label: &str) -> Result<Fetch> {
+    let pids = mesh.node_pids();
+    let before: Vec<Usage> = pids.iter().map(|&pid| Usage::of(pid, true)).collect::<Result<_>>()?;
+    let size_arg = usize::try_from(size)?;
+    let summary = mesh.run(label, &crate::nat::crossing_job(size_arg, label), "p2p", "none")?;
+    let after: Vec<Usage> = pids.iter().map(|&pid| Usage::of(pid, false)).collect::<Result<_>>()?;
+    if count(&summary, "peer_fetches")? != 1 || count(&summary, "peer_bytes")? != size {
+        bail!("run {label} was to move one object of {size} bytes between the nodes: {summary}");
+    }
+    let seconds = count(&summary, "peer_fetch_micros")? as f64 / 1e6;
+    // The receiver is the node that ran the consumer: its cache holds both producers' objects.
+    let held: Vec<u64> = (0..pids.len()).map(|i| mesh.cache_bytes(i)).collect();
+    let (recv, send) = if held[0] >= held[1] { (0, 1) } else { (1, 0) };
+    let cost = |i: usize| after[i].cpu_s - before[i].cpu_s;
+    let peak = |i: usize| after[i].peak_mib - before[i].resident_mib;
+    Ok(Fetch {
+        mib_per_s: size as f64 / f64::from(1u32 << 20) / seconds.max(1e-6),
+        receiver_cpu_s: cost(recv),
+        sender_cpu_s: cost(send),
+        receiver_peak_mib: peak(recv),
+        sender_peak_mib: peak(send),
+    })
+}
+
+/// A node process' CPU time and memory.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu_s: f64,
+    resident_mib: f64,
+    peak_mib: f64,
+}
+
+impl Usage {
+    /// Reads `pid`'s usage; `reset` starts a new peak from what it holds now.
+    fn of(pid: u32, reset: bool) -> Result<Usage> {
+        if reset {
+            // 5: reset the peak resident set size to the present one (proc(5)).
+            std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("cannot reset a node's peak memory")?;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let rest = stat.rsplit_once(')').context("/proc/PID/stat has no command name")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime (fields 14 and 15, counted from 1 with the name third), 100 a second.
+        let ticks =
+            |i: usize| -> Result<f64> { Ok(fields.get(i - 3).context("short /proc/PID/stat")?.parse::<f64>()?) };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok(Usage {
+            cpu_s: (ticks(14)? + ticks(15)?) / 100.0,
+            resident_mib: status_mib(&status, "VmRSS")?,
+            peak_mib: status_mib(&status, "VmHWM")?,
+        })
+    }
+}
+
+/// `1KiB`, `64MiB`, `1GiB`, or plain bytes.
+fn parse_size(text: &str) -> Result<u64> {
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().with_context(|| format!("`{text}` is not a size such as 64MiB"))?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => bail!("`{text}`: the units are B, KiB, MiB and GiB"),
+    };
+    Ok(n << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_are_read_with_binary_units() {
+        assert_eq!(super::parse_size("1KiB").expect("size"), 1024);
+        assert_eq!(super::parse_size("64MiB").expect("size"), 64 << 20);
+        assert_eq!(super::parse_size("7").expect("size"), 7);
+        assert!(super::parse_size("1GB").is_err());
+        assert!(super::parse_size("MiB").is_err());
+    }
+}
