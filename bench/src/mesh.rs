@@ -116,6 +116,11 @@ impl Mesh {
         Ok(mesh)
     }
 
+    /// The folder of the mesh's state and runs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The process ids of the nodes, in the order they were given.
     pub fn node_pids(&self) -> Vec<u32> {
         self.procs[1..].iter().map(Child::id).collect()

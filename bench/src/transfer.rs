@@ -3,7 +3,10 @@
 //! producers write an object of the given size at once, one on each node, and whose consumer
 //! reads both, so one object crosses. Reported per size: the fetch's rate (from the nodes' own
 //! timing in the summary), the CPU time of the receiving and the sending node per GiB moved, and
-//! how far each node's peak memory rose above what it held before the run.
+//! how far each node's peak memory rose above what it held before the run. Beside each fetch it
+//! times writing a new file of the same size in 4 MiB blocks, as the receiving node does: on a
+//! machine whose page cache is slow to take fresh memory, that rate, not the network, bounds a
+//! fetch.
 //!
 //! The relay is not measured here: it carries only objects of at most 1 MiB at 16 MiB/s by
 //! design (`rendezvous/src/relay.rs`), and only between nodes behind NATs (`thunkmesh-bench nat`).
@@ -14,6 +17,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::footprint::status_mib;
 use crate::mesh::{Mesh, Place, count};
+use thunkmesh_store::BLOCK;
 
 /// Options of `transfer`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +40,8 @@ pub struct TransferArgs {
 #[derive(Debug, serde::Serialize)]
 struct Fetch {
     mib_per_s: f64,
+    /// The rate of writing a new file of the same size, just before the fetch.
+    file_write_mib_per_s: f64,
     receiver_cpu_s: f64,
     sender_cpu_s: f64,
     receiver_peak_mib: f64,
@@ -50,8 +56,8 @@ pub fn main(args: &TransferArgs) -> Result<()> {
     let mut json = Vec::new();
     println!("\none object fetched between two nodes on loopback (median of {} runs)", args.reps);
     println!(
-        "{:>8} {:>10} {:>16} {:>16} {:>20}",
-        "size", "MiB/s", "CPU s/GiB recv", "CPU s/GiB send", "peak MiB recv/send"
+        "{:>8} {:>10} {:>14} {:>16} {:>16} {:>20}",
+        "size", "MiB/s", "file MiB/s", "CPU s/GiB recv", "CPU s/GiB send", "peak MiB recv/send"
     );
     for text in &args.sizes {
         let size = parse_size(text)?;
@@ -63,8 +69,9 @@ pub fn main(args: &TransferArgs) -> Result<()> {
         let median = |f: fn(&Fetch) -> f64| crate::nat::spread(&fetches.iter().map(f).collect::<Vec<_>>()).0;
         let gib = size as f64 / f64::from(1u32 << 30);
         println!(
-            "{text:>8} {:>10.1} {:>16.2} {:>16.2} {:>9.1} / {:<9.1}",
+            "{text:>8} {:>10.1} {:>14.1} {:>16.2} {:>16.2} {:>9.1} / {:<9.1}",
             median(|f| f.mib_per_s),
+            median(|f| f.file_write_mib_per_s),
             median(|f| f.receiver_cpu_s) / gib,
             median(|f| f.sender_cpu_s) / gib,
             median(|f| f.receiver_peak_mib),
@@ -79,6 +86,7 @@ pub fn main(args: &TransferArgs) -> Result<()> {
 
 /// Runs the crossing job once and measures its one peer fetch.
 fn fetch_once(mesh: &Mesh, size: u64, label: &str) -> Result<Fetch> {
+    let file_write_mib_per_s = file_write_rate(&mesh.dir().join(format!("{label}.write")), size)?;
     let pids = mesh.node_pids();
     let before: Vec<Usage> = pids.iter().map(|&pid| Usage::of(pid, true)).collect::<Result<_>>()?;
     let size_arg = usize::try_from(size)?;
@@ -94,12 +102,35 @@ fn fetch_once(mesh: &Mesh, size: u64, label: &str) -> Result<Fetch> {
     let cost = |i: usize| after[i].cpu_s - before[i].cpu_s;
     let peak = |i: usize| after[i].peak_mib - before[i].resident_mib;
     Ok(Fetch {
-        mib_per_s: size as f64 / f64::from(1u32 << 20) / seconds.max(1e-6),
+        mib_per_s: mib(size) / seconds.max(1e-6),
+        file_write_mib_per_s,
         receiver_cpu_s: cost(recv),
         sender_cpu_s: cost(send),
         receiver_peak_mib: peak(recv),
         sender_peak_mib: peak(send),
     })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
+}
+
+/// MiB/s of writing a new file of `size` bytes at `path` in blocks of [`BLOCK`] (then removed).
+fn file_write_rate(path: &std::path::Path, size: u64) -> Result<f64> {
+    use std::io::Write;
+    let block: Vec<u8> = (0..BLOCK).map(|i| (i % 251) as u8).collect();
+    let started = std::time::Instant::now();
+    let mut file = std::fs::File::create(path)?;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(BLOCK as u64);
+        file.write_all(&block[..usize::try_from(n)?])?;
+        left -= n;
+    }
+    drop(file);
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::remove_file(path)?;
+    Ok(mib(size) / seconds.max(1e-6))
 }
 
 /// A node process' CPU time and memory.
