@@ -54,7 +54,7 @@ pub struct SimArgs {
     /// The share of workers that run programs 5x slower.
     #[arg(long, default_value_t = 0.01)]
     slow_workers: f64,
-    /// Copy a task that runs this many times its job's average duration (0: never).
+    /// Copy a task that runs this many times its kind's average duration (0: never).
     #[arg(long, default_value_t = 3.0)]
     speculate_after: f64,
     /// Where `simulation.json` goes.

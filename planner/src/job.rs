@@ -133,6 +133,8 @@ pub(crate) struct Job {
     pub(crate) durations: Average,
     /// Bytes of one output.
     pub(crate) output_bytes: Average,
+    /// Seconds tasks of each kind ran (what a straggler is compared with).
+    pub(crate) kinds: HashMap<crate::speculate::Kind, Average>,
     /// A failed thunk does not end the job: what does not depend on it still runs.
     pub(crate) keep_going: bool,
     /// Thunks that failed (a job that keeps going), each with why.
@@ -169,6 +171,7 @@ impl Job {
             watch: TargetWatch::new(sub.targets.len()),
             durations: Average::new(),
             output_bytes: Average::new(),
+            kinds: HashMap::new(),
             keep_going: sub.keep_going,
             failures: BTreeMap::new(),
             skipped: 0,
@@ -483,6 +486,12 @@ impl Job {
 
     pub(crate) fn is_failed(&self, thunk: Id) -> bool {
         self.entries.get(&thunk).is_some_and(|e| matches!(e.state, State::Failed))
+    }
+
+    /// Thunks in the ready queue (an upper bound: entries that stopped being ready leave it
+    /// lazily).
+    pub(crate) fn ready_len(&self) -> usize {
+        self.ready.len()
     }
 
     pub(crate) fn next_ready(&mut self) -> Option<Id> {

@@ -195,6 +195,8 @@ struct TaskInfo {
     started: Duration,
     /// The blobs its refs resolved to (the node holds them all once it is done).
     inputs: Vec<Id>,
+    /// What tasks it is compared with to call it a straggler.
+    kind: speculate::Kind,
 }
 
 /// A ready thunk waiting for a busy node it prefers.
@@ -246,6 +248,8 @@ pub struct Planner {
     speculated: u64,
     /// Every store a job named, by key.
     stores: HashMap<String, StoreKey>,
+    /// Slots of every node known (draining ones included).
+    slots: u64,
 }
 
 impl Planner {
@@ -301,6 +305,7 @@ impl Planner {
     pub fn node_joined(&mut self, node: NodeId, slots: u32, inventory: &[Id]) {
         let order = place::mix(self.config.seed, node);
         let state = self.nodes.entry(node).or_default();
+        self.slots = self.slots - u64::from(state.slots) + u64::from(slots);
         state.slots = slots;
         state.order = order;
         self.reindex(node);
@@ -411,6 +416,7 @@ impl Planner {
         }
         self.release_held(node);
         let Some(state) = self.nodes.remove(&node) else { return };
+        self.slots -= u64::from(state.slots);
         let lost = !state.draining;
         // What it was asked to upload and never answered is asked again of another holder (or
         // recomputed) when its job is looked at below.
@@ -472,7 +478,10 @@ impl Planner {
         self.estimates.observe(&stats);
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
         job.stats += stats;
-        job.durations.add(self.now.saturating_sub(info.started).as_secs_f64());
+        let ran = self.now.saturating_sub(info.started).as_secs_f64();
+        self.estimates.observe_duration(ran);
+        job.durations.add(ran);
+        job.kinds.entry(info.kind.clone()).or_insert_with(place::Average::new).add(ran);
         for (_, value) in outputs {
             if let OutputValue::Blob(blob) = value {
                 job.output_bytes.add(blob.size as f64);
@@ -857,16 +866,7 @@ impl Planner {
             // Data is ignored: nothing to price.
             return self.any_least_loaded().map_or(Choice::Later, Choice::Run);
         }
-        let inputs: Vec<Input<'_>> = resolved
-            .iter()
-            .map(|&blob| Input {
-                blob,
-                holders: (!job.peer_failed.contains(&blob))
-                    .then(|| self.objects.get(&blob).map(|p| &p.nodes))
-                    .flatten(),
-            })
-            .collect();
-        let transfers = Transfers::new(&inputs, job.mode, self.estimates, &self.unreachable);
+        let transfers = self.transfers(job, resolved);
         let first_free = || self.free.first().map_or(Choice::Later, |&(_, _, n)| Choice::Run(n));
         match self.config.policy {
             // LeastLoaded returned above.
@@ -883,25 +883,45 @@ impl Planner {
         }
     }
 
+    /// Where each of `resolved` (inputs of a thunk of `job`) can come from, to price fetching them.
+    fn transfers<'a>(&'a self, job: &Job, resolved: &[Id]) -> Transfers<'a> {
+        let inputs: Vec<Input<'a>> = resolved
+            .iter()
+            .map(|&blob| Input {
+                blob,
+                holders: (!job.peer_failed.contains(&blob))
+                    .then(|| self.objects.get(&blob).map(|p| &p.nodes))
+                    .flatten(),
+            })
+            .collect();
+        Transfers::new(&inputs, job.mode, self.estimates, &self.unreachable)
+    }
+
     /// The candidate with the earliest estimated start; see [`place`].
     fn locality(&self, job: &Job, thunk: Id, transfers: &Transfers<'_>, may_wait: bool) -> Choice {
         let mut candidates: BTreeSet<NodeId> = transfers.holders().collect();
         let siblings = self.siblings(job, thunk);
         candidates.extend(siblings.iter().copied());
         candidates.extend(self.free.iter().take(LEAST_LOADED).map(|&(_, _, n)| n));
-        // Co-locating with siblings saves moving this thunk's output to their consumer.
-        let bonus = job.output_bytes.get().unwrap_or(0.0) / self.estimates.peer.bandwidth;
-        let mut best: Option<(f64, u64, NodeId)> = None;
-        let mut best_free: Option<(f64, u64, NodeId)> = None;
+        // Co-locating with siblings saves moving this thunk's output to their consumer; and while
+        // the job has more ready thunks than the mesh has slots, every slot stays busy anyway,
+        // so waiting for a sibling's node delays this thunk by less than the wait (the slack).
+        let output = job.output_bytes.get().unwrap_or(place::PRIOR_OUTPUT_BYTES);
+        let bonus = output / self.estimates.peer.bandwidth;
+        let slack = self.backlog_seconds(job);
+        // (cost, tie-break, node, the wait that counts against the delay bound)
+        let mut best: Option<(f64, u64, NodeId, f64)> = None;
+        let mut best_free: Option<(f64, u64, NodeId, f64)> = None;
         for n in candidates {
             let Some(state) = self.nodes.get(&n).filter(|s| !s.draining) else { continue };
-            let wait = self.wait(n);
+            let mut wait = self.wait(n);
             let mut cost = wait + transfers.seconds(n);
-            if siblings.contains(&n) {
-                cost -= bonus;
+            if siblings.contains(&n) && bonus > 0.0 {
+                cost -= bonus + wait.min(slack);
+                wait = (wait - slack).max(0.0);
             }
-            let key = (cost, state.order, n);
-            let better = |b: &Option<(f64, u64, NodeId)>| b.is_none_or(|b| (key.0, key.1) < (b.0, b.1));
+            let key = (cost, state.order, n, wait);
+            let better = |b: &Option<(f64, u64, NodeId, f64)>| b.is_none_or(|b| (key.0, key.1) < (b.0, b.1));
             if better(&best) {
                 best = Some(key);
             }
@@ -911,13 +931,23 @@ impl Planner {
         }
         let delay = self.config.delay.as_secs_f64();
         match (best, best_free) {
-            (Some((_, _, n)), _) if self.has_free_slot(n) => Choice::Run(n),
-            (Some((_, _, n)), _) if may_wait && self.wait(n) <= delay => {
+            (Some((_, _, n, _)), _) if self.has_free_slot(n) => Choice::Run(n),
+            (Some((_, _, n, wait)), _) if may_wait && wait <= delay => {
                 Choice::Wait(n, Some(self.now + self.config.delay))
             }
-            (_, Some((_, _, n))) => Choice::Run(n),
+            (_, Some((_, _, n, _))) => Choice::Run(n),
             _ => Choice::Later,
         }
+    }
+
+    /// Seconds for which the job's other ready thunks keep every slot of the mesh busy.
+    fn backlog_seconds(&self, job: &Job) -> f64 {
+        job.ready_len() as f64 * self.average_duration(job) / self.slots.max(1) as f64
+    }
+
+    /// How long a task of `job` is expected to run: the job's average so far, or the estimate.
+    fn average_duration(&self, job: &Job) -> f64 {
+        job.durations.get().unwrap_or(self.estimates.duration)
     }
 
     /// Nodes where the other producers for this thunk's consumers run, or left their outputs.
@@ -959,18 +989,18 @@ impl Planner {
     /// expected end of what runs there, plus a slot-time for each thunk already held for it.
     fn wait(&self, node: NodeId) -> f64 {
         let Some(state) = self.nodes.get(&node) else { return f64::INFINITY };
-        let held = self.held.get(&node).map_or(0, VecDeque::len);
-        if state.free_slots() > 0 && held == 0 {
+        if state.free_slots() > 0 && !self.held.contains_key(&node) {
             return 0.0;
         }
         let expected = |task: &TaskId| {
             let info = self.tasks.get(task)?;
-            let duration = self.jobs.get(&info.job).and_then(|j| j.durations.get());
-            let end = info.started.as_secs_f64() + duration.unwrap_or(self.estimates.duration);
+            let duration = self.jobs.get(&info.job).map_or(self.estimates.duration, |j| self.average_duration(j));
+            let end = info.started.as_secs_f64() + duration;
             Some((end - self.now.as_secs_f64()).max(0.0))
         };
         let soonest = state.running.iter().filter_map(expected).fold(f64::INFINITY, f64::min);
         let soonest = if soonest.is_finite() { soonest } else { 0.0 };
+        let held = self.held.get(&node).map_or(0, VecDeque::len);
         soonest + held as f64 * self.estimates.duration / f64::from(state.slots.max(1))
     }
 
@@ -993,7 +1023,8 @@ impl Planner {
         if let Some(j) = self.jobs.get_mut(&job) {
             j.mark_running(thunk, node);
         }
-        let info = TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone() };
+        let kind = speculate::Kind::of(self.jobs.get(&job), thunk, &resolved);
+        let info = TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone(), kind };
         self.tasks.insert(task, info);
         self.watch_straggler(task);
         self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));

@@ -30,6 +30,10 @@ pub const FEW_HOLDERS: usize = 8;
 /// How many of the least busy nodes with a free slot are always candidates.
 pub const LEAST_LOADED: usize = 2;
 
+/// The output size a job's thunks are assumed to have before any output is seen: enough that
+/// co-locating siblings is preferred from the start, when most placements of a fan-in are made.
+pub const PRIOR_OUTPUT_BYTES: f64 = 1024.0 * 1024.0;
+
 /// At most this many sibling producers are looked at per consumer.
 pub(crate) const SIBLINGS: usize = 32;
 
@@ -68,7 +72,7 @@ pub struct Estimates {
     pub peer: Link,
     /// Storage reads (S3 Standard: about 55 MiB/s per request, tens of ms to first byte).
     pub storage: Link,
-    /// Seconds a thunk runs before any has been seen to finish.
+    /// Seconds a thunk runs: before any has been seen to finish, then a running average of all.
     pub duration: f64,
 }
 
@@ -93,6 +97,11 @@ fn blend(old: f64, sample: f64) -> f64 {
 }
 
 impl Estimates {
+    /// Learns how long thunks run from one that ran `seconds`.
+    pub fn observe_duration(&mut self, seconds: f64) {
+        self.duration = blend(self.duration, seconds);
+    }
+
     /// Learns per-request bandwidths from what a task moved and how long that took.
     pub fn observe(&mut self, stats: &TransferStats) {
         let sample = |link: &Link, count: u64, bytes: u64, micros: u64| {
@@ -120,7 +129,8 @@ pub struct PlannerConfig {
     pub delay: Duration,
     /// Starting estimates.
     pub estimates: Estimates,
-    /// A task running this many times its job's average duration gets a copy elsewhere
+    /// A task running this many times the average duration of its kind (same program, inputs of
+    /// about its size) gets a copy elsewhere, when the copy pays for its fetches
     /// (0: never).
     pub speculate_after: f64,
 }

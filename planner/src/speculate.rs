@@ -1,24 +1,56 @@
-//! Stragglers. A task still running after `PlannerConfig::speculate_after` times its job's
-//! average task duration (and at least [`MIN_STRAGGLER`]; never before one task of the job has
-//! finished, so there is an average) gets a second copy on another node,
-//! if a node has a slot free once ready thunks are placed. The first copy to finish wins; the
-//! other is cancelled ([`Decision::Cancel`]) and its slot is free at once. A copy that fails for a
-//! reason outside the thunk is dropped while its twin runs on; a fault of the thunk fails the job
-//! as always. Checks sit in a heap ordered by when each task becomes a straggler, so finding
-//! stragglers costs O(log tasks) per task, not a scan of what runs.
+//! Stragglers. A task is compared with tasks of its own kind (the same program, with inputs of
+//! about the same size: within a factor of four), not with the whole job, whose average a few
+//! long thunks of another kind would make meaningless. Still running after
+//! `PlannerConfig::speculate_after` times its kind's average duration (and at least
+//! [`MIN_STRAGGLER`]; never before a task of its kind has finished, so a thunk of a kind of its
+//! own, like a fan-in's final thunk, is never copied), it gets a second copy on another node with
+//! a free slot once ready thunks are placed, but only if the copy pays for itself: a straggler is
+//! expected to run about as long again as it has run, and the copy costs fetching the inputs that
+//! node lacks plus a run of the kind's average; the copy is started only when that is less.
+//! The first copy to finish wins; the other is cancelled ([`Decision::Cancel`]) and its slot is
+//! free at once. A copy that fails for a reason outside the thunk is dropped while its twin runs
+//! on; a fault of the thunk fails the job as always. Checks sit in a heap ordered by when each
+//! task becomes a straggler, so finding stragglers costs O(log tasks) per task, not a scan of what
+//! runs.
 
 use std::cmp::Reverse;
 use std::time::Duration;
 
-use crate::{Decision, Planner, TaskId};
+use thunkmesh_protocol::{Id, Program};
+
+use crate::job::Job;
+use crate::{Decision, Planner, TaskId, TaskInfo};
 
 /// Tasks shorter than this are never copied: a copy would cost more than it could save.
 pub const MIN_STRAGGLER: Duration = Duration::from_secs(1);
 
+/// What a task is compared with: its program, and the size class of its inputs (bytes rounded
+/// down to a power of four).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Kind {
+    program: Option<Program>,
+    size_class: u32,
+}
+
+impl Kind {
+    /// The kind of `thunk` of `job` run on `resolved` inputs.
+    pub(crate) fn of(job: Option<&Job>, thunk: Id, resolved: &[Id]) -> Kind {
+        let program = job.and_then(|j| j.thunk(thunk)).map(|(_, t)| t.program.clone());
+        let bytes: u64 = resolved.iter().map(|b| b.size).sum();
+        Kind { program, size_class: bytes.checked_ilog2().map_or(0, |log| log / 2 + 1) }
+    }
+}
+
 impl Planner {
-    /// How long tasks of `job` may run before they count as stragglers.
-    fn straggler_after(&self, job: crate::JobId) -> Duration {
-        let average = self.jobs.get(&job).and_then(|j| j.durations.get()).unwrap_or(self.estimates.duration);
+    /// The average duration of finished tasks of `info`'s kind, if one has finished.
+    fn kind_average(&self, info: &TaskInfo) -> Option<f64> {
+        self.jobs.get(&info.job)?.kinds.get(&info.kind)?.get()
+    }
+
+    /// How long a task may run before it counts as a straggler (its kind's average unknown: a
+    /// period after which to look again).
+    fn straggler_after(&self, info: &TaskInfo) -> Duration {
+        let average = self.kind_average(info).unwrap_or(0.0);
         Duration::from_secs_f64(average * self.config.speculate_after).max(MIN_STRAGGLER)
     }
 
@@ -26,7 +58,7 @@ impl Planner {
     pub(crate) fn watch_straggler(&mut self, task: TaskId) {
         let Some(info) = self.tasks.get(&task) else { return };
         if self.config.speculate_after > 0.0 && !self.twins.contains_key(&task) {
-            let at = info.started + self.straggler_after(info.job);
+            let at = info.started + self.straggler_after(info);
             self.straggler_checks.push(Reverse((at, task)));
         }
     }
@@ -50,19 +82,24 @@ impl Planner {
             if self.twins.contains_key(&task) {
                 continue;
             }
-            // Until a task of the job has finished there is nothing to compare with; and the
+            // Until a task of its kind has finished there is nothing to compare with; and the
             // average may have grown since the check was scheduled.
-            let known = self.jobs.get(&info.job).is_some_and(|j| j.durations.get().is_some());
-            let due = if known { info.started + self.straggler_after(info.job) } else { self.now + MIN_STRAGGLER };
-            if due > self.now {
-                self.straggler_checks.push(Reverse((due, task)));
+            let due = info.started + self.straggler_after(&info);
+            let average = self.kind_average(&info);
+            if average.is_none() || due > self.now {
+                self.straggler_checks.push(Reverse((due.max(self.now + MIN_STRAGGLER), task)));
                 continue;
             }
             let Some(node) = self.free.iter().map(|&(_, _, n)| n).find(|&n| n != info.node) else {
                 // Only the straggler's own node has a slot: look again a period later.
-                self.straggler_checks.push(Reverse((self.now + self.straggler_after(info.job), task)));
+                self.straggler_checks.push(Reverse((self.now + self.straggler_after(&info), task)));
                 return;
             };
+            if !self.copy_pays(&info, node, average.unwrap_or(0.0)) {
+                // It may pay later: the longer the straggler runs, the more a copy is expected to save.
+                self.straggler_checks.push(Reverse((self.now + self.straggler_after(&info), task)));
+                continue;
+            }
             let copy = self.next_task;
             self.twins.insert(task, copy);
             self.twins.insert(copy, task);
@@ -72,6 +109,16 @@ impl Planner {
             }
             self.start(info.job, info.thunk, node, info.inputs.clone());
         }
+    }
+
+    /// Whether a copy of the straggler `info` on `node` is expected to finish before it: the
+    /// straggler is expected to run as long again as it has run; the copy fetches what `node`
+    /// lacks, then runs for the kind's `average`.
+    fn copy_pays(&self, info: &TaskInfo, node: crate::NodeId, average: f64) -> bool {
+        let Some(job) = self.jobs.get(&info.job) else { return false };
+        let fetch = self.transfers(job, &info.inputs).seconds(node);
+        let ran = self.now.saturating_sub(info.started).as_secs_f64();
+        fetch + average < ran
     }
 
     /// A task ended: its twin, if any, is no longer a copy of anything. When the task succeeded

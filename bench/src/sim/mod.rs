@@ -42,7 +42,7 @@ pub struct Cloud {
     pub seed: u64,
     /// The share of workers that run everything 5x slower (stragglers).
     pub slow_workers: f64,
-    /// Copy a task running this many times its job's average duration (0: never).
+    /// Copy a task running this many times its kind's average duration (0: never).
     pub speculate_after: f64,
 }
 

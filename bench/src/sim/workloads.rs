@@ -43,11 +43,14 @@ pub enum Shape {
     /// Recursive fan-out: a 256 MiB input split in halves down to 4,096 leaves, then merged back
     /// up in pairs.
     Fanout,
+    /// The benchmark's fan-in: 64 producers of 4 MiB, 8 reducers each concatenating 8 of them,
+    /// one final thunk reading the 8 results.
+    FanIn,
 }
 
 impl Shape {
     /// Every shape.
-    pub const ALL: [Shape; 4] = [Shape::Compile, Shape::Shuffle, Shape::Chain, Shape::Fanout];
+    pub const ALL: [Shape; 5] = [Shape::Compile, Shape::Shuffle, Shape::Chain, Shape::Fanout, Shape::FanIn];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Shape {
             Shape::Shuffle => "shuffle",
             Shape::Chain => "chain",
             Shape::Fanout => "fanout",
+            Shape::FanIn => "fan-in",
         }
     }
 
@@ -67,6 +71,7 @@ impl Shape {
             Shape::Shuffle => b.shuffle(size),
             Shape::Chain => b.chain(1000),
             Shape::Fanout => b.fanout(12),
+            Shape::FanIn => b.fan_in(64, 8),
         }
         b.job
     }
@@ -168,6 +173,24 @@ impl Builder {
             prev = self.one(format!("step/{i}"), vec![prev], MIB, seconds);
         }
         self.job.targets.push(prev);
+    }
+
+    fn fan_in(&mut self, producers: usize, reducers: usize) {
+        let per = producers / reducers;
+        let mut results = Vec::new();
+        for r in 0..reducers {
+            let inputs: Vec<Ref> = (0..per)
+                .map(|k| {
+                    let seconds = self.jitter(0.03);
+                    self.one(format!("produce/{}", r * per + k), Vec::new(), 4 * MIB, seconds)
+                })
+                .collect();
+            let seconds = self.jitter(0.05);
+            results.push(self.one(format!("reduce/{r}"), inputs, per as u64 * 4 * MIB, seconds));
+        }
+        let seconds = self.jitter(0.2);
+        let total = self.one("total".into(), results, KIB, seconds);
+        self.job.targets.push(total);
     }
 
     fn fanout(&mut self, depth: u32) {
