@@ -247,6 +247,10 @@ pub struct RunFlags {
     /// Thunks each worker (local node or Lambda worker) runs at once.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
+    /// Most bytes each local node's cache keeps (512MiB, 10GiB, ...): past it the least recently
+    /// used objects no running task needs are removed [default: half the free space of its disk].
+    #[arg(long, value_parser = thunkmesh_node::parse_size)]
+    pub cache_size: Option<u64>,
     /// The Lambda function to invoke (with --engine lambda), as deployed by `thunkmesh lambda
     /// deploy`.
     #[arg(long, required_if_eq("engine", "lambda"))]
@@ -351,6 +355,11 @@ pub struct NodeArgs {
     /// Object cache and sandboxes; kept across restarts [default: a folder in the temp dir].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes the cache keeps (512MiB, 10GiB, ...): past it the least recently used objects
+    /// no running task needs are removed [default: half the free space of its disk, at least
+    /// 1GiB].
+    #[arg(long, value_parser = thunkmesh_node::parse_size)]
+    pub cache_size: Option<u64>,
     /// Local UDP address of the node's endpoint (peers reach it here).
     #[arg(long, default_value = "0.0.0.0:0")]
     pub bind: SocketAddr,

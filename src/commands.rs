@@ -126,7 +126,7 @@ pub async fn execute(
         return Err(UsageError("--workers must be at least 1".into()).into());
     }
     let exe = std::env::current_exe().context("cannot find this program's own path to start nodes")?;
-    let mut mesh = LocalMesh::start(workers, args.slots, &exe, &args.state_dir).await?;
+    let mut mesh = LocalMesh::start(workers, args.slots, args.cache_size, &exe, &args.state_dir).await?;
     let target = mesh.target();
     let logs = mesh.logs().display().to_string();
     tokio::select! {
@@ -280,6 +280,7 @@ async fn node(args: NodeArgs) -> Result<()> {
         token: token()?,
         slots: args.slots.max(1),
         cache_dir: cache.clone(),
+        cache_size: args.cache_size,
         bind: args.bind,
         name,
         idle_exit: None,

@@ -60,7 +60,7 @@ pub fn main(args: &TransferArgs) -> Result<()> {
         "size", "MiB/s", "file MiB/s", "CPU s/GiB recv", "CPU s/GiB send", "peak MiB recv/send"
     );
     for text in &args.sizes {
-        let size = parse_size(text)?;
+        let size = thunkmesh_node::parse_size(text).map_err(anyhow::Error::msg)?;
         let mut fetches = Vec::new();
         for rep in 0..args.reps {
             fetches.push(fetch_once(&mesh, size, &format!("{text}-{rep}"))?);
@@ -160,31 +160,5 @@ impl Usage {
             resident_mib: status_mib(&status, "VmRSS")?,
             peak_mib: status_mib(&status, "VmHWM")?,
         })
-    }
-}
-
-/// `1KiB`, `64MiB`, `1GiB`, or plain bytes.
-fn parse_size(text: &str) -> Result<u64> {
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = digits.parse().with_context(|| format!("`{text}` is not a size such as 64MiB"))?;
-    let shift = match unit {
-        "" | "B" => 0,
-        "KiB" => 10,
-        "MiB" => 20,
-        "GiB" => 30,
-        _ => bail!("`{text}`: the units are B, KiB, MiB and GiB"),
-    };
-    Ok(n << shift)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes_are_read_with_binary_units() {
-        assert_eq!(super::parse_size("1KiB").expect("size"), 1024);
-        assert_eq!(super::parse_size("64MiB").expect("size"), 64 << 20);
-        assert_eq!(super::parse_size("7").expect("size"), 7);
-        assert!(super::parse_size("1GB").is_err());
-        assert!(super::parse_size("MiB").is_err());
     }
 }

@@ -52,8 +52,15 @@ pub struct LocalMesh {
 
 impl LocalMesh {
     /// Starts the rendezvous and `workers` node processes of `exe` running `slots` thunks each,
-    /// with caches and logs under `state_dir/nodes/`.
-    pub async fn start(workers: usize, slots: u32, exe: &Path, state_dir: &Path) -> Result<LocalMesh, MeshError> {
+    /// with caches (of at most `cache_size` bytes, or the nodes' default) and logs under
+    /// `state_dir/nodes/`.
+    pub async fn start(
+        workers: usize,
+        slots: u32,
+        cache_size: Option<u64>,
+        exe: &Path,
+        state_dir: &Path,
+    ) -> Result<LocalMesh, MeshError> {
         let workers = workers.max(1);
         let token = format!("{:032x}", rand::random::<u128>());
         let config = Config { token: token.clone(), identity: Identity::generate()? };
@@ -61,7 +68,7 @@ impl LocalMesh {
         let logs = state_dir.join("nodes");
         let mut nodes = Vec::with_capacity(workers);
         for index in 0..workers {
-            nodes.push(spawn_node(index, slots, exe, &logs, &rendezvous, &token)?);
+            nodes.push(spawn_node(index, slots, cache_size, exe, &logs, &rendezvous, &token)?);
         }
         let mut mesh = LocalMesh { rendezvous, token, nodes, logs };
         mesh.wait_until_registered(workers).await?;
@@ -107,6 +114,7 @@ impl LocalMesh {
 fn spawn_node(
     index: usize,
     slots: u32,
+    cache_size: Option<u64>,
     exe: &Path,
     logs: &Path,
     rendezvous: &Running,
@@ -116,8 +124,12 @@ fn spawn_node(
     let dir = logs.join(index.to_string());
     std::fs::create_dir_all(&dir).map_err(fail)?;
     let log = std::fs::File::create(logs.join(format!("{index}.log"))).map_err(fail)?;
-    tokio::process::Command::new(exe)
-        .arg("node")
+    let mut command = tokio::process::Command::new(exe);
+    command.arg("node");
+    if let Some(size) = cache_size {
+        command.args(["--cache-size", &size.to_string()]);
+    }
+    command
         .args(["--rendezvous", &rendezvous.addr.to_string()])
         .args(["--fingerprint", &hex(&rendezvous.fingerprint)])
         .args(["--bind", "127.0.0.1:0", "--slots", &slots.max(1).to_string(), "--name", &format!("local-{index}")])

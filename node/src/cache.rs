@@ -2,15 +2,20 @@
 //! survives the node (a restarted node announces what it still holds). Files enter it only by
 //! rename from a temporary file whose bytes were hashed, so a half-written object is never
 //! visible under its id. Cached files are read-only (mode 0555): sandboxes hard-link them as
-//! inputs rather than copying them.
+//! inputs rather than copying them. The cache keeps to a byte budget: when an object enters and
+//! the held bytes exceed it, the least recently used objects that no task on the node pins are
+//! removed ([`crate::lru`]) when the node calls [`Cache::evict`], after each task it reports
+//! (its pins released), and the node tells the rendezvous which, so that the planner does not
+//! count on a copy that is gone.
 
-use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use thunkmesh_protocol::Id;
+
+use crate::lru::Lru;
 
 /// A failure of the cache's own files.
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +40,49 @@ pub struct Cache {
     objects: PathBuf,
     tmp: PathBuf,
     work: PathBuf,
-    index: Mutex<HashSet<Id>>,
+    index: Mutex<Index>,
     next_tmp: AtomicU64,
+}
+
+/// What the cache holds.
+#[derive(Debug)]
+struct Index {
+    lru: Lru,
+}
+
+/// Objects a task needs, pinned in the cache until it ends (see [`Cache::pin`]).
+#[derive(Debug)]
+pub struct Pinned {
+    cache: Arc<Cache>,
+    ids: Vec<Id>,
+}
+
+impl Pinned {
+    /// Pins more objects under the same guard.
+    pub fn add(&mut self, ids: &[Id]) {
+        let mut index = self.cache.lock();
+        for &id in ids {
+            index.lru.pin(id);
+        }
+        self.ids.extend_from_slice(ids);
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let mut index = self.cache.lock();
+        for &id in &self.ids {
+            index.lru.unpin(id);
+        }
+    }
 }
 
 impl Cache {
     /// Opens (or creates) the cache in `dir` and indexes what it holds, after hashing every
     /// object: a file whose bytes are not its name's (changed between runs, cut short, or put
-    /// there by a program) is removed, and so is anything that is not a regular file.
-    pub fn open(dir: &Path) -> Result<Cache, CacheError> {
+    /// there by a program) is removed, and so is anything that is not a regular file. Holds at
+    /// most `budget` bytes of objects no task pins (an inventory over it is cut down at once).
+    pub fn open(dir: &Path, budget: u64) -> Result<Cache, CacheError> {
         // Sandboxed programs run in another working directory: every path must be absolute.
         let dir = &std::path::absolute(dir).map_err(io(dir))?;
         let (objects, tmp, work) = (dir.join("objects"), dir.join("tmp"), dir.join("work"));
@@ -55,18 +94,67 @@ impl Cache {
             std::fs::remove_dir_all(d).map_err(io(d))?;
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        let index = adopt_verified(&objects)?;
-        Ok(Cache { objects, tmp, work, index: Mutex::new(index), next_tmp: AtomicU64::new(0) })
+        let mut lru = Lru::new(budget);
+        for id in adopt_verified(&objects)? {
+            lru.insert(id);
+        }
+        let cache = Cache { objects, tmp, work, index: Mutex::new(Index { lru }), next_tmp: AtomicU64::new(0) };
+        cache.evict();
+        Ok(cache)
     }
 
     /// Every object held.
     pub fn inventory(&self) -> Vec<Id> {
-        self.lock().iter().copied().collect()
+        self.lock().lru.ids().collect()
     }
 
     /// Whether the object is held.
     pub fn has(&self, id: Id) -> bool {
-        self.lock().contains(&id)
+        self.lock().lru.contains(id)
+    }
+
+    /// Keeps `ids` (held now, or fetched later) from eviction until the guard is dropped, and
+    /// counts them as just used.
+    pub fn pin(self: &Arc<Self>, ids: &[Id]) -> Pinned {
+        let mut index = self.lock();
+        for &id in ids {
+            index.lru.pin(id);
+        }
+        Pinned { cache: self.clone(), ids: ids.to_vec() }
+    }
+
+    /// Counts a held object as just used (a peer fetched it).
+    pub fn touch(&self, id: Id) {
+        let mut index = self.lock();
+        if index.lru.contains(id) {
+            index.lru.touch(id);
+        }
+    }
+
+    /// Bytes held, and the budget.
+    pub fn usage(&self) -> (u64, u64) {
+        let index = self.lock();
+        (index.lru.bytes(), index.lru.budget())
+    }
+
+    /// Removes the least recently used unpinned objects while over budget; returns them. A file
+    /// linked into a root tree or a sandbox keeps its bytes there; only the cache's name goes.
+    pub fn evict(&self) -> Vec<Id> {
+        let mut index = self.lock();
+        let evicted = index.lru.evict();
+        for &id in &evicted {
+            if let Err(e) = std::fs::remove_file(self.path(id)) {
+                tracing::warn!(%id, error = %e, "cannot remove an evicted object");
+            }
+        }
+        if !evicted.is_empty() {
+            tracing::debug!(
+                objects = evicted.len(),
+                bytes = index.lru.bytes(),
+                "evicted to stay within the cache budget"
+            );
+        }
+        evicted
     }
 
     /// Where the object lives (whether or not it is held).
@@ -102,13 +190,13 @@ impl Cache {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(READ_ONLY)).map_err(io(file))?;
         let dest = self.path(id);
         std::fs::rename(file, &dest).map_err(io(&dest))?;
-        self.lock().insert(id);
+        self.lock().lru.insert(id);
         Ok(())
     }
 
     /// Drops an object whose file no longer holds its bytes (a program wrote to its input).
     pub fn forget(&self, id: Id) {
-        self.lock().remove(&id);
+        self.lock().lru.remove(id);
         let _ = std::fs::remove_file(self.path(id));
     }
 
@@ -126,23 +214,23 @@ impl Cache {
         self.adopt_hashed(&tmp).await
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Id>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// Hashes every file in `objects`, keeps those whose bytes match their name, and removes the
 /// rest (folders and links too).
-fn adopt_verified(objects: &Path) -> Result<HashSet<Id>, CacheError> {
+fn adopt_verified(objects: &Path) -> Result<Vec<Id>, CacheError> {
     let started = std::time::Instant::now();
-    let (mut index, mut bytes, mut dropped) = (HashSet::new(), 0u64, 0usize);
+    let (mut index, mut bytes, mut dropped) = (Vec::new(), 0u64, 0usize);
     for entry in std::fs::read_dir(objects).map_err(io(objects))? {
         let path = entry.map_err(io(objects))?.path();
         match verified(&path) {
             Some(id) => {
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(READ_ONLY)).map_err(io(&path))?;
                 bytes += id.size;
-                index.insert(id);
+                index.push(id);
             }
             None => {
                 dropped += 1;
@@ -231,14 +319,14 @@ mod tests {
     #[tokio::test]
     async fn objects_survive_a_reopen_and_junk_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Arc::new(Cache::open(dir.path()).expect("open"));
+        let cache = Arc::new(Cache::open(dir.path(), u64::MAX).expect("open"));
         let tmp = cache.temp_path();
         tokio::fs::write(&tmp, b"kept").await.expect("write");
         let id = cache.adopt_hashed(&tmp).await.expect("adopt");
         assert_eq!(id, Id::of_blob(b"kept"));
         std::fs::write(dir.path().join("objects/not-an-id"), b"junk").expect("write junk");
         std::fs::write(dir.path().join("objects").join(Id::of_blob(b"longer").to_string()), b"short").expect("write");
-        let reopened = Cache::open(dir.path()).expect("reopen");
+        let reopened = Cache::open(dir.path(), u64::MAX).expect("reopen");
         assert_eq!(reopened.inventory(), vec![id]);
         assert!(!dir.path().join("objects/not-an-id").exists());
     }
@@ -247,7 +335,7 @@ mod tests {
     #[tokio::test]
     async fn an_object_whose_bytes_changed_between_runs_is_dropped_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Arc::new(Cache::open(dir.path()).expect("open"));
+        let cache = Arc::new(Cache::open(dir.path(), u64::MAX).expect("open"));
         let (tmp, other) = (cache.temp_path(), cache.temp_path());
         tokio::fs::write(&tmp, b"right").await.expect("write");
         tokio::fs::write(&other, b"other").await.expect("write");
@@ -256,7 +344,7 @@ mod tests {
         let path = cache.path(id);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         std::fs::write(&path, b"wrong").expect("same size, other bytes");
-        let reopened = Cache::open(dir.path()).expect("reopen");
+        let reopened = Cache::open(dir.path(), u64::MAX).expect("reopen");
         assert_eq!(reopened.inventory(), vec![kept]);
         assert!(!path.exists(), "the damaged object is removed");
     }
@@ -265,14 +353,14 @@ mod tests {
     #[test]
     fn a_folder_among_the_objects_is_removed_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
-        drop(Cache::open(dir.path()).expect("open"));
+        drop(Cache::open(dir.path(), u64::MAX).expect("open"));
         let junk = dir.path().join("objects/junkdir/deeper");
         std::fs::create_dir_all(&junk).expect("mkdir");
         std::fs::write(junk.join("f"), b"x").expect("write");
         std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o555)).expect("chmod");
         let named = dir.path().join("objects").join(Id::of_blob(b"dir").to_string());
         std::fs::create_dir(&named).expect("a folder named like an object");
-        let reopened = Cache::open(dir.path()).expect("a folder is no reason to stop");
+        let reopened = Cache::open(dir.path(), u64::MAX).expect("a folder is no reason to stop");
         assert!(reopened.inventory().is_empty());
         assert!(!dir.path().join("objects/junkdir").exists() && !named.exists());
     }

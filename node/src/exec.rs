@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::cache::{Cache, hash_file_blocking, hash_reader};
+use crate::cache::{Cache, Pinned, hash_file_blocking, hash_reader};
 use crate::jail::Jail;
 use crate::peer::Peers;
 use crate::sandbox::{Sandbox, Sandboxes};
@@ -153,11 +153,26 @@ impl HostPins {
     }
 }
 
-/// Forces an assignment and says how it went, in the message the rendezvous expects.
-pub(crate) async fn force(ctx: &Ctx, a: &Assignment) -> ToRendezvous {
+/// Forces an assignment and says how it went, in the message the rendezvous expects; its inputs
+/// and outputs stay pinned in the cache until the guard returned with it is dropped (once the
+/// report is sent), so that no eviction races the rendezvous' view of this node.
+pub(crate) async fn force(ctx: &Ctx, a: &Assignment) -> (ToRendezvous, Pinned) {
+    let mut pinned = ctx.cache.pin(&a.resolved);
+    let report = force_pinned(ctx, a, &mut pinned).await;
+    (report, pinned)
+}
+
+async fn force_pinned(ctx: &Ctx, a: &Assignment, pinned: &mut Pinned) -> ToRendezvous {
     let mut stats = TransferStats::default();
     match run(ctx, a, &mut stats).await {
-        Ok(outputs) => ToRendezvous::Done(TaskDone { task: a.task, outputs, stats }),
+        Ok(outputs) => {
+            let blobs: Vec<Id> = outputs
+                .iter()
+                .filter_map(|(_, v)| if let OutputValue::Blob(b) = v { Some(*b) } else { None })
+                .collect();
+            pinned.add(&blobs);
+            ToRendezvous::Done(TaskDone { task: a.task, outputs, stats })
+        }
         Err(mut f) => {
             // The node's own writes failing for space: say so, whatever step it was.
             if f.error.code == ErrorCode::NodeError
@@ -260,10 +275,17 @@ async fn fetch_inputs(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> R
             first_error.get_or_insert(e);
         }
     }
-    let missing_local = a.resolved.iter().filter(|b| !ctx.cache.has(**b)).count();
+    let missing: Vec<Id> = a.resolved.iter().copied().filter(|b| !ctx.cache.has(*b)).collect();
     match first_error {
-        None if missing_local == 0 => Ok(()),
-        None => Err(Fail::node(format!("{missing_local} inputs are neither cached nor offered by any source"))),
+        None if missing.is_empty() => Ok(()),
+        // The rendezvous counted on a copy this node evicted before it heard: it plans again.
+        None => Err(Fail {
+            error: WireError::new(
+                ErrorCode::InputUnavailable,
+                format!("{} input(s) are no longer in this node's cache and no source was offered", missing.len()),
+            ),
+            unavailable: missing,
+        }),
         Some(e) => Err(Fail {
             error: WireError::new(
                 ErrorCode::InputUnavailable,
@@ -783,7 +805,8 @@ async fn read_tail_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str, le
 }
 
 /// Puts a cached object into storage, as the rendezvous asked.
-pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> ToRendezvous {
+pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> (ToRendezvous, Pinned) {
+    let pinned = ctx.cache.pin(&[req.blob]);
     let mut stats = TransferStats::default();
     let ok = match put(ctx, req, &mut stats).await {
         Ok(()) => true,
@@ -792,7 +815,7 @@ pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> ToRendezvous {
             false
         }
     };
-    ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, ok, stats })
+    (ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, ok, stats }), pinned)
 }
 
 async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<(), String> {

@@ -87,6 +87,7 @@ async fn invoked(event: LambdaEvent<Invocation>) -> Result<Report, Diagnostic> {
         token: invocation.token.clone(),
         slots: invocation.slots.max(1),
         cache_dir: cache_dir.clone(),
+        cache_size: None,
         bind: ([0, 0, 0, 0], 0).into(),
         name: format!("lambda-{}", event.context.request_id),
         idle_exit: invocation.idle_seconds.map(Duration::from_secs),

@@ -13,6 +13,7 @@ pub mod cache;
 mod exec;
 pub mod jail;
 pub mod lambda;
+mod lru;
 pub mod peer;
 mod roots;
 mod sandbox;
@@ -52,6 +53,9 @@ pub struct NodeConfig {
     pub slots: u32,
     /// Where the object cache and sandboxes live.
     pub cache_dir: PathBuf,
+    /// Bytes of objects the cache keeps beyond what running tasks pin (`None`: half the space
+    /// free on its file system at start, at least [`MIN_DEFAULT_CACHE`]).
+    pub cache_size: Option<u64>,
     /// The local UDP address for the node's one endpoint.
     pub bind: SocketAddr,
     /// Shown in the rendezvous' logs.
@@ -100,7 +104,11 @@ pub struct Worked {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<Worked, NodeError> {
     let identity = Identity::generate()?;
     let endpoint = thunkmesh_net::endpoint(config.bind, &identity)?;
-    let cache = Arc::new(Cache::open(&config.cache_dir)?);
+    std::fs::create_dir_all(&config.cache_dir)
+        .map_err(|source| CacheError { path: config.cache_dir.clone(), source })?;
+    let budget = config.cache_size.unwrap_or_else(|| default_cache_size(&config.cache_dir));
+    let cache = Arc::new(Cache::open(&config.cache_dir, budget)?);
+    info!(budget, "cache budget in bytes");
     let jail = config.launcher.as_ref().map(|l| jail::Jail::probe(l, cache.work_dir()));
     let isolation = jail.as_ref().map_or(jail::Isolation::Off, |j| j.isolation().clone());
     info!(%isolation, "programs are isolated");
@@ -143,6 +151,35 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     conn.close(0u32.into(), b"node stopping");
     endpoint.close(0u32.into(), b"node stopping");
     result
+}
+
+/// Reads a size such as `512MiB`, `10GiB`, `64KiB` or plain bytes (units: B, KiB, MiB, GiB,
+/// TiB; also K, M, G, T for the same binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size such as 512MiB or 10GiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => return Err(format!("`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// The least default cache budget, however full the disk.
+pub const MIN_DEFAULT_CACHE: u64 = 1 << 30;
+
+/// Half the space free on the file system holding `dir`, at least [`MIN_DEFAULT_CACHE`].
+pub fn default_cache_size(dir: &std::path::Path) -> u64 {
+    match rustix::fs::statvfs(dir) {
+        Ok(stat) => (stat.f_bavail.saturating_mul(stat.f_frsize) / 2).max(MIN_DEFAULT_CACHE),
+        Err(_) => MIN_DEFAULT_CACHE,
+    }
 }
 
 /// How long the probe port has to answer.
@@ -257,7 +294,7 @@ async fn work(
             },
             Some(_) = tasks.punches.join_next() => {}
             Some(done) = tasks.set.join_next() => match done {
-                Ok(report) => {
+                Ok((report, pinned)) => {
                     if let ToRendezvous::Done(done) = &report {
                         let s = &done.stats;
                         worked.thunks += 1;
@@ -271,6 +308,11 @@ async fn work(
                         send_msg(&mut send, &ToRendezvous::Drain).await?;
                     }
                     send_msg(&mut send, &report).await?;
+                    drop(pinned);
+                    let evicted = ctx.cache.evict();
+                    for ids in evicted.chunks(HOLDS_PER_MESSAGE) {
+                        send_msg(&mut send, &ToRendezvous::Dropped(ids.to_vec())).await?;
+                    }
                     busy_at = tokio::time::Instant::now();
                 }
                 Err(e) if e.is_cancelled() => {}
@@ -284,7 +326,7 @@ async fn work(
 /// the rendezvous introduced.
 #[derive(Default)]
 struct Tasks {
-    set: JoinSet<ToRendezvous>,
+    set: JoinSet<(ToRendezvous, cache::Pinned)>,
     forcing: std::collections::HashMap<u64, tokio::task::AbortHandle>,
     punches: JoinSet<()>,
 }
@@ -324,5 +366,19 @@ impl Tasks {
             ToRendezvous::Failed(f) => self.forcing.remove(&f.task),
             _ => None,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_are_read_with_binary_units_and_bad_ones_are_named() {
+        assert_eq!(super::parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(super::parse_size("10G"), Ok(10 << 30));
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert_eq!(super::parse_size("3 KiB"), Ok(3 << 10));
+        assert!(super::parse_size("1GB").expect_err("decimal unit").contains("unknown unit `GB`"));
+        assert!(super::parse_size("MiB").expect_err("no number").contains("is not a size"));
+        assert!(super::parse_size("99999999999TiB").expect_err("overflow").contains("too large"));
     }
 }

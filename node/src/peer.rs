@@ -336,7 +336,7 @@ mod tests {
 
     async fn server_with(bytes: &[u8]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
+        let cache = Arc::new(Cache::open(dir.path(), u64::MAX).expect("cache"));
         let tmp = cache.temp_path();
         tokio::fs::write(&tmp, bytes).await.expect("write");
         let blob = cache.adopt_hashed(&tmp).await.expect("adopt");
@@ -355,7 +355,7 @@ mod tests {
     async fn a_peer_fetch_arrives_verified_in_the_cache() {
         let server = server_with(b"peer bytes").await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
+        let cache = Arc::new(Cache::open(dir.path(), u64::MAX).expect("cache"));
         let peers = Peers::new(client(), "tok".into());
         let moved = peers.fetch(server.addr, server.fingerprint, server.blob, &cache).await.expect("fetch");
         assert_eq!(moved, 10);
@@ -369,7 +369,7 @@ mod tests {
     async fn the_wrong_fingerprint_or_token_gets_nothing() {
         let server = server_with(b"secret").await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
+        let cache = Arc::new(Cache::open(dir.path(), u64::MAX).expect("cache"));
         let peers = Peers::new(client(), "tok".into());
         let err = peers.fetch(server.addr, [9; 32], server.blob, &cache).await.expect_err("impostor");
         assert!(err.to_string().contains("is not the pinned"), "{err}");
@@ -392,7 +392,7 @@ mod tests {
         assert!(reason.to_string().contains("malformed message"), "{reason}");
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
+        let cache = Arc::new(Cache::open(dir.path(), u64::MAX).expect("cache"));
         let peers = Peers::new(ep, "tok".into());
         peers.fetch(server.addr, server.fingerprint, server.blob, &cache).await.expect("others are still served");
         assert!(cache.has(server.blob));

@@ -87,7 +87,7 @@ mod tests {
     #[tokio::test]
     async fn a_root_is_made_once_and_holds_links_to_the_cache() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = std::sync::Arc::new(Cache::open(dir.path()).expect("cache"));
+        let cache = std::sync::Arc::new(Cache::open(dir.path(), u64::MAX).expect("cache"));
         let file = dir.path().join("cc");
         std::fs::write(&file, b"pretend compiler").expect("write");
         let id = cache.copy_in(&file).await.expect("adopt");
@@ -101,7 +101,7 @@ mod tests {
         drop_all(&cache);
         assert!(!first.exists() && !other.exists(), "a written input drops every tree");
         assert_eq!(tree(&cache, &files).expect("laid out again"), first);
-        let reopened = Cache::open(dir.path()).expect("reopen");
+        let reopened = Cache::open(dir.path(), u64::MAX).expect("reopen");
         assert!(!first.exists(), "trees do not outlive the cache's opening");
         drop(reopened);
     }

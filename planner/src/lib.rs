@@ -567,6 +567,9 @@ impl Planner {
             return self.fail(info.job, WireError::new(ErrorCode::InputUnavailable, message));
         }
         for blob in unavailable {
+            // A node that no longer has what it was counted on for (evicted before the
+            // rendezvous heard) is not counted on again.
+            self.unplace(*blob, info.node);
             let in_storage = self.objects.get(blob).is_some_and(|p| p.in_store(store));
             match self.holders(*blob).into_iter().find(|&n| n != info.node) {
                 Some(holder) if !in_storage => self.request_fallback_upload(holder, info.job, *blob),
@@ -670,6 +673,22 @@ impl Planner {
         if let Some(state) = self.nodes.get_mut(&node) {
             state.holds.insert(blob);
             self.objects.entry(blob).or_default().nodes.insert(node);
+        }
+    }
+
+    /// A node removed these objects from its cache (its budget): they are no longer counted on
+    /// there. A job that needs one that is now nowhere looks again at what to run.
+    pub fn node_dropped(&mut self, node: NodeId, blobs: &[Id]) {
+        let mut lost = false;
+        for &blob in blobs {
+            self.unplace(blob, node);
+            lost |= self.objects.get(&blob).is_none_or(|p| p.nodes.is_empty() && p.stores.is_empty());
+        }
+        if lost {
+            let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+            for job in jobs {
+                self.reevaluate(job);
+            }
         }
     }
 

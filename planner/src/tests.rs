@@ -114,6 +114,63 @@ fn a_consumer_elsewhere_is_told_which_peer_holds_its_input() {
     assert_eq!(places, &vec![Place::Node(first[0].node)]);
 }
 
+/// Two nodes running `a` and `b` at once, whose outputs `c` reads; returns the thunks and the
+/// assignments of `a` and `b`.
+fn two_producers_one_consumer(p: &mut Planner) -> ([Thunk; 3], Assign, Assign) {
+    p.node_joined(1, 1, &[]);
+    p.node_joined(2, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[]);
+    let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
+    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
+    let mut first = assigns(&drain(p));
+    first.sort_by_key(|x| x.thunk != a.id());
+    let on_b = first.remove(1);
+    ([a, b, c], first.remove(0), on_b)
+}
+
+/// Issue 14: after a node evicts an object, no consumer is sent to fetch it from there.
+#[test]
+fn an_object_a_node_dropped_is_fetched_from_another_holder() {
+    let mut p = Planner::new();
+    let (_, a_run, b_run) = two_producers_one_consumer(&mut p);
+    let x = Id::of_blob(b"x, held twice");
+    p.task_done(a_run.node, a_run.task, &[("out".into(), OutputValue::Blob(x))], TransferStats::default());
+    p.node_holds(b_run.node, &[x]);
+    p.node_dropped(a_run.node, &[x]);
+    p.task_done(b_run.node, b_run.task, &blob_output(b"y"), TransferStats::default());
+    let c_run = assigns(&drain(&mut p)).remove(0);
+    assert_eq!(c_run.node, b_run.node, "only b's node still holds x, and it holds y");
+    assert!(c_run.sources.iter().all(|(_, places)| !places.contains(&Place::Node(a_run.node))));
+}
+
+/// Issue 14: a consumer sent to a node that evicted its input before the rendezvous heard fails
+/// with the input unavailable; the planner stops counting on that copy and makes the object
+/// again, and the job goes on.
+#[test]
+fn a_consumer_sent_for_an_evicted_object_makes_the_planner_rerun_its_producer() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    p.submit(JOB, &submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()])).expect("job");
+    let first = assigns(&drain(&mut p)).remove(0);
+    p.task_done(1, first.task, &blob_output(b"A"), TransferStats::default());
+    let consumer = assigns(&drain(&mut p)).remove(0);
+    assert_eq!(consumer.thunk, b.id());
+    let gone = WireError::new(ErrorCode::InputUnavailable, "no longer in this node's cache");
+    p.task_failed(1, consumer.task, &gone, &[Id::of_blob(b"A")], TransferStats::default());
+    let again = assigns(&drain(&mut p));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].thunk, a.id(), "the producer runs again: no node holds its output");
+    p.task_done(1, again[0].task, &blob_output(b"A"), TransferStats::default());
+    let retried = assigns(&drain(&mut p)).remove(0);
+    assert_eq!(retried.thunk, b.id());
+    p.task_done(1, retried.task, &blob_output(b"B"), TransferStats::default());
+    let ds = drain(&mut p);
+    assert!(!ds.iter().any(|d| matches!(d, Decision::JobFailed { .. })), "{ds:?}");
+}
+
 #[test]
 fn slots_are_never_exceeded() {
     let mut p = Planner::new();
@@ -149,19 +206,12 @@ fn targets_living_only_in_a_cache_are_uploaded_then_the_job_is_done() {
 #[test]
 fn lost_node_output_is_recomputed_from_its_thunk() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
-    let a = thunk("a", &[]);
-    let b = thunk("b", &[]);
-    let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
-    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
-    let mut first = assigns(&drain(&mut p));
-    first.sort_by_key(|x| x.thunk != a.id());
-    let (on_a, on_b) = (first[0].node, first[1].node);
-    p.task_done(first[0].node, first[0].task, &blob_output(b"A"), TransferStats::default());
+    let ([a, _, c], first_a, first_b) = two_producers_one_consumer(&mut p);
+    let (on_a, on_b) = (first_a.node, first_b.node);
+    p.task_done(on_a, first_a.task, &blob_output(b"A"), TransferStats::default());
     // The node that ran `a` dies before `b` is done: `a`'s only copy is gone.
     p.node_left(on_a);
-    p.task_done(first[1].node, first[1].task, &blob_output(b"B"), TransferStats::default());
+    p.task_done(on_b, first_b.task, &blob_output(b"B"), TransferStats::default());
     let again = assigns(&drain(&mut p));
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].thunk, again[0].node), (a.id(), on_b), "a runs again on the survivor");

@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -99,6 +99,9 @@ pub enum ToRendezvous {
     Nat(NatKind),
     /// A client asks for the registered nodes (answered with `Status`).
     Status,
+    /// Objects a node removed from its cache to stay within its budget, in pieces of at most
+    /// [`HOLDS_PER_MESSAGE`]: no task is sent there for them any more.
+    Dropped(Vec<Id>),
 }
 
 /// How a node's NAT (if any) maps its one UDP socket to public addresses, learned from what two
@@ -703,6 +706,7 @@ mod tests {
             Just(ToRendezvous::Drain),
             Just(ToRendezvous::Status),
             proptest::collection::vec(arb_id(), 0..4).prop_map(ToRendezvous::Holds),
+            proptest::collection::vec(arb_id(), 0..4).prop_map(ToRendezvous::Dropped),
             Just(ToRendezvous::Nat(NatKind::EndpointDependent)),
         ]
     }

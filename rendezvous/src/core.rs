@@ -235,6 +235,7 @@ impl Core {
         match msg {
             ToRendezvous::Submit(sub) => self.submit(from, sub),
             ToRendezvous::Holds(held) if is_node => self.holds(from, held),
+            ToRendezvous::Dropped(dropped) if is_node => self.planner.node_dropped(from, &dropped),
             ToRendezvous::Done(d) if is_node => self.planner.task_done(from, d.task, &d.outputs, d.stats),
             ToRendezvous::Failed(f) if is_node => {
                 if f.error.code == ErrorCode::InputUnavailable {

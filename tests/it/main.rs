@@ -2,6 +2,7 @@
 //! loopback, real sandboxes. One test binary; modules by theme.
 
 mod bad_jobs;
+mod cache_budget;
 mod examples;
 mod failures;
 mod flood;
