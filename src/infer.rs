@@ -221,7 +221,10 @@ fn what_to_describe(args: &DescribeArgs) -> Result<(Id, Thunk)> {
 
 async fn print_description(args: &DescribeArgs, (id, thunk): &(Id, Thunk)) -> Result<()> {
     let store = open_store(args.store.as_deref(), &args.state_dir)?;
-    let memo = store.get_reduction(*id).await?;
+    let memo = match store.get_reduction(*id).await? {
+        Some(outputs) => Some(outputs),
+        None => store.batched_reductions().await?.remove(id),
+    };
     let source = |r: &Ref| match r {
         Ref::Blob(_) => "a file's bytes, recorded",
         Ref::Output { .. } => "an output of another recorded thunk",

@@ -231,6 +231,15 @@ async fn lookup(store: &Store, memo: Memo, thunks: impl Iterator<Item = Id>) -> 
     if memo == Memo::Off {
         return thunks.into_iter().map(|id| (id, Ok(None))).collect();
     }
+    let batched = match store.batched_reductions().await {
+        Ok(batched) => batched,
+        Err(e) => {
+            warn!(error = %e, "cannot read the memo cache's batches; they count as absent");
+            Default::default()
+        }
+    };
+    let (in_batches, thunks): (Vec<Id>, Vec<Id>) = thunks.into_iter().partition(|id| batched.contains_key(id));
+    let from_batches = in_batches.into_iter().map(|id| (id, Ok(batched.get(&id).cloned())));
     let listed = match store.memoized(thunks.len() as u64 / LOOKUPS_PER_PAGE).await {
         Ok(listed) => listed,
         Err(e) => {
@@ -246,6 +255,7 @@ async fn lookup(store: &Store, memo: Memo, thunks: impl Iterator<Item = Id>) -> 
         .collect()
         .await;
     found.extend(absent.into_iter().map(|id| (id, Ok(None))));
+    found.extend(from_batches);
     found
 }
 
@@ -327,18 +337,60 @@ async fn submit(
     target: &Target,
     reporter: &mut dyn Reporter,
 ) -> Result<JobOutcome, RunError> {
-    let mut session = Session::open(target).await?;
+    let (mut session, recv) = Session::open(target).await?;
     send_msg(&mut session.send, &ToRendezvous::Submit(sub.clone())).await?;
-    let mut memo_writes = JoinSet::new();
-    let result = follow(&mut session.recv, records, &mut memo_writes, reporter).await;
+    let mut log =
+        MemoLog { store: records.cloned(), pending: Vec::new(), flushed: Instant::now(), writes: JoinSet::new() };
+    let result = follow(recv, &mut log, reporter).await;
     // Reductions of what completed are recorded even when the job failed: a rerun resumes.
-    while let Some(done) = memo_writes.join_next().await {
+    log.flush();
+    while let Some(done) = log.writes.join_next().await {
         if let Ok(Err(e)) = done {
-            warn!(error = %e, "could not record a memo entry");
+            warn!(error = %e, "could not record memo entries");
         }
     }
     session.close();
     result
+}
+
+/// Memo entries pile up here and are written in batches (`Store::put_reductions`): when
+/// [`MEMO_BATCH`] are waiting, at the first message after [`MEMO_FLUSH`] has passed since the
+/// last write, and when the job ends, failed or not. A client that dies mid-job loses the entries
+/// still waiting: at most that many seconds' or entries' worth of thunks run again next time.
+struct MemoLog {
+    store: Option<Store>,
+    pending: Vec<(Id, Vec<(String, Id)>)>,
+    flushed: Instant,
+    writes: JoinSet<Result<(), StoreError>>,
+}
+
+/// Entries that make a batch write at once.
+pub const MEMO_BATCH: usize = 512;
+
+/// Longest a recorded entry waits for its batch while messages keep coming.
+pub const MEMO_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl MemoLog {
+    fn record(&mut self, thunk: Id, outputs: Vec<(String, Id)>) {
+        if self.store.is_none() {
+            return;
+        }
+        self.pending.push((thunk, outputs));
+        self.maybe_flush();
+    }
+
+    fn maybe_flush(&mut self) {
+        if self.pending.len() >= MEMO_BATCH || self.flushed.elapsed() >= MEMO_FLUSH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flushed = Instant::now();
+        let (Some(store), false) = (self.store.clone(), self.pending.is_empty()) else { return };
+        let batch = std::mem::take(&mut self.pending);
+        self.writes.spawn(async move { store.put_reductions(&batch).await });
+    }
 }
 
 /// A client's admitted connection to a rendezvous and its control stream.
@@ -346,11 +398,11 @@ struct Session {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
 }
 
 impl Session {
-    async fn open(target: &Target) -> Result<Session, RunError> {
+    /// The session and its control stream's receiving side.
+    async fn open(target: &Target) -> Result<(Session, quinn::RecvStream), RunError> {
         let addr = thunkmesh_net::resolve(&target.rendezvous).await?;
         let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
         let bind = bind.parse().map_err(|_| NetError::Closed("a bind address"))?;
@@ -361,7 +413,7 @@ impl Session {
         let hello = Hello { version: PROTOCOL_VERSION, token: target.token.clone(), role: Role::Client };
         send_msg(&mut send, &hello).await?;
         match recv_msg::<FromRendezvous>(&mut recv).await? {
-            Some(FromRendezvous::Welcome { .. }) => Ok(Session { endpoint, conn, send, recv }),
+            Some(FromRendezvous::Welcome { .. }) => Ok((Session { endpoint, conn, send }, recv)),
             Some(FromRendezvous::Refused(e)) => Err(RunError::Refused(e)),
             _ => Err(RunError::Disconnected),
         }
@@ -375,9 +427,9 @@ impl Session {
 
 /// The nodes registered with the rendezvous at `target`.
 pub async fn status(target: &Target) -> Result<Vec<NodeStatus>, RunError> {
-    let mut session = Session::open(target).await?;
+    let (mut session, mut recv) = Session::open(target).await?;
     send_msg(&mut session.send, &ToRendezvous::Status).await?;
-    let reply = recv_msg::<FromRendezvous>(&mut session.recv).await;
+    let reply = recv_msg::<FromRendezvous>(&mut recv).await;
     session.close();
     match reply? {
         Some(FromRendezvous::Status(nodes)) => Ok(nodes),
@@ -387,20 +439,24 @@ pub async fn status(target: &Target) -> Result<Vec<NodeStatus>, RunError> {
 }
 
 async fn follow(
-    recv: &mut quinn::RecvStream,
-    records: Option<&Store>,
-    memo_writes: &mut JoinSet<Result<(), StoreError>>,
+    recv: quinn::RecvStream,
+    log: &mut MemoLog,
     reporter: &mut dyn Reporter,
 ) -> Result<JobOutcome, RunError> {
+    let (_reader, mut inbox) = thunkmesh_net::reader::<FromRendezvous>(recv);
+    let mut flush = tokio::time::interval(MEMO_FLUSH);
     loop {
-        match recv_msg::<FromRendezvous>(recv).await {
-            Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
-            Ok(Some(FromRendezvous::Resolved(r))) => {
-                if let Some(store) = records.cloned() {
-                    memo_writes
-                        .spawn(async move { store.put_reduction(r.reduction.thunk, &r.reduction.outputs).await });
-                }
+        let msg = tokio::select! {
+            msg = inbox.recv() => msg.transpose(),
+            _ = flush.tick() => {
+                log.flush();
+                continue;
             }
+        };
+        log.maybe_flush();
+        match msg {
+            Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
+            Ok(Some(FromRendezvous::Resolved(r))) => log.record(r.reduction.thunk, r.reduction.outputs),
             Ok(Some(FromRendezvous::JobDone(outcome))) => return Ok(outcome),
             Ok(Some(FromRendezvous::JobFailed(e))) => return Err(RunError::JobFailed(e)),
             Ok(Some(FromRendezvous::Refused(e))) => return Err(RunError::Refused(e)),

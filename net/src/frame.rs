@@ -24,6 +24,35 @@ where
 
 /// Receives one message of at most [`MAX_FRAME`] bytes from an authenticated peer; `None` when
 /// the stream ended cleanly between frames.
+/// Reads messages from `recv` on a task of its own until the stream ends or fails (the failure is
+/// the last item), so that a frame half-read is never abandoned by a caller that also waits for
+/// something else; the task stops when the returned handle is dropped.
+pub fn reader<T>(
+    mut recv: quinn::RecvStream,
+) -> (crate::AbortOnDrop<()>, tokio::sync::mpsc::Receiver<Result<T, NetError>>)
+where
+    T: rkyv::Archive + Send + 'static,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<HighValidator<'a, rancor::BoxedError>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let task = tokio::spawn(async move {
+        loop {
+            let msg = match recv_msg(&mut recv).await {
+                Ok(Some(m)) => Ok(m),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let stop = msg.is_err();
+            if tx.send(msg).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (crate::AbortOnDrop(task), rx)
+}
+
+/// Reads one message, or `None` at the end of the stream.
 pub async fn recv_msg<T>(stream: &mut quinn::RecvStream) -> Result<Option<T>, NetError>
 where
     T: rkyv::Archive,

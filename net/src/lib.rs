@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use frame::{recv_msg, recv_msg_within, send_msg};
+pub use frame::{reader, recv_msg, recv_msg_within, send_msg};
 pub use tls::{Identity, Trust, fingerprint, parse_fingerprint, write_private};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};

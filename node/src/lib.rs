@@ -30,7 +30,6 @@ use thunkmesh_protocol::wire::{
     ALPN_RENDEZVOUS, FromRendezvous, HOLDS_PER_MESSAGE, Hello, NatKind, NodeHello, PROTOCOL_VERSION, ProbeReply, Role,
     ToRendezvous, WireError,
 };
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -234,25 +233,6 @@ fn local_ip(bound: SocketAddr, rendezvous: SocketAddr) -> std::net::IpAddr {
         .map_or(bound.ip(), |a| a.ip())
 }
 
-/// Reads the rendezvous' control stream on its own task: a frame half-read is never abandoned.
-fn reader(mut recv: quinn::RecvStream) -> (AbortOnDrop<()>, mpsc::Receiver<Result<FromRendezvous, NetError>>) {
-    let (tx, rx) = mpsc::channel(256);
-    let task = tokio::spawn(async move {
-        loop {
-            let msg = match recv_msg(&mut recv).await {
-                Ok(Some(m)) => Ok(m),
-                Ok(None) => return,
-                Err(e) => Err(e),
-            };
-            let stop = msg.is_err();
-            if tx.send(msg).await.is_err() || stop {
-                return;
-            }
-        }
-    });
-    (AbortOnDrop(task), rx)
-}
-
 async fn work(
     ctx: Arc<Ctx>,
     mut send: quinn::SendStream,
@@ -260,7 +240,7 @@ async fn work(
     shutdown: impl Future<Output = ()>,
     idle_exit: Option<Duration>,
 ) -> Result<Worked, NodeError> {
-    let (_reader, mut inbox) = reader(recv);
+    let (_reader, mut inbox) = thunkmesh_net::reader::<FromRendezvous>(recv);
     let mut tasks = Tasks::default();
     let mut worked = Worked::default();
     let mut draining = false;

@@ -7,7 +7,10 @@
 //! Keys: `blobs/<blob id>` holds the bytes; `reductions/<thunk id>` holds a small text record,
 //! `thunkmesh-reduction v1` then one `<blob id> <output name>` line per output. Many memo
 //! entries are found at once by listing `reductions/` (one request per 1,000 keys, counted with
-//! the GETs) rather than asking for each.
+//! the GETs) rather than asking for each. A client records a job's entries in batches instead
+//! (`memo/<random>`: `thunkmesh-reductions v1`, then per thunk a `thunk <thunk id>` line and its
+//! output lines), one PUT per batch rather than per thunk; every batch is read when a job looks
+//! its thunks up, and once there are more than [`COMPACT_AFTER`] they are merged into one.
 //!
 //! URL parameters: `?endpoint=http://host:port` points `s3://` at an S3-compatible server (or
 //! set `AWS_ENDPOINT_URL`); `?latency=s3-standard|s3-express|none` adds the first-byte latency and
@@ -34,6 +37,13 @@ use thunkmesh_protocol::wire::TransferStats;
 use tokio::io::AsyncReadExt;
 
 const REDUCTION_HEADER: &str = "thunkmesh-reduction v1";
+const BATCH_HEADER: &str = "thunkmesh-reductions v1";
+
+/// Batches of memo entries read at a lookup past which they are merged into one.
+pub const COMPACT_AFTER: usize = 8;
+
+/// Memo entries: thunk -> its outputs, by name.
+pub type Reductions = std::collections::HashMap<Id, Vec<(String, Id)>>;
 
 /// Objects larger than this are uploaded in parts, streamed from their file.
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
@@ -299,6 +309,68 @@ impl Store {
         }
     }
 
+    /// Records many thunks' memo entries in one new batch (one PUT).
+    pub async fn put_reductions(&self, entries: &[(Id, Vec<(String, Id)>)]) -> Result<(), StoreError> {
+        let mut text = format!("{BATCH_HEADER}\n");
+        for (thunk, outputs) in entries {
+            text.push_str(&format!("thunk {thunk}\n"));
+            for (name, id) in outputs {
+                text.push_str(&format!("{id} {name}\n"));
+            }
+        }
+        let key = Path::from(format!("memo/{:032x}", rand::random::<u128>()));
+        self.put(key, Bytes::from(text)).await
+    }
+
+    /// Every memo entry recorded in batches: one listing request per 1,000 batches and one GET
+    /// per batch. Past [`COMPACT_AFTER`] batches they are merged into one new batch and the old
+    /// ones deleted (a PUT and a request per batch), so lookups stay a few requests.
+    pub async fn batched_reductions(&self) -> Result<Reductions, StoreError> {
+        let prefix = Path::from("memo");
+        let backend = |source| StoreError::Backend { key: format!("{prefix}/"), source };
+        let mut keys = Vec::new();
+        let mut listing = self.inner.list(Some(&prefix));
+        loop {
+            if (keys.len() as u64).is_multiple_of(LIST_PAGE) {
+                self.counters.gets.fetch_add(1, Ordering::Relaxed);
+                self.latency.wait(0).await;
+            }
+            match listing.next().await {
+                None | Some(Err(object_store::Error::NotFound { .. })) => break,
+                Some(meta) => keys.push(meta.map_err(backend)?.location),
+            }
+        }
+        let reads = keys.iter().map(|key| async move { (key, self.get_small(key).await) });
+        let mut all = Reductions::new();
+        for (key, bytes) in futures::future::join_all(reads).await {
+            let entries =
+                parse_batch(&bytes?).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })?;
+            all.extend(entries);
+        }
+        if keys.len() > COMPACT_AFTER {
+            let merged: Vec<(Id, Vec<(String, Id)>)> = all.iter().map(|(t, o)| (*t, o.clone())).collect();
+            self.put_reductions(&merged).await?;
+            for key in &keys {
+                self.counters.puts.fetch_add(1, Ordering::Relaxed);
+                self.latency.wait(0).await;
+                if let Err(e) = self.inner.delete(key).await {
+                    tracing::warn!(%key, error = %e, "cannot delete a merged memo batch");
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// A small object's bytes, counted as one GET.
+    async fn get_small(&self, key: &Path) -> Result<Bytes, StoreError> {
+        let backend = |source| StoreError::Backend { key: key.to_string(), source };
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.latency.wait(0).await;
+        let bytes = self.inner.get(key).await.map_err(backend)?.bytes().await.map_err(backend)?;
+        self.counters.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
     /// Records a thunk's memo entry.
     pub async fn put_reduction(&self, thunk: Id, outputs: &[(String, Id)]) -> Result<(), StoreError> {
         let mut text = format!("{REDUCTION_HEADER}\n");
@@ -366,14 +438,35 @@ fn parse_reduction(bytes: &[u8]) -> Result<Vec<(String, Id)>, usize> {
     if lines.next() != Some(REDUCTION_HEADER) {
         return Err(1);
     }
-    lines
-        .enumerate()
-        .map(|(i, line)| {
-            let (id, name) = line.split_once(' ').ok_or(i + 2)?;
-            let id: Id = id.parse().map_err(|_| i + 2)?;
-            Ok((name.to_owned(), id))
-        })
-        .collect()
+    lines.enumerate().map(|(i, line)| output_line(line).ok_or(i + 2)).collect()
+}
+
+/// `<blob id> <output name>`: the output's name and its blob.
+fn output_line(line: &str) -> Option<(String, Id)> {
+    let (id, name) = line.split_once(' ')?;
+    Some((name.to_owned(), id.parse().ok()?))
+}
+
+/// Parses a batch of reduction records; the error is the first bad line, 1-based.
+fn parse_batch(bytes: &[u8]) -> Result<Reductions, usize> {
+    let text = std::str::from_utf8(bytes).map_err(|_| 1usize)?;
+    let mut lines = text.lines();
+    if lines.next() != Some(BATCH_HEADER) {
+        return Err(1);
+    }
+    let mut all = Reductions::new();
+    let mut current: Option<Id> = None;
+    for (i, line) in lines.enumerate() {
+        if let Some(thunk) = line.strip_prefix("thunk ") {
+            let thunk: Id = thunk.parse().map_err(|_| i + 2)?;
+            all.insert(thunk, Vec::new());
+            current = Some(thunk);
+            continue;
+        }
+        let output = output_line(line).ok_or(i + 2)?;
+        current.and_then(|t| all.get_mut(&t)).ok_or(i + 2)?.push(output);
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -410,6 +503,30 @@ mod tests {
         assert!(!store.has_blob(id).await.expect("head"), "the corrupt object was removed");
         store.put_blob(id, Bytes::from_static(b"expected")).await.expect("put");
         assert!(store.get_blob_to_file(id, &dest).await.expect("repaired"));
+    }
+
+    #[tokio::test]
+    async fn batches_of_reductions_round_trip_and_are_merged_past_the_limit() {
+        let store = Store::open("memory://").expect("open");
+        let entry = |n: u8| {
+            let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, &[n]);
+            (thunk, vec![("out dir/a b".to_owned(), Id::of_blob(&[n])), ("log".to_owned(), Id::of_blob(b""))])
+        };
+        for n in 0..=COMPACT_AFTER as u8 {
+            store.put_reductions(&[entry(2 * n), entry(2 * n + 1)]).await.expect("put");
+        }
+        let before = store.stats();
+        let all = store.batched_reductions().await.expect("read");
+        assert_eq!(all.len(), 2 * (COMPACT_AFTER + 1));
+        assert_eq!(all.get(&entry(5).0), Some(&entry(5).1));
+        let read = store.stats();
+        // One listing, one GET per batch; then the merged batch and a delete per old one.
+        assert_eq!(read.storage_gets - before.storage_gets, 1 + COMPACT_AFTER as u64 + 1);
+        assert_eq!(read.storage_puts - before.storage_puts, 1 + COMPACT_AFTER as u64 + 1);
+        assert_eq!(store.batched_reductions().await.expect("again"), all, "the merged batch holds them all");
+        assert_eq!(store.stats().storage_gets - read.storage_gets, 2, "a listing and one batch");
+        assert_eq!(parse_batch(b"thunkmesh-reductions v1\nBnot-an-id out\n"), Err(2));
+        assert_eq!(parse_batch(b"thunkmesh-reductions v1\nthunk T1\n"), Err(2));
     }
 
     #[tokio::test]

@@ -241,3 +241,53 @@ fn a_test_that_only_prints_is_a_thunk_and_a_failure_shows_what_it_printed() {
     assert_eq!(counts, (0, 1), "the pass is memoized, the failure runs again: {}", again.stdout);
     assert!(again.stdout.contains("FAIL: expected 6, got 5"), "{}", again.stdout);
 }
+
+/// Four quick thunks, then one that reads them and runs `last`.
+fn gathering_job(last: &str) -> String {
+    let mut job = String::new();
+    for i in 0..4 {
+        job += &format!(
+            "[[thunk]]\nname = \"part-{i}\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"echo {i} > out\"]\n\
+             outputs = [\"out\"]\n\n"
+        );
+    }
+    let inputs: Vec<String> = (0..4).map(|i| format!("\"p{i}\" = \"part-{i}#out\"")).collect();
+    job + &format!(
+        "[[thunk]]\nname = \"all\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"{last}; cat p0 p1 p2 p3 > out\"]\n\
+         env = {{ PATH = \"/usr/bin:/bin\" }}\ninputs = {{ {} }}\noutputs = [\"out\"]\ntimeout = \"5m\"\n\n\
+         [targets]\n\"all.txt\" = \"all#out\"\n",
+        inputs.join(", ")
+    )
+}
+
+/// Issue 14: memo entries are written in batches. A client killed while a long thunk runs has
+/// already written the entries of what finished more than a couple of seconds before (the
+/// batch is flushed every 2 s), so a rerun runs only what had not finished.
+#[test]
+fn a_client_killed_mid_job_keeps_the_memo_entries_of_what_finished() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = write(dir.path(), &[("job.toml", &gathering_job("sleep 120"))]);
+    let mut client = crate::util::thunkmesh()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&job)
+        .args(["--workers", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let batches = dir.path().join(".thunkmesh/store/memo");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_dir(&batches).map_or(0, |d| d.count()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no batch of memo entries was written while `all` ran");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    client.kill().expect("kill");
+    client.wait().expect("wait");
+    // The orphaned node leaves when its rendezvous (in the killed client) is silent for 4 s.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let fixed = write(dir.path(), &[("job.toml", &gathering_job("true"))]);
+    let rerun = run_in(dir.path(), &fixed, &["--workers", "1"]);
+    rerun.ok();
+    assert_eq!(rerun.out("all.txt"), b"0\n1\n2\n3\n");
+    assert_eq!(rerun.num("thunks_executed"), 1, "the four parts came from the memo cache: {}", rerun.summary);
+}

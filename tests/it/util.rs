@@ -115,6 +115,15 @@ pub fn finish(dir: &Path, output: Output) -> Run {
     }
 }
 
+/// The PUTs a p2p run made beyond `others` (one per input and target): its batches of memo
+/// entries, asserted to be one at the end and at most one more per 2 s the run took.
+pub fn memo_batches(run: &Run, others: u64) -> u64 {
+    let batches = run.num("storage_put_requests") - others;
+    let most = 1 + run.num("wall_ms") / 2000;
+    assert!((1..=most).contains(&batches), "{batches} memo PUTs beyond one per input and target; at most {most}");
+    batches
+}
+
 /// Runs a shell script of an example and returns its stdout.
 pub fn shell(script: &Path, args: &[&Path]) -> Vec<u8> {
     let out = Command::new("sh").arg(script).args(args).output().expect("run sh");
