@@ -131,6 +131,20 @@ impl Cache {
         }
     }
 
+    /// Removes the objects no task pins, as the rendezvous asked (no thunk will read them again);
+    /// returns how many went. A pinned one stays until its budget evicts it.
+    pub fn discard(&self, ids: &[Id]) -> usize {
+        let mut index = self.lock();
+        let mut removed = 0;
+        for &id in ids {
+            if !index.lru.is_pinned(id) && index.lru.remove(id) {
+                let _ = std::fs::remove_file(self.path(id));
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Bytes held, and the budget.
     pub fn usage(&self) -> (u64, u64) {
         let index = self.lock();

@@ -31,7 +31,7 @@ use thunkmesh_protocol::wire::{
     ToRendezvous, WireError,
 };
 use tokio::task::JoinSet;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use cache::{Cache, CacheError};
 use exec::Ctx;
@@ -329,6 +329,10 @@ impl Tasks {
                 }
                 Err(_) => warn!(%addr, "ignoring an introduction to an address that is not ip:port"),
             },
+            FromRendezvous::Drop(blobs) => {
+                let removed = ctx.cache.discard(&blobs);
+                debug!(asked = blobs.len(), removed, "dropped objects no thunk will read again");
+            }
             FromRendezvous::Cancel { task } => {
                 // The program is killed with its process group; the sandbox is emptied for reuse.
                 if let Some(handle) = self.forcing.remove(&task) {

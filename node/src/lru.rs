@@ -68,6 +68,11 @@ impl Lru {
         }
     }
 
+    /// Whether a task pins the object.
+    pub fn is_pinned(&self, id: Id) -> bool {
+        self.pins.contains_key(&id)
+    }
+
     /// Undoes one [`Lru::pin`].
     pub fn unpin(&mut self, id: Id) {
         if let Some(n) = self.pins.get_mut(&id) {

@@ -147,6 +147,7 @@ async fn serve_stream(
         return Err(NetError::Closed("a valid token"));
     }
     admit();
+    cache.touch(blob);
     let file = match cache.has(blob) {
         true => open_blocking(cache.path(blob)).await.ok(),
         false => None,

@@ -104,6 +104,9 @@ pub(crate) struct Job {
     waiters: HashMap<Id, BTreeSet<Id>>,
     resolve_waiters: HashMap<Id, Vec<Id>>,
     producers: HashMap<Id, Id>,
+    /// A thunk of the job returned a tail: outputs may be read through it by thunks that are
+    /// not their producer's consumers, so none is dropped early.
+    has_tails: bool,
     resolved_out: Vec<(String, Reduction)>,
     executed: BTreeSet<Id>,
     pub(crate) upload_requested: BTreeSet<Id>,
@@ -153,6 +156,7 @@ impl Job {
             waiters: HashMap::new(),
             resolve_waiters: HashMap::new(),
             producers: HashMap::new(),
+            has_tails: false,
             resolved_out: Vec::new(),
             executed: BTreeSet::new(),
             upload_requested: BTreeSet::new(),
@@ -205,6 +209,22 @@ impl Job {
             self.entries.insert(id, entry);
         }
         Ok(())
+    }
+
+    /// Whether no thunk of the job will read `blob` any more: its producer's consumers are all
+    /// done or given up, and no target is it. Unknown for a job with tails (`false`).
+    pub(crate) fn no_longer_needs(&self, blob: Id) -> bool {
+        let Some(&producer) = self.producers.get(&blob) else { return false };
+        let finished =
+            |t: &Id| self.entries.get(t).is_some_and(|e| matches!(e.state, State::Done { .. } | State::Failed));
+        !self.has_tails
+            && self.consumers(producer).iter().all(finished)
+            && !self.targets.iter().any(|t| matches!(self.resolve(t), Resolved::Blob(b) if b == blob))
+    }
+
+    /// Whether a thunk of the job made `blob`.
+    pub(crate) fn produces(&self, blob: Id) -> bool {
+        self.producers.contains_key(&blob)
     }
 
     /// The thunks that read an output of `thunk`.
@@ -573,6 +593,7 @@ impl Job {
                     Value::Blob(*blob)
                 }
                 OutputValue::Tail { blob, thunks, result } => {
+                    self.has_tails = true;
                     placed.push(*blob);
                     placed.extend(self.add_tail(&name, out, thunks, result)?);
                     self.demand_ref(result);

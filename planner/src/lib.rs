@@ -94,6 +94,14 @@ pub enum Decision {
         /// Targets and counts.
         outcome: JobOutcome,
     },
+    /// Remove objects from a node's cache: no thunk of any job will read them any more (see
+    /// [`EARLY_DROP_BYTES`]).
+    Drop {
+        /// The node holding them.
+        node: NodeId,
+        /// The objects.
+        blobs: Vec<Id>,
+    },
     /// Stop a task: a copy of the same thunk finished first.
     Cancel {
         /// Where it runs.
@@ -215,6 +223,10 @@ enum Choice {
     /// No node can take it now.
     Later,
 }
+
+/// Objects of at least this size are removed from node caches as soon as no thunk of any job
+/// will read them (smaller ones stay for reruns, within the cache budget).
+pub const EARLY_DROP_BYTES: u64 = 1 << 20;
 
 /// The scheduling state machine. See the crate documentation.
 #[derive(Debug, Default)]
@@ -503,7 +515,30 @@ impl Planner {
                 self.objects.entry(blob).or_default().stores.insert(store);
             }
         }
+        self.drop_unneeded(&info.inputs);
         self.settle(info.job);
+    }
+
+    /// Asks every node holding one of `blobs` (inputs of a task that just ended) to remove it
+    /// when it is large and no thunk of any job will read it again: a chain of large objects
+    /// then holds a few, not all. Smaller objects stay for reruns (a changed source reuses the
+    /// unchanged objects) until a cache's budget evicts them.
+    fn drop_unneeded(&mut self, blobs: &[Id]) {
+        let mut by_node: BTreeMap<NodeId, Vec<Id>> = BTreeMap::new();
+        for &blob in blobs.iter().filter(|b| b.size >= EARLY_DROP_BYTES) {
+            let dead = self.jobs.values().all(|j| j.no_longer_needs(blob) || !j.produces(blob));
+            let produced = self.jobs.values().any(|j| j.produces(blob));
+            if !(dead && produced) {
+                continue;
+            }
+            for node in self.holders(blob) {
+                self.unplace(blob, node);
+                by_node.entry(node).or_default().push(blob);
+            }
+        }
+        for (node, blobs) in by_node {
+            self.out.push_back(Decision::Drop { node, blobs });
+        }
     }
 
     /// A task failed. A fault of the thunk fails the job (or, in a job that keeps going, that

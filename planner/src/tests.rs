@@ -171,6 +171,34 @@ fn a_consumer_sent_for_an_evicted_object_makes_the_planner_rerun_its_producer() 
     assert!(!ds.iter().any(|d| matches!(d, Decision::JobFailed { .. })), "{ds:?}");
 }
 
+/// Issue 14: a large intermediate leaves the caches once its consumers are done; a small one
+/// stays for reruns, and so does a target.
+#[test]
+fn a_large_object_no_thunk_will_read_is_dropped_from_its_node() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("in", out(&a))]);
+    let c = thunk("c", &[("in", out(&b))]);
+    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("job");
+    let large = Id::blob([1; 32], crate::EARLY_DROP_BYTES);
+    let small = Id::blob([2; 32], crate::EARLY_DROP_BYTES - 1);
+    let (mut drops, mut ds) = (Vec::new(), drain(&mut p));
+    for (thunk, output) in [(&a, large), (&b, small), (&c, large)] {
+        let run = assigns(&ds).remove(0);
+        assert_eq!(run.thunk, thunk.id());
+        p.task_done(1, run.task, &[("out".into(), OutputValue::Blob(output))], TransferStats::default());
+        ds = drain(&mut p);
+        let dropped = ds.iter().filter_map(|d| match d {
+            Decision::Drop { node, blobs } => Some((*node, blobs.clone())),
+            _ => None,
+        });
+        drops.extend(dropped);
+    }
+    answer_uploads(&mut p, &ds);
+    assert_eq!(drops, vec![(1, vec![large])], "a's output once b is done; not b's (small), not c's (the target)");
+}
+
 #[test]
 fn slots_are_never_exceeded() {
     let mut p = Planner::new();

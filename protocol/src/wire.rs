@@ -201,6 +201,8 @@ pub enum FromRendezvous {
     },
     /// The registered nodes (to a client that asked).
     Status(Vec<NodeStatus>),
+    /// Remove these objects from the cache: no thunk will read them again (to a node).
+    Drop(Vec<Id>),
 }
 
 /// How intermediate outputs travel.
@@ -784,6 +786,7 @@ mod tests {
             (".{0,12}", any::<[u8; 32]>())
                 .prop_map(|(addr, fingerprint)| FromRendezvous::Introduce { addr, fingerprint }),
             arb_error().prop_map(FromRendezvous::Refused),
+            proptest::collection::vec(arb_id(), 0..4).prop_map(FromRendezvous::Drop),
             (any::<u64>(), arb_id(), ".{0,12}").prop_map(|(job, blob, store)| FromRendezvous::Upload(UploadRequest {
                 job,
                 blob,

@@ -307,6 +307,7 @@ impl Core {
                 }
                 Decision::Drained { node } => self.send(node, FromRendezvous::Drained),
                 Decision::Cancel { node, task } => self.send(node, FromRendezvous::Cancel { task }),
+                Decision::Drop { node, blobs } => self.send(node, FromRendezvous::Drop(blobs)),
                 Decision::JobFailed { job, error } => {
                     info!(job, error = %error.message, "job failed");
                     self.send(job, FromRendezvous::JobFailed(error));

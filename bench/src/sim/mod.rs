@@ -239,7 +239,7 @@ impl<'a> Sim<'a> {
                 Decision::Resolved { .. } => self.out.memo_records += 1,
                 Decision::JobDone { .. } => return Ok(true),
                 Decision::JobFailed { error, .. } => bail!("the job failed: {}", error.message),
-                Decision::Drained { .. } => {}
+                Decision::Drained { .. } | Decision::Drop { .. } => {}
                 Decision::Cancel { task, .. } => {
                     self.cancelled.insert(task);
                 }
