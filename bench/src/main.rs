@@ -18,6 +18,7 @@ mod report;
 mod sim;
 mod simulate;
 mod transfer;
+mod versus;
 mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ enum Sub {
     Infer(infer::InferArgs),
     /// One object fetched between two nodes on loopback, by size: rate, CPU per GiB, memory.
     Transfer(transfer::TransferArgs),
+    /// The data-heavy workloads by thunkmesh, a shell pipeline, Dask and Ray, side by side.
+    Versus(versus::VersusArgs),
 }
 
 /// Options of the real benchmark.
@@ -108,6 +111,7 @@ fn main() -> Result<()> {
         Some(Sub::Footprint(args)) => footprint::main(&args),
         Some(Sub::Infer(args)) => infer::main(&args),
         Some(Sub::Transfer(args)) => transfer::main(&args),
+        Some(Sub::Versus(args)) => versus::main(&args),
         None => bench(&cli.bench),
     }
 }

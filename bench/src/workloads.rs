@@ -8,7 +8,7 @@ use clap::ValueEnum;
 /// Length of the chain workloads.
 pub const CHAIN: usize = 100;
 /// Producers, reducers and bytes per producer of the fan-in workload.
-const FAN_IN: (usize, usize, usize) = (64, 8, 4 << 20);
+pub const FAN_IN: (usize, usize, usize) = (64, 8, 4 << 20);
 /// Thunks of the no-op workload (a final thunk gathers them).
 pub const NOOPS: usize = 2000;
 
@@ -28,7 +28,8 @@ pub enum Workload {
     #[value(name = "chain-16m")]
     #[serde(rename = "chain-16m")]
     Chain16m,
-    /// 64 producers of 4 MiB, 8 reducers, 1 final thunk.
+    /// 64 producers of 4 MiB, 8 reducers concatenating 8 each (32 MiB), 1 final thunk counting
+    /// the 256 MiB.
     FanIn,
     /// The C example: compile per file, link, run.
     Cc,
@@ -67,9 +68,9 @@ impl Workload {
     pub fn write(self, dir: &Path, repo: &Path) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let text = match self {
-            Workload::Chain1k => chain(dir, 1 << 10)?,
-            Workload::Chain1m => chain(dir, 1 << 20)?,
-            Workload::Chain16m => chain(dir, 16 << 20)?,
+            Workload::Chain1k => chain(dir, 1 << 10, CHAIN)?,
+            Workload::Chain1m => chain(dir, 1 << 20, CHAIN)?,
+            Workload::Chain16m => chain(dir, 16 << 20, CHAIN)?,
             Workload::FanIn => fan_in(),
             Workload::Cc => return Ok(repo.join("examples/cc/job.toml")),
             Workload::Noop => noop(),
@@ -93,11 +94,13 @@ fn seed_bytes(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn chain(dir: &Path, size: usize) -> std::io::Result<String> {
+/// `length` thunks, each `dd conv=swab` of the previous output, from a `size`-byte `seed.bin`
+/// written into `dir`.
+pub fn chain(dir: &Path, size: usize, length: usize) -> std::io::Result<String> {
     std::fs::write(dir.join("seed.bin"), seed_bytes(size))?;
     let mut text = String::from("[values]\nseed = \"seed.bin\"\n\n");
     let mut prev = "seed".to_owned();
-    for i in 0..CHAIN {
+    for i in 0..length {
         let _ = write!(
             text,
             "[[thunk]]\nname = \"hop-{i}\"\nprogram = {{ host = \"/usr/bin/dd\" }}\n\
@@ -110,7 +113,9 @@ fn chain(dir: &Path, size: usize) -> std::io::Result<String> {
     Ok(text)
 }
 
-fn fan_in() -> String {
+/// 64 producers of 4 MiB, 8 reducers concatenating 8 of them each, a final thunk counting the
+/// bytes of the 8 results.
+pub fn fan_in() -> String {
     let (producers, reducers, bytes) = FAN_IN;
     let per = producers / reducers;
     let mut text = String::new();
@@ -127,7 +132,7 @@ fn fan_in() -> String {
         let _ = write!(
             text,
             "[[thunk]]\nname = \"reduce-{r}\"\nprogram = {{ host = \"/bin/sh\" }}\n\
-             args = [\"-c\", \"cat in* | wc -c > out\"]\nenv = {{ PATH = \"/usr/bin:/bin\" }}\n\
+             args = [\"-c\", \"cat in* > out\"]\nenv = {{ PATH = \"/usr/bin:/bin\" }}\n\
              inputs = {{ {} }}\noutputs = [\"out\"]\n\n",
             inputs.join(", ")
         );
@@ -135,7 +140,7 @@ fn fan_in() -> String {
     let inputs: Vec<String> = (0..reducers).map(|r| format!("\"r{r}\" = \"reduce-{r}#out\"")).collect();
     let _ = write!(
         text,
-        "[[thunk]]\nname = \"total\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"cat r* > out\"]\n\
+        "[[thunk]]\nname = \"total\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"cat r* | wc -c > out\"]\n\
          env = {{ PATH = \"/usr/bin:/bin\" }}\ninputs = {{ {} }}\noutputs = [\"out\"]\n\n\
          [targets]\n\"total.txt\" = \"total#out\"\n",
         inputs.join(", ")
