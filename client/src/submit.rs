@@ -231,7 +231,10 @@ async fn lookup(store: &Store, memo: Memo, thunks: impl Iterator<Item = Id>) -> 
     if memo == Memo::Off {
         return thunks.into_iter().map(|id| (id, Ok(None))).collect();
     }
-    let batched = match store.batched_reductions().await {
+    // Both listings at once: against S3 each costs a first-byte latency.
+    let pages = thunks.len() as u64 / LOOKUPS_PER_PAGE;
+    let (batched, listed) = futures::join!(store.batched_reductions(), store.memoized(pages));
+    let batched = match batched {
         Ok(batched) => batched,
         Err(e) => {
             warn!(error = %e, "cannot read the memo cache's batches; they count as absent");
@@ -240,7 +243,7 @@ async fn lookup(store: &Store, memo: Memo, thunks: impl Iterator<Item = Id>) -> 
     };
     let (in_batches, thunks): (Vec<Id>, Vec<Id>) = thunks.into_iter().partition(|id| batched.contains_key(id));
     let from_batches = in_batches.into_iter().map(|id| (id, Ok(batched.get(&id).cloned())));
-    let listed = match store.memoized(thunks.len() as u64 / LOOKUPS_PER_PAGE).await {
+    let listed = match listed {
         Ok(listed) => listed,
         Err(e) => {
             warn!(error = %e, "cannot list the memo cache; asking for each thunk");

@@ -184,6 +184,10 @@ pub fn transport_expecting_rtt(rtt: Duration) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// The largest UDP payload path MTU discovery tries: a 9,001-byte jumbo frame less IPv6 and UDP
+/// headers.
+const MAX_UDP_PAYLOAD: u16 = 8_953;
+
 /// Every connection's settings; an accepted one then starts on a stranger's budget. The send
 /// window bounds what this process buffers unacknowledged per connection, the receive windows
 /// what a peer can make it buffer (see [`STREAM_WINDOW`]).
@@ -192,6 +196,12 @@ fn transport_config() -> quinn::TransportConfig {
     t.stream_receive_window(STREAM_WINDOW.into());
     t.receive_window(AUTHENTICATED_WINDOW.into());
     t.send_window(AUTHENTICATED_WINDOW.into());
+    // Probe for jumbo frames (AWS VPCs carry 9,001 bytes; loopback 65,536): every datagram costs
+    // the receiving thread about the same, whatever its size. Where the path does not carry
+    // them the probes are lost and the size stays at what it found.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("a few seconds fit in a QUIC idle timeout")));
     t.max_concurrent_bidi_streams(AUTHENTICATED_STREAMS.into());
