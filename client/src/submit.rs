@@ -165,9 +165,19 @@ pub async fn run_job(
     let uploaded = upload_values(job, store, &scan).await?;
     submission.stored = uploaded.into_iter().chain(scan.stored).collect();
     reporter.phase("waiting for nodes");
-    let records = (memo == Memo::On).then_some(store);
-    let outcome = submit(&submission, records, target, reporter).await?;
-    let targets = write_targets(job, store, &outcome, out_dir).await?;
+    let mut log = MemoLog::new((memo == Memo::On).then(|| store.clone()));
+    let outcome = submit(&submission, &mut log, target, reporter).await;
+    // The last batch of memo entries goes to storage while the targets come out of it; entries
+    // of what completed are recorded even when the job failed, so a rerun resumes.
+    let targets = async {
+        match &outcome {
+            Ok(outcome) => write_targets(job, store, outcome, out_dir).await.map(Some),
+            Err(_) => Ok(None),
+        }
+    };
+    let (targets, ()) = futures::join!(targets, log.finish());
+    let outcome = outcome?;
+    let targets = targets?.unwrap_or_default();
     let summary = Summary::new(&outcome, store.stats(), targets, started.elapsed(), job_started.elapsed());
     Ok(Summary { keep_going, ..summary })
 }
@@ -333,25 +343,16 @@ async fn upload_values(job: &LoadedJob, store: &Store, scan: &MemoScan) -> Resul
     uploads.collect::<Vec<_>>().await.into_iter().collect()
 }
 
-/// Submits the job and follows it; reductions are recorded in `records`, if given.
+/// Submits the job and follows it; reductions go to `log`.
 async fn submit(
     sub: &Submission,
-    records: Option<&Store>,
+    log: &mut MemoLog,
     target: &Target,
     reporter: &mut dyn Reporter,
 ) -> Result<JobOutcome, RunError> {
     let (mut session, recv) = Session::open(target).await?;
     send_msg(&mut session.send, &ToRendezvous::Submit(sub.clone())).await?;
-    let mut log =
-        MemoLog { store: records.cloned(), pending: Vec::new(), flushed: Instant::now(), writes: JoinSet::new() };
-    let result = follow(recv, &mut log, reporter).await;
-    // Reductions of what completed are recorded even when the job failed: a rerun resumes.
-    log.flush();
-    while let Some(done) = log.writes.join_next().await {
-        if let Ok(Err(e)) = done {
-            warn!(error = %e, "could not record memo entries");
-        }
-    }
+    let result = follow(recv, log, reporter).await;
     session.close();
     result
 }
@@ -374,6 +375,21 @@ pub const MEMO_BATCH: usize = 512;
 pub const MEMO_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl MemoLog {
+    /// A log writing to `store` (`None`: the memo cache is not written).
+    fn new(store: Option<Store>) -> MemoLog {
+        MemoLog { store, pending: Vec::new(), flushed: Instant::now(), writes: JoinSet::new() }
+    }
+
+    /// Writes what is waiting and waits for every write.
+    async fn finish(&mut self) {
+        self.flush();
+        while let Some(done) = self.writes.join_next().await {
+            if let Ok(Err(e)) = done {
+                warn!(error = %e, "could not record memo entries");
+            }
+        }
+    }
+
     fn record(&mut self, thunk: Id, outputs: Vec<(String, Id)>) {
         if self.store.is_none() {
             return;
