@@ -2,11 +2,11 @@
 //! survives the node (a restarted node announces what it still holds). Files enter it only by
 //! rename from a temporary file whose bytes were hashed, so a half-written object is never
 //! visible under its id. Cached files are read-only (mode 0555): sandboxes hard-link them as
-//! inputs rather than copying them. The cache keeps to a byte budget: when an object enters and
-//! the held bytes exceed it, the least recently used objects that no task on the node pins are
-//! removed ([`crate::lru`]) when the node calls [`Cache::evict`], after each task it reports
-//! (its pins released), and the node tells the rendezvous which, so that the planner does not
-//! count on a copy that is gone.
+//! inputs rather than copying them. The cache keeps to a byte budget: after each task it reports
+//! (its pins released) the node calls [`Cache::evict`], which removes the least recently used
+//! objects no task on the node pins while the held bytes exceed the budget (the index in
+//! `lru.rs`), and tells the rendezvous which, so that the planner does not count on a copy that
+//! is gone.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
