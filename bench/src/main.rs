@@ -10,6 +10,7 @@
 //! system, not thunkmesh. Between runs only large files are removed (to bound disk use); the
 //! rest goes when the benchmark is over.
 
+mod delay;
 mod footprint;
 mod infer;
 mod mesh;
@@ -56,6 +57,9 @@ enum Sub {
     Transfer(transfer::TransferArgs),
     /// The data-heavy workloads by thunkmesh, a shell pipeline, Dask and Ray, side by side.
     Versus(versus::VersusArgs),
+    /// A delay line on a TUN device (started by `transfer --link` inside a router namespace).
+    #[command(hide = true)]
+    DelayLine(delay::DelayArgs),
 }
 
 /// Options of the real benchmark.
@@ -112,6 +116,7 @@ fn main() -> Result<()> {
         Some(Sub::Infer(args)) => infer::main(&args),
         Some(Sub::Transfer(args)) => transfer::main(&args),
         Some(Sub::Versus(args)) => versus::main(&args),
+        Some(Sub::DelayLine(args)) => delay::main(&args),
         None => bench(&cli.bench),
     }
 }

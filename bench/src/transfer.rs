@@ -8,6 +8,12 @@
 //! machine whose page cache is slow to take fresh memory, that rate, not the network, bounds a
 //! fetch.
 //!
+//! `--link 1ms,30ms` measures instead between two hosts in network namespaces joined by a router
+//! whose forwarding passes a delay line (`delay.rs`: each packet is delayed by the given one-way
+//! time in each direction, and serialised at `--link-mbit`), as `tc netem delay` on both hosts'
+//! interfaces would, for kernels without `netem`. Root is needed; the rendezvous and the client
+//! run in the router, so only node-to-node packets are delayed.
+//!
 //! The relay is not measured here: it carries only objects of at most 1 MiB at 16 MiB/s by
 //! design (`rendezvous/src/relay.rs`), and only between nodes behind NATs (`thunkmesh-bench nat`).
 
@@ -34,6 +40,13 @@ pub struct TransferArgs {
     /// Where scratch files and `transfer.json` go.
     #[arg(long, default_value = "target/bench-transfer")]
     out: PathBuf,
+    /// Fetch over emulated links of these one-way delays (`1ms`, `30ms`; comma-separated) instead
+    /// of loopback (root: network namespaces and a delay line).
+    #[arg(long, value_delimiter = ',', value_parser = humantime::parse_duration)]
+    link: Vec<std::time::Duration>,
+    /// The emulated links' rate, in Mbit/s.
+    #[arg(long, default_value_t = 1000)]
+    link_mbit: u64,
 }
 
 /// One fetch: its rate, and what it cost each side.
@@ -52,9 +65,64 @@ pub fn main(args: &TransferArgs) -> Result<()> {
     let binary = crate::thunkmesh_binary(args.thunkmesh.as_ref())?;
     let out = std::path::absolute(&args.out)?;
     let _ = std::fs::remove_dir_all(&out);
-    let mesh = Mesh::start(&binary, &Place::loopback(), &[Place::loopback(), Place::loopback()], 1, &out)?;
     let mut json = Vec::new();
-    println!("\none object fetched between two nodes on loopback (median of {} runs)", args.reps);
+    if args.link.is_empty() {
+        let mesh = Mesh::start(&binary, &Place::loopback(), &[Place::loopback(), Place::loopback()], 1, &out)?;
+        println!("\none object fetched between two nodes on loopback (median of {} runs)", args.reps);
+        json.push(serde_json::json!({ "link": "loopback", "sizes": sizes(args, &mesh, &out)? }));
+    }
+    for &delay in &args.link {
+        let mut lab = thunkmesh_netlab::Lab::new("tl")?;
+        let wire = lab.wire()?;
+        let _line = DelayLine::start(&wire, delay, args.link_mbit)?;
+        let dir = out.join(format!("link-{}", humantime::format_duration(delay)));
+        let mesh = Mesh::start(&binary, &(&wire.router).into(), &[(&wire.a).into(), (&wire.b).into()], 1, &dir)?;
+        let rate = args.link_mbit as f64 * 1e6 / 8.0 / f64::from(1u32 << 20);
+        println!(
+            "\none object fetched over a link of {} each way at {} Mbit/s ({rate:.1} MiB/s), median of {} runs",
+            humantime::format_duration(delay),
+            args.link_mbit,
+            args.reps
+        );
+        let link = format!("{} {} Mbit/s", humantime::format_duration(delay), args.link_mbit);
+        json.push(serde_json::json!({ "link": link, "sizes": sizes(args, &mesh, &dir)? }));
+    }
+    std::fs::write(out.join("transfer.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    eprintln!("wrote {}", out.join("transfer.json").display());
+    Ok(())
+}
+
+/// The delay line process in a wire's router; killed when dropped.
+struct DelayLine(std::process::Child);
+
+impl DelayLine {
+    fn start(wire: &thunkmesh_netlab::Wire, delay: std::time::Duration, mbit: u64) -> Result<DelayLine> {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &wire.router.ns])
+            .arg(std::env::current_exe()?)
+            .args(["delay-line", "--delay-us", &delay.as_micros().to_string(), "--rate-mbit", &mbit.to_string()])
+            .spawn()
+            .context("cannot start the delay line")?;
+        let mut line = DelayLine(child);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if let Some(status) = line.0.try_wait()? {
+            bail!("the delay line stopped at once: {status}");
+        }
+        wire.route_through_tun()?;
+        Ok(line)
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Fetches each size `--reps` times over `mesh`, prints a line per size; the fetches by size.
+fn sizes(args: &TransferArgs, mesh: &Mesh, out: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let mut json = Vec::new();
     println!(
         "{:>8} {:>10} {:>14} {:>16} {:>16} {:>20}",
         "size", "MiB/s", "file MiB/s", "CPU s/GiB recv", "CPU s/GiB send", "peak MiB recv/send"
@@ -63,7 +131,7 @@ pub fn main(args: &TransferArgs) -> Result<()> {
         let size = thunkmesh_node::parse_size(text).map_err(anyhow::Error::msg)?;
         let mut fetches = Vec::new();
         for rep in 0..args.reps {
-            fetches.push(fetch_once(&mesh, size, &format!("{text}-{rep}"))?);
+            fetches.push(fetch_once(mesh, size, &format!("{text}-{rep}"))?);
             let _ = std::fs::remove_dir_all(out.join(format!("{text}-{rep}")));
         }
         let median = |f: fn(&Fetch) -> f64| crate::nat::spread(&fetches.iter().map(f).collect::<Vec<_>>()).0;
@@ -79,9 +147,7 @@ pub fn main(args: &TransferArgs) -> Result<()> {
         );
         json.push(serde_json::json!({ "size": text, "bytes": size, "fetches": fetches }));
     }
-    std::fs::write(out.join("transfer.json"), serde_json::to_string_pretty(&json)? + "\n")?;
-    eprintln!("wrote {}", out.join("transfer.json").display());
-    Ok(())
+    Ok(json)
 }
 
 /// Runs the crossing job once and measures its one peer fetch.

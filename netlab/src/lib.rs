@@ -57,6 +57,33 @@ pub struct Host {
     pub ip: Ipv4Addr,
 }
 
+/// Two hosts joined through a router whose forwarding passes a TUN device ([`Lab::wire`]).
+#[derive(Debug, Clone)]
+pub struct Wire {
+    /// The router (its address toward the first host).
+    pub router: Host,
+    /// The first host.
+    pub a: Host,
+    /// The second host.
+    pub b: Host,
+}
+
+impl Wire {
+    /// Routes the hosts' traffic through `tun0`, once a program is attached to it.
+    pub fn route_through_tun(&self) -> Result<(), LabError> {
+        ip(&self.router.ns, "link set tun0 up")?;
+        ip(&self.router.ns, "route add default dev tun0 table 100")?;
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.router.ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.tun0.rp_filter=0",
+        ]))
+    }
+}
+
 /// A NAT and the private network behind it.
 #[derive(Debug)]
 pub struct Nat {
@@ -141,6 +168,37 @@ impl Lab {
         ip(&ns, "link set eth0 up")?;
         ip(&ns, &format!("route add default via {a}.{b}.{c}.1"))?;
         Ok(Host { ns, ip: host_ip })
+    }
+
+    /// Two hosts on networks of their own joined by a router namespace whose forwarding between
+    /// them goes through the TUN device `tun0` (created, down): a program attached to it in the
+    /// router (a delay line) carries every packet from one host to the other. Traffic to the
+    /// router's own addresses does not pass the device. The router is `10.9.1.1` to the first
+    /// host (`10.9.1.2`) and `10.9.2.1` to the second (`10.9.2.2`).
+    pub fn wire(&mut self) -> Result<Wire, LabError> {
+        let router = self.namespace("wr")?;
+        let (a, b) = (self.namespace("wa")?, self.namespace("wb")?);
+        run(Command::new("ip").args(["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        ip(&router, "tuntap add dev tun0 mode tun")?;
+        for (k, host) in [(1, &a), (2, &b)] {
+            veth(host, "eth0", &router, &format!("to{k}"))?;
+            ip(&router, &format!("addr add 10.9.{k}.1/24 dev to{k}"))?;
+            ip(&router, &format!("link set to{k} up"))?;
+            ip(host, &format!("addr add 10.9.{k}.2/24 dev eth0"))?;
+            ip(host, "link set eth0 up")?;
+            ip(host, &format!("route add default via 10.9.{k}.1"))?;
+            // What arrives from a host is routed into the delay line; what the delay line writes
+            // back arrives on tun0 and follows the main table to the other host.
+            ip(&router, &format!("rule add iif to{k} table 100"))?;
+        }
+        for sysctl in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+            run(Command::new("ip").args(["netns", "exec", &router, "sysctl", "-qw", sysctl]))?;
+        }
+        Ok(Wire {
+            router: Host { ns: router, ip: Ipv4Addr::new(10, 9, 1, 1) },
+            a: Host { ns: a, ip: Ipv4Addr::new(10, 9, 1, 2) },
+            b: Host { ns: b, ip: Ipv4Addr::new(10, 9, 2, 2) },
+        })
     }
 
     /// Makes each NAT forget every mapping, as a NAT does when its timers expire while no packet
