@@ -40,14 +40,8 @@ pub struct Cache {
     objects: PathBuf,
     tmp: PathBuf,
     work: PathBuf,
-    index: Mutex<Index>,
+    index: Mutex<Lru>,
     next_tmp: AtomicU64,
-}
-
-/// What the cache holds.
-#[derive(Debug)]
-struct Index {
-    lru: Lru,
 }
 
 /// Objects a task needs, pinned in the cache until it ends (see [`Cache::pin`]).
@@ -62,7 +56,7 @@ impl Pinned {
     pub fn add(&mut self, ids: &[Id]) {
         let mut index = self.cache.lock();
         for &id in ids {
-            index.lru.pin(id);
+            index.pin(id);
         }
         self.ids.extend_from_slice(ids);
     }
@@ -72,7 +66,7 @@ impl Drop for Pinned {
     fn drop(&mut self) {
         let mut index = self.cache.lock();
         for &id in &self.ids {
-            index.lru.unpin(id);
+            index.unpin(id);
         }
     }
 }
@@ -98,36 +92,34 @@ impl Cache {
         for id in adopt_verified(&objects)? {
             lru.insert(id);
         }
-        let cache = Cache { objects, tmp, work, index: Mutex::new(Index { lru }), next_tmp: AtomicU64::new(0) };
+        let cache = Cache { objects, tmp, work, index: Mutex::new(lru), next_tmp: AtomicU64::new(0) };
         cache.evict();
         Ok(cache)
     }
 
     /// Every object held.
     pub fn inventory(&self) -> Vec<Id> {
-        self.lock().lru.ids().collect()
+        self.lock().ids().collect()
     }
 
     /// Whether the object is held.
     pub fn has(&self, id: Id) -> bool {
-        self.lock().lru.contains(id)
+        self.lock().contains(id)
     }
 
     /// Keeps `ids` (held now, or fetched later) from eviction until the guard is dropped, and
     /// counts them as just used.
     pub fn pin(self: &Arc<Self>, ids: &[Id]) -> Pinned {
-        let mut index = self.lock();
-        for &id in ids {
-            index.lru.pin(id);
-        }
-        Pinned { cache: self.clone(), ids: ids.to_vec() }
+        let mut pinned = Pinned { cache: self.clone(), ids: Vec::new() };
+        pinned.add(ids);
+        pinned
     }
 
     /// Counts a held object as just used (a peer fetched it).
     pub fn touch(&self, id: Id) {
         let mut index = self.lock();
-        if index.lru.contains(id) {
-            index.lru.touch(id);
+        if index.contains(id) {
+            index.touch(id);
         }
     }
 
@@ -137,7 +129,7 @@ impl Cache {
         let mut index = self.lock();
         let mut removed = 0;
         for &id in ids {
-            if !index.lru.is_pinned(id) && index.lru.remove(id) {
+            if !index.is_pinned(id) && index.remove(id) {
                 let _ = std::fs::remove_file(self.path(id));
                 removed += 1;
             }
@@ -145,28 +137,18 @@ impl Cache {
         removed
     }
 
-    /// Bytes held, and the budget.
-    pub fn usage(&self) -> (u64, u64) {
-        let index = self.lock();
-        (index.lru.bytes(), index.lru.budget())
-    }
-
     /// Removes the least recently used unpinned objects while over budget; returns them. A file
     /// linked into a root tree or a sandbox keeps its bytes there; only the cache's name goes.
     pub fn evict(&self) -> Vec<Id> {
         let mut index = self.lock();
-        let evicted = index.lru.evict();
+        let evicted = index.evict();
         for &id in &evicted {
             if let Err(e) = std::fs::remove_file(self.path(id)) {
                 tracing::warn!(%id, error = %e, "cannot remove an evicted object");
             }
         }
         if !evicted.is_empty() {
-            tracing::debug!(
-                objects = evicted.len(),
-                bytes = index.lru.bytes(),
-                "evicted to stay within the cache budget"
-            );
+            tracing::debug!(objects = evicted.len(), bytes = index.bytes(), "evicted to stay within the cache budget");
         }
         evicted
     }
@@ -204,13 +186,13 @@ impl Cache {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(READ_ONLY)).map_err(io(file))?;
         let dest = self.path(id);
         std::fs::rename(file, &dest).map_err(io(&dest))?;
-        self.lock().lru.insert(id);
+        self.lock().insert(id);
         Ok(())
     }
 
     /// Drops an object whose file no longer holds its bytes (a program wrote to its input).
     pub fn forget(&self, id: Id) {
-        self.lock().lru.remove(id);
+        self.lock().remove(id);
         let _ = std::fs::remove_file(self.path(id));
     }
 
@@ -228,7 +210,7 @@ impl Cache {
         self.adopt_hashed(&tmp).await
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

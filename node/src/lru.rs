@@ -111,11 +111,6 @@ impl Lru {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
-
-    /// The budget.
-    pub fn budget(&self) -> u64 {
-        self.budget
-    }
 }
 
 #[cfg(test)]
@@ -190,7 +185,7 @@ mod tests {
                             prop_assert!(!lru.contains(*id));
                         }
                         let unpinned_held = lru.ids().any(|id| pins.get(&id.hash[0]).copied().unwrap_or(0) == 0);
-                        prop_assert!(lru.bytes() <= lru.budget() || !unpinned_held, "over budget with evictable objects left");
+                        prop_assert!(lru.bytes() <= lru.budget || !unpinned_held, "over budget with evictable objects left");
                     }
                 }
                 let sum: u64 = lru.ids().map(|id| id.size).sum();
