@@ -267,14 +267,7 @@ impl Store {
     /// The memo entry of a thunk, if one was recorded.
     pub async fn get_reduction(&self, thunk: Id) -> Result<Option<Vec<(String, Id)>>, StoreError> {
         let key = reduction_key(thunk);
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
-        self.latency.wait(0).await;
-        let bytes = match self.inner.get(&key).await {
-            Ok(r) => r.bytes().await.map_err(|source| StoreError::Backend { key: key.to_string(), source })?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(source) => return Err(StoreError::Backend { key: key.to_string(), source }),
-        };
-        self.counters.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let Some(bytes) = self.get_small(&key).await? else { return Ok(None) };
         parse_reduction(&bytes).map(Some).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })
     }
 
@@ -282,30 +275,32 @@ impl Store {
     /// `max_pages` requests, if there are more entries than that many pages hold (the caller then
     /// asks per thunk). With `max_pages` 0 nothing is asked.
     pub async fn memoized(&self, max_pages: u64) -> Result<Option<HashSet<Id>>, StoreError> {
+        let keys = self.list_keys(&Path::from("reductions"), max_pages).await?;
+        Ok(keys.map(|keys| keys.iter().filter_map(|key| key.filename().and_then(|name| name.parse().ok())).collect()))
+    }
+
+    /// The keys under `prefix`, counted as one request per [`LIST_PAGE`] keys; `None`, after
+    /// `max_pages` requests, if there are more (with `max_pages` 0 nothing is asked).
+    async fn list_keys(&self, prefix: &Path, max_pages: u64) -> Result<Option<Vec<Path>>, StoreError> {
         if max_pages == 0 {
             return Ok(None);
         }
-        let prefix = Path::from("reductions");
         let backend = |source| StoreError::Backend { key: format!("{prefix}/"), source };
-        let mut found = HashSet::new();
-        let mut listing = self.inner.list(Some(&prefix));
-        let mut keys = 0u64;
+        let mut keys = Vec::new();
+        let mut listing = self.inner.list(Some(prefix));
         loop {
-            if keys.is_multiple_of(LIST_PAGE) {
+            if (keys.len() as u64).is_multiple_of(LIST_PAGE) {
                 // The next key, if any, comes in a new page: one more request.
-                if keys / LIST_PAGE == max_pages {
+                if keys.len() as u64 / LIST_PAGE == max_pages {
                     return Ok(None);
                 }
                 self.counters.gets.fetch_add(1, Ordering::Relaxed);
                 self.latency.wait(0).await;
             }
-            let meta = match listing.next().await {
-                None => return Ok(Some(found)),
-                Some(Err(object_store::Error::NotFound { .. })) => return Ok(Some(found)),
-                Some(meta) => meta.map_err(backend)?,
-            };
-            keys += 1;
-            found.extend(meta.location.filename().and_then(|name| name.parse::<Id>().ok()));
+            match listing.next().await {
+                None | Some(Err(object_store::Error::NotFound { .. })) => return Ok(Some(keys)),
+                Some(meta) => keys.push(meta.map_err(backend)?.location),
+            }
         }
     }
 
@@ -326,25 +321,14 @@ impl Store {
     /// per batch. Past [`COMPACT_AFTER`] batches they are merged into one new batch and the old
     /// ones deleted (a PUT and a request per batch), so lookups stay a few requests.
     pub async fn batched_reductions(&self) -> Result<Reductions, StoreError> {
-        let prefix = Path::from("memo");
-        let backend = |source| StoreError::Backend { key: format!("{prefix}/"), source };
-        let mut keys = Vec::new();
-        let mut listing = self.inner.list(Some(&prefix));
-        loop {
-            if (keys.len() as u64).is_multiple_of(LIST_PAGE) {
-                self.counters.gets.fetch_add(1, Ordering::Relaxed);
-                self.latency.wait(0).await;
-            }
-            match listing.next().await {
-                None | Some(Err(object_store::Error::NotFound { .. })) => break,
-                Some(meta) => keys.push(meta.map_err(backend)?.location),
-            }
-        }
+        let keys = self.list_keys(&Path::from("memo"), u64::MAX).await?.unwrap_or_default();
         let reads = keys.iter().map(|key| async move { (key, self.get_small(key).await) });
         let mut all = Reductions::new();
         for (key, bytes) in futures::future::join_all(reads).await {
+            // A batch another client merged away since the listing has its entries in the merged one.
+            let Some(bytes) = bytes? else { continue };
             let entries =
-                parse_batch(&bytes?).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })?;
+                parse_batch(&bytes).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })?;
             all.extend(entries);
         }
         if keys.len() > COMPACT_AFTER {
@@ -361,17 +345,23 @@ impl Store {
         Ok(all)
     }
 
-    /// A small object's bytes, counted as one GET.
-    async fn get_small(&self, key: &Path) -> Result<Bytes, StoreError> {
+    /// A small object's bytes, counted as one GET; `None` if there is none.
+    async fn get_small(&self, key: &Path) -> Result<Option<Bytes>, StoreError> {
         let backend = |source| StoreError::Backend { key: key.to_string(), source };
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.latency.wait(0).await;
-        let bytes = self.inner.get(key).await.map_err(backend)?.bytes().await.map_err(backend)?;
+        let bytes = match self.inner.get(key).await {
+            Ok(r) => r.bytes().await.map_err(backend)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => return Err(backend(source)),
+        };
         self.counters.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes)
+        Ok(Some(bytes))
     }
 
-    /// Records a thunk's memo entry.
+    /// Records a thunk's memo entry as a single record, as clients before batches did (read by
+    /// [`Store::get_reduction`] and [`Store::memoized`]).
+    #[cfg(test)]
     pub async fn put_reduction(&self, thunk: Id, outputs: &[(String, Id)]) -> Result<(), StoreError> {
         let mut text = format!("{REDUCTION_HEADER}\n");
         for (name, id) in outputs {
