@@ -358,26 +358,25 @@ async fn submit(
 }
 
 /// Memo entries pile up here and are written in batches (`Store::put_reductions`): when
-/// [`MEMO_BATCH`] are waiting, at the first message after [`MEMO_FLUSH`] has passed since the
-/// last write, and when the job ends, failed or not. A client that dies mid-job loses the entries
-/// still waiting: at most that many seconds' or entries' worth of thunks run again next time.
+/// [`MEMO_BATCH`] are waiting, every [`MEMO_FLUSH`] while the job runs, and when it ends, failed
+/// or not. A client that dies mid-job loses the entries still waiting: at most that many
+/// seconds' or entries' worth of thunks run again next time.
 struct MemoLog {
     store: Option<Store>,
     pending: Vec<(Id, Vec<(String, Id)>)>,
-    flushed: Instant,
     writes: JoinSet<Result<(), StoreError>>,
 }
 
 /// Entries that make a batch write at once.
 pub const MEMO_BATCH: usize = 512;
 
-/// Longest a recorded entry waits for its batch while messages keep coming.
+/// Longest a recorded entry waits for its batch while the job runs.
 pub const MEMO_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl MemoLog {
     /// A log writing to `store` (`None`: the memo cache is not written).
     fn new(store: Option<Store>) -> MemoLog {
-        MemoLog { store, pending: Vec::new(), flushed: Instant::now(), writes: JoinSet::new() }
+        MemoLog { store, pending: Vec::new(), writes: JoinSet::new() }
     }
 
     /// Writes what is waiting and waits for every write.
@@ -395,17 +394,12 @@ impl MemoLog {
             return;
         }
         self.pending.push((thunk, outputs));
-        self.maybe_flush();
-    }
-
-    fn maybe_flush(&mut self) {
-        if self.pending.len() >= MEMO_BATCH || self.flushed.elapsed() >= MEMO_FLUSH {
+        if self.pending.len() >= MEMO_BATCH {
             self.flush();
         }
     }
 
     fn flush(&mut self) {
-        self.flushed = Instant::now();
         let (Some(store), false) = (self.store.clone(), self.pending.is_empty()) else { return };
         let batch = std::mem::take(&mut self.pending);
         self.writes.spawn(async move { store.put_reductions(&batch).await });
@@ -472,7 +466,6 @@ async fn follow(
                 continue;
             }
         };
-        log.maybe_flush();
         match msg {
             Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
             Ok(Some(FromRendezvous::Resolved(r))) => log.record(r.reduction.thunk, r.reduction.outputs),
