@@ -526,9 +526,8 @@ impl Planner {
     fn drop_unneeded(&mut self, blobs: &[Id]) {
         let mut by_node: BTreeMap<NodeId, Vec<Id>> = BTreeMap::new();
         for &blob in blobs.iter().filter(|b| b.size >= EARLY_DROP_BYTES) {
-            let dead = self.jobs.values().all(|j| j.no_longer_needs(blob) || !j.produces(blob));
-            let produced = self.jobs.values().any(|j| j.produces(blob));
-            if !(dead && produced) {
+            let mut makers = self.jobs.values().filter(|j| j.produces(blob)).peekable();
+            if makers.peek().is_none() || !makers.all(|j| j.no_longer_needs(blob)) {
                 continue;
             }
             for node in self.holders(blob) {
