@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -93,8 +92,8 @@ fn measure(binary: &Path, project: &Project, args: &InferArgs) -> Result<Row> {
             Ok(dir)
         };
         let direct = tree("direct")?;
-        dry.push(timed(Command::new("make").arg("-n").args(&project.targets).current_dir(&direct))?);
-        make.push(timed(Command::new("make").arg("-s").arg(&jobs).args(&project.targets).current_dir(&direct))?);
+        dry.push(crate::timed(Command::new("make").arg("-n").args(&project.targets).current_dir(&direct))?);
+        make.push(crate::timed(Command::new("make").arg("-s").arg(&jobs).args(&project.targets).current_dir(&direct))?);
         let inferred = tree("inferred")?;
         let state = inferred.join(".thunkmesh");
         let infer_cmd = |dir: &Path| {
@@ -108,23 +107,23 @@ fn measure(binary: &Path, project: &Project, args: &InferArgs) -> Result<Row> {
             c.args(["force", "--all", "--workers", &workers, "--state-dir"]).arg(&state).current_dir(dir);
             c
         };
-        infer.push(timed(&mut infer_cmd(&inferred))?);
-        force.push(timed(&mut force_cmd(&inferred))?);
+        infer.push(crate::timed(&mut infer_cmd(&inferred))?);
+        force.push(crate::timed(&mut force_cmd(&inferred))?);
         for target in &project.targets {
             if std::fs::read(inferred.join(target))? != std::fs::read(direct.join(target))? {
                 bail!("{}: {target} differs from make's", project.name);
             }
         }
         let again = tree("again")?;
-        timed(&mut infer_cmd(&again))?;
-        memo.push(timed(&mut force_cmd(&again))?);
+        crate::timed(&mut infer_cmd(&again))?;
+        memo.push(crate::timed(&mut force_cmd(&again))?);
         let changed_file = again.join(&project.change);
         let text = std::fs::read_to_string(&changed_file)? + "/* changed by thunkmesh-bench */\n";
         std::fs::write(&changed_file, text)?;
         let summary = again.join("summary.json");
         let mut forced = force_cmd(&again);
         forced.arg("--summary-json").arg(&summary);
-        changed.push(timed(&mut infer_cmd(&again))? + timed(&mut forced)?);
+        changed.push(crate::timed(&mut infer_cmd(&again))? + crate::timed(&mut forced)?);
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
         changed_ran = format!("{} run", json["thunks_executed"]);
     }
@@ -144,16 +143,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs a command to success; its wall time in seconds.
-fn timed(command: &mut Command) -> Result<f64> {
-    let started = Instant::now();
-    let out = command.output().with_context(|| format!("cannot run {command:?}"))?;
-    if !out.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(started.elapsed().as_secs_f64())
-}
-
 /// zlib 1.2.13 from Debian, configured with `--static`; `make libz.a example minigzip`.
 fn zlib() -> Result<Project> {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sources/zlib");
@@ -163,8 +152,8 @@ fn zlib() -> Result<Project> {
         .with_context(|| format!("no zlib source package in {}: run scripts/fetch-sources zlib", sources.display()))?;
     let prepare = move |dir: &Path| -> Result<()> {
         let tree = dir.join("zlib");
-        timed(Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&tree))?;
-        timed(Command::new("./configure").arg("--static").current_dir(&tree))?;
+        crate::timed(Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&tree))?;
+        crate::timed(Command::new("./configure").arg("--static").current_dir(&tree))?;
         for entry in std::fs::read_dir(&tree)? {
             let entry = entry?;
             std::fs::rename(entry.path(), dir.join(entry.file_name()))?;

@@ -257,21 +257,50 @@ struct CpuTimes {
 
 impl CpuTimes {
     fn now() -> Result<CpuTimes> {
-        let stat = std::fs::read_to_string("/proc/self/stat")?;
-        // The fields after the command name (in parentheses, which may hold spaces), from field 3.
-        let rest = stat.rsplit_once(')').context("/proc/self/stat has no command name")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |field: usize| -> Result<u64> {
-            let text = fields.get(field - 3).with_context(|| format!("/proc/self/stat has no field {field}"))?;
-            Ok(text.parse::<u64>()?)
-        };
-        // Fields 14-17: utime, stime, cutime, cstime, in USER_HZ (100 per second on Linux).
-        Ok(CpuTimes { own_ms: (ticks(14)? + ticks(15)?) * 10, children_ms: (ticks(16)? + ticks(17)?) * 10 })
+        let [utime, stime, cutime, cstime] = cpu_ticks("self")?;
+        Ok(CpuTimes { own_ms: (utime + stime) * 10, children_ms: (cutime + cstime) * 10 })
     }
 
     fn since(self, before: CpuTimes) -> CpuTimes {
         CpuTimes { own_ms: self.own_ms - before.own_ms, children_ms: self.children_ms - before.children_ms }
     }
+}
+
+/// Fields 14-17 of `/proc/PID/stat` (`self` for this process): user and system time of the
+/// process, then of its children that were waited for, in USER_HZ (100 per second on Linux).
+fn cpu_ticks(pid: &str) -> Result<[u64; 4]> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)?;
+    // The fields after the command name (in parentheses, which may hold spaces), from field 3.
+    let rest = stat.rsplit_once(')').with_context(|| format!("{path} has no command name"))?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |field: usize| -> Result<u64> {
+        let text = fields.get(field - 3).with_context(|| format!("{path} has no field {field}"))?;
+        Ok(text.parse::<u64>()?)
+    };
+    Ok([ticks(14)?, ticks(15)?, ticks(16)?, ticks(17)?])
+}
+
+/// Seconds `command` took to run to success; fails if it did not.
+fn timed(command: &mut Command) -> Result<f64> {
+    let started = std::time::Instant::now();
+    let out = command.output().with_context(|| format!("cannot run {command:?}"))?;
+    if !out.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The median, least and greatest of `times` (NaN for none).
+fn spread(times: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
+    (median, sorted[0], sorted[n - 1])
 }
 
 /// Removes the files of 1 MiB or more under `dir`: they hold the disk space, while the many small

@@ -1,6 +1,7 @@
 //! A mesh of real processes for the benchmarks that need nodes on hosts of their own: a
 //! rendezvous and named nodes, each either on this machine's loopback or in a network namespace
-//! of `thunkmesh-netlab`, and `thunkmesh run` jobs against them with their summaries.
+//! of `thunkmesh-netlab`, and `thunkmesh run` jobs against them with their summaries; and the
+//! crossing job with which the fetch benchmarks (`nat`, `transfer`) make one object cross.
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
@@ -176,6 +177,24 @@ impl Mesh {
     }
 }
 
+/// Two producers of `size` bytes that run at once, one per node, and a consumer of both.
+pub fn crossing_job(size: usize, tag: &str) -> String {
+    let producer = |name: &str| {
+        format!(
+            "[[thunk]]\nname = \"{name}\"\nprogram = {{ host = \"/bin/sh\" }}\n\
+             args = [\"-c\", \"sleep 0.3; yes {name}-{tag} | head -c {size} > out\"]\n\
+             env = {{ PATH = \"/usr/bin:/bin\" }}\noutputs = [\"out\"]\n\n"
+        )
+    };
+    format!(
+        "{}{}[[thunk]]\nname = \"both\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"cat l r | wc -c > out\"]\n\
+         env = {{ PATH = \"/usr/bin:/bin\" }}\ninputs = {{ l = \"left#out\", r = \"right#out\" }}\noutputs = [\"out\"]\n\n\
+         [targets]\n\"count.txt\" = \"both#out\"\n",
+        producer("left"),
+        producer("right")
+    )
+}
+
 /// A summary's counter.
 pub fn count(summary: &Value, key: &str) -> Result<u64> {
     summary[key].as_u64().with_context(|| format!("the summary has no `{key}`: {summary}"))
@@ -207,4 +226,17 @@ fn folder_bytes(dir: &Path) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use thunkmesh_protocol::job::{JobSpec, SpecKind};
+
+    #[test]
+    fn the_crossing_job_is_a_valid_job_whose_runs_differ() {
+        let one = super::crossing_job(1024, "a");
+        let spec = JobSpec::parse(&one, "crossing.toml", SpecKind::Job).expect("valid");
+        assert_eq!(spec.thunks.len(), 3);
+        assert_ne!(one, super::crossing_job(1024, "b"), "each run's objects differ");
+    }
 }

@@ -69,7 +69,7 @@ pub fn main(args: &NatArgs) -> Result<()> {
     println!("{:<42} {:>8} {:>8} {:>8} {:>5}", "path", "median", "min", "max", "runs");
     let mut json = Vec::new();
     for (path, times) in &rows {
-        let (median, min, max) = spread(times);
+        let (median, min, max) = crate::spread(times);
         println!("{path:<42} {median:>8.2} {min:>8.2} {max:>8.2} {:>5}", times.len());
         json.push(serde_json::json!({ "path": path, "ms": times, "median_ms": median }));
     }
@@ -79,17 +79,6 @@ pub fn main(args: &NatArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn spread(times: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
-    (median, sorted[0], sorted[n - 1])
-}
-
 /// Runs the crossing job with `size`-byte objects `reps` times in `mode`, storage under latency
 /// `profile`; returns the time of each fetch of `kind` (peer, relay, storage), in ms.
 fn fetch_times(mesh: &Mesh, reps: usize, size: usize, mode: &str, profile: &str, kind: &str) -> Result<Vec<f64>> {
@@ -97,7 +86,7 @@ fn fetch_times(mesh: &Mesh, reps: usize, size: usize, mode: &str, profile: &str,
     for rep in 0..reps {
         // Each run's objects differ, so no node already holds what it needs.
         let label = format!("{mode}-{profile}-{rep}");
-        let summary = mesh.run(&label, &crossing_job(size, &label), mode, profile)?;
+        let summary = mesh.run(&label, &crate::mesh::crossing_job(size, &label), mode, profile)?;
         let (count, micros) = match kind {
             "peer" => (count(&summary, "peer_fetches")?, count(&summary, "peer_fetch_micros")?),
             "relay" => (count(&summary, "relayed_fetches")?, count(&summary, "relay_fetch_micros")?),
@@ -110,35 +99,4 @@ fn fetch_times(mesh: &Mesh, reps: usize, size: usize, mode: &str, profile: &str,
         times.push(micros as f64 / count as f64 / 1e3);
     }
     Ok(times)
-}
-
-/// Two producers of `size` bytes that run at once, one per node, and a consumer of both.
-pub fn crossing_job(size: usize, tag: &str) -> String {
-    let producer = |name: &str| {
-        format!(
-            "[[thunk]]\nname = \"{name}\"\nprogram = {{ host = \"/bin/sh\" }}\n\
-             args = [\"-c\", \"sleep 0.3; yes {name}-{tag} | head -c {size} > out\"]\n\
-             env = {{ PATH = \"/usr/bin:/bin\" }}\noutputs = [\"out\"]\n\n"
-        )
-    };
-    format!(
-        "{}{}[[thunk]]\nname = \"both\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"cat l r | wc -c > out\"]\n\
-         env = {{ PATH = \"/usr/bin:/bin\" }}\ninputs = {{ l = \"left#out\", r = \"right#out\" }}\noutputs = [\"out\"]\n\n\
-         [targets]\n\"count.txt\" = \"both#out\"\n",
-        producer("left"),
-        producer("right")
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use thunkmesh_protocol::job::{JobSpec, SpecKind};
-
-    #[test]
-    fn the_crossing_job_is_a_valid_job_whose_runs_differ() {
-        let one = super::crossing_job(1024, "a");
-        let spec = JobSpec::parse(&one, "crossing.toml", SpecKind::Job).expect("valid");
-        assert_eq!(spec.thunks.len(), 3);
-        assert_ne!(one, super::crossing_job(1024, "b"), "each run's objects differ");
-    }
 }

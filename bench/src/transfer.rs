@@ -134,7 +134,7 @@ fn sizes(args: &TransferArgs, mesh: &Mesh, out: &std::path::Path) -> Result<Vec<
             fetches.push(fetch_once(mesh, size, &format!("{text}-{rep}"))?);
             let _ = std::fs::remove_dir_all(out.join(format!("{text}-{rep}")));
         }
-        let median = |f: fn(&Fetch) -> f64| crate::nat::spread(&fetches.iter().map(f).collect::<Vec<_>>()).0;
+        let median = |f: fn(&Fetch) -> f64| crate::spread(&fetches.iter().map(f).collect::<Vec<_>>()).0;
         let gib = size as f64 / f64::from(1u32 << 30);
         println!(
             "{text:>8} {:>10.1} {:>14.1} {:>16.2} {:>16.2} {:>9.1} / {:<9.1}",
@@ -156,7 +156,7 @@ fn fetch_once(mesh: &Mesh, size: u64, label: &str) -> Result<Fetch> {
     let pids = mesh.node_pids();
     let before: Vec<Usage> = pids.iter().map(|&pid| Usage::of(pid, true)).collect::<Result<_>>()?;
     let size_arg = usize::try_from(size)?;
-    let summary = mesh.run(label, &crate::nat::crossing_job(size_arg, label), "p2p", "none")?;
+    let summary = mesh.run(label, &crate::mesh::crossing_job(size_arg, label), "p2p", "none")?;
     let after: Vec<Usage> = pids.iter().map(|&pid| Usage::of(pid, false)).collect::<Result<_>>()?;
     if count(&summary, "peer_fetches")? != 1 || count(&summary, "peer_bytes")? != size {
         bail!("run {label} was to move one object of {size} bytes between the nodes: {summary}");
@@ -214,15 +214,10 @@ impl Usage {
             // 5: reset the peak resident set size to the present one (proc(5)).
             std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("cannot reset a node's peak memory")?;
         }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let rest = stat.rsplit_once(')').context("/proc/PID/stat has no command name")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime (fields 14 and 15, counted from 1 with the name third), 100 a second.
-        let ticks =
-            |i: usize| -> Result<f64> { Ok(fields.get(i - 3).context("short /proc/PID/stat")?.parse::<f64>()?) };
+        let [utime, stime, ..] = crate::cpu_ticks(&pid.to_string())?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         Ok(Usage {
-            cpu_s: (ticks(14)? + ticks(15)?) / 100.0,
+            cpu_s: (utime + stime) as f64 / 100.0,
             resident_mib: status_mib(&status, "VmRSS")?,
             peak_mib: status_mib(&status, "VmHWM")?,
         })

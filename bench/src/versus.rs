@@ -15,7 +15,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -141,7 +140,7 @@ pub fn main(args: &VersusArgs) -> Result<()> {
                 std::fs::create_dir_all(&dir)?;
                 match who.as_str() {
                     "thunkmesh" => thunkmesh_once(&binary, &job, &dir, runs)?,
-                    "shell" => runs.seconds.push(timed(
+                    "shell" => runs.seconds.push(crate::timed(
                         Command::new("sh").arg(&script).arg(&dir).current_dir(job.parent().context("job folder")?),
                     )?),
                     framework => runs.seconds.push(framework_once(&python, repo, framework, graph)?),
@@ -156,7 +155,7 @@ pub fn main(args: &VersusArgs) -> Result<()> {
             }
         }
         for (who, runs) in &results {
-            let (median, min, max) = crate::nat::spread(&runs.seconds);
+            let (median, min, max) = crate::spread(&runs.seconds);
             let peer = runs
                 .peer_bytes
                 .iter()
@@ -172,16 +171,6 @@ pub fn main(args: &VersusArgs) -> Result<()> {
     std::fs::write(out.join("versus.json"), serde_json::to_string_pretty(&Value::Object(json))? + "\n")?;
     eprintln!("wrote {}", out.join("versus.json").display());
     Ok(())
-}
-
-/// Seconds `command` took; fails if it did.
-fn timed(command: &mut Command) -> Result<f64> {
-    let started = Instant::now();
-    let out = command.output().with_context(|| format!("cannot start {command:?}"))?;
-    if !out.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(started.elapsed().as_secs_f64())
 }
 
 /// One cold thunkmesh run in `dir`, while a thread counts the objects in its nodes' caches.
@@ -246,8 +235,8 @@ fn framework_once(python: &Path, repo: &Path, framework: &str, graph: Graph) -> 
 fn install(repo: &Path) -> Result<()> {
     let venv = repo.join(VENV);
     if !venv.join("bin/python").exists() {
-        timed(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        crate::timed(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    timed(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "dask[distributed]", "ray"]))?;
+    crate::timed(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "dask[distributed]", "ray"]))?;
     Ok(())
 }
