@@ -20,7 +20,6 @@ pub const BLOCK: usize = 4 << 20;
 struct Written {
     file: Option<std::fs::File>,
     hasher: blake3::Hasher,
-    size: u64,
     /// The buffer of the block just written, returned for reuse.
     spare: Vec<u8>,
 }
@@ -40,7 +39,7 @@ pub struct BlobSink {
 impl BlobSink {
     /// A sink that will create `path` (with its first block).
     pub fn new(path: &Path) -> BlobSink {
-        let idle = Written { file: None, hasher: blake3::Hasher::new(), size: 0, spare: Vec::new() };
+        let idle = Written { file: None, hasher: blake3::Hasher::new(), spare: Vec::new() };
         BlobSink { path: path.to_owned(), taken: 0, filling: Vec::new(), writing: None, idle: Some(idle) }
     }
 
@@ -79,12 +78,11 @@ impl BlobSink {
         let (path, last) = (self.path.clone(), std::mem::take(&mut self.filling));
         let task = tokio::task::spawn_blocking(move || {
             write_block(&path, &mut written, &last)?;
-            let file = match written.file.take() {
-                Some(file) => file,
-                None => std::fs::File::create(&path)?,
-            };
-            drop(file);
-            Ok::<Id, std::io::Error>(Id::blob(*written.hasher.finalize().as_bytes(), written.size))
+            if written.file.is_none() {
+                // Nothing was taken: the blob is an empty file.
+                std::fs::File::create(&path)?;
+            }
+            Ok::<Id, std::io::Error>(Id::blob(*written.hasher.finalize().as_bytes(), written.hasher.count()))
         });
         task.await.map_err(std::io::Error::other)?
     }
@@ -130,7 +128,6 @@ fn write_block(path: &Path, written: &mut Written, block: &[u8]) -> std::io::Res
     };
     file.write_all(block)?;
     written.hasher.update(block);
-    written.size += block.len() as u64;
     Ok(())
 }
 
