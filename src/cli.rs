@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use thunkmesh_rendezvous::JobLimits;
 
 /// Run graphs of hermetic commands (thunks) on a mesh of workers that pass intermediate
 /// outputs peer to peer over QUIC.
@@ -338,6 +339,13 @@ pub struct RendezvousArgs {
     /// Thunks each pool worker runs at once.
     #[arg(long, default_value_t = 1)]
     pub lambda_slots: u32,
+    /// Refuse a job of more thunks than this (the client exits with status 2, naming it).
+    #[arg(long, default_value_t = JobLimits::default().thunks)]
+    pub max_job_thunks: u64,
+    /// Refuse a job that takes more memory than this as the rendezvous holds it: its strings,
+    /// plus 64 bytes per ref, a shared input set counted once (such as 512MiB or 8GiB).
+    #[arg(long, default_value = "8GiB", value_parser = thunkmesh_node::parse_size)]
+    pub max_job_bytes: u64,
 }
 
 /// Flags of `thunkmesh node`.

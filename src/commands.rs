@@ -11,6 +11,7 @@ use thunkmesh_client::{JobRun, LocalMesh, Reporter, RunError, Summary, Target, l
 use thunkmesh_net::{Identity, Trust, parse_fingerprint};
 use thunkmesh_node::NodeConfig;
 use thunkmesh_protocol::wire::Progress;
+use thunkmesh_rendezvous::JobLimits;
 use thunkmesh_store::{Store, StoreError};
 
 use crate::cli::{
@@ -42,7 +43,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
 /// Says why on stderr; exit code 2 for flags or a job that cannot work, 1 for the rest.
 pub fn failed(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
-    let bad_job = matches!(e.downcast_ref::<RunError>(), Some(RunError::TooLarge { .. }));
+    let bad_job = matches!(e.downcast_ref::<RunError>(), Some(RunError::TooLarge(_) | RunError::OverLimit(_)));
     ExitCode::from(if bad_job || e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
 }
 
@@ -228,7 +229,8 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, shutdown);
+    let limits = JobLimits { thunks: args.max_job_thunks, bytes: args.max_job_bytes };
+    let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, limits, shutdown);
     match pool {
         None => serve.await,
         Some(spec) => crate::lambda::with_pool(serve, &spec).await?,

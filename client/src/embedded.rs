@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use thunkmesh_net::{Identity, NetError, Trust};
-use thunkmesh_rendezvous::{Config, Running};
+use thunkmesh_rendezvous::{Config, JobLimits, Running};
 
 use crate::submit::Target;
 
@@ -63,7 +63,7 @@ impl LocalMesh {
     ) -> Result<LocalMesh, MeshError> {
         let workers = workers.max(1);
         let token = format!("{:032x}", rand::random::<u128>());
-        let config = Config { token: token.clone(), identity: Identity::generate()? };
+        let config = Config { token: token.clone(), identity: Identity::generate()?, limits: JobLimits::default() };
         let rendezvous = thunkmesh_rendezvous::spawn(([127, 0, 0, 1], 0).into(), config)?;
         let logs = state_dir.join("nodes");
         let mut nodes = Vec::with_capacity(workers);

@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use thunkmesh_net::{Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
+use thunkmesh_protocol::inputs::share_inputs;
 use thunkmesh_protocol::job::NamedThunk;
+use thunkmesh_protocol::submit::{ThunkTooLarge, check_fits, pieces};
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, FRAME_HEADER, FromRendezvous, Hello, JobOutcome, MAX_FRAME, Mode, NodeStatus, PROTOCOL_VERSION,
-    Progress, Reduction, Role, Submission, SubmittedThunk, ToRendezvous, WireError, encode_frame,
+    ALPN_RENDEZVOUS, ErrorCode, FromRendezvous, Hello, JobOutcome, Mode, NodeStatus, PROTOCOL_VERSION, Progress,
+    Reduction, Role, Submission, SubmittedThunk, ToRendezvous, WireError,
 };
 use thunkmesh_protocol::{Id, Ref};
 use thunkmesh_store::{Store, StoreError};
@@ -44,17 +46,12 @@ pub enum RunError {
     /// A thunk (or the job) failed.
     #[error("job failed: {0}")]
     JobFailed(WireError),
-    /// The job does not fit in one message to the rendezvous (found before anything is
-    /// uploaded).
-    #[error(
-        "the job is {bytes} bytes as one message, over the {limit}-byte limit of the wire; split it into smaller jobs"
-    )]
-    TooLarge {
-        /// Its encoded size.
-        bytes: usize,
-        /// The limit.
-        limit: usize,
-    },
+    /// A thunk of the job does not fit in one message to the rendezvous.
+    #[error(transparent)]
+    TooLarge(#[from] ThunkTooLarge),
+    /// The job is over a limit of the rendezvous.
+    #[error("{0}")]
+    OverLimit(WireError),
     /// The rendezvous went away before the job ended.
     #[error("the rendezvous closed the connection before the job ended")]
     Disconnected,
@@ -160,7 +157,8 @@ pub async fn run_job(
         require_direct,
         keep_going,
     };
-    fits_one_message(&submission)?;
+    share_inputs(submission.thunks.iter_mut().map(|t| &mut t.thunk.inputs));
+    check_fits(&submission.thunks)?;
     reporter.phase("uploading inputs");
     let uploaded = upload_values(job, store, &scan).await?;
     submission.stored = uploaded.into_iter().chain(scan.stored).collect();
@@ -180,15 +178,6 @@ pub async fn run_job(
     let targets = targets?.unwrap_or_default();
     let summary = Summary::new(&outcome, store.stats(), targets, started.elapsed(), job_started.elapsed());
     Ok(Summary { keep_going, ..summary })
-}
-
-/// Refuses a submission larger than one frame before anything is uploaded.
-fn fits_one_message(submission: &Submission) -> Result<(), RunError> {
-    let bytes = encode_frame(&ToRendezvous::Submit(submission.clone())).len() - FRAME_HEADER;
-    match bytes > MAX_FRAME {
-        true => Err(RunError::TooLarge { bytes, limit: MAX_FRAME }),
-        false => Ok(()),
-    }
 }
 
 /// Looks up the targets' thunks first: one whose reduction is known and whose target outputs
@@ -351,8 +340,19 @@ async fn submit(
     reporter: &mut dyn Reporter,
 ) -> Result<JobOutcome, RunError> {
     let (mut session, recv) = Session::open(target).await?;
-    send_msg(&mut session.send, &ToRendezvous::Submit(sub.clone())).await?;
-    let result = follow(recv, log, reporter).await;
+    // The job goes in pieces while the answers are read: a job refused for its size stops being
+    // sent at once.
+    let send = async {
+        for frame in pieces(sub) {
+            session.send.write_all(&frame?).await.map_err(NetError::from)?;
+        }
+        debug!(thunks = sub.thunks.len(), "job sent");
+        std::future::pending::<Result<JobOutcome, RunError>>().await
+    };
+    let result = tokio::select! {
+        sent = send => sent,
+        followed = follow(recv, log, reporter) => followed,
+    };
     session.close();
     result
 }
@@ -470,6 +470,9 @@ async fn follow(
             Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
             Ok(Some(FromRendezvous::Resolved(r))) => log.record(r.reduction.thunk, r.reduction.outputs),
             Ok(Some(FromRendezvous::JobDone(outcome))) => return Ok(outcome),
+            Ok(Some(FromRendezvous::JobFailed(e))) if e.code == ErrorCode::TooLarge => {
+                return Err(RunError::OverLimit(e));
+            }
             Ok(Some(FromRendezvous::JobFailed(e))) => return Err(RunError::JobFailed(e)),
             Ok(Some(FromRendezvous::Refused(e))) => return Err(RunError::Refused(e)),
             Ok(Some(_)) => warn!("ignoring a message meant for nodes"),

@@ -176,14 +176,14 @@ impl State {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use thunkmesh_protocol::{Program, Ref};
+    use thunkmesh_protocol::{Inputs, Program, Ref};
 
     fn thunk(input: Id) -> Thunk {
         Thunk {
             program: Program::Ref(Ref::Blob(input)),
             args: vec![],
             env: BTreeMap::new(),
-            inputs: BTreeMap::new(),
+            inputs: Inputs::new(),
             outputs: vec!["o".into()],
             timeout_ms: 1000,
             network: false,

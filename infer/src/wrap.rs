@@ -132,7 +132,7 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
         program,
         args: call.args.to_vec(),
         env: call.env.clone(),
-        inputs,
+        inputs: inputs.into(),
         outputs,
         timeout_ms: u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX).max(1),
         network: false,

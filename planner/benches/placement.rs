@@ -34,7 +34,7 @@ fn planner() -> Planner {
                 program: Program::Ref(Ref::Blob(program)),
                 args: vec![i.to_string()],
                 env: BTreeMap::new(),
-                inputs,
+                inputs: inputs.into(),
                 outputs: vec!["out".into()],
                 timeout_ms: 60_000,
                 network: false,

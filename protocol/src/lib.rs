@@ -6,9 +6,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod id;
+pub mod inputs;
 pub mod job;
+pub mod submit;
 pub mod thunk;
 pub mod wire;
 
 pub use id::{Id, Kind};
+pub use inputs::Inputs;
 pub use thunk::{Program, Ref, Thunk};

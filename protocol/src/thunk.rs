@@ -10,6 +10,7 @@ use std::time::Duration;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::id::{Id, Kind};
+use crate::inputs::Inputs;
 
 /// The first bytes of every encoded thunk: `TMTHUNK` and the format version.
 pub const THUNK_MAGIC: &[u8; 8] = b"TMTHUNK\x01";
@@ -126,7 +127,7 @@ pub struct Thunk {
     /// The whole environment: nothing is inherited.
     pub env: BTreeMap<String, String>,
     /// Sandbox path -> what is placed there before the run.
-    pub inputs: BTreeMap<String, Ref>,
+    pub inputs: Inputs,
     /// Sandbox paths the program must create, sorted and unique.
     pub outputs: Vec<String>,
     /// Wall-clock limit of one run, in milliseconds.
@@ -159,6 +160,9 @@ pub enum ThunkError {
     /// Outputs are not sorted and unique.
     #[error("outputs must be sorted and unique")]
     UnsortedOutputs,
+    /// A part of the inputs is not sorted by path.
+    #[error("inputs must be sorted by path")]
+    UnsortedInputs,
     /// A host program path is not absolute.
     #[error("host program `{0}` must be an absolute path")]
     RelativeHostProgram(String),
@@ -246,6 +250,9 @@ impl Thunk {
         }
         if self.outputs.windows(2).any(|w| w[0] >= w[1]) {
             return Err(ThunkError::UnsortedOutputs);
+        }
+        if !self.inputs.sorted() {
+            return Err(ThunkError::UnsortedInputs);
         }
         if self.timeout_ms == 0 {
             return Err(ThunkError::ZeroTimeout);
@@ -574,7 +581,7 @@ pub(crate) mod tests {
             program: Program::Ref(Ref::Blob(script)),
             args: vec!["in.txt".into(), "out.txt".into()],
             env: BTreeMap::from([("LC_ALL".into(), "C".into())]),
-            inputs: BTreeMap::from([("in.txt".into(), Ref::Blob(corpus))]),
+            inputs: Inputs::from_iter([("in.txt".into(), Ref::Blob(corpus))]),
             outputs: vec!["out.txt".into()],
             timeout_ms: 30_000,
             network: false,
@@ -594,7 +601,7 @@ pub(crate) mod tests {
             program: Program::Host { path: "/bin/cat".into(), pin: Id::of_blob(b"pretend this is /bin/cat") },
             args: vec!["a".into()],
             env: BTreeMap::new(),
-            inputs: BTreeMap::from([("a".into(), Ref::Output { thunk: t.id(), name: "out.txt".into() })]),
+            inputs: Inputs::from_iter([("a".into(), Ref::Output { thunk: t.id(), name: "out.txt".into() })]),
             outputs: vec!["b".into()],
             timeout_ms: 1_000,
             network: false,
@@ -689,7 +696,7 @@ pub(crate) mod tests {
         let header = Id::of_blob(b"int f(void);");
         let rooted = Thunk {
             program: Program::Host { path: "/usr/bin/cc".into(), pin: cc },
-            inputs: BTreeMap::from([
+            inputs: Inputs::from_iter([
                 (".root/usr/bin/cc".into(), Ref::Blob(cc)),
                 (".root/usr/include/f.h".into(), Ref::Blob(header)),
                 (".rootless".into(), Ref::Blob(header)),
@@ -734,34 +741,46 @@ pub(crate) mod tests {
         ]
     }
 
+    /// The inputs with every `every`-th one (from the first) in a shared part (none for 0).
+    fn split_at(inputs: BTreeMap<String, Ref>, every: usize) -> Inputs {
+        if every == 0 {
+            return inputs.into();
+        }
+        let (shared, own): (Vec<_>, Vec<_>) = inputs.into_iter().enumerate().partition(|(i, _)| i % every == 0);
+        let strip = |part: Vec<(usize, (String, Ref))>| part.into_iter().map(|(_, input)| input);
+        Inputs::split(strip(shared).collect::<Vec<_>>().into(), strip(own).collect())
+    }
+
     pub(crate) fn arb_thunk() -> impl Strategy<Value = Thunk> {
         (
             arb_ref(),
             proptest::collection::vec(".{0,12}", 0..4),
             proptest::collection::btree_map("[A-Z_]{1,6}", "[ -~]{0,8}", 0..3),
-            proptest::collection::btree_map("in/[a-z]{1,6}", arb_ref(), 0..4),
+            (proptest::collection::btree_map("in/[a-z]{1,6}", arb_ref(), 0..4), 0usize..4),
             proptest::collection::btree_set("out/[a-z]{1,6}", 1..3),
             1u64..1_000_000,
             any::<bool>(),
             any::<bool>(),
             proptest::option::of("[a-z]{1,6}"),
         )
-            .prop_map(|(program, args, env, inputs, mut outputs, timeout_ms, network, stdout, dir)| {
-                if stdout {
-                    outputs.insert(STDOUT_OUTPUT.to_owned());
-                }
-                Thunk {
-                    program: Program::Ref(program),
-                    args: args.into_iter().filter(|a| !a.contains('\0')).collect(),
-                    env,
-                    inputs,
-                    outputs: outputs.into_iter().collect(),
-                    timeout_ms,
-                    network,
-                    stdout,
-                    dir,
-                }
-            })
+            .prop_map(
+                |(program, args, env, (inputs, split), mut outputs, timeout_ms, network, stdout, dir)| {
+                    if stdout {
+                        outputs.insert(STDOUT_OUTPUT.to_owned());
+                    }
+                    Thunk {
+                        program: Program::Ref(program),
+                        args: args.into_iter().filter(|a| !a.contains('\0')).collect(),
+                        env,
+                        inputs: split_at(inputs, split),
+                        outputs: outputs.into_iter().collect(),
+                        timeout_ms,
+                        network,
+                        stdout,
+                        dir,
+                    }
+                },
+            )
     }
 
     proptest! {

@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -82,8 +82,13 @@ pub struct NodeHello {
 /// Messages a node or client sends to the rendezvous.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ToRendezvous {
-    /// A client's job.
-    Submit(Submission),
+    /// A client's job begins: how it runs. Its content follows in [`ToRendezvous::JobPart`]s
+    /// and [`ToRendezvous::JobEnd`] ends it (`crate::submit`).
+    Submit(JobHeader),
+    /// More of the job begun by `Submit`.
+    JobPart(JobPart),
+    /// The job is whole: planning starts.
+    JobEnd,
     /// Objects a node already holds in its cache (from earlier runs), sent after the welcome in
     /// pieces of at most [`HOLDS_PER_MESSAGE`]: the hello stays small.
     Holds(Vec<Id>),
@@ -236,6 +241,32 @@ pub struct Submission {
     /// A failed thunk does not end the job: every thunk that does not depend on it still runs,
     /// and the outcome lists the failures.
     pub keep_going: bool,
+}
+
+/// How a job runs: the first message of a submission.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct JobHeader {
+    /// Where nodes read inputs and write targets.
+    pub store: String,
+    /// How intermediates travel.
+    pub mode: Mode,
+    /// See [`Submission::require_direct`].
+    pub require_direct: bool,
+    /// See [`Submission::keep_going`].
+    pub keep_going: bool,
+}
+
+/// A piece of a job's content; any number of each, in any order, before `JobEnd`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum JobPart {
+    /// Thunks (their shared input parts written once per message).
+    Thunks(Vec<SubmittedThunk>),
+    /// Refs whose values the client wants.
+    Targets(Vec<Ref>),
+    /// Blobs already in storage.
+    Stored(Vec<Id>),
+    /// Reductions found in the memo cache.
+    Memo(Vec<Reduction>),
 }
 
 /// A thunk with the name the job gave it.
@@ -503,6 +534,8 @@ pub enum ErrorCode {
     NotFound,
     /// A program wrote to one of its inputs, which are shared and read-only.
     ModifiedInput,
+    /// A job is larger than the rendezvous takes (its configured limits).
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -681,16 +714,18 @@ mod tests {
                 proptest::collection::vec(arb_ref(), 0..3),
                 proptest::collection::vec(arb_id(), 0..3)
             )
-                .prop_map(|(store, thunks, targets, stored)| ToRendezvous::Submit(Submission {
-                    store,
-                    mode: Mode::Storage,
-                    thunks,
-                    targets,
-                    stored,
-                    memo: vec![],
-                    require_direct: true,
-                    keep_going: false,
-                })),
+                .prop_map(|(store, thunks, targets, stored)| match thunks.len() {
+                    0 => ToRendezvous::Submit(JobHeader {
+                        store,
+                        mode: Mode::Storage,
+                        require_direct: true,
+                        keep_going: false
+                    }),
+                    1 => ToRendezvous::JobPart(JobPart::Targets(targets)),
+                    2 => ToRendezvous::JobPart(JobPart::Stored(stored)),
+                    _ => ToRendezvous::JobPart(JobPart::Thunks(thunks)),
+                }),
+            Just(ToRendezvous::JobEnd),
             (any::<u64>(), proptest::collection::vec(("[a-z]{1,4}", output), 0..3), arb_stats())
                 .prop_map(|(task, outputs, stats)| ToRendezvous::Done(TaskDone { task, outputs, stats })),
             (any::<u64>(), ".{0,20}", proptest::collection::vec(arb_id(), 0..2), arb_stats()).prop_map(

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use thunkmesh_planner::{Decision, Place, Planner};
 use thunkmesh_protocol::Id;
+use thunkmesh_protocol::submit::{Assembler, JobLimits};
 use thunkmesh_protocol::wire::{
-    Assignment, ErrorCode, FromRendezvous, InputSource, Mode, NatKind, NodeHello, NodeStatus, Progress, Resolution,
-    Source, ToRendezvous, UploadRequest, WireError,
+    Assignment, ErrorCode, FromRendezvous, InputSource, JobHeader, JobPart, Mode, NatKind, NodeHello, NodeStatus,
+    Progress, Resolution, Source, ToRendezvous, UploadRequest, WireError,
 };
 use tracing::{info, warn};
 
@@ -104,6 +105,10 @@ struct Awaited {
 
 #[derive(Debug)]
 struct ClientEntry {
+    /// Its job while the parts arrive.
+    building: Option<Assembler>,
+    /// Its job was refused for its size: the rest of it is ignored.
+    oversized: bool,
     store: Option<String>,
     mode: Mode,
     require_direct: bool,
@@ -113,12 +118,18 @@ struct ClientEntry {
 #[derive(Debug, Default)]
 pub(crate) struct Core {
     planner: Planner,
+    limits: JobLimits,
     nodes: HashMap<u64, NodeEntry>,
     clients: HashMap<u64, ClientEntry>,
     out: VecDeque<Action>,
 }
 
 impl Core {
+    /// A core that takes jobs within `limits`.
+    pub(crate) fn new(limits: JobLimits) -> Core {
+        Core { limits, ..Core::default() }
+    }
+
     /// Takes one event at `now` (time since the core started).
     pub(crate) fn handle(&mut self, now: Duration, event: Event) {
         self.planner.advance(now);
@@ -177,7 +188,14 @@ impl Core {
             Event::ClientJoined { job } => {
                 self.clients.insert(
                     job,
-                    ClientEntry { store: None, mode: Mode::P2p, require_direct: false, progress: Progress::default() },
+                    ClientEntry {
+                        building: None,
+                        oversized: false,
+                        store: None,
+                        mode: Mode::P2p,
+                        require_direct: false,
+                        progress: Progress::default(),
+                    },
                 );
             }
             Event::Moved { session, addr } => self.moved(session, addr),
@@ -233,7 +251,9 @@ impl Core {
     fn message(&mut self, from: u64, msg: ToRendezvous) {
         let is_node = self.nodes.contains_key(&from);
         match msg {
-            ToRendezvous::Submit(sub) => self.submit(from, sub),
+            ToRendezvous::Submit(header) => self.begin_job(from, header),
+            ToRendezvous::JobPart(part) => self.job_part(from, part),
+            ToRendezvous::JobEnd => self.end_job(from),
             ToRendezvous::Holds(held) if is_node => self.holds(from, held),
             ToRendezvous::Dropped(dropped) if is_node => self.planner.node_dropped(from, &dropped),
             ToRendezvous::Done(d) if is_node => self.planner.task_done(from, d.task, &d.outputs, d.stats),
@@ -261,16 +281,52 @@ impl Core {
         }
     }
 
-    fn submit(&mut self, job: u64, sub: thunkmesh_protocol::wire::Submission) {
+    /// A client begins its job (one per connection).
+    fn begin_job(&mut self, job: u64, header: JobHeader) {
         let Some(client) = self.clients.get_mut(&job) else {
             return self.refuse(job, "only clients submit jobs");
         };
         if client.store.is_some() {
             return self.refuse(job, "one job per client connection");
         }
-        client.store = Some(sub.store.clone());
-        client.mode = sub.mode;
-        client.require_direct = sub.require_direct;
+        client.store = Some(header.store.clone());
+        client.mode = header.mode;
+        client.require_direct = header.require_direct;
+        client.building = Some(Assembler::new(header, self.limits));
+    }
+
+    /// More of a job; one over the limits fails at once, and what it sends after is ignored.
+    fn job_part(&mut self, job: u64, part: JobPart) {
+        let Some(client) = self.clients.get_mut(&job) else {
+            return self.refuse(job, "only clients submit jobs");
+        };
+        let Some(building) = client.building.as_mut() else {
+            if !client.oversized {
+                self.refuse(job, "a job part must follow the job's Submit and come before its JobEnd");
+            }
+            return;
+        };
+        if let Err(e) = building.add(part) {
+            warn!(job, thunks = building.thunks(), error = %e.message, "job refused");
+            client.building = None;
+            client.oversized = true;
+            self.send(job, FromRendezvous::JobFailed(e));
+        }
+    }
+
+    /// The job is whole: the planner takes it.
+    fn end_job(&mut self, job: u64) {
+        let Some(client) = self.clients.get_mut(&job) else {
+            return self.refuse(job, "only clients submit jobs");
+        };
+        let Some(building) = client.building.take() else {
+            // A job refused for its size has been answered already.
+            if !client.oversized {
+                self.refuse(job, "JobEnd without a job being sent");
+            }
+            return;
+        };
+        let sub = building.finish();
         info!(job, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
         if let Err(e) = self.planner.submit(job, &sub) {
             self.send(job, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));

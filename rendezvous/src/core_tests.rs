@@ -11,6 +11,7 @@ use thunkmesh_protocol::wire::{
     Assignment, ErrorCode, FromRendezvous, Mode, NodeHello, OutputValue, Stored, Submission, SubmittedThunk, TaskDone,
     TaskFailed, ToRendezvous, TransferStats, UploadRequest, WireError,
 };
+use thunkmesh_protocol::wire::{FRAME_HEADER, decode_body};
 use thunkmesh_protocol::{Id, Program, Ref, Thunk};
 
 use crate::core::{Action, Core, Event};
@@ -57,6 +58,12 @@ fn produced(thunk: &Thunk, name: &str) -> Id {
 }
 
 /// A job of `n` thunks where each reads some earlier ones; the last is the target.
+/// The messages that submit `sub`, as a client sends them.
+pub(crate) fn submission_messages(sub: &Submission) -> Vec<ToRendezvous> {
+    let frames = thunkmesh_protocol::submit::pieces(sub).map(|f| f.expect("test thunks fit a frame"));
+    frames.map(|f| decode_body(&f[FRAME_HEADER..]).expect("a frame we made")).collect()
+}
+
 fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
     let n = 1 + rng.below(5) as usize;
     let mut thunks: Vec<Thunk> = Vec::new();
@@ -71,7 +78,7 @@ fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
             program: Program::Host { path: "/bin/sh".into(), pin: Id::of_blob(b"sh") },
             args: vec![format!("job {tag} thunk {i}")],
             env: BTreeMap::new(),
-            inputs,
+            inputs: inputs.into(),
             outputs: vec!["out".into()],
             timeout_ms: 1000,
             network: false,
@@ -197,7 +204,9 @@ impl Sim {
         let last = thunks.last().expect("a job has a thunk");
         self.jobs.insert(job, SimJob { target: produced(last, "out"), ended: None });
         self.event(Event::ClientJoined { job });
-        self.event(Event::Message { from: job, msg: ToRendezvous::Submit(submission) });
+        for msg in submission_messages(&submission) {
+            self.event(Event::Message { from: job, msg });
+        }
     }
 
     fn message(&mut self, from: u64, msg: ToRendezvous) {
@@ -279,7 +288,7 @@ impl Sim {
                             stats: TransferStats::default(),
                         }),
                         2 => ToRendezvous::Holds(vec![blob]),
-                        _ => ToRendezvous::Submit(random_job(rng, 0).0),
+                        _ => submission_messages(&random_job(rng, 0).0).swap_remove(rng.below(3) as usize),
                     };
                     self.message(n, lie);
                 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use thunkmesh_protocol::submit::JobLimits;
 use thunkmesh_protocol::wire::FromRendezvous;
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
@@ -25,9 +26,9 @@ impl From<Event> for Inbound {
 }
 
 /// Runs the core until every connection's sender is gone; publishes the node count on `nodes`.
-pub(crate) async fn run(mut inbox: mpsc::Receiver<Inbound>, nodes: watch::Sender<usize>) {
+pub(crate) async fn run(mut inbox: mpsc::Receiver<Inbound>, nodes: watch::Sender<usize>, limits: JobLimits) {
     let started = tokio::time::Instant::now();
-    let mut core = Core::default();
+    let mut core = Core::new(limits);
     let mut outboxes: HashMap<u64, mpsc::Sender<FromRendezvous>> = HashMap::new();
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     loop {

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use thunkmesh_net::{AbortOnDrop, Identity, NetError};
+pub use thunkmesh_protocol::submit::JobLimits;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -35,6 +36,8 @@ pub struct Config {
     pub token: String,
     /// The server's certificate and key.
     pub identity: Identity,
+    /// The largest job it takes.
+    pub limits: JobLimits,
 }
 
 /// A failure to start the server.
@@ -70,7 +73,7 @@ pub fn spawn(bind: SocketAddr, config: Config) -> Result<Running, RendezvousErro
     let addr = endpoint.local_addr().map_err(|source| NetError::Io { path: bind.to_string(), source })?;
     let fingerprint = config.identity.fingerprint();
     let (count, nodes) = watch::channel(0);
-    let task = tokio::spawn(serve_counting(endpoint, None, config.token, std::future::pending(), count));
+    let task = tokio::spawn(serve_counting(endpoint, None, config.token, config.limits, std::future::pending(), count));
     Ok(Running { addr, fingerprint, nodes, _task: AbortOnDrop(task) })
 }
 
@@ -80,15 +83,17 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     probe: Option<quinn::Endpoint>,
     token: String,
+    limits: JobLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_counting(endpoint, probe, token, shutdown, watch::channel(0).0).await;
+    serve_counting(endpoint, probe, token, limits, shutdown, watch::channel(0).0).await;
 }
 
 async fn serve_counting(
     endpoint: quinn::Endpoint,
     probe: Option<quinn::Endpoint>,
     token: String,
+    limits: JobLimits,
     shutdown: impl Future<Output = ()>,
     nodes: watch::Sender<usize>,
 ) {
@@ -97,7 +102,7 @@ async fn serve_counting(
     let relay = relay::Relay::new(token.clone());
     let strangers = thunkmesh_net::Strangers::default();
     let mut tasks = JoinSet::new();
-    tasks.spawn(driver::run(inbox, nodes));
+    tasks.spawn(driver::run(inbox, nodes, limits));
     let probe_port = probe.as_ref().and_then(|p| p.local_addr().ok()).map_or(0, |a| a.port());
     if let Some(probe) = probe.clone() {
         tasks.spawn(probe::serve(probe));

@@ -130,9 +130,10 @@ fn a_store_url_that_cannot_work_is_refused_before_anything_runs() {
 }
 
 /// Issue 12, finding 11: a job too large for one message used to upload its inputs and then
-/// lose its connection (exit 1); it is refused before any upload, with exit code 2.
+/// lose its connection (exit 1). A job now travels in pieces (issue 15), but one thunk still
+/// travels whole: a thunk too large for a frame is refused before any upload, with exit code 2.
 #[test]
-fn a_job_too_large_for_one_message_is_refused_before_any_upload() {
+fn a_thunk_too_large_for_one_message_is_refused_before_any_upload() {
     let dir = tempfile::tempdir().expect("tempdir");
     // 300 arguments of 60,000 bytes: each under the 64 KiB string limit, together over 16 MiB.
     let huge = vec![format!("\"{}\"", "x".repeat(60_000)); 300].join(", ");
@@ -142,6 +143,10 @@ fn a_job_too_large_for_one_message_is_refused_before_any_upload() {
     let job = write(dir.path(), &[("job.toml", &text), ("data.txt", "data\n")]);
     let run = run_in(dir.path(), &job, &["--workers", "1"]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("over the 16777216-byte limit of the wire"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("thunk `a` is") && run.stderr.contains("over the 16777216-byte limit of one frame"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stored_blobs().is_empty(), "nothing was uploaded: {:?}", run.stored_blobs());
 }

@@ -11,6 +11,7 @@ mod lambda;
 mod nat;
 mod s3;
 mod sandbox;
+mod scale;
 mod self_hosted;
 mod test_suites;
 mod trust;

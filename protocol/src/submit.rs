@@ -1,0 +1,326 @@
+//! A job on its way to the rendezvous: cut into frames no larger than a budget on the client
+//! ([`pieces`]), and put together again on the rendezvous ([`Assembler`]) within the limits it is
+//! configured with.
+//!
+//! A job travels as `Submit(header)`, any number of `JobPart`s, and `JobEnd`. Thunks go in
+//! batches sized so that each frame stays under [`PART_BYTES`]; a shared input part (see
+//! [`crate::inputs`]) is written once per batch, and the assembler makes the copies from
+//! different batches one allocation again. Nothing is planned before `JobEnd`: the planner checks
+//! the whole graph (every ref names a thunk of the job, no cycles) before any of it runs, so a
+//! job that is wrong at its end has not half run. `docs/wire.md` describes the exchange.
+
+use crate::inputs::Interner;
+use crate::wire::{
+    ErrorCode, FRAME_HEADER, JobHeader, JobPart, MAX_FRAME, Submission, SubmittedThunk, ToRendezvous, WireError,
+    encode_frame,
+};
+
+/// Frame size a piece of a job aims to stay under.
+pub const PART_BYTES: usize = 4 << 20;
+
+/// Ids, refs or memo entries per message (each far smaller than `PART_BYTES / 16,384`).
+const ITEMS_PER_PART: usize = 16_384;
+
+/// Thunks in the first batch; later batches are sized from the bytes per thunk seen.
+const FIRST_BATCH: usize = 256;
+
+/// A thunk that does not fit in one frame on its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("thunk `{name}` is {bytes} bytes as a message, over the {limit}-byte limit of one frame")]
+pub struct ThunkTooLarge {
+    /// The thunk's name.
+    pub name: String,
+    /// Its encoded size.
+    pub bytes: usize,
+    /// [`MAX_FRAME`].
+    pub limit: usize,
+}
+
+/// The frames that submit `sub`, in order: header, thunk batches, memo entries, stored ids,
+/// targets, end. Made one at a time, so a large job is never held encoded all at once.
+pub fn pieces(sub: &Submission) -> impl Iterator<Item = Result<Vec<u8>, ThunkTooLarge>> + '_ {
+    let header = ToRendezvous::Submit(JobHeader {
+        store: sub.store.clone(),
+        mode: sub.mode,
+        require_direct: sub.require_direct,
+        keep_going: sub.keep_going,
+    });
+    let items = sub
+        .memo
+        .chunks(ITEMS_PER_PART)
+        .map(|c| JobPart::Memo(c.to_vec()))
+        .chain(sub.stored.chunks(ITEMS_PER_PART).map(|c| JobPart::Stored(c.to_vec())))
+        .chain(sub.targets.chunks(ITEMS_PER_PART).map(|c| JobPart::Targets(c.to_vec())))
+        .map(|part| Ok(encode_frame(&ToRendezvous::JobPart(part))));
+    std::iter::once(Ok(encode_frame(&header)))
+        .chain(ThunkBatches { rest: &sub.thunks, size: FIRST_BATCH })
+        .chain(items)
+        .chain(std::iter::once(Ok(encode_frame(&ToRendezvous::JobEnd))))
+}
+
+/// Finds a thunk too large for a frame of its own without encoding the others (the client
+/// checks before it uploads anything).
+pub fn check_fits(thunks: &[SubmittedThunk]) -> Result<(), ThunkTooLarge> {
+    for t in thunks {
+        let shared = t.thunk.inputs.shared().map_or(0, |s| s.iter().map(|(p, _)| p.len() as u64 + REF_WEIGHT).sum());
+        if weight(t) + shared <= (MAX_FRAME / 2) as u64 {
+            continue;
+        }
+        let bytes = encode_frame(&ToRendezvous::JobPart(JobPart::Thunks(vec![t.clone()]))).len() - FRAME_HEADER;
+        if bytes > MAX_FRAME {
+            return Err(ThunkTooLarge { name: t.name.clone(), bytes, limit: MAX_FRAME });
+        }
+    }
+    Ok(())
+}
+
+/// Thunks in frames of at most [`PART_BYTES`] (or one thunk alone, up to [`MAX_FRAME`]).
+struct ThunkBatches<'a> {
+    rest: &'a [SubmittedThunk],
+    size: usize,
+}
+
+impl Iterator for ThunkBatches<'_> {
+    type Item = Result<Vec<u8>, ThunkTooLarge>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let take = self.size.clamp(1, self.rest.len().max(1));
+            let batch = self.rest.get(..take).filter(|b| !b.is_empty())?;
+            let frame = encode_frame(&ToRendezvous::JobPart(JobPart::Thunks(batch.to_vec())));
+            let bytes = frame.len() - FRAME_HEADER;
+            if bytes > PART_BYTES && take > 1 {
+                self.size = take / 2;
+                continue;
+            }
+            if bytes > MAX_FRAME {
+                let name = batch[0].name.clone();
+                self.rest = &[];
+                return Some(Err(ThunkTooLarge { name, bytes, limit: MAX_FRAME }));
+            }
+            self.rest = &self.rest[take..];
+            // The next batch aims at half the budget, from what this one weighed per thunk.
+            self.size = (PART_BYTES / 2 / (bytes / take).max(1)).max(1);
+            return Some(Ok(frame));
+        }
+    }
+}
+
+/// What a rendezvous takes in one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Most thunks.
+    pub thunks: u64,
+    /// Most bytes held for it: every string, plus [`REF_WEIGHT`] per ref or id; a shared input
+    /// part counts once.
+    pub bytes: u64,
+}
+
+/// What a ref, id or memo entry counts for in [`JobLimits::bytes`] besides its strings.
+pub const REF_WEIGHT: u64 = 64;
+
+impl Default for JobLimits {
+    /// Room for a build of millions of compiles in well under the memory of a small server.
+    fn default() -> JobLimits {
+        JobLimits { thunks: 5_000_000, bytes: 8 << 30 }
+    }
+}
+
+/// A job being received: parts are added as they come, limits checked on each.
+#[derive(Debug)]
+pub struct Assembler {
+    sub: Submission,
+    interner: Interner,
+    limits: JobLimits,
+    bytes: u64,
+}
+
+impl Assembler {
+    /// A job that begins with `header`.
+    pub fn new(header: JobHeader, limits: JobLimits) -> Assembler {
+        let JobHeader { store, mode, require_direct, keep_going } = header;
+        let sub = Submission {
+            store,
+            mode,
+            thunks: Vec::new(),
+            targets: Vec::new(),
+            stored: Vec::new(),
+            memo: Vec::new(),
+            require_direct,
+            keep_going,
+        };
+        Assembler { sub, interner: Interner::default(), limits, bytes: 0 }
+    }
+
+    /// Adds a part; an error says which limit the job went over (and nothing more is taken).
+    pub fn add(&mut self, part: JobPart) -> Result<(), WireError> {
+        match part {
+            JobPart::Thunks(thunks) => {
+                let total = self.sub.thunks.len() as u64 + thunks.len() as u64;
+                if total > self.limits.thunks {
+                    return Err(over(format!("{} thunks", self.limits.thunks), "--max-job-thunks"));
+                }
+                for mut t in thunks {
+                    self.bytes += self.interner.intern_inputs(&mut t.thunk.inputs, REF_WEIGHT) + weight(&t);
+                    self.sub.thunks.push(t);
+                }
+            }
+            JobPart::Targets(targets) => {
+                self.bytes += REF_WEIGHT * targets.len() as u64;
+                self.sub.targets.extend(targets);
+            }
+            JobPart::Stored(ids) => {
+                self.bytes += REF_WEIGHT * ids.len() as u64;
+                self.sub.stored.extend(ids);
+            }
+            JobPart::Memo(memo) => {
+                let outputs: usize = memo.iter().map(|r| r.outputs.len()).sum();
+                self.bytes += REF_WEIGHT * (memo.len() + outputs) as u64;
+                self.sub.memo.extend(memo);
+            }
+        }
+        match self.bytes > self.limits.bytes {
+            true => Err(over(format!("{} bytes", self.limits.bytes), "--max-job-bytes")),
+            false => Ok(()),
+        }
+    }
+
+    /// Thunks received so far.
+    pub fn thunks(&self) -> usize {
+        self.sub.thunks.len()
+    }
+
+    /// The whole job.
+    pub fn finish(self) -> Submission {
+        self.sub
+    }
+}
+
+fn over(limit: String, flag: &str) -> WireError {
+    WireError::new(
+        ErrorCode::TooLarge,
+        format!("the job is larger than this rendezvous takes: its limit is {limit} (`thunkmesh rendezvous {flag}`)"),
+    )
+}
+
+/// What a thunk counts for in [`JobLimits::bytes`], its shared input part aside.
+fn weight(t: &SubmittedThunk) -> u64 {
+    let thunk = &t.thunk;
+    let strings = t.name.len()
+        + thunk.args.iter().map(String::len).sum::<usize>()
+        + thunk.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + thunk.outputs.iter().map(String::len).sum::<usize>()
+        + thunk.dir.as_ref().map_or(0, String::len);
+    let own = thunk.inputs.own();
+    let paths: usize = own.iter().map(|(p, _)| p.len()).sum();
+    (strings + paths) as u64 + REF_WEIGHT * (1 + own.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::inputs::{Input, Inputs};
+    use crate::wire::{FromRendezvous, Mode, decode_body};
+    use crate::{Id, Program, Ref, Thunk};
+
+    /// `n` compile-like thunks reading one shared set of `headers` inputs and a source each.
+    fn compiles(n: usize, headers: usize) -> Submission {
+        let shared: Arc<[Input]> = (0..headers)
+            .map(|h| (format!("include/header-{h:04}.h"), Ref::Blob(Id::of_blob(format!("h{h}").as_bytes()))))
+            .collect::<Vec<_>>()
+            .into();
+        let thunks: Vec<SubmittedThunk> = (0..n)
+            .map(|i| {
+                let source = (format!("src/file-{i}.c"), Ref::Blob(Id::of_blob(format!("s{i}").as_bytes())));
+                let thunk = Thunk {
+                    program: Program::Host { path: "/usr/bin/cc".into(), pin: Id::of_blob(b"cc") },
+                    args: vec!["-c".into(), format!("src/file-{i}.c"), "-o".into(), "out.o".into()],
+                    env: BTreeMap::new(),
+                    inputs: Inputs::split(shared.clone(), vec![source]),
+                    outputs: vec!["out.o".into()],
+                    timeout_ms: 1000,
+                    network: false,
+                    stdout: false,
+                    dir: None,
+                };
+                SubmittedThunk { name: format!("cc/{i}"), thunk }
+            })
+            .collect();
+        let targets = thunks.iter().map(|t| Ref::Output { thunk: t.thunk.id(), name: "out.o".into() }).collect();
+        Submission {
+            store: "file:///tmp/s".into(),
+            mode: Mode::P2p,
+            thunks,
+            targets,
+            stored: vec![],
+            memo: vec![],
+            require_direct: false,
+            keep_going: true,
+        }
+    }
+
+    fn assemble(sub: &Submission, limits: JobLimits) -> Result<Submission, WireError> {
+        let mut assembler = None;
+        for frame in pieces(sub) {
+            let frame = frame.expect("every thunk fits");
+            assert!(frame.len() - FRAME_HEADER <= PART_BYTES, "a piece of {} bytes", frame.len());
+            match decode_body::<ToRendezvous>(&frame[FRAME_HEADER..]).expect("valid frame") {
+                ToRendezvous::Submit(header) => assembler = Some(Assembler::new(header, limits)),
+                ToRendezvous::JobPart(part) => assembler.as_mut().expect("header first").add(part)?,
+                ToRendezvous::JobEnd => return Ok(assembler.take().expect("header first").finish()),
+                other => panic!("not part of a submission: {other:?}"),
+            }
+        }
+        panic!("no JobEnd")
+    }
+
+    #[test]
+    fn a_job_larger_than_a_frame_arrives_whole_in_pieces_with_its_shared_inputs_shared_again() {
+        let sub = compiles(20_000, 100);
+        let whole = encode_frame(&ToRendezvous::JobPart(JobPart::Thunks(sub.thunks.clone())));
+        assert!(whole.len() > PART_BYTES, "the job should not fit one piece ({} bytes)", whole.len());
+        let got = assemble(&sub, JobLimits::default()).expect("within limits");
+        assert_eq!(got, sub);
+        let first = got.thunks[0].thunk.inputs.shared().expect("shared");
+        assert!(got.thunks.iter().all(|t| Arc::ptr_eq(t.thunk.inputs.shared().expect("shared"), first)));
+    }
+
+    #[test]
+    fn unshared_inputs_make_many_more_pieces_than_shared_ones() {
+        let shared = compiles(4_000, 100);
+        let mut unshared = shared.clone();
+        for t in &mut unshared.thunks {
+            t.thunk.inputs = t.thunk.inputs.iter().map(|(p, r)| (p.clone(), r.clone())).collect();
+        }
+        let bytes = |sub: &Submission| pieces(sub).map(|f| f.expect("fits").len()).sum::<usize>();
+        assert!(bytes(&unshared) > 10 * bytes(&shared), "{} vs {}", bytes(&unshared), bytes(&shared));
+    }
+
+    #[test]
+    fn a_job_over_a_limit_is_refused_naming_the_limit() {
+        let sub = compiles(1_000, 10);
+        let e = assemble(&sub, JobLimits { thunks: 999, ..JobLimits::default() }).expect_err("over");
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        assert!(e.message.contains("999 thunks") && e.message.contains("--max-job-thunks"), "{e}");
+        let e = assemble(&sub, JobLimits { bytes: 10_000, ..JobLimits::default() }).expect_err("over");
+        assert!(e.message.contains("10000 bytes") && e.message.contains("--max-job-bytes"), "{e}");
+        assert!(assemble(&sub, JobLimits { thunks: 1_000, bytes: 1 << 20 }).is_ok());
+        let _ = FromRendezvous::JobFailed(e);
+    }
+
+    #[test]
+    fn a_thunk_larger_than_a_frame_is_named() {
+        let mut sub = compiles(3, 1);
+        sub.thunks[1].thunk.args = vec!["x".repeat(60_000); 300];
+        let results: Vec<_> = pieces(&sub).collect();
+        let e = results.into_iter().find_map(Result::err).expect("refused");
+        assert_eq!(e.name, "cc/1");
+        assert!(e.bytes > MAX_FRAME);
+        assert_eq!(check_fits(&sub.thunks), Err(e));
+        sub.thunks[1].thunk.args.truncate(200);
+        assert_eq!(check_fits(&sub.thunks), Ok(()));
+    }
+}
