@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use thunkmesh_net::{Identity, NetError, Trust, client_config, connect, recv_msg, send_msg};
-use thunkmesh_protocol::inputs::share_inputs;
+use thunkmesh_protocol::inputs::share;
 use thunkmesh_protocol::job::NamedThunk;
 use thunkmesh_protocol::submit::{ThunkTooLarge, check_fits, pieces};
 use thunkmesh_protocol::wire::{
@@ -157,7 +157,7 @@ pub async fn run_job(
         require_direct,
         keep_going,
     };
-    share_inputs(submission.thunks.iter_mut().map(|t| &mut t.thunk.inputs));
+    share(submission.thunks.iter_mut().map(|t| &mut t.thunk));
     check_fits(&submission.thunks)?;
     reporter.phase("uploading inputs");
     let uploaded = upload_values(job, store, &scan).await?;

@@ -175,14 +175,13 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use thunkmesh_protocol::{Inputs, Program, Ref};
 
     fn thunk(input: Id) -> Thunk {
         Thunk {
             program: Program::Ref(Ref::Blob(input)),
             args: vec![],
-            env: BTreeMap::new(),
+            env: Default::default(),
             inputs: Inputs::new(),
             outputs: vec!["o".into()],
             timeout_ms: 1000,

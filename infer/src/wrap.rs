@@ -131,7 +131,7 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
     let thunk = Thunk {
         program,
         args: call.args.to_vec(),
-        env: call.env.clone(),
+        env: std::sync::Arc::new(call.env.clone()),
         inputs: inputs.into(),
         outputs,
         timeout_ms: u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX).max(1),
@@ -212,7 +212,7 @@ mod tests {
             args: &[],
             inputs,
             outputs,
-            env: BTreeMap::new(),
+            env: Default::default(),
             timeout: Duration::from_secs(60),
             mode: 0o644,
             path: Some(OsStr::new("/usr/bin:/bin")),

@@ -33,7 +33,7 @@ fn planner() -> Planner {
             let thunk = Thunk {
                 program: Program::Ref(Ref::Blob(program)),
                 args: vec![i.to_string()],
-                env: BTreeMap::new(),
+                env: Default::default(),
                 inputs: inputs.into(),
                 outputs: vec!["out".into()],
                 timeout_ms: 60_000,
@@ -57,7 +57,7 @@ fn planner() -> Planner {
         require_direct: false,
         keep_going: false,
     };
-    p.submit(1, &submission).expect("valid job");
+    p.submit(1, submission).expect("valid job");
     p
 }
 

@@ -97,7 +97,9 @@ impl TargetWatch {
 
 #[derive(Debug)]
 pub(crate) struct Job {
-    entries: HashMap<Id, Entry>,
+    /// Boxed: a table of 50,000 entries has room for 65,536, and an empty slot then costs a
+    /// pointer rather than a whole entry.
+    entries: HashMap<Id, Box<Entry>>,
     pub(crate) targets: Vec<Ref>,
     ready: VecDeque<Id>,
     pending: Vec<Id>,
@@ -147,10 +149,12 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    pub(crate) fn new(sub: &Submission) -> Result<Job, PlanError> {
+    /// The job of `sub`, whose thunks it keeps (moved, not copied).
+    pub(crate) fn new(sub: Submission) -> Result<Job, PlanError> {
+        let targets = sub.targets.len();
         let mut job = Job {
             entries: HashMap::with_capacity(sub.thunks.len()),
-            targets: sub.targets.clone(),
+            targets: sub.targets,
             ready: VecDeque::new(),
             pending: Vec::new(),
             waiters: HashMap::new(),
@@ -172,7 +176,7 @@ impl Job {
             blob_waiters: HashMap::new(),
             consumers: HashMap::new(),
             scanned: HashMap::new(),
-            watch: TargetWatch::new(sub.targets.len()),
+            watch: TargetWatch::new(targets),
             durations: Average::new(),
             output_bytes: Average::new(),
             kinds: HashMap::new(),
@@ -180,20 +184,20 @@ impl Job {
             failures: BTreeMap::new(),
             skipped: 0,
         };
-        job.add_thunks(&sub.thunks, "")?;
-        job.check_refs(sub.thunks.iter().flat_map(|t| t.thunk.refs()).chain(&sub.targets))?;
+        job.add_thunks(sub.thunks, "")?;
+        job.check_refs(job.entries.values().flat_map(|e| e.thunk.refs()).chain(&job.targets))?;
         for reduction in &sub.memo {
             job.apply_memo(reduction);
         }
-        for target in sub.targets.clone() {
+        for target in job.targets.clone() {
             job.demand_ref(&target);
         }
         Ok(job)
     }
 
-    fn add_thunks(&mut self, thunks: &[SubmittedThunk], prefix: &str) -> Result<(), PlanError> {
+    fn add_thunks(&mut self, thunks: impl IntoIterator<Item = SubmittedThunk>, prefix: &str) -> Result<(), PlanError> {
         for t in thunks {
-            let name = format!("{prefix}{}", t.name);
+            let name = if prefix.is_empty() { t.name } else { format!("{prefix}{}", t.name) };
             t.thunk.validate().map_err(|e| PlanError::InvalidThunk { name: name.clone(), reason: e.to_string() })?;
             let id = t.thunk.id();
             if self.entries.contains_key(&id) {
@@ -201,12 +205,12 @@ impl Job {
             }
             for r in t.thunk.refs() {
                 if let Ref::Output { thunk, .. } = r {
-                    self.consumers.entry(*thunk).or_default().push(id);
+                    // Most producers have one consumer: no room for four (a vector's first growth).
+                    self.consumers.entry(*thunk).or_insert_with(|| Vec::with_capacity(1)).push(id);
                 }
             }
-            let entry =
-                Entry { name, thunk: t.thunk.clone(), state: State::Idle, needed: false, attempts: 0, reported: false };
-            self.entries.insert(id, entry);
+            let entry = Entry { name, thunk: t.thunk, state: State::Idle, needed: false, attempts: 0, reported: false };
+            self.entries.insert(id, Box::new(entry));
         }
         Ok(())
     }
@@ -627,7 +631,7 @@ impl Job {
         let bad = |reason: String| {
             WireError::new(ErrorCode::BadTail, format!("tail `{output}` of thunk `{parent}`: {reason}"))
         };
-        self.add_thunks(thunks, &format!("{parent}/")).map_err(|e| bad(e.to_string()))?;
+        self.add_thunks(thunks.iter().cloned(), &format!("{parent}/")).map_err(|e| bad(e.to_string()))?;
         let refs = thunks.iter().flat_map(|t| t.thunk.refs()).chain(std::iter::once(result));
         self.check_refs(refs).map_err(|e| bad(e.to_string()))?;
         let blobs = thunks.iter().flat_map(|t| t.thunk.refs()).chain(std::iter::once(result));

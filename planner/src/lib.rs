@@ -184,14 +184,20 @@ type StoreKey = u32;
 
 #[derive(Debug, Default)]
 struct Places {
-    /// The stores known to hold it.
-    stores: BTreeSet<StoreKey>,
+    /// The stores known to hold it (a few at most: a list is a quarter of a set's memory).
+    stores: Vec<StoreKey>,
     nodes: BTreeSet<NodeId>,
 }
 
 impl Places {
     fn in_store(&self, store: StoreKey) -> bool {
         self.stores.contains(&store)
+    }
+
+    fn stored_in(&mut self, store: StoreKey) {
+        if !self.in_store(store) {
+            self.stores.push(store);
+        }
     }
 }
 
@@ -462,15 +468,17 @@ impl Planner {
     }
 
     /// A job: its thunks, its targets, what storage holds and what the memo cache knows.
-    pub fn submit(&mut self, id: JobId, sub: &Submission) -> Result<(), PlanError> {
+    pub fn submit(&mut self, id: JobId, mut sub: Submission) -> Result<(), PlanError> {
         if self.jobs.contains_key(&id) {
             return Err(PlanError::DuplicateJob(id));
         }
+        let store = std::mem::take(&mut sub.store);
+        let stored = std::mem::take(&mut sub.stored);
         let mut job = Job::new(sub)?;
         let next = StoreKey::try_from(self.stores.len()).unwrap_or(StoreKey::MAX);
-        job.store = *self.stores.entry(sub.store.clone()).or_insert(next);
-        for &blob in &sub.stored {
-            self.objects.entry(blob).or_default().stores.insert(job.store);
+        job.store = *self.stores.entry(store).or_insert(next);
+        for blob in stored {
+            self.objects.entry(blob).or_default().stored_in(job.store);
         }
         self.jobs.insert(id, job);
         self.reevaluate(id);
@@ -512,7 +520,7 @@ impl Planner {
         for blob in placed {
             self.place(blob, info.node);
             if let Some(store) = stored {
-                self.objects.entry(blob).or_default().stores.insert(store);
+                self.objects.entry(blob).or_default().stored_in(store);
             }
         }
         self.drop_unneeded(&info.inputs);
@@ -631,7 +639,7 @@ impl Planner {
         j.wake_blob(blob);
         let store = j.store;
         if ok {
-            self.objects.entry(blob).or_default().stores.insert(store);
+            self.objects.entry(blob).or_default().stored_in(store);
         } else {
             self.unplace(blob, node);
             let failures = self.jobs.get_mut(&job).map(|j| {

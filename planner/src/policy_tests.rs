@@ -34,11 +34,11 @@ fn busy_producer() -> (Planner, Id, u64) {
     p.node_joined(1, 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
-    p.submit(7, &submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![crate::tests::program()])).expect("job");
+    p.submit(7, submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![crate::tests::program()])).expect("job");
     let first = assigns(&drain(&mut p));
     assert_eq!(first[0].thunk, a.id());
     let c = thunk("c", &[]);
-    p.submit(1, &submission(&[("c", &c)], vec![out(&c)], vec![crate::tests::program()])).expect("job");
+    p.submit(1, submission(&[("c", &c)], vec![out(&c)], vec![crate::tests::program()])).expect("job");
     p.advance(at(100));
     let output = vec![("out".into(), OutputValue::Blob(big("a-out", 100 * MIB)))];
     p.task_done(1, first[0].task, &output, TransferStats::default());
@@ -88,7 +88,7 @@ fn one_hot_object(policy: Policy) -> Vec<crate::Assign> {
     let named: Vec<(String, _)> = readers.iter().enumerate().map(|(i, t)| (format!("r{i}"), t)).collect();
     let refs: Vec<(&str, _)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     let targets = readers.iter().map(out).collect();
-    p.submit(7, &submission(&refs, targets, vec![crate::tests::program()])).expect("job");
+    p.submit(7, submission(&refs, targets, vec![crate::tests::program()])).expect("job");
     assigns(&drain(&mut p))
 }
 
@@ -117,7 +117,7 @@ fn an_input_every_node_holds_does_not_decide_or_pile_up_placement() {
     let refs: Vec<(&str, _)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     let mut stored: Vec<Id> = (0..10).map(|i| big(&format!("s{i}"), 1000)).collect();
     stored.push(crate::tests::program());
-    p.submit(7, &submission(&refs, compiles.iter().map(out).collect(), stored)).expect("job");
+    p.submit(7, submission(&refs, compiles.iter().map(out).collect(), stored)).expect("job");
     let started = assigns(&drain(&mut p));
     let nodes: BTreeSet<u64> = started.iter().map(|a| a.node).collect();
     assert_eq!((started.len(), nodes.len()), (10, 10), "one compile per node, none queued");
@@ -132,14 +132,14 @@ fn a_reducer_runs_where_its_partitions_are_not_on_the_least_busy_node() {
         let mut p = planner(policy, 1.0);
         p.node_joined(3, 2, &parts);
         let busy = thunk("busy", &[]);
-        p.submit(1, &submission(&[("busy", &busy)], vec![out(&busy)], vec![crate::tests::program()])).expect("job");
+        p.submit(1, submission(&[("busy", &busy)], vec![out(&busy)], vec![crate::tests::program()])).expect("job");
         assert_eq!(assigns(&drain(&mut p))[0].node, 3, "node 3 runs one task and has one slot left");
         p.node_joined(1, 2, &[]);
         let inputs: Vec<(String, Ref)> =
             parts.iter().enumerate().map(|(i, b)| (format!("p{i}"), Ref::Blob(*b))).collect();
         let inputs: Vec<(&str, Ref)> = inputs.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
         let reduce = thunk("reduce", &inputs);
-        p.submit(7, &submission(&[("reduce", &reduce)], vec![out(&reduce)], vec![crate::tests::program()]))
+        p.submit(7, submission(&[("reduce", &reduce)], vec![out(&reduce)], vec![crate::tests::program()]))
             .expect("job");
         let placed = assigns(&drain(&mut p));
         assert_eq!(placed[0].node, expect, "{policy:?}");
@@ -189,7 +189,7 @@ mod invariants {
                 p.node_joined(n as u64, s, &[]);
             }
             let last = thunks.last().map(out).into_iter().collect();
-            p.submit(7, &submission(&refs, last, vec![crate::tests::program()])).expect("job");
+            p.submit(7, submission(&refs, last, vec![crate::tests::program()])).expect("job");
             let mut running: Vec<crate::Assign> = Vec::new();
             let mut held_at: std::collections::BTreeMap<Id, BTreeSet<u64>> = Default::default();
             let mut losses = losses.into_iter();
@@ -253,7 +253,7 @@ fn one_long_thunk() -> (Planner, crate::Assign) {
     p.node_joined(2, 1, &[]);
     let (a, q) = (thunk("a", &[]), thunk("q", &[]));
     let sub = submission(&[("a", &a), ("q", &q)], vec![out(&a), out(&q)], vec![crate::tests::program()]);
-    p.submit(7, &sub).expect("job");
+    p.submit(7, sub).expect("job");
     let started = assigns(&drain(&mut p));
     assert_eq!(started.len(), 2);
     let long = started.iter().find(|s| s.thunk == a.id()).expect("a runs").clone();
@@ -321,7 +321,7 @@ fn submit_fan_in(p: &mut Planner, producers: usize, per: usize) -> Vec<thunkmesh
     let named: Vec<(&str, &thunkmesh_protocol::Thunk)> =
         names.iter().map(String::as_str).zip(producers.iter().chain(&consumers)).collect();
     let targets = consumers.iter().map(out).collect();
-    p.submit(7, &submission(&named, targets, vec![crate::tests::program()])).expect("job");
+    p.submit(7, submission(&named, targets, vec![crate::tests::program()])).expect("job");
     consumers
 }
 
@@ -402,7 +402,7 @@ fn a_copy_is_made_only_when_it_saves_more_than_its_fetch_costs() {
         vec![out(&c1), out(&c2)],
         vec![crate::tests::program()],
     );
-    p.submit(7, &sub).expect("job");
+    p.submit(7, sub).expect("job");
     let first = assigns(&drain(&mut p));
     p.advance(at(1000));
     let output = vec![("out".into(), OutputValue::Blob(big("source-out", 1024 * MIB)))];
@@ -427,7 +427,7 @@ fn nothing_is_copied_before_a_task_of_the_job_has_finished() {
     p.node_joined(1, 1, &[]);
     p.node_joined(2, 1, &[]);
     let a = thunk("a", &[]);
-    p.submit(7, &submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("job");
+    p.submit(7, submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("job");
     assert_eq!(assigns(&drain(&mut p)).len(), 1);
     for s in 1..=10 {
         p.advance(at(s * 1000));

@@ -1,8 +1,6 @@
 //! Deterministic tests of the planner, stepped by hand: placement, lineage after a lost node,
 //! failures, the memo cache and tail calls.
 
-use std::collections::BTreeMap;
-
 use thunkmesh_protocol::wire::{
     ErrorCode, Mode, OutputValue, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
 };
@@ -20,7 +18,7 @@ pub(crate) fn thunk(tag: &str, inputs: &[(&str, Ref)]) -> Thunk {
     Thunk {
         program: Program::Ref(Ref::Blob(program())),
         args: vec![tag.to_owned()],
-        env: BTreeMap::new(),
+        env: Default::default(),
         inputs: inputs.iter().map(|(p, r)| ((*p).to_owned(), r.clone())).collect(),
         outputs: vec!["out".into()],
         timeout_ms: 1000,
@@ -79,7 +77,7 @@ fn consumer_runs_where_its_input_was_produced() {
     p.node_joined(2, 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
-    p.submit(JOB, &submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
     let first = assigns(&drain(&mut p));
     assert_eq!(first.len(), 1, "only `a` is ready");
     assert_eq!(first[0].thunk, a.id());
@@ -100,7 +98,7 @@ fn a_consumer_elsewhere_is_told_which_peer_holds_its_input() {
     let b = thunk("b", &[]);
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
     let sub = submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()]);
-    p.submit(JOB, &sub).expect("valid job");
+    p.submit(JOB, sub).expect("valid job");
     let first = assigns(&drain(&mut p));
     assert_eq!(first.len(), 2, "a and b run at once on the two nodes");
     assert_ne!(first[0].node, first[1].node);
@@ -122,7 +120,7 @@ fn two_producers_one_consumer(p: &mut Planner) -> ([Thunk; 3], Assign, Assign) {
     let a = thunk("a", &[]);
     let b = thunk("b", &[]);
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
-    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
     let mut first = assigns(&drain(p));
     first.sort_by_key(|x| x.thunk != a.id());
     let on_b = first.remove(1);
@@ -153,7 +151,7 @@ fn a_consumer_sent_for_an_evicted_object_makes_the_planner_rerun_its_producer() 
     p.node_joined(1, 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
-    p.submit(JOB, &submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()])).expect("job");
+    p.submit(JOB, submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()])).expect("job");
     let first = assigns(&drain(&mut p)).remove(0);
     p.task_done(1, first.task, &blob_output(b"A"), TransferStats::default());
     let consumer = assigns(&drain(&mut p)).remove(0);
@@ -180,7 +178,7 @@ fn a_large_object_no_thunk_will_read_is_dropped_from_its_node() {
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
     let c = thunk("c", &[("in", out(&b))]);
-    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("job");
+    p.submit(JOB, submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("job");
     let large = Id::blob([1; 32], crate::EARLY_DROP_BYTES);
     let small = Id::blob([2; 32], crate::EARLY_DROP_BYTES - 1);
     let (mut drops, mut ds) = (Vec::new(), drain(&mut p));
@@ -205,7 +203,7 @@ fn slots_are_never_exceeded() {
     p.node_joined(1, 2, &[]);
     let thunks: Vec<Thunk> = (0..5).map(|i| thunk(&i.to_string(), &[])).collect();
     let named: Vec<(&str, &Thunk)> = thunks.iter().map(|t| ("t", t)).collect();
-    p.submit(JOB, &submission(&named, thunks.iter().map(out).collect(), vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&named, thunks.iter().map(out).collect(), vec![program()])).expect("valid job");
     let first = assigns(&drain(&mut p));
     assert_eq!(first.len(), 2);
     p.task_done(first[0].node, first[0].task, &blob_output(b"0"), TransferStats::default());
@@ -217,7 +215,7 @@ fn targets_living_only_in_a_cache_are_uploaded_then_the_job_is_done() {
     let mut p = Planner::new();
     p.node_joined(1, 1, &[]);
     let a = thunk("a", &[]);
-    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p))[0].task;
     p.task_done(1, task, &blob_output(b"A"), TransferStats { peer_bytes: 3, ..Default::default() });
     let ds = drain(&mut p);
@@ -260,7 +258,7 @@ fn running_task_of_a_lost_node_is_planned_again() {
     let mut p = Planner::new();
     p.node_joined(1, 1, &[]);
     let a = thunk("a", &[]);
-    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let first = assigns(&drain(&mut p));
     p.node_left(1);
     assert!(assigns(&drain(&mut p)).is_empty(), "no node left to run it");
@@ -277,8 +275,8 @@ fn a_failing_thunk_fails_the_job_with_its_name_and_the_rest_goes_on() {
     p.node_joined(1, 2, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[]);
-    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
-    p.submit(JOB + 1, &submission(&[("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    p.submit(JOB + 1, submission(&[("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
     let tasks = assigns(&drain(&mut p));
     let mut error = WireError::new(ErrorCode::ExitStatus, "exit status 3");
     error.detail = "stderr: boom".into();
@@ -306,7 +304,7 @@ fn a_job_that_keeps_going_runs_what_does_not_depend_on_a_failed_thunk() {
     let d = thunk("d", &[("in", out(&c))]);
     let named = [("a", &a), ("b", &b), ("c", &c), ("d", &d)];
     let sub = Submission { keep_going: true, ..submission(&named, vec![out(&b), out(&d)], vec![program()]) };
-    p.submit(JOB, &sub).expect("valid job");
+    p.submit(JOB, sub).expect("valid job");
     let mut ran = Vec::new();
     let mut done = None;
     for _ in 0..10 {
@@ -342,7 +340,7 @@ fn an_unavailable_input_reruns_its_producer_and_gives_up_after_repeated_node_err
     let mut p = Planner::new();
     p.node_joined(1, 1, &[]);
     let a = thunk("a", &[]);
-    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let error = WireError::new(ErrorCode::NodeError, "disk full");
     for _ in 0..crate::MAX_ATTEMPTS {
         let task = assigns(&drain(&mut p))[0].task;
@@ -362,7 +360,7 @@ fn a_memoized_target_in_storage_runs_nothing() {
     let b = thunk("b", &[("in", out(&a))]);
     let mut sub = submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program(), Id::of_blob(b"B")]);
     sub.memo = vec![Reduction { thunk: b.id(), outputs: vec![("out".into(), Id::of_blob(b"B"))] }];
-    p.submit(JOB, &sub).expect("valid job");
+    p.submit(JOB, sub).expect("valid job");
     let ds = drain(&mut p);
     assert!(assigns(&ds).is_empty());
     let outcome = job_done(&ds).expect("done at once");
@@ -378,13 +376,13 @@ fn a_memoized_intermediate_in_a_cache_is_reused_and_one_nowhere_is_recomputed() 
 
     let mut cached = Planner::new();
     cached.node_joined(1, 1, &[Id::of_blob(b"A")]);
-    cached.submit(JOB, &sub).expect("valid job");
+    cached.submit(JOB, sub.clone()).expect("valid job");
     let runs = assigns(&drain(&mut cached));
     assert_eq!(runs.iter().map(|a| a.thunk).collect::<Vec<_>>(), vec![b.id()]);
 
     let mut lost = Planner::new();
     lost.node_joined(1, 1, &[]);
-    lost.submit(JOB, &sub).expect("valid job");
+    lost.submit(JOB, sub).expect("valid job");
     let runs = assigns(&drain(&mut lost));
     assert_eq!(runs.iter().map(|a| a.thunk).collect::<Vec<_>>(), vec![a.id()]);
 }
@@ -395,7 +393,7 @@ fn a_tail_call_adds_thunks_and_the_output_resolves_to_their_result() {
     p.node_joined(1, 1, &[]);
     let fib = thunk("fib", &[]);
     let inner = thunk("inner", &[("seed", Ref::Blob(Id::of_blob(b"seed")))]);
-    p.submit(JOB, &submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p))[0].task;
     let tail = OutputValue::Tail {
         blob: Id::of_blob(b"# thunkmesh-tail v1\n..."),
@@ -424,7 +422,7 @@ fn failure_of_a_tail_returning(result: impl FnOnce(&Thunk) -> Ref) -> WireError 
     let mut p = Planner::new();
     p.node_joined(1, 1, &[]);
     let fib = thunk("fib", &[]);
-    p.submit(JOB, &submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p))[0].task;
     let tail = OutputValue::Tail { blob: Id::of_blob(b"t"), thunks: vec![], result: result(&fib) };
     p.task_done(1, task, &[("out".into(), tail)], TransferStats::default());
@@ -454,7 +452,7 @@ fn a_submission_with_a_dangling_ref_is_refused() {
     let mut p = Planner::new();
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
-    let e = p.submit(JOB, &submission(&[("b", &b)], vec![out(&b)], vec![])).expect_err("a is missing");
+    let e = p.submit(JOB, submission(&[("b", &b)], vec![out(&b)], vec![])).expect_err("a is missing");
     assert!(e.to_string().contains("refers to a thunk output this job does not define"));
 }
 
@@ -463,7 +461,7 @@ fn an_input_nowhere_with_no_producer_fails_the_job() {
     let mut p = Planner::new();
     p.node_joined(1, 1, &[]);
     let a = thunk("a", &[]);
-    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![])).expect("valid job");
     let ds = drain(&mut p);
     assert!(ds.iter().any(|d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("of thunk `a` is not available on any node or in storage"))));
 }
@@ -474,7 +472,7 @@ fn an_answer_from_a_node_the_task_was_not_given_to_is_ignored() {
     p.node_joined(1, 1, &[]);
     p.node_joined(2, 1, &[]);
     let a = thunk("a", &[]);
-    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p)).remove(0);
     let other = if task.node == 1 { 2 } else { 1 };
     p.task_done(other, task.task, &blob_output(b"forged"), TransferStats::default());
@@ -487,7 +485,7 @@ fn an_answer_from_a_node_the_task_was_not_given_to_is_ignored() {
 fn a_target_that_is_a_stored_value_needs_no_thunk() {
     let mut p = Planner::new();
     let value = Id::of_blob(b"input");
-    p.submit(JOB, &submission(&[], vec![Ref::Blob(value)], vec![value])).expect("valid job");
+    p.submit(JOB, submission(&[], vec![Ref::Blob(value)], vec![value])).expect("valid job");
     let outcome = job_done(&drain(&mut p)).cloned().expect("done at once");
     assert_eq!(outcome.targets, vec![(Ref::Blob(value), value)]);
 }
@@ -495,7 +493,7 @@ fn a_target_that_is_a_stored_value_needs_no_thunk() {
 #[test]
 fn a_target_that_lives_nowhere_fails_the_job_instead_of_waiting() {
     let mut p = Planner::new();
-    p.submit(JOB, &submission(&[], vec![Ref::Blob(Id::of_blob(b"lost"))], vec![])).expect("valid job");
+    p.submit(JOB, submission(&[], vec![Ref::Blob(Id::of_blob(b"lost"))], vec![])).expect("valid job");
     let ds = drain(&mut p);
     assert!(ds.iter().any(
         |d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("no thunk of the job produces it"))
@@ -511,7 +509,7 @@ fn storage_mode_reads_every_input_from_storage_and_needs_no_uploads() {
     let b = thunk("b", &[("in", out(&a))]);
     let mut sub = submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()]);
     sub.mode = Mode::Storage;
-    p.submit(JOB, &sub).expect("valid job");
+    p.submit(JOB, sub).expect("valid job");
     let first = assigns(&drain(&mut p)).remove(0);
     p.task_done(first.node, first.task, &blob_output(b"A"), TransferStats::default());
     let second = assigns(&drain(&mut p)).remove(0);
@@ -532,7 +530,7 @@ fn storage_mode_does_not_count_a_cached_copy_as_available() {
     sub.mode = Mode::Storage;
     let mut p = Planner::new();
     p.node_joined(1, 1, &[Id::of_blob(b"A")]);
-    p.submit(JOB, &sub).expect("valid job");
+    p.submit(JOB, sub).expect("valid job");
     let runs = assigns(&drain(&mut p));
     assert_eq!(runs.iter().map(|x| x.thunk).collect::<Vec<_>>(), vec![a.id()], "a runs again to put A in storage");
 }
@@ -550,7 +548,7 @@ fn producer_done_consumer_waiting_with(p: &mut Planner, require_direct: bool) ->
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
     let mut sub = submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()]);
     sub.require_direct = require_direct;
-    p.submit(JOB, &sub).expect("valid job");
+    p.submit(JOB, sub).expect("valid job");
     let mut first = assigns(&drain(p));
     first.sort_by_key(|x| x.thunk != a.id());
     p.task_done(first[0].node, first[0].task, &blob_output(b"A"), TransferStats::default());
@@ -589,7 +587,7 @@ fn a_draining_node_gets_no_new_work() {
     p.node_draining(1);
     assert!(drain(&mut p).contains(&Decision::Drained { node: 1 }));
     let a = thunk("a", &[]);
-    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     assert!(assigns(&drain(&mut p)).is_empty());
 }
 
@@ -672,7 +670,7 @@ fn a_thunk_with_thousands_of_inputs_waits_on_one_at_a_time() {
     let gather = thunk("gather", &inputs);
     let mut named: Vec<(&str, &Thunk)> = producers.iter().map(|t| ("p", t)).collect();
     named.push(("gather", &gather));
-    p.submit(JOB, &submission(&named, vec![out(&gather)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&named, vec![out(&gather)], vec![program()])).expect("valid job");
     let mut pending = assigns(&drain(&mut p));
     assert_eq!(pending.len(), 8, "producers start at once, as many as there are slots");
     assert_eq!(p.jobs[&JOB].waiter_entries(), 1, "gather waits on one producer, not 2000");
@@ -716,7 +714,7 @@ fn progress_counts_what_could_run_now_apart_from_what_waits_for_inputs() {
     p.node_joined(1, 1, &[]);
     let (a, b) = (thunk("a", &[]), thunk("b", &[]));
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
-    p.submit(JOB, &submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
     assert_eq!(assigns(&drain(&mut p)).len(), 1, "one slot");
     let progress = p.progress(JOB).expect("the job");
     assert_eq!((progress.total, progress.done, progress.running, progress.ready), (3, 0, 1, 1), "{progress:?}");
@@ -731,7 +729,7 @@ fn storage_facts_belong_to_one_store() {
     let a = thunk("a", &[]);
     let on =
         |store: &str| Submission { store: store.into(), ..submission(&[("a", &a)], vec![out(&a)], vec![program()]) };
-    p.submit(1, &on("file:///a")).expect("valid job");
+    p.submit(1, on("file:///a")).expect("valid job");
     let run = assigns(&drain(&mut p)).remove(0);
     p.task_done(1, run.task, &blob_output(b"A"), TransferStats::default());
     let ds = drain(&mut p);
@@ -740,7 +738,7 @@ fn storage_facts_belong_to_one_store() {
 
     // Lies about a job that does not exist, and an upload nobody asked of job 2.
     p.stored(1, 99, Id::of_blob(b"A"), true, TransferStats::default());
-    p.submit(2, &on("file:///b")).expect("valid job");
+    p.submit(2, on("file:///b")).expect("valid job");
     p.stored(1, 2, Id::of_blob(b"A"), true, TransferStats::default());
     let ds = drain(&mut p);
     assert!(job_done(&ds).is_none(), "store b does not hold the target yet: {ds:?}");
@@ -755,7 +753,7 @@ fn a_node_lost_while_it_owes_a_target_upload_does_not_stall_the_job() {
     let mut p = Planner::new();
     p.node_joined(1, 1, &[]);
     let a = thunk("a", &[]);
-    p.submit(JOB, &submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let run = assigns(&drain(&mut p)).remove(0);
     p.task_done(1, run.task, &blob_output(b"A"), TransferStats::default());
     let asked = drain(&mut p);

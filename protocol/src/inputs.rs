@@ -4,8 +4,8 @@
 //! encoding see one map, so a thunk has the same id however its inputs are split.
 //!
 //! On the wire a shared part is one `Arc`, which rkyv writes once per message however many
-//! thunks hold it; [`share_inputs`] finds the shared parts of a job, and [`Interner`] makes parts
-//! that arrive in different messages one allocation again.
+//! thunks hold it; [`share`] finds the shared parts of a job (and makes equal environments one),
+//! and [`Interner`] makes parts that arrive in different messages one allocation again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::thunk::Ref;
+use crate::thunk::{Ref, Thunk};
 
 /// One input: sandbox path and ref.
 pub type Input = (String, Ref);
@@ -184,11 +184,24 @@ impl<'a> Iterator for Merge<'a> {
     }
 }
 
+/// Makes what the thunks of a job hold in common one allocation: equal environments, and the
+/// inputs that more than one thunk reads (see [`share_inputs`]). Ids do not change; what
+/// changes is how much memory and wire the job takes.
+pub fn share<'a>(thunks: impl IntoIterator<Item = &'a mut Thunk>) {
+    let mut interner = Interner::default();
+    let mut inputs = Vec::new();
+    for thunk in thunks {
+        interner.intern_env(&mut thunk.env);
+        inputs.push(&mut thunk.inputs);
+    }
+    share_inputs(inputs);
+}
+
 /// Splits the inputs of every thunk into the inputs at least one other thunk also reads (the
-/// shared part, one allocation for every thunk with the same such inputs) and its own. Ids do
-/// not change; what changes is how much memory and wire the job takes.
+/// shared part, one allocation for every thunk with the same such inputs) and its own. Inputs
+/// already split (a job built with shared parts) are left as they are.
 pub fn share_inputs<'a>(inputs: impl IntoIterator<Item = &'a mut Inputs>) {
-    let mut all: Vec<&mut Inputs> = inputs.into_iter().collect();
+    let mut all: Vec<&mut Inputs> = inputs.into_iter().filter(|i| i.shared.is_none()).collect();
     let mut counts: HashMap<(&String, &Ref), u32> = HashMap::new();
     let splits: Vec<Option<(Vec<Input>, Vec<Input>)>> = {
         for inputs in &all {
@@ -213,10 +226,12 @@ pub fn share_inputs<'a>(inputs: impl IntoIterator<Item = &'a mut Inputs>) {
     }
 }
 
-/// Makes equal shared parts one allocation (parts of a job that arrived in different messages).
+/// Makes equal shared parts and environments one allocation (parts of a job that arrived in
+/// different messages).
 #[derive(Debug, Default)]
 pub struct Interner {
     parts: HashSet<Arc<[Input]>>,
+    envs: HashSet<Arc<BTreeMap<String, String>>>,
 }
 
 impl Interner {
@@ -243,14 +258,25 @@ impl Interner {
         weight
     }
 
-    /// Distinct parts held.
+    /// Makes `env` the equal environment held here; returns what it weighs (its strings) if it
+    /// is new here, else 0.
+    pub fn intern_env(&mut self, env: &mut Arc<BTreeMap<String, String>>) -> u64 {
+        if let Some(held) = self.envs.get(env) {
+            *env = held.clone();
+            return 0;
+        }
+        self.envs.insert(env.clone());
+        env.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+
+    /// Distinct parts and environments held.
     pub fn len(&self) -> usize {
-        self.parts.len()
+        self.parts.len() + self.envs.len()
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.len() == 0
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -264,7 +265,7 @@ impl JobSpec {
             let thunk = Thunk {
                 program,
                 args: spec.args.clone(),
-                env: spec.env.clone(),
+                env: Arc::new(spec.env.clone()),
                 inputs: spec.inputs.iter().map(|(p, r)| (p.clone(), to_ref(r))).collect(),
                 outputs: spec.outputs.clone(),
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
@@ -427,7 +428,7 @@ impl Checker<'_> {
                 ProgramSpec::Ref(_) => Program::Ref(dummy.clone()),
             },
             args: spec.args.clone(),
-            env: spec.env.clone(),
+            env: Arc::new(spec.env.clone()),
             inputs: spec.inputs.keys().map(|k| (k.clone(), dummy.clone())).collect(),
             outputs: spec.outputs.clone(),
             timeout_ms: 1,

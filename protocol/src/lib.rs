@@ -9,6 +9,7 @@ pub mod id;
 pub mod inputs;
 pub mod job;
 pub mod submit;
+pub mod synthetic;
 pub mod thunk;
 pub mod wire;
 

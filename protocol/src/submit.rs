@@ -63,7 +63,8 @@ pub fn pieces(sub: &Submission) -> impl Iterator<Item = Result<Vec<u8>, ThunkToo
 pub fn check_fits(thunks: &[SubmittedThunk]) -> Result<(), ThunkTooLarge> {
     for t in thunks {
         let shared = t.thunk.inputs.shared().map_or(0, |s| s.iter().map(|(p, _)| p.len() as u64 + REF_WEIGHT).sum());
-        if weight(t) + shared <= (MAX_FRAME / 2) as u64 {
+        let env: u64 = t.thunk.env.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        if weight(t) + shared + env <= (MAX_FRAME / 2) as u64 {
             continue;
         }
         let bytes = encode_frame(&ToRendezvous::JobPart(JobPart::Thunks(vec![t.clone()]))).len() - FRAME_HEADER;
@@ -161,7 +162,9 @@ impl Assembler {
                     return Err(over(format!("{} thunks", self.limits.thunks), "--max-job-thunks"));
                 }
                 for mut t in thunks {
-                    self.bytes += self.interner.intern_inputs(&mut t.thunk.inputs, REF_WEIGHT) + weight(&t);
+                    self.bytes += self.interner.intern_inputs(&mut t.thunk.inputs, REF_WEIGHT)
+                        + self.interner.intern_env(&mut t.thunk.env)
+                        + weight(&t);
                     self.sub.thunks.push(t);
                 }
             }
@@ -203,12 +206,11 @@ fn over(limit: String, flag: &str) -> WireError {
     )
 }
 
-/// What a thunk counts for in [`JobLimits::bytes`], its shared input part aside.
+/// What a thunk counts for in [`JobLimits::bytes`], its shared input part and environment aside.
 fn weight(t: &SubmittedThunk) -> u64 {
     let thunk = &t.thunk;
     let strings = t.name.len()
         + thunk.args.iter().map(String::len).sum::<usize>()
-        + thunk.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
         + thunk.outputs.iter().map(String::len).sum::<usize>()
         + thunk.dir.as_ref().map_or(0, String::len);
     let own = thunk.inputs.own();
@@ -238,7 +240,7 @@ mod tests {
                 let thunk = Thunk {
                     program: Program::Host { path: "/usr/bin/cc".into(), pin: Id::of_blob(b"cc") },
                     args: vec!["-c".into(), format!("src/file-{i}.c"), "-o".into(), "out.o".into()],
-                    env: BTreeMap::new(),
+                    env: Arc::new(BTreeMap::from([("PATH".to_owned(), "/usr/bin".to_owned())])),
                     inputs: Inputs::split(shared.clone(), vec![source]),
                     outputs: vec!["out.o".into()],
                     timeout_ms: 1000,
@@ -284,8 +286,10 @@ mod tests {
         assert!(whole.len() > PART_BYTES, "the job should not fit one piece ({} bytes)", whole.len());
         let got = assemble(&sub, JobLimits::default()).expect("within limits");
         assert_eq!(got, sub);
-        let first = got.thunks[0].thunk.inputs.shared().expect("shared");
-        assert!(got.thunks.iter().all(|t| Arc::ptr_eq(t.thunk.inputs.shared().expect("shared"), first)));
+        let first = &got.thunks[0].thunk;
+        let shared = first.inputs.shared().expect("shared");
+        assert!(got.thunks.iter().all(|t| Arc::ptr_eq(t.thunk.inputs.shared().expect("shared"), shared)));
+        assert!(got.thunks.iter().all(|t| Arc::ptr_eq(&t.thunk.env, &first.env)));
     }
 
     #[test]

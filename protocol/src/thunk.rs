@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rkyv::{Archive, Deserialize, Serialize};
@@ -124,8 +125,9 @@ pub struct Thunk {
     pub program: Program,
     /// argv after argv\[0\].
     pub args: Vec<String>,
-    /// The whole environment: nothing is inherited.
-    pub env: BTreeMap<String, String>,
+    /// The whole environment: nothing is inherited. Shared: the thunks of a build mostly have
+    /// one environment, held once.
+    pub env: Arc<BTreeMap<String, String>>,
     /// Sandbox path -> what is placed there before the run.
     pub inputs: Inputs,
     /// Sandbox paths the program must create, sorted and unique.
@@ -272,7 +274,7 @@ impl Thunk {
         for arg in &self.args {
             check_string(arg)?;
         }
-        for (key, value) in &self.env {
+        for (key, value) in self.env.iter() {
             check_env_name(key)?;
             check_string(value)?;
         }
@@ -334,7 +336,7 @@ impl Thunk {
         put_u32(&mut out, self.args.len());
         self.args.iter().for_each(|a| put_str(&mut out, a));
         put_u32(&mut out, self.env.len());
-        for (k, v) in &self.env {
+        for (k, v) in self.env.iter() {
             put_str(&mut out, k);
             put_str(&mut out, v);
         }
@@ -549,7 +551,7 @@ impl Reader<'_> {
         Ok(Thunk {
             program,
             args,
-            env: env.into_iter().collect(),
+            env: Arc::new(env.into_iter().collect()),
             inputs: inputs.into_iter().collect(),
             outputs,
             timeout_ms,
@@ -580,7 +582,7 @@ pub(crate) mod tests {
         Thunk {
             program: Program::Ref(Ref::Blob(script)),
             args: vec!["in.txt".into(), "out.txt".into()],
-            env: BTreeMap::from([("LC_ALL".into(), "C".into())]),
+            env: Arc::new(BTreeMap::from([("LC_ALL".into(), "C".into())])),
             inputs: Inputs::from_iter([("in.txt".into(), Ref::Blob(corpus))]),
             outputs: vec!["out.txt".into()],
             timeout_ms: 30_000,
@@ -600,7 +602,7 @@ pub(crate) mod tests {
         let consumer = Thunk {
             program: Program::Host { path: "/bin/cat".into(), pin: Id::of_blob(b"pretend this is /bin/cat") },
             args: vec!["a".into()],
-            env: BTreeMap::new(),
+            env: Default::default(),
             inputs: Inputs::from_iter([("a".into(), Ref::Output { thunk: t.id(), name: "out.txt".into() })]),
             outputs: vec!["b".into()],
             timeout_ms: 1_000,
@@ -771,7 +773,7 @@ pub(crate) mod tests {
                     Thunk {
                         program: Program::Ref(program),
                         args: args.into_iter().filter(|a| !a.contains('\0')).collect(),
-                        env,
+                        env: env.into(),
                         inputs: split_at(inputs, split),
                         outputs: outputs.into_iter().collect(),
                         timeout_ms,

@@ -328,7 +328,7 @@ impl Core {
         };
         let sub = building.finish();
         info!(job, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
-        if let Err(e) = self.planner.submit(job, &sub) {
+        if let Err(e) = self.planner.submit(job, sub) {
             self.send(job, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));
         }
     }

@@ -77,7 +77,7 @@ fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
         thunks.push(Thunk {
             program: Program::Host { path: "/bin/sh".into(), pin: Id::of_blob(b"sh") },
             args: vec![format!("job {tag} thunk {i}")],
-            env: BTreeMap::new(),
+            env: Default::default(),
             inputs: inputs.into(),
             outputs: vec!["out".into()],
             timeout_ms: 1000,

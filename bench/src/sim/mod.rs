@@ -180,7 +180,7 @@ impl<'a> Sim<'a> {
             let r = unit(self.cloud.seed ^ 0xC01D, w);
             self.at(micros(lo + (hi - lo) * r), Event::WorkerUp(w));
         }
-        self.planner.submit(JOB, &submission(self.job, self.mode))?;
+        self.planner.submit(JOB, submission(self.job, self.mode))?;
         while let Some(Reverse((when, _, event))) = self.queue.pop() {
             self.now = when;
             let t = Instant::now();

@@ -101,7 +101,7 @@ impl Builder {
         let thunk = Thunk {
             program: Program::Host { path: "/sim".into(), pin: Id::of_blob(b"sim") },
             args: vec![name.clone()],
-            env: BTreeMap::new(),
+            env: Default::default(),
             inputs: inputs.into_iter().enumerate().map(|(i, r)| (format!("in/{i}"), r)).collect(),
             outputs: {
                 let mut names: Vec<String> = outputs.iter().map(|(n, _)| (*n).to_owned()).collect();
