@@ -18,6 +18,8 @@ mod nat;
 mod report;
 mod sim;
 mod simulate;
+mod swarm;
+mod swarm_nodes;
 mod transfer;
 mod versus;
 mod workloads;
@@ -57,9 +59,15 @@ enum Sub {
     Transfer(transfer::TransferArgs),
     /// The data-heavy workloads by thunkmesh, a shell pipeline, Dask and Ray, side by side.
     Versus(versus::VersusArgs),
+    /// Thousands of synthetic node sessions over real QUIC against a real rendezvous: sessions
+    /// held, assignments per second, ready-to-assigned latency, rendezvous CPU and memory.
+    Swarm(swarm::SwarmArgs),
     /// A delay line on a TUN device (started by `transfer --link` inside a router namespace).
     #[command(hide = true)]
     DelayLine(delay::DelayArgs),
+    /// Synthetic node sessions (started by `swarm`).
+    #[command(hide = true)]
+    SwarmNodes(swarm_nodes::SwarmNodesArgs),
 }
 
 /// Options of the real benchmark.
@@ -117,6 +125,8 @@ fn main() -> Result<()> {
         Some(Sub::Transfer(args)) => transfer::main(&args),
         Some(Sub::Versus(args)) => versus::main(&args),
         Some(Sub::DelayLine(args)) => delay::main(&args),
+        Some(Sub::Swarm(args)) => swarm::main(&args),
+        Some(Sub::SwarmNodes(args)) => swarm_nodes::main(&args),
         None => bench(&cli.bench),
     }
 }

@@ -30,7 +30,8 @@ pub(crate) enum State {
     /// Assigned to a node.
     Running { node: NodeId },
     /// Outputs known.
-    Done { outputs: BTreeMap<String, Value> },
+    /// Outputs known, in the thunk's order (a list: a map's first node holds room for eleven).
+    Done { outputs: Box<[(String, Value)]> },
     /// Given up on (a job that keeps going): it failed, or an input of it did.
     Failed,
 }
@@ -254,7 +255,7 @@ impl Job {
     pub(crate) fn output_blobs(&self, thunk: Id) -> Vec<Id> {
         match self.entries.get(&thunk).map(|e| &e.state) {
             Some(State::Done { outputs }) => {
-                outputs.values().filter_map(|v| if let Value::Blob(b) = v { Some(*b) } else { None }).collect()
+                outputs.iter().filter_map(|(_, v)| if let Value::Blob(b) = v { Some(*b) } else { None }).collect()
             }
             _ => Vec::new(),
         }
@@ -315,7 +316,7 @@ impl Job {
                 return Resolved::Broken(format!("`{current}` names a thunk this job does not define"));
             };
             let State::Done { outputs, .. } = &entry.state else { return Resolved::Waiting(*thunk) };
-            match outputs.get(name) {
+            match outputs.iter().find(|(n, _)| n == name).map(|(_, v)| v) {
                 Some(Value::Blob(id)) => return Resolved::Blob(*id),
                 Some(Value::Tail(next)) => current = next,
                 None => return Resolved::Broken(format!("thunk `{}` has no output `{name}`", entry.name)),
@@ -588,7 +589,7 @@ impl Job {
             return Err(WireError::new(ErrorCode::BadMessage, message));
         }
         let mut placed = Vec::new();
-        let mut values = BTreeMap::new();
+        let mut values = Vec::with_capacity(outputs.len());
         for (out, value) in outputs {
             let value = match value {
                 OutputValue::Blob(blob) => {
@@ -604,10 +605,10 @@ impl Job {
                     Value::Tail(result.clone())
                 }
             };
-            values.insert(out.clone(), value);
+            values.push((out.clone(), value));
         }
         if let Some(e) = self.entries.get_mut(&thunk) {
-            e.state = State::Done { outputs: values };
+            e.state = State::Done { outputs: values.into() };
         }
         self.executed.insert(thunk);
         self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());

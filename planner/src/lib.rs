@@ -16,7 +16,7 @@ pub mod place;
 mod speculate;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use thunkmesh_protocol::wire::{
@@ -147,7 +147,9 @@ pub enum PlanError {
 struct NodeState {
     slots: u32,
     running: BTreeSet<TaskId>,
-    holds: BTreeSet<Id>,
+    /// What its cache holds (a hash set: a node holds tens of thousands, and each task's inputs
+    /// are looked up here).
+    holds: HashSet<Id>,
     /// Leaving: takes no new work; uploads what others still need first.
     draining: bool,
     /// Uploads asked of this node, not yet answered: a draining node is released only when
@@ -209,6 +211,8 @@ struct TaskInfo {
     started: Duration,
     /// The blobs its refs resolved to (the node holds them all once it is done).
     inputs: Vec<Id>,
+    /// Those the node lacked when it was assigned (what it holds anew once it is done).
+    fetched: Vec<Id>,
     /// What tasks it is compared with to call it a straggler.
     kind: speculate::Kind,
 }
@@ -229,6 +233,10 @@ enum Choice {
     /// No node can take it now.
     Later,
 }
+
+/// A stored object smaller than this is not counted on the nodes that fetched it (see
+/// `record_done`).
+pub const TRACKED_STORED_BYTES: u64 = 1 << 20;
 
 /// Objects of at least this size are removed from node caches as soon as no thunk of any job
 /// will read them (smaller ones stay for reruns, within the cache budget).
@@ -374,7 +382,8 @@ impl Planner {
     /// Asks a draining node to upload what only it holds and some job still needs.
     fn request_drain_uploads(&mut self, node: NodeId) {
         let Some(state) = self.nodes.get(&node).filter(|s| s.draining) else { return };
-        let held: Vec<Id> = state.holds.iter().copied().collect();
+        let mut held: Vec<Id> = state.holds.iter().copied().collect();
+        held.sort_unstable();
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
             let Some(job) = self.jobs.get(&id) else { continue };
@@ -513,9 +522,16 @@ impl Planner {
         };
         // In storage mode the node wrote every output to storage before it reported.
         let stored = (job.mode == Mode::Storage).then_some(job.store);
-        // The node keeps what it fetched: it can serve those inputs to peers too.
-        for &blob in &info.inputs {
-            self.place(blob, info.node);
+        // The node keeps what it fetched and can serve it to peers too. A small object that is
+        // also in storage is not counted there: a peer gains little by reading it from this node
+        // rather than from storage, and a build's headers, fetched by every node, would
+        // otherwise be counted once per node each (most of the planner's memory).
+        let store = job.store;
+        for &blob in &info.fetched {
+            let stored = self.objects.get(&blob).is_some_and(|p| p.in_store(store));
+            if !stored || blob.size >= TRACKED_STORED_BYTES {
+                self.place(blob, info.node);
+            }
         }
         for blob in placed {
             self.place(blob, info.node);
@@ -1085,7 +1101,8 @@ impl Planner {
             j.mark_running(thunk, node);
         }
         let kind = speculate::Kind::of(self.jobs.get(&job), thunk, &resolved);
-        let info = TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone(), kind };
+        let fetched = sources.iter().map(|(blob, _)| *blob).collect();
+        let info = TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone(), fetched, kind };
         self.tasks.insert(task, info);
         self.watch_straggler(task);
         self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));
