@@ -10,6 +10,7 @@
 //! system, not thunkmesh. Between runs only large files are removed (to bound disk use); the
 //! rest goes when the benchmark is over.
 
+mod big_job;
 mod delay;
 mod footprint;
 mod infer;
@@ -59,6 +60,8 @@ enum Sub {
     Transfer(transfer::TransferArgs),
     /// The data-heavy workloads by thunkmesh, a shell pipeline, Dask and Ray, side by side.
     Versus(versus::VersusArgs),
+    /// Writes a job file of tens of thousands of compile-like thunks (a mid-size build).
+    BigJob(big_job::BigJobArgs),
     /// Thousands of synthetic node sessions over real QUIC against a real rendezvous: sessions
     /// held, assignments per second, ready-to-assigned latency, rendezvous CPU and memory.
     Swarm(swarm::SwarmArgs),
@@ -126,6 +129,7 @@ fn main() -> Result<()> {
         Some(Sub::Versus(args)) => versus::main(&args),
         Some(Sub::DelayLine(args)) => delay::main(&args),
         Some(Sub::Swarm(args)) => swarm::main(&args),
+        Some(Sub::BigJob(args)) => big_job::main(&args),
         Some(Sub::SwarmNodes(args)) => swarm_nodes::main(&args),
         None => bench(&cli.bench),
     }

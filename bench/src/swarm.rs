@@ -63,6 +63,9 @@ pub struct SwarmArgs {
     out: PathBuf,
 }
 
+/// How often a long job's progress is printed.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 pub fn main(args: &SwarmArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let binary = crate::thunkmesh_binary(args.thunkmesh.as_ref())?;
@@ -381,10 +384,21 @@ async fn run_job(label: &'static str, rdv: &Rendezvous, sub: Submission) -> Resu
     let thunks = sub.thunks.len();
     drop(sub);
     let mut planned_s = None;
+    let mut said = Instant::now();
     let outcome = loop {
         match recv_msg::<FromRendezvous>(&mut recv).await? {
-            Some(FromRendezvous::Progress(p)) if planned_s.is_none() && p.total >= thunks as u64 => {
-                planned_s = Some(started.elapsed().as_secs_f64());
+            Some(FromRendezvous::Progress(p)) => {
+                if planned_s.is_none() && p.total >= thunks as u64 {
+                    planned_s = Some(started.elapsed().as_secs_f64());
+                }
+                if said.elapsed() >= PROGRESS_EVERY {
+                    said = Instant::now();
+                    let (t, rss) = (started.elapsed().as_secs_f64(), rdv.resident_mib()?);
+                    eprintln!(
+                        "{label}: {t:.0} s, {} of {} done, {} running; rendezvous {rss:.0} MiB",
+                        p.done, p.total, p.running
+                    );
+                }
             }
             Some(FromRendezvous::JobDone(outcome)) => break outcome,
             Some(FromRendezvous::JobFailed(e)) => bail!("{label}: the job failed: {e}"),

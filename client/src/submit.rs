@@ -468,7 +468,9 @@ async fn follow(
         };
         match msg {
             Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
-            Ok(Some(FromRendezvous::Resolved(r))) => log.record(r.reduction.thunk, r.reduction.outputs),
+            Ok(Some(FromRendezvous::Resolved(resolved))) => {
+                resolved.into_iter().for_each(|r| log.record(r.reduction.thunk, r.reduction.outputs));
+            }
             Ok(Some(FromRendezvous::JobDone(outcome))) => return Ok(outcome),
             Ok(Some(FromRendezvous::JobFailed(e))) if e.code == ErrorCode::TooLarge => {
                 return Err(RunError::OverLimit(e));

@@ -8,6 +8,7 @@ use thunkmesh_protocol::wire::{
 };
 use thunkmesh_protocol::{Id, Ref, Thunk};
 
+use crate::idhash::IdMap;
 use crate::place::Average;
 use crate::{Avail, NodeId, PlanError};
 
@@ -34,6 +35,34 @@ pub(crate) enum State {
     Done { outputs: Box<[(String, Value)]> },
     /// Given up on (a job that keeps going): it failed, or an input of it did.
     Failed,
+}
+
+/// How many thunks are in each state that progress reports, kept as states change (counting a
+/// job of a million thunks for every progress message cost a tenth of the rendezvous' time).
+#[derive(Debug, Default, Clone, Copy)]
+struct StateCounts {
+    done: u64,
+    running: u64,
+    ready: u64,
+}
+
+impl StateCounts {
+    /// Moves a thunk from the state it is in to `new`.
+    fn set(&mut self, state: &mut State, new: State) {
+        self.add(state, false);
+        self.add(&new, true);
+        *state = new;
+    }
+
+    fn add(&mut self, state: &State, into: bool) {
+        let count = match state {
+            State::Done { .. } | State::Failed => &mut self.done,
+            State::Running { .. } => &mut self.running,
+            State::Ready => &mut self.ready,
+            State::Idle => return,
+        };
+        *count = if into { *count + 1 } else { count.saturating_sub(1) };
+    }
 }
 
 /// What a blocked thunk waits for.
@@ -72,8 +101,8 @@ pub(crate) struct TargetWatch {
     dirty: BTreeSet<usize>,
     stored: Vec<bool>,
     stored_count: usize,
-    on_thunk: HashMap<Id, Vec<usize>>,
-    on_blob: HashMap<Id, Vec<usize>>,
+    on_thunk: IdMap<Vec<usize>>,
+    on_blob: IdMap<Vec<usize>>,
 }
 
 impl TargetWatch {
@@ -82,8 +111,8 @@ impl TargetWatch {
             dirty: (0..targets).collect(),
             stored: vec![false; targets],
             stored_count: 0,
-            on_thunk: HashMap::new(),
-            on_blob: HashMap::new(),
+            on_thunk: IdMap::default(),
+            on_blob: IdMap::default(),
         }
     }
 
@@ -100,13 +129,13 @@ impl TargetWatch {
 pub(crate) struct Job {
     /// Boxed: a table of 50,000 entries has room for 65,536, and an empty slot then costs a
     /// pointer rather than a whole entry.
-    entries: HashMap<Id, Box<Entry>>,
+    entries: IdMap<Box<Entry>>,
     pub(crate) targets: Vec<Ref>,
     ready: VecDeque<Id>,
     pending: Vec<Id>,
-    waiters: HashMap<Id, BTreeSet<Id>>,
-    resolve_waiters: HashMap<Id, Vec<Id>>,
-    producers: HashMap<Id, Id>,
+    waiters: IdMap<BTreeSet<Id>>,
+    resolve_waiters: IdMap<Vec<Id>>,
+    producers: IdMap<Id>,
     /// A thunk of the job returned a tail: outputs may be read through it by thunks that are
     /// not their producer's consumers, so none is dropped early.
     has_tails: bool,
@@ -128,13 +157,15 @@ pub(crate) struct Job {
     /// Straggler copies started.
     pub(crate) copies: u64,
     /// Thunks waiting for an object to reach storage.
-    blob_waiters: HashMap<Id, BTreeSet<Id>>,
+    blob_waiters: IdMap<BTreeSet<Id>>,
     /// Thunk -> the thunks that read one of its outputs.
-    consumers: HashMap<Id, Vec<Id>>,
+    consumers: IdMap<Vec<Id>>,
     /// Blocked thunk -> how many of its refs were found available (examination resumes there).
-    scanned: HashMap<Id, usize>,
+    scanned: IdMap<usize>,
     /// Which targets need looking at, and what the others wait for.
     watch: TargetWatch,
+    /// Thunks per state, for progress.
+    counts: StateCounts,
     /// Seconds tasks of this job ran (assignment to report).
     pub(crate) durations: Average,
     /// Bytes of one output.
@@ -154,13 +185,13 @@ impl Job {
     pub(crate) fn new(sub: Submission) -> Result<Job, PlanError> {
         let targets = sub.targets.len();
         let mut job = Job {
-            entries: HashMap::with_capacity(sub.thunks.len()),
+            entries: IdMap::with_capacity_and_hasher(sub.thunks.len(), Default::default()),
             targets: sub.targets,
             ready: VecDeque::new(),
             pending: Vec::new(),
-            waiters: HashMap::new(),
-            resolve_waiters: HashMap::new(),
-            producers: HashMap::new(),
+            waiters: IdMap::default(),
+            resolve_waiters: IdMap::default(),
+            producers: IdMap::default(),
             has_tails: false,
             resolved_out: Vec::new(),
             executed: BTreeSet::new(),
@@ -174,10 +205,11 @@ impl Job {
             peer_failed: BTreeSet::new(),
             storage_fallbacks: 0,
             copies: 0,
-            blob_waiters: HashMap::new(),
-            consumers: HashMap::new(),
-            scanned: HashMap::new(),
+            blob_waiters: IdMap::default(),
+            consumers: IdMap::default(),
+            scanned: IdMap::default(),
             watch: TargetWatch::new(targets),
+            counts: StateCounts::default(),
             durations: Average::new(),
             output_bytes: Average::new(),
             kinds: HashMap::new(),
@@ -290,7 +322,7 @@ impl Job {
             return;
         }
         let outputs = reduction.outputs.iter().map(|(n, b)| (n.clone(), Value::Blob(*b))).collect();
-        entry.state = State::Done { outputs };
+        self.counts.set(&mut entry.state, State::Done { outputs });
         entry.reported = true;
         for (_, blob) in &reduction.outputs {
             self.producers.insert(*blob, reduction.thunk);
@@ -345,7 +377,7 @@ impl Job {
     fn rerun(&mut self, thunk: Id) {
         let Some(entry) = self.entries.get_mut(&thunk) else { return };
         if entry.state.is_done() {
-            entry.state = State::Idle;
+            self.counts.set(&mut entry.state, State::Idle);
             entry.needed = false;
         }
         self.demand(thunk);
@@ -479,7 +511,7 @@ impl Job {
         if !blocked {
             self.scanned.remove(&thunk);
             if let Some(entry) = self.entries.get_mut(&thunk) {
-                entry.state = State::Ready;
+                self.counts.set(&mut entry.state, State::Ready);
             }
             self.ready.push_back(thunk);
         }
@@ -503,7 +535,7 @@ impl Job {
     /// its input failed in turn.
     fn give_up(&mut self, thunk: Id) {
         if let Some(entry) = self.entries.get_mut(&thunk) {
-            entry.state = State::Failed;
+            self.counts.set(&mut entry.state, State::Failed);
         }
         self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
         self.watch.thunk_done(thunk);
@@ -542,7 +574,7 @@ impl Job {
 
     pub(crate) fn mark_running(&mut self, thunk: Id, node: NodeId) {
         if let Some(e) = self.entries.get_mut(&thunk) {
-            e.state = State::Running { node };
+            self.counts.set(&mut e.state, State::Running { node });
         }
     }
 
@@ -551,7 +583,7 @@ impl Job {
     pub(crate) fn requeue(&mut self, thunk: Id) -> u32 {
         let Some(entry) = self.entries.get_mut(&thunk) else { return 0 };
         if matches!(entry.state, State::Running { .. }) {
-            entry.state = State::Idle;
+            self.counts.set(&mut entry.state, State::Idle);
         }
         entry.attempts += 1;
         if entry.needed {
@@ -567,7 +599,7 @@ impl Job {
         self.watch.all_dirty();
         for (id, e) in &mut self.entries {
             if matches!(e.state, State::Ready) {
-                e.state = State::Idle;
+                self.counts.set(&mut e.state, State::Idle);
             }
             if e.needed && matches!(e.state, State::Idle) {
                 self.pending.push(*id);
@@ -608,7 +640,7 @@ impl Job {
             values.push((out.clone(), value));
         }
         if let Some(e) = self.entries.get_mut(&thunk) {
-            e.state = State::Done { outputs: values.into() };
+            self.counts.set(&mut e.state, State::Done { outputs: values.into() });
         }
         self.executed.insert(thunk);
         self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
@@ -680,16 +712,17 @@ impl Job {
     }
 
     pub(crate) fn progress(&self) -> Progress {
-        let mut p = Progress { total: self.entries.len() as u64, ..Progress::default() };
-        for e in self.entries.values() {
-            match e.state {
-                State::Done { .. } | State::Failed => p.done += 1,
-                State::Running { .. } => p.running += 1,
-                State::Ready => p.ready += 1,
-                State::Idle => {}
-            }
-        }
-        p
+        let StateCounts { done, running, ready } = self.counts;
+        Progress { total: self.entries.len() as u64, done, running, ready, nodes: 0 }
+    }
+
+    /// Panics if the counts kept for progress differ from a count of the states.
+    #[cfg(test)]
+    pub(crate) fn check_counts(&self) {
+        let mut counted = StateCounts::default();
+        self.entries.values().for_each(|e| counted.add(&e.state, true));
+        let kept = self.counts;
+        assert_eq!((counted.done, counted.running, counted.ready), (kept.done, kept.running, kept.ready));
     }
 
     pub(crate) fn outcome(&self, targets: Vec<(Ref, Id)>) -> JobOutcome {

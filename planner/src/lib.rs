@@ -11,12 +11,13 @@
 //! anywhere is recomputed from the thunk that produced it (lineage).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod idhash;
 mod job;
 pub mod place;
 mod speculate;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use thunkmesh_protocol::wire::{
@@ -24,6 +25,7 @@ use thunkmesh_protocol::wire::{
 };
 use thunkmesh_protocol::{Id, Ref};
 
+use idhash::{IdMap, IdSet};
 use job::{Job, Resolved, State};
 pub use place::{Estimates, Link, PlannerConfig, Policy};
 use place::{Input, LEAST_LOADED, Transfers};
@@ -149,7 +151,7 @@ struct NodeState {
     running: BTreeSet<TaskId>,
     /// What its cache holds (a hash set: a node holds tens of thousands, and each task's inputs
     /// are looked up here).
-    holds: HashSet<Id>,
+    holds: IdSet,
     /// Leaving: takes no new work; uploads what others still need first.
     draining: bool,
     /// Uploads asked of this node, not yet answered: a draining node is released only when
@@ -246,7 +248,7 @@ pub const EARLY_DROP_BYTES: u64 = 1 << 20;
 #[derive(Debug, Default)]
 pub struct Planner {
     nodes: BTreeMap<NodeId, NodeState>,
-    objects: HashMap<Id, Places>,
+    objects: IdMap<Places>,
     jobs: BTreeMap<JobId, Job>,
     tasks: HashMap<TaskId, TaskInfo>,
     next_task: TaskId,
@@ -686,6 +688,14 @@ impl Planner {
     pub fn progress(&self, job: JobId) -> Option<thunkmesh_protocol::wire::Progress> {
         let nodes = self.nodes.values().filter(|s| !s.draining).count() as u64;
         self.jobs.get(&job).map(|j| thunkmesh_protocol::wire::Progress { nodes, ..j.progress() })
+    }
+
+    /// Checks that every job's progress counts are what its thunks' states say (for tests).
+    #[cfg(test)]
+    pub(crate) fn check_counts(&self) {
+        for job in self.jobs.values() {
+            job.check_counts();
+        }
     }
 
     /// The thunk and its name, for building an assignment.

@@ -218,7 +218,7 @@ impl<'a> Transfers<'a> {
             local: BTreeMap::new(),
             wide: Vec::new(),
         };
-        let mut seen = std::collections::HashSet::with_capacity(inputs.len());
+        let mut seen = crate::idhash::IdSet::with_capacity_and_hasher(inputs.len(), Default::default());
         for input in inputs.iter().filter(|i| seen.insert(i.blob)) {
             match input.holders.filter(|h| !h.is_empty() && mode == Mode::P2p) {
                 None => t.storage_bytes += input.blob.size,

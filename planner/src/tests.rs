@@ -50,7 +50,9 @@ pub(crate) fn blob_output(bytes: &[u8]) -> Vec<(String, OutputValue)> {
 }
 
 pub(crate) fn drain(p: &mut Planner) -> Vec<Decision> {
-    std::iter::from_fn(|| p.poll()).collect()
+    let decisions = std::iter::from_fn(|| p.poll()).collect();
+    p.check_counts();
+    decisions
 }
 
 pub(crate) fn assigns(ds: &[Decision]) -> Vec<Assign> {

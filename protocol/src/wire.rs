@@ -183,8 +183,9 @@ pub enum FromRendezvous {
     Upload(UploadRequest),
     /// A draining node has nothing left to do or upload and may exit (to a node).
     Drained,
-    /// A thunk of the job resolved (to a client).
-    Resolved(Resolution),
+    /// Thunks of the job resolved (to a client): every one resolved since the last such message,
+    /// so that a burst of completions is one message, not thousands.
+    Resolved(Vec<Resolution>),
     /// Counts of the job's thunks (to a client).
     Progress(Progress),
     /// The job is complete (to a client).
@@ -828,7 +829,7 @@ mod tests {
                 store
             })),
             (reduction, ".{0,8}", any::<bool>()).prop_map(|(reduction, name, executed)| FromRendezvous::Resolved(
-                Resolution { reduction, name, executed }
+                vec![Resolution { reduction, name, executed }]
             )),
             progress.prop_map(FromRendezvous::Progress),
             outcome.prop_map(FromRendezvous::JobDone),

@@ -9,7 +9,7 @@
 //! same NAT. A producer behind a NAT is introduced to each new consumer first, so that it dials
 //! the consumer at the same time: each side's packets open its own NAT to the other's.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -345,7 +345,11 @@ impl Core {
         }
     }
 
+    /// Carries out the planner's decisions. The resolutions of one call go to each client as one
+    /// message (before its job's end, if the job ended): a client is sent one message per event
+    /// at most, however many thunks an event resolved, and so keeps up.
     fn dispatch(&mut self) {
+        let mut resolved: BTreeMap<u64, Vec<Resolution>> = BTreeMap::new();
         while let Some(decision) = self.planner.poll() {
             match decision {
                 Decision::Assign(a) => self.assign(a),
@@ -354,10 +358,11 @@ impl Core {
                     self.send(node, FromRendezvous::Upload(UploadRequest { job, blob, store }));
                 }
                 Decision::Resolved { job, name, reduction } => {
-                    self.send(job, FromRendezvous::Resolved(Resolution { reduction, name, executed: true }));
+                    resolved.entry(job).or_default().push(Resolution { reduction, name, executed: true });
                 }
                 Decision::JobDone { job, outcome } => {
                     info!(job, executed = outcome.executed, cached = outcome.cached, "job done");
+                    self.send_resolved(job, resolved.remove(&job));
                     self.send_progress();
                     self.send(job, FromRendezvous::JobDone(outcome));
                 }
@@ -366,9 +371,19 @@ impl Core {
                 Decision::Drop { node, blobs } => self.send(node, FromRendezvous::Drop(blobs)),
                 Decision::JobFailed { job, error } => {
                     info!(job, error = %error.message, "job failed");
+                    self.send_resolved(job, resolved.remove(&job));
                     self.send(job, FromRendezvous::JobFailed(error));
                 }
             }
+        }
+        for (job, resolutions) in resolved {
+            self.send_resolved(job, Some(resolutions));
+        }
+    }
+
+    fn send_resolved(&mut self, job: u64, resolutions: Option<Vec<Resolution>>) {
+        if let Some(resolutions) = resolutions {
+            self.send(job, FromRendezvous::Resolved(resolutions));
         }
     }
 
