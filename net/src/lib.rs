@@ -123,6 +123,15 @@ pub const UNAUTHENTICATED_STREAMS: u32 = 4;
 const AUTHENTICATED_WINDOW: u32 = 64 << 20;
 const AUTHENTICATED_STREAMS: u32 = 1024;
 
+/// Streams a member may have open at once to a node's peer port: a consumer fetches many
+/// objects at once, one stream each.
+pub const PEER_STREAMS: u32 = AUTHENTICATED_STREAMS;
+
+/// Streams a member may have open at once to the rendezvous: its control stream and the
+/// fetches it asks the relay for. quinn keeps the state of every stream a peer may open from the
+/// moment it may (about 130 bytes each way), so 1,024 cost the rendezvous 131 KiB per node.
+pub const RENDEZVOUS_STREAMS: u32 = 64;
+
 /// Flow-control credit of one stream of a connection this process dialed (a fetch's object
 /// arrives on one): the bandwidth-delay product of 1 Gbit/s at 130 ms, so a single fetch is not
 /// held back by its window between two regions (1 Gbit/s at 30 ms needs 3.75 MB), while a fetch
@@ -151,10 +160,11 @@ fn dialing_transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport_config())
 }
 
-/// Gives an accepted connection whose peer presented the token the budget of a member.
-pub fn admitted(conn: &quinn::Connection) {
+/// Gives an accepted connection whose peer presented the token the budget of a member, with
+/// `streams` open at once ([`PEER_STREAMS`] or [`RENDEZVOUS_STREAMS`]).
+pub fn admitted(conn: &quinn::Connection, streams: u32) {
     conn.set_receive_window(AUTHENTICATED_WINDOW.into());
-    conn.set_max_concurrent_bi_streams(AUTHENTICATED_STREAMS.into());
+    conn.set_max_concurrent_bi_streams(streams.into());
 }
 
 /// Counts the connections not yet authenticated, so that strangers together hold at most

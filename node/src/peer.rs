@@ -108,7 +108,7 @@ pub async fn serve_streams(
             let admit = || {
                 let place = stranger.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
                 if place.is_some() {
-                    thunkmesh_net::admitted(&conn);
+                    thunkmesh_net::admitted(&conn, thunkmesh_net::PEER_STREAMS);
                 }
             };
             match serve_stream(send, recv, &server.cache, &server.token, admit).await {

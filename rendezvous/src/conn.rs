@@ -78,7 +78,7 @@ async fn run(
         warn!(reason = %refusal.message, "refused");
         return refuse(conn, &mut send, refusal).await;
     }
-    thunkmesh_net::admitted(conn);
+    thunkmesh_net::admitted(conn, thunkmesh_net::RENDEZVOUS_STREAMS);
     drop(stranger);
     let (tx, rx) = mpsc::channel(OUTBOX);
     let joined = match hello.role {
