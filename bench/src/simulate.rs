@@ -57,6 +57,13 @@ pub struct SimArgs {
     /// Copy a task that runs this many times its kind's average duration (0: never).
     #[arg(long, default_value_t = 3.0)]
     speculate_after: f64,
+    /// Workers start as fast as AWS Lambda lets a function grow (1,000 more every 10 s) rather
+    /// than all at once.
+    #[arg(long)]
+    lambda_scaling: bool,
+    /// Memory of each worker, in GB (what Lambda bills per second).
+    #[arg(long, default_value_t = 2.0)]
+    memory_gb: f64,
     /// Where `simulation.json` goes.
     #[arg(long, default_value = "target/sim")]
     out: PathBuf,
@@ -101,6 +108,7 @@ pub fn main(args: &SimArgs) -> Result<()> {
         seed: args.seed,
         slow_workers: args.slow_workers,
         speculate_after: args.speculate_after,
+        scaling: args.lambda_scaling.then_some(crate::sim::Scaling::LAMBDA),
     };
     let variants = variants(&args.policies)?;
     let shapes = if args.workloads.is_empty() { Shape::ALL.to_vec() } else { args.workloads.clone() };
@@ -116,7 +124,7 @@ pub fn main(args: &SimArgs) -> Result<()> {
     }
     let mut rows = Vec::new();
     println!(
-        "{:<8} {:<12} {:>7} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>8} {:>9} {:>7} {:>6} {:>8}",
+        "{:<8} {:<12} {:>7} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>8} {:>9} {:>7} {:>6} {:>8} {:>7}",
         "workload",
         "policy",
         "thunks",
@@ -130,13 +138,15 @@ pub fn main(args: &SimArgs) -> Result<()> {
         "busy h",
         "hold s",
         "copies",
-        "us/task"
+        "us/task",
+        "cost $"
     );
     for (name, job) in &jobs {
         for &variant in &variants {
             let outcome = crate::sim::run(job, &cloud, variant)
                 .with_context(|| format!("simulating {name} under {}", variant.name()))?;
-            print_row(name, variant, job.thunks.len(), cloud.workers, &outcome);
+            let dollars = cost(&outcome, cloud.workers, args.memory_gb);
+            print_row(name, variant, job.thunks.len(), cloud.workers, &outcome, dollars);
             rows.push(serde_json::json!({
                 "workload": name,
                 "policy": variant.name(),
@@ -144,6 +154,9 @@ pub fn main(args: &SimArgs) -> Result<()> {
                 "workers": cloud.workers,
                 "slots": cloud.slots,
                 "profile": args.profile,
+                "lambda_scaling": args.lambda_scaling,
+                "memory_gb": args.memory_gb,
+                "cost_dollars": dollars,
                 "outcome": outcome,
             }));
         }
@@ -155,10 +168,21 @@ pub fn main(args: &SimArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_row(name: &str, variant: Variant, thunks: usize, workers: u64, o: &Outcome) {
+/// What a run costs on AWS at list prices (us-east-1, x86): Lambda $0.0000166667 per GB-second
+/// of every worker from its start to the end and $0.20 per million invocations; S3 Standard $0.005
+/// per 1,000 PUTs (data and memo records) and $0.0004 per 1,000 GETs. Transfer within a region is
+/// free.
+fn cost(o: &Outcome, workers: u64, memory_gb: f64) -> f64 {
+    let lambda = o.worker_seconds * memory_gb * 0.000_016_666_7 + workers as f64 * 0.20e-6;
+    let puts = (o.storage_puts + o.memo_records) as f64 * 0.005e-3;
+    let gets = o.storage_requests.saturating_sub(o.storage_puts) as f64 * 0.0004e-3;
+    lambda + puts + gets
+}
+
+fn print_row(name: &str, variant: Variant, thunks: usize, workers: u64, o: &Outcome, dollars: f64) {
     const GIB: f64 = (1u64 << 30) as f64;
     println!(
-        "{:<8} {:<12} {:>7} {:>7} {:>10.1} {:>10.2} {:>12.2} {:>9} {:>9} {:>8.1} {:>9.1} {:>7.2} {:>6} {:>8.1}",
+        "{:<8} {:<12} {:>7} {:>7} {:>10.1} {:>10.2} {:>12.2} {:>9} {:>9} {:>8.1} {:>9.1} {:>7.2} {:>6} {:>8.1} {:>7.2}",
         name,
         variant.name(),
         thunks,
@@ -173,5 +197,6 @@ fn print_row(name: &str, variant: Variant, thunks: usize, workers: u64, o: &Outc
         o.longest_hold,
         o.speculated,
         o.planner_micros_per_task,
+        dollars,
     );
 }

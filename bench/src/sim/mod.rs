@@ -44,6 +44,30 @@ pub struct Cloud {
     pub slow_workers: f64,
     /// Copy a task running this many times its kind's average duration (0: never).
     pub speculate_after: f64,
+    /// How fast the provider lets the fleet grow (`None`: every worker may start at once).
+    pub scaling: Option<Scaling>,
+}
+
+/// A provider's limit on how fast concurrency grows. AWS Lambda (since November 2023) lets each
+/// function add 1,000 concurrent executions every 10 seconds, up to the account's concurrency
+/// quota ("Lambda scaling behavior", AWS Lambda Developer Guide); the launcher asks for every
+/// worker at once and the provider starts them as fast as this allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Scaling {
+    /// Executions added per step (the first step at time 0).
+    pub step: u64,
+    /// Seconds between steps.
+    pub every: f64,
+}
+
+impl Scaling {
+    /// AWS Lambda's documented rate.
+    pub const LAMBDA: Scaling = Scaling { step: 1000, every: 10.0 };
+
+    /// Seconds after launch at which worker `w` (from 0) may start.
+    pub fn start(self, w: u64) -> f64 {
+        (w / self.step.max(1)) as f64 * self.every
+    }
 }
 
 /// How much slower a slow worker is.
@@ -89,9 +113,11 @@ pub struct Outcome {
     pub storage_bytes: u64,
     /// GETs and PUTs of data (inputs, intermediates, targets).
     pub storage_requests: u64,
+    /// Of those, PUTs.
+    pub storage_puts: u64,
     /// PUTs of memo records by the client (one per thunk, in both modes).
     pub memo_records: u64,
-    /// Workers x makespan: what a fleet kept up for the job is billed.
+    /// What a fleet kept up for the job is billed: each worker from its start to the end.
     pub worker_seconds: f64,
     /// Seconds workers spent fetching, running and storing.
     pub busy_seconds: f64,
@@ -175,10 +201,13 @@ impl<'a> Sim<'a> {
 
     fn run(mut self) -> Result<Outcome> {
         let started = Instant::now();
+        let mut started_at = 0.0;
         for w in 0..self.cloud.workers {
             let (lo, hi) = self.cloud.cold_start;
             let r = unit(self.cloud.seed ^ 0xC01D, w);
-            self.at(micros(lo + (hi - lo) * r), Event::WorkerUp(w));
+            let start = self.cloud.scaling.map_or(0.0, |s| s.start(w));
+            started_at += start;
+            self.at(micros(start + lo + (hi - lo) * r), Event::WorkerUp(w));
         }
         self.planner.submit(JOB, submission(self.job, self.mode))?;
         while let Some(Reverse((when, _, event))) = self.queue.pop() {
@@ -190,7 +219,7 @@ impl<'a> Sim<'a> {
             self.planner_time += t.elapsed();
             if finished {
                 self.out.makespan = self.now as f64 / 1e6;
-                self.out.worker_seconds = self.out.makespan * self.cloud.workers as f64;
+                self.out.worker_seconds = self.out.makespan * self.cloud.workers as f64 - started_at;
                 self.out.sim_seconds = started.elapsed().as_secs_f64();
                 self.out.planner_micros_per_task = self.planner_time.as_secs_f64() * 1e6 / self.out.tasks.max(1) as f64;
                 return Ok(self.out);
@@ -232,6 +261,7 @@ impl<'a> Sim<'a> {
                 Decision::Assign(a) => self.assign(&a),
                 Decision::Upload { node, blob, .. } => {
                     self.out.storage_requests += 1;
+                    self.out.storage_puts += 1;
                     self.out.storage_bytes += blob.size;
                     let done = self.now + micros(self.cloud.storage.time(blob.size));
                     self.at(done, Event::Stored { node, blob });
@@ -277,6 +307,7 @@ impl<'a> Sim<'a> {
         let store = if self.mode == Mode::Storage {
             let written: u64 = cost.outputs.values().sum();
             self.out.storage_requests += cost.outputs.len() as u64;
+            self.out.storage_puts += cost.outputs.len() as u64;
             self.out.storage_bytes += written;
             storage.latency + written as f64 / storage.bandwidth
         } else {
@@ -326,7 +357,24 @@ mod tests {
             seed: 3,
             slow_workers: 0.1,
             speculate_after: 3.0,
+            scaling: None,
         }
+    }
+
+    #[test]
+    fn lambdas_scaling_rate_delays_the_workers_past_each_thousand() {
+        assert_eq!(Scaling::LAMBDA.start(0), 0.0);
+        assert_eq!(Scaling::LAMBDA.start(999), 0.0);
+        assert_eq!(Scaling::LAMBDA.start(1000), 10.0);
+        assert_eq!(Scaling::LAMBDA.start(9_999), 90.0);
+        let job = Shape::Compile.build(2_000, 3);
+        let at_once = Cloud { workers: 40, ..cloud() };
+        let step = Cloud { scaling: Some(Scaling { step: 10, every: 5.0 }), ..at_once };
+        let (all, stepped) = (run(&job, &at_once, Variant::ALL[0]), run(&job, &step, Variant::ALL[0]));
+        let (all, stepped) = (all.expect("finishes"), stepped.expect("finishes"));
+        assert!(stepped.makespan > all.makespan, "{} vs {}", stepped.makespan, all.makespan);
+        let billed_if_all_at_once = stepped.makespan * 40.0;
+        assert!((billed_if_all_at_once - stepped.worker_seconds - (10.0 * 5.0 + 20.0 * 5.0 + 30.0 * 5.0)).abs() < 1e-6);
     }
 
     #[test]
