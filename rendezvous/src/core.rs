@@ -105,14 +105,25 @@ struct Awaited {
 
 #[derive(Debug)]
 struct ClientEntry {
-    /// Its job while the parts arrive.
-    building: Option<Assembler>,
-    /// Its job was refused for its size: the rest of it is ignored.
-    oversized: bool,
+    /// Where its job is in arriving.
+    job: Incoming,
     store: Option<String>,
     mode: Mode,
     require_direct: bool,
     progress: Progress,
+}
+
+/// A client's job as its pieces arrive.
+#[derive(Debug)]
+enum Incoming {
+    /// Not begun.
+    None,
+    /// Begun; parts are being added.
+    Building(Box<Assembler>),
+    /// Refused for its size: the rest of it is read and ignored.
+    Refused,
+    /// Whole, and given to the planner.
+    Planned,
 }
 
 #[derive(Debug, Default)]
@@ -189,8 +200,7 @@ impl Core {
                 self.clients.insert(
                     job,
                     ClientEntry {
-                        building: None,
-                        oversized: false,
+                        job: Incoming::None,
                         store: None,
                         mode: Mode::P2p,
                         require_direct: false,
@@ -286,50 +296,63 @@ impl Core {
         let Some(client) = self.clients.get_mut(&job) else {
             return self.refuse(job, "only clients submit jobs");
         };
-        if client.store.is_some() {
+        if !matches!(client.job, Incoming::None) {
             return self.refuse(job, "one job per client connection");
         }
         client.store = Some(header.store.clone());
         client.mode = header.mode;
         client.require_direct = header.require_direct;
-        client.building = Some(Assembler::new(header, self.limits));
+        client.job = Incoming::Building(Box::new(Assembler::new(header, self.limits)));
     }
 
     /// More of a job; one over the limits fails at once, and what it sends after is ignored.
     fn job_part(&mut self, job: u64, part: JobPart) {
-        let Some(client) = self.clients.get_mut(&job) else {
-            return self.refuse(job, "only clients submit jobs");
-        };
-        let Some(building) = client.building.as_mut() else {
-            if !client.oversized {
-                self.refuse(job, "a job part must follow the job's Submit and come before its JobEnd");
-            }
+        let Some(building) = self.building(job, "a job part must follow the job's Submit and come before its JobEnd")
+        else {
             return;
         };
         if let Err(e) = building.add(part) {
             warn!(job, thunks = building.thunks(), error = %e.message, "job refused");
-            client.building = None;
-            client.oversized = true;
+            if let Some(client) = self.clients.get_mut(&job) {
+                client.job = Incoming::Refused;
+            }
             self.send(job, FromRendezvous::JobFailed(e));
         }
     }
 
     /// The job is whole: the planner takes it.
     fn end_job(&mut self, job: u64) {
-        let Some(client) = self.clients.get_mut(&job) else {
-            return self.refuse(job, "only clients submit jobs");
-        };
-        let Some(building) = client.building.take() else {
-            // A job refused for its size has been answered already.
-            if !client.oversized {
-                self.refuse(job, "JobEnd without a job being sent");
-            }
+        if self.building(job, "JobEnd without a job being sent").is_none() {
+            return;
+        }
+        let Some(Incoming::Building(building)) =
+            self.clients.get_mut(&job).map(|c| std::mem::replace(&mut c.job, Incoming::Planned))
+        else {
             return;
         };
         let sub = building.finish();
         info!(job, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
         if let Err(e) = self.planner.submit(job, sub) {
             self.send(job, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));
+        }
+    }
+
+    /// The job `job`'s client is sending; refuses the message (saying `out_of_place`) when it
+    /// sends none, except the rest of a job refused for its size, which is ignored.
+    fn building(&mut self, job: u64, out_of_place: &str) -> Option<&mut Assembler> {
+        let why = match self.clients.get(&job).map(|c| &c.job) {
+            Some(Incoming::Building(_)) => None,
+            Some(Incoming::Refused) => return None,
+            Some(_) => Some(out_of_place),
+            None => Some("only clients submit jobs"),
+        };
+        if let Some(why) = why {
+            self.refuse(job, why);
+            return None;
+        }
+        match self.clients.get_mut(&job).map(|c| &mut c.job) {
+            Some(Incoming::Building(building)) => Some(building),
+            _ => None,
         }
     }
 
