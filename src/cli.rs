@@ -10,11 +10,66 @@ use thunkmesh_rendezvous::JobLimits;
 /// Run graphs of hermetic commands (thunks) on a mesh of workers that pass intermediate
 /// outputs peer to peer over QUIC.
 #[derive(Debug, Parser)]
-#[command(name = "thunkmesh", version, about)]
+#[command(name = "thunkmesh", version, about, after_help = ENVIRONMENT)]
 pub struct Cli {
+    /// Logging, colour and quiet: the flags every subcommand takes.
+    #[command(flatten)]
+    pub global: Global,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The environment, as `--help` shows it (each flag's own variable is shown beside it).
+const ENVIRONMENT: &str = "\
+Environment:
+  THUNKMESH_TOKEN   the mesh's secret, for `run --rendezvous`, `node` and `status` (never a
+                    flag: it would show in `ps`); `rendezvous` generates one if it is unset
+  THUNKMESH_CONFIG  the config file [default: ~/.config/thunkmesh/config.toml]
+  RUST_LOG          log filter (overrides -v and -q), such as `thunkmesh_node=debug`
+  NO_COLOR          no colour in logs when set (unless --color always)
+  AWS_PROFILE, AWS_REGION, AWS_ACCESS_KEY_ID, ...  the AWS CLI's settings, for s3:// stores and
+                    Lambda (docs/lambda.md)
+
+Exit status: 0 done, 1 the job or a thunk failed, 2 a bad job, flag or setting, 130 interrupted.";
+
+/// The flags every subcommand takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// More log output: -v info, -vv debug, -vvv trace (RUST_LOG, when set, decides instead).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors: no progress and no summary (`--summary-json` is still written).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// When log output is coloured: `auto` on a terminal unless NO_COLOR is set.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto, global = true, value_name = "WHEN")]
+    pub color: ColorArg,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorArg {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always, also into files and pipes.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorArg {
+    /// Whether output to stderr is coloured.
+    pub fn stderr(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            ColorArg::Always => true,
+            ColorArg::Never => false,
+            ColorArg::Auto => {
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }
 
 /// The subcommands.
@@ -46,6 +101,53 @@ pub enum Command {
     /// Deploy the node as an AWS Lambda function (see docs/lambda.md).
     #[command(subcommand)]
     Lambda(LambdaCommand),
+    /// Show or empty the local caches: the state folder's store, memo cache and nodes' caches.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Print a completion script for a shell (`thunkmesh completions bash >
+    /// /etc/bash_completion.d/thunkmesh`).
+    Completions(CompletionsArgs),
+}
+
+/// Flags of `thunkmesh completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `thunkmesh cache ...`.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Sizes and counts: objects and memo entries in the state folder's store, the local nodes'
+    /// caches, and what the last runs found in the memo cache.
+    Stats(CacheArgs),
+    /// Remove the local nodes' caches and, with --all, the state folder's store and memo cache
+    /// (waits for a run holding the state folder).
+    Clean(CleanArgs),
+}
+
+/// Flags of `thunkmesh cache stats`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The state folder.
+    #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `thunkmesh cache clean`.
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// The state folder.
+    #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Also remove the state folder's store: its inputs, targets and the memo cache.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `thunkmesh lambda ...`.
@@ -109,11 +211,23 @@ impl From<ArchArg> for thunkmesh_lambda::Arch {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The rendezvous (host:port); the token comes from THUNKMESH_TOKEN.
-    #[arg(long)]
+    #[arg(long, env = "THUNKMESH_RENDEZVOUS", value_parser = host_port)]
     pub rendezvous: String,
     /// How to trust the rendezvous.
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A `host:port` address: the port is required (a rendezvous has no default port to guess).
+pub fn host_port(text: &str) -> Result<String, String> {
+    let port = text.rsplit_once(':').map(|(host, port)| (host.trim_matches(['[', ']']), port));
+    match port {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(text.to_owned()),
+        _ => Err(format!("`{text}` is not HOST:PORT (such as rendezvous.example.org:7700 or 127.0.0.1:7700)")),
+    }
 }
 
 /// Flags of `thunkmesh run`.
@@ -188,9 +302,6 @@ pub struct InferArgs {
     /// Where recorded thunks and the files they read are kept.
     #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
     pub state_dir: PathBuf,
-    /// Say why each call a model could not express ran the real tool.
-    #[arg(long)]
-    pub verbose: bool,
     /// Where the modelled tools come from on the nodes: `hermetic` ships each tool with its
     /// libraries, helpers and the system headers and libraries the call reads, so a node needs no
     /// compiler (it needs namespaces); `host` runs the node's own tools, pinned by their hash (for
@@ -243,7 +354,7 @@ pub struct RunFlags {
     pub engine: EngineArg,
     /// Workers: local node processes [default: one per core, at least 2], or with --engine
     /// lambda the most Lambda workers alive at once.
-    #[arg(long)]
+    #[arg(short = 'j', long, env = "THUNKMESH_WORKERS")]
     pub workers: Option<usize>,
     /// Thunks each worker (local node or Lambda worker) runs at once.
     #[arg(long, default_value_t = 1)]
@@ -259,9 +370,10 @@ pub struct RunFlags {
     /// A Lambda worker with nothing to run this long drains and answers (with --engine lambda).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub lambda_idle: Duration,
-    /// Storage for inputs, targets and the memo cache: s3://bucket/prefix (AWS settings from
-    /// the environment), file:///path, or memory:// [default: .thunkmesh/store as file://].
-    #[arg(long)]
+    /// Storage for inputs, targets and the memo cache: s3://bucket/prefix (credentials and
+    /// region as the AWS CLI finds them), file:///path, or memory:// [default: the state
+    /// folder's store, as file://].
+    #[arg(long, env = "THUNKMESH_STORE")]
     pub store: Option<String>,
     /// How intermediate outputs travel.
     #[arg(long, value_enum, default_value_t = ModeArg::P2p)]
@@ -281,12 +393,16 @@ pub struct RunFlags {
     /// Local state: the default store, the local nodes' caches and logs, and recorded thunks.
     #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
     pub state_dir: PathBuf,
-    /// Also write the summary as JSON to this file.
-    #[arg(long)]
+    /// Also write the summary as JSON to this file (`-`: standard output, the text summary then
+    /// goes to standard error), on success and on failure; docs/jobs.md has its schema.
+    #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+    /// Without a terminal, print a progress line this often (on a terminal a bar is drawn).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub progress_every: Duration,
     /// Submit to this self-hosted rendezvous (host:port) instead of starting a local mesh;
     /// the token comes from THUNKMESH_TOKEN. Lambda workers dial this address too.
-    #[arg(long)]
+    #[arg(long, env = "THUNKMESH_RENDEZVOUS", value_parser = host_port)]
     pub rendezvous: Option<String>,
     /// How to trust the rendezvous (with --rendezvous).
     #[command(flatten)]
@@ -296,11 +412,12 @@ pub struct RunFlags {
 /// How to trust the rendezvous certificate: pin its fingerprint, or name a CA file.
 #[derive(Debug, Args)]
 pub struct TrustArgs {
-    /// SHA-256 fingerprint of the rendezvous certificate (printed when it starts).
-    #[arg(long, conflicts_with = "ca")]
+    /// SHA-256 fingerprint of the rendezvous certificate, 64 hex digits (printed when it
+    /// starts).
+    #[arg(long, conflicts_with = "ca", env = "THUNKMESH_FINGERPRINT")]
     pub fingerprint: Option<String>,
     /// PEM file of the CA that issued the rendezvous certificate.
-    #[arg(long)]
+    #[arg(long, env = "THUNKMESH_CA")]
     pub ca: Option<PathBuf>,
     /// Name the certificate must carry (with --ca) [default: the host part of the address].
     #[arg(long)]
@@ -352,7 +469,7 @@ pub struct RendezvousArgs {
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// The rendezvous (host:port); the token comes from THUNKMESH_TOKEN.
-    #[arg(long)]
+    #[arg(long, env = "THUNKMESH_RENDEZVOUS", value_parser = host_port)]
     pub rendezvous: String,
     /// How to trust the rendezvous.
     #[command(flatten)]

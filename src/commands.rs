@@ -3,36 +3,43 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
-use thunkmesh_client::{JobRun, LocalMesh, Reporter, RunError, Summary, Target, load_job, run_job};
+use thunkmesh_client::{JobRun, LocalMesh, RunError, Summary, Target, load_job, run_job};
 use thunkmesh_net::{Identity, Trust, parse_fingerprint};
 use thunkmesh_node::NodeConfig;
-use thunkmesh_protocol::wire::Progress;
+use thunkmesh_protocol::job::JobError;
 use thunkmesh_rendezvous::JobLimits;
 use thunkmesh_store::{Store, StoreError};
 
 use crate::cli::{
-    Command, EngineArg, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, RunFlags, SandboxArg, StatusArgs, TrustArgs,
+    Command, EngineArg, Global, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, RunFlags, SandboxArg, StatusArgs,
+    TrustArgs,
 };
+use crate::session::{Bar, Done, Interrupted, Session};
 
 /// The environment variable that carries the mesh token.
 const TOKEN_ENV: &str = "THUNKMESH_TOKEN";
 
-pub async fn dispatch(command: Command) -> ExitCode {
+pub async fn dispatch(command: Command, global: Global) -> ExitCode {
     let result = match command {
-        Command::Run(args) => return run(args).await,
+        Command::Run(args) => return run(args, &global).await,
         Command::Rendezvous(args) => rendezvous(args).await,
         Command::Node(args) => node(args).await,
         Command::Status(args) => status(args).await,
-        Command::Infer(args) => return crate::infer::infer(&args),
+        Command::Infer(args) => return crate::infer::infer(&args, &global),
         Command::Wrap(args) => return crate::infer::wrap(&args),
-        Command::Force(args) => return crate::infer::force(args).await,
+        Command::Force(args) => return crate::infer::force(args, &global).await,
         Command::Describe(args) => return crate::infer::describe(&args).await,
         Command::Hash(args) => return crate::infer::hash(&args),
         Command::Lambda(LambdaCommand::Deploy(args)) => crate::lambda::deploy(args).await,
+        Command::Cache(command) => crate::cache::cache(command).await,
+        Command::Completions(args) => {
+            let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut command, "thunkmesh", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,33 +47,39 @@ pub async fn dispatch(command: Command) -> ExitCode {
     }
 }
 
-/// Says why on stderr; exit code 2 for flags or a job that cannot work, 1 for the rest.
+/// Says why on stderr and gives the exit status ([`exit_status`]).
 pub fn failed(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
-    let bad_job = matches!(e.downcast_ref::<RunError>(), Some(RunError::TooLarge(_) | RunError::OverLimit(_)));
-    ExitCode::from(if bad_job || e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
+    ExitCode::from(exit_status(e))
 }
 
-async fn run(args: RunArgs) -> ExitCode {
-    let started = Instant::now();
-    let job = match load_job(&args.job) {
-        Ok(job) => job,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut bar = Bar::new();
-    let result = execute(&args.flags, &job, &args.out, &mut bar, started).await;
-    bar.0.finish_and_clear();
-    let reported = result.and_then(|(summary, launched)| {
-        let said = format!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
-        report(&args.flags, &said, &summary, launched.as_ref())
-    });
-    match reported {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => failed(&e),
+/// 130 for Ctrl-C, 2 for flags, settings or a job that cannot work, 1 for the rest (a job or a
+/// thunk that failed, a lost connection).
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    let bad_job = matches!(e.downcast_ref::<RunError>(), Some(RunError::TooLarge(_) | RunError::OverLimit(_)));
+    if e.downcast_ref::<Interrupted>().is_some() {
+        130
+    } else if bad_job || e.downcast_ref::<UsageError>().is_some() || e.downcast_ref::<JobError>().is_some() {
+        2
+    } else {
+        1
     }
+}
+
+async fn run(args: RunArgs, global: &Global) -> ExitCode {
+    let mut session = match Session::begin(&args.flags, global, &args.job) {
+        Ok(session) => session,
+        Err(e) => return failed(&e),
+    };
+    let result = async {
+        let job = load_job(&args.job)?;
+        session.lock(&args.flags.state_dir).await?;
+        let (summary, launched) = session.execute(&args.flags, &job, &args.out).await?;
+        let said = format!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
+        Ok(Done { said, summary: Some(summary), launched })
+    }
+    .await;
+    session.finish(result)
 }
 
 /// A flag combination that cannot work.
@@ -133,41 +146,11 @@ pub async fn execute(
     tokio::select! {
         r = run_job(run, &target, bar, started) => Ok((r?, None)),
         () = mesh.all_exited() => Err(RunError::NodesExited(logs).into()),
-        _ = tokio::signal::ctrl_c() => bail!("interrupted; completed thunks are in the memo cache"),
     }
 }
 
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from).max(2)
-}
-
-/// Prints `said` and the summary (and writes it as JSON where asked).
-pub fn report(
-    args: &RunFlags,
-    said: &str,
-    summary: &Summary,
-    launched: Option<&thunkmesh_lambda::Launched>,
-) -> Result<()> {
-    println!("{said}");
-    println!("{summary}");
-    if let Some(launched) = launched {
-        println!("{}", crate::lambda::describe(launched));
-    }
-    if let Some(path) = &args.summary_json {
-        let mut json = serde_json::to_value(summary)?;
-        if let (Some(launched), Some(fields)) = (launched, json.as_object_mut()) {
-            fields.insert("lambda".into(), serde_json::to_value(launched)?);
-        }
-        let json = serde_json::to_string_pretty(&json)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if summary.thunks_failed > 0 {
-        bail!(
-            "{} thunk(s) failed (each is named above); everything that did not depend on them ran",
-            summary.thunks_failed
-        );
-    }
-    Ok(())
 }
 
 /// The token from the environment; unset or empty is a usage error.
@@ -181,7 +164,9 @@ fn token() -> Result<String> {
 
 fn trust(args: &TrustArgs) -> Result<Trust> {
     match (&args.fingerprint, &args.ca) {
-        (Some(fp), _) => Ok(Trust::Pinned(parse_fingerprint(fp)?)),
+        (Some(fp), _) => {
+            Ok(Trust::Pinned(parse_fingerprint(fp).map_err(|e| UsageError(format!("--fingerprint: {e}")))?))
+        }
         (None, Some(ca)) => Ok(Trust::from_ca_file(ca)?),
         (None, None) => Err(UsageError(
             "say how to trust the rendezvous: --fingerprint HEX (printed when it starts) or --ca FILE".into(),
@@ -241,6 +226,19 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
 async fn status(args: StatusArgs) -> Result<()> {
     let target = remote_target(&args.rendezvous, &args.trust)?;
     let nodes = thunkmesh_client::status(&target).await?;
+    if args.json {
+        let nodes: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n.name, "observed": n.observed, "local": n.local, "nat": n.nat.to_string(),
+                    "slots": n.slots, "running": n.running, "sandbox": n.isolation,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes }))?);
+        return Ok(());
+    }
     let header = ("NODE", "OBSERVED", "LOCAL", "NAT", "SLOTS", "RUNNING", "SANDBOX");
     println!(
         "{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}  {}",
@@ -320,42 +318,4 @@ async fn stop_requested() {
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
-}
-
-/// The progress bar: drawn only when stderr is a terminal.
-/// The progress bar, and whether the user was told that no node has joined.
-pub struct Bar(pub ProgressBar, bool);
-
-impl Bar {
-    pub fn new() -> Bar {
-        let bar = ProgressBar::new(0);
-        let style = ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} thunks  {msg}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Bar(bar, false)
-    }
-}
-
-impl Reporter for Bar {
-    fn phase(&mut self, what: &str) {
-        self.0.set_message(what.to_owned());
-    }
-
-    fn progress(&mut self, p: Progress) {
-        self.0.set_length(p.total);
-        self.0.set_position(p.done);
-        self.0.set_message(format!("{} running", p.running));
-        if p.nodes == 0 && p.done < p.total && !self.1 {
-            // Said once, also without a terminal: a self-hosted rendezvous may have no node yet.
-            let line = "waiting for a node to join the rendezvous (none has; start one with `thunkmesh node`)";
-            if self.0.is_hidden() {
-                eprintln!("{line}")
-            } else {
-                self.0.println(line)
-            }
-            self.1 = true;
-        }
-    }
 }

@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use thunkmesh_infer::{Placeholder, State};
 use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
 use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
 
-use crate::cli::{DescribeArgs, ForceArgs, HashArgs, InferArgs, WrapArgs};
-use crate::commands::{Bar, execute, failed, open_store, report};
+use crate::cli::{DescribeArgs, ForceArgs, Global, HashArgs, InferArgs, WrapArgs};
+use crate::commands::{UsageError, failed, open_store};
+use crate::session::{Done, Session};
 
 /// Says why and exits 2: the input, not the run, was wrong.
 fn refused(e: impl std::fmt::Display) -> ExitCode {
@@ -31,15 +31,15 @@ pub fn hash(args: &HashArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn infer(args: &InferArgs) -> ExitCode {
-    match try_infer(args) {
+pub fn infer(args: &InferArgs, global: &Global) -> ExitCode {
+    match try_infer(args, global.verbose > 0) {
         Ok(code) => code,
         Err(e) => refused(format_args!("{e:#}")),
     }
 }
 
 /// Puts the models first on the build's `PATH` and runs it; exits as the build did.
-fn try_infer(args: &InferArgs) -> Result<ExitCode> {
+fn try_infer(args: &InferArgs, verbose: bool) -> Result<ExitCode> {
     use thunkmesh_infer::models::{MODELS, REAL_PATH_ENV, STATE_ENV, TOP_ENV, VERBOSE_ENV};
     let state = State::open(&args.state_dir)?;
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
@@ -66,7 +66,7 @@ fn try_infer(args: &InferArgs) -> Result<ExitCode> {
         crate::cli::ToolchainArg::Host => "host",
     };
     build.env(thunkmesh_infer::models::TOOLCHAIN_ENV, toolchain);
-    if args.verbose {
+    if verbose {
         build.env(VERBOSE_ENV, "1");
     }
     let status = build.status().with_context(|| format!("cannot run {program}"))?;
@@ -129,21 +129,19 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn force(args: ForceArgs) -> ExitCode {
-    let started = Instant::now();
-    let forcing = match plan_force(&args) {
-        Ok(Some(forcing)) => forcing,
-        Ok(None) => {
-            println!("nothing to force: no placeholder under the current folder");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => return refused(format_args!("{e:#}")),
+pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
+    let mut session = match Session::begin(&args.flags, global, &args.flags.state_dir.join("thunks")) {
+        Ok(session) => session,
+        Err(e) => return failed(&e),
     };
-    let out = forcing.out.clone();
-    let mut bar = Bar::new();
-    let result = execute(&args.flags, &forcing.it.job, &out, &mut bar, started).await;
-    bar.0.finish_and_clear();
-    let placed = result.and_then(|(mut summary, launched)| {
+    let result = async {
+        session.lock(&args.flags.state_dir).await?;
+        let Some(forcing) = plan_force(&args).map_err(|e| UsageError(format!("{e:#}")))? else {
+            let said = "nothing to force: no placeholder under the current folder".to_owned();
+            return Ok(Done { said, summary: None, launched: None });
+        };
+        let out = forcing.out.clone();
+        let (mut summary, launched) = session.execute(&args.flags, &forcing.it.job, &out).await?;
         let placed = thunkmesh_infer::put_in_place(&out, &forcing.it.places)?;
         // The job's targets are numbered; the summary names the files they became.
         let by_path = |(index, id): (String, String)| {
@@ -157,12 +155,10 @@ pub async fn force(args: ForceArgs) -> ExitCode {
                 format!("forced {placed} of {} placeholder(s); the others stay placeholders", forcing.it.places.len())
             }
         };
-        report(&args.flags, &said, &summary, launched.as_ref())
-    });
-    match placed {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => failed(&e),
+        Ok(Done { said, summary: Some(summary), launched })
     }
+    .await;
+    session.finish(result)
 }
 
 /// The job that forces what `args` names, and the empty folder its targets go to first.

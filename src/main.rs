@@ -1,13 +1,14 @@
 //! The `thunkmesh` binary: parses flags, sets up logging, and calls into the libraries.
 
+mod cache;
 mod cli;
 mod commands;
+mod config;
 mod infer;
 mod lambda;
+mod session;
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 fn main() -> ExitCode {
     // The node starts this binary again to isolate each program it runs.
@@ -29,15 +30,38 @@ fn main() -> ExitCode {
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args_os().len() == 1 {
         return lambda();
     }
-    let cli = cli::Cli::parse();
-    let default_level = match cli.command {
-        cli::Command::Run(_) | cli::Command::Force(_) | cli::Command::Wrap(_) | cli::Command::Infer(_) => "warn",
-        cli::Command::Describe(_) | cli::Command::Hash(_) => "warn",
-        _ => "info",
+    let cli = match config::parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let quiet_commands = matches!(
+        cli.command,
+        cli::Command::Run(_)
+            | cli::Command::Force(_)
+            | cli::Command::Wrap(_)
+            | cli::Command::Infer(_)
+            | cli::Command::Describe(_)
+            | cli::Command::Hash(_)
+            | cli::Command::Cache(_)
+            | cli::Command::Completions(_)
+    );
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => "error",
+        (false, 0) if quiet_commands => "warn",
+        (false, 0 | 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(cli.global.color.stderr())
+        .init();
     // A node's work is process spawns and small messages: one thread runs it with fewer
     // hand-offs between threads than a pool would (blocking file work has its own threads).
     let built = match cli.command {
@@ -51,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(commands::dispatch(cli.command))
+    runtime.block_on(commands::dispatch(cli.command, cli.global))
 }
 
 fn lambda() -> ExitCode {

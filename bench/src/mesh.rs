@@ -200,6 +200,11 @@ pub fn count(summary: &Value, key: &str) -> Result<u64> {
     summary[key].as_u64().with_context(|| format!("the summary has no `{key}`: {summary}"))
 }
 
+/// A summary's duration in milliseconds.
+pub fn millis(summary: &Value, key: &str) -> Result<f64> {
+    summary[key].as_f64().with_context(|| format!("the summary has no `{key}`: {summary}"))
+}
+
 /// A UDP port free at `place` now, with the next one free too (for the rendezvous' probe).
 fn free_port(place: &Place) -> Result<u16> {
     if place.ns.is_some() {

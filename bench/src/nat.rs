@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use thunkmesh_netlab::{Lab, Mapping};
 
-use crate::mesh::{Mesh, count};
+use crate::mesh::{Mesh, count, millis};
 
 /// Options of `nat`.
 #[derive(Debug, clap::Args)]
@@ -87,16 +87,16 @@ fn fetch_times(mesh: &Mesh, reps: usize, size: usize, mode: &str, profile: &str,
         // Each run's objects differ, so no node already holds what it needs.
         let label = format!("{mode}-{profile}-{rep}");
         let summary = mesh.run(&label, &crate::mesh::crossing_job(size, &label), mode, profile)?;
-        let (count, micros) = match kind {
-            "peer" => (count(&summary, "peer_fetches")?, count(&summary, "peer_fetch_micros")?),
-            "relay" => (count(&summary, "relayed_fetches")?, count(&summary, "relay_fetch_micros")?),
+        let (count, ms) = match kind {
+            "peer" => (count(&summary, "peer_fetches")?, millis(&summary, "peer_fetch_ms")?),
+            "relay" => (count(&summary, "relayed_fetches")?, millis(&summary, "relay_fetch_ms")?),
             // Storage mode reads both of the consumer's inputs from storage.
-            _ => (2, count(&summary, "storage_read_micros")?),
+            _ => (2, millis(&summary, "storage_read_ms")?),
         };
         if count == 0 {
             bail!("run {rep} in {mode} mode made no {kind} fetch: {summary}");
         }
-        times.push(micros as f64 / count as f64 / 1e3);
+        times.push(ms / count as f64);
     }
     Ok(times)
 }

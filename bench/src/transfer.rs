@@ -161,7 +161,7 @@ fn fetch_once(mesh: &Mesh, size: u64, label: &str) -> Result<Fetch> {
     if count(&summary, "peer_fetches")? != 1 || count(&summary, "peer_bytes")? != size {
         bail!("run {label} was to move one object of {size} bytes between the nodes: {summary}");
     }
-    let seconds = count(&summary, "peer_fetch_micros")? as f64 / 1e6;
+    let seconds = crate::mesh::millis(&summary, "peer_fetch_ms")? / 1e3;
     // The receiver is the node that ran the consumer: its cache holds both producers' objects.
     let held: Vec<u64> = (0..pids.len()).map(|i| mesh.cache_bytes(i)).collect();
     let (recv, send) = if held[0] >= held[1] { (0, 1) } else { (1, 0) };

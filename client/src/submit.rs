@@ -30,6 +30,9 @@ const PARALLEL_REQUESTS: usize = 64;
 /// page that replaces 32 GETs is cheaper and no slower.
 const LOOKUPS_PER_PAGE: u64 = 32;
 
+/// How often a [`Reporter`] hears from a running job when nothing changed.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Why a run did not complete.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,6 +90,8 @@ pub trait Reporter: Send {
     fn phase(&mut self, what: &str);
     /// Counts from the rendezvous.
     fn progress(&mut self, p: Progress);
+    /// Called every [`TICK`] while the job runs, whether or not counts changed.
+    fn tick(&mut self) {}
 }
 
 /// What the memo cache said about the job.
@@ -458,11 +463,16 @@ async fn follow(
 ) -> Result<JobOutcome, RunError> {
     let (_reader, mut inbox) = thunkmesh_net::reader::<FromRendezvous>(recv);
     let mut flush = tokio::time::interval(MEMO_FLUSH);
+    let mut tick = tokio::time::interval(TICK);
     loop {
         let msg = tokio::select! {
             msg = inbox.recv() => msg.transpose(),
             _ = flush.tick() => {
                 log.flush();
+                continue;
+            }
+            _ = tick.tick() => {
+                reporter.tick();
                 continue;
             }
         };

@@ -9,7 +9,7 @@ use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::{JobOutcome, TransferStats};
 
 /// Printed after a run, and written as JSON with `--summary-json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// Distinct thunks in the job, tails included.
     pub thunks_total: u64,
@@ -46,12 +46,13 @@ pub struct Summary {
     /// Time the thunks' programs themselves ran, added up (more than `job_ms` when they ran in
     /// parallel); `job_ms` minus this, on a chain, is what thunkmesh added.
     pub program_ms: u64,
-    /// Time nodes spent fetching from peers directly, in microseconds, added up.
-    pub peer_fetch_micros: u64,
-    /// Time nodes spent fetching through the relay, in microseconds, added up.
-    pub relay_fetch_micros: u64,
-    /// Time nodes spent reading objects from storage, in microseconds, added up.
-    pub storage_read_micros: u64,
+    /// Time nodes spent fetching from peers directly, added up (milliseconds, to the
+    /// microsecond).
+    pub peer_fetch_ms: f64,
+    /// Time nodes spent fetching through the relay, added up.
+    pub relay_fetch_ms: f64,
+    /// Time nodes spent reading objects from storage, added up.
+    pub storage_read_ms: f64,
     /// Each target file and the id of its bytes.
     pub targets: BTreeMap<String, String>,
     /// Thunks that failed (a job that keeps going).
@@ -96,9 +97,9 @@ impl Summary {
             wall_ms: millis(wall),
             job_ms: millis(job),
             program_ms: moved.program_micros / 1000,
-            peer_fetch_micros: moved.peer_micros,
-            relay_fetch_micros: moved.relay_micros,
-            storage_read_micros: moved.storage_read_micros,
+            peer_fetch_ms: moved.peer_micros as f64 / 1000.0,
+            relay_fetch_ms: moved.relay_micros as f64 / 1000.0,
+            storage_read_ms: moved.storage_read_micros as f64 / 1000.0,
             targets: targets.into_iter().map(|(f, id)| (f, id.to_string())).collect(),
             thunks_failed: outcome.failures.len() as u64,
             thunks_skipped: outcome.skipped,

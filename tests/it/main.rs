@@ -3,6 +3,7 @@
 
 mod bad_jobs;
 mod cache_budget;
+mod conventions;
 mod examples;
 mod failures;
 mod flood;

@@ -1,0 +1,330 @@
+//! What `run` and `force` share around a job: the state folder's lock, the summary file opened
+//! before anything runs, progress on a terminal or as lines without one, Ctrl-C, the printed
+//! summary, the summary JSON (on success and on failure) and the exit status.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use thunkmesh_client::{LoadedJob, Memo, Reporter, Summary};
+use thunkmesh_protocol::wire::Progress;
+
+use crate::cli::{EngineArg, Global, ModeArg, RunFlags};
+use crate::commands::{UsageError, exit_status, failed};
+
+/// The version of the summary JSON's layout (docs/jobs.md); it changes when a field is removed
+/// or changes meaning, not when one is added.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Ctrl-C during a run (exit status 130, as for a shell command killed by SIGINT).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted{}", if *.memo { "; thunks whose results reached the memo cache are not run again" } else { "" })]
+pub struct Interrupted {
+    /// Whether the run was recording results in the memo cache.
+    pub memo: bool,
+}
+
+/// Thunks failed in a job that kept going.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} thunk(s) failed (each is named above); everything that did not depend on them ran")]
+pub struct ThunksFailed(u64);
+
+/// A job that ran: what to say, its summary and, on Lambda, what was launched.
+#[derive(Debug)]
+pub struct Done {
+    /// The first line printed, such as `wrote 3 target(s) to out`.
+    pub said: String,
+    /// The summary (none when there was nothing to run).
+    pub summary: Option<Summary>,
+    /// The Lambda workers, when the job ran on them.
+    pub launched: Option<thunkmesh_lambda::Launched>,
+}
+
+/// One run or force, from taking the state folder's lock to the exit status.
+pub struct Session {
+    started: Instant,
+    quiet: bool,
+    json: Option<JsonOut>,
+    job: String,
+    mode: ModeArg,
+    engine: EngineArg,
+    memo: Memo,
+    /// Progress, drawn or as lines.
+    pub bar: Bar,
+    /// The state folder's lock, held until the session ends: another run in this state folder
+    /// waits for it.
+    lock: Option<File>,
+}
+
+/// Where the summary JSON goes.
+enum JsonOut {
+    Stdout,
+    File(PathBuf, File),
+}
+
+impl Session {
+    /// Opens the summary file, so that an unwritable path fails now rather than after the job.
+    pub fn begin(flags: &RunFlags, global: &Global, job: &Path) -> Result<Session> {
+        let started = Instant::now();
+        let json = match flags.summary_json.as_deref() {
+            None => None,
+            Some(p) if p == Path::new("-") => Some(JsonOut::Stdout),
+            Some(p) => Some(JsonOut::File(
+                p.to_owned(),
+                File::create(p)
+                    .map_err(|e| UsageError(format!("--summary-json: cannot write {}: {e}", p.display())))?,
+            )),
+        };
+        Ok(Session {
+            started,
+            quiet: global.quiet,
+            json,
+            job: job.display().to_string(),
+            mode: flags.mode,
+            engine: flags.engine,
+            memo: flags.memo.into(),
+            bar: Bar::new(global.quiet, flags.progress_every),
+            lock: None,
+        })
+    }
+
+    /// Takes the state folder's lock, waiting (and saying so) while another command holds it.
+    pub async fn lock(&mut self, state_dir: &Path) -> Result<()> {
+        self.lock = Some(lock_state(state_dir).await?);
+        Ok(())
+    }
+
+    /// Runs `job` as `flags` say; Ctrl-C ends it with [`Interrupted`].
+    pub async fn execute(
+        &mut self,
+        flags: &RunFlags,
+        job: &LoadedJob,
+        out: &Path,
+    ) -> Result<(Summary, Option<thunkmesh_lambda::Launched>)> {
+        let memo = self.memo == Memo::On;
+        tokio::select! {
+            r = crate::commands::execute(flags, job, out, &mut self.bar, self.started) => r,
+            _ = tokio::signal::ctrl_c() => Err(Interrupted { memo }.into()),
+        }
+    }
+
+    /// Prints the outcome, writes the summary JSON and gives the exit status.
+    pub fn finish(mut self, result: Result<Done>) -> ExitCode {
+        self.bar.0.finish_and_clear();
+        let (summary, launched, error) = match result {
+            Ok(done) => {
+                self.print(&done);
+                let failed = done.summary.as_ref().map_or(0, |s| s.thunks_failed);
+                let error = (failed > 0).then(|| anyhow::Error::new(ThunksFailed(failed)));
+                (done.summary, done.launched, error)
+            }
+            Err(e) => (None, None, Some(e)),
+        };
+        if let Err(e) = self.write_json(summary.as_ref(), launched.as_ref(), error.as_ref()) {
+            let code = failed(&e);
+            return error.as_ref().map_or(code, failed);
+        }
+        error.as_ref().map_or(ExitCode::SUCCESS, failed)
+    }
+
+    fn print(&self, done: &Done) {
+        if self.quiet {
+            return;
+        }
+        let mut text = format!("{}\n", done.said);
+        if let Some(summary) = &done.summary {
+            text += &format!("{summary}\n");
+        }
+        if let Some(launched) = &done.launched {
+            text += &format!("{}\n", crate::lambda::describe(launched));
+        }
+        // With the JSON on standard output, the words go to standard error.
+        let _ = match self.json {
+            Some(JsonOut::Stdout) => std::io::stderr().write_all(text.as_bytes()),
+            _ => std::io::stdout().write_all(text.as_bytes()),
+        };
+    }
+
+    fn write_json(
+        &mut self,
+        summary: Option<&Summary>,
+        launched: Option<&thunkmesh_lambda::Launched>,
+        error: Option<&anyhow::Error>,
+    ) -> Result<()> {
+        let Some(out) = &mut self.json else { return Ok(()) };
+        let status = match error {
+            None => "succeeded",
+            Some(e) if e.downcast_ref::<Interrupted>().is_some() => "interrupted",
+            Some(_) => "failed",
+        };
+        let mut json = serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "status": status,
+            "exit_status": error.map_or(0, exit_status),
+            "error": error.map(|e| format!("{e:#}")),
+            "job": self.job,
+            "mode": self.mode.name(),
+            "engine": self.engine.name(),
+            "wall_ms": self.started.elapsed().as_secs_f64() * 1000.0,
+        });
+        if let Some(fields) = json.as_object_mut() {
+            if let Some(serde_json::Value::Object(summary)) = summary.map(serde_json::to_value).transpose()? {
+                fields.extend(summary);
+            }
+            if let Some(launched) = launched {
+                fields.insert("lambda".into(), serde_json::to_value(launched)?);
+            }
+        }
+        let text = serde_json::to_string_pretty(&json)? + "\n";
+        match out {
+            JsonOut::Stdout => std::io::stdout().write_all(text.as_bytes()).context("cannot write the summary"),
+            JsonOut::File(path, file) => {
+                file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Locks `state_dir/lock` for this process (released when the file closes, also when the process
+/// dies). Two runs in one state folder would share the local nodes' folders and the forced
+/// outputs; the second waits, as cargo does for its build folder.
+pub async fn lock_state(state_dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let path = state_dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "waiting for another thunkmesh command to finish with the state folder {} (lock file {})",
+                state_dir.display(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await?;
+    locked.with_context(|| format!("cannot lock {}", path.display()))
+}
+
+/// Progress: a bar on a terminal; without one (CI, a pipe, a file) a line when the phase
+/// changes and at most one every `--progress-every` while the job runs; nothing with `-q`.
+pub struct Bar(pub ProgressBar, Lines);
+
+/// The state of progress lines.
+struct Lines {
+    /// Print lines (no terminal, not quiet).
+    on: bool,
+    quiet: bool,
+    every: Duration,
+    started: Instant,
+    last: Option<Instant>,
+    latest: Option<Progress>,
+    told_no_nodes: bool,
+}
+
+impl Bar {
+    /// The display for stderr as it is.
+    pub fn new(quiet: bool, every: Duration) -> Bar {
+        let terminal = std::io::stderr().is_terminal() && !quiet;
+        let bar = if terminal { ProgressBar::new(0) } else { ProgressBar::hidden() };
+        let style = ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} thunks  {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        if terminal {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        let lines = Lines {
+            on: !terminal && !quiet,
+            quiet,
+            every,
+            started: Instant::now(),
+            last: None,
+            latest: None,
+            told_no_nodes: false,
+        };
+        Bar(bar, lines)
+    }
+
+    /// A line above the bar, or on its own without a terminal; nothing with `-q`.
+    fn say(&self, line: &str) {
+        if self.1.quiet {
+            return;
+        }
+        match self.0.is_hidden() {
+            true => eprintln!("{line}"),
+            false => self.0.println(line),
+        }
+    }
+
+    fn line(&mut self, p: Progress) {
+        let seconds = self.1.started.elapsed().as_secs_f64();
+        eprintln!("[{seconds:6.1}s] {}/{} thunks done, {} running on {} node(s)", p.done, p.total, p.running, p.nodes);
+        self.1.last = Some(Instant::now());
+    }
+
+    fn line_due(&self) -> bool {
+        self.1.on && self.1.last.is_none_or(|t| t.elapsed() >= self.1.every)
+    }
+}
+
+impl Reporter for Bar {
+    fn phase(&mut self, what: &str) {
+        self.0.set_message(what.to_owned());
+        if self.1.on {
+            eprintln!("[{:6.1}s] {what}", self.1.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn progress(&mut self, p: Progress) {
+        self.0.set_length(p.total);
+        self.0.set_position(p.done);
+        self.0.set_message(format!("{} running", p.running));
+        self.1.latest = Some(p);
+        if self.line_due() {
+            self.line(p);
+        }
+        if p.nodes == 0 && p.done < p.total && !self.1.told_no_nodes {
+            self.say("waiting for a node to join the rendezvous (none has; start one with `thunkmesh node`)");
+            self.1.told_no_nodes = true;
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Some(p) = self.1.latest.filter(|_| self.line_due()) {
+            self.line(p);
+        }
+    }
+}
+
+impl ModeArg {
+    /// The name `--mode` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModeArg::P2p => "p2p",
+            ModeArg::Storage => "storage",
+        }
+    }
+}
+
+impl EngineArg {
+    /// The name `--engine` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineArg::Local => "local",
+            EngineArg::Lambda => "lambda",
+        }
+    }
+}
