@@ -186,6 +186,9 @@ pub struct DeployArgs {
     /// Write the deployment package to this file and call no AWS API.
     #[arg(long)]
     pub package_only: Option<PathBuf>,
+    /// The AWS profile and region.
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// `--arch`.
@@ -342,8 +345,11 @@ pub struct DescribeArgs {
     #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
     pub state_dir: PathBuf,
     /// The store whose memo cache is consulted [default: the state folder's store, as `run`].
-    #[arg(long)]
+    #[arg(long, env = "THUNKMESH_STORE")]
     pub store: Option<String>,
+    /// The AWS profile and region (of an s3:// store).
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// How a job runs: the flags `run` and `force` share.
@@ -375,6 +381,9 @@ pub struct RunFlags {
     /// folder's store, as file://].
     #[arg(long, env = "THUNKMESH_STORE")]
     pub store: Option<String>,
+    /// The AWS profile and region.
+    #[command(flatten)]
+    pub aws: AwsArgs,
     /// How intermediate outputs travel.
     #[arg(long, value_enum, default_value_t = ModeArg::P2p)]
     pub mode: ModeArg,
@@ -407,6 +416,25 @@ pub struct RunFlags {
     /// How to trust the rendezvous (with --rendezvous).
     #[command(flatten)]
     pub trust: TrustArgs,
+}
+
+/// The AWS CLI's `--profile` and `--region`, for s3:// stores and Lambda.
+#[derive(Debug, Args)]
+pub struct AwsArgs {
+    /// The AWS profile of ~/.aws/credentials and ~/.aws/config for s3:// stores and Lambda
+    /// [default: AWS_PROFILE, else `default`].
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// The AWS region for s3:// stores and Lambda [default: AWS_REGION, else the profile's].
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+impl AwsArgs {
+    /// The settings the store and Lambda clients take.
+    pub fn settings(&self) -> thunkmesh_store::AwsSettings {
+        thunkmesh_store::AwsSettings { profile: self.profile.clone(), region: self.region.clone() }
+    }
 }
 
 /// How to trust the rendezvous certificate: pin its fingerprint, or name a CA file.
@@ -456,6 +484,9 @@ pub struct RendezvousArgs {
     /// Thunks each pool worker runs at once.
     #[arg(long, default_value_t = 1)]
     pub lambda_slots: u32,
+    /// The AWS profile and region of the warm pool's Lambda calls.
+    #[command(flatten)]
+    pub aws: AwsArgs,
     /// Refuse a job of more thunks than this (the client exits with status 2, naming it).
     #[arg(long, default_value_t = JobLimits::default().thunks)]
     pub max_job_thunks: u64,

@@ -14,8 +14,8 @@ use thunkmesh_rendezvous::JobLimits;
 use thunkmesh_store::{Store, StoreError};
 
 use crate::cli::{
-    Command, EngineArg, Global, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, RunFlags, SandboxArg, StatusArgs,
-    TrustArgs,
+    AwsArgs, Command, EngineArg, Global, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, RunFlags, SandboxArg,
+    StatusArgs, TrustArgs,
 };
 use crate::session::{Bar, Done, Interrupted, Session};
 
@@ -87,14 +87,17 @@ async fn run(args: RunArgs, global: &Global) -> ExitCode {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Opens `--store`, or the state folder's store.
-pub fn open_store(store: Option<&str>, state_dir: &Path) -> Result<Store> {
+/// Opens `--store` (an s3:// one with the AWS CLI's credential chain), or the state folder's
+/// store.
+pub async fn open_store(store: Option<&str>, state_dir: &Path, aws: &AwsArgs) -> Result<Store> {
     let url = match store {
         Some(url) => url.to_owned(),
         None => Store::folder_url(&state_dir.join("store"))?,
     };
-    Store::open(&url).map_err(|e| match e {
-        StoreError::Unsupported(_) | StoreError::BadUrl { .. } => anyhow::Error::new(UsageError(e.to_string())),
+    Store::connect(&url, &aws.settings()).await.map_err(|e| match e {
+        StoreError::Unsupported(_) | StoreError::BadUrl { .. } | StoreError::NoCredentials { .. } => {
+            anyhow::Error::new(UsageError(e.to_string()))
+        }
         other => other.into(),
     })
 }
@@ -107,7 +110,7 @@ pub async fn execute(
     bar: &mut Bar,
     started: Instant,
 ) -> Result<(Summary, Option<thunkmesh_lambda::Launched>)> {
-    let store = open_store(args.store.as_deref(), &args.state_dir)?;
+    let store = open_store(args.store.as_deref(), &args.state_dir, &args.aws).await?;
     let run = JobRun {
         job,
         store: &store,
@@ -121,7 +124,7 @@ pub async fn execute(
         let target = remote_target(addr, &args.trust)?;
         if args.engine == EngineArg::Lambda {
             let spec = crate::lambda::launch_spec(args, store.url(), &target)?;
-            let (summary, launched) = crate::lambda::run(run, &target, &spec, bar, started).await?;
+            let (summary, launched) = crate::lambda::run(run, &target, &spec, &args.aws, bar, started).await?;
             return Ok((summary, Some(launched)));
         }
         if args.workers.is_some() {
@@ -140,7 +143,10 @@ pub async fn execute(
         return Err(UsageError("--workers must be at least 1".into()).into());
     }
     let exe = std::env::current_exe().context("cannot find this program's own path to start nodes")?;
-    let mut mesh = LocalMesh::start(workers, args.slots, args.cache_size, &exe, &args.state_dir).await?;
+    // Local nodes read an s3:// store with the client's profile and region.
+    let aws = [("AWS_PROFILE", &args.aws.profile), ("AWS_REGION", &args.aws.region)];
+    let env: Vec<(&str, &str)> = aws.iter().filter_map(|(k, v)| Some((*k, v.as_deref()?))).collect();
+    let mut mesh = LocalMesh::start_with_env(workers, args.slots, args.cache_size, &exe, &args.state_dir, &env).await?;
     let target = mesh.target();
     let logs = mesh.logs().display().to_string();
     tokio::select! {
@@ -218,7 +224,7 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
     let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, limits, shutdown);
     match pool {
         None => serve.await,
-        Some(spec) => crate::lambda::with_pool(serve, &spec).await?,
+        Some(spec) => crate::lambda::with_pool(serve, &spec, &args.aws).await?,
     }
     Ok(())
 }

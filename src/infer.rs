@@ -216,7 +216,7 @@ fn what_to_describe(args: &DescribeArgs) -> Result<(Id, Thunk)> {
 }
 
 async fn print_description(args: &DescribeArgs, (id, thunk): &(Id, Thunk)) -> Result<()> {
-    let store = open_store(args.store.as_deref(), &args.state_dir)?;
+    let store = open_store(args.store.as_deref(), &args.state_dir, &args.aws).await?;
     let memo = match store.get_reduction(*id).await? {
         Some(outputs) => Some(outputs),
         None => store.batched_reductions().await?.remove(id),

@@ -49,7 +49,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
         arch,
     };
     eprintln!("deploying {} ({} byte package, {}) ...", spec.name, zip.len(), arch.as_str());
-    let client = thunkmesh_lambda::client(true).await;
+    let client = thunkmesh_lambda::client(&args.aws.settings(), true).await;
     let deployed = thunkmesh_lambda::deploy(&client, &spec, zip).await?;
     println!("{} {}", if deployed.created { "created" } else { "updated" }, deployed.arn);
     Ok(())
@@ -105,6 +105,10 @@ impl Reporter for Demanding<'_> {
         // No node yet is no news here: the launcher is starting the workers.
         self.inner.progress(Progress { nodes: p.nodes.max(1), ..p });
     }
+
+    fn tick(&mut self) {
+        self.inner.tick();
+    }
 }
 
 /// Runs the job while launching its Lambda workers; after it ends, waits for their reports.
@@ -112,10 +116,11 @@ pub async fn run(
     run: JobRun<'_>,
     target: &Target,
     spec: &LaunchSpec,
+    aws: &crate::cli::AwsArgs,
     reporter: &mut dyn Reporter,
     started: Instant,
 ) -> Result<(Summary, Launched)> {
-    let client = thunkmesh_lambda::client(false).await;
+    let client = thunkmesh_lambda::client(&aws.settings(), false).await;
     let (demand, wants) = watch::channel(Demand::Unknown);
     let launcher = thunkmesh_lambda::launch(&client, spec, wants);
     tokio::pin!(launcher);
@@ -177,8 +182,12 @@ pub fn pool_spec(args: &RendezvousArgs, fingerprint: &str, token: &str) -> Resul
 
 /// Serves the rendezvous while keeping its pool of Lambda workers; a pool whose function keeps
 /// failing stops the rendezvous with that error.
-pub async fn with_pool(serve: impl std::future::Future<Output = ()>, spec: &LaunchSpec) -> Result<()> {
-    let client = thunkmesh_lambda::client(false).await;
+pub async fn with_pool(
+    serve: impl std::future::Future<Output = ()>,
+    spec: &LaunchSpec,
+    aws: &crate::cli::AwsArgs,
+) -> Result<()> {
+    let client = thunkmesh_lambda::client(&aws.settings(), false).await;
     let (_keep, wants) = watch::channel(Demand::Pool);
     eprintln!("keeping {} Lambda workers of `{}` joined", spec.workers, spec.function);
     tokio::select! {

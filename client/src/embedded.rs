@@ -61,6 +61,19 @@ impl LocalMesh {
         exe: &Path,
         state_dir: &Path,
     ) -> Result<LocalMesh, MeshError> {
+        LocalMesh::start_with_env(workers, slots, cache_size, exe, state_dir, &[]).await
+    }
+
+    /// Like [`LocalMesh::start`], with `env` set in each node's environment (such as
+    /// `AWS_PROFILE`).
+    pub async fn start_with_env(
+        workers: usize,
+        slots: u32,
+        cache_size: Option<u64>,
+        exe: &Path,
+        state_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<LocalMesh, MeshError> {
         let workers = workers.max(1);
         let token = format!("{:032x}", rand::random::<u128>());
         let config = Config { token: token.clone(), identity: Identity::generate()?, limits: JobLimits::default() };
@@ -68,7 +81,8 @@ impl LocalMesh {
         let logs = state_dir.join("nodes");
         let mut nodes = Vec::with_capacity(workers);
         for index in 0..workers {
-            nodes.push(spawn_node(index, slots, cache_size, exe, &logs, &rendezvous, &token)?);
+            let node = NodeSpawn { index, slots, cache_size, exe, logs: &logs, env };
+            nodes.push(node.spawn(&rendezvous, &token)?);
         }
         let mut mesh = LocalMesh { rendezvous, token, nodes, logs };
         mesh.wait_until_registered(workers).await?;
@@ -111,37 +125,43 @@ impl LocalMesh {
     }
 }
 
-fn spawn_node(
+/// How one local node is started.
+struct NodeSpawn<'a> {
     index: usize,
     slots: u32,
     cache_size: Option<u64>,
-    exe: &Path,
-    logs: &Path,
-    rendezvous: &Running,
-    token: &str,
-) -> Result<tokio::process::Child, MeshError> {
-    let fail = |source| MeshError::Spawn { index, exe: exe.display().to_string(), source };
-    let dir = logs.join(index.to_string());
-    std::fs::create_dir_all(&dir).map_err(fail)?;
-    let log = std::fs::File::create(logs.join(format!("{index}.log"))).map_err(fail)?;
-    let mut command = tokio::process::Command::new(exe);
-    command.arg("node");
-    if let Some(size) = cache_size {
-        command.args(["--cache-size", &size.to_string()]);
+    exe: &'a Path,
+    logs: &'a Path,
+    env: &'a [(&'a str, &'a str)],
+}
+
+impl NodeSpawn<'_> {
+    fn spawn(&self, rendezvous: &Running, token: &str) -> Result<tokio::process::Child, MeshError> {
+        let NodeSpawn { index, slots, cache_size, exe, logs, env } = *self;
+        let fail = |source| MeshError::Spawn { index, exe: exe.display().to_string(), source };
+        let dir = logs.join(index.to_string());
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        let log = std::fs::File::create(logs.join(format!("{index}.log"))).map_err(fail)?;
+        let mut command = tokio::process::Command::new(exe);
+        command.arg("node");
+        if let Some(size) = cache_size {
+            command.args(["--cache-size", &size.to_string()]);
+        }
+        command
+            .args(["--rendezvous", &rendezvous.addr.to_string()])
+            .args(["--fingerprint", &hex(&rendezvous.fingerprint)])
+            .args(["--bind", "127.0.0.1:0", "--slots", &slots.max(1).to_string(), "--name", &format!("local-{index}")])
+            .arg("--cache-dir")
+            .arg(&dir)
+            .env("THUNKMESH_TOKEN", token)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(fail)
     }
-    command
-        .args(["--rendezvous", &rendezvous.addr.to_string()])
-        .args(["--fingerprint", &hex(&rendezvous.fingerprint)])
-        .args(["--bind", "127.0.0.1:0", "--slots", &slots.max(1).to_string(), "--name", &format!("local-{index}")])
-        .arg("--cache-dir")
-        .arg(&dir)
-        .env("THUNKMESH_TOKEN", token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(fail)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -16,21 +16,20 @@ pub use launch::{Demand, LaunchError, LaunchSpec, Launched, launch};
 pub use package::{Arch, PackageError, package};
 pub use thunkmesh_node::lambda::{Invocation, Report};
 
-use aws_config::BehaviorVersion;
 use aws_sdk_lambda::config::retry::RetryConfig;
+use thunkmesh_store::AwsSettings;
 
-/// A Lambda client from the standard AWS configuration, speaking TLS through ring. `retries`
-/// false leaves every retry to the caller: [`launch()`] retries invocations itself, because a
-/// handler error can come back as a 500 that the SDK would otherwise retry for a second.
-pub async fn client(retries: bool) -> aws_sdk_lambda::Client {
-    client_from(aws_config::defaults(BehaviorVersion::latest()), retries).await
+/// A Lambda client from the standard AWS configuration (with `aws`'s profile and region where
+/// given), speaking TLS through ring. `retries` false leaves every retry to the caller:
+/// [`launch()`] retries invocations itself, because a handler error can come back as a 500 that
+/// the SDK would otherwise retry for a second.
+pub async fn client(aws: &AwsSettings, retries: bool) -> aws_sdk_lambda::Client {
+    client_from(aws.loader(), retries).await
 }
 
 /// Like [`client`], with settings from `loader` (an endpoint, credentials) where given.
 pub async fn client_from(loader: aws_config::ConfigLoader, retries: bool) -> aws_sdk_lambda::Client {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
-    let shared = loader.http_client(http).load().await;
+    let shared = thunkmesh_store::aws::with_https(loader).load().await;
     let mut config = aws_sdk_lambda::config::Builder::from(&shared);
     if !retries {
         config = config.retry_config(RetryConfig::disabled());

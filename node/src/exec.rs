@@ -117,7 +117,8 @@ impl Ctx {
         if let Some(s) = stores.get(url) {
             return Ok(s.clone());
         }
-        let store = Store::open(url).map_err(|e| e.to_string())?;
+        // The AWS CLI's chain: environment, AWS_PROFILE, the instance's or function's role.
+        let store = Store::connect(url, &thunkmesh_store::AwsSettings::default()).await.map_err(|e| e.to_string())?;
         stores.insert(url.to_owned(), store.clone());
         Ok(store)
     }

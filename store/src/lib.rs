@@ -17,9 +17,11 @@
 //! per-request bandwidth of that service to every request (see `docs/benchmarks.md`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod aws;
 mod latency;
 mod sink;
 
+pub use aws::AwsSettings;
 pub use latency::Latency;
 pub use sink::{BLOCK, BlobSink};
 
@@ -70,12 +72,12 @@ pub enum StoreError {
         reason: String,
     },
     /// The backend refused or failed a request.
-    #[error("storage request for `{key}` failed: {source}")]
+    #[error("storage request for `{key}` failed: {error}")]
     Backend {
         /// The object key.
         key: String,
-        /// The backend's error.
-        source: object_store::Error,
+        /// The backend's error (in this message, not a source: one line says it once).
+        error: object_store::Error,
     },
     /// A blob's bytes do not match its id. The corrupt object was deleted from storage (if the
     /// backend allowed it), so the next upload of the right bytes takes its place.
@@ -97,12 +99,22 @@ pub enum StoreError {
         line: usize,
     },
     /// A local file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Local {
         /// The file.
         path: PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// The AWS credential chain found no credentials for an `s3://` store.
+    #[error(
+        "no AWS credentials for {url}: {reason} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or name a profile of ~/.aws/credentials with --profile or AWS_PROFILE)"
+    )]
+    NoCredentials {
+        /// The store.
+        url: String,
+        /// What the chain said.
+        reason: String,
     },
 }
 
@@ -130,9 +142,35 @@ impl Store {
         Store::open_with(url, &[])
     }
 
+    /// Like [`Store::open`], with an `s3://` store's credentials and region from the AWS CLI's
+    /// chain ([`AwsSettings`]) rather than the environment alone: a profile in
+    /// `~/.aws/credentials`, SSO-free process credentials, a container or instance role.
+    pub async fn connect(url: &str, aws: &AwsSettings) -> Result<Store, StoreError> {
+        if !url.starts_with("s3:") {
+            return Store::open(url);
+        }
+        let (region, credentials) = aws.resolve().await;
+        // Asked once now, so that missing credentials are one error before any request.
+        if let Some(chain) = &credentials {
+            use object_store::CredentialProvider;
+            chain.get_credential().await.map_err(|e| {
+                let reason = match e {
+                    object_store::Error::Generic { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                StoreError::NoCredentials { url: url.to_owned(), reason }
+            })?;
+        }
+        Store::build(url, &[], S3Auth { region, credentials })
+    }
+
     /// Like [`Store::open`], with S3 settings (`object_store` AWS config keys such as
     /// `aws_access_key_id`) given here on top of the environment's.
     pub fn open_with(url: &str, s3_options: &[(&str, &str)]) -> Result<Store, StoreError> {
+        Store::build(url, s3_options, S3Auth::default())
+    }
+
+    fn build(url: &str, s3_options: &[(&str, &str)], auth: S3Auth) -> Result<Store, StoreError> {
         let bad = |reason: String| StoreError::BadUrl { url: url.into(), reason };
         let mut parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let mut latency = Latency::NONE;
@@ -153,7 +191,7 @@ impl Store {
                 StoreError::BadUrl { reason, .. } => bad(reason),
                 other => other,
             })?,
-            "s3" => open_s3(&parsed, endpoint, s3_options).map_err(bad)?,
+            "s3" => open_s3(&parsed, endpoint, s3_options, auth).map_err(bad)?,
             _ => return Err(StoreError::Unsupported(url.into())),
         };
         Ok(Store { url: url.into(), inner, latency, counters: Arc::default() })
@@ -161,7 +199,7 @@ impl Store {
 
     /// The `file://` URL of a local folder, made absolute.
     pub fn folder_url(dir: &FsPath) -> Result<String, StoreError> {
-        let abs = std::path::absolute(dir).map_err(|source| StoreError::Local { path: dir.into(), source })?;
+        let abs = std::path::absolute(dir).map_err(|source| StoreError::Local { path: dir.into(), error: source })?;
         url::Url::from_directory_path(&abs)
             .map(String::from)
             .map_err(|()| StoreError::BadUrl { url: abs.display().to_string(), reason: "not an absolute path".into() })
@@ -191,7 +229,7 @@ impl Store {
         match self.inner.head(&key).await {
             Ok(meta) => Ok(meta.size == id.size),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(source) => Err(StoreError::Backend { key: key.to_string(), source }),
+            Err(source) => Err(StoreError::Backend { key: key.to_string(), error: source }),
         }
     }
 
@@ -202,13 +240,13 @@ impl Store {
 
     /// Stores a file whose bytes are `id`, streaming large files in parts.
     pub async fn put_file(&self, id: Id, path: &FsPath) -> Result<(), StoreError> {
-        let local = |source| StoreError::Local { path: path.into(), source };
+        let local = |source| StoreError::Local { path: path.into(), error: source };
         if id.size <= MULTIPART_THRESHOLD {
             let bytes = tokio::fs::read(path).await.map_err(local)?;
             return self.put_blob(id, bytes.into()).await;
         }
         let key = blob_key(id);
-        let backend = |source| StoreError::Backend { key: key.to_string(), source };
+        let backend = |source| StoreError::Backend { key: key.to_string(), error: source };
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
         self.latency.wait(id.size).await;
         let upload = self.inner.put_multipart(&key).await.map_err(backend)?;
@@ -236,15 +274,15 @@ impl Store {
         let result = match self.inner.get(&key).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
-            Err(source) => return Err(StoreError::Backend { key: key.to_string(), source }),
+            Err(source) => return Err(StoreError::Backend { key: key.to_string(), error: source }),
         };
-        let local = |source| StoreError::Local { path: dest.into(), source };
+        let local = |source| StoreError::Local { path: dest.into(), error: source };
         let mut sink = BlobSink::new(dest);
         let mut stream = result.into_stream();
         while let Some(chunk) = stream.next().await {
             let written = match chunk {
                 Ok(chunk) => sink.write(&chunk).await.map_err(local),
-                Err(source) => Err(StoreError::Backend { key: key.to_string(), source }),
+                Err(source) => Err(StoreError::Backend { key: key.to_string(), error: source }),
             };
             if let Err(e) = written {
                 sink.discard().await;
@@ -285,7 +323,7 @@ impl Store {
         if max_pages == 0 {
             return Ok(None);
         }
-        let backend = |source| StoreError::Backend { key: format!("{prefix}/"), source };
+        let backend = |error| StoreError::Backend { key: format!("{prefix}/"), error };
         let mut keys = Vec::new();
         let mut listing = self.inner.list(Some(prefix));
         loop {
@@ -347,7 +385,7 @@ impl Store {
 
     /// A small object's bytes, counted as one GET; `None` if there is none.
     async fn get_small(&self, key: &Path) -> Result<Option<Bytes>, StoreError> {
-        let backend = |source| StoreError::Backend { key: key.to_string(), source };
+        let backend = |source| StoreError::Backend { key: key.to_string(), error: source };
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.latency.wait(0).await;
         let bytes = match self.inner.get(key).await {
@@ -377,7 +415,7 @@ impl Store {
         self.inner
             .put(&key, PutPayload::from_bytes(bytes))
             .await
-            .map_err(|source| StoreError::Backend { key: key.to_string(), source })?;
+            .map_err(|source| StoreError::Backend { key: key.to_string(), error: source })?;
         self.counters.written.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
@@ -387,16 +425,34 @@ fn open_folder(url: &url::Url) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let dir = url
         .to_file_path()
         .map_err(|()| StoreError::BadUrl { url: url.to_string(), reason: "not an absolute path".into() })?;
-    std::fs::create_dir_all(&dir).map_err(|source| StoreError::Local { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| StoreError::Local { path: dir.clone(), error: source })?;
     let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-        .map_err(|source| StoreError::Backend { key: dir.display().to_string(), source })?;
+        .map_err(|source| StoreError::Backend { key: dir.display().to_string(), error: source })?;
     Ok(Arc::new(local))
 }
 
 /// S3 with the standard AWS configuration from the environment, and an optional endpoint.
-fn open_s3(url: &url::Url, endpoint: Option<String>, options: &[(&str, &str)]) -> Result<Arc<dyn ObjectStore>, String> {
+/// What the AWS chain resolved for an S3 store; without it, the environment decides.
+#[derive(Debug, Default)]
+struct S3Auth {
+    region: Option<String>,
+    credentials: Option<aws::ChainCredentials>,
+}
+
+fn open_s3(
+    url: &url::Url,
+    endpoint: Option<String>,
+    options: &[(&str, &str)],
+    auth: S3Auth,
+) -> Result<Arc<dyn ObjectStore>, String> {
     let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or("no bucket: use s3://bucket/prefix")?;
     let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(region) = auth.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(credentials) = auth.credentials {
+        builder = builder.with_credentials(Arc::new(credentials));
+    }
     for (key, value) in options {
         let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e: object_store::Error| e.to_string())?;
         builder = builder.with_config(key, *value);

@@ -161,3 +161,51 @@ fn a_wide_job_finds_its_memo_entries_in_few_requests() {
     assert_eq!(second.num("thunks_executed"), 1, "{}", second.summary);
     assert!(second.num("storage_get_requests") <= 8, "{}", second.summary);
 }
+
+/// Keys only in `~/.aws/credentials`, under a named profile with its region in `~/.aws/config`:
+/// `--profile` finds them for the client and the local nodes, as the AWS CLI would (issue 16).
+#[test]
+fn an_s3_store_takes_its_credentials_from_a_profile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s3");
+    let server = S3Server::start(&root, &["jobs"]).expect("s3 server");
+    let home = dir.path().join("home");
+    let credentials = format!(
+        "[ci]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        thunkmesh_s3_fixture::ACCESS_KEY,
+        thunkmesh_s3_fixture::SECRET_KEY
+    );
+    std::fs::create_dir_all(home.join(".aws")).expect("mkdir");
+    std::fs::write(home.join(".aws/credentials"), credentials).expect("credentials");
+    std::fs::write(home.join(".aws/config"), "[profile ci]\nregion = us-east-1\n").expect("config");
+    let run = |extra: &[&str]| {
+        let mut cmd = thunkmesh();
+        cmd.current_dir(dir.path())
+            .arg("run")
+            .arg(repo(WORDFREQ.job))
+            .args(["--workers", "2", "--store", "s3://jobs/profile", "--summary-json", "summary.json"])
+            .args(extra)
+            .env("HOME", &home)
+            .env("AWS_ENDPOINT_URL", server.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            // Without a profile the chain ends at the instance metadata service: not here.
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"] {
+            cmd.env_remove(name);
+        }
+        finish(dir.path(), cmd.output().expect("run"))
+    };
+    let expected = shell(&repo("examples/wordfreq/expected.sh"), &[]);
+    let with_profile = run(&["--profile", "ci"]);
+    with_profile.ok();
+    assert_eq!(with_profile.out(WORDFREQ.target), expected);
+    assert!(!blobs_in_bucket(&root, "profile").is_empty(), "the inputs went to the bucket");
+
+    // No profile named, and none called `default`: one error naming the missing credentials,
+    // before anything runs (exit status 2, a setting).
+    let without = run(&["--memo", "off"]);
+    assert_eq!(without.code, Some(2), "{}", without.stderr);
+    let error = without.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(error.starts_with("error: no AWS credentials for s3://jobs/profile: "), "{}", without.stderr);
+    assert_eq!(without.stderr.matches("found none").count(), 1, "said once: {}", without.stderr);
+}
