@@ -527,6 +527,19 @@ pub struct NodeArgs {
     /// Lambda), or `off`.
     #[arg(long, value_enum, default_value_t = SandboxArg::Auto, env = "THUNKMESH_SANDBOX")]
     pub sandbox: SandboxArg,
+    /// How long to keep dialling the rendezvous when it is gone (a restart) or not up yet,
+    /// waiting 0.25 s, then twice as long each time up to 15 s; `forever`, or a duration such
+    /// as `10m` (`0s`: stop when it goes).
+    #[arg(long, default_value = "forever", value_parser = forever_or_duration, value_name = "DURATION")]
+    pub retry_for: Duration,
+}
+
+/// `forever` (as long as a [`Duration`] goes) or a duration such as `90s` or `10m`.
+fn forever_or_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    match text {
+        "forever" => Ok(Duration::MAX),
+        _ => humantime::parse_duration(text),
+    }
 }
 
 /// `--sandbox`.

@@ -290,6 +290,7 @@ async fn node(args: NodeArgs) -> Result<()> {
         bind: args.bind,
         name,
         idle_exit: None,
+        retry_for: args.retry_for,
         launcher: match args.sandbox {
             SandboxArg::Off => None,
             mode => Some(thunkmesh_node::jail::Launcher {

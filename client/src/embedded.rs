@@ -151,6 +151,8 @@ impl NodeSpawn<'_> {
             .args(["--rendezvous", &rendezvous.addr.to_string()])
             .args(["--fingerprint", &hex(&rendezvous.fingerprint)])
             .args(["--bind", "127.0.0.1:0", "--slots", &slots.max(1).to_string(), "--name", &format!("local-{index}")])
+            // The rendezvous lives and dies with this process: a node that loses it stops.
+            .args(["--retry-for", "0s"])
             .arg("--cache-dir")
             .arg(&dir)
             .env("THUNKMESH_TOKEN", token)

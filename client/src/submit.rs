@@ -56,7 +56,9 @@ pub enum RunError {
     #[error("{0}")]
     OverLimit(WireError),
     /// The rendezvous went away before the job ended.
-    #[error("the rendezvous closed the connection before the job ended")]
+    #[error(
+        "the rendezvous closed the connection before the job ended (it stopped or restarted); a rerun reuses every result the memo cache recorded"
+    )]
     Disconnected,
     /// The local nodes all exited.
     #[error("all local nodes exited; their logs are in {0}")]

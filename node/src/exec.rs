@@ -52,7 +52,7 @@ pub(crate) struct Ctx {
     /// A task failed because the cache's disk was full: the node should stop taking work.
     disk_full: std::sync::atomic::AtomicBool,
     /// What isolates programs (`None`: nothing).
-    pub(crate) jail: Option<Jail>,
+    pub(crate) jail: Option<Arc<Jail>>,
 }
 
 /// Why a task failed, and which inputs could not be had.
@@ -72,7 +72,7 @@ impl Fail {
 }
 
 impl Ctx {
-    pub(crate) fn new(cache: Arc<Cache>, peers: Peers, jail: Option<Jail>) -> Ctx {
+    pub(crate) fn new(cache: Arc<Cache>, peers: Peers, jail: Option<Arc<Jail>>) -> Ctx {
         let sandboxes = Sandboxes::new(cache.work_dir());
         Ctx {
             cache,
@@ -448,7 +448,7 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<Pl
         Program::Host { path, pin } => (PathBuf::from(path), Some((PathBuf::from(path), *pin))),
     };
     if a.thunk.has_root() {
-        own_root_possible(ctx.jail.as_ref())?;
+        own_root_possible(ctx.jail.as_deref())?;
     }
     // The files of an own root go to the node's tree of that root, made once (`roots.rs`).
     let mut root_files = Vec::new();
@@ -468,7 +468,7 @@ async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -> Result<Pl
         .chain(start_folder)
         .collect();
     let (cache, pins) = (ctx.cache.clone(), ctx.host_pins.clone());
-    let nobody = ctx.jail.as_ref().is_some_and(Jail::as_nobody).then_some(root.clone());
+    let nobody = ctx.jail.as_deref().is_some_and(Jail::as_nobody).then_some(root.clone());
     let layout = move || -> Result<(Vec<Linked>, Option<PathBuf>), Fail> {
         if let Some((path, pin)) = host {
             let shown = path.display();
@@ -609,7 +609,7 @@ async fn execute(
         false => writer.try_clone().map_err(Fail::node)?.into(),
     };
     let started = crate::jail::start(
-        ctx.jail.as_ref(),
+        ctx.jail.as_deref(),
         crate::jail::Program {
             path: program,
             shipped: matches!(a.thunk.program, Program::Ref(_)),

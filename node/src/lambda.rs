@@ -91,6 +91,8 @@ async fn invoked(event: LambdaEvent<Invocation>) -> Result<Report, Diagnostic> {
         bind: ([0, 0, 0, 0], 0).into(),
         name: format!("lambda-{}", event.context.request_id),
         idle_exit: invocation.idle_seconds.map(Duration::from_secs),
+        // An invocation ends with its session: the launcher invokes another.
+        retry_for: Duration::ZERO,
         // Lambda allows no namespaces: the launcher keeps the process tree (docs/reliability.md).
         launcher: match std::env::var("THUNKMESH_SANDBOX").as_deref() {
             Ok("off") => None,

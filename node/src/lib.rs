@@ -5,8 +5,10 @@
 //! When `shutdown` completes, when it has been idle for its `idle_exit`, or when the disk under
 //! its cache fills up, the node drains: it takes no new work, finishes what runs, uploads
 //! the objects that only it holds and that others still need, and returns when the rendezvous
-//! says it is done. If the rendezvous goes away instead, [`run`] returns at once and running tasks
-//! are aborted.
+//! says it is done. If the rendezvous goes away instead (or cannot be reached at the start),
+//! running tasks are aborted and the node dials it again with exponential backoff for its
+//! `retry_for`, keeping its cache, identity and port, and registers anew: a rendezvous that
+//! restarts gets its nodes back. With no `retry_for`, [`run`] returns at once.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cache;
@@ -63,7 +65,16 @@ pub struct NodeConfig {
     pub idle_exit: Option<Duration>,
     /// What isolates programs; `None`: they run as the node's plain children.
     pub launcher: Option<jail::Launcher>,
+    /// How long to keep dialling a rendezvous that is gone or not up yet, counted from the first
+    /// failure in a row ([`Duration::ZERO`]: stop at once; [`Duration::MAX`]: for ever).
+    pub retry_for: Duration,
 }
+
+/// The first wait before dialling the rendezvous again; it doubles after each failure.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+/// The longest wait between two dials of the rendezvous.
+const LONGEST_RETRY: Duration = Duration::from_secs(15);
 
 /// Why a node stopped.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +110,10 @@ pub struct Worked {
     pub disk_full: bool,
 }
 
-/// Runs a node until the rendezvous goes away, or until it has drained after `shutdown`.
+/// Runs a node until it has drained after `shutdown`, or until the rendezvous has been gone for
+/// longer than its `retry_for`.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<Worked, NodeError> {
+    use futures::future::FusedFuture;
     let identity = Identity::generate()?;
     let endpoint = thunkmesh_net::endpoint(config.bind, &identity)?;
     std::fs::create_dir_all(&config.cache_dir)
@@ -108,48 +121,119 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let budget = config.cache_size.unwrap_or_else(|| default_cache_size(&config.cache_dir));
     let cache = Arc::new(Cache::open(&config.cache_dir, budget)?);
     info!(budget, "cache budget in bytes");
-    let jail = config.launcher.as_ref().map(|l| jail::Jail::probe(l, cache.work_dir()));
+    let jail = config.launcher.as_ref().map(|l| Arc::new(jail::Jail::probe(l, cache.work_dir())));
     let isolation = jail.as_ref().map_or(jail::Isolation::Off, |j| j.isolation().clone());
     info!(%isolation, "programs are isolated");
-    let inventory = cache.inventory();
-    let addr = thunkmesh_net::resolve(&config.rendezvous).await?;
-    let conn = connect(&endpoint, client_config(&config.trust, ALPN_RENDEZVOUS)?, addr, &config.server_name).await?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
-    let bound = endpoint.local_addr().map_err(|e| NetError::Io { path: config.bind.to_string(), source: e })?;
-    let local = SocketAddr::new(local_ip(bound, addr), bound.port());
-    let hello = NodeHello {
-        name: config.name.clone(),
-        slots: config.slots,
-        fingerprint: identity.fingerprint(),
-        local: local.to_string(),
-        isolation: isolation.to_string(),
-        holds: inventory.len() as u64,
-    };
-    let role = Role::Node(hello);
-    send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token: config.token.clone(), role }).await?;
-    let (session, observed, probe_port) = match recv_msg::<FromRendezvous>(&mut recv).await? {
-        Some(FromRendezvous::Welcome { session, observed, probe_port }) => (session, observed, probe_port),
-        Some(FromRendezvous::Refused(e)) => return Err(NodeError::Refused(e)),
-        _ => return Err(NodeError::Disconnected),
-    };
-    let nat = classify_nat(&endpoint, &config, local, &observed, SocketAddr::new(addr.ip(), probe_port)).await;
-    info!(session, rendezvous = %addr, %local, %observed, %nat, "registered");
-    send_msg(&mut send, &ToRendezvous::Nat(nat)).await?;
-    for held in inventory.chunks(HOLDS_PER_MESSAGE) {
-        send_msg(&mut send, &ToRendezvous::Holds(held.to_vec())).await?;
-    }
+    let tls = client_config(&config.trust, ALPN_RENDEZVOUS)?;
     let token: Arc<str> = config.token.clone().into();
     let server = peer::Server::new(cache.clone(), token);
     let _server = AbortOnDrop(tokio::spawn(peer::serve(endpoint.clone(), server.clone())));
-    // Streams the rendezvous opens are fetches it relays for peers with no direct path here.
-    let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), None, server.clone())));
-    let peers = Peers::new(endpoint.clone(), config.token).timed_by(conn.clone());
-    let ctx = Arc::new(Ctx::new(cache, peers, jail));
-    let result = work(ctx, send, recv, shutdown, config.idle_exit).instrument(info_span!("node", session)).await;
-    let result = result.map(|worked| Worked { served_bytes: server.served_bytes(), ..worked });
-    conn.close(0u32.into(), b"node stopping");
+    let node = Node { config: &config, identity: &identity, endpoint: &endpoint, tls, cache, jail, isolation, server };
+    let shutdown = futures::FutureExt::fuse(shutdown);
+    tokio::pin!(shutdown);
+    let mut worked = Worked::default();
+    let mut failing_since = None;
+    let mut wait = FIRST_RETRY;
+    let result = loop {
+        let mut session = Session::default();
+        let ended = node.session(&mut session, shutdown.as_mut(), &mut worked).await;
+        let lost = match ended {
+            Ok(()) => break Ok(()),
+            Err(e @ (NodeError::Disconnected | NodeError::Net(_))) if !session.draining => e,
+            Err(e) => break Err(e),
+        };
+        if session.registered {
+            (failing_since, wait) = (None, FIRST_RETRY);
+        }
+        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= config.retry_for {
+            break Err(lost);
+        }
+        warn!(error = %lost, retry_in = ?wait, "the rendezvous is unreachable; dialling it again");
+        tokio::select! {
+            () = tokio::time::sleep(jittered(wait)) => {}
+            () = &mut shutdown, if !shutdown.is_terminated() => break Ok(()),
+        }
+        wait = (wait * 2).min(LONGEST_RETRY);
+    };
     endpoint.close(0u32.into(), b"node stopping");
-    result
+    result.map(|()| Worked { served_bytes: node.server.served_bytes(), ..worked })
+}
+
+/// `wait`, give or take a fifth, so that nodes that lost the same rendezvous do not all dial it
+/// at once.
+fn jittered(wait: Duration) -> Duration {
+    wait.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// What a node keeps from one session with the rendezvous to the next.
+struct Node<'a> {
+    config: &'a NodeConfig,
+    identity: &'a Identity,
+    endpoint: &'a quinn::Endpoint,
+    tls: quinn::ClientConfig,
+    cache: Arc<Cache>,
+    jail: Option<Arc<jail::Jail>>,
+    isolation: jail::Isolation,
+    server: Arc<peer::Server>,
+}
+
+/// How far one session got.
+#[derive(Debug, Default)]
+struct Session {
+    /// The rendezvous welcomed the node.
+    registered: bool,
+    /// The node was draining when it ended.
+    draining: bool,
+}
+
+impl Node<'_> {
+    /// Dials the rendezvous, registers, and works until drained (`Ok`) or the session fails.
+    async fn session(
+        &self,
+        progress: &mut Session,
+        shutdown: impl Future<Output = ()>,
+        worked: &mut Worked,
+    ) -> Result<(), NodeError> {
+        let config = self.config;
+        let addr = thunkmesh_net::resolve(&config.rendezvous).await?;
+        let conn = connect(self.endpoint, self.tls.clone(), addr, &config.server_name).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
+        let bound =
+            self.endpoint.local_addr().map_err(|e| NetError::Io { path: config.bind.to_string(), source: e })?;
+        let local = SocketAddr::new(local_ip(bound, addr), bound.port());
+        let inventory = self.cache.inventory();
+        let hello = NodeHello {
+            name: config.name.clone(),
+            slots: config.slots,
+            fingerprint: self.identity.fingerprint(),
+            local: local.to_string(),
+            isolation: self.isolation.to_string(),
+            holds: inventory.len() as u64,
+        };
+        let role = Role::Node(hello);
+        send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token: config.token.clone(), role }).await?;
+        let (session, observed, probe_port) = match recv_msg::<FromRendezvous>(&mut recv).await? {
+            Some(FromRendezvous::Welcome { session, observed, probe_port }) => (session, observed, probe_port),
+            Some(FromRendezvous::Refused(e)) => return Err(NodeError::Refused(e)),
+            _ => return Err(NodeError::Disconnected),
+        };
+        progress.registered = true;
+        let nat = classify_nat(self.endpoint, config, local, &observed, SocketAddr::new(addr.ip(), probe_port)).await;
+        info!(session, rendezvous = %addr, %local, %observed, %nat, "registered");
+        send_msg(&mut send, &ToRendezvous::Nat(nat)).await?;
+        for held in inventory.chunks(HOLDS_PER_MESSAGE) {
+            send_msg(&mut send, &ToRendezvous::Holds(held.to_vec())).await?;
+        }
+        // Streams the rendezvous opens are fetches it relays for peers with no direct path here.
+        let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), None, self.server.clone())));
+        let peers = Peers::new(self.endpoint.clone(), config.token.clone()).timed_by(conn.clone());
+        let ctx = Arc::new(Ctx::new(self.cache.clone(), peers, self.jail.clone()));
+        let working = Working { ctx, send, shutdown, idle_exit: config.idle_exit, progress, worked };
+        let result = working.run(recv).instrument(info_span!("node", session)).await;
+        conn.close(0u32.into(), b"node stopping");
+        result
+    }
 }
 
 /// Reads a size such as `512MiB`, `10GiB`, `64KiB` or plain bytes (units: B, KiB, MiB, GiB,
@@ -233,71 +317,78 @@ fn local_ip(bound: SocketAddr, rendezvous: SocketAddr) -> std::net::IpAddr {
         .map_or(bound.ip(), |a| a.ip())
 }
 
-async fn work(
+/// One session's work: its control stream, what it counts, and how it ends.
+struct Working<'a, F> {
     ctx: Arc<Ctx>,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    shutdown: impl Future<Output = ()>,
+    send: quinn::SendStream,
+    shutdown: F,
     idle_exit: Option<Duration>,
-) -> Result<Worked, NodeError> {
-    let (_reader, mut inbox) = thunkmesh_net::reader::<FromRendezvous>(recv);
-    let mut tasks = Tasks::default();
-    let mut worked = Worked::default();
-    let mut draining = false;
-    let mut busy_at = tokio::time::Instant::now();
-    tokio::pin!(shutdown);
-    loop {
-        let idle_at = busy_at + idle_exit.unwrap_or_default();
-        let may_idle = idle_exit.is_some() && !draining && tasks.set.is_empty();
-        tokio::select! {
-            () = &mut shutdown, if !draining => {
-                info!(running = tasks.set.len(), "draining: finishing running tasks and uploading what others need");
-                draining = true;
-                send_msg(&mut send, &ToRendezvous::Drain).await?;
+    progress: &'a mut Session,
+    worked: &'a mut Worked,
+}
+
+impl<F: Future<Output = ()>> Working<'_, F> {
+    /// Runs assignments from `recv` until drained or the session fails.
+    async fn run(self, recv: quinn::RecvStream) -> Result<(), NodeError> {
+        let Working { ctx, mut send, shutdown, idle_exit, progress, worked } = self;
+        let (_reader, mut inbox) = thunkmesh_net::reader::<FromRendezvous>(recv);
+        let mut tasks = Tasks::default();
+        let mut busy_at = tokio::time::Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            let draining = progress.draining;
+            let idle_at = busy_at + idle_exit.unwrap_or_default();
+            let may_idle = idle_exit.is_some() && !draining && tasks.set.is_empty();
+            tokio::select! {
+                () = &mut shutdown, if !draining => {
+                    info!(running = tasks.set.len(), "draining: finishing running tasks and uploading what others need");
+                    progress.draining = true;
+                    send_msg(&mut send, &ToRendezvous::Drain).await?;
+                }
+                () = tokio::time::sleep_until(idle_at), if may_idle => {
+                    info!(idle = ?idle_exit, "nothing to run: draining");
+                    (progress.draining, worked.idled) = (true, true);
+                    send_msg(&mut send, &ToRendezvous::Drain).await?;
+                }
+                msg = inbox.recv() => match msg {
+                    None => return Err(NodeError::Disconnected),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(FromRendezvous::Drained)) => {
+                        info!("drained");
+                        return Ok(());
+                    }
+                    Some(Ok(msg)) => {
+                        busy_at = tokio::time::Instant::now();
+                        tasks.start(&ctx, msg);
+                    }
+                },
+                Some(_) = tasks.punches.join_next() => {}
+                Some(done) = tasks.set.join_next() => match done {
+                    Ok((report, pinned)) => {
+                        if let ToRendezvous::Done(done) = &report {
+                            let s = &done.stats;
+                            worked.thunks += 1;
+                            worked.fetched_bytes += s.peer_bytes + s.relay_bytes + s.storage_bytes_read;
+                        }
+                        tasks.finished(&report);
+                        // Drain before the failure is reported, so its retry goes to another node.
+                        if ctx.disk_is_full() && !draining {
+                            warn!("the disk holding the cache is full: draining");
+                            (progress.draining, worked.disk_full) = (true, true);
+                            send_msg(&mut send, &ToRendezvous::Drain).await?;
+                        }
+                        send_msg(&mut send, &report).await?;
+                        drop(pinned);
+                        let evicted = ctx.cache.evict();
+                        for ids in evicted.chunks(HOLDS_PER_MESSAGE) {
+                            send_msg(&mut send, &ToRendezvous::Dropped(ids.to_vec())).await?;
+                        }
+                        busy_at = tokio::time::Instant::now();
+                    }
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => warn!(error = %e, "a task panicked"),
+                },
             }
-            () = tokio::time::sleep_until(idle_at), if may_idle => {
-                info!(idle = ?idle_exit, "nothing to run: draining");
-                (draining, worked.idled) = (true, true);
-                send_msg(&mut send, &ToRendezvous::Drain).await?;
-            }
-            msg = inbox.recv() => match msg {
-                None => return Err(NodeError::Disconnected),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(FromRendezvous::Drained)) => {
-                    info!("drained");
-                    return Ok(worked);
-                }
-                Some(Ok(msg)) => {
-                    busy_at = tokio::time::Instant::now();
-                    tasks.start(&ctx, msg);
-                }
-            },
-            Some(_) = tasks.punches.join_next() => {}
-            Some(done) = tasks.set.join_next() => match done {
-                Ok((report, pinned)) => {
-                    if let ToRendezvous::Done(done) = &report {
-                        let s = &done.stats;
-                        worked.thunks += 1;
-                        worked.fetched_bytes += s.peer_bytes + s.relay_bytes + s.storage_bytes_read;
-                    }
-                    tasks.finished(&report);
-                    // Drain before the failure is reported, so its retry goes to another node.
-                    if ctx.disk_is_full() && !draining {
-                        warn!("the disk holding the cache is full: draining");
-                        (draining, worked.disk_full) = (true, true);
-                        send_msg(&mut send, &ToRendezvous::Drain).await?;
-                    }
-                    send_msg(&mut send, &report).await?;
-                    drop(pinned);
-                    let evicted = ctx.cache.evict();
-                    for ids in evicted.chunks(HOLDS_PER_MESSAGE) {
-                        send_msg(&mut send, &ToRendezvous::Dropped(ids.to_vec())).await?;
-                    }
-                    busy_at = tokio::time::Instant::now();
-                }
-                Err(e) if e.is_cancelled() => {}
-                Err(e) => warn!(error = %e, "a task panicked"),
-            },
         }
     }
 }

@@ -267,3 +267,65 @@ fn an_object_larger_than_the_nodes_memory_moves_between_them() {
     drop(nodes);
     drop(cgroup);
 }
+
+/// Waits until the rendezvous' status lists `nodes` nodes.
+fn wait_for_nodes(rdv: &SelfHosted, nodes: usize, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    let want = format!("\n{nodes} node(s)\n");
+    loop {
+        let status = format!("\n{}", rdv.status());
+        if status.contains(&want) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "not {nodes} node(s) within {within:?}: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A node dials a rendezvous that is not up yet until it is, and dials it again after it
+/// restarts (same state folder and port: same certificate and token); a job cut by the restart
+/// fails with one clear line, and the next job runs on the node that came back (issue 16).
+#[test]
+fn a_node_survives_a_rendezvous_restart_and_waits_for_one_not_up_yet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("rdv");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port").port();
+    let addr = format!("127.0.0.1:{port}");
+    // The certificate exists before the first start, so the node can be given its fingerprint.
+    let first = SelfHosted::start_on(&state, &addr, &[], &[]);
+    drop(first);
+    let first_fingerprint = Identity::load_or_create(&state).expect("identity").fingerprint();
+    let fingerprint: String = first_fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+
+    let node = crate::util::thunkmesh()
+        .args(["node", "--rendezvous", &addr, "--bind", "127.0.0.1:0", "--name", "n0"])
+        .args(["--fingerprint", &fingerprint, "--cache-dir"])
+        .arg(dir.path().join("node"))
+        .env("THUNKMESH_TOKEN", "integration-test-token")
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(dir.path().join("node.log")).expect("log"))
+        .spawn()
+        .expect("node");
+    let _node = crate::util::Proc(node);
+    std::thread::sleep(Duration::from_secs(3));
+    let rdv = SelfHosted::start_on(&state, &addr, &[], &[]);
+    assert_eq!(rdv.fingerprint, fingerprint);
+    wait_for_nodes(&rdv, 1, Duration::from_secs(10));
+
+    let job = write(dir.path(), &[("job.toml", &slow_fan_in(1).replace("sleep 1", "sleep 30"))]);
+    let cut = rdv.run_in_background(dir.path(), &job);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(rdv);
+    let cut = cut.join().expect("client");
+    assert_eq!(cut.code, Some(1), "{}", cut.stderr);
+    assert!(cut.stderr.contains("the rendezvous closed the connection before the job ended"), "{}", cut.stderr);
+
+    let rdv = SelfHosted::start_on(&state, &addr, &[], &[]);
+    wait_for_nodes(&rdv, 1, Duration::from_secs(20));
+    let run = rdv.run(dir.path(), &echo_job(dir.path(), "back"), &rdv.token);
+    run.ok();
+    assert_eq!(run.out("o"), b"back\n");
+    let log = std::fs::read_to_string(dir.path().join("node.log")).expect("node log");
+    assert!(log.contains("the rendezvous is unreachable; dialling it again"), "{log}");
+    assert_eq!(log.matches("registered").count(), 2, "{log}");
+}
