@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use thunkmesh_client::{JobRun, LocalMesh, RunError, Summary, Target, load_job, run_job};
@@ -231,18 +231,9 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
 
 async fn status(args: StatusArgs) -> Result<()> {
     let target = remote_target(&args.rendezvous, &args.trust)?;
-    let nodes = thunkmesh_client::status(&target).await?;
+    let status = thunkmesh_client::status(&target).await?;
     if args.json {
-        let nodes: Vec<_> = nodes
-            .iter()
-            .map(|n| {
-                serde_json::json!({
-                    "name": n.name, "observed": n.observed, "local": n.local, "nat": n.nat.to_string(),
-                    "slots": n.slots, "running": n.running, "sandbox": n.isolation,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes }))?);
+        println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
         return Ok(());
     }
     let header = ("NODE", "OBSERVED", "LOCAL", "NAT", "SLOTS", "RUNNING", "SANDBOX");
@@ -250,13 +241,67 @@ async fn status(args: StatusArgs) -> Result<()> {
         "{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}  {}",
         header.0, header.1, header.2, header.3, header.4, header.5, header.6
     );
-    for n in &nodes {
+    for n in &status.nodes {
         let nat = n.nat.to_string();
         let (name, observed, local, slots, running) = (&n.name, &n.observed, &n.local, n.slots, n.running);
         println!("{name:<20} {observed:<22} {local:<22} {nat:<31} {slots:>5} {running:>7}  {}", n.isolation);
     }
-    println!("{} node(s)", nodes.len());
+    let slots: u64 = status.nodes.iter().map(|n| u64::from(n.slots)).sum();
+    println!("{} node(s), {slots} slot(s)", status.nodes.len());
+    if !status.jobs.is_empty() {
+        println!(
+            "\n{:<8} {:<7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>10}",
+            "JOB", "MODE", "THUNKS", "DONE", "RUNNING", "QUEUED", "AGE", "THUNKS/S"
+        );
+        for j in &status.jobs {
+            let p = j.progress;
+            let (age, rate) = (j.running_ms as f64 / 1000.0, throughput(j));
+            let mode = j.mode.name();
+            println!(
+                "{:<8} {mode:<7} {:>9} {:>9} {:>8} {:>8} {:>8.1}s {rate:>10.1}",
+                j.session, p.total, p.done, p.running, p.ready, age
+            );
+        }
+    }
+    let queued: u64 = status.jobs.iter().map(|j| j.progress.ready).sum();
+    println!("{} job(s), {queued} thunk(s) queued; up {}", status.jobs.len(), uptime(status.uptime_ms));
     Ok(())
+}
+
+/// Thunks a job resolved per second so far.
+fn throughput(job: &thunkmesh_protocol::wire::JobStatus) -> f64 {
+    if job.running_ms == 0 { 0.0 } else { job.progress.done as f64 * 1000.0 / job.running_ms as f64 }
+}
+
+fn uptime(ms: u64) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(ms / 1000))
+}
+
+/// `status --json`: its layout is documented in docs/operations.md.
+fn status_json(status: &thunkmesh_protocol::wire::MeshStatus) -> serde_json::Value {
+    let nodes: Vec<_> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "name": n.name, "observed": n.observed, "local": n.local, "nat": n.nat.to_string(),
+                "slots": n.slots, "running": n.running, "sandbox": n.isolation,
+            })
+        })
+        .collect();
+    let jobs: Vec<_> = status
+        .jobs
+        .iter()
+        .map(|j| {
+            let p = j.progress;
+            serde_json::json!({
+                "session": j.session, "mode": j.mode.name(), "thunks_total": p.total,
+                "thunks_done": p.done, "thunks_running": p.running, "thunks_queued": p.ready,
+                "running_ms": j.running_ms, "thunks_per_second": throughput(j),
+            })
+        })
+        .collect();
+    serde_json::json!({ "schema_version": 1, "uptime_ms": status.uptime_ms, "nodes": nodes, "jobs": jobs })
 }
 
 /// The token in `state_dir/token`, generated (readable by the owner only) on first use.

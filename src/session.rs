@@ -167,7 +167,7 @@ impl Session {
             "exit_status": error.map_or(0, exit_status),
             "error": error.map(|e| format!("{e:#}")),
             "job": self.job,
-            "mode": self.mode.name(),
+            "mode": thunkmesh_protocol::wire::Mode::from(self.mode).name(),
             "engine": self.engine.name(),
             "wall_ms": self.started.elapsed().as_secs_f64() * 1000.0,
         });
@@ -305,16 +305,6 @@ impl Reporter for Bar {
     fn tick(&mut self) {
         if let Some(p) = self.1.latest.filter(|_| self.line_due()) {
             self.line(p);
-        }
-    }
-}
-
-impl ModeArg {
-    /// The name `--mode` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            ModeArg::P2p => "p2p",
-            ModeArg::Storage => "storage",
         }
     }
 }

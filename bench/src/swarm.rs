@@ -127,16 +127,14 @@ fn hold(args: &SwarmArgs, rdv: &Rendezvous, binary: &Path) -> Result<serde_json:
     std::thread::sleep(hold);
     let cpu_share = (rdv.cpu_seconds()? - cpu) / hold.as_secs_f64();
     let status = Command::new(binary)
-        .args(["status", "--rendezvous", &rdv.addr.to_string(), "--fingerprint", &rdv.fingerprint])
+        .args(["status", "--json", "--rendezvous", &rdv.addr.to_string(), "--fingerprint", &rdv.fingerprint])
         .env("THUNKMESH_TOKEN", crate::mesh::TOKEN)
         .output()?;
     let text = String::from_utf8_lossy(&status.stdout);
-    let nodes: u64 = text
-        .lines()
-        .last()
-        .and_then(|l| l.strip_suffix(" node(s)"))
-        .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("`thunkmesh status` said: {text}"))?;
+    let nodes = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|status| Some(status["nodes"].as_array()?.len()))
+        .with_context(|| format!("`thunkmesh status --json` said: {text}"))?;
     println!(
         "held {} for {}: {nodes} nodes registered, rendezvous at {:.0}% of a core for heartbeats",
         args.sessions,

@@ -11,7 +11,7 @@ use thunkmesh_protocol::inputs::share;
 use thunkmesh_protocol::job::NamedThunk;
 use thunkmesh_protocol::submit::{ThunkTooLarge, check_fits, pieces};
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, ErrorCode, FromRendezvous, Hello, JobOutcome, Mode, NodeStatus, PROTOCOL_VERSION, Progress,
+    ALPN_RENDEZVOUS, ErrorCode, FromRendezvous, Hello, JobOutcome, MeshStatus, Mode, PROTOCOL_VERSION, Progress,
     Reduction, Role, Submission, SubmittedThunk, ToRendezvous, WireError,
 };
 use thunkmesh_protocol::{Id, Ref};
@@ -445,14 +445,14 @@ impl Session {
     }
 }
 
-/// The nodes registered with the rendezvous at `target`.
-pub async fn status(target: &Target) -> Result<Vec<NodeStatus>, RunError> {
+/// The nodes registered with the rendezvous at `target`, and its jobs.
+pub async fn status(target: &Target) -> Result<MeshStatus, RunError> {
     let (mut session, mut recv) = Session::open(target).await?;
     send_msg(&mut session.send, &ToRendezvous::Status).await?;
     let reply = recv_msg::<FromRendezvous>(&mut recv).await;
     session.close();
     match reply? {
-        Some(FromRendezvous::Status(nodes)) => Ok(nodes),
+        Some(FromRendezvous::Status(status)) => Ok(status),
         Some(FromRendezvous::Refused(e)) => Err(RunError::Refused(e)),
         _ => Err(RunError::Disconnected),
     }

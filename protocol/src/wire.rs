@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -161,6 +161,30 @@ pub struct NodeStatus {
     pub isolation: String,
 }
 
+/// What `thunkmesh status` shows of a rendezvous.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshStatus {
+    /// The registered nodes, by name.
+    pub nodes: Vec<NodeStatus>,
+    /// The jobs it holds (being received or running), oldest first.
+    pub jobs: Vec<JobStatus>,
+    /// Milliseconds since the rendezvous started.
+    pub uptime_ms: u64,
+}
+
+/// One job at the rendezvous.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobStatus {
+    /// The submitting client's session.
+    pub session: u64,
+    /// Its counts: thunks known, done, running, ready and waiting for a slot (the queue).
+    pub progress: Progress,
+    /// Milliseconds since its planning began (0: still arriving).
+    pub running_ms: u64,
+    /// Whether intermediates go peer to peer or through storage.
+    pub mode: Mode,
+}
+
 /// Messages the rendezvous sends to a node or client.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum FromRendezvous {
@@ -205,8 +229,8 @@ pub enum FromRendezvous {
         /// The peer's certificate fingerprint.
         fingerprint: [u8; 32],
     },
-    /// The registered nodes (to a client that asked).
-    Status(Vec<NodeStatus>),
+    /// The registered nodes and running jobs (to a client that asked).
+    Status(MeshStatus),
     /// Remove these objects from the cache: no thunk will read them again (to a node).
     Drop(Vec<Id>),
 }
@@ -219,6 +243,16 @@ pub enum Mode {
     P2p,
     /// gg's way: every output is written to storage and every input read from it.
     Storage,
+}
+
+impl Mode {
+    /// The name users give it (`--mode p2p`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::P2p => "p2p",
+            Mode::Storage => "storage",
+        }
+    }
 }
 
 /// A job, as the client sends it.
@@ -809,7 +843,7 @@ mod tests {
                 .prop_map(|(session, observed, probe_port)| FromRendezvous::Welcome { session, observed, probe_port }),
             (".{0,8}", ".{0,12}", any::<u32>(), any::<u32>()).prop_map(|(name, observed, slots, running)| {
                 let nat = NatKind::EndpointIndependent;
-                FromRendezvous::Status(vec![NodeStatus {
+                let node = NodeStatus {
                     name,
                     local: observed.clone(),
                     observed,
@@ -817,7 +851,14 @@ mod tests {
                     slots,
                     running,
                     isolation: "namespaces".into(),
-                }])
+                };
+                let job = JobStatus {
+                    session: u64::from(running),
+                    progress: Progress { total: u64::from(slots), ..Progress::default() },
+                    running_ms: u64::from(slots) * 3,
+                    mode: Mode::Storage,
+                };
+                FromRendezvous::Status(MeshStatus { nodes: vec![node], jobs: vec![job], uptime_ms: u64::from(running) })
             }),
             (".{0,12}", any::<[u8; 32]>())
                 .prop_map(|(addr, fingerprint)| FromRendezvous::Introduce { addr, fingerprint }),

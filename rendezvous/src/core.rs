@@ -17,8 +17,8 @@ use thunkmesh_planner::{Decision, Place, Planner};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::submit::{Assembler, JobLimits};
 use thunkmesh_protocol::wire::{
-    Assignment, ErrorCode, FromRendezvous, InputSource, JobHeader, JobPart, Mode, NatKind, NodeHello, NodeStatus,
-    Progress, Resolution, Source, ToRendezvous, UploadRequest, WireError,
+    Assignment, ErrorCode, FromRendezvous, InputSource, JobHeader, JobPart, JobStatus, MeshStatus, Mode, NatKind,
+    NodeHello, NodeStatus, Progress, Resolution, Source, ToRendezvous, UploadRequest, WireError,
 };
 use tracing::{info, warn};
 
@@ -122,8 +122,8 @@ enum Incoming {
     Building(Box<Assembler>),
     /// Refused for its size: the rest of it is read and ignored.
     Refused,
-    /// Whole, and given to the planner.
-    Planned,
+    /// Whole, and given to the planner at this time since the core started.
+    Planned(Duration),
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +133,8 @@ pub(crate) struct Core {
     nodes: HashMap<u64, NodeEntry>,
     clients: HashMap<u64, ClientEntry>,
     out: VecDeque<Action>,
+    /// The time of the event being handled, since the core started.
+    now: Duration,
 }
 
 impl Core {
@@ -143,6 +145,7 @@ impl Core {
 
     /// Takes one event at `now` (time since the core started).
     pub(crate) fn handle(&mut self, now: Duration, event: Event) {
+        self.now = now;
         self.planner.advance(now);
         self.apply(event);
         self.dispatch();
@@ -150,6 +153,7 @@ impl Core {
 
     /// Time passed with nothing else happening (a held thunk's wait may have run out).
     pub(crate) fn wake(&mut self, now: Duration) {
+        self.now = now;
         self.planner.advance(now);
         self.dispatch();
     }
@@ -322,11 +326,12 @@ impl Core {
 
     /// The job is whole: the planner takes it.
     fn end_job(&mut self, job: u64) {
+        let now = self.now;
         if self.building(job, "JobEnd without a job being sent").is_none() {
             return;
         }
         let Some(Incoming::Building(building)) =
-            self.clients.get_mut(&job).map(|c| std::mem::replace(&mut c.job, Incoming::Planned))
+            self.clients.get_mut(&job).map(|c| std::mem::replace(&mut c.job, Incoming::Planned(now)))
         else {
             return;
         };
@@ -410,8 +415,28 @@ impl Core {
         }
     }
 
+    /// The registered nodes by name, and the jobs oldest first.
+    fn status(&self) -> MeshStatus {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut jobs: Vec<JobStatus> = self
+            .clients
+            .iter()
+            .filter_map(|(&session, c)| {
+                let running_ms = match c.job {
+                    Incoming::Building(_) => 0,
+                    Incoming::Planned(since) => millis(self.now.saturating_sub(since)).max(1),
+                    Incoming::None | Incoming::Refused => return None,
+                };
+                let progress = self.planner.progress(session).unwrap_or(c.progress);
+                Some(JobStatus { session, progress, running_ms, mode: c.mode })
+            })
+            .collect();
+        jobs.sort_by_key(|j| (std::cmp::Reverse(j.running_ms), j.session));
+        MeshStatus { nodes: self.nodes(), jobs, uptime_ms: millis(self.now) }
+    }
+
     /// The registered nodes, by name.
-    fn status(&self) -> Vec<NodeStatus> {
+    fn nodes(&self) -> Vec<NodeStatus> {
         let mut nodes: Vec<NodeStatus> = self
             .nodes
             .iter()

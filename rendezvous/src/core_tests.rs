@@ -455,3 +455,28 @@ fn a_node_is_ready_only_once_its_announced_holdings_arrived() {
     let after: Vec<Action> = std::iter::from_fn(|| core.poll()).collect();
     assert!(after.contains(&Action::Nodes(1)), "{after:?}");
 }
+
+/// `Status` answers with the nodes and each job, its age counted from when it was planned.
+#[test]
+fn status_lists_the_nodes_and_the_jobs_with_their_age() {
+    let mut sim = Sim::new();
+    let mut rng = Rng(3);
+    sim.join_node();
+    sim.now = Duration::from_secs(5);
+    sim.submit(&mut rng);
+    let job = *sim.jobs.keys().next().expect("a job");
+    sim.now = Duration::from_millis(7_250);
+    let asker = sim.session();
+    sim.core.handle(sim.now, Event::ClientJoined { job: asker });
+    sim.core.handle(sim.now, Event::Message { from: asker, msg: ToRendezvous::Status });
+    let status = std::iter::from_fn(|| sim.core.poll()).find_map(|a| match a {
+        Action::Send { to, msg: FromRendezvous::Status(status) } if to == asker => Some(status),
+        _ => None,
+    });
+    let status = status.expect("a status answer");
+    assert_eq!((status.nodes.len(), status.uptime_ms), (1, 7_250));
+    assert_eq!(status.jobs.len(), 1, "the asker has no job: {status:?}");
+    let listed = &status.jobs[0];
+    assert_eq!((listed.session, listed.running_ms), (job, 2_250));
+    assert!(listed.progress.total > 0 && listed.progress.done < listed.progress.total, "{listed:?}");
+}

@@ -33,7 +33,8 @@ fn nodes_and_jobs_meet_at_a_self_hosted_rendezvous() {
         let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {status}"));
         assert!(line.contains("127.0.0.1:") && line.contains(" none "), "{line}");
     }
-    assert!(status.ends_with("3 node(s)\n"), "{status}");
+    assert!(status.contains("\n3 node(s), 3 slot(s)\n"), "{status}");
+    assert!(status.contains("\n0 job(s), 0 thunk(s) queued; up "), "{status}");
 }
 
 #[test]
@@ -228,7 +229,7 @@ fn an_object_larger_than_the_nodes_memory_moves_between_them() {
         cgroup.add(node.0.id());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !rdv.status().ends_with("2 node(s)\n") {
+    while !rdv.status().contains("\n2 node(s), ") {
         assert!(std::time::Instant::now() < deadline, "the nodes did not register");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -271,7 +272,7 @@ fn an_object_larger_than_the_nodes_memory_moves_between_them() {
 /// Waits until the rendezvous' status lists `nodes` nodes.
 fn wait_for_nodes(rdv: &SelfHosted, nodes: usize, within: Duration) {
     let deadline = std::time::Instant::now() + within;
-    let want = format!("\n{nodes} node(s)\n");
+    let want = format!("\n{nodes} node(s), ");
     loop {
         let status = format!("\n{}", rdv.status());
         if status.contains(&want) {
@@ -328,4 +329,34 @@ fn a_node_survives_a_rendezvous_restart_and_waits_for_one_not_up_yet() {
     let log = std::fs::read_to_string(dir.path().join("node.log")).expect("node log");
     assert!(log.contains("the rendezvous is unreachable; dialling it again"), "{log}");
     assert_eq!(log.matches("registered").count(), 2, "{log}");
+}
+
+/// `status` shows each running job with its queue, as a table and as JSON (issue 16).
+#[test]
+fn status_shows_the_running_jobs_and_their_queues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let _node = rdv.node(&dir.path().join("node"), "n0");
+    wait_for_nodes(&rdv, 1, Duration::from_secs(10));
+    // Three slow thunks on one slot: one runs, two wait.
+    let job = write(dir.path(), &[("job.toml", &slow_fan_in(3))]);
+    let run = rdv.run_in_background(dir.path(), &job);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let job = loop {
+        let status = rdv.status_json();
+        let running = status["jobs"].get(0).filter(|j| j["thunks_running"] == 1).cloned();
+        if let Some(job) = running {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "no running job in {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!((job["thunks_total"].as_u64(), job["thunks_queued"].as_u64()), (Some(4), Some(2)), "{job}");
+    assert_eq!(job["mode"], "p2p");
+    assert!(job["running_ms"].as_u64() > Some(0), "{job}");
+    let text = rdv.status();
+    assert!(text.contains("\n1 job(s), 2 thunk(s) queued; up "), "{text}");
+    assert!(text.contains("THUNKS/S"), "{text}");
+    run.join().expect("client").ok();
+    assert_eq!(rdv.status_json()["jobs"].as_array().map(Vec::len), Some(0));
 }

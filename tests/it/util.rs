@@ -238,10 +238,20 @@ impl SelfHosted {
         self._proc.0.id()
     }
 
-    /// What `thunkmesh status` prints about this rendezvous' nodes.
+    /// What `thunkmesh status` prints about this rendezvous' nodes and jobs.
     pub fn status(&self) -> String {
+        self.status_with(&[])
+    }
+
+    /// What `thunkmesh status --json` says.
+    pub fn status_json(&self) -> Value {
+        serde_json::from_str(&self.status_with(&["--json"])).expect("status --json prints JSON")
+    }
+
+    fn status_with(&self, extra: &[&str]) -> String {
         let out = thunkmesh_in(self.ns.as_deref())
             .args(["status", "--rendezvous", &self.addr])
+            .args(extra)
             .args(&self.trust)
             .env("THUNKMESH_TOKEN", &self.token)
             .output()
