@@ -8,6 +8,6 @@ pub mod submit;
 pub mod summary;
 
 pub use embedded::LocalMesh;
-pub use load::{LoadedJob, hash_file, load_job};
+pub use load::{LoadedJob, hash_file, load_job, load_spec};
 pub use submit::{JobRun, Memo, Reporter, RunError, Target, run_job, status};
 pub use summary::Summary;

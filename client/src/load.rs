@@ -18,13 +18,23 @@ pub struct LoadedJob {
     pub values: BTreeMap<Id, PathBuf>,
 }
 
-/// Reads, validates and resolves the job file at `path`.
+/// Reads, validates and resolves the job file at `path`: TOML, or JSON if its name ends in
+/// `.json`.
 pub fn load_job(path: &Path) -> Result<LoadedJob, JobError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| JobError::new(&file, "", JobProblem::File { path: file.clone(), reason: e.to_string() }))?;
-    let spec = JobSpec::parse(&text, &file, SpecKind::Job)?;
-    let base = path.parent().unwrap_or(Path::new("."));
+    let spec = match path.extension().is_some_and(|e| e == "json") {
+        true => JobSpec::parse_json(&text, &file)?,
+        false => JobSpec::parse(&text, &file, SpecKind::Job)?,
+    };
+    load_spec(&spec, path.parent().unwrap_or(Path::new(".")), &file)
+}
+
+/// Resolves a checked job (such as one from [`thunkmesh_protocol::builder::JobBuilder`]): hashes
+/// its values, read relative to `base`, and pins its host programs; `file` names it in errors.
+pub fn load_spec(spec: &JobSpec, base: &Path, file: &str) -> Result<LoadedJob, JobError> {
+    let file = file.to_owned();
     let mut ids = BTreeMap::new();
     let mut values = BTreeMap::new();
     for (name, rel) in &spec.values {
@@ -42,7 +52,8 @@ pub fn load_job(path: &Path) -> Result<LoadedJob, JobError> {
             .map_err(|reason| JobError::new(&file, "", JobProblem::HostProgram { path: host.to_owned(), reason }))?;
         hosts.insert(host.to_owned(), id);
     }
-    Ok(LoadedJob { file, job: spec.resolve(&ids, &hosts), values })
+    let job = spec.resolve(&ids, &hosts).map_err(|problem| JobError::new(&file, "", problem))?;
+    Ok(LoadedJob { file, job, values })
 }
 
 /// The blob id of a regular file's bytes. Anything else (a device such as `/dev/zero`, a FIFO, a

@@ -798,7 +798,7 @@ async fn read_tail_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str, le
         let id = ctx.host_pin(Path::new(host)).await.map_err(|e| bad(format!("{label}: host program {host}: {e}")))?;
         hosts.insert(host.to_owned(), id);
     }
-    let resolved = spec.resolve(&values, &hosts);
+    let resolved = spec.resolve(&values, &hosts).map_err(|e| bad(format!("{label}: {e}")))?;
     let blob = ctx.cache.adopt_hashed(path).await.map_err(Fail::node)?;
     let thunks = resolved.thunks.into_iter().map(|t| SubmittedThunk { name: t.name, thunk: t.thunk }).collect();
     let result = resolved.result.ok_or_else(|| bad(format!("{label}: no result")))?;

@@ -1,5 +1,7 @@
-//! Job files (TOML) and tails (the same syntax written by a thunk): parsing, validation, and
-//! resolution into thunks with ids.
+//! Job files (TOML, or the same structure as JSON) and tails (the TOML syntax written by a
+//! thunk): parsing, validation, and resolution into thunks with ids. A job built in code
+//! ([`crate::builder::JobBuilder`]) goes through the same checks: a [`JobSpec`] exists only once
+//! checked.
 //!
 //! Parsing is pure: the caller reads the file, hashes the values and pins host programs, then
 //! calls [`JobSpec::resolve`]. Every error names the file and the place in it (thunk, key), and
@@ -10,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
 use crate::thunk::{Program, Ref, STDOUT_OUTPUT, Thunk, check_sandbox_path, check_sandbox_paths};
@@ -161,8 +163,10 @@ pub enum SpecKind {
     Tail,
 }
 
-/// A validated job or tail, by names.
+/// A validated job or tail, by names (made only by [`JobSpec::parse`] and the builder, so that
+/// every one was checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JobSpec {
     /// Value name -> path (relative to the job file, or to the sandbox for a tail).
     pub values: BTreeMap<String, String>,
@@ -196,77 +200,109 @@ pub struct NamedThunk {
     pub thunk: Thunk,
 }
 
-#[derive(Deserialize)]
+/// A job as written, before any check.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawJob {
-    #[serde(default)]
-    values: BTreeMap<String, String>,
+pub(crate) struct RawJob {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) values: BTreeMap<String, String>,
     #[serde(default, rename = "thunk")]
-    thunks: Vec<RawThunk>,
+    pub(crate) thunks: Vec<RawThunk>,
     #[serde(default)]
-    targets: BTreeMap<String, String>,
-    result: Option<String>,
+    pub(crate) targets: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) result: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// One thunk as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawThunk {
-    name: String,
-    program: RawProgram,
+pub(crate) struct RawThunk {
+    pub(crate) name: String,
+    pub(crate) program: RawProgram,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) inputs: BTreeMap<String, String>,
     #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    inputs: BTreeMap<String, String>,
-    #[serde(default)]
-    outputs: Vec<String>,
-    timeout: Option<String>,
-    #[serde(default)]
-    network: bool,
-    #[serde(default)]
-    stdout: bool,
-    dir: Option<String>,
+    pub(crate) outputs: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) network: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) stdout: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) dir: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
-enum RawProgram {
+pub(crate) enum RawProgram {
     Ref(String),
     Host(RawHost),
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawHost {
-    host: String,
+pub(crate) struct RawHost {
+    pub(crate) host: String,
 }
 
 impl JobSpec {
-    /// Parses and validates `text`; `file` names it in errors.
+    /// Parses and validates `text` (TOML); `file` names it in errors.
     pub fn parse(text: &str, file: &str, kind: SpecKind) -> Result<JobSpec, JobError> {
         let raw: RawJob = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
         Checker { file, kind }.check(raw)
     }
 
-    /// Builds the thunks, given the id of every value and the pin of every host program.
-    ///
-    /// Panics if a value or host program named by the spec is missing from the maps: the caller
-    /// builds them from [`JobSpec::values`] and [`JobSpec::host_programs`].
-    pub fn resolve(&self, values: &BTreeMap<String, Id>, hosts: &BTreeMap<String, Id>) -> ResolvedJob {
+    /// Parses and validates a job written as JSON: the TOML file's structure, with `thunk` an
+    /// array of objects (`docs/jobs.md`); `file` names it in errors.
+    pub fn parse_json(text: &str, file: &str) -> Result<JobSpec, JobError> {
+        let raw: RawJob = serde_json::from_str(text).map_err(|e| {
+            let place = format!("line {}, column {}: ", e.line(), e.column());
+            let message = e.to_string();
+            let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m).to_owned();
+            JobError::new(file, place, JobProblem::Syntax(message))
+        })?;
+        Checker { file, kind: SpecKind::Job }.check(raw)
+    }
+
+    /// Checks a job built in code (`file` names it in errors).
+    pub(crate) fn check(raw: RawJob, file: &str) -> Result<JobSpec, JobError> {
+        Checker { file, kind: SpecKind::Job }.check(raw)
+    }
+
+    /// Builds the thunks, given the id of every value and the pin of every host program; a
+    /// value or host program missing from the maps is an error naming it (the caller builds
+    /// them from [`JobSpec::values`] and [`JobSpec::host_programs`]).
+    pub fn resolve(
+        &self,
+        values: &BTreeMap<String, Id>,
+        hosts: &BTreeMap<String, Id>,
+    ) -> Result<ResolvedJob, JobProblem> {
         let mut outputs: HashMap<&str, Id> = HashMap::new();
         let mut thunks = Vec::with_capacity(self.thunks.len());
         for spec in &self.thunks {
             let to_ref = |r: &RefSpec| resolve_ref(r, values, &outputs);
             let program = match &spec.program {
-                ProgramSpec::Ref(r) => Program::Ref(to_ref(r)),
-                ProgramSpec::Host(path) => Program::Host { path: path.clone(), pin: hosts[path] },
+                ProgramSpec::Ref(r) => Program::Ref(to_ref(r)?),
+                ProgramSpec::Host(path) => {
+                    let pin = hosts.get(path).ok_or_else(|| JobProblem::HostProgram {
+                        path: path.clone(),
+                        reason: "was not pinned".into(),
+                    })?;
+                    Program::Host { path: path.clone(), pin: *pin }
+                }
             };
+            let inputs: Result<_, _> = spec.inputs.iter().map(|(p, r)| Ok((p.clone(), to_ref(r)?))).collect();
             let thunk = Thunk {
                 program,
                 args: spec.args.clone(),
                 env: Arc::new(spec.env.clone()),
-                inputs: spec.inputs.iter().map(|(p, r)| (p.clone(), to_ref(r))).collect(),
+                inputs: inputs?,
                 outputs: spec.outputs.clone(),
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
                 network: spec.network,
@@ -278,11 +314,11 @@ impl JobSpec {
             thunks.push(NamedThunk { name: spec.name.clone(), id, thunk });
         }
         let to_ref = |r: &RefSpec| resolve_ref(r, values, &outputs);
-        ResolvedJob {
+        Ok(ResolvedJob {
             thunks,
-            targets: self.targets.iter().map(|(f, r)| (f.clone(), to_ref(r))).collect(),
-            result: self.result.as_ref().map(to_ref),
-        }
+            targets: self.targets.iter().map(|(f, r)| Ok((f.clone(), to_ref(r)?))).collect::<Result<_, _>>()?,
+            result: self.result.as_ref().map(to_ref).transpose()?,
+        })
     }
 
     /// Every host program path the job names.
@@ -297,11 +333,16 @@ impl JobSpec {
     }
 }
 
-fn resolve_ref(r: &RefSpec, values: &BTreeMap<String, Id>, outputs: &HashMap<&str, Id>) -> Ref {
-    match r {
-        RefSpec::Value(v) => Ref::Blob(values[v]),
-        RefSpec::Output { thunk, output } => Ref::Output { thunk: outputs[thunk.as_str()], name: output.clone() },
-    }
+/// `r` with ids; a value without an id, or an output of a thunk not resolved before (thunks are
+/// in dependency order), is an unknown ref.
+fn resolve_ref(r: &RefSpec, values: &BTreeMap<String, Id>, outputs: &HashMap<&str, Id>) -> Result<Ref, JobProblem> {
+    let found = match r {
+        RefSpec::Value(v) => values.get(v).map(|id| Ref::Blob(*id)),
+        RefSpec::Output { thunk, output } => {
+            outputs.get(thunk.as_str()).map(|id| Ref::Output { thunk: *id, name: output.clone() })
+        }
+    };
+    found.ok_or_else(|| JobProblem::UnknownRef(r.to_string()))
 }
 
 fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> JobError {
@@ -642,7 +683,7 @@ timeout = "30s"
         let values =
             BTreeMap::from([("corpus".to_owned(), Id::of_blob(b"c")), ("script".to_owned(), Id::of_blob(b"s"))]);
         let hosts = BTreeMap::from([("/usr/bin/sort".to_owned(), Id::of_blob(b"sort"))]);
-        let job = spec.resolve(&values, &hosts);
+        let job = spec.resolve(&values, &hosts).expect("every value and host pinned");
         let count = job.thunks[0].id;
         assert_eq!(job.thunks[1].thunk.inputs["a"], Ref::Output { thunk: count, name: "out.txt".into() });
         assert_eq!(job.targets["counts.txt"], Ref::Output { thunk: job.thunks[1].id, name: "merged".into() });
@@ -727,5 +768,18 @@ timeout = "30s"
     fn tail_marker_is_recognised() {
         assert!(is_tail(b"# thunkmesh-tail v1\n[values]\n"));
         assert!(!is_tail(b"# thunkmesh-tail v2\n"));
+    }
+
+    #[test]
+    fn a_json_job_is_the_toml_job() {
+        let json = r#"{"values": {"corpus": "corpus.txt", "script": "count.sh"},
+            "thunk": [{"name": "count-0", "program": "script", "inputs": {"in.txt": "corpus"}, "outputs": ["out.txt"], "timeout": "30s"},
+                      {"name": "merge", "program": {"host": "/usr/bin/sort"}, "args": ["a"], "inputs": {"a": "count-0#out.txt"}, "outputs": ["merged"]}],
+            "targets": {"counts.txt": "merge#merged"}}"#;
+        let from_json = JobSpec::parse_json(json, "job.json").expect("valid JSON job");
+        assert_eq!(from_json.thunks.len(), 2);
+        assert_eq!(from_json.targets["counts.txt"].to_string(), "merge#merged");
+        let e = JobSpec::parse_json("{\"thunk\": [], \"targts\": {}}", "job.json").expect_err("typo").to_string();
+        assert!(e.starts_with("job.json: line 1, column 22: unknown field `targts`"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 //! arguments, so each rule can be tested on its own and replayed.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod builder;
 pub mod id;
 pub mod inputs;
 pub mod job;
