@@ -217,9 +217,9 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
     eprintln!("certificate fingerprint: {fingerprint}");
     eprintln!("nodes join with: THUNKMESH_TOKEN=... thunkmesh node --rendezvous HOST:PORT --fingerprint {fingerprint}");
     let pool = crate::lambda::pool_spec(&args, &fingerprint, &token)?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    // SIGTERM too: systemd and `docker stop` send it, and a container's first process that has
+    // no handler for it is not stopped by it at all.
+    let shutdown = stop_requested();
     let limits = JobLimits { thunks: args.max_job_thunks, bytes: args.max_job_bytes };
     let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, limits, shutdown);
     match pool {

@@ -79,9 +79,11 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     out
 }
 
-/// Parses a fingerprint written as 64 hex digits (colons allowed, as openssl prints it).
+/// Parses a fingerprint written as 64 hex digits, colons allowed, or as openssl's whole line
+/// (`sha256 Fingerprint=AB:CD:…`, whose label is dropped up to the `=`).
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], NetError> {
-    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    let value = text.rsplit_once('=').map_or(text, |(_, value)| value).trim();
+    let digits: String = value.chars().filter(|c| *c != ':').collect();
     let mut out = [0u8; 32];
     hex::decode_to_slice(&digits, &mut out)
         .map_err(|_| NetError::Tls(format!("fingerprint `{text}` is not 64 hex digits")))?;
@@ -170,14 +172,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fingerprints_parse_with_or_without_colons() {
+    fn fingerprints_parse_bare_with_colons_or_as_openssl_prints_them() {
         let id = Identity::generate().expect("identity");
         let fp = id.fingerprint();
         let plain = hex::encode(fp);
         let colons: Vec<String> = fp.iter().map(|b| format!("{b:02X}")).collect();
         assert_eq!(parse_fingerprint(&plain).expect("plain"), fp);
         assert_eq!(parse_fingerprint(&colons.join(":")).expect("colons"), fp);
+        let openssl = format!("sha256 Fingerprint={}\n", colons.join(":"));
+        assert_eq!(parse_fingerprint(&openssl).expect("openssl's line"), fp);
         assert!(parse_fingerprint("abc").is_err());
+        assert!(parse_fingerprint("sha256 Fingerprint=").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod bad_jobs;
 mod cache_budget;
 mod conventions;
+mod deploy;
 mod examples;
 mod failures;
 mod flood;
