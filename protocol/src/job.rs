@@ -267,7 +267,7 @@ impl JobSpec {
             let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m).to_owned();
             JobError::new(file, place, JobProblem::Syntax(message))
         })?;
-        Checker { file, kind: SpecKind::Job }.check(raw)
+        JobSpec::check(raw, file)
     }
 
     /// Checks a job built in code (`file` names it in errors).
