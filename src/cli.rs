@@ -311,6 +311,17 @@ pub struct InferArgs {
     /// nodes without namespaces, such as Lambda, that have the same compiler).
     #[arg(long, value_enum, default_value_t = ToolchainArg::Hermetic)]
     pub toolchain: ToolchainArg,
+    /// Outputs name the build folder as `.` instead of its real path (debug information,
+    /// `__FILE__`), like ccache's `base_dir`: the same build in another folder then records the
+    /// same thunks and shares their memo records, but `-g` objects differ from the build's own
+    /// and a debugger needs to be told where the sources are.
+    #[arg(long)]
+    pub relocatable: bool,
+    /// The build folder, which every thunk's sandbox mirrors; default: the current folder, or
+    /// the folder that holds it and the sources CMake, Meson or automake name (an out-of-tree
+    /// `build/`'s parent).
+    #[arg(long, value_name = "DIR")]
+    pub top: Option<PathBuf>,
     /// The build command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND ARGS")]
     pub command: Vec<String>,
@@ -353,7 +364,7 @@ pub struct DescribeArgs {
 }
 
 /// How a job runs: the flags `run` and `force` share.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunFlags {
     /// Where the job's workers come from.
     #[arg(long, value_enum, default_value_t = EngineArg::Local)]
@@ -419,7 +430,7 @@ pub struct RunFlags {
 }
 
 /// The AWS CLI's `--profile` and `--region`, for s3:// stores and Lambda.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct AwsArgs {
     /// The AWS profile of ~/.aws/credentials and ~/.aws/config for s3:// stores and Lambda
     /// [default: AWS_PROFILE, else `default`].
@@ -438,7 +449,7 @@ impl AwsArgs {
 }
 
 /// How to trust the rendezvous certificate: pin its fingerprint, or name a CA file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TrustArgs {
     /// SHA-256 fingerprint of the rendezvous certificate, 64 hex digits (printed when it
     /// starts).

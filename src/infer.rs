@@ -11,7 +11,7 @@ use thunkmesh_infer::{Placeholder, State};
 use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
 use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
 
-use crate::cli::{DescribeArgs, ForceArgs, Global, HashArgs, InferArgs, WrapArgs};
+use crate::cli::{DescribeArgs, ForceArgs, Global, HashArgs, InferArgs, RunFlags, WrapArgs};
 use crate::commands::{UsageError, failed, open_store};
 use crate::session::{Done, Session};
 
@@ -38,38 +38,51 @@ pub fn infer(args: &InferArgs, global: &Global) -> ExitCode {
     }
 }
 
-/// Puts the models first on the build's `PATH` and runs it; exits as the build did.
+/// Puts the models first on the build's `PATH` and, as root, over every modelled tool's file in
+/// a mount namespace of the build's own; runs the build; sums up what the models saw; exits as
+/// the build did.
 fn try_infer(args: &InferArgs, verbose: bool) -> Result<ExitCode> {
-    use thunkmesh_infer::models::{MODELS, REAL_PATH_ENV, STATE_ENV, TOP_ENV, VERBOSE_ENV};
+    use thunkmesh_infer::models::{
+        CALL_LOG_ENV, PATHS_ENV, REAL_PATH_ENV, STATE_ENV, TOOLCHAIN_ENV, TOP_ENV, VERBOSE_ENV,
+    };
+    if let Some(why) = thunkmesh_infer::build::configure_step(&args.command) {
+        anyhow::bail!(why);
+    }
     let state = State::open(&args.state_dir)?;
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
-    let shims = state.dir().join("bin");
-    std::fs::create_dir_all(&shims).with_context(|| format!("cannot make {}", shims.display()))?;
-    // `thunkmesh` itself, for a build that calls `thunkmesh wrap` (a test harness's
-    // `LOG_COMPILER`), whichever way this binary was started.
-    for name in MODELS.into_iter().chain(["thunkmesh"]) {
-        let link = shims.join(name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&exe, &link).with_context(|| format!("cannot make {}", link.display()))?;
-    }
+    let shims = model_links(&state, &exe)?;
     let real_path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(std::iter::once(shims.clone()).chain(std::env::split_paths(&real_path)))
+    let path = std::env::join_paths(std::iter::once(shims).chain(std::env::split_paths(&real_path)))
         .context("PATH holds a folder with a `:`")?;
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    let top = match &args.top {
+        Some(top) => std::path::absolute(top).context("cannot read the current folder")?,
+        None => thunkmesh_infer::build::build_top(&cwd),
+    };
+    let log = state.dir().join(format!("calls-{}.log", std::process::id()));
     let before = recorded(&state);
     let (program, rest) = args.command.split_first().context("no build command after --")?;
     let mut build = std::process::Command::new(program);
-    build.args(rest).env("PATH", path).env(REAL_PATH_ENV, &real_path);
+    build.args(rest).env("PATH", path).env(REAL_PATH_ENV, &real_path).env(CALL_LOG_ENV, &log);
     build.env(STATE_ENV, std::path::absolute(&args.state_dir).context("cannot read the current folder")?);
-    build.env(TOP_ENV, std::env::current_dir().context("cannot read the current folder")?);
+    build.env(TOP_ENV, &top).env(thunkmesh_infer::placeholder::RUNNER_ENV, &exe);
     let toolchain = match args.toolchain {
         crate::cli::ToolchainArg::Hermetic => "hermetic",
         crate::cli::ToolchainArg::Host => "host",
     };
-    build.env(thunkmesh_infer::models::TOOLCHAIN_ENV, toolchain);
+    build.env(TOOLCHAIN_ENV, toolchain);
+    if args.relocatable {
+        build.env(PATHS_ENV, "relocatable");
+    }
     if verbose {
         build.env(VERBOSE_ENV, "1");
     }
-    let status = build.status().with_context(|| format!("cannot run {program}"))?;
+    let by_path = catch_by_path(&mut build, &exe, &real_path);
+    let status = build.status().with_context(|| format!("cannot run {program}"));
+    let calls = thunkmesh_infer::build::Calls::read(&std::fs::read_to_string(&log).unwrap_or_default());
+    let _ = std::fs::remove_file(&log);
+    let status = status?;
+    say_what_was_seen(&calls, by_path.as_ref().err());
     let new = recorded(&state).saturating_sub(before);
     eprintln!(
         "recorded {new} new thunk(s) in {}; `thunkmesh force FILE` or `--all` builds them",
@@ -81,10 +94,85 @@ fn try_infer(args: &InferArgs, verbose: bool) -> Result<ExitCode> {
     })
 }
 
+/// The folder of links to this binary under the models' names (and `thunkmesh` itself, for a
+/// build that calls `thunkmesh wrap`, whichever way this binary was started).
+fn model_links(state: &State, exe: &Path) -> Result<std::path::PathBuf> {
+    use thunkmesh_infer::models::MODELS;
+    let shims = state.dir().join("bin");
+    std::fs::create_dir_all(&shims).with_context(|| format!("cannot make {}", shims.display()))?;
+    for name in MODELS.into_iter().chain(["thunkmesh"]) {
+        let link = shims.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(exe, &link).with_context(|| format!("cannot make {}", link.display()))?;
+    }
+    Ok(shims)
+}
+
+/// Makes `build` start where every modelled tool's file is this binary, so that calls by path
+/// are caught too; or says why not.
+fn catch_by_path(
+    build: &mut std::process::Command,
+    exe: &Path,
+    real_path: &std::ffi::OsStr,
+) -> Result<(), thunkmesh_infer::intercept::InterceptError> {
+    use thunkmesh_infer::intercept;
+    let tools = intercept::tools(real_path, exe);
+    intercept::in_namespace(build, exe, &tools)?;
+    build.env(intercept::HOST_NS_ENV, format!("/proc/{}/ns/mnt", std::process::id()));
+    Ok(())
+}
+
+/// Says how many calls the models saw and what became of them; never nothing in silence.
+fn say_what_was_seen(
+    calls: &thunkmesh_infer::build::Calls,
+    by_path: Option<&thunkmesh_infer::intercept::InterceptError>,
+) {
+    let blind = by_path.map(|e| {
+        format!(
+            "\ncalls of tools by path (CMake's /usr/bin/cc, a versioned gcc-12) are not caught: {e}; \
+             such calls build for real, unrecorded"
+        )
+    });
+    match calls.seen() {
+        0 => eprintln!(
+            "infer: saw no call of a compiler, archiver or linker: nothing was recorded (was the build \
+             already up to date?){}",
+            blind.unwrap_or_default()
+        ),
+        _ => eprintln!("infer: {}{}", calls.summary(8), blind.unwrap_or_default()),
+    }
+}
+
 /// How many thunks the state folder holds.
 fn recorded(state: &State) -> usize {
     std::fs::read_dir(state.dir().join("thunks"))
         .map_or(0, |d| d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+}
+
+/// Runs a program's placeholder that a build ran (`#!thunkmesh __run-placeholder` ARGS): forces
+/// it with `thunkmesh force`, whose words are shown only if it fails (the program's standard
+/// output may be a file the build is writing, and Tcl's `exec` fails on any standard error),
+/// then runs the real program in this process's place.
+pub fn run_placeholder(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let Some((file, rest)) = args.split_first() else { return refused("no placeholder to run") };
+    let forced = std::env::current_exe().and_then(|exe| {
+        let mut force = std::process::Command::new(exe);
+        force.args(["force", "--quiet"]).arg(file).stdin(std::process::Stdio::null()).output()
+    });
+    match forced {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            let mut stderr = std::io::stderr();
+            let _ = stderr.write_all(&out.stdout).and_then(|()| stderr.write_all(&out.stderr));
+            eprintln!("thunkmesh: {} is a placeholder, and forcing it failed", Path::new(file).display());
+            return ExitCode::from(u8::try_from(out.status.code().unwrap_or(1)).unwrap_or(1));
+        }
+        Err(e) => return refused(format_args!("cannot force {}: {e}", Path::new(file).display())),
+    }
+    let e = std::process::Command::new(Path::new(".").join(file)).args(rest).exec();
+    refused(format_args!("cannot run {}: {e}", Path::new(file).display()))
 }
 
 pub fn wrap(args: &WrapArgs) -> ExitCode {
@@ -121,6 +209,7 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
         run: thunkmesh_infer::Run::Shipped,
     };
     let id = thunkmesh_infer::wrap(&state, &call)?;
+    thunkmesh_infer::models::log_call("wrap", "recorded", "");
     tracing::info!(thunk = %id, "recorded");
     if args.stdout {
         let output = Ref::Output { thunk: id, name: STDOUT_OUTPUT.to_owned() };
@@ -129,6 +218,9 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
     Ok(())
 }
 
+/// Forces placeholders like make builds targets: every thunk that does not depend on a failed
+/// one runs (as `make -k`), each file that was made replaces its placeholder, and a named file
+/// that is already built is up to date.
 pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
     let mut session = match Session::begin(&args.flags, global, &args.flags.state_dir.join("thunks")) {
         Ok(session) => session,
@@ -136,12 +228,18 @@ pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
     };
     let result = async {
         session.lock(&args.flags.state_dir).await?;
-        let Some(forcing) = plan_force(&args).map_err(|e| UsageError(format!("{e:#}")))? else {
-            let said = "nothing to force: no placeholder under the current folder".to_owned();
+        let (forcing, up_to_date) = plan_force(&args).map_err(|e| UsageError(format!("{e:#}")))?;
+        let Some(forcing) = forcing else {
+            let said = match up_to_date.as_slice() {
+                [] => "nothing to force: no placeholder under the current folder".to_owned(),
+                files => format!("nothing to force: {} up to date (not a placeholder)", shown(files)),
+            };
             return Ok(Done { said, summary: None, launched: None });
         };
         let out = forcing.out.clone();
-        let (mut summary, launched) = session.execute(&args.flags, &forcing.it.job, &out).await?;
+        let flags = RunFlags { keep_going: true, ..args.flags.clone() };
+        let (mut summary, launched) = session.execute(&flags, &forcing.it.job, &out).await?;
+        summary.keep_going = args.flags.keep_going;
         let placed = thunkmesh_infer::put_in_place(&out, &forcing.it.places)?;
         // The job's targets are numbered; the summary names the files they became.
         let by_path = |(index, id): (String, String)| {
@@ -149,16 +247,28 @@ pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
             (place.map_or(index, |(path, _)| path.display().to_string()), id)
         };
         summary.targets = std::mem::take(&mut summary.targets).into_iter().map(by_path).collect();
-        let said = match placed == forcing.it.places.len() {
+        let mut said = match placed == forcing.it.places.len() {
             true => format!("forced {placed} placeholder(s)"),
             false => {
                 format!("forced {placed} of {} placeholder(s); the others stay placeholders", forcing.it.places.len())
             }
         };
+        if !up_to_date.is_empty() {
+            said.push_str(&format!("; {} up to date (not a placeholder)", shown(&up_to_date)));
+        }
         Ok(Done { said, summary: Some(summary), launched })
     }
     .await;
     session.finish(result)
+}
+
+/// Files named in a message: the first few.
+fn shown(files: &[std::path::PathBuf]) -> String {
+    let mut names: Vec<String> = files.iter().take(3).map(|f| f.display().to_string()).collect();
+    if files.len() > 3 {
+        names.push(format!("and {} more", files.len() - 3));
+    }
+    names.join(", ")
 }
 
 /// The job that forces what `args` names, and the empty folder its targets go to first.
@@ -167,14 +277,21 @@ struct Planned {
     out: std::path::PathBuf,
 }
 
-fn plan_force(args: &ForceArgs) -> Result<Option<Planned>> {
+/// What to force, if anything, and the named files that are built already (not placeholders).
+/// A named file that does not exist is an error.
+fn plan_force(args: &ForceArgs) -> Result<(Option<Planned>, Vec<std::path::PathBuf>)> {
     let state = State::open(&args.flags.state_dir)?;
-    let files = match args.all {
-        true => thunkmesh_infer::placeholders_under(Path::new("."), &args.flags.state_dir)?,
-        false => args.files.clone(),
+    let (files, up_to_date) = match args.all {
+        true => (thunkmesh_infer::placeholders_under(Path::new("."), &args.flags.state_dir)?, Vec::new()),
+        false => {
+            if let Some(missing) = args.files.iter().find(|f| !f.exists()) {
+                anyhow::bail!("{}: no such file (nothing recorded makes it)", missing.display());
+            }
+            args.files.iter().cloned().partition(|f| Placeholder::is_at(f) || Placeholder::read(f).is_err())
+        }
     };
     if files.is_empty() {
-        return Ok(None);
+        return Ok((None, up_to_date));
     }
     let it = thunkmesh_infer::forcing(&state, &files)?;
     let out = state.dir().join("forced");
@@ -184,7 +301,7 @@ fn plan_force(args: &ForceArgs) -> Result<Option<Planned>> {
         }
         _ => {}
     }
-    Ok(Some(Planned { it, out }))
+    Ok((Some(Planned { it, out }), up_to_date))
 }
 
 pub async fn describe(args: &DescribeArgs) -> ExitCode {

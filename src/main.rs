@@ -16,14 +16,25 @@ fn main() -> ExitCode {
         let code = thunkmesh_node::jail::launcher_main(std::env::args_os().skip(2));
         return ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX));
     }
-    // Started as a model (`thunkmesh infer` put this binary on the build's PATH as `cc`, `ar`...).
+    // Started in the mount namespace of an inferred build (as a model over a tool's file, or by
+    // a placeholder that runs itself): back to infer's, where the real tools are.
+    if let Err(e) = thunkmesh_infer::intercept::leave() {
+        eprintln!("thunkmesh: {e}");
+        return ExitCode::from(2);
+    }
+    // Started as a model (`thunkmesh infer` put this binary on the build's PATH as `cc`, `ar`...,
+    // or over `/usr/bin/gcc-12`...).
     if std::env::var_os(thunkmesh_infer::models::REAL_PATH_ENV).is_some() {
-        let mut args = std::env::args_os();
-        let name = args.next().map(|a| std::path::Path::new(&a).file_name().unwrap_or_default().to_owned());
-        let name = name.unwrap_or_default().to_string_lossy().into_owned();
-        if thunkmesh_infer::models::MODELS.contains(&name.as_str()) {
-            return thunkmesh_infer::models::main(&name, args.map(|a| a.to_string_lossy().into_owned()).collect());
+        let mut args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
+        let invoked = args.next().unwrap_or_default();
+        let name = std::path::Path::new(&invoked).file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if thunkmesh_infer::models::model_of(&name).is_some() {
+            return thunkmesh_infer::models::main(&invoked, args.collect());
         }
+    }
+    // A placeholder of a program, run (a generator the build just made): force it, then run it.
+    if std::env::args_os().nth(1).is_some_and(|a| a == thunkmesh_infer::placeholder::RUN_ARG) {
+        return infer::run_placeholder(std::env::args_os().skip(2).collect());
     }
     // Started by the Lambda runtime (no arguments, the runtime API in the environment): a node
     // per invocation.

@@ -6,7 +6,9 @@
 //! turns placeholders back into a job whose targets are the real files.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod build;
 pub mod force;
+pub mod intercept;
 pub mod models;
 pub mod placeholder;
 pub mod state;

@@ -47,7 +47,7 @@ pub(crate) const SETUP_FAILED: i32 = 125;
 const NOBODY: u32 = 65534;
 
 /// Where the sandbox and a shipped program appear inside the private root.
-pub const JAIL_WORK: &str = "/thunk";
+pub const JAIL_WORK: &str = thunkmesh_protocol::thunk::SANDBOX_DIR;
 const JAIL_PROGRAM: &str = "/.program";
 
 /// The host folders a program sees (read only), where they exist.

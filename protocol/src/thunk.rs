@@ -36,6 +36,11 @@ pub const STDOUT_OUTPUT: &str = "stdout";
 /// (`docs/ir.md`, "Own roots").
 pub const ROOT_DIR: &str = ".root";
 
+/// Where a node that isolates programs in namespaces shows them the sandbox: the folder they
+/// start in (or in `dir` below it). A program that names its inputs by absolute path (a
+/// compile of an inferred CMake build) names them under it.
+pub const SANDBOX_DIR: &str = "/thunk";
+
 /// The top-level folders of a private root that the sandbox provides itself, which a thunk's own
 /// root may not hold.
 const ROOT_RESERVED: [&str; 4] = ["dev", "tmp", "thunk", ".program"];

@@ -2,6 +2,7 @@
 //! loopback, real sandboxes. One test binary; modules by theme.
 
 mod bad_jobs;
+mod builds;
 mod cache_budget;
 mod conventions;
 mod deploy;

@@ -12,39 +12,109 @@ use crate::placeholder::Placeholder;
 use crate::toolchain::{self, Root};
 use crate::wrap::WrapError;
 
+/// An `ar` command line, sorted out: the operation and its modifiers (from `cru`, `-cru`, `-r -c`
+/// or `--thin`), the options passed on as they are (`--plugin`), and the archive and members.
+#[derive(Debug, Default, PartialEq)]
+struct ArArgs {
+    ops: String,
+    options: Vec<String>,
+    archive: String,
+    members: Vec<String>,
+}
+
+/// The modifiers of `r` and `q` the model writes an archive with.
+const MODIFIERS: &str = "cDfsSTuUvl";
+
+fn parse_ar(args: &[String]) -> Result<ArArgs, String> {
+    let mut parsed = ArArgs::default();
+    let mut positional = Vec::new();
+    let mut keyed = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--plugin" => {
+                let plugin = it.next().ok_or("`--plugin` without its value")?;
+                parsed.options.extend([arg.clone(), plugin.clone()]);
+            }
+            "--thin" => parsed.ops.push('T'),
+            a if a.starts_with("--plugin=") => parsed.options.push(arg.clone()),
+            a if a.starts_with("--") => return Err(format!("`{a}` is an option the model does not know")),
+            a if a.starts_with('-') && a.len() > 1 && positional.is_empty() => {
+                parsed.ops.push_str(&a[1..]);
+                keyed = true;
+            }
+            a if !keyed && positional.is_empty() => {
+                parsed.ops.push_str(a);
+                keyed = true;
+            }
+            _ => positional.push(arg.clone()),
+        }
+    }
+    let Some((archive, members)) = positional.split_first() else { return Err("no archive".into()) };
+    parsed.archive = archive.clone();
+    parsed.members = members.to_vec();
+    Ok(parsed)
+}
+
 pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
-    let Some((ops, rest)) = call.args.split_first() else { return Ok(Outcome::Real("no operation".into())) };
-    let ops = ops.trim_start_matches('-');
-    let Some((archive, members)) = rest.split_first() else { return Ok(Outcome::Real("no archive".into())) };
-    if !(ops.contains('r') || ops.contains('q'))
-        || ops.contains(['a', 'b', 'i', 'N', 'P', 'T', 'x', 'd', 'm', 't', 'p'])
-    {
+    let parsed = match parse_ar(&call.args) {
+        Ok(parsed) => parsed,
+        Err(why) => return Ok(Outcome::Real(why)),
+    };
+    let ops = parsed.ops.as_str();
+    if ops == "s" {
+        return ranlib_of(call, &parsed.archive);
+    }
+    let insertion = ops.chars().filter(|c| *c == 'r' || *c == 'q').count() == 1
+        && ops.chars().all(|c| c == 'r' || c == 'q' || MODIFIERS.contains(c));
+    if !insertion {
         return Ok(Outcome::Real(format!("`ar {ops}` is not an insertion the model knows")));
     }
+    let ArArgs { options, archive, members, .. } = &parsed;
     if members.iter().any(|m| !call.inside(Path::new(m))) || !call.inside(Path::new(archive)) {
         return Ok(Outcome::Real("a file outside the build folder".into()));
     }
-    let mut ops = ops.replace('U', "");
-    for flag in ['D', 's'] {
-        if !ops.contains(flag) {
-            ops.push(flag);
-        }
-    }
-    let inputs: Vec<PathBuf> = members.iter().map(PathBuf::from).collect();
-    let mut tool_args = vec![ops, archive.clone()];
+    let mut tool_args = options.clone();
+    tool_args.extend([deterministic(ops), archive.clone()]);
     tool_args.extend(members.iter().cloned());
+    let inputs: Vec<PathBuf> = members.iter().map(PathBuf::from).collect();
     if call.cwd.join(archive).exists() {
-        in_place(call, "ar", archive, &tool_args, &inputs, 0o644)?;
+        in_place(call, &call.program, archive, &tool_args, &inputs, 0o644)?;
     } else {
-        call.record("ar", &tool_args, &inputs, &[PathBuf::from(archive)], 0o644, &Root::default())?;
+        call.record(&call.program, &tool_args, &inputs, &[PathBuf::from(archive)], 0o644, &Root::default())?;
     }
     Ok(Outcome::Recorded)
 }
 
+/// The operation and modifiers `ops` as the model runs them: deterministic (`D`, so not `U`,
+/// and not `u`, which GNU ar refuses beside `D` and which means nothing in a fresh copy), and
+/// with the index (`s`) unless the build said `S`; this is what GNU ar makes by default where it
+/// is built deterministic, as Debian's is.
+fn deterministic(ops: &str) -> String {
+    let mut ops: String = ops.chars().filter(|c| *c != 'u' && *c != 'U').collect();
+    if !ops.contains('D') {
+        ops.push('D');
+    }
+    if !ops.contains('s') && !ops.contains('S') {
+        ops.push('s');
+    }
+    ops
+}
+
 pub(super) fn ranlib(call: &Call) -> Result<Outcome, WrapError> {
-    match call.args.as_slice() {
-        [archive] if Placeholder::is_at(&call.cwd.join(archive)) => Ok(Outcome::Recorded),
-        _ => Ok(Outcome::Real("not an archive the ar model made".into())),
+    let archives: Vec<&String> = call.args.iter().filter(|a| !a.starts_with('-')).collect();
+    match archives.as_slice() {
+        [archive] => ranlib_of(call, archive),
+        _ => Ok(Outcome::Real("not one archive".into())),
+    }
+}
+
+/// `ranlib` (or `ar s`) of `archive`: nothing to do for a placeholder, whose `ar` thunk writes
+/// the index.
+fn ranlib_of(call: &Call, archive: &str) -> Result<Outcome, WrapError> {
+    match Placeholder::is_at(&call.cwd.join(archive)) {
+        true => Ok(Outcome::Recorded),
+        false => Ok(Outcome::Real("not an archive the ar model made".into())),
     }
 }
 
@@ -55,14 +125,14 @@ pub(super) fn strip(call: &Call) -> Result<Outcome, WrapError> {
     }
     let mut tool_args = flags.to_vec();
     tool_args.push(file.clone());
-    in_place(call, "strip", file, &tool_args, &[], 0o755).map(|()| Outcome::Recorded)
+    in_place(call, &call.program, file, &tool_args, &[], 0o755).map(|()| Outcome::Recorded)
 }
 
 /// Records `tool ARGS` changing `file` in place: the thunk reads the current `file` as
 /// `file.thunkmesh-in`, copies it to `file`, then runs the tool, through the node's `/bin/sh`.
 fn in_place(
     call: &Call,
-    tool: &str,
+    real: &Path,
     file: &str,
     tool_args: &[String],
     inputs: &[PathBuf],
@@ -72,7 +142,6 @@ fn in_place(
     let staged = call.cwd.join(&before);
     std::fs::copy(call.cwd.join(file), &staged)
         .map_err(|error| WrapError::Io { path: staged.display().to_string(), error })?;
-    let real = call.real(tool)?;
     let mut args = vec!["-c".to_owned(), "cp \"$1\" \"$2\" && chmod u+w \"$2\" && shift 2 && exec \"$@\"".into()];
     args.extend(["sh".into(), before.clone(), file.to_owned(), real.display().to_string()]);
     args.extend(tool_args.iter().cloned());
@@ -81,12 +150,43 @@ fn in_place(
     let system = match call.hermetic() {
         true => {
             let mut root = call.programs_root(&["cp", "chmod"])?;
-            root.extend(&toolchain::program(&call.state, &real).map_err(WrapError::Toolchain)?);
+            root.extend(&toolchain::program(&call.state, real).map_err(WrapError::Toolchain)?);
             root
         }
         false => Root::default(),
     };
-    let recorded = call.record("sh", &args, &all_inputs, &[PathBuf::from(file)], mode, &system);
+    let recorded = call.record(&call.real("sh")?, &args, &all_inputs, &[PathBuf::from(file)], mode, &system);
     let _ = std::fs::remove_file(&staged);
     recorded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::models::tests::strings;
+
+    /// automake's and libtool's `cru`, Lua's `rcu`, CMake's `qc`, dashed and separate modifiers,
+    /// thin archives and GCC's plugin wrapper all come out as one deterministic insertion.
+    #[test]
+    fn every_spelling_of_an_insertion_is_one_deterministic_operation() {
+        let cases: [(&[&str], &str); 8] = [
+            (&["cru", "libx.a", "a.o"], "crDs"),
+            (&["rcu", "libx.a", "a.o"], "rcDs"),
+            (&["qc", "libx.a", "a.o"], "qcDs"),
+            (&["rcs", "libx.a", "a.o"], "rcsD"),
+            (&["-r", "-c", "libx.a", "a.o"], "rcDs"),
+            (&["-cruU", "libx.a", "a.o"], "crDs"),
+            (&["--thin", "rc", "libx.a", "a.o"], "TrcDs"),
+            (&["--plugin", "/usr/lib/liblto_plugin.so", "rcS", "libx.a", "a.o"], "rcSD"),
+        ];
+        for (args, ops) in cases {
+            let parsed = parse_ar(&strings(args)).expect("parses");
+            assert_eq!((deterministic(&parsed.ops).as_str(), parsed.archive.as_str()), (ops, "libx.a"), "{args:?}");
+            assert_eq!(parsed.members, ["a.o"], "{args:?}");
+        }
+        let plugin = parse_ar(&strings(&["--plugin", "p.so", "rc", "libx.a"])).expect("parses");
+        assert_eq!(plugin.options, ["--plugin", "p.so"]);
+        assert!(parse_ar(&strings(&["rc"])).is_err(), "no archive");
+    }
 }

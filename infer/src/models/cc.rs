@@ -14,7 +14,7 @@ use crate::toolchain::{self, Root};
 use crate::wrap::WrapError;
 
 /// Options whose value is the next argument.
-const WITH_VALUE: [&str; 24] = [
+const WITH_VALUE: [&str; 25] = [
     "-o",
     "-I",
     "-D",
@@ -39,6 +39,7 @@ const WITH_VALUE: [&str; 24] = [
     "-e",
     "--param",
     "-B",
+    "-z",
 ];
 
 /// Options that ask the compiler something rather than build: the real one answers.
@@ -59,7 +60,7 @@ const PROBES: [&str; 12] = [
 
 /// The single-argument options the model passes on as they are (by prefix); any other option
 /// is one it does not understand, and the real compiler runs.
-const KNOWN: [&str; 26] = [
+const KNOWN: [&str; 30] = [
     "-O",
     "-W",
     "-f",
@@ -86,6 +87,10 @@ const KNOWN: [&str; 26] = [
     "-include",
     "--param=",
     "-Xlinker",
+    "-idirafter",
+    "-imacros",
+    "-B",
+    "--sysroot",
 ];
 
 /// The dependency-file options, which the model writes itself at infer time.
@@ -202,10 +207,10 @@ fn compile(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
         };
         let mut thunk_args = args.flags.clone();
         thunk_args.extend(["-c".into(), source.clone(), "-o".into(), object.clone()]);
-        thunk_args.extend(deterministic(&object));
+        thunk_args.extend(super::args::prefix_maps(&args.flags, &call.top, !call.real_paths()));
         let inputs: Vec<PathBuf> = headers.local.iter().map(PathBuf::from).collect();
         let system = system_root(call, args, &headers.system, &[])?;
-        call.record(&call.tool, &thunk_args, &inputs, &[PathBuf::from(&object)], 0o644, &system)?;
+        call.record(&call.program, &thunk_args, &inputs, &[PathBuf::from(&object)], 0o644, &system)?;
         if let Some(only_user) = args.deps {
             write_dep_file(call, args, &object, &headers, only_user)?;
         }
@@ -219,12 +224,6 @@ fn object_name(source: &str) -> String {
     format!("{stem}.o")
 }
 
-/// Flags that make an object the same wherever it is built: seeds the compiler's random names by
-/// the object's name, and maps the sandbox's folder to `.` in debug information.
-fn deterministic(object: &str) -> [String; 2] {
-    [format!("-frandom-seed={object}"), "-ffile-prefix-map=/thunk=.".into()]
-}
-
 /// What a source includes, as the preprocessor says: the files of the build folder, and the
 /// system's (which go into the call's own root).
 struct Includes {
@@ -235,8 +234,8 @@ struct Includes {
 /// Asks the real compiler which files `source` reads (`-M`). The inner error is why the call
 /// cannot be modelled.
 fn includes(call: &Call, flags: &[String], source: &str) -> Result<Result<Includes, String>, WrapError> {
-    let real = call.real(&call.tool)?;
-    let output = std::process::Command::new(&real)
+    let real = &call.program;
+    let output = std::process::Command::new(real)
         .args(flags)
         .args(["-M", source])
         .current_dir(&call.cwd)
@@ -275,15 +274,15 @@ fn system_root(call: &Call, args: &Args, headers: &[String], link_options: &[Str
     if !call.hermetic() {
         return Ok(Root::default());
     }
-    let driver = call.real(&call.tool)?;
+    let driver = &call.program;
     let fuse_ld = args.flags.iter().find_map(|f| f.strip_prefix("-fuse-ld="));
     let lto = args.flags.iter().any(|f| f == "-flto" || f.starts_with("-flto="));
     let sources: Vec<&str> = args.operands.iter().map(String::as_str).filter(|o| is_source(o)).collect();
     let helpers = toolchain::helpers_for(&sources, !args.compile, lto, fuse_ld);
-    let mut root = toolchain::driver(&call.state, &driver, &helpers).map_err(WrapError::Toolchain)?;
+    let mut root = toolchain::driver(&call.state, driver, &helpers).map_err(WrapError::Toolchain)?;
     headers.iter().for_each(|h| root.add(Path::new(h)));
     if !args.compile {
-        root.extend(&toolchain::link(&call.state, &driver, link_options).map_err(WrapError::Toolchain)?);
+        root.extend(&toolchain::link(&call.state, driver, link_options).map_err(WrapError::Toolchain)?);
     }
     Ok(root)
 }
@@ -332,6 +331,14 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
             return Ok(Outcome::Real(format!("links {operand}, outside the build folder")));
         }
     }
+    for file in super::args::linker_files(&call.args) {
+        let path = Path::new(&file);
+        if call.inside(path) {
+            inputs.push(path.to_owned());
+        } else if !(file.starts_with("/usr/") || file.starts_with("/lib")) {
+            return Ok(Outcome::Real(format!("the linker reads {file}, outside the build folder")));
+        }
+    }
     let local_lib = |lib: &str| {
         let candidates =
             args.lib_dirs.iter().flat_map(|dir| ["so", "a"].map(|ext| Path::new(dir).join(format!("lib{lib}.{ext}"))));
@@ -344,7 +351,9 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
         toolchain::link_options(&args.flags, &|lib| local_lib(lib).is_some(), &|dir| call.inside(Path::new(dir)));
     let system = system_root(call, args, &headers, &options)?;
     let mode = if args.flags.iter().any(|f| f == "-r") { 0o644 } else { 0o755 };
-    call.record(&call.tool, &call.args, &inputs, &[PathBuf::from(&output)], mode, &system)?;
+    let mut thunk_args = call.args.clone();
+    thunk_args.extend(super::args::prefix_maps(&call.args, &call.top, !call.real_paths()));
+    call.record(&call.program, &thunk_args, &inputs, &[PathBuf::from(&output)], mode, &system)?;
     Ok(Outcome::Recorded)
 }
 
@@ -352,9 +361,7 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
 mod tests {
     use super::*;
 
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|a| (*a).to_owned()).collect()
-    }
+    use crate::models::tests::strings;
 
     #[test]
     fn a_compile_line_is_sorted_into_flags_operands_and_dependency_options() {

@@ -10,6 +10,7 @@
 //! as host programs pinned by their hash instead, and a node must have the same ones.
 
 mod ar;
+mod args;
 mod cc;
 
 use std::ffi::OsStr;
@@ -20,8 +21,29 @@ use crate::state::State;
 use crate::toolchain::{self, Root};
 use crate::wrap::{Run, Wrap, WrapError, find_program, wrap};
 
-/// The names the models answer to.
+/// The names `infer` puts on the build's `PATH`; [`model_of`] knows more (versioned and
+/// target-prefixed names), which the mount namespace of `infer` catches by path.
 pub const MODELS: [&str; 10] = ["cc", "gcc", "g++", "c++", "clang", "clang++", "ar", "ranlib", "strip", "ld"];
+
+/// The model a program's file name stands for: `cc` for every C or C++ compiler driver, `ar`,
+/// `ranlib`, `strip` or `ld`; a target triple before the name (`x86_64-linux-gnu-gcc`), a
+/// version after it (`gcc-12`, `clang++-16`) and GCC's plugin wrappers (`gcc-ar-12`) count.
+pub fn model_of(name: &str) -> Option<&'static str> {
+    let unversioned = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let base = match unversioned.len() < name.len() {
+        true => unversioned.strip_suffix('-')?,
+        false => name,
+    };
+    let tool = base.rsplit('-').next().unwrap_or(base);
+    match tool {
+        "cc" | "gcc" | "g++" | "c++" | "clang" | "clang++" => Some("cc"),
+        "ar" => Some("ar"),
+        "ranlib" => Some("ranlib"),
+        "strip" => Some("strip"),
+        "ld" | "ld.bfd" | "ld.gold" | "ld.lld" | "ld.mold" => Some("ld"),
+        _ => None,
+    }
+}
 
 /// The build's own `PATH`, before `infer` put the models first: where the real tools are. Its
 /// presence tells the binary it was started as a model.
@@ -46,6 +68,14 @@ pub const STATE_ENV: &str = "THUNKMESH_STATE_DIR";
 /// Set to `host` by `infer --toolchain host`: tools run as the nodes' own host programs.
 pub const TOOLCHAIN_ENV: &str = "THUNKMESH_TOOLCHAIN";
 
+/// Set to `relocatable` by `infer --relocatable`: outputs name the build folder as `.`, so the
+/// same build in another folder has the same thunks (and shares their memo records).
+pub const PATHS_ENV: &str = "THUNKMESH_PATHS";
+
+/// The file every model appends one line to (`model`, `recorded` or `real`, and why), which
+/// `infer` sums up when the build ends.
+pub const CALL_LOG_ENV: &str = "THUNKMESH_CALL_LOG";
+
 /// The environment every modelled tool runs with on the nodes: deterministic, and the same
 /// wherever it runs.
 fn tool_env() -> std::collections::BTreeMap<String, String> {
@@ -57,7 +87,13 @@ fn tool_env() -> std::collections::BTreeMap<String, String> {
 
 /// What a model knows of the call it stands in for.
 struct Call {
-    tool: String,
+    /// The model ([`model_of`]).
+    model: &'static str,
+    /// The real program the build called (by its path, or its name found on the build's `PATH`).
+    program: PathBuf,
+    /// The arguments as the build gave them.
+    raw: Vec<String>,
+    /// The same with `@file` response files expanded.
     args: Vec<String>,
     /// The build folder (where `infer` was started): the sandbox mirrors it.
     top: PathBuf,
@@ -75,35 +111,35 @@ enum Outcome {
     Real(String),
 }
 
-/// Runs the model `tool` on `args`: the process's exit status.
-pub fn main(tool: &str, args: Vec<String>) -> ExitCode {
-    let real_path = std::env::var_os(REAL_PATH_ENV).unwrap_or_default();
-    let state_dir = std::env::var_os(STATE_ENV).map_or_else(|| PathBuf::from(".thunkmesh"), PathBuf::from);
-    let opened = std::env::current_dir()
-        .map_err(|e| e.to_string())
-        .and_then(|cwd| State::open(&state_dir).map(|state| (cwd, state)).map_err(|e| e.to_string()));
-    let (cwd, state) = match opened {
-        Ok(opened) => opened,
-        Err(e) => return said(tool, &e, 2),
+/// Runs the model for a program the build called as `invoked` (its `argv[0]`) with `args`: the
+/// process's exit status.
+pub fn main(invoked: &str, args: Vec<String>) -> ExitCode {
+    let name = Path::new(invoked).file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let Some(model) = model_of(&name) else { return said(&name, "is not a tool thunkmesh models", 2) };
+    let call = match Call::new(model, invoked, args) {
+        Ok(call) => call,
+        Err(e) => return said(&name, &e, 2),
     };
-    let top = build_folder(&cwd);
-    let call = Call { tool: tool.to_owned(), args, top, cwd, real_path, state };
-    let decided = match tool {
-        "ar" => ar::ar(&call),
-        "ranlib" => ar::ranlib(&call),
-        "strip" => ar::strip(&call),
-        "ld" => Ok(Outcome::Real("the linker is modelled through the compiler driver only".into())),
-        _ => cc::cc(&call),
+    let decided = match args::probe(&call.cwd, &call.args) {
+        Some(why) => Ok(Outcome::Real(why)),
+        None => call.decide(),
     };
     match decided {
-        Ok(Outcome::Recorded) => ExitCode::SUCCESS,
+        Ok(Outcome::Recorded) => {
+            log_call(model, "recorded", "");
+            ExitCode::SUCCESS
+        }
         Ok(Outcome::Real(why)) => {
+            log_call(model, "real", &why);
             if std::env::var_os(VERBOSE_ENV).is_some() {
-                eprintln!("thunkmesh {tool}: running the real {tool}: {why}");
+                eprintln!("thunkmesh {name}: running the real {name}: {why}");
             }
             call.run_real()
         }
-        Err(e) => said(tool, &e.to_string(), 2),
+        Err(e) => {
+            log_call(model, "failed", &e.to_string());
+            said(&name, &e.to_string(), 2)
+        }
     }
 }
 
@@ -112,53 +148,83 @@ fn said(tool: &str, what: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Appends one line to the log `infer` sums up ([`CALL_LOG_ENV`]); a model started outside
+/// `infer` has none.
+pub fn log_call(model: &str, outcome: &str, why: &str) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os(CALL_LOG_ENV) else { return };
+    let line = format!("{model}\t{outcome}\t{}\n", why.replace(['\n', '\t'], " "));
+    // One write of one line to a file opened for appending: lines of concurrent calls do not mix.
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+    if let Ok(mut file) = file {
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
 impl Call {
-    /// The real tool, on the build's own `PATH`.
+    fn new(model: &'static str, invoked: &str, raw: Vec<String>) -> Result<Call, String> {
+        let real_path = std::env::var_os(REAL_PATH_ENV).unwrap_or_default();
+        let state_dir = std::env::var_os(STATE_ENV).map_or_else(|| PathBuf::from(".thunkmesh"), PathBuf::from);
+        let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+        let state = State::open(&state_dir).map_err(|e| e.to_string())?;
+        let program = find_program(&cwd, OsStr::new(invoked), Some(&real_path)).map_err(|e| e.to_string())?;
+        let args = args::expand_response_files(&cwd, &raw)?;
+        Ok(Call { model, program, raw, args, top: build_folder(&cwd), cwd, real_path, state })
+    }
+
+    fn decide(&self) -> Result<Outcome, WrapError> {
+        match self.model {
+            "ar" => ar::ar(self),
+            "ranlib" => ar::ranlib(self),
+            "strip" => ar::strip(self),
+            "ld" => Ok(Outcome::Real("the linker is modelled through the compiler driver only".into())),
+            _ => cc::cc(self),
+        }
+    }
+
+    /// A real tool other than the one called, on the build's own `PATH`.
     fn real(&self, name: &str) -> Result<PathBuf, WrapError> {
         find_program(&self.cwd, OsStr::new(name), Some(&self.real_path))
     }
 
     /// Runs the real tool with the call's arguments, as if no model were there.
     fn run_real(&self) -> ExitCode {
-        let real = match self.real(&self.tool) {
-            Ok(real) => real,
-            Err(e) => return said(&self.tool, &e.to_string(), 127),
-        };
-        let mut command = std::process::Command::new(&real);
-        command.args(&self.args).env("PATH", &self.real_path);
+        let mut command = std::process::Command::new(&self.program);
+        command.args(&self.raw).env("PATH", &self.real_path);
         match command.status() {
             Ok(status) => ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)),
-            Err(e) => said(&self.tool, &format!("cannot run {}: {e}", real.display()), 127),
+            Err(e) => said(self.model, &format!("cannot run {}: {e}", self.program.display()), 127),
         }
     }
 
-    /// Records a thunk running the real `tool` with `args`, reading `inputs` and writing
+    /// Records a thunk running the real `program` with `args`, reading `inputs` and writing
     /// `outputs` (with `mode`). The tool brings its own root, which holds `system` besides the
     /// tool and its libraries (or it is the node's host program, with `--toolchain host`).
+    /// Absolute paths into the build folder become paths into the sandbox ([`args::to_sandbox`]).
     fn record(
         &self,
-        tool: &str,
+        program: &Path,
         args: &[String],
         inputs: &[PathBuf],
         outputs: &[PathBuf],
         mode: u32,
         system: &Root,
     ) -> Result<(), WrapError> {
-        let real = self.real(tool)?;
         let run = match self.hermetic() {
             false => Run::Host,
             true => {
-                let mut root = toolchain::program(&self.state, &real).map_err(WrapError::Toolchain)?;
+                let mut root = toolchain::program(&self.state, program).map_err(WrapError::Toolchain)?;
                 root.extend(system);
                 Run::Rooted(root)
             }
         };
+        let args = args::to_sandbox(args, &self.top);
         let call = Wrap {
             top: &self.top,
             cwd: &self.cwd,
             stdout: false,
-            program: real.as_os_str(),
-            args,
+            program: program.as_os_str(),
+            args: &args,
             inputs,
             outputs,
             env: tool_env(),
@@ -168,6 +234,12 @@ impl Call {
             run,
         };
         wrap(&self.state, &call).map(drop)
+    }
+
+    /// Whether outputs name the build folder by its real path (the default: as the build itself
+    /// names it) rather than as `.` (`--relocatable`).
+    fn real_paths(&self) -> bool {
+        std::env::var(PATHS_ENV).as_deref() != Ok("relocatable")
     }
 
     /// Whether the tools bring their own roots (not `--toolchain host`).
@@ -188,5 +260,39 @@ impl Call {
     /// Whether `path` (as the call names it) is inside the build folder.
     fn inside(&self, path: &Path) -> bool {
         crate::wrap::sandbox_path(&self.top, &self.cwd, path, "input").is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_of;
+
+    /// Owned arguments, as a process gets them.
+    pub(super) fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_tool_is_known_by_its_name_with_a_target_and_a_version() {
+        let cases = [
+            ("cc", Some("cc")),
+            ("x86_64-linux-gnu-gcc-12", Some("cc")),
+            ("clang++-16", Some("cc")),
+            ("c++", Some("cc")),
+            ("gcc-ar-12", Some("ar")),
+            ("x86_64-linux-gnu-ar", Some("ar")),
+            ("ranlib", Some("ranlib")),
+            ("x86_64-linux-gnu-ld.bfd", Some("ld")),
+            ("strip", Some("strip")),
+            ("cc1", None),
+            ("cc1plus", None),
+            ("gcc-nm-12", None),
+            ("python3.11", None),
+            ("thunkmesh", None),
+            ("lto-dump-12", None),
+        ];
+        for (name, model) in cases {
+            assert_eq!(model_of(name), model, "{name}");
+        }
     }
 }
