@@ -1,7 +1,11 @@
-//! `thunkmesh-bench infer`: an unchanged Makefile build through `thunkmesh infer` and `force`
-//! against `make -j2` on the same machine, for zlib (Debian's source package, fetched by
-//! `scripts/fetch-sources zlib`) and a synthetic project of many sources. Each step runs in a
-//! fresh copy of the configured tree; the figures are wall-clock medians over `--reps` runs.
+//! `thunkmesh-bench infer`: an unchanged build through `thunkmesh infer` and `force` against
+//! `make -j2` on the same machine. zlib (Debian's source package, fetched by
+//! `scripts/fetch-sources zlib`) and a synthetic project of many sources run each step in a fresh
+//! copy of the configured tree. The Debian projects of the corpus (lz4, xz-utils, mosh, sqlite3:
+//! `scripts/fetch-sources lz4 xz-utils mosh sqlite3`) build as a user would, in one folder:
+//! configured, built with make, cleaned, then inferred and forced there, every output compared
+//! with make's byte for byte, then cleaned, inferred and forced again from the memo cache. The
+//! figures are wall-clock medians over `--reps` runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +27,9 @@ pub struct InferArgs {
     /// The thunkmesh binary [default: `thunkmesh` next to this program].
     #[arg(long)]
     thunkmesh: Option<PathBuf>,
+    /// The Debian projects built in place (any of lz4, xz-utils, mosh, sqlite3).
+    #[arg(long, value_delimiter = ',', default_value = "lz4,xz-utils,mosh,sqlite3")]
+    debian: Vec<String>,
 }
 
 /// Makes a project's configured tree in an empty folder.
@@ -44,11 +51,13 @@ pub fn main(args: &InferArgs) -> Result<()> {
         "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12}",
         "project", "make -n", "make -j", "infer", "force", "ratio", "memo force", "one changed"
     );
-    for project in &projects {
-        let row = measure(&binary, project, args)?;
+    let rows = projects.iter().map(|p| measure(&binary, p, args).map(|row| (p.name.clone(), row)));
+    let in_place = args.debian.iter().map(|name| in_place(&binary, name, args).map(|row| (name.clone(), row)));
+    for row in rows.chain(in_place) {
+        let (name, row) = row?;
         println!(
             "{:<16} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}x {:>9.2}s {:>6.2}s ({})",
-            project.name,
+            name,
             row.dry_run,
             row.make,
             row.infer,
@@ -60,8 +69,9 @@ pub fn main(args: &InferArgs) -> Result<()> {
         );
     }
     println!(
-        "ratio: (infer + force) / make -j; memo force: force of a fresh copy, inferred again, whose results the memo \
-         cache has; one changed: infer and force after one source of that copy changed (thunks run)"
+        "ratio: (infer + force) / make -j; memo force: force of a fresh copy (of a Debian project: of its folder, \
+         cleaned), inferred again, whose results the memo cache has; one changed: infer and force after one source \
+         of that copy changed (thunks run; not measured for the Debian projects)"
     );
     Ok(())
 }
@@ -136,6 +146,100 @@ fn measure(binary: &Path, project: &Project, args: &InferArgs) -> Result<Row> {
         changed: median(changed),
         changed_ran,
     })
+}
+
+/// How each Debian project of the corpus is configured.
+fn configure_step(name: &str) -> Result<&'static [&'static str]> {
+    Ok(match name {
+        "lz4" => &[],
+        "xz-utils" | "mosh" => &["./configure"],
+        "sqlite3" => &["./configure", "--disable-tcl"],
+        other => bail!("no recipe for {other}: the Debian projects are lz4, xz-utils, mosh and sqlite3"),
+    })
+}
+
+/// A Debian project built in one folder: `make -jN`, then `make clean`, `infer -- make -jN` and
+/// `force --all` there (every ELF file and archive compared with make's), then `make clean`,
+/// `infer` and a `force` that the memo cache answers.
+fn in_place(binary: &Path, name: &str, args: &InferArgs) -> Result<Row> {
+    let configure = configure_step(name)?;
+    let jobs = format!("-j{}", args.workers);
+    let (mut dry, mut make, mut infer, mut force, mut memo) = (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..args.reps {
+        let scratch = tempfile::tempdir()?;
+        let tree = unpack(name, scratch.path())?;
+        if let Some((program, rest)) = configure.split_first() {
+            crate::timed(Command::new(program).args(rest).current_dir(&tree))?;
+        }
+        let run = |c: &mut Command| crate::timed(c.current_dir(&tree));
+        dry.push(run(Command::new("make").arg("-n"))?);
+        make.push(run(Command::new("make").arg("-s").arg(&jobs))?);
+        let made = outputs(&tree)?;
+        run(Command::new("make").arg("clean"))?;
+        let infer_cmd = || {
+            let mut c = Command::new(binary);
+            c.args(["infer", "--", "make", "-s", &jobs]);
+            c
+        };
+        let force_cmd = || {
+            let mut c = Command::new(binary);
+            c.args(["force", "--all", "--workers", &args.workers.to_string()]);
+            c
+        };
+        infer.push(run(&mut infer_cmd())?);
+        force.push(run(&mut force_cmd())?);
+        let forced = outputs(&tree)?;
+        if let Some((file, _)) = made.iter().find(|(f, bytes)| forced.get(*f) != Some(bytes)) {
+            bail!("{name}: {} differs from make's", file.display());
+        }
+        run(Command::new("make").arg("clean"))?;
+        run(&mut infer_cmd())?;
+        memo.push(run(&mut force_cmd())?);
+    }
+    Ok(Row {
+        dry_run: median(dry),
+        make: median(make),
+        infer: median(infer),
+        force: median(force),
+        memo_rerun: median(memo),
+        changed: f64::NAN,
+        changed_ran: "-".into(),
+    })
+}
+
+/// Debian's source package `name` (without its patches) unpacked into `dir`.
+fn unpack(name: &str, dir: &Path) -> Result<PathBuf> {
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sources").join(name);
+    let dsc = std::fs::read_dir(&sources)
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "dsc")))
+        .with_context(|| {
+            format!("no {name} source package in {}: run scripts/fetch-sources {name}", sources.display())
+        })?;
+    let tree = dir.join(name);
+    crate::timed(Command::new("dpkg-source").args(["-x", "--skip-patches"]).arg(&dsc).arg(&tree))?;
+    Ok(tree)
+}
+
+/// Every ELF file and `ar` archive under `dir` (outside the state folder), with its bytes.
+fn outputs(dir: &Path) -> Result<std::collections::BTreeMap<PathBuf, Vec<u8>>> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut folders = vec![dir.to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let (path, kind) = (entry.path(), entry.file_type()?);
+            if kind.is_dir() && entry.file_name() != ".thunkmesh" {
+                folders.push(path);
+            } else if kind.is_file() {
+                let bytes = std::fs::read(&path)?;
+                if bytes.starts_with(b"\x7fELF") || bytes.starts_with(b"!<arch>\n") {
+                    found.insert(path, bytes);
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -5,6 +5,7 @@ mod bad_jobs;
 mod builds;
 mod cache_budget;
 mod conventions;
+mod corpus;
 mod deploy;
 mod examples;
 mod failures;

@@ -40,6 +40,16 @@ pub fn repo(rel: &str) -> PathBuf {
 /// Unpacks Debian's source package `name` (fetched into `target/sources/NAME` by the test
 /// command) into `into/NAME`, and returns that folder.
 pub fn debian_source(name: &str, into: &Path) -> PathBuf {
+    unpack(name, into, &[])
+}
+
+/// Like [`debian_source`], without Debian's patches: the upstream tree, whose generated build
+/// files (`configure`, `Makefile.in`) are as new as the sources they come from.
+pub fn debian_upstream(name: &str, into: &Path) -> PathBuf {
+    unpack(name, into, &["--skip-patches"])
+}
+
+fn unpack(name: &str, into: &Path, options: &[&str]) -> PathBuf {
     let sources = repo(&format!("target/sources/{name}"));
     let dsc = std::fs::read_dir(&sources)
         .ok()
@@ -47,7 +57,7 @@ pub fn debian_source(name: &str, into: &Path) -> PathBuf {
     let dsc =
         dsc.unwrap_or_else(|| panic!("no {name} source package in {}: scripts/test fetches it", sources.display()));
     let tree = into.join(name);
-    let unpacked = Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&tree).output();
+    let unpacked = Command::new("dpkg-source").arg("-x").args(options).arg(&dsc).arg(&tree).output();
     assert!(unpacked.expect("dpkg-source").status.success(), "dpkg-source -x {}", dsc.display());
     tree
 }
