@@ -1,5 +1,7 @@
 //! Stragglers. A task is compared with tasks of its own kind (the same program, with inputs of
-//! about the same size: within a factor of four), not with the whole job, whose average a few
+//! about the same size: within a factor of four, not counting the thunk's own root, a toolchain
+//! that every compile of a build shares and that would make a 40-second compile of an 8 MB
+//! source one kind with a 50 ms one), not with the whole job, whose average a few
 //! long thunks of another kind would make meaningless. Still running after
 //! `PlannerConfig::speculate_after` times its kind's average duration (and at least
 //! [`MIN_STRAGGLER`]; never before a task of its kind has finished, so a thunk of a kind of its
@@ -16,7 +18,8 @@
 use std::cmp::Reverse;
 use std::time::Duration;
 
-use thunkmesh_protocol::{Id, Program};
+use thunkmesh_protocol::thunk::ROOT_DIR;
+use thunkmesh_protocol::{Id, Program, Thunk};
 
 use crate::job::Job;
 use crate::{Decision, Planner, TaskId, TaskInfo};
@@ -35,10 +38,24 @@ pub(crate) struct Kind {
 impl Kind {
     /// The kind of `thunk` of `job` run on `resolved` inputs.
     pub(crate) fn of(job: Option<&Job>, thunk: Id, resolved: &[Id]) -> Kind {
-        let program = job.and_then(|j| j.thunk(thunk)).map(|(_, t)| t.program.clone());
-        let bytes: u64 = resolved.iter().map(|b| b.size).sum();
-        Kind { program, size_class: bytes.checked_ilog2().map_or(0, |log| log / 2 + 1) }
+        let thunk = job.and_then(|j| j.thunk(thunk)).map(|(_, t)| t);
+        let bytes = match thunk {
+            Some(thunk) => own_bytes(thunk, resolved),
+            None => resolved.iter().map(|b| b.size).sum(),
+        };
+        Kind {
+            program: thunk.map(|t| t.program.clone()),
+            size_class: bytes.checked_ilog2().map_or(0, |log| log / 2 + 1),
+        }
     }
+}
+
+/// The bytes of `thunk`'s inputs (`resolved`, in the order of [`Thunk::refs`]) outside its own
+/// root.
+fn own_bytes(thunk: &Thunk, resolved: &[Id]) -> u64 {
+    let program = matches!(thunk.program, Program::Ref(_)).then_some(false);
+    let in_root = thunk.inputs.keys().map(|path| path.strip_prefix(ROOT_DIR).is_some_and(|p| p.starts_with('/')));
+    program.into_iter().chain(in_root).zip(resolved).filter(|(root, _)| !root).map(|(_, blob)| blob.size).sum()
 }
 
 impl Planner {
@@ -143,5 +160,45 @@ impl Planner {
     /// Copies started so far.
     pub fn speculated(&self) -> u64 {
         self.speculated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thunkmesh_protocol::{Inputs, Kind as IdKind, Ref};
+
+    fn blob(size: u64) -> Id {
+        Id { kind: IdKind::Blob, hash: [size as u8; 32], size }
+    }
+
+    /// Two compiles that share a 50 MB toolchain as their own root but read an 8 MB and a 30 KB
+    /// source are of different size classes: only what is not in the root counts.
+    #[test]
+    fn a_thunks_own_root_does_not_count_toward_its_size() {
+        let compile = |source: u64| {
+            let inputs: std::collections::BTreeMap<String, Ref> = [
+                (".root/usr/lib/gcc/cc1".to_owned(), Ref::Blob(blob(50 << 20))),
+                ("src/a.c".to_owned(), Ref::Blob(blob(source))),
+            ]
+            .into_iter()
+            .collect();
+            let thunk = Thunk {
+                program: Program::Host { path: "/usr/bin/cc".into(), pin: blob(1 << 20) },
+                args: vec![],
+                env: Default::default(),
+                inputs: Inputs::from(inputs),
+                outputs: vec!["a.o".into()],
+                timeout_ms: 1,
+                network: false,
+                stdout: false,
+                dir: None,
+            };
+            own_bytes(&thunk, &[blob(50 << 20), blob(source)])
+        };
+        let (big, small) = (compile(8 << 20), compile(30 << 10));
+        assert_eq!((big, small), (8 << 20, 30 << 10));
+        let class = |bytes: u64| bytes.checked_ilog2().map_or(0, |log| log / 2 + 1);
+        assert_ne!(class(big), class(small));
     }
 }

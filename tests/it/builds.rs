@@ -52,7 +52,8 @@ const LIBRARY: [(&str, &str); 4] = [
     ("main.c", "#include <stdio.h>\n#include \"ab.h\"\nint main(void) { printf(\"%d\\n\", a(b(1)) - 1); return 0; }\n"),
 ];
 
-/// automake's and libtool's `ar cru`, Lua's `ar rcu`, `ar -r -c`, CMake's `ar qc` + `ranlib`;
+/// automake's and libtool's `ar cru`, Lua's `ar rcu`, `ar -r -c`, CMake's `ar qc` + `ranlib`, a
+/// thin archive (`T`) that a link reads with its members;
 /// a shared library whose version script is named only inside `-Wl,` and whose objects come
 /// from a response file the build removes at once; `-g -O2`, autotools' default, whose objects
 /// name the real folder in their debug information as make's do.
@@ -61,7 +62,7 @@ fn archives_version_scripts_response_files_and_debug_info_come_out_as_make_makes
     let dir = tempfile::tempdir().expect("tempdir");
     project(dir.path(), &LIBRARY);
     let makefile = "CFLAGS = -g -O2 -fPIC\n\
-        all: prog libcru.a librcu.a libdash.a libqc.a libab.so\n\
+        all: prog thin libcru.a librcu.a libdash.a libqc.a libab.so\n\
         %.o: %.c ab.h\n\t$(CC) $(CFLAGS) -c $< -o $@\n\
         libcru.a: a.o b.o\n\tar cru $@ a.o b.o\n\tranlib $@\n\
         librcu.a: a.o b.o\n\tar rcu $@ a.o b.o\n\
@@ -69,9 +70,23 @@ fn archives_version_scripts_response_files_and_debug_info_come_out_as_make_makes
         libqc.a: a.o b.o\n\tar qc $@ a.o b.o\n\tranlib $@\n\
         libab.so: a.o b.o ab.map\n\techo a.o b.o > objs.rsp\n\t\
         $(CC) -shared -Wl,-version-script -Wl,ab.map -Wl,-soname,libab.so.1 -o $@ @objs.rsp\n\trm objs.rsp\n\
+        libthin.a: a.o b.o\n\tar rcT $@ a.o b.o\n\
+        thin: main.o libthin.a\n\t$(CC) -o $@ main.o libthin.a\n\
         prog: main.o libcru.a\n\t$(CC) -g -o $@ main.o -L. -lcru\n";
     project(dir.path(), &[("Makefile", makefile), ("ab.map", "{ global: a; b; local: *; };\n")]);
-    let built = ["a.o", "b.o", "main.o", "libcru.a", "librcu.a", "libdash.a", "libqc.a", "libab.so", "prog"];
+    let built = [
+        "a.o",
+        "b.o",
+        "main.o",
+        "libcru.a",
+        "librcu.a",
+        "libdash.a",
+        "libqc.a",
+        "libab.so",
+        "libthin.a",
+        "thin",
+        "prog",
+    ];
     let (infer, _) = as_make_builds_it(dir.path(), &[], &built);
     assert!(infer.stderr.contains("recorded as thunks"), "{}", infer.stderr);
     assert!(!infer.stderr.contains("ran the real tool"), "every call was modelled: {}", infer.stderr);
@@ -79,8 +94,10 @@ fn archives_version_scripts_response_files_and_debug_info_come_out_as_make_makes
     let folder = dir.path().display().to_string();
     assert!(object.windows(folder.len()).any(|w| w == folder.as_bytes()), "the debug info names {folder}");
     assert!(!object.windows(7).any(|w| w == b"/thunk/"), "and not the sandbox");
-    let said = std::process::Command::new(dir.path().join("prog")).output().expect("run prog");
-    assert_eq!(said.stdout, b"42\n");
+    for program in ["prog", "thin"] {
+        let said = std::process::Command::new(dir.path().join(program)).output().expect("run it");
+        assert_eq!(said.stdout, b"42\n", "{program}");
+    }
 }
 
 /// CMake calls `/usr/bin/cc` and `/usr/bin/ar` by path, with absolute source and include paths;

@@ -86,6 +86,14 @@ pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
     Ok(Outcome::Recorded)
 }
 
+/// Whether `word` is the operation of a thin archive's insertion as the model records it (so a
+/// link that reads the archive also reads its members, which the archive names by path).
+pub(super) fn is_thin_insertion(word: &str) -> bool {
+    word.contains('T')
+        && word.contains(['r', 'q'])
+        && word.chars().all(|c| c == 'r' || c == 'q' || MODIFIERS.contains(c))
+}
+
 /// The operation and modifiers `ops` as the model runs them: deterministic (`D`, so not `U`,
 /// and not `u`, which GNU ar refuses beside `D` and which means nothing in a fresh copy), and
 /// with the index (`s`) unless the build said `S`; this is what GNU ar makes by default where it

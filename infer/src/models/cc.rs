@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use super::{Call, Outcome};
+use thunkmesh_protocol::Ref;
+use thunkmesh_protocol::thunk::ROOT_DIR;
+
 use crate::placeholder::Placeholder;
 use crate::toolchain::{self, Root};
 use crate::wrap::WrapError;
@@ -345,6 +348,8 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
         candidates.filter(|p| call.inside(p)).find(|p| call.cwd.join(p).exists())
     };
     inputs.extend(args.libs.iter().filter_map(|lib| local_lib(lib)));
+    let members: Vec<PathBuf> = inputs.iter().flat_map(|input| thin_members(call, input)).collect();
+    inputs.extend(members);
     inputs.sort();
     inputs.dedup();
     let options =
@@ -355,6 +360,20 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
     thunk_args.extend(super::args::prefix_maps(&call.args, &call.top, !call.real_paths()));
     call.record(&call.program, &thunk_args, &inputs, &[PathBuf::from(&output)], mode, &system)?;
     Ok(Outcome::Recorded)
+}
+
+/// The members of `archive` if it is the placeholder of a thin archive the `ar` model recorded:
+/// the linker opens them by the paths the archive holds, so the link reads them too.
+fn thin_members(call: &Call, archive: &Path) -> Vec<PathBuf> {
+    let Ok(Some(Placeholder { output: Ref::Output { thunk, .. } })) = Placeholder::read(&call.cwd.join(archive)) else {
+        return Vec::new();
+    };
+    let Ok(thunk) = call.state.thunk(thunk) else { return Vec::new() };
+    if !thunk.args.iter().any(|a| super::ar::is_thin_insertion(a)) {
+        return Vec::new();
+    }
+    let member = |path: &&String| !path.starts_with(ROOT_DIR) && !path.ends_with(".thunkmesh-in");
+    thunk.inputs.keys().filter(member).map(|path| call.top.join(path)).collect()
 }
 
 #[cfg(test)]
