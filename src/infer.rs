@@ -150,16 +150,25 @@ fn recorded(state: &State) -> usize {
 }
 
 /// Runs a program's placeholder that a build ran (`#!thunkmesh __run-placeholder` ARGS): forces
-/// it with `thunkmesh force`, whose words are shown only if it fails (the program's standard
-/// output may be a file the build is writing, and Tcl's `exec` fails on any standard error),
-/// then runs the real program in this process's place.
+/// it, and the build's shared libraries it was linked with that are still placeholders, with
+/// `thunkmesh force`, whose words are shown only if it fails (the program's standard output may be
+/// a file the build is writing, and Tcl's `exec` fails on any standard error), then runs the real
+/// program in this process's place.
 pub fn run_placeholder(args: Vec<std::ffi::OsString>) -> ExitCode {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
     let Some((file, rest)) = args.split_first() else { return refused("no placeholder to run") };
+    let state_dir = std::env::var_os(thunkmesh_infer::models::STATE_ENV).unwrap_or_else(|| ".thunkmesh".into());
+    let libraries = match (State::open(Path::new(&state_dir)), std::env::current_dir()) {
+        (Ok(state), Ok(cwd)) => {
+            thunkmesh_infer::libraries_of(&state, Path::new(file), &thunkmesh_infer::models::build_folder(&cwd))
+        }
+        _ => Vec::new(),
+    };
     let forced = std::env::current_exe().and_then(|exe| {
         let mut force = std::process::Command::new(exe);
-        force.args(["force", "--quiet"]).arg(file).stdin(std::process::Stdio::null()).output()
+        force.args(["force", "--quiet"]).arg(file).args(&libraries);
+        force.stdin(std::process::Stdio::null()).output()
     });
     match forced {
         Ok(out) if out.status.success() => {}
@@ -287,7 +296,13 @@ fn plan_force(args: &ForceArgs) -> Result<(Option<Planned>, Vec<std::path::PathB
             if let Some(missing) = args.files.iter().find(|f| !f.exists()) {
                 anyhow::bail!("{}: no such file (nothing recorded makes it)", missing.display());
             }
-            args.files.iter().cloned().partition(|f| Placeholder::is_at(f) || Placeholder::read(f).is_err())
+            // A link to a placeholder (libtool's `libx.so` -> `libx.so.1.2.3`) forces the file it
+            // names, and stays a link.
+            let named = args.files.iter().map(|f| match f.symlink_metadata().is_ok_and(|m| m.is_symlink()) {
+                true => std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()),
+                false => f.clone(),
+            });
+            named.partition(|f| Placeholder::is_at(f) || Placeholder::read(f).is_err())
         }
     };
     if files.is_empty() {

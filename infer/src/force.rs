@@ -107,6 +107,31 @@ fn refs(thunk: &Thunk) -> impl Iterator<Item = &Ref> {
     program.into_iter().chain(thunk.inputs.values())
 }
 
+/// The shared libraries of the build folder `top` that the program whose placeholder is at
+/// `program` was linked with and that are still placeholders, by their real paths (links
+/// resolved): a program the build runs (a generator, a test driver) loads them, so they are forced
+/// with it.
+pub fn libraries_of(state: &State, program: &Path, top: &Path) -> Vec<PathBuf> {
+    let Ok(Some(Placeholder { output: Ref::Output { thunk, .. } })) = Placeholder::read(program) else {
+        return Vec::new();
+    };
+    let Ok(thunk) = state.thunk(thunk) else { return Vec::new() };
+    let shared = |path: &&String| {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        !path.starts_with(thunkmesh_protocol::thunk::ROOT_DIR) && (name.ends_with(".so") || name.contains(".so."))
+    };
+    let mut found: Vec<PathBuf> = thunk
+        .inputs
+        .keys()
+        .filter(shared)
+        .filter_map(|path| std::fs::canonicalize(top.join(path)).ok())
+        .filter(|path| Placeholder::is_at(path))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// Folders that hold a version control system's records, never a build's files.
 const VCS_FOLDERS: [&str; 4] = [".git", ".hg", ".svn", ".jj"];
 

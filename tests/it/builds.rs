@@ -130,24 +130,29 @@ fn tools_called_by_absolute_and_versioned_names_are_caught() {
 }
 
 /// sqlite's way: the build compiles a generator, runs it into a header, and compiles against
-/// that header. The generator's placeholder forces itself when run; nothing empty is left.
+/// that header; here the generator also loads a shared library of the build. The generator's
+/// placeholder forces itself and that library when run; nothing empty is left.
 #[test]
 fn a_generator_the_build_compiles_and_runs_works_under_infer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let makefile = "prog: main.o\n\t$(CC) -o $@ main.o\n\
         main.o: main.c table.h\n\t$(CC) -O2 -c main.c\n\
-        table.h: gen\n\t./gen 42 > table.h\n\
-        gen: gen.c\n\t$(CC) -O2 -o gen gen.c\n";
-    let generator = "#include <stdio.h>\nint main(int argc, char **argv) { printf(\"#define ANSWER %s\\n\", argv[1]); return 0; }\n";
+        table.h: gen\n\t./gen 40 > table.h\n\
+        gen: gen.c libval.so\n\t$(CC) -O2 -o gen gen.c -L. -lval -Wl,-rpath,$(CURDIR)\n\
+        libval.so: val.c\n\t$(CC) -O2 -fPIC -shared -Wl,-soname,libval.so.1 -o libval.so.1.0 val.c\n\t\
+        ln -sf libval.so.1.0 libval.so.1\n\tln -sf libval.so.1.0 libval.so\n";
+    let generator = "#include <stdio.h>\n#include <stdlib.h>\nint value(void);\n\
+        int main(int argc, char **argv) { printf(\"#define ANSWER %d\\n\", atoi(argv[1]) + value()); return 0; }\n";
     let main = "#include <stdio.h>\n#include \"table.h\"\nint main(void) { printf(\"%d\\n\", ANSWER); return 0; }\n";
-    project(dir.path(), &[("Makefile", makefile), ("gen.c", generator), ("main.c", main)]);
+    let library = "int value(void) { return 2; }\n";
+    project(dir.path(), &[("Makefile", makefile), ("gen.c", generator), ("main.c", main), ("val.c", library)]);
     run_make(dir.path(), &[]);
-    let built = ["gen", "table.h", "main.o", "prog"];
+    let built = ["gen", "table.h", "main.o", "prog", "libval.so.1.0"];
     let made: Vec<Vec<u8>> = built.iter().map(|f| std::fs::read(dir.path().join(f)).expect("made")).collect();
     built.iter().for_each(|f| std::fs::remove_file(dir.path().join(f)).expect("remove"));
     let infer = tm(dir.path(), &["infer", "--", "make", "-s"]);
     infer.ok();
-    assert!(infer.stderr.contains("saw 3 call(s) of modelled tools: 3 recorded as thunks"), "{}", infer.stderr);
+    assert!(infer.stderr.contains("saw 4 call(s) of modelled tools: 4 recorded as thunks"), "{}", infer.stderr);
     assert_eq!(std::fs::read_to_string(dir.path().join("table.h")).expect("read"), "#define ANSWER 42\n");
     force(dir.path(), &["--all"]).ok();
     for (file, made) in built.iter().zip(made) {
