@@ -84,14 +84,17 @@ pub enum Command {
     Node(NodeArgs),
     /// Show the nodes registered with a rendezvous: addresses, NAT, slots, running thunks.
     Status(StatusArgs),
-    /// Run a build command (`make ...`) with thunkmesh standing in for the compiler drivers, `ar`,
-    /// `ranlib` and `strip`: each call is recorded as a thunk and leaves placeholders (see
-    /// docs/infer.md); `force` then builds them.
+    /// Run a build command (`make`, `ninja`, `cmake --build`, `meson compile`) with thunkmesh
+    /// standing in for the compiler drivers, `ar`, `ranlib` and `strip`, however they are called
+    /// (by path too, as root): each call is recorded as a thunk and leaves placeholders (see
+    /// docs/infer.md); `force` then builds them. Configure first, without infer.
     Infer(InferArgs),
     /// Record one call of a program as a thunk, leaving placeholders where its outputs go
     /// (the generic model; see docs/infer.md).
     Wrap(WrapArgs),
-    /// Evaluate placeholders and put the real files in their place (with all of run's flags).
+    /// Evaluate placeholders and put the real files in their place (with all of run's flags), as
+    /// `make -k` would: what does not depend on a failure is built and put in place; a named
+    /// file that is already built is up to date.
     Force(ForceArgs),
     /// Show what a placeholder or recorded thunk runs, reads and writes, and whether the memo
     /// cache has it.
