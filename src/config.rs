@@ -17,6 +17,9 @@ use crate::cli::Cli;
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "THUNKMESH_CONFIG";
 
+/// The largest config file read: a config file is a few lines; anything larger is a wrong path.
+const MAX_CONFIG: u64 = 1 << 20;
+
 /// Settings: flag name -> value as it would be typed.
 type Settings = BTreeMap<String, String>;
 
@@ -25,8 +28,10 @@ type Settings = BTreeMap<String, String>;
 pub fn parse() -> Result<Cli> {
     let mut command = Cli::command();
     if let Some(path) = path() {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text),
+        let text = match thunkmesh_client::load::read_bounded(&path, MAX_CONFIG) {
+            Ok(bytes) => {
+                Some(String::from_utf8(bytes).with_context(|| format!("config file {}: not UTF-8", path.display()))?)
+            }
             // Only a file named by THUNKMESH_CONFIG must exist.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os(CONFIG_ENV).is_none() => None,
             Err(e) => return Err(e).with_context(|| format!("cannot read the config file {}", path.display())),

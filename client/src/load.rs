@@ -67,6 +67,27 @@ pub fn hash_file(path: &Path) -> std::io::Result<Id> {
     Ok(Id::blob(*hasher.finalize().as_bytes(), size))
 }
 
+/// The bytes of a regular file of at most `limit` bytes (a config file, a record of the state
+/// folder). Anything else (a device such as `/dev/zero`, a FIFO, a folder, a larger file) is
+/// refused before more than `limit` bytes are read, so a wrong path cannot block or fill memory.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a regular file"));
+    }
+    let too_large = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("is larger than {limit} bytes"));
+    if meta.len() > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::fs::File::open(path)?.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    match bytes.len() as u64 > limit {
+        true => Err(too_large()),
+        false => Ok(bytes),
+    }
+}
+
 fn pin_host(path: &Path) -> Result<Id, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
@@ -79,6 +100,18 @@ fn pin_host(path: &Path) -> Result<Id, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a");
+        std::fs::write(&file, b"12345").expect("write");
+        assert_eq!(read_bounded(&file, 5).expect("within"), b"12345");
+        assert_eq!(read_bounded(&file, 4).expect_err("over").to_string(), "is larger than 4 bytes");
+        for other in [Path::new("/dev/zero"), dir.path()] {
+            assert_eq!(read_bounded(other, 1 << 20).expect_err("not a file").to_string(), "is not a regular file");
+        }
+    }
 
     fn write_job(dir: &Path, text: &str) -> PathBuf {
         let path = dir.join("job.toml");

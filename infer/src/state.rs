@@ -31,6 +31,12 @@ pub enum StateError {
     Damaged { path: String, id: Id },
 }
 
+/// The largest recorded thunk read back: one that fits a frame (a larger one could not be sent).
+const MAX_THUNK: u64 = thunkmesh_protocol::wire::MAX_FRAME as u64;
+
+/// The largest list of system files (or file stamp) read back.
+const MAX_LIST: u64 = 16 << 20;
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |error| StateError::Io { path: path.display().to_string(), error }
 }
@@ -94,7 +100,8 @@ impl State {
             meta.ctime_nsec()
         );
         let memo = self.dir.join("known").join(Id::of_blob(path.as_os_str().as_encoded_bytes()).hex());
-        let remembered = std::fs::read_to_string(&memo).ok().and_then(|text| {
+        let remembered = thunkmesh_client::load::read_bounded(&memo, MAX_LIST).ok().and_then(|bytes| {
+            let text = String::from_utf8(bytes).ok()?;
             let (was, id) = text.trim_end().rsplit_once(' ')?;
             (was == stamp).then(|| id.parse::<Id>().ok()).flatten()
         });
@@ -109,7 +116,7 @@ impl State {
     /// A list the state keeps under `toolchains/` by `key` (one entry a line), if there is one.
     pub(crate) fn list(&self, key: &str) -> Option<Vec<String>> {
         let path = self.dir.join("toolchains").join(Id::of_blob(key.as_bytes()).hex());
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = String::from_utf8(thunkmesh_client::load::read_bounded(&path, MAX_LIST).ok()?).ok()?;
         let (head, body) = text.split_once('\n')?;
         (head == key).then(|| body.lines().map(str::to_owned).collect())
     }
@@ -157,7 +164,7 @@ impl State {
     /// The recorded thunk `id`, checked against its id.
     pub fn thunk(&self, id: Id) -> Result<Thunk, StateError> {
         let path = self.thunk_path(id);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match thunkmesh_client::load::read_bounded(&path, MAX_THUNK) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StateError::UnknownThunk { dir: self.dir.display().to_string(), id });

@@ -25,6 +25,9 @@ pub enum WrapError {
     /// An input or output is not inside the build folder.
     #[error("{path}: an {what} must be inside the build folder {cwd}")]
     Outside { what: &'static str, path: String, cwd: String },
+    /// An output's folder is a link (or inside one) that leads out of the build folder.
+    #[error("{path}: an output may not be written through a link out of the build folder (to {target})")]
+    ThroughLink { path: String, target: String },
     /// The program is not on `PATH`.
     #[error("program `{0}` is not on PATH")]
     NotOnPath(String),
@@ -124,6 +127,9 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
     }
     outputs.sort();
     outputs.dedup();
+    for name in outputs.iter().filter(|o| !call.stdout || o.as_str() != STDOUT_OUTPUT) {
+        stays_inside(call.top, name)?;
+    }
     let dir = match call.cwd == call.top {
         true => None,
         false => Some(sandbox_path(call.top, call.top, call.cwd, "folder")?),
@@ -149,6 +155,25 @@ pub fn wrap(state: &State, call: &Wrap<'_>) -> Result<Id, WrapError> {
         written.map_err(|error| WrapError::Io { path: path.display().to_string(), error })?;
     }
     Ok(id)
+}
+
+/// Checks that the output `name` (a sandbox path) of the build folder `top` is written inside
+/// it: its deepest existing folder, links resolved, is in `top`, links resolved.
+pub(crate) fn stays_inside(top: &Path, name: &str) -> Result<(), WrapError> {
+    let Ok(real_top) = std::fs::canonicalize(top) else { return Ok(()) };
+    let mut folder = top.join(name);
+    folder.pop();
+    while !folder.exists() {
+        if !folder.pop() {
+            return Ok(());
+        }
+    }
+    match std::fs::canonicalize(&folder) {
+        Ok(real) if !real.starts_with(&real_top) => {
+            Err(WrapError::ThroughLink { path: name.to_owned(), target: real.display().to_string() })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What a file the call reads is: the output a placeholder stands for, or its own bytes.
@@ -276,5 +301,24 @@ mod tests {
         let e = wrap(&state, &missing).expect_err("not on PATH").to_string();
         assert_eq!(e, "program `no-such-program-here` is not on PATH");
         assert!(!dir.path().join("o").exists(), "nothing is written for a refused call");
+    }
+
+    /// `lnk` is a link to a folder outside the build folder: an output under it is refused, and
+    /// nothing is written there.
+    #[test]
+    fn an_output_is_never_written_through_a_link_out_of_the_build_folder() {
+        let (dir, outside) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let state = State::open(&dir.path().join(".thunkmesh")).expect("state");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("lnk")).expect("symlink");
+        std::fs::create_dir(dir.path().join("inside")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("inside"), dir.path().join("near")).expect("symlink");
+        for bad in ["lnk/y.txt", "lnk/deeper/y.txt"] {
+            let outs = [PathBuf::from(bad)];
+            let e = wrap(&state, &call(dir.path(), &[], &outs)).expect_err("through a link").to_string();
+            assert!(e.starts_with(&format!("{bad}: an output may not be written through a link out")), "{e}");
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).expect("read_dir").count(), 0, "nothing outside");
+        let outs = [PathBuf::from("near/y.txt")];
+        wrap(&state, &call(dir.path(), &[], &outs)).expect("a link within the build folder is fine");
     }
 }

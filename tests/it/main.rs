@@ -13,6 +13,7 @@ mod flood;
 mod infer;
 mod lambda;
 mod library;
+mod local_files;
 mod nat;
 mod python;
 mod s3;
