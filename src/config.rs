@@ -27,6 +27,7 @@ type Settings = BTreeMap<String, String>;
 /// exit here as clap does.
 pub fn parse() -> Result<Cli> {
     let mut command = Cli::command();
+    let mut loaded = None;
     if let Some(path) = path() {
         let text = match thunkmesh_client::load::read_bounded(&path, MAX_CONFIG) {
             Ok(bytes) => {
@@ -38,10 +39,42 @@ pub fn parse() -> Result<Cli> {
         };
         if let Some(text) = text {
             command = with_defaults(command, &text).with_context(|| format!("config file {}", path.display()))?;
+            loaded = Some((path, values(&text)));
         }
     }
-    let matches = command.get_matches();
+    let matches = match command.try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => return Err(from_config(e, loaded.as_ref())),
+    };
     Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
+/// A command line error that a value of the config file caused, named as the config file's; any
+/// other (and `--help`, `--version`) ends the process as clap ends it.
+fn from_config(e: clap::Error, loaded: Option<&(PathBuf, BTreeSet<String>)>) -> anyhow::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let invalid = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => Some(value.clone()),
+        _ => None,
+    };
+    match (loaded, invalid) {
+        (Some((path, values)), Some(value)) if values.contains(&value) => {
+            let said = e.to_string();
+            let first = said.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            anyhow::anyhow!("config file {}: {first}", path.display())
+        }
+        _ => e.exit(),
+    }
+}
+
+/// Every value the config file `text` sets, as the command line would see it.
+fn values(text: &str) -> BTreeSet<String> {
+    let Ok(table) = text.parse::<toml::Table>() else { return BTreeSet::new() };
+    let leaves = table.into_iter().flat_map(|(key, value)| match value {
+        toml::Value::Table(t) => t.into_iter().map(|(k, v)| (format!("{key}.{k}"), v)).collect::<Vec<_>>(),
+        v => vec![(key, v)],
+    });
+    leaves.filter_map(|(key, value)| typed(&key, value).ok()).collect()
 }
 
 fn path() -> Option<PathBuf> {

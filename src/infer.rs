@@ -336,7 +336,10 @@ fn what_to_describe(args: &DescribeArgs) -> Result<(Id, Thunk)> {
     let path = Path::new(&args.what);
     let id = match path.exists() {
         true => match Placeholder::read(path).with_context(|| args.what.clone())? {
-            Some(Placeholder { output: Ref::Output { thunk, .. } }) => thunk,
+            Some(Placeholder { output: Ref::Output { thunk, name } }) => {
+                let thunk_of = state.thunk_with_output(thunk, &name).with_context(|| args.what.clone())?;
+                return Ok((thunk, thunk_of));
+            }
             _ => anyhow::bail!("{}: is not a placeholder", args.what),
         },
         false => match args.what.split_once('#').map_or(args.what.as_str(), |(id, _)| id).parse::<Id>() {

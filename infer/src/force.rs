@@ -49,6 +49,9 @@ pub fn forcing(state: &State, files: &[PathBuf]) -> Result<Forcing, ForceError> 
         let placeholder =
             Placeholder::read(file).map_err(io)?.ok_or_else(|| ForceError::NotPlaceholder(shown.clone()))?;
         let mode = std::fs::metadata(file).map_err(io)?.permissions().mode() & 0o7777;
+        if let Ref::Output { thunk, name } = &placeholder.output {
+            state.thunk_with_output(*thunk, name).map_err(|error| ForceError::State { path: shown.clone(), error })?;
+        }
         collected
             .visit(state, &placeholder.output)
             .map_err(|error| ForceError::State { path: shown.clone(), error })?;

@@ -26,6 +26,9 @@ pub enum StateError {
     /// The state has no copy of a file a thunk reads.
     #[error("the state folder {dir} has no copy of {id}, which a recorded thunk reads")]
     UnknownBlob { dir: String, id: Id },
+    /// A placeholder names an output its thunk does not have.
+    #[error("the recorded thunk {id} has no output `{name}` (the placeholder was edited or damaged)")]
+    NoSuchOutput { id: Id, name: String },
     /// A record's bytes do not match its name.
     #[error("{path} is damaged: its bytes are not {id}; remove it and infer again")]
     Damaged { path: String, id: Id },
@@ -159,6 +162,15 @@ impl State {
             self.write_atomically(&path, &bytes)?;
         }
         Ok(id)
+    }
+
+    /// The recorded thunk whose output `name` a placeholder names, checked to have that output.
+    pub fn thunk_with_output(&self, id: Id, name: &str) -> Result<Thunk, StateError> {
+        let thunk = self.thunk(id)?;
+        match thunk.outputs.iter().any(|o| o == name) {
+            true => Ok(thunk),
+            false => Err(StateError::NoSuchOutput { id, name: name.to_owned() }),
+        }
     }
 
     /// The recorded thunk `id`, checked against its id.

@@ -1,7 +1,9 @@
-//! Issue 28, findings 7 and 8: local files are read within bounds and outputs stay in the build
-//! folder. A config file or an infer record that is a device, a FIFO or too large is refused with
-//! exit code 2 and its path, at once and in bounded memory; an output under a link that leads
-//! out of the build folder is refused, and nothing is written outside.
+//! Issue 28, findings 7, 8 and 11: local files are read within bounds, outputs stay in the build
+//! folder, and a bad local file is an error of exit code 2 that names it. A config file or an
+//! infer record that is a device, a FIFO or too large is refused with its path, at once and in
+//! bounded memory; an output under a link that leads out of the build folder is refused, and
+//! nothing is written outside; a bad value in the config file names the file; a placeholder that
+//! names an output its thunk lacks is refused before anything starts.
 
 use std::time::{Duration, Instant};
 
@@ -67,4 +69,34 @@ fn outputs_are_never_written_through_a_link_out_of_the_build_folder() {
         assert!(refused.stderr.contains(&said), "{}", refused.stderr);
     }
     assert_eq!(std::fs::read_dir(outside.path()).expect("read_dir").count(), 0, "nothing was written outside");
+}
+
+/// `workers = "two"` in the config file: exit 2, and the message names the file.
+#[test]
+fn a_bad_value_in_the_config_file_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "workers = \"two\"\n").expect("write");
+    let out = thunkmesh().env("THUNKMESH_CONFIG", &config).args(["run", "job.toml"]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let said = format!("error: config file {}: invalid value 'two' for '--workers", config.display());
+    assert!(stderr.starts_with(&said), "{stderr}");
+}
+
+/// A placeholder edited to name an output its thunk does not have: `describe` and `force` exit 2
+/// naming it (`describe` used to exit 0, `force` to fail after starting the mesh).
+#[test]
+fn a_placeholder_naming_an_output_its_thunk_lacks_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    tm(dir.path(), &["wrap", "--out", "y.txt", "--", "sh", "-c", "echo y > y.txt"]).ok();
+    let placeholder = dir.path().join("y.txt");
+    let text = std::fs::read_to_string(&placeholder).expect("read").replace("#y.txt", "#nope.txt");
+    std::fs::write(&placeholder, text).expect("write");
+    for args in [&["describe", "y.txt"][..], &["force", "y.txt"]] {
+        let refused = tm(dir.path(), args);
+        assert_eq!(refused.code, Some(2), "{args:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains("has no output `nope.txt`"), "{}", refused.stderr);
+        assert!(refused.stderr.contains("y.txt"), "{}", refused.stderr);
+    }
 }
