@@ -386,7 +386,13 @@ impl<F: Future<Output = ()>> Working<'_, F> {
                         busy_at = tokio::time::Instant::now();
                     }
                     Err(e) if e.is_cancelled() => {}
-                    Err(e) => warn!(error = %e, "a task panicked"),
+                    Err(e) => {
+                        warn!(error = %e, "a task panicked");
+                        // The rendezvous hears of it, so the thunk runs elsewhere and the job goes on.
+                        if let Some(report) = tasks.panicked(&e) {
+                            send_msg(&mut send, &report).await?;
+                        }
+                    }
                 },
             }
         }
@@ -435,6 +441,24 @@ impl Tasks {
         }
     }
 
+    /// The failure to report for a forced thunk whose task panicked (`e`): the node's fault, so
+    /// the thunk is placed again; none for another kind of task.
+    fn panicked(&mut self, e: &tokio::task::JoinError) -> Option<ToRendezvous> {
+        let task = self.forcing.iter().find(|(_, handle)| handle.id() == e.id()).map(|(task, _)| *task)?;
+        self.forcing.remove(&task);
+        let message = format!("the node's task for this thunk panicked: {e}");
+        Some(ToRendezvous::Failed(thunkmesh_protocol::wire::TaskFailed {
+            task,
+            error: thunkmesh_protocol::wire::WireError {
+                code: thunkmesh_protocol::wire::ErrorCode::NodeError,
+                message,
+                detail: String::new(),
+            },
+            unavailable: Vec::new(),
+            stats: Default::default(),
+        }))
+    }
+
     fn finished(&mut self, report: &ToRendezvous) {
         match report {
             ToRendezvous::Done(d) => self.forcing.remove(&d.task),
@@ -446,6 +470,28 @@ impl Tasks {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A forced thunk's task that panics is reported as the node's failure of that task (it was
+    /// only logged, and the job waited for ever); another task's panic reports nothing.
+    #[tokio::test]
+    async fn a_task_that_panics_is_reported_as_the_nodes_failure() {
+        let mut tasks = Tasks::default();
+        let handle = tasks.set.spawn(async { panic!("a bug") });
+        tasks.forcing.insert(7, handle);
+        tasks.set.spawn(async { panic!("an upload's bug") });
+        let mut reports = Vec::new();
+        while let Some(joined) = tasks.set.join_next().await {
+            let e = joined.expect_err("both panicked");
+            reports.push(tasks.panicked(&e));
+        }
+        let failed: Vec<_> = reports.into_iter().flatten().collect();
+        let [ToRendezvous::Failed(f)] = failed.as_slice() else { panic!("one failure: {failed:?}") };
+        assert_eq!((f.task, f.error.code), (7, thunkmesh_protocol::wire::ErrorCode::NodeError));
+        assert!(f.error.message.contains("panicked"), "{}", f.error.message);
+        assert!(tasks.forcing.is_empty());
+    }
+
     #[test]
     fn sizes_are_read_with_binary_units_and_bad_ones_are_named() {
         assert_eq!(super::parse_size("512MiB"), Ok(512 << 20));
