@@ -255,9 +255,10 @@ async fn store_outputs(
     blobs.sort();
     blobs.dedup();
     let store = ctx.store(&a.store).await.map_err(Fail::node)?;
+    let refused = |e| Fail::new(ErrorCode::StoreError, format!("cannot write an output to {}: {e}", a.store));
     for blob in blobs.into_iter().filter(|b| ctx.cache.has(*b)) {
         stats.storage_puts += 1;
-        store.put_file(blob, &ctx.cache.path(blob)).await.map_err(Fail::node)?;
+        store.put_file(blob, &ctx.cache.path(blob)).await.map_err(refused)?;
         stats.storage_bytes_written += blob.size;
     }
     Ok(())
@@ -809,23 +810,26 @@ async fn read_tail_output(ctx: &Ctx, a: &Assignment, root: &Path, name: &str, le
 pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> (ToRendezvous, Pinned) {
     let pinned = ctx.cache.pin(&[req.blob]);
     let mut stats = TransferStats::default();
-    let ok = match put(ctx, req, &mut stats).await {
-        Ok(()) => true,
+    let error = match put(ctx, req, &mut stats).await {
+        Ok(()) => None,
         Err(e) => {
-            warn!(blob = %req.blob, error = %e, "upload failed");
-            false
+            warn!(blob = %req.blob, error = %e.message, "upload failed");
+            Some(e)
         }
     };
-    (ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, ok, stats }), pinned)
+    (ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, error, stats }), pinned)
 }
 
-async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<(), String> {
+/// Puts the object into the job's store: a failure of the store itself is `StoreError`, naming
+/// the store and the cause; a node that lacks the object or cannot open the store, `NodeError`.
+async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<(), WireError> {
     if !ctx.cache.has(req.blob) {
-        return Err("not in this node's cache".into());
+        return Err(WireError::new(ErrorCode::NodeError, "not in this node's cache"));
     }
-    let store = ctx.store(&req.store).await?;
+    let store = ctx.store(&req.store).await.map_err(|e| WireError::new(ErrorCode::NodeError, e))?;
     stats.storage_puts += 1;
-    store.put_file(req.blob, &ctx.cache.path(req.blob)).await.map_err(|e| e.to_string())?;
+    let written = store.put_file(req.blob, &ctx.cache.path(req.blob)).await;
+    written.map_err(|e| WireError::new(ErrorCode::StoreError, format!("{}: {e}", req.store)))?;
     stats.storage_bytes_written += req.blob.size;
     Ok(())
 }

@@ -598,6 +598,9 @@ impl Planner {
         }
         let given_up = if error.code.is_thunk_fault() {
             Some(format!("thunk `{name}` failed: {}", error.message))
+        } else if error.code == ErrorCode::StoreError {
+            // The job's store refuses writes: running the thunk again elsewhere cannot help.
+            return self.fail(info.job, WireError::new(error.code, format!("thunk `{name}`: {}", error.message)));
         } else if job.requeue(info.thunk) > MAX_ATTEMPTS {
             Some(format!("thunk `{name}` could not run after {MAX_ATTEMPTS} attempts: {}", error.message))
         } else {
@@ -643,10 +646,13 @@ impl Planner {
         self.objects.get(&blob).map(|p| p.nodes.iter().copied().collect()).unwrap_or_default()
     }
 
-    /// A node answered an upload request: the object is in the job's store (or could not be put
-    /// there). An answer for a job that is not running, or for an object nobody asked that node
-    /// to upload, says nothing about any store and is ignored.
-    pub fn stored(&mut self, node: NodeId, job: JobId, blob: Id, ok: bool, stats: TransferStats) {
+    /// A node answered an upload request: the object is in the job's store (`error` is `None`),
+    /// or could not be put there. A store that refused it (`StoreError`) leaves the object on the
+    /// node; a node that could not read it no longer counts as holding it. After
+    /// [`MAX_ATTEMPTS`] failures the job fails with the last cause. An answer for a job that is
+    /// not running, or for an object nobody asked that node to upload, says nothing about any
+    /// store and is ignored.
+    pub fn stored(&mut self, node: NodeId, job: JobId, blob: Id, error: Option<&WireError>, stats: TransferStats) {
         let asked = self.nodes.get_mut(&node).is_some_and(|s| s.uploads.remove(&(job, blob)));
         self.check_drained(node);
         let Some(j) = self.jobs.get_mut(&job) else { return };
@@ -656,17 +662,20 @@ impl Planner {
         j.stats += stats;
         j.wake_blob(blob);
         let store = j.store;
-        if ok {
-            self.objects.entry(blob).or_default().stored_in(store);
-        } else {
-            self.unplace(blob, node);
-            let failures = self.jobs.get_mut(&job).map(|j| {
-                j.upload_failures += 1;
-                j.upload_failures
-            });
-            if failures > Some(MAX_ATTEMPTS) {
-                let error = WireError::new(ErrorCode::NodeError, format!("could not write target {blob} to storage"));
-                return self.fail(job, error);
+        match error {
+            None => self.objects.entry(blob).or_default().stored_in(store),
+            Some(error) => {
+                if error.code != ErrorCode::StoreError {
+                    self.unplace(blob, node);
+                }
+                let failures = self.jobs.get_mut(&job).map(|j| {
+                    j.upload_failures += 1;
+                    j.upload_failures
+                });
+                if failures > Some(MAX_ATTEMPTS) {
+                    let message = format!("could not write target {blob} to storage: {}", error.message);
+                    return self.fail(job, WireError::new(error.code, message));
+                }
             }
         }
         let jobs: Vec<JobId> = self.jobs.keys().copied().collect();

@@ -210,7 +210,7 @@ mod invariants {
                             }
                             running.push(a);
                         }
-                        Decision::Upload { node, job, blob } => p.stored(node, job, blob, true, TransferStats::default()),
+                        Decision::Upload { node, job, blob } => p.stored(node, job, blob, None, TransferStats::default()),
                         Decision::JobDone { .. } => return Ok(()),
                         Decision::JobFailed { error, .. } => prop_assert!(false, "job failed: {}", error.message),
                         _ => {}

@@ -6,7 +6,7 @@ use thunkmesh_protocol::wire::{
 };
 use thunkmesh_protocol::{Id, Program, Ref, Thunk};
 
-use crate::{Assign, Decision, JobId, Place, Planner};
+use crate::{Assign, Decision, JobId, MAX_ATTEMPTS, Place, Planner};
 
 const JOB: JobId = 7;
 
@@ -63,7 +63,7 @@ pub(crate) fn assigns(ds: &[Decision]) -> Vec<Assign> {
 fn answer_uploads(p: &mut Planner, ds: &[Decision]) {
     for d in ds {
         if let Decision::Upload { node, job, blob } = d {
-            p.stored(*node, *job, *blob, true, TransferStats::default());
+            p.stored(*node, *job, *blob, None, TransferStats::default());
         }
     }
 }
@@ -344,7 +344,7 @@ fn an_unavailable_input_reruns_its_producer_and_gives_up_after_repeated_node_err
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let error = WireError::new(ErrorCode::NodeError, "disk full");
-    for _ in 0..crate::MAX_ATTEMPTS {
+    for _ in 0..MAX_ATTEMPTS {
         let task = assigns(&drain(&mut p))[0].task;
         p.task_failed(1, task, &error, &[], TransferStats::default());
     }
@@ -567,7 +567,7 @@ fn a_draining_node_uploads_what_others_need_then_may_go() {
     let ds = drain(&mut p);
     assert!(ds.contains(&Decision::Upload { node: a_run.node, job: JOB, blob: a_blob }));
     assert!(!ds.iter().any(|d| matches!(d, Decision::Drained { .. })), "not before the upload is done");
-    p.stored(a_run.node, JOB, a_blob, true, TransferStats::default());
+    p.stored(a_run.node, JOB, a_blob, None, TransferStats::default());
     assert!(drain(&mut p).contains(&Decision::Drained { node: a_run.node }));
     p.node_left(a_run.node);
     p.task_done(b_run.node, b_run.task, &blob_output(b"B"), TransferStats::default());
@@ -606,7 +606,7 @@ fn a_peer_that_cannot_serve_uploads_and_the_consumer_reads_storage() {
     let ds = drain(&mut p);
     assert!(ds.contains(&Decision::Upload { node: a_run.node, job: JOB, blob: a_blob }));
     assert!(assigns(&ds).is_empty(), "c waits for the upload");
-    p.stored(a_run.node, JOB, a_blob, true, TransferStats::default());
+    p.stored(a_run.node, JOB, a_blob, None, TransferStats::default());
     let again = assigns(&drain(&mut p)).remove(0);
     assert_eq!(again.thunk, c.id());
     let places: Vec<&Vec<Place>> = again.sources.iter().filter(|(b, _)| *b == a_blob).map(|(_, p)| p).collect();
@@ -628,6 +628,41 @@ fn a_job_that_requires_direct_transfers_fails_instead_of_falling_back() {
     assert!(message.contains("--require-direct") && message.contains("no direct path within 3s"), "{message}");
 }
 
+/// A store that refuses to take a target (full, read-only) is not the producer's fault: nothing
+/// runs again, the upload is asked again a few times, then the job fails with the store's cause
+/// (issue 28: the chain reran five times, and the cause was only in the node's log).
+#[test]
+fn a_store_that_refuses_a_target_fails_the_job_with_its_cause_and_reruns_nothing() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    let run = assigns(&drain(&mut p)).remove(0);
+    p.task_done(run.node, run.task, &blob_output(b"A"), TransferStats::default());
+    let full = WireError::new(ErrorCode::StoreError, "file:///store: No space left on device (os error 28)");
+    let (mut uploads, mut failed) = (0, None);
+    for _ in 0..=MAX_ATTEMPTS + 1 {
+        let ds = drain(&mut p);
+        assert!(assigns(&ds).is_empty(), "nothing runs again: {ds:?}");
+        failed = failed.or_else(|| {
+            ds.iter().find_map(|d| match d {
+                Decision::JobFailed { error, .. } => Some(error.clone()),
+                _ => None,
+            })
+        });
+        for d in &ds {
+            if let Decision::Upload { node, job, blob } = d {
+                uploads += 1;
+                p.stored(*node, *job, *blob, Some(&full), TransferStats::default());
+            }
+        }
+    }
+    let failed = failed.expect("the job failed");
+    assert_eq!(failed.code, ErrorCode::StoreError);
+    assert!(failed.message.ends_with("to storage: file:///store: No space left on device (os error 28)"), "{failed:?}");
+    assert_eq!(uploads, MAX_ATTEMPTS + 1);
+}
+
 #[test]
 fn a_failed_fallback_upload_recomputes_the_object() {
     let mut p = Planner::new();
@@ -638,7 +673,13 @@ fn a_failed_fallback_upload_recomputes_the_object() {
     let refused = WireError::new(ErrorCode::InputUnavailable, "not in cache");
     p.task_failed(c_run.node, c_run.task, &refused, &[a_blob], TransferStats::default());
     drain(&mut p);
-    p.stored(a_run.node, JOB, a_blob, false, TransferStats::default());
+    p.stored(
+        a_run.node,
+        JOB,
+        a_blob,
+        Some(&WireError::new(ErrorCode::NodeError, "not in cache")),
+        TransferStats::default(),
+    );
     let rerun = assigns(&drain(&mut p));
     assert_eq!(rerun.len(), 1);
     assert_eq!(rerun[0].thunk, a_run.thunk, "the producer runs again");
@@ -657,7 +698,7 @@ fn output_finished_while_draining_is_uploaded_before_the_node_goes() {
     assert!(!ds.iter().any(|d| matches!(d, Decision::Drained { .. })), "not before the upload");
     let c_run = assigns(&ds).into_iter().chain(assigns(&drain(&mut p))).find(|x| x.thunk == c.id());
     assert!(c_run.is_none_or(|x| x.node == a_run.node), "c cannot go to the draining node");
-    p.stored(b_run.node, JOB, b_blob, true, TransferStats::default());
+    p.stored(b_run.node, JOB, b_blob, None, TransferStats::default());
     let ds = drain(&mut p);
     assert_eq!(ds.iter().filter(|d| matches!(d, Decision::Drained { .. })).count(), 1);
 }
@@ -739,9 +780,9 @@ fn storage_facts_belong_to_one_store() {
     assert!(job_done(&drain(&mut p)).is_some(), "the target reached store a");
 
     // Lies about a job that does not exist, and an upload nobody asked of job 2.
-    p.stored(1, 99, Id::of_blob(b"A"), true, TransferStats::default());
+    p.stored(1, 99, Id::of_blob(b"A"), None, TransferStats::default());
     p.submit(2, on("file:///b")).expect("valid job");
-    p.stored(1, 2, Id::of_blob(b"A"), true, TransferStats::default());
+    p.stored(1, 2, Id::of_blob(b"A"), None, TransferStats::default());
     let ds = drain(&mut p);
     assert!(job_done(&ds).is_none(), "store b does not hold the target yet: {ds:?}");
     let upload = ds.iter().any(|d| matches!(d, Decision::Upload { job: 2, blob, .. } if *blob == Id::of_blob(b"A")));

@@ -91,7 +91,7 @@ fn run_to_the_end(planner: &mut Planner, measure: impl Fn() -> usize) -> (usize,
         while let Some(decision) = planner.poll() {
             match decision {
                 Decision::Assign(a) => assigned.push(a),
-                Decision::Upload { node, job, blob } => planner.stored(node, job, blob, true, TransferStats::default()),
+                Decision::Upload { node, job, blob } => planner.stored(node, job, blob, None, TransferStats::default()),
                 Decision::JobDone { .. } => return (ran, peak),
                 Decision::JobFailed { error, .. } => panic!("the job failed: {error}"),
                 _ => {}

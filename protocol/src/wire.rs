@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -462,8 +462,9 @@ pub struct Stored {
     pub job: u64,
     /// The object.
     pub blob: Id,
-    /// Whether the upload succeeded.
-    pub ok: bool,
+    /// Why the upload failed (`None`: it succeeded): `StoreError` when the store refused it
+    /// (the object is still on the node), `NodeError` when the node could not read it.
+    pub error: Option<WireError>,
     /// What the upload moved.
     pub stats: TransferStats,
 }
@@ -571,6 +572,9 @@ pub enum ErrorCode {
     ModifiedInput,
     /// A job is larger than the rendezvous takes (its configured limits).
     TooLarge,
+    /// The job's store refused or failed a write (full, read-only, denied); what was to be
+    /// written is still where it was.
+    StoreError,
 }
 
 impl ErrorCode {
@@ -773,8 +777,10 @@ mod tests {
                     })
                 }
             ),
-            (any::<u64>(), arb_id(), any::<bool>(), arb_stats())
-                .prop_map(|(job, blob, ok, stats)| ToRendezvous::Stored(Stored { job, blob, ok, stats })),
+            (any::<u64>(), arb_id(), proptest::option::of(".{0,40}"), arb_stats()).prop_map(|(job, blob, m, stats)| {
+                let error = m.map(|m| WireError::new(ErrorCode::StoreError, m));
+                ToRendezvous::Stored(Stored { job, blob, error, stats })
+            }),
             Just(ToRendezvous::Drain),
             Just(ToRendezvous::Status),
             proptest::collection::vec(arb_id(), 0..4).prop_map(ToRendezvous::Holds),

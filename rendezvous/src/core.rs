@@ -278,7 +278,7 @@ impl Core {
                 }
                 self.planner.task_failed(from, f.task, &f.error, &f.unavailable, f.stats);
             }
-            ToRendezvous::Stored(s) if is_node => self.planner.stored(from, s.job, s.blob, s.ok, s.stats),
+            ToRendezvous::Stored(s) if is_node => self.planner.stored(from, s.job, s.blob, s.error.as_ref(), s.stats),
             ToRendezvous::Drain if is_node => {
                 info!(node = from, "node draining");
                 self.planner.node_draining(from);

@@ -229,7 +229,7 @@ impl Sim {
 
     fn upload(&mut self, node: u64) -> bool {
         let Some(u) = self.nodes.get_mut(&node).and_then(|s| s.uploads.pop()) else { return false };
-        let stored = Stored { job: u.job, blob: u.blob, ok: true, stats: TransferStats::default() };
+        let stored = Stored { job: u.job, blob: u.blob, error: None, stats: TransferStats::default() };
         self.message(node, ToRendezvous::Stored(stored));
         true
     }
@@ -284,7 +284,7 @@ impl Sim {
                         1 => ToRendezvous::Stored(Stored {
                             job: rng.below(self.next_session + 2),
                             blob,
-                            ok: true,
+                            error: None,
                             stats: TransferStats::default(),
                         }),
                         2 => ToRendezvous::Holds(vec![blob]),

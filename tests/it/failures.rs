@@ -291,3 +291,31 @@ fn a_client_killed_mid_job_keeps_the_memo_entries_of_what_finished() {
     assert_eq!(rerun.out("all.txt"), b"0\n1\n2\n3\n");
     assert_eq!(rerun.num("thunks_executed"), 1, "the four parts came from the memo cache: {}", rerun.summary);
 }
+
+/// Issue 28, finding 9: a store that is full ends the run at once, in both modes, with one error
+/// that names the store and the cause (it was only in the node's log, after the chain ran again
+/// and again), and nothing runs twice.
+#[test]
+fn a_full_store_ends_the_run_at_once_with_its_cause() {
+    if !crate::util::is_root() {
+        eprintln!("skipped: a full store is a small tmpfs, which takes root (as in CI)");
+        return;
+    }
+    for mode in ["p2p", "storage"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::util::Tmpfs::mount(&dir.path().join("store"), 4);
+        // Each run of the thunk leaves a line in `runs` (the sandbox is off for that).
+        let runs = dir.path().join("runs");
+        let job = crate::util::SIX_MEGABYTES.replace("/bin/dd", &format!("echo ran >> {}; /bin/dd", runs.display()));
+        let job = write(dir.path(), &[("job.toml", &job)]);
+        let url = format!("file://{}", store.0.display());
+        let started = std::time::Instant::now();
+        let run = crate::util::run_with_sandbox(dir.path(), &job, "off", &["--store", &url, "--mode", mode]);
+        assert_eq!(run.code, Some(1), "{mode}: {}", run.stderr);
+        let error = run.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+        assert!(error.contains(&url) && error.contains("No space left on device"), "{mode}: {}", run.stderr);
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{mode}: {:?}", started.elapsed());
+        let ran = std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
+        assert_eq!(ran, 1, "{mode}: the thunk ran {ran} times");
+    }
+}

@@ -249,7 +249,7 @@ impl<'a> Sim<'a> {
                 self.out.busy_seconds += busy_micros as f64 / 1e6;
                 self.planner.task_done(node, task, &outputs, TransferStats::default());
             }
-            Event::Stored { node, blob } => self.planner.stored(node, JOB, blob, true, TransferStats::default()),
+            Event::Stored { node, blob } => self.planner.stored(node, JOB, blob, None, TransferStats::default()),
             Event::Tick => self.tick_at = None,
         }
     }
