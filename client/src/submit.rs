@@ -137,8 +137,38 @@ pub struct JobRun<'a> {
 }
 
 /// Runs a job on the mesh at `target`; `started` is when the user's command started (for
-/// `wall_ms`).
+/// `wall_ms`). A job that failed because one of its own inputs was not in storage after all (a
+/// node found the stored copy corrupt and removed it, or it went missing) is submitted again
+/// after the next upload puts the right bytes there, once for each such input: what completed
+/// is in the memo cache and does not run again.
 pub async fn run_job(
+    run: JobRun<'_>,
+    target: &Target,
+    reporter: &mut dyn Reporter,
+    started: Instant,
+) -> Result<Summary, RunError> {
+    let mut uploaded_again = BTreeSet::new();
+    loop {
+        match run_once(run, target, reporter, started).await {
+            Err(RunError::JobFailed(e)) if let Some(lost) = lost_value(&e, run.job, &uploaded_again) => {
+                reporter.phase(&format!("input {lost} was not in storage after all: uploading it again"));
+                uploaded_again.insert(lost);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The job's own input that `e` says no node and no store has (and that was not uploaded again
+/// already).
+fn lost_value(e: &WireError, job: &LoadedJob, uploaded_again: &BTreeSet<Id>) -> Option<Id> {
+    if e.code != ErrorCode::InputUnavailable {
+        return None;
+    }
+    job.values.keys().copied().find(|id| !uploaded_again.contains(id) && e.message.contains(&id.to_string()))
+}
+
+async fn run_once(
     run: JobRun<'_>,
     target: &Target,
     reporter: &mut dyn Reporter,

@@ -203,6 +203,10 @@ impl Places {
             self.stores.push(store);
         }
     }
+
+    fn forget_store(&mut self, store: StoreKey) {
+        self.stores.retain(|s| *s != store);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +219,8 @@ struct TaskInfo {
     inputs: Vec<Id>,
     /// Those the node lacked when it was assigned (what it holds anew once it is done).
     fetched: Vec<Id>,
+    /// Those it was told it could read from storage.
+    from_storage: Vec<Id>,
     /// What tasks it is compared with to call it a straggler.
     kind: speculate::Kind,
 }
@@ -631,8 +637,15 @@ impl Planner {
         }
         for blob in unavailable {
             // A node that no longer has what it was counted on for (evicted before the
-            // rendezvous heard) is not counted on again.
+            // rendezvous heard) is not counted on again; nor is a store the task was told to
+            // read it from and that gave nothing good (the node removed a corrupt copy), until
+            // something is stored there again.
             self.unplace(*blob, info.node);
+            if info.from_storage.contains(blob)
+                && let Some(places) = self.objects.get_mut(blob)
+            {
+                places.forget_store(store);
+            }
             let in_storage = self.objects.get(blob).is_some_and(|p| p.in_store(store));
             match self.holders(*blob).into_iter().find(|&n| n != info.node) {
                 Some(holder) if !in_storage => self.request_fallback_upload(holder, info.job, *blob),
@@ -1121,7 +1134,10 @@ impl Planner {
         }
         let kind = speculate::Kind::of(self.jobs.get(&job), thunk, &resolved);
         let fetched = sources.iter().map(|(blob, _)| *blob).collect();
-        let info = TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone(), fetched, kind };
+        let from_storage =
+            sources.iter().filter(|(_, places)| places.contains(&Place::Storage)).map(|(blob, _)| *blob).collect();
+        let info =
+            TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone(), fetched, from_storage, kind };
         self.tasks.insert(task, info);
         self.watch_straggler(task);
         self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));

@@ -84,36 +84,35 @@ fn an_empty_token_is_refused_and_the_key_is_private() {
     assert!(stderr.contains("THUNKMESH_TOKEN is empty"), "{stderr}");
 }
 
-/// Issue 12, finding 10: a corrupt input in the store used to fail every rerun, since the client
-/// trusted a HEAD with the right size. The run that finds it removes it; the next one uploads
-/// the right bytes and succeeds.
+/// Issue 28, finding 10: every object of the store damaged (the job's five inputs and its
+/// target), node caches gone: the nodes find the inputs corrupt and remove them, and the same
+/// `run` uploads the right bytes again and finishes (five corrupt inputs cost four failed runs).
 #[test]
-fn a_corrupt_object_in_the_store_is_repaired_by_the_next_upload() {
+fn corrupt_inputs_in_the_store_are_uploaded_again_in_the_same_run() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let job = copy_job(dir.path(), "stored bytes\n");
+    let mut files = vec![(
+        "job.toml",
+        "[values]\nv1 = \"v1.txt\"\nv2 = \"v2.txt\"\nv3 = \"v3.txt\"\nv4 = \"v4.txt\"\nv5 = \"v5.txt\"\n\n\
+         [[thunk]]\nname = \"cat\"\nprogram = { host = \"/bin/cat\" }\nargs = [\"1\", \"2\", \"3\", \"4\", \"5\"]\n\
+         inputs = { \"1\" = \"v1\", \"2\" = \"v2\", \"3\" = \"v3\", \"4\" = \"v4\", \"5\" = \"v5\" }\nstdout = true\n\n\
+         [targets]\n\"all.txt\" = \"cat#stdout\"\n",
+    )];
+    let values: Vec<(String, String)> = (1..=5).map(|i| (format!("v{i}.txt"), format!("value {i}\n"))).collect();
+    files.extend(values.iter().map(|(name, text)| (name.as_str(), text.as_str())));
+    let job = write(dir.path(), &files);
     crate::util::run_in(dir.path(), &job, &["--workers", "1"]).ok();
     let state = dir.path().join(".thunkmesh");
-    let blobs = state.join("store/blobs");
-    for entry in std::fs::read_dir(&blobs).expect("blobs") {
+    for entry in std::fs::read_dir(state.join("store/blobs")).expect("blobs") {
         let path = entry.expect("entry").path();
         let bytes: Vec<u8> = std::fs::read(&path).expect("read").iter().map(|b| !b).collect();
         std::fs::write(&path, bytes).expect("damage");
     }
-    // Fresh node caches, so the input must come from the store.
-    for entry in std::fs::read_dir(&state).expect("state") {
-        let path = entry.expect("entry").path();
-        if path.file_name().is_some_and(|n| n != "store") && path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("remove");
-        }
-    }
-    let found = crate::util::run_in(dir.path(), &job, &["--workers", "1", "--memo", "off"]);
-    assert_eq!(found.code, Some(1), "{}", found.stderr);
-    // The first attempt finds it corrupt and removes it; the retries find it gone.
-    let said = ["is corrupt", "not in storage"];
-    assert!(said.iter().any(|s| found.stderr.contains(s)), "{}", found.stderr);
+    // Fresh node caches, so the inputs must come from the store.
+    std::fs::remove_dir_all(state.join("nodes")).expect("remove the nodes' caches");
     let repaired = crate::util::run_in(dir.path(), &job, &["--workers", "1", "--memo", "off"]);
     repaired.ok();
-    assert_eq!(repaired.out("copy.txt"), b"stored bytes\nstored bytes\n");
+    assert!(repaired.stderr.contains("was not in storage after all: uploading it again"), "{}", repaired.stderr);
+    assert_eq!(repaired.out("all.txt"), b"value 1\nvalue 2\nvalue 3\nvalue 4\nvalue 5\n");
 }
 
 /// Issue 12, finding 11: a job on a rendezvous with no node waited without a word.
