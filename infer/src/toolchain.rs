@@ -284,7 +284,26 @@ fn trace_link_in(dir: &Path, driver: &Path, options: &[String]) -> Result<Vec<St
             files.insert(normal(Path::new(file)).display().to_string());
         }
     }
+    // The linker also opens the libraries a shared library depends on (`libreadline.so` needs
+    // `libtinfo.so.6`) to check its undefined symbols, which `-t` does not print, and which the
+    // stub, linked `--as-needed`, never makes it open: the loader's answer (`ldd`) names them, at
+    // the path it found and the one links lead to, so the root has them wherever ld looks.
+    let shared: Vec<PathBuf> = files.iter().map(PathBuf::from).filter(|f| is_shared_library(f)).collect();
+    for library in shared {
+        for needed in libraries(&library).unwrap_or_default() {
+            files.insert(normal(&needed).display().to_string());
+            if let Ok(real) = std::fs::canonicalize(&needed) {
+                files.insert(real.display().to_string());
+            }
+        }
+    }
     Ok(files.into_iter().collect())
+}
+
+/// Whether `path` names a shared library (`libx.so`, `libx.so.6`).
+fn is_shared_library(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.ends_with(".so") || name.contains(".so.")
 }
 
 #[cfg(test)]

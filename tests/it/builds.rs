@@ -162,6 +162,41 @@ fn a_generator_the_build_compiles_and_runs_works_under_infer() {
     assert_eq!(said.stdout, b"42\n");
 }
 
+/// libtool's way of making a static library of a convenience library: `ar x` of the archive
+/// (still a placeholder under `infer`), `ar t` to check its member names, and `ar cr` of the
+/// extracted members; the convenience library itself is made in two steps (added to in place).
+#[test]
+fn members_of_an_archive_that_is_still_a_placeholder_are_extracted_and_listed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    project(dir.path(), &LIBRARY);
+    let makefile = "prog: main.o libfull.a\n\t$(CC) -o prog main.o libfull.a\n\
+        %.o: %.c ab.h\n\t$(CC) -O2 -c $< -o $@\n\
+        libconv.a: a.o b.o\n\trm -f $@\n\tar cr $@ a.o\n\tar cr $@ b.o\n\tranlib $@\n\
+        libfull.a: libconv.a\n\trm -rf lax && mkdir lax\n\tcd lax && ar x $(CURDIR)/libconv.a\n\t\
+        ar t libconv.a > members.txt\n\tar cr $@ lax/a.o lax/b.o\n\tranlib $@\n";
+    project(dir.path(), &[("Makefile", makefile)]);
+    let (infer, _) = as_make_builds_it(dir.path(), &[], &["a.o", "b.o", "main.o", "libconv.a", "libfull.a", "prog"]);
+    assert!(!infer.stderr.contains("ran the real tool"), "every call was modelled: {}", infer.stderr);
+    assert_eq!(std::fs::read_to_string(dir.path().join("members.txt")).expect("read"), "a.o\nb.o\n");
+    let said = std::process::Command::new(dir.path().join("prog")).output().expect("run prog");
+    assert_eq!(said.stdout, b"42\n");
+}
+
+/// A link against a system library that needs another (`libreadline.so` needs
+/// `libtinfo.so.6`, which the linker opens to check readline's undefined symbols): the link's
+/// own root holds both.
+#[test]
+fn a_link_against_a_system_library_brings_what_that_library_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let main = "#include <stdio.h>\n#include <stdlib.h>\n#include <readline/readline.h>\n\
+        int main(int argc, char **argv) { if (argc > 5) free(readline(\"> \")); puts(\"linked\"); return 0; }\n";
+    let makefile = "prog: main.o\n\t$(CC) -o prog main.o -lreadline\nmain.o: main.c\n\t$(CC) -O2 -c main.c\n";
+    project(dir.path(), &[("Makefile", makefile), ("main.c", main)]);
+    as_make_builds_it(dir.path(), &[], &["main.o", "prog"]);
+    let said = std::process::Command::new(dir.path().join("prog")).output().expect("run prog");
+    assert_eq!(said.stdout, b"linked\n");
+}
+
 /// A configure step under `infer` is refused before anything runs; a probe that a build makes
 /// (autoconf's `conftest`) runs the real compiler, and `infer` counts and names it.
 #[test]

@@ -3,12 +3,17 @@
 //! placeholder has nothing to add and records nothing. `strip` of a placeholder becomes a thunk
 //! that strips a copy. Both read an existing archive or program through the copy-then-run shell
 //! line of [`in_place`], since a thunk's input and output cannot be one path (so their roots hold
-//! `sh`, `cp` and `chmod` besides the tool).
+//! `sh`, `cp` and `chmod` besides the tool). `ar x` and `ar t` of an archive that is still a
+//! placeholder are answered from the thunks that make it ([`members_of`]): no archive is needed.
 
 use std::path::{Path, PathBuf};
 
+use thunkmesh_protocol::thunk::SANDBOX_DIR;
+use thunkmesh_protocol::{Id, Ref};
+
 use super::{Call, Outcome};
 use crate::placeholder::Placeholder;
+use crate::state::State;
 use crate::toolchain::{self, Root};
 use crate::wrap::WrapError;
 
@@ -65,9 +70,10 @@ pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
     if ops == "s" {
         return ranlib_of(call, &parsed.archive);
     }
-    let insertion = ops.chars().filter(|c| *c == 'r' || *c == 'q').count() == 1
-        && ops.chars().all(|c| c == 'r' || c == 'q' || MODIFIERS.contains(c));
-    if !insertion {
+    if matches!(ops, "x" | "xo" | "ox" | "xv" | "t") && Placeholder::is_at(&call.cwd.join(&parsed.archive)) {
+        return extract_or_list(call, &parsed);
+    }
+    if !is_insertion(ops) {
         return Ok(Outcome::Real(format!("`ar {ops}` is not an insertion the model knows")));
     }
     let ArArgs { options, archive, members, .. } = &parsed;
@@ -89,9 +95,94 @@ pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
 /// Whether `word` is the operation of a thin archive's insertion as the model records it (so a
 /// link that reads the archive also reads its members, which the archive names by path).
 pub(super) fn is_thin_insertion(word: &str) -> bool {
-    word.contains('T')
-        && word.contains(['r', 'q'])
-        && word.chars().all(|c| c == 'r' || c == 'q' || MODIFIERS.contains(c))
+    word.contains('T') && is_insertion(word)
+}
+
+/// Whether `ops` is one insertion (`r` or `q`) with modifiers the model writes archives with.
+fn is_insertion(ops: &str) -> bool {
+    ops.chars().filter(|c| *c == 'r' || *c == 'q').count() == 1
+        && ops.chars().all(|c| c == 'r' || c == 'q' || MODIFIERS.contains(c))
+}
+
+/// `ar x` (or `t`) of an archive that is still a placeholder, as libtool does to make a static
+/// library of a convenience library: the archive's members are known from the thunk that makes
+/// it, so each extracted member is a placeholder of the same output (or a copy of the same
+/// recorded bytes), and `t` lists their names, in the archive's order.
+fn extract_or_list(call: &Call, parsed: &ArArgs) -> Result<Outcome, WrapError> {
+    let Some(Placeholder { output: Ref::Output { thunk, .. } }) =
+        Placeholder::read(&call.cwd.join(&parsed.archive)).ok().flatten()
+    else {
+        return Ok(Outcome::Real("not an archive the ar model made".into()));
+    };
+    let members = match members_of(&call.state, thunk, 0)? {
+        Ok(members) => members,
+        Err(why) => return Ok(Outcome::Real(why)),
+    };
+    let wanted = |name: &String| parsed.members.is_empty() || parsed.members.contains(name);
+    for (name, member) in members.iter().filter(|(name, _)| wanted(name)) {
+        match parsed.ops.contains('t') {
+            true => println!("{name}"),
+            false => extract(call, name, member, parsed.ops.contains('v'))?,
+        }
+    }
+    Ok(Outcome::Recorded)
+}
+
+/// Writes the member `name` (which is `member`) into the call's folder.
+fn extract(call: &Call, name: &str, member: &Ref, verbose: bool) -> Result<(), WrapError> {
+    let path = call.cwd.join(name);
+    let io = |error| WrapError::Io { path: path.display().to_string(), error };
+    match member {
+        Ref::Output { .. } => Placeholder { output: member.clone() }.write(&path, 0o644).map_err(io)?,
+        Ref::Blob(id) => drop(std::fs::copy(call.state.blob(*id)?, &path).map_err(io)?),
+    }
+    if verbose {
+        println!("x - {name}");
+    }
+    Ok(())
+}
+
+/// The members of the archive that the recorded `ar` thunk `id` writes, by name in the
+/// archive's order, each with what it is; the inner error is why they cannot be known (an
+/// archive that began as a real file, a member the thunk does not read).
+fn members_of(state: &State, id: Id, depth: usize) -> Result<Result<Vec<(String, Ref)>, String>, WrapError> {
+    let thunk = state.thunk(id)?;
+    let Some(at) = thunk.args.iter().position(|a| is_insertion(a)) else {
+        return Ok(Err("the archive's placeholder is not of an `ar` insertion".into()));
+    };
+    let ops = thunk.args[at].clone();
+    let mut members = Vec::new();
+    if let Some((_, before)) = thunk.inputs.iter().find(|(path, _)| path.ends_with(".thunkmesh-in")) {
+        match before {
+            Ref::Output { thunk: earlier, .. } if depth < 64 => match members_of(state, *earlier, depth + 1)? {
+                Ok(earlier) => members = earlier,
+                Err(why) => return Ok(Err(why)),
+            },
+            _ => return Ok(Err("the archive was added to one made for real".into())),
+        }
+    }
+    for written in thunk.args.iter().skip(at + 2) {
+        let Some(member) = thunk.inputs.get(&sandbox_member(thunk.dir.as_deref(), written)) else {
+            return Ok(Err(format!("the archive's thunk does not read its member {written}")));
+        };
+        let name = written.rsplit('/').next().unwrap_or(written).to_owned();
+        match members.iter_mut().find(|(n, _)| *n == name).filter(|_| ops.contains('r')) {
+            Some(same) => same.1 = member.clone(),
+            None => members.push((name, member.clone())),
+        }
+    }
+    Ok(Ok(members))
+}
+
+/// The sandbox path of a member named `written` by an `ar` thunk that runs in `dir`.
+fn sandbox_member(dir: Option<&str>, written: &str) -> String {
+    let sandbox = format!("{SANDBOX_DIR}/");
+    let path = match written.strip_prefix(&sandbox) {
+        Some(rest) => std::path::PathBuf::from("/").join(rest),
+        None => Path::new("/").join(dir.unwrap_or_default()).join(written),
+    };
+    let normal = crate::toolchain::normal(&path);
+    normal.strip_prefix("/").unwrap_or(&normal).display().to_string()
 }
 
 /// The operation and modifiers `ops` as the model runs them: deterministic (`D`, so not `U`,

@@ -46,8 +46,10 @@ const WITH_VALUE: [&str; 25] = [
 ];
 
 /// Options that ask the compiler something rather than build: the real one answers.
-const PROBES: [&str; 12] = [
+const PROBES: [&str; 14] = [
     "-E",
+    "-V",
+    "-qversion",
     "-S",
     "-M",
     "-MM",
