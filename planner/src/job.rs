@@ -142,6 +142,10 @@ pub(crate) struct Job {
     resolved_out: Vec<(String, Reduction)>,
     executed: BTreeSet<Id>,
     pub(crate) upload_requested: BTreeSet<Id>,
+    /// Target blobs known to be in the job's store from this job: the client found them there,
+    /// or a node stored them for it. An older belief that a target is stored is not enough (the
+    /// store may have lost it since: a corrupt copy removed, a folder emptied).
+    pub(crate) confirmed_targets: BTreeSet<Id>,
     pub(crate) upload_failures: u32,
     pub(crate) stats: TransferStats,
     pub(crate) nodes_lost: u64,
@@ -196,6 +200,7 @@ impl Job {
             resolved_out: Vec::new(),
             executed: BTreeSet::new(),
             upload_requested: BTreeSet::new(),
+            confirmed_targets: BTreeSet::new(),
             upload_failures: 0,
             stats: TransferStats::default(),
             nodes_lost: 0,

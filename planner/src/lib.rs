@@ -490,10 +490,18 @@ impl Planner {
             return Err(PlanError::DuplicateJob(id));
         }
         let store = std::mem::take(&mut sub.store);
-        let stored = std::mem::take(&mut sub.stored);
+        let mut stored = std::mem::take(&mut sub.stored);
         let mut job = Job::new(sub)?;
         let next = StoreKey::try_from(self.stores.len()).unwrap_or(StoreKey::MAX);
         job.store = *self.stores.entry(store).or_insert(next);
+        stored.sort_unstable();
+        for target in job.targets.clone() {
+            if let Resolved::Blob(blob) = job.resolve(&target)
+                && stored.binary_search(&blob).is_ok()
+            {
+                job.confirmed_targets.insert(blob);
+            }
+        }
         for blob in stored {
             self.objects.entry(blob).or_default().stored_in(job.store);
         }
@@ -676,7 +684,10 @@ impl Planner {
         j.wake_blob(blob);
         let store = j.store;
         match error {
-            None => self.objects.entry(blob).or_default().stored_in(store),
+            None => {
+                j.confirmed_targets.insert(blob);
+                self.objects.entry(blob).or_default().stored_in(store);
+            }
             Some(error) => {
                 if error.code != ErrorCode::StoreError {
                     self.unplace(blob, node);
@@ -856,7 +867,9 @@ impl Planner {
                 }
             };
             let places = self.objects.get(&blob);
-            if places.is_some_and(|p| p.in_store(job.store)) {
+            // In storage mode the node that made it stored it for this job.
+            let trusted = job.mode == Mode::Storage || job.confirmed_targets.contains(&blob);
+            if places.is_some_and(|p| p.in_store(job.store)) && trusted {
                 job.target_stored(i);
                 continue;
             }

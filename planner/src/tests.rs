@@ -628,6 +628,37 @@ fn a_job_that_requires_direct_transfers_fails_instead_of_falling_back() {
     assert!(message.contains("--require-direct") && message.contains("no direct path within 3s"), "{message}");
 }
 
+/// Issue 28, finding 4: a target an earlier job stored is not taken to be in the store on that
+/// old word alone: this job's client did not find it there (a corrupt copy was removed), so the
+/// node that made it again uploads it (a self-hosted rendezvous failed every later run with
+/// "not in storage" until it restarted). What the client did find is not uploaded again.
+#[test]
+fn a_target_an_earlier_job_stored_is_uploaded_again_unless_this_job_found_it() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    let blob = Id::of_blob(b"A");
+    let mut run_job = |job: JobId| {
+        p.submit(job, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+        let run = assigns(&drain(&mut p)).remove(0);
+        p.task_done(run.node, run.task, &blob_output(b"A"), TransferStats::default());
+        let ds = drain(&mut p);
+        let uploaded = ds.contains(&Decision::Upload { node: run.node, job, blob });
+        answer_uploads(&mut p, &ds);
+        assert!(job_done(&drain(&mut p)).is_some() || job_done(&ds).is_some(), "job {job} is done");
+        uploaded
+    };
+    assert!(run_job(1), "the first job uploads its target");
+    assert!(run_job(2), "the second, whose client did not find it in the store, too");
+    // The client of a third knows the result from the memo cache and found it in the store.
+    let mut sub = submission(&[("a", &a)], vec![out(&a)], vec![program(), blob]);
+    sub.memo = vec![thunkmesh_protocol::wire::Reduction { thunk: a.id(), outputs: vec![("out".into(), blob)] }];
+    p.submit(3, sub).expect("valid job");
+    let ds = drain(&mut p);
+    assert!(assigns(&ds).is_empty() && !ds.iter().any(|d| matches!(d, Decision::Upload { .. })), "{ds:?}");
+    assert!(job_done(&ds).is_some(), "{ds:?}");
+}
+
 /// A store that refuses to take a target (full, read-only) is not the producer's fault: nothing
 /// runs again, the upload is asked again a few times, then the job fails with the store's cause
 /// (issue 28: the chain reran five times, and the cause was only in the node's log).

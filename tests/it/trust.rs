@@ -136,3 +136,26 @@ fn a_job_with_no_node_to_run_on_says_so() {
         }
     }
 }
+
+/// Issue 28, finding 4: on a self-hosted rendezvous, a target removed from the store after a run
+/// (a corrupt copy the client removed, a folder emptied) failed every later run with "not in
+/// storage" until the rendezvous restarted, since it still believed the store had it. The next
+/// run stores it again.
+#[test]
+fn a_target_the_store_lost_is_stored_again_by_the_next_run_on_a_long_lived_rendezvous() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let _node = rdv.node(&dir.path().join("cache"), "n1");
+    let job = copy_job(dir.path(), "kept bytes\n");
+    let first = rdv.run_with(dir.path(), &job, &[]);
+    first.ok();
+    let target = first.summary["targets"]["copy.txt"].as_str().expect("a target id").to_owned();
+    let blobs = dir.path().join(".thunkmesh/store/blobs");
+    std::fs::remove_file(blobs.join(&target)).expect("remove the stored target");
+    for memo in ["on", "off"] {
+        let again = rdv.run_with(dir.path(), &job, &["--memo", memo]);
+        again.ok();
+        assert_eq!(again.out("copy.txt"), b"kept bytes\nkept bytes\n", "memo {memo}");
+        std::fs::remove_file(blobs.join(&target)).expect("stored again");
+    }
+}
