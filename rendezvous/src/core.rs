@@ -69,6 +69,8 @@ struct NodeEntry {
     awaited: Option<Awaited>,
     /// Consumers this node was told to dial.
     introduced: HashSet<u64>,
+    /// How many objects it announced that it holds (at most the core's `max_holds` count).
+    announced: u64,
 }
 
 impl NodeEntry {
@@ -126,10 +128,18 @@ enum Incoming {
     Planned(Duration),
 }
 
-#[derive(Debug, Default)]
+/// The most objects one node may announce that it holds: a node that says more (a hello of
+/// `u64::MAX`, an endless stream of `Holds`) has the rest ignored, so what the rendezvous keeps of
+/// one node stays bounded (about 50 MiB at this count). A node past it still runs work; only
+/// what it holds beyond it is not counted on.
+pub(crate) const MAX_HOLDS_PER_NODE: u64 = 1 << 20;
+
+#[derive(Debug)]
 pub(crate) struct Core {
     planner: Planner,
     limits: JobLimits,
+    /// [`MAX_HOLDS_PER_NODE`], or less in tests.
+    max_holds: u64,
     nodes: HashMap<u64, NodeEntry>,
     clients: HashMap<u64, ClientEntry>,
     out: VecDeque<Action>,
@@ -137,10 +147,36 @@ pub(crate) struct Core {
     now: Duration,
 }
 
+impl Default for Core {
+    fn default() -> Core {
+        Core {
+            planner: Planner::default(),
+            limits: JobLimits::default(),
+            max_holds: MAX_HOLDS_PER_NODE,
+            nodes: HashMap::new(),
+            clients: HashMap::new(),
+            out: VecDeque::new(),
+            now: Duration::ZERO,
+        }
+    }
+}
+
 impl Core {
     /// A core that takes jobs within `limits`.
     pub(crate) fn new(limits: JobLimits) -> Core {
         Core { limits, ..Core::default() }
+    }
+
+    /// A core that lets a node announce at most `max_holds` objects.
+    #[cfg(test)]
+    pub(crate) fn with_max_holds(max_holds: u64) -> Core {
+        Core { max_holds, ..Core::default() }
+    }
+
+    /// How many objects `node` announced that count.
+    #[cfg(test)]
+    pub(crate) fn announced(&self, node: u64) -> Option<u64> {
+        self.nodes.get(&node).map(|n| n.announced)
     }
 
     /// Takes one event at `now` (time since the core started).
@@ -195,7 +231,8 @@ impl Core {
                     fingerprint: hello.fingerprint,
                     isolation: hello.isolation.clone(),
                     introduced: HashSet::new(),
-                    awaited: Some(Awaited { left: hello.holds, held: Vec::new() }),
+                    awaited: Some(Awaited { left: hello.holds.min(self.max_holds), held: Vec::new() }),
+                    announced: 0,
                 };
                 self.nodes.insert(node, entry);
                 self.holds(node, Vec::new());
@@ -228,8 +265,21 @@ impl Core {
     }
 
     /// Part of a node's cache: kept until all it announced arrived, then the node is ready.
-    fn holds(&mut self, node: u64, held: Vec<Id>) {
+    fn holds(&mut self, node: u64, mut held: Vec<Id>) {
         let Some(entry) = self.nodes.get_mut(&node) else { return };
+        let room = self.max_holds.saturating_sub(entry.announced);
+        if held.len() as u64 > room {
+            // Said once, when the node crosses the limit.
+            if room > 0 {
+                warn!(
+                    node,
+                    limit = self.max_holds,
+                    "a node announced more objects than it may; the rest are not counted"
+                );
+            }
+            held.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+        }
+        entry.announced += held.len() as u64;
         let Some(awaited) = entry.awaited.as_mut() else {
             return self.planner.node_holds(node, &held);
         };
