@@ -209,7 +209,17 @@ pub(crate) fn link_options(
     local_lib: &dyn Fn(&str) -> bool,
     local_dir: &dyn Fn(&str) -> bool,
 ) -> Vec<String> {
-    const MODES: [&str; 12] = [
+    const MODES: [&str; 22] = [
+        "-ffast-math",
+        "-Ofast",
+        "-funsafe-math-optimizations",
+        "-pg",
+        "-p",
+        "--coverage",
+        "-fprofile-arcs",
+        "-fopenmp",
+        "-static-libstdc++",
+        "-shared-libgcc",
         "-shared",
         "-static",
         "-pie",
@@ -237,6 +247,7 @@ pub(crate) fn link_options(
             Some("-m") => true,
             _ => {
                 MODES.contains(&value.as_str())
+                    || value.starts_with("-fsanitize=")
                     || value.starts_with("-fuse-ld=")
                     || value == "-flto"
                     || value.starts_with("-flto=")

@@ -182,6 +182,28 @@ fn members_of_an_archive_that_is_still_a_placeholder_are_extracted_and_listed() 
     assert_eq!(said.stdout, b"42\n");
 }
 
+/// What the preprocessor does not name and the stub link does not open: an assembler source
+/// (`.s`, nettle's), `-ffast-math`'s `crtfastmath.o` (libogg's), and the startup files libtool's
+/// C++ shared links name by path with `-nostdlib` (flac's).
+#[test]
+fn assembler_sources_fast_math_and_startup_files_named_by_path_are_in_the_thunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    project(dir.path(), &LIBRARY);
+    let assembly = "\t.text\n\t.globl seven\n\t.type seven, @function\nseven:\n\tmovl $7, %eax\n\tret\n\
+        \t.section .note.GNU-stack,\"\",@progbits\n";
+    let makefile = "CRT = $(shell $(CC) -print-file-name=crti.o) $(shell $(CC) -print-file-name=crtbeginS.o)\n\
+        END = $(shell $(CC) -print-file-name=crtendS.o) $(shell $(CC) -print-file-name=crtn.o)\n\
+        all: fast libab.so seven.o\n\
+        %.o: %.c ab.h\n\t$(CC) -O2 -fPIC -c $< -o $@\n\
+        seven.o: seven.s\n\t$(CC) -c seven.s -o seven.o\n\
+        fast: main.o a.o b.o\n\t$(CC) -ffast-math -o fast main.o a.o b.o\n\
+        libab.so: a.o b.o\n\t$(CC) -shared -nostdlib $(CRT) a.o b.o -lc $(END) -Wl,-soname,libab.so -o libab.so\n";
+    project(dir.path(), &[("Makefile", makefile), ("seven.s", assembly)]);
+    as_make_builds_it(dir.path(), &[], &["a.o", "b.o", "main.o", "seven.o", "fast", "libab.so"]);
+    let said = std::process::Command::new(dir.path().join("fast")).output().expect("run fast");
+    assert_eq!(said.stdout, b"42\n");
+}
+
 /// A link against a system library that needs another (`libreadline.so` needs
 /// `libtinfo.so.6`, which the linker opens to check readline's undefined symbols): the link's
 /// own root holds both.

@@ -213,7 +213,15 @@ fn compile(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
         let mut thunk_args = args.flags.clone();
         thunk_args.extend(["-c".into(), source.clone(), "-o".into(), object.clone()]);
         thunk_args.extend(super::args::prefix_maps(&args.flags, &call.top, !call.real_paths()));
-        let inputs: Vec<PathBuf> = headers.local.iter().map(PathBuf::from).collect();
+        if !call.inside(Path::new(source)) {
+            return Ok(Outcome::Real(format!("compiles {source}, outside the build folder")));
+        }
+        // The source itself: `-M` does not name an assembler source (`.s`), which is not
+        // preprocessed.
+        let mut inputs: Vec<PathBuf> = headers.local.iter().map(PathBuf::from).collect();
+        if !inputs.iter().any(|i| call.cwd.join(i) == call.cwd.join(source)) {
+            inputs.push(PathBuf::from(source));
+        }
         let system = system_root(call, args, &headers.system, &[])?;
         call.record(&call.program, &thunk_args, &inputs, &[PathBuf::from(&object)], 0o644, &system)?;
         if let Some(only_user) = args.deps {
@@ -332,7 +340,11 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
             }
         } else if call.inside(path) {
             inputs.push(path.to_owned());
-        } else if !(operand.starts_with("/usr/") || operand.starts_with("/lib")) {
+        } else if operand.starts_with("/usr/") || operand.starts_with("/lib") {
+            // A system file named on the command line (libtool's C++ links name the startup
+            // files themselves, with `-nostdlib`): the link's root holds it.
+            headers.push(operand.clone());
+        } else {
             return Ok(Outcome::Real(format!("links {operand}, outside the build folder")));
         }
     }
