@@ -168,7 +168,7 @@ fn helpers(driver: &Path, names: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// What the driver answers to one `-print-*` question.
-fn ask(driver: &Path, question: &str) -> Result<String, String> {
+pub(crate) fn ask(driver: &Path, question: &str) -> Result<String, String> {
     let answer = run_driver(driver, Path::new("/"), &[question.to_owned()])?;
     answer.map(|out| out.trim().to_owned()).map_err(|err| format!("{} {question} failed: {err}", driver.display()))
 }

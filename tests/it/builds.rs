@@ -204,6 +204,30 @@ fn assembler_sources_fast_math_and_startup_files_named_by_path_are_in_the_thunks
     assert_eq!(said.stdout, b"42\n");
 }
 
+/// Meson archives with GCC's wrapper, `gcc-ar csrDT` (which runs `ar --plugin` with the LTO
+/// plugin found beside its compiler), and pixman links with `-fopenmp` (the driver reads
+/// `libgomp.spec`): both in the thunks' roots (pixman failed on each).
+#[test]
+fn gcc_ar_and_openmp_links_bring_their_plugin_and_spec() {
+    if !is_root() {
+        eprintln!("skipped: gcc-ar is caught by path, which takes a mount namespace (root, as in CI)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    project(dir.path(), &LIBRARY);
+    let makefile = "all: omp thin\n\
+        %.o: %.c ab.h\n\t$(CC) -O2 -c $< -o $@\n\
+        libab.a: a.o b.o\n\trm -f $@\n\tgcc-ar csrDT $@ a.o b.o\n\
+        thin: main.o libab.a\n\t$(CC) -o $@ main.o libab.a\n\
+        omp: main.o a.o b.o\n\t$(CC) -fopenmp -o $@ main.o a.o b.o\n";
+    project(dir.path(), &[("Makefile", makefile)]);
+    as_make_builds_it(dir.path(), &[], &["a.o", "b.o", "main.o", "libab.a", "thin", "omp"]);
+    for program in ["thin", "omp"] {
+        let said = std::process::Command::new(dir.path().join(program)).output().expect("run it");
+        assert_eq!(said.stdout, b"42\n", "{program}");
+    }
+}
+
 /// A link against a system library that needs another (`libreadline.so` needs
 /// `libtinfo.so.6`, which the linker opens to check readline's undefined symbols): the link's
 /// own root holds both.

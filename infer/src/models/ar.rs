@@ -80,16 +80,36 @@ pub(super) fn ar(call: &Call) -> Result<Outcome, WrapError> {
     if members.iter().any(|m| !call.inside(Path::new(m))) || !call.inside(Path::new(archive)) {
         return Ok(Outcome::Real("a file outside the build folder".into()));
     }
-    let mut tool_args = options.clone();
+    let (program, plugin, root) = archiver(call)?;
+    let mut tool_args = plugin;
+    tool_args.extend(options.iter().cloned());
     tool_args.extend([deterministic(ops), archive.clone()]);
     tool_args.extend(members.iter().cloned());
     let inputs: Vec<PathBuf> = members.iter().map(PathBuf::from).collect();
     if call.cwd.join(archive).exists() {
-        in_place(call, &call.program, archive, &tool_args, &inputs, 0o644)?;
+        in_place(call, &program, archive, &tool_args, &inputs, 0o644, &root)?;
     } else {
-        call.record(&call.program, &tool_args, &inputs, &[PathBuf::from(archive)], 0o644, &Root::default())?;
+        call.record(&program, &tool_args, &inputs, &[PathBuf::from(archive)], 0o644, &root)?;
     }
     Ok(Outcome::Recorded)
+}
+
+/// The archiver a thunk runs, with the options it needs and what its root holds besides it:
+/// the called `ar` itself; for GCC's wrapper (`gcc-ar-12`), which finds the LTO plugin beside
+/// its compiler and runs `ar --plugin`, that `ar` with that plugin (as the wrapper would run it).
+fn archiver(call: &Call) -> Result<(PathBuf, Vec<String>, Root), WrapError> {
+    let name = call.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !name.contains("gcc-ar") {
+        return Ok((call.program.clone(), Vec::new(), Root::default()));
+    }
+    let driver = call.real(&name.replace("gcc-ar", "gcc"))?;
+    let plugin = toolchain::ask(&driver, "-print-file-name=liblto_plugin.so").map_err(WrapError::Toolchain)?;
+    if !Path::new(&plugin).is_absolute() {
+        return Err(WrapError::Toolchain(format!("{} does not find its LTO plugin", driver.display())));
+    }
+    let mut root = Root::default();
+    root.add(Path::new(&plugin));
+    Ok((call.real("ar")?, vec!["--plugin".into(), plugin], root))
 }
 
 /// Whether `word` is the operation of a thin archive's insertion as the model records it (so a
@@ -224,7 +244,7 @@ pub(super) fn strip(call: &Call) -> Result<Outcome, WrapError> {
     }
     let mut tool_args = flags.to_vec();
     tool_args.push(file.clone());
-    in_place(call, &call.program, file, &tool_args, &[], 0o755).map(|()| Outcome::Recorded)
+    in_place(call, &call.program, file, &tool_args, &[], 0o755, &Root::default()).map(|()| Outcome::Recorded)
 }
 
 /// Records `tool ARGS` changing `file` in place: the thunk reads the current `file` as
@@ -236,6 +256,7 @@ fn in_place(
     tool_args: &[String],
     inputs: &[PathBuf],
     mode: u32,
+    extra: &Root,
 ) -> Result<(), WrapError> {
     let before = format!("{file}.thunkmesh-in");
     let staged = call.cwd.join(&before);
@@ -250,6 +271,7 @@ fn in_place(
         true => {
             let mut root = call.programs_root(&["cp", "chmod"])?;
             root.extend(&toolchain::program(&call.state, real).map_err(WrapError::Toolchain)?);
+            root.extend(extra);
             root
         }
         false => Root::default(),

@@ -296,8 +296,30 @@ fn system_root(call: &Call, args: &Args, headers: &[String], link_options: &[Str
     headers.iter().for_each(|h| root.add(Path::new(h)));
     if !args.compile {
         root.extend(&toolchain::link(&call.state, driver, link_options).map_err(WrapError::Toolchain)?);
+        for spec in spec_files(&args.flags) {
+            let found = toolchain::ask(driver, &format!("-print-file-name={spec}")).map_err(WrapError::Toolchain)?;
+            if Path::new(&found).is_absolute() {
+                root.add(Path::new(&found));
+            }
+        }
     }
     Ok(root)
+}
+
+/// The spec files the driver reads for a link with `flags` (`-fopenmp` reads `libgomp.spec`).
+fn spec_files(flags: &[String]) -> Vec<&'static str> {
+    let mut specs: Vec<&'static str> = flags
+        .iter()
+        .filter_map(|f| match f.as_str() {
+            "-fopenmp" | "-fopenacc" => Some("libgomp.spec"),
+            "-fgnu-tm" => Some("libitm.spec"),
+            f if f.starts_with("-fsanitize=") => Some("libsanitizer.spec"),
+            _ => None,
+        })
+        .collect();
+    specs.sort_unstable();
+    specs.dedup();
+    specs
 }
 
 /// The dependency file `-MD`/`-MMD` asks for, written now (make reads it on the next run).

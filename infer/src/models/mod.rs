@@ -78,11 +78,19 @@ pub const CALL_LOG_ENV: &str = "THUNKMESH_CALL_LOG";
 
 /// The environment every modelled tool runs with on the nodes: deterministic, and the same
 /// wherever it runs.
+/// `SOURCE_DATE_EPOCH` (which fixes `__DATE__` and `__TIME__`) is the build's own when it sets
+/// one, so a build that sets it gets the bytes it would get itself; else 0.
 fn tool_env() -> std::collections::BTreeMap<String, String> {
-    [("PATH", crate::toolchain::TOOL_PATH), ("LC_ALL", "C"), ("SOURCE_DATE_EPOCH", "0")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    let epoch =
+        std::env::var("SOURCE_DATE_EPOCH").ok().filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
+    [
+        ("PATH", crate::toolchain::TOOL_PATH.to_owned()),
+        ("LC_ALL", "C".into()),
+        ("SOURCE_DATE_EPOCH", epoch.unwrap_or_else(|| "0".into())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 /// What a model knows of the call it stands in for.
