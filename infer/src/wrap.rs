@@ -43,6 +43,9 @@ pub enum WrapError {
     /// The state folder failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The placeholders a tool reads could not be forced first.
+    #[error("forcing the built files it reads failed: {0}")]
+    Forcing(String),
     /// The tool's own root could not be made.
     #[error("cannot make the tool's hermetic root ({0}); `infer --toolchain host` runs the nodes' own tools instead")]
     Toolchain(String),

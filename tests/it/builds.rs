@@ -228,6 +228,33 @@ fn gcc_ar_and_openmp_links_bring_their_plugin_and_spec() {
     }
 }
 
+/// libtool's `-export-symbols-regex` (jq's): `nm` of objects that are still placeholders makes
+/// the version script of a shared library. The objects `nm` reads are forced first, so the script
+/// lists the real symbols (it was empty, and the link failed at force time).
+#[test]
+fn a_tool_that_reads_built_files_gets_them_forced_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    project(dir.path(), &LIBRARY);
+    let makefile = "libab.so: a.o b.o\n\t\
+        nm -B a.o b.o | sed -n 's/^[0-9a-f]* T //p' | sed 's/$$/;/' > syms\n\t\
+        (echo '{ global:'; cat syms; echo 'local: *; };') > ab.ver\n\t\
+        $(CC) -shared -Wl,--version-script=ab.ver -o libab.so a.o b.o\n\
+        %.o: %.c ab.h\n\t$(CC) -O2 -fPIC -c $< -o $@\n";
+    project(dir.path(), &[("Makefile", makefile)]);
+    run_make(dir.path(), &[]);
+    let built = ["a.o", "b.o", "libab.so"];
+    let made: Vec<Vec<u8>> = built.iter().map(|f| std::fs::read(dir.path().join(f)).expect("made")).collect();
+    built.iter().for_each(|f| std::fs::remove_file(dir.path().join(f)).expect("remove"));
+    let infer = tm(dir.path(), &["infer", "--", "make", "-s"]);
+    infer.ok();
+    assert!(infer.stderr.contains("reader: reads 2 built file(s), forced first"), "{}", infer.stderr);
+    force(dir.path(), &["--all"]).ok();
+    for (file, made) in built.iter().zip(made) {
+        assert!(std::fs::read(dir.path().join(file)).expect("forced") == made, "{file} differs from make's");
+    }
+    assert_eq!(std::fs::read_to_string(dir.path().join("syms")).expect("read"), "a;\nb;\nhidden;\n");
+}
+
 /// A link against a system library that needs another (`libreadline.so` needs
 /// `libtinfo.so.6`, which the linker opens to check readline's undefined symbols): the link's
 /// own root holds both.

@@ -23,7 +23,10 @@ use crate::wrap::{Run, Wrap, WrapError, find_program, wrap};
 
 /// The names `infer` puts on the build's `PATH`; [`model_of`] knows more (versioned and
 /// target-prefixed names), which the mount namespace of `infer` catches by path.
-pub const MODELS: [&str; 10] = ["cc", "gcc", "g++", "c++", "clang", "clang++", "ar", "ranlib", "strip", "ld"];
+pub const MODELS: [&str; 15] = [
+    "cc", "gcc", "g++", "c++", "clang", "clang++", "ar", "ranlib", "strip", "ld", "nm", "objdump", "readelf", "size",
+    "objcopy",
+];
 
 /// The model a program's file name stands for: `cc` for every C or C++ compiler driver, `ar`,
 /// `ranlib`, `strip` or `ld`; a target triple before the name (`x86_64-linux-gnu-gcc`), a
@@ -41,6 +44,7 @@ pub fn model_of(name: &str) -> Option<&'static str> {
         "ranlib" => Some("ranlib"),
         "strip" => Some("strip"),
         "ld" | "ld.bfd" | "ld.gold" | "ld.lld" | "ld.mold" => Some("ld"),
+        "nm" | "objdump" | "readelf" | "size" | "objcopy" => Some("reader"),
         _ => None,
     }
 }
@@ -186,8 +190,31 @@ impl Call {
             "ranlib" => ar::ranlib(self),
             "strip" => ar::strip(self),
             "ld" => Ok(Outcome::Real("the linker is modelled through the compiler driver only".into())),
+            "reader" => self.force_what_it_reads(),
             _ => cc::cc(self),
         }
+    }
+
+    /// A tool that reads built files (`nm`, as libtool runs it to make a version script of the
+    /// symbols of objects it just compiled; `objdump`, `readelf`, `size`, `objcopy`) runs for
+    /// real, on the real files: the placeholders it names are forced first.
+    fn force_what_it_reads(&self) -> Result<Outcome, WrapError> {
+        let named: Vec<PathBuf> = self.args.iter().filter(|a| !a.starts_with('-')).map(|a| self.cwd.join(a)).collect();
+        let placeholders: Vec<&PathBuf> = named.iter().filter(|p| crate::placeholder::Placeholder::is_at(p)).collect();
+        if placeholders.is_empty() {
+            return Ok(Outcome::Real("reads no placeholder".into()));
+        }
+        let Some(runner) = std::env::var_os(crate::placeholder::RUNNER_ENV) else {
+            return Ok(Outcome::Real("reads placeholders, and no thunkmesh binary is known to force them".into()));
+        };
+        let mut force = std::process::Command::new(runner);
+        force.args(["force", "--quiet"]).args(&placeholders).stdin(std::process::Stdio::null());
+        let forced = force.output().map_err(|error| WrapError::Io { path: "thunkmesh force".into(), error })?;
+        if !forced.status.success() {
+            let said = String::from_utf8_lossy(&forced.stdout).into_owned() + &String::from_utf8_lossy(&forced.stderr);
+            return Err(WrapError::Forcing(said.trim().to_owned()));
+        }
+        Ok(Outcome::Real(format!("reads {} built file(s), forced first", placeholders.len())))
     }
 
     /// A real tool other than the one called, on the build's own `PATH`.
@@ -294,7 +321,8 @@ mod tests {
             ("strip", Some("strip")),
             ("cc1", None),
             ("cc1plus", None),
-            ("gcc-nm-12", None),
+            ("gcc-nm-12", Some("reader")),
+            ("x86_64-linux-gnu-objdump", Some("reader")),
             ("python3.11", None),
             ("thunkmesh", None),
             ("lto-dump-12", None),
