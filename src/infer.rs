@@ -150,10 +150,8 @@ fn recorded(state: &State) -> usize {
 }
 
 /// Runs a program's placeholder that a build ran (`#!thunkmesh __run-placeholder` ARGS): forces
-/// it, and the build's shared libraries it was linked with that are still placeholders, with
-/// `thunkmesh force`, whose words are shown only if it fails (the program's standard output may be
-/// a file the build is writing, and Tcl's `exec` fails on any standard error), then runs the real
-/// program in this process's place.
+/// it, and the build's shared libraries it was linked with that are still placeholders
+/// ([`thunkmesh_infer::force_quietly`]), then runs the real program in this process's place.
 pub fn run_placeholder(args: Vec<std::ffi::OsString>) -> ExitCode {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
@@ -165,18 +163,14 @@ pub fn run_placeholder(args: Vec<std::ffi::OsString>) -> ExitCode {
         }
         _ => Vec::new(),
     };
-    let forced = std::env::current_exe().and_then(|exe| {
-        let mut force = std::process::Command::new(exe);
-        force.args(["force", "--quiet"]).arg(file).args(&libraries);
-        force.stdin(std::process::Stdio::null()).output()
-    });
+    let files: Vec<std::path::PathBuf> = std::iter::once(std::path::PathBuf::from(file)).chain(libraries).collect();
+    let forced = std::env::current_exe().and_then(|exe| thunkmesh_infer::force_quietly(&exe, &files));
     match forced {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            let mut stderr = std::io::stderr();
-            let _ = stderr.write_all(&out.stdout).and_then(|()| stderr.write_all(&out.stderr));
+        Ok(Ok(())) => {}
+        Ok(Err(failed)) => {
+            let _ = std::io::stderr().write_all(failed.said.as_bytes());
             eprintln!("thunkmesh: {} is a placeholder, and forcing it failed", Path::new(file).display());
-            return ExitCode::from(u8::try_from(out.status.code().unwrap_or(1)).unwrap_or(1));
+            return ExitCode::from(u8::try_from(failed.code).unwrap_or(1));
         }
         Err(e) => return refused(format_args!("cannot force {}: {e}", Path::new(file).display())),
     }

@@ -209,16 +209,18 @@ fn in_place(binary: &Path, name: &str, args: &InferArgs) -> Result<Row> {
 
 /// Debian's source package `name` (without its patches) unpacked into `dir`.
 fn unpack(name: &str, dir: &Path) -> Result<PathBuf> {
+    let tree = dir.join(name);
+    crate::timed(Command::new("dpkg-source").args(["-x", "--skip-patches"]).arg(dsc(name)?).arg(&tree))?;
+    Ok(tree)
+}
+
+/// The `.dsc` of Debian's source package `name`, fetched into `target/sources/NAME`.
+fn dsc(name: &str) -> Result<PathBuf> {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sources").join(name);
-    let dsc = std::fs::read_dir(&sources)
+    std::fs::read_dir(&sources)
         .ok()
         .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "dsc")))
-        .with_context(|| {
-            format!("no {name} source package in {}: run scripts/fetch-sources {name}", sources.display())
-        })?;
-    let tree = dir.join(name);
-    crate::timed(Command::new("dpkg-source").args(["-x", "--skip-patches"]).arg(&dsc).arg(&tree))?;
-    Ok(tree)
+        .with_context(|| format!("no {name} source package in {}: run scripts/fetch-sources {name}", sources.display()))
 }
 
 /// Every ELF file and `ar` archive under `dir` (outside the state folder), with its bytes.
@@ -257,11 +259,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// zlib 1.2.13 from Debian, configured with `--static`; `make libz.a example minigzip`.
 fn zlib() -> Result<Project> {
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sources/zlib");
-    let dsc = std::fs::read_dir(&sources)
-        .ok()
-        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "dsc")))
-        .with_context(|| format!("no zlib source package in {}: run scripts/fetch-sources zlib", sources.display()))?;
+    let dsc = dsc("zlib")?;
     let prepare = move |dir: &Path| -> Result<()> {
         let tree = dir.join("zlib");
         crate::timed(Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&tree))?;

@@ -135,6 +135,32 @@ pub fn libraries_of(state: &State, program: &Path, top: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// What `thunkmesh force` said when it failed to force files for a build step.
+#[derive(Debug)]
+pub struct ForceFailed {
+    /// Its exit status.
+    pub code: i32,
+    /// Its standard output and standard error.
+    pub said: String,
+}
+
+/// Forces `files` with `runner force --quiet FILES` (`runner` is the thunkmesh binary) for a
+/// build step about to read or run them: what force says is kept, and given back only when it
+/// fails (the step's standard output may be a file the build is writing, and Tcl's `exec` fails
+/// on any standard error).
+pub fn force_quietly(runner: &Path, files: &[PathBuf]) -> std::io::Result<Result<(), ForceFailed>> {
+    let mut force = std::process::Command::new(runner);
+    force.args(["force", "--quiet"]).args(files).stdin(std::process::Stdio::null());
+    let out = force.output()?;
+    Ok(match out.status.success() {
+        true => Ok(()),
+        false => Err(ForceFailed {
+            code: out.status.code().unwrap_or(1),
+            said: String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        }),
+    })
+}
+
 /// Folders that hold a version control system's records, never a build's files.
 const VCS_FOLDERS: [&str; 4] = [".git", ".hg", ".svn", ".jj"];
 

@@ -15,7 +15,9 @@ pub mod state;
 pub mod toolchain;
 pub mod wrap;
 
-pub use force::{ForceError, Forcing, forcing, libraries_of, placeholders_under, put_in_place};
+pub use force::{
+    ForceError, ForceFailed, Forcing, force_quietly, forcing, libraries_of, placeholders_under, put_in_place,
+};
 pub use placeholder::Placeholder;
 pub use state::{State, StateError};
 pub use wrap::{Run, Wrap, WrapError, wrap};

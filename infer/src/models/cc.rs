@@ -281,8 +281,8 @@ fn includes(call: &Call, flags: &[String], source: &str) -> Result<Result<Includ
 }
 
 /// The system's part of a compile's or link's own root: the driver's helpers and libraries, the
-/// system `headers` the call reads and, for a link, what the linker reads with `link_options`
-/// (none for `--toolchain host`).
+/// system files the call reads (`headers`, and the files a link names by path) and, for a link,
+/// what the linker reads with `link_options` (none for `--toolchain host`).
 fn system_root(call: &Call, args: &Args, headers: &[String], link_options: &[String]) -> Result<Root, WrapError> {
     if !call.hermetic() {
         return Ok(Root::default());
@@ -349,14 +349,14 @@ fn write_dep_file(
 fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
     let output = args.output.clone().unwrap_or_else(|| "a.out".into());
     let mut inputs = Vec::new();
-    let mut headers = Vec::new();
+    let mut system_files = Vec::new();
     for operand in &args.operands {
         let path = Path::new(operand);
         if is_source(operand) {
             match includes(call, &args.flags, operand)? {
                 Ok(found) => {
                     inputs.extend(found.local.iter().map(PathBuf::from));
-                    headers.extend(found.system);
+                    system_files.extend(found.system);
                 }
                 Err(why) => return Ok(Outcome::Real(why)),
             }
@@ -365,7 +365,7 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
         } else if operand.starts_with("/usr/") || operand.starts_with("/lib") {
             // A system file named on the command line (libtool's C++ links name the startup
             // files themselves, with `-nostdlib`): the link's root holds it.
-            headers.push(operand.clone());
+            system_files.push(operand.clone());
         } else {
             return Ok(Outcome::Real(format!("links {operand}, outside the build folder")));
         }
@@ -390,7 +390,7 @@ fn link(call: &Call, args: &Args) -> Result<Outcome, WrapError> {
     inputs.dedup();
     let options =
         toolchain::link_options(&args.flags, &|lib| local_lib(lib).is_some(), &|dir| call.inside(Path::new(dir)));
-    let system = system_root(call, args, &headers, &options)?;
+    let system = system_root(call, args, &system_files, &options)?;
     let mode = if args.flags.iter().any(|f| f == "-r") { 0o644 } else { 0o755 };
     let mut thunk_args = call.args.clone();
     thunk_args.extend(super::args::prefix_maps(&call.args, &call.top, !call.real_paths()));

@@ -199,21 +199,22 @@ impl Call {
     /// symbols of objects it just compiled; `objdump`, `readelf`, `size`, `objcopy`) runs for
     /// real, on the real files: the placeholders it names are forced first.
     fn force_what_it_reads(&self) -> Result<Outcome, WrapError> {
-        let named: Vec<PathBuf> = self.args.iter().filter(|a| !a.starts_with('-')).map(|a| self.cwd.join(a)).collect();
-        let placeholders: Vec<&PathBuf> = named.iter().filter(|p| crate::placeholder::Placeholder::is_at(p)).collect();
+        let placeholders: Vec<PathBuf> = self
+            .args
+            .iter()
+            .filter(|a| !a.starts_with('-'))
+            .map(|a| self.cwd.join(a))
+            .filter(|p| crate::placeholder::Placeholder::is_at(p))
+            .collect();
         if placeholders.is_empty() {
             return Ok(Outcome::Real("reads no placeholder".into()));
         }
         let Some(runner) = std::env::var_os(crate::placeholder::RUNNER_ENV) else {
             return Ok(Outcome::Real("reads placeholders, and no thunkmesh binary is known to force them".into()));
         };
-        let mut force = std::process::Command::new(runner);
-        force.args(["force", "--quiet"]).args(&placeholders).stdin(std::process::Stdio::null());
-        let forced = force.output().map_err(|error| WrapError::Io { path: "thunkmesh force".into(), error })?;
-        if !forced.status.success() {
-            let said = String::from_utf8_lossy(&forced.stdout).into_owned() + &String::from_utf8_lossy(&forced.stderr);
-            return Err(WrapError::Forcing(said.trim().to_owned()));
-        }
+        let forced = crate::force::force_quietly(Path::new(&runner), &placeholders)
+            .map_err(|error| WrapError::Io { path: "thunkmesh force".into(), error })?;
+        forced.map_err(|failed| WrapError::Forcing(failed.said.trim().to_owned()))?;
         Ok(Outcome::Real(format!("reads {} built file(s), forced first", placeholders.len())))
     }
 
