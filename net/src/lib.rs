@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod frame;
+mod strangers;
 mod tls;
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use frame::{reader, recv_msg, recv_msg_within, send_msg};
+pub use strangers::{Lapse, Lapsed, Place, STRANGER_DEADLINE, Strangers, UNAUTHENTICATED_CONNECTIONS};
 pub use tls::{Identity, Trust, fingerprint, parse_fingerprint, write_private};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -66,6 +68,9 @@ pub enum NetError {
     /// The stream ended where a message was expected.
     #[error("the peer closed the stream before sending {0}")]
     Closed(&'static str),
+    /// A stranger lost its place or ran out of time before it said hello.
+    #[error(transparent)]
+    Lapsed(#[from] Lapsed),
     /// The peer did not send what was expected in time.
     #[error("no {what} within {}", humantime::format_duration(*.after))]
     Timeout {
@@ -139,11 +144,7 @@ pub const RENDEZVOUS_STREAMS: u32 = 64;
 /// allows 330 Mbit/s at 30 ms.
 const STREAM_WINDOW: u32 = 16 << 20;
 
-/// Connections that may be in their handshake or hello at once, per process; more are refused
-/// until one is admitted or closed.
-pub const UNAUTHENTICATED_CONNECTIONS: usize = 32;
-
-/// How long a connection, or a stream, has to present its first message.
+/// How long a stream of a member has to present its first message.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server side of every endpoint starts each connection on the small budget of a stranger.
@@ -165,24 +166,6 @@ fn dialing_transport() -> Arc<quinn::TransportConfig> {
 pub fn admitted(conn: &quinn::Connection, streams: u32) {
     conn.set_receive_window(AUTHENTICATED_WINDOW.into());
     conn.set_max_concurrent_bi_streams(streams.into());
-}
-
-/// Counts the connections not yet authenticated, so that strangers together hold at most
-/// [`UNAUTHENTICATED_CONNECTIONS`] budgets.
-#[derive(Debug, Clone)]
-pub struct Strangers(Arc<tokio::sync::Semaphore>);
-
-impl Default for Strangers {
-    fn default() -> Self {
-        Strangers(Arc::new(tokio::sync::Semaphore::new(UNAUTHENTICATED_CONNECTIONS)))
-    }
-}
-
-impl Strangers {
-    /// A place for one more stranger; `None` when all are taken (refuse the connection).
-    pub fn enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
-    }
 }
 
 /// The transport settings for a dial whose round trip is expected to be about `rtt`: lost
@@ -343,8 +326,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_times_out_naming_what_was_awaited() {
         let silent = std::future::pending::<Result<(), NetError>>();
-        let err = first("hello", silent).await.expect_err("nothing came");
-        assert_eq!(err.to_string(), "no hello within 10s");
+        let err = first("fetch request", silent).await.expect_err("nothing came");
+        assert_eq!(err.to_string(), "no fetch request within 10s");
     }
 
     /// Issue 12, finding 11: `connection lost: connection lost:` said the same thing twice.

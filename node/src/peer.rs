@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use thunkmesh_net::{NetError, Trust, client_config, connect, recv_msg, recv_msg_within, send_msg};
+use thunkmesh_net::{
+    Lapse, Lapsed, NetError, Place, Trust, client_config, connect, recv_msg, recv_msg_within, send_msg,
+};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::{ALPN_PEER, ErrorCode, MAX_UNAUTHENTICATED_FRAME, PeerRequest, PeerResponse, WireError};
 use thunkmesh_store::{BLOCK, BlobSink};
@@ -70,43 +72,52 @@ pub async fn serve(endpoint: quinn::Endpoint, server: Arc<Server>) {
     let strangers = thunkmesh_net::Strangers::default();
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
-        let Some(stranger) = strangers.enter() else {
-            warn!(%remote, "too many unauthenticated peer connections; refusing one");
-            incoming.refuse();
-            continue;
-        };
-        conns.spawn(serve_conn(incoming, stranger, server.clone()).instrument(info_span!("peer", %remote)));
+        let Some((incoming, place, lapse)) = strangers.admit(incoming) else { continue };
+        conns.spawn(serve_conn(incoming, (place, lapse), server.clone()).instrument(info_span!("peer", %remote)));
         while conns.try_join_next().is_some() {}
     }
 }
 
-async fn serve_conn(incoming: quinn::Incoming, stranger: tokio::sync::OwnedSemaphorePermit, server: Arc<Server>) {
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => return debug!(error = %e, "peer handshake failed"),
+async fn serve_conn(incoming: quinn::Incoming, (place, mut lapse): (Place, Lapse), server: Arc<Server>) {
+    let conn = tokio::select! {
+        conn = incoming => conn,
+        lapsed = lapse.wait() => return debug!(%lapsed, "dropping a stranger in its handshake"),
     };
-    serve_streams(conn, Some(stranger), server).await;
+    match conn {
+        Ok(conn) => serve_streams(conn, Some((place, lapse)), server).await,
+        Err(e) => debug!(error = %e, "peer handshake failed"),
+    }
 }
 
 /// Serves every stream the other side of `conn` opens as a fetch: a peer's, or the rendezvous'
-/// when it relays for a peer that has no direct path to this node. A `stranger` permit is given
-/// up, and the connection given a member's budget, at the first request with the right token.
-pub async fn serve_streams(
-    conn: quinn::Connection,
-    stranger: Option<tokio::sync::OwnedSemaphorePermit>,
-    server: Arc<Server>,
-) {
+/// when it relays for a peer that has no direct path to this node. A `stranger`'s place is given
+/// up, and the connection given a member's budget, at the first request with the right token;
+/// a stranger whose time runs out before that is closed.
+pub async fn serve_streams(conn: quinn::Connection, stranger: Option<(Place, Lapse)>, server: Arc<Server>) {
     let mut streams = JoinSet::new();
-    let stranger = Arc::new(std::sync::Mutex::new(stranger));
+    let (place, mut lapse) = stranger.unzip();
+    let place = Arc::new(std::sync::Mutex::new(place));
+    let still_a_stranger =
+        |place: &std::sync::Mutex<Option<Place>>| place.lock().unwrap_or_else(PoisonError::into_inner).is_some();
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let accepted = tokio::select! {
+            accepted = conn.accept_bi() => accepted,
+            lapsed = until_lapsed(&mut lapse) => {
+                if still_a_stranger(&place) {
+                    return conn.close(1u32.into(), lapsed.to_string().as_bytes());
+                }
+                lapse = None;
+                continue;
+            }
+        };
+        let (send, recv) = match accepted {
             Ok(s) => s,
             Err(e) => return debug!(error = %e, "peer connection ended"),
         };
-        let (server, conn, stranger) = (server.clone(), conn.clone(), stranger.clone());
+        let (server, conn, place) = (server.clone(), conn.clone(), place.clone());
         streams.spawn(async move {
             let admit = || {
-                let place = stranger.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                let place = place.lock().unwrap_or_else(PoisonError::into_inner).take();
                 if place.is_some() {
                     thunkmesh_net::admitted(&conn, thunkmesh_net::PEER_STREAMS);
                 }
@@ -122,6 +133,14 @@ pub async fn serve_streams(
             }
         });
         while streams.try_join_next().is_some() {}
+    }
+}
+
+/// Waits for a stranger's time to run out; never, for a member.
+async fn until_lapsed(lapse: &mut Option<Lapse>) -> Lapsed {
+    match lapse {
+        Some(lapse) => lapse.wait().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use thunkmesh_net::{NetError, recv_msg, recv_msg_within, send_msg};
+use thunkmesh_net::{Lapse, NetError, Place, recv_msg, recv_msg_within, send_msg};
 use thunkmesh_protocol::wire::{
     ErrorCode, FromRendezvous, Hello, MAX_UNAUTHENTICATED_FRAME, PROTOCOL_VERSION, Role, ToRendezvous, WireError,
 };
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -36,23 +35,47 @@ pub(crate) struct Context {
     pub(crate) relay: Arc<Relay>,
 }
 
-/// Runs one connection from handshake to close; `stranger` is its place among the connections
-/// not yet authenticated, given up at the hello.
+/// A connection that said its hello: the control stream both ways and the hello.
+struct Greeted {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    hello: Hello,
+}
+
+/// Runs one connection from handshake to close. Until its hello it is a stranger holding `place`,
+/// and it is dropped when `lapse` says its time ran out.
 pub(crate) async fn handle(
     incoming: quinn::Incoming,
-    stranger: OwnedSemaphorePermit,
+    (place, mut lapse): (Place, Lapse),
     context: Context,
     events: mpsc::Sender<Inbound>,
 ) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
+    let conn = tokio::select! {
+        conn = incoming => conn,
+        lapsed = lapse.wait() => return debug!(%remote, %lapsed, "dropping a stranger in its handshake"),
+    };
+    let conn = match conn {
         Ok(conn) => conn,
         Err(e) => return debug!(%remote, error = %e, "handshake failed"),
     };
+    let greeted = tokio::select! {
+        greeted = greet(&conn) => greeted,
+        lapsed = lapse.wait() => Err(lapsed.into()),
+    };
+    let greeted = match greeted {
+        Ok(greeted) => greeted,
+        Err(e) => {
+            debug!(%remote, error = %e, "no hello");
+            return conn.close(2u32.into(), e.to_string().as_bytes());
+        }
+    };
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("conn", session, %remote);
+    let conn = greeted.conn.clone();
     async move {
-        if let Err(e) = run(&conn, stranger, session, &context, events).await {
+        if let Err(e) = run(greeted, place, session, &context, events).await {
             warn!(error = %e, "closing the connection");
             conn.close(2u32.into(), e.to_string().as_bytes());
         }
@@ -61,25 +84,28 @@ pub(crate) async fn handle(
     .await;
 }
 
+/// The hello, as a stranger.
+async fn greet(conn: &quinn::Connection) -> Result<Greeted, NetError> {
+    let (send, mut recv) = conn.accept_bi().await?;
+    let hello = recv_msg_within::<Hello>(&mut recv, MAX_UNAUTHENTICATED_FRAME).await?;
+    let hello = hello.ok_or(NetError::Closed("a hello"))?;
+    Ok(Greeted { conn: conn.clone(), send, recv, hello })
+}
+
 async fn run(
-    conn: &quinn::Connection,
-    stranger: OwnedSemaphorePermit,
+    Greeted { conn, mut send, recv, hello }: Greeted,
+    place: Place,
     session: u64,
     context: &Context,
     events: mpsc::Sender<Inbound>,
 ) -> Result<(), NetError> {
-    let (mut send, recv, hello) = thunkmesh_net::first("hello", async {
-        let (send, mut recv) = conn.accept_bi().await?;
-        let hello = recv_msg_within::<Hello>(&mut recv, MAX_UNAUTHENTICATED_FRAME).await?;
-        Ok((send, recv, hello.ok_or(NetError::Closed("a hello"))?))
-    })
-    .await?;
+    let conn = &conn;
     if let Err(refusal) = admit(&hello, &context.token) {
         warn!(reason = %refusal.message, "refused");
         return refuse(conn, &mut send, refusal).await;
     }
     thunkmesh_net::admitted(conn, thunkmesh_net::RENDEZVOUS_STREAMS);
-    drop(stranger);
+    drop(place);
     let (tx, rx) = mpsc::channel(OUTBOX);
     let joined = match hello.role {
         Role::Node(node) => {

@@ -114,13 +114,9 @@ async fn serve_counting(
             () = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let Some(stranger) = strangers.enter() else {
-                    warn!(remote = %incoming.remote_address(), "too many connections say no hello yet; refusing one");
-                    incoming.refuse();
-                    continue;
-                };
+                let Some((incoming, place, lapse)) = strangers.admit(incoming) else { continue };
                 let context = conn::Context { token: token.clone(), probe_port, relay: relay.clone() };
-                tasks.spawn(conn::handle(incoming, stranger, context, events.clone()));
+                tasks.spawn(conn::handle(incoming, (place, lapse), context, events.clone()));
             }
             Some(done) = tasks.join_next() => {
                 if let Err(e) = done.map_err(|e| e.to_string()) {

@@ -110,8 +110,13 @@ async fn silent_one(addr: SocketAddr, until: Instant) {
 
 /// Resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
+    memory(pid, "VmRSS:")
+}
+
+/// A memory figure of a process (`VmRSS:`, `VmHWM:`), in bytes.
+fn memory(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS");
+    let kib = status.lines().find_map(|l| l.strip_prefix(field)).expect(field);
     kib.trim().trim_end_matches("kB").trim().parse::<u64>().expect("number") * 1024
 }
 
@@ -176,4 +181,89 @@ fn strangers_flooding_a_node_and_the_rendezvous_cannot_make_them_grow() {
     let run = rdv.run(dir.path(), &job, &rdv.token);
     run.ok();
     assert_eq!(run.out("o"), b"after\n");
+}
+
+/// Keeps one silent stranger connected to `addr` until `until`: when the server drops it, it
+/// dials again. Returns how many handshakes completed.
+async fn silent_again(addr: SocketAddr, alpn: &'static [u8], until: Instant) -> u64 {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let mut made = 0;
+    while Instant::now() < until {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(connecting) = endpoint.connect_with(stranger_config(alpn), addr, "thunkmesh") else { break };
+        let Ok(Ok(conn)) = tokio::time::timeout(left, connecting).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        made += 1;
+        let _ = tokio::time::timeout(until.saturating_duration_since(Instant::now()), conn.closed()).await;
+    }
+    made
+}
+
+/// Issue 28, finding 1: silent connections without the token, far more than the places
+/// for strangers, at the rendezvous and at both nodes' peer ports. Each `status` of a token
+/// holder still gets in within a second, a job's intermediate still moves peer to peer (not
+/// through storage), and no process grows by 64 MiB. Bounded: 64 silent connections held per
+/// listener at once, 8 s.
+#[test]
+fn silent_strangers_cannot_lock_members_out() {
+    const HELD: usize = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let nodes: Vec<_> = (0..2).map(|i| rdv.node(&dir.path().join(format!("node-{i}")), &format!("n{i}"))).collect();
+    let listeners = [rdv.addr.parse().expect("addr"), node_addr(&rdv, "n0"), node_addr(&rdv, "n1")];
+    let pids: Vec<u32> = std::iter::once(rdv.pid()).chain(nodes.iter().map(|n| n.0.id())).collect();
+    let idle: Vec<u64> = pids.iter().map(|&p| rss(p)).collect();
+    for pid in &pids {
+        // 5: start the peak from what the process holds now (proc(5), clear_refs).
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak");
+    }
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let until = Instant::now() + Duration::from_secs(8);
+    let flood = runtime.spawn(async move {
+        let mut all = tokio::task::JoinSet::new();
+        for (i, addr) in listeners.into_iter().enumerate() {
+            let alpn = if i == 0 { ALPN_RENDEZVOUS } else { ALPN_PEER };
+            for _ in 0..HELD {
+                all.spawn(silent_again(addr, alpn, until));
+            }
+        }
+        let mut made = 0;
+        while let Some(n) = all.join_next().await {
+            made += n.expect("flooder");
+        }
+        made
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        let started = Instant::now();
+        rdv.status();
+        slowest = slowest.max(started.elapsed());
+    }
+    let job = write(
+        dir.path(),
+        &[(
+            "job.toml",
+            "[[thunk]]\nname = \"left\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"sleep 0.5; echo left > out\"]\noutputs = [\"out\"]\n\n\
+             [[thunk]]\nname = \"right\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"sleep 0.5; echo right > out\"]\noutputs = [\"out\"]\n\n\
+             [[thunk]]\nname = \"both\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"read l < l; read r < r; echo $l $r > out\"]\n\
+             inputs = { l = \"left#out\", r = \"right#out\" }\noutputs = [\"out\"]\n\n[targets]\n\"both.txt\" = \"both#out\"\n",
+        )],
+    );
+    let run = rdv.run_with(dir.path(), &job, &["--memo", "off"]);
+    let peak: Vec<u64> = pids.iter().map(|&p| memory(p, "VmHWM:")).collect();
+    let made = runtime.block_on(flood).expect("flood");
+    eprintln!("{made} silent connections; slowest status {slowest:?}; memory {idle:?} -> {peak:?}");
+    assert!(made > 3 * HELD as u64, "the flood made only {made} connections");
+    assert!(slowest < Duration::from_secs(1), "a token holder waited {slowest:?} to get in");
+    run.ok();
+    assert_eq!(run.out("both.txt"), b"left right\n");
+    assert_eq!(run.num("storage_fallbacks"), 0, "nothing fell back to storage: {}", run.summary);
+    assert_eq!(run.num("peer_fetches"), 1, "one producer's output crossed: {}", run.summary);
+    for ((pid, before), after) in pids.iter().zip(idle).zip(peak) {
+        assert!(after < before + CEILING, "process {pid} grew from {before} to {after} bytes");
+    }
 }
