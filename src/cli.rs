@@ -508,6 +508,15 @@ pub struct RendezvousArgs {
     /// plus 64 bytes per ref, a shared input set counted once (such as 512MiB or 8GiB).
     #[arg(long, default_value = "8GiB", value_parser = thunkmesh_node::parse_size)]
     pub max_job_bytes: u64,
+    /// Hold at most this much of all jobs still being sent, together (counted as for
+    /// --max-job-bytes): past it, the job that holds the most is refused. Raise it for jobs of
+    /// hundreds of thousands of thunks; it bounds what clients that never end a job can make the
+    /// rendezvous hold.
+    #[arg(long, default_value = "128MiB", value_parser = thunkmesh_node::parse_size)]
+    pub max_unfinished_bytes: u64,
+    /// Refuse a job not whole within this time of its first message (such as 30s or 10m).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub submit_within: std::time::Duration,
 }
 
 /// Flags of `thunkmesh node`.

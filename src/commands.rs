@@ -220,7 +220,12 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
     // SIGTERM too: systemd and `docker stop` send it, and a container's first process that has
     // no handler for it is not stopped by it at all.
     let shutdown = stop_requested();
-    let limits = JobLimits { thunks: args.max_job_thunks, bytes: args.max_job_bytes };
+    let limits = JobLimits {
+        thunks: args.max_job_thunks,
+        bytes: args.max_job_bytes,
+        unfinished: args.max_unfinished_bytes,
+        submit_within: args.submit_within,
+    };
     let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, limits, shutdown);
     match pool {
         None => serve.await,

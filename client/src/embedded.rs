@@ -76,7 +76,7 @@ impl LocalMesh {
     ) -> Result<LocalMesh, MeshError> {
         let workers = workers.max(1);
         let token = format!("{:032x}", rand::random::<u128>());
-        let config = Config { token: token.clone(), identity: Identity::generate()?, limits: JobLimits::default() };
+        let config = Config { token: token.clone(), identity: Identity::generate()?, limits: embedded_limits() };
         let rendezvous = thunkmesh_rendezvous::spawn(([127, 0, 0, 1], 0).into(), config)?;
         let logs = state_dir.join("nodes");
         let mut nodes = Vec::with_capacity(workers);
@@ -168,4 +168,11 @@ impl NodeSpawn<'_> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The embedded rendezvous' only client is this process: the job being sent may hold as much as
+/// a whole job may, and there is no one else's submission to bound.
+fn embedded_limits() -> JobLimits {
+    let limits = JobLimits::default();
+    JobLimits { unfinished: limits.bytes, submit_within: std::time::Duration::from_secs(24 * 3600), ..limits }
 }

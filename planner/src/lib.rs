@@ -186,6 +186,16 @@ pub(crate) enum Avail {
 /// about storage hold for one store only: an object in one user's bucket is not in another's.
 type StoreKey = u32;
 
+/// `node` no longer holds `blob`; an object held and stored nowhere leaves the index.
+fn forget_holder(objects: &mut IdMap<Places>, blob: Id, node: NodeId) {
+    if let Some(p) = objects.get_mut(&blob) {
+        p.nodes.remove(&node);
+        if p.nodes.is_empty() && p.stores.is_empty() {
+            objects.remove(&blob);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Places {
     /// The stores known to hold it (a few at most: a list is a quarter of a set's memory).
@@ -462,9 +472,11 @@ impl Planner {
             }
         }
         for blob in &state.holds {
-            if let Some(p) = self.objects.get_mut(blob) {
-                p.nodes.remove(&node);
-            }
+            forget_holder(&mut self.objects, *blob, node);
+        }
+        if self.objects.len() < self.objects.capacity() / 4 {
+            // A node that held many objects left: give the index's memory back.
+            self.objects.shrink_to_fit();
         }
         for task in state.running {
             let twin_runs_on = self.untwin(task, false).is_some();
@@ -797,9 +809,7 @@ impl Planner {
         if let Some(state) = self.nodes.get_mut(&node) {
             state.holds.remove(&blob);
         }
-        if let Some(p) = self.objects.get_mut(&blob) {
-            p.nodes.remove(&node);
-        }
+        forget_holder(&mut self.objects, blob, node);
     }
 
     fn avail(&self, blob: &Id, store: StoreKey) -> Avail {

@@ -115,15 +115,27 @@ pub struct JobLimits {
     /// Most bytes held for it: every string, plus [`REF_WEIGHT`] per ref or id; a shared input
     /// part counts once.
     pub bytes: u64,
+    /// Most bytes (counted as for [`JobLimits::bytes`]) that all jobs still being received hold
+    /// together: past it, the one holding the most is refused.
+    pub unfinished: u64,
+    /// How long a client has from its job's first message to its last.
+    pub submit_within: std::time::Duration,
 }
 
 /// What a ref, id or memo entry counts for in [`JobLimits::bytes`] besides its strings.
 pub const REF_WEIGHT: u64 = 64;
 
 impl Default for JobLimits {
-    /// Room for a build of millions of compiles in well under the memory of a small server.
+    /// Room for a build of millions of compiles in well under the memory of a small server;
+    /// jobs being received hold at most 128 MiB together (a self-hosted mesh shared by clients
+    /// who may never end a submission), and each is whole within two minutes.
     fn default() -> JobLimits {
-        JobLimits { thunks: 5_000_000, bytes: 8 << 30 }
+        JobLimits {
+            thunks: 5_000_000,
+            bytes: 8 << 30,
+            unfinished: 128 << 20,
+            submit_within: std::time::Duration::from_secs(120),
+        }
     }
 }
 
@@ -186,6 +198,11 @@ impl Assembler {
             true => Err(over(format!("{} bytes", self.limits.bytes), "--max-job-bytes")),
             false => Ok(()),
         }
+    }
+
+    /// Bytes held so far, as [`JobLimits::bytes`] counts them.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Thunks received so far.
@@ -311,7 +328,7 @@ mod tests {
         assert!(e.message.contains("999 thunks") && e.message.contains("--max-job-thunks"), "{e}");
         let e = assemble(&sub, JobLimits { bytes: 10_000, ..JobLimits::default() }).expect_err("over");
         assert!(e.message.contains("10000 bytes") && e.message.contains("--max-job-bytes"), "{e}");
-        assert!(assemble(&sub, JobLimits { thunks: 1_000, bytes: 1 << 20 }).is_ok());
+        assert!(assemble(&sub, JobLimits { thunks: 1_000, bytes: 1 << 20, ..JobLimits::default() }).is_ok());
         let _ = FromRendezvous::JobFailed(e);
     }
 

@@ -570,7 +570,8 @@ pub enum ErrorCode {
     NotFound,
     /// A program wrote to one of its inputs, which are shared and read-only.
     ModifiedInput,
-    /// A job is larger than the rendezvous takes (its configured limits).
+    /// A job is over the rendezvous' configured limits (its size, the size of all jobs being
+    /// received, the time to send it).
     TooLarge,
     /// The job's store refused or failed a write (full, read-only, denied); what was to be
     /// written is still where it was.

@@ -120,8 +120,8 @@ struct ClientEntry {
 enum Incoming {
     /// Not begun.
     None,
-    /// Begun; parts are being added.
-    Building(Box<Assembler>),
+    /// Begun at this time since the core started; parts are being added.
+    Building(Box<Assembler>, Duration),
     /// Refused for its size: the rest of it is read and ignored.
     Refused,
     /// Whole, and given to the planner at this time since the core started.
@@ -130,9 +130,11 @@ enum Incoming {
 
 /// The most objects one node may announce that it holds: a node that says more (a hello of
 /// `u64::MAX`, an endless stream of `Holds`) has the rest ignored, so what the rendezvous keeps of
-/// one node stays bounded (about 50 MiB at this count). A node past it still runs work; only
-/// what it holds beyond it is not counted on.
-pub(crate) const MAX_HOLDS_PER_NODE: u64 = 1 << 20;
+/// one node stays bounded. The planner's index costs about 400 bytes an object (the id in the
+/// node's set and in the object map, with its holders), so this count is about 100 MiB; at 2^20
+/// a flood measured 648 MiB at its peak. A node past it still runs work; only what it holds
+/// beyond it is not counted on for placement.
+pub(crate) const MAX_HOLDS_PER_NODE: u64 = 1 << 18;
 
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -145,6 +147,8 @@ pub(crate) struct Core {
     out: VecDeque<Action>,
     /// The time of the event being handled, since the core started.
     now: Duration,
+    /// A session left or a job was dropped since [`Core::take_released`] was last asked.
+    released: bool,
 }
 
 impl Default for Core {
@@ -157,6 +161,7 @@ impl Default for Core {
             clients: HashMap::new(),
             out: VecDeque::new(),
             now: Duration::ZERO,
+            released: false,
         }
     }
 }
@@ -199,9 +204,18 @@ impl Core {
         self.planner.next_deadline()
     }
 
-    /// Tells clients how their jobs progress (call every [`PROGRESS_EVERY`]).
-    pub(crate) fn tick(&mut self) {
+    /// Tells clients how their jobs progress, and refuses submissions that took too long (call
+    /// every [`PROGRESS_EVERY`]).
+    pub(crate) fn tick(&mut self, now: Duration) {
+        self.now = now;
+        self.planner.advance(now);
+        self.refuse_late_submissions();
         self.send_progress();
+    }
+
+    /// Whether a session left or a job was dropped since the last call: what it held is free.
+    pub(crate) fn take_released(&mut self) -> bool {
+        std::mem::take(&mut self.released)
     }
 
     /// A job's progress, for tests.
@@ -300,6 +314,7 @@ impl Core {
     }
 
     fn left(&mut self, session: u64) {
+        self.released = true;
         if let Some(node) = self.nodes.remove(&session) {
             info!(node = session, "node left");
             if node.awaited.is_none() {
@@ -356,7 +371,7 @@ impl Core {
         client.store = Some(header.store.clone());
         client.mode = header.mode;
         client.require_direct = header.require_direct;
-        client.job = Incoming::Building(Box::new(Assembler::new(header, self.limits)));
+        client.job = Incoming::Building(Box::new(Assembler::new(header, self.limits)), self.now);
     }
 
     /// More of a job; one over the limits fails at once, and what it sends after is ignored.
@@ -365,12 +380,63 @@ impl Core {
         else {
             return;
         };
-        if let Err(e) = building.add(part) {
-            warn!(job, thunks = building.thunks(), error = %e.message, "job refused");
-            if let Some(client) = self.clients.get_mut(&job) {
-                client.job = Incoming::Refused;
-            }
-            self.send(job, FromRendezvous::JobFailed(e));
+        match building.add(part) {
+            Ok(()) => self.keep_unfinished_within_budget(),
+            Err(e) => self.refuse_job(job, e),
+        }
+    }
+
+    /// Jobs being received hold at most [`JobLimits::unfinished`] together: past it, the one that
+    /// holds the most is refused (clients that never end a submission cannot crowd the rest out,
+    /// nor exhaust the server's memory together).
+    fn keep_unfinished_within_budget(&mut self) {
+        loop {
+            let receiving = self.clients.iter().filter_map(|(&job, c)| match &c.job {
+                Incoming::Building(building, _) => Some((building.bytes(), job)),
+                _ => None,
+            });
+            let (total, largest) = receiving.fold((0, None), |(total, largest), (bytes, job)| {
+                (total + bytes, largest.max(Some((bytes, std::cmp::Reverse(job)))))
+            });
+            let Some((held, std::cmp::Reverse(job))) = largest.filter(|_| total > self.limits.unfinished) else {
+                return;
+            };
+            let message = format!(
+                "the rendezvous is receiving {total} bytes of jobs at once, over its limit of {} \
+                 (`thunkmesh rendezvous --max-unfinished-bytes`), and this job held the most ({held} bytes)",
+                self.limits.unfinished
+            );
+            self.refuse_job(job, WireError::new(ErrorCode::TooLarge, message));
+        }
+    }
+
+    /// Refuses a job being received: the client is told why, what it holds is dropped, and what
+    /// it sends after is ignored.
+    fn refuse_job(&mut self, job: u64, error: WireError) {
+        let Some(client) = self.clients.get_mut(&job) else { return };
+        if let Incoming::Building(building, _) = &client.job {
+            warn!(job, thunks = building.thunks(), bytes = building.bytes(), error = %error.message, "job refused");
+        }
+        client.job = Incoming::Refused;
+        self.released = true;
+        self.send(job, FromRendezvous::JobFailed(error));
+    }
+
+    /// Refuses the jobs whose submission has not ended within [`JobLimits::submit_within`].
+    fn refuse_late_submissions(&mut self) {
+        let within = self.limits.submit_within;
+        let late: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.job, Incoming::Building(_, begun) if self.now.saturating_sub(begun) > within))
+            .map(|(&job, _)| job)
+            .collect();
+        for job in late {
+            let message = format!(
+                "the job was not whole within {} of its first message (`thunkmesh rendezvous --submit-within`)",
+                humantime::format_duration(within)
+            );
+            self.refuse_job(job, WireError::new(ErrorCode::TooLarge, message));
         }
     }
 
@@ -380,7 +446,7 @@ impl Core {
         if self.building(job, "JobEnd without a job being sent").is_none() {
             return;
         }
-        let Some(Incoming::Building(building)) =
+        let Some(Incoming::Building(building, _)) =
             self.clients.get_mut(&job).map(|c| std::mem::replace(&mut c.job, Incoming::Planned(now)))
         else {
             return;
@@ -396,7 +462,7 @@ impl Core {
     /// sends none, except the rest of a job refused for its size, which is ignored.
     fn building(&mut self, job: u64, out_of_place: &str) -> Option<&mut Assembler> {
         let why = match self.clients.get(&job).map(|c| &c.job) {
-            Some(Incoming::Building(_)) => None,
+            Some(Incoming::Building(..)) => None,
             Some(Incoming::Refused) => return None,
             Some(_) => Some(out_of_place),
             None => Some("only clients submit jobs"),
@@ -406,7 +472,7 @@ impl Core {
             return None;
         }
         match self.clients.get_mut(&job).map(|c| &mut c.job) {
-            Some(Incoming::Building(building)) => Some(building),
+            Some(Incoming::Building(building, _)) => Some(building),
             _ => None,
         }
     }
@@ -473,7 +539,7 @@ impl Core {
             .iter()
             .filter_map(|(&session, c)| {
                 let running_ms = match c.job {
-                    Incoming::Building(_) => 0,
+                    Incoming::Building(..) => 0,
                     Incoming::Planned(since) => millis(self.now.saturating_sub(since)).max(1),
                     Incoming::None | Incoming::Refused => return None,
                 };

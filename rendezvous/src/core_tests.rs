@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use thunkmesh_protocol::submit::{JobLimits, REF_WEIGHT};
 use thunkmesh_protocol::wire::{
-    Assignment, ErrorCode, FromRendezvous, Mode, NodeHello, OutputValue, Stored, Submission, SubmittedThunk, TaskDone,
-    TaskFailed, ToRendezvous, TransferStats, UploadRequest, WireError,
+    Assignment, ErrorCode, FromRendezvous, JobHeader, JobPart, Mode, NodeHello, OutputValue, Stored, Submission,
+    SubmittedThunk, TaskDone, TaskFailed, ToRendezvous, TransferStats, UploadRequest, WireError,
 };
 use thunkmesh_protocol::wire::{FRAME_HEADER, decode_body};
 use thunkmesh_protocol::{Id, Program, Ref, Thunk};
@@ -306,7 +307,7 @@ impl Sim {
             8 | 9 => {
                 self.now += Duration::from_millis(rng.below(300));
                 self.core.wake(self.now);
-                self.core.tick();
+                self.core.tick(self.now);
                 self.deliver();
             }
             _ => {
@@ -497,4 +498,62 @@ fn status_lists_the_nodes_and_the_jobs_with_their_age() {
     let listed = &status.jobs[0];
     assert_eq!((listed.session, listed.running_ms), (job, 2_250));
     assert!(listed.progress.total > 0 && listed.progress.done < listed.progress.total, "{listed:?}");
+}
+
+/// A client that begins a job and sends `parts` pieces of `ids` stored ids each, never ending it.
+fn send_unfinished(core: &mut Core, now: Duration, job: u64, parts: u64, ids: u64) {
+    let header = JobHeader { store: "file:///s".into(), mode: Mode::P2p, require_direct: false, keep_going: false };
+    core.handle(now, Event::ClientJoined { job });
+    core.handle(now, Event::Message { from: job, msg: ToRendezvous::Submit(header) });
+    for part in 0..parts {
+        let stored = (0..ids).map(|i| Id::of_blob(&[job, part, i].map(u64::to_le_bytes).concat())).collect();
+        core.handle(now, Event::Message { from: job, msg: ToRendezvous::JobPart(JobPart::Stored(stored)) });
+    }
+}
+
+/// The jobs refused so far, with why.
+fn refusals(core: &mut Core) -> Vec<(u64, String)> {
+    std::iter::from_fn(|| core.poll())
+        .filter_map(|a| match a {
+            Action::Send { to, msg: FromRendezvous::JobFailed(e) } => Some((to, e.message)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 28, finding 5: clients that send pieces and never end their jobs hold at most the
+/// budget of unfinished jobs together; past it the one holding the most is refused, so a small
+/// job that arrives later still gets through whole.
+#[test]
+fn jobs_being_received_share_one_budget_and_the_largest_goes_first() {
+    let limits = JobLimits { unfinished: 100 * REF_WEIGHT, ..JobLimits::default() };
+    let mut core = Core::new(limits);
+    send_unfinished(&mut core, Duration::ZERO, 1, 4, 10);
+    send_unfinished(&mut core, Duration::ZERO, 2, 5, 10);
+    assert!(refusals(&mut core).is_empty(), "90 ids are within the budget of 100");
+    send_unfinished(&mut core, Duration::ZERO, 3, 1, 20);
+    let refused = refusals(&mut core);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, 2, "the job holding the most (50 ids) goes: {refused:?}");
+    assert!(refused[0].1.contains("--max-unfinished-bytes"), "{}", refused[0].1);
+    core.handle(Duration::ZERO, Event::Message { from: 3, msg: ToRendezvous::JobEnd });
+    assert!(refusals(&mut core).is_empty(), "the small job went through whole");
+}
+
+/// Issue 28, finding 5: a submission not whole within the time allowed is refused, and what it
+/// held is dropped at once.
+#[test]
+fn a_submission_that_never_ends_is_refused_in_time() {
+    let limits = JobLimits { submit_within: Duration::from_secs(10), ..JobLimits::default() };
+    let mut core = Core::new(limits);
+    send_unfinished(&mut core, Duration::ZERO, 1, 1, 10);
+    send_unfinished(&mut core, Duration::from_secs(8), 2, 1, 10);
+    core.tick(Duration::from_secs(10));
+    assert!(refusals(&mut core).is_empty(), "both still have time");
+    core.tick(Duration::from_millis(10_200));
+    let refused = refusals(&mut core);
+    assert_eq!(refused.iter().map(|r| r.0).collect::<Vec<_>>(), [1], "{refused:?}");
+    assert!(refused[0].1.contains("not whole within 10s"), "{}", refused[0].1);
+    core.handle(Duration::from_millis(10_300), Event::Message { from: 1, msg: ToRendezvous::JobEnd });
+    assert!(refusals(&mut core).is_empty(), "the rest of a refused job is ignored");
 }

@@ -1,6 +1,7 @@
 //! The thin tokio layer around the core: one task that feeds it connections' events with the
 //! time, wakes it at its deadlines and every [`PROGRESS_EVERY`], and carries its actions out on
-//! each connection's outbox. A connection whose outbox is full is not reading its messages: it
+//! each connection's outbox. Memory a session that left (or a refused job) held is given back
+//! to the system. A connection whose outbox is full is not reading its messages: it
 //! is told to the core as gone, and its outbox is dropped, which ends the connection.
 
 use std::collections::HashMap;
@@ -52,9 +53,26 @@ pub(crate) async fn run(mut inbox: mpsc::Receiver<Inbound>, nodes: watch::Sender
                 core.handle(started.elapsed(), event);
             }
             () = wake => core.wake(started.elapsed()),
-            _ = tick.tick() => core.tick(),
+            _ = tick.tick() => {
+                core.tick(started.elapsed());
+                if core.take_released() {
+                    give_back_memory();
+                }
+            }
         }
         carry_out(&mut core, &mut outboxes, &nodes, started);
+    }
+}
+
+/// Returns the free memory of the allocator's arenas to the system. glibc keeps what a session
+/// held once it is freed: four clients' unfinished jobs stayed resident after they disconnected.
+/// At most once per [`PROGRESS_EVERY`].
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim takes no pointers; it only releases memory no allocation uses.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

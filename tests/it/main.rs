@@ -14,6 +14,7 @@ mod infer;
 mod lambda;
 mod library;
 mod local_files;
+mod members;
 mod nat;
 mod python;
 mod s3;
