@@ -7,8 +7,25 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use thunkmesh_client::summary::bytes;
 
-use crate::cli::{CacheArgs, CacheCommand, CleanArgs};
+use crate::cli::{CacheArgs, CacheCommand, CleanArgs, MemoCommand};
 use crate::session::lock_state;
+
+/// `thunkmesh memo forget --node ID`: removes the node's entries from the store's memo batches
+/// (an entry downstream of one removed is not reused either: its inputs no longer resolve).
+pub async fn memo(command: MemoCommand) -> Result<()> {
+    let MemoCommand::Forget(args) = command;
+    let prefix = crate::commands::node_id_prefix("--node", &args.node)?;
+    let store = crate::commands::open_store(args.memo.store.as_deref(), &args.memo.state_dir, &args.memo.aws).await?;
+    let produced = |r: &thunkmesh_store::MemoRecord| r.producer.is_some_and(|p| hex::encode(p).starts_with(&prefix));
+    let forgotten =
+        store.forget_reductions(produced).await.with_context(|| format!("forgetting in {}", store.url()))?;
+    println!(
+        "forgot {forgotten} memo entr{} produced by node {prefix} in {}",
+        if forgotten == 1 { "y" } else { "ies" },
+        store.url()
+    );
+    Ok(())
+}
 
 /// Files and their bytes under one folder.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -107,6 +107,9 @@ pub enum Command {
     /// Show or empty the local caches: the state folder's store, memo cache and nodes' caches.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Manage the memo cache of a store.
+    #[command(subcommand)]
+    Memo(MemoCommand),
     /// Print a completion script for a shell (`thunkmesh completions bash >
     /// /etc/bash_completion.d/thunkmesh`).
     Completions(CompletionsArgs),
@@ -129,6 +132,40 @@ pub enum CacheCommand {
     /// Remove the local nodes' caches and, with --all, the state folder's store and memo cache
     /// (waits for a run holding the state folder).
     Clean(CleanArgs),
+}
+
+/// `thunkmesh memo ...`.
+#[derive(Debug, Subcommand)]
+pub enum MemoCommand {
+    /// Forget every memo entry a node produced (one that lied, or whose machine was
+    /// compromised), so the next run recomputes them and everything computed from them.
+    Forget(ForgetArgs),
+}
+
+/// Flags of `thunkmesh memo forget`.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The node's certificate fingerprint, as `thunkmesh status` shows it (its first 8 or more
+    /// hex digits will do).
+    #[arg(long)]
+    pub node: String,
+    /// The memo cache.
+    #[command(flatten)]
+    pub memo: MemoStore,
+}
+
+/// The store whose memo cache a command reads or cleans.
+#[derive(Debug, Args)]
+pub struct MemoStore {
+    /// The state folder: recorded thunks, and the default store.
+    #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// The store whose memo cache is used [default: the state folder's store, as `run`].
+    #[arg(long, env = "THUNKMESH_STORE")]
+    pub store: Option<String>,
+    /// The AWS profile and region (of an s3:// store).
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// Flags of `thunkmesh cache stats`.
@@ -355,15 +392,9 @@ pub struct DescribeArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Where recorded thunks are kept.
-    #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
-    pub state_dir: PathBuf,
-    /// The store whose memo cache is consulted [default: the state folder's store, as `run`].
-    #[arg(long, env = "THUNKMESH_STORE")]
-    pub store: Option<String>,
-    /// The AWS profile and region (of an s3:// store).
+    /// Where recorded thunks and the memo cache are.
     #[command(flatten)]
-    pub aws: AwsArgs,
+    pub memo: MemoStore,
 }
 
 /// How a job runs: the flags `run` and `force` share.
@@ -413,6 +444,13 @@ pub struct RunFlags {
     /// and each failure's output (exit status 1 if any failed).
     #[arg(long)]
     pub keep_going: bool,
+    /// Run one in N results again on another node and compare before it is final and recorded
+    /// (0: never, 1: every result). A node a majority outvotes fails the job and has every memo
+    /// entry it produced forgotten (docs/reliability.md) [default: 16 on a self-hosted
+    /// rendezvous, whose nodes anyone with the token may run; 0 on the local mesh and with
+    /// --engine lambda, whose nodes this run starts].
+    #[arg(long, env = "THUNKMESH_VERIFY")]
+    pub verify: Option<u32>,
     /// Local state: the default store, the local nodes' caches and logs, and recorded thunks.
     #[arg(long, default_value = ".thunkmesh", env = "THUNKMESH_STATE_DIR")]
     pub state_dir: PathBuf,
@@ -517,6 +555,11 @@ pub struct RendezvousArgs {
     /// Refuse a job not whole within this time of its first message (such as 30s or 10m).
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub submit_within: std::time::Duration,
+    /// Refuse the node whose certificate fingerprint begins with these hex digits (8 or more, as
+    /// `thunkmesh status` shows them); repeat for more. For a node that lied: see `thunkmesh memo
+    /// forget`.
+    #[arg(long = "forbid-node", value_name = "FINGERPRINT")]
+    pub forbid_nodes: Vec<String>,
 }
 
 /// Flags of `thunkmesh node`.

@@ -35,6 +35,7 @@ pub async fn dispatch(command: Command, global: Global) -> ExitCode {
         Command::Hash(args) => return crate::infer::hash(&args),
         Command::Lambda(LambdaCommand::Deploy(args)) => crate::lambda::deploy(args).await,
         Command::Cache(command) => crate::cache::cache(command).await,
+        Command::Memo(command) => crate::cache::memo(command).await,
         Command::Completions(args) => {
             let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut command, "thunkmesh", &mut std::io::stdout());
@@ -87,6 +88,18 @@ async fn run(args: RunArgs, global: &Global) -> ExitCode {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A node's identity as a user names it: 8 to 64 hex digits of its certificate fingerprint,
+/// lowercase.
+pub fn node_id_prefix(flag: &str, given: &str) -> Result<String> {
+    let valid = (8..=64).contains(&given.len()) && given.chars().all(|c| c.is_ascii_hexdigit());
+    if !valid {
+        let message =
+            format!("{flag} {given}: a node is named by 8 to 64 hex digits of its fingerprint (`thunkmesh status`)");
+        return Err(UsageError(message).into());
+    }
+    Ok(given.to_ascii_lowercase())
+}
+
 /// Opens `--store` (an s3:// one with the AWS CLI's credential chain), or the state folder's
 /// store.
 pub async fn open_store(store: Option<&str>, state_dir: &Path, aws: &AwsArgs) -> Result<Store> {
@@ -101,6 +114,10 @@ pub async fn open_store(store: Option<&str>, state_dir: &Path, aws: &AwsArgs) ->
         other => other.into(),
     })
 }
+
+/// One in how many results a job on a self-hosted rendezvous checks on a second node by
+/// default: anyone with the token may run a node there.
+const DEFAULT_VERIFY: u32 = 16;
 
 /// Runs `job` as the flags say, writing its targets to `out_dir`.
 pub async fn execute(
@@ -118,6 +135,10 @@ pub async fn execute(
         memo: args.memo.into(),
         require_direct: args.require_direct,
         keep_going: args.keep_going,
+        verify: args.verify.unwrap_or(match (&args.rendezvous, args.engine) {
+            (Some(_), EngineArg::Local) => DEFAULT_VERIFY,
+            _ => 0,
+        }),
         out_dir,
     };
     if let Some(addr) = &args.rendezvous {
@@ -226,7 +247,9 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
         unfinished: args.max_unfinished_bytes,
         submit_within: args.submit_within,
     };
-    let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, limits, shutdown);
+    let forbidden = args.forbid_nodes.iter().map(|n| node_id_prefix("--forbid-node", n)).collect::<Result<_>>()?;
+    let rules = thunkmesh_rendezvous::Rules { limits, forbidden };
+    let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, rules, shutdown);
     match pool {
         None => serve.await,
         Some(spec) => crate::lambda::with_pool(serve, &spec, &args.aws).await?,
@@ -241,15 +264,15 @@ async fn status(args: StatusArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
         return Ok(());
     }
-    let header = ("NODE", "OBSERVED", "LOCAL", "NAT", "SLOTS", "RUNNING", "SANDBOX");
+    let header = ("NODE", "OBSERVED", "LOCAL", "NAT", "SLOTS", "RUNNING", "ID", "SANDBOX");
     println!(
-        "{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}  {}",
-        header.0, header.1, header.2, header.3, header.4, header.5, header.6
+        "{:<20} {:<22} {:<22} {:<31} {:>5} {:>7}  {:<16}  {}",
+        header.0, header.1, header.2, header.3, header.4, header.5, header.6, header.7
     );
     for n in &status.nodes {
-        let nat = n.nat.to_string();
+        let (nat, id) = (n.nat.to_string(), hex::encode(&n.fingerprint[..8]));
         let (name, observed, local, slots, running) = (&n.name, &n.observed, &n.local, n.slots, n.running);
-        println!("{name:<20} {observed:<22} {local:<22} {nat:<31} {slots:>5} {running:>7}  {}", n.isolation);
+        println!("{name:<20} {observed:<22} {local:<22} {nat:<31} {slots:>5} {running:>7}  {id}  {}", n.isolation);
     }
     let slots: u64 = status.nodes.iter().map(|n| u64::from(n.slots)).sum();
     println!("{} node(s), {slots} slot(s)", status.nodes.len());
@@ -291,6 +314,7 @@ fn status_json(status: &thunkmesh_protocol::wire::MeshStatus) -> serde_json::Val
             serde_json::json!({
                 "name": n.name, "observed": n.observed, "local": n.local, "nat": n.nat.to_string(),
                 "slots": n.slots, "running": n.running, "sandbox": n.isolation,
+                "fingerprint": hex::encode(n.fingerprint),
             })
         })
         .collect();

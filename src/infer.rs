@@ -326,7 +326,7 @@ pub async fn describe(args: &DescribeArgs) -> ExitCode {
 
 /// The thunk `args.what` names (a placeholder's, or by id or output ref), and its id.
 fn what_to_describe(args: &DescribeArgs) -> Result<(Id, Thunk)> {
-    let state = State::open(&args.state_dir)?;
+    let state = State::open(&args.memo.state_dir)?;
     let path = Path::new(&args.what);
     let id = match path.exists() {
         true => match Placeholder::read(path).with_context(|| args.what.clone())? {
@@ -345,10 +345,10 @@ fn what_to_describe(args: &DescribeArgs) -> Result<(Id, Thunk)> {
 }
 
 async fn print_description(args: &DescribeArgs, (id, thunk): &(Id, Thunk)) -> Result<()> {
-    let store = open_store(args.store.as_deref(), &args.state_dir, &args.aws).await?;
+    let store = open_store(args.memo.store.as_deref(), &args.memo.state_dir, &args.memo.aws).await?;
     let memo = match store.get_reduction(*id).await? {
-        Some(outputs) => Some(outputs),
-        None => store.batched_reductions().await?.remove(id),
+        Some(record) => Some(record.outputs),
+        None => store.batched_reductions().await?.remove(id).map(|r| r.outputs),
     };
     let source = |r: &Ref| match r {
         Ref::Blob(_) => "a file's bytes, recorded",

@@ -177,6 +177,8 @@ fn chains(chains: usize, length: usize, program: &Program) -> Submission {
         memo: Vec::new(),
         require_direct: false,
         keep_going: false,
+        verify: 0,
+        verify_salt: 0,
     }
 }
 

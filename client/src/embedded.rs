@@ -76,7 +76,12 @@ impl LocalMesh {
     ) -> Result<LocalMesh, MeshError> {
         let workers = workers.max(1);
         let token = format!("{:032x}", rand::random::<u128>());
-        let config = Config { token: token.clone(), identity: Identity::generate()?, limits: embedded_limits() };
+        let config = Config {
+            token: token.clone(),
+            identity: Identity::generate()?,
+            limits: embedded_limits(),
+            forbidden: Vec::new(),
+        };
         let rendezvous = thunkmesh_rendezvous::spawn(([127, 0, 0, 1], 0).into(), config)?;
         let logs = state_dir.join("nodes");
         let mut nodes = Vec::with_capacity(workers);

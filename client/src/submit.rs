@@ -1,7 +1,7 @@
 //! Running a loaded job on a mesh: consult the memo cache, upload the inputs storage lacks,
 //! submit, follow progress, record reductions as they arrive, and fetch the targets.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -11,24 +11,19 @@ use thunkmesh_protocol::inputs::share;
 use thunkmesh_protocol::job::NamedThunk;
 use thunkmesh_protocol::submit::{ThunkTooLarge, check_fits, pieces};
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, ErrorCode, FromRendezvous, Hello, JobOutcome, MeshStatus, Mode, PROTOCOL_VERSION, Progress,
-    Reduction, Role, Submission, SubmittedThunk, ToRendezvous, WireError,
+    ALPN_RENDEZVOUS, Disagreement, ErrorCode, FromRendezvous, Hello, JobOutcome, MeshStatus, Mode, PROTOCOL_VERSION,
+    Progress, Reduction, Resolution, Role, Submission, SubmittedThunk, ToRendezvous, WireError,
 };
 use thunkmesh_protocol::{Id, Ref};
-use thunkmesh_store::{Store, StoreError};
+use thunkmesh_store::{MemoRecord, Reductions, Store, StoreError};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::load::LoadedJob;
 use crate::summary::Summary;
 
-/// Storage requests in flight at once while consulting the memo cache or uploading.
+/// Storage requests in flight at once while uploading.
 const PARALLEL_REQUESTS: usize = 64;
-
-/// Memo lookups that justify one LIST request. A LIST costs what 12.5 GETs cost on S3 and one
-/// round trip (pages come one after another), while GETs go [`PARALLEL_REQUESTS`] at a time: a
-/// page that replaces 32 GETs is cheaper and no slower.
-const LOOKUPS_PER_PAGE: u64 = 32;
 
 /// How often a [`Reporter`] hears from a running job when nothing changed.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
@@ -132,6 +127,9 @@ pub struct JobRun<'a> {
     /// A failed thunk does not end the job: every thunk that does not depend on it still runs,
     /// the targets that could be made are written, and the summary names each failure.
     pub keep_going: bool,
+    /// One in how many results is run again on another node and compared before it is final
+    /// (0: none, 1: all).
+    pub verify: u32,
     /// The directory the targets are written to.
     pub out_dir: &'a Path,
 }
@@ -174,7 +172,7 @@ async fn run_once(
     reporter: &mut dyn Reporter,
     started: Instant,
 ) -> Result<Summary, RunError> {
-    let JobRun { job, store, mode, memo, require_direct, keep_going, out_dir } = run;
+    let JobRun { job, store, mode, memo, require_direct, keep_going, verify, out_dir } = run;
     let job_started = Instant::now();
     reporter.phase("consulting the memo cache");
     let scan = scan_memo(job, store, memo).await?;
@@ -193,6 +191,8 @@ async fn run_once(
         memo: scan.reductions.clone(),
         require_direct,
         keep_going,
+        verify,
+        verify_salt: rand::random(),
     };
     share(submission.thunks.iter_mut().map(|t| &mut t.thunk));
     check_fits(&submission.thunks)?;
@@ -217,11 +217,20 @@ async fn run_once(
     Ok(Summary { keep_going, ..summary })
 }
 
-/// Looks up the targets' thunks first: one whose reduction is known and whose target outputs
-/// are in storage needs nothing upstream. Everything upstream of the others may run, so all of it
-/// is looked up at once (a chain costs one round of parallel lookups, not one per link).
+/// Reads the memo cache and keeps the entries that still hold: a thunk's entry is reused only
+/// if its inputs resolve, through the entries of the thunks it reads, to the blobs it ran on (so
+/// an entry forgotten, say a lying node's, takes everything downstream of it with it). A target
+/// whose entry holds and whose blob is in storage needs nothing upstream.
 async fn scan_memo(job: &LoadedJob, store: &Store, memo: Memo) -> Result<MemoScan, StoreError> {
     let by_id: HashMap<Id, &NamedThunk> = job.job.thunks.iter().map(|t| (t.id, t)).collect();
+    let records = match memo {
+        Memo::Off => Reductions::new(),
+        Memo::On | Memo::Read => store.batched_reductions().await.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the memo cache's batches; they count as absent");
+            Reductions::new()
+        }),
+    };
+    let holding = entries_that_hold(&by_id, &records);
     let mut wanted: BTreeMap<Id, BTreeSet<String>> = BTreeMap::new();
     let mut scan = MemoScan::default();
     for r in job.job.targets.values() {
@@ -235,67 +244,72 @@ async fn scan_memo(job: &LoadedJob, store: &Store, memo: Memo) -> Result<MemoSca
         }
     }
     let mut unsatisfied = Vec::new();
-    for (id, found) in lookup(store, memo, wanted.keys().copied()).await {
-        let Some(thunk) = by_id.get(&id) else { continue };
-        let reduction = usable_reduction(thunk, found);
-        let satisfied = match &reduction {
-            Some(r) => targets_stored(r, wanted.get(&id), store, &mut scan.stored).await?,
+    for (id, names) in &wanted {
+        let satisfied = match holding.get(id) {
+            Some(r) => targets_stored(r, names, store, &mut scan.stored).await?,
             None => false,
         };
-        scan.reductions.extend(reduction);
         if !satisfied {
-            unsatisfied.push(id);
+            unsatisfied.push(*id);
         }
     }
     let upstream = upstream_of(&unsatisfied, &by_id, &mut scan.values_needed);
-    for (id, found) in lookup(store, memo, upstream.into_iter().filter(|id| !wanted.contains_key(id))).await {
-        if let Some(thunk) = by_id.get(&id) {
-            scan.reductions.extend(usable_reduction(thunk, found));
-        }
-    }
+    let reused = wanted.keys().chain(&upstream).collect::<BTreeSet<_>>();
+    scan.reductions = reused.into_iter().filter_map(|id| holding.get(id).cloned()).collect();
     Ok(scan)
 }
 
-type Lookup = (Id, Result<Option<Vec<(String, Id)>>, StoreError>);
-
-/// Looks thunks up in the memo cache. Many at once are first matched against a listing of the
-/// cache (one request per 1,000 entries, allowed one page per [`LOOKUPS_PER_PAGE`] thunks), so
-/// only the entries that exist are read; a cache too large for that is asked per thunk. With the
-/// memo cache off nothing is asked and nothing is found.
-async fn lookup(store: &Store, memo: Memo, thunks: impl Iterator<Item = Id>) -> Vec<Lookup> {
-    let thunks: Vec<Id> = thunks.collect();
-    if memo == Memo::Off {
-        return thunks.into_iter().map(|id| (id, Ok(None))).collect();
+/// The thunks of the job whose memo entries hold: each output the thunk declares is there, and
+/// its inputs, resolved through the entries that hold, digest to what the entry ran on.
+fn entries_that_hold(by_id: &HashMap<Id, &NamedThunk>, records: &Reductions) -> HashMap<Id, Reduction> {
+    let mut holding: HashMap<Id, Reduction> = HashMap::new();
+    let mut judged: HashSet<Id> = HashSet::new();
+    for &root in by_id.keys() {
+        // Depth first, a thunk judged after every thunk it reads (no recursion: chains are long).
+        let mut stack = vec![(root, false)];
+        while let Some((id, upstream_judged)) = stack.pop() {
+            if judged.contains(&id) {
+                continue;
+            }
+            let (Some(thunk), Some(record)) = (by_id.get(&id), records.get(&id)) else {
+                judged.insert(id);
+                continue;
+            };
+            if !upstream_judged {
+                stack.push((id, true));
+                stack.extend(thunk.thunk.refs().filter_map(|r| match r {
+                    Ref::Output { thunk, .. } if !judged.contains(thunk) => Some((*thunk, false)),
+                    _ => None,
+                }));
+                continue;
+            }
+            judged.insert(id);
+            if let Some(reduction) = holds(thunk, record, &holding) {
+                holding.insert(id, reduction);
+            }
+        }
     }
-    // Both listings at once: against S3 each costs a first-byte latency.
-    let pages = thunks.len() as u64 / LOOKUPS_PER_PAGE;
-    let (batched, listed) = futures::join!(store.batched_reductions(), store.memoized(pages));
-    let batched = match batched {
-        Ok(batched) => batched,
-        Err(e) => {
-            warn!(error = %e, "cannot read the memo cache's batches; they count as absent");
-            Default::default()
-        }
-    };
-    let (in_batches, thunks): (Vec<Id>, Vec<Id>) = thunks.into_iter().partition(|id| batched.contains_key(id));
-    let from_batches = in_batches.into_iter().map(|id| (id, Ok(batched.get(&id).cloned())));
-    let listed = match listed {
-        Ok(listed) => listed,
-        Err(e) => {
-            warn!(error = %e, "cannot list the memo cache; asking for each thunk");
-            None
-        }
-    };
-    let (ask, absent): (Vec<Id>, Vec<Id>) =
-        thunks.into_iter().partition(|id| listed.as_ref().is_none_or(|l| l.contains(id)));
-    let mut found: Vec<Lookup> = futures::stream::iter(ask)
-        .map(|id| async move { (id, store.get_reduction(id).await) })
-        .buffer_unordered(PARALLEL_REQUESTS)
-        .collect()
-        .await;
-    found.extend(absent.into_iter().map(|id| (id, Ok(None))));
-    found.extend(from_batches);
-    found
+    holding
+}
+
+/// `record` as the reduction of `thunk`, if it holds given the entries that hold upstream.
+fn holds(thunk: &NamedThunk, record: &MemoRecord, holding: &HashMap<Id, Reduction>) -> Option<Reduction> {
+    let names: Vec<&String> = record.outputs.iter().map(|(n, _)| n).collect();
+    if names != thunk.thunk.outputs.iter().collect::<Vec<_>>() {
+        warn!(thunk = %thunk.name, "ignoring a memo entry whose outputs do not match the thunk");
+        return None;
+    }
+    let mut resolved = Vec::new();
+    for r in thunk.thunk.refs() {
+        resolved.push(match r {
+            Ref::Blob(blob) => *blob,
+            Ref::Output { thunk, name } => {
+                let upstream = holding.get(thunk)?;
+                upstream.outputs.iter().find(|(n, _)| n == name)?.1
+            }
+        });
+    }
+    (record.inputs? == Id::digest_of(&resolved)).then(|| Reduction { thunk: thunk.id, outputs: record.outputs.clone() })
 }
 
 /// The thunks `roots` depend on, directly or not, roots included; records the blobs they read.
@@ -317,33 +331,13 @@ fn upstream_of(roots: &[Id], by_id: &HashMap<Id, &NamedThunk>, values: &mut BTre
     seen
 }
 
-/// A stored reduction, if it matches the thunk's declared outputs (a stale or foreign record is
-/// ignored with a warning, never trusted).
-fn usable_reduction(thunk: &NamedThunk, found: Result<Option<Vec<(String, Id)>>, StoreError>) -> Option<Reduction> {
-    let outputs = match found {
-        Ok(Some(outputs)) => outputs,
-        Ok(None) => return None,
-        Err(e) => {
-            warn!(thunk = %thunk.name, error = %e, "ignoring an unreadable memo entry");
-            return None;
-        }
-    };
-    let names: Vec<&String> = outputs.iter().map(|(n, _)| n).collect();
-    if names != thunk.thunk.outputs.iter().collect::<Vec<_>>() {
-        warn!(thunk = %thunk.name, "ignoring a memo entry whose outputs do not match the thunk");
-        return None;
-    }
-    Some(Reduction { thunk: thunk.id, outputs })
-}
-
 /// Whether every wanted output of a memoized thunk is in storage (records those that are).
 async fn targets_stored(
     r: &Reduction,
-    wanted: Option<&BTreeSet<String>>,
+    wanted: &BTreeSet<String>,
     store: &Store,
     stored: &mut BTreeSet<Id>,
 ) -> Result<bool, StoreError> {
-    let Some(wanted) = wanted else { return Ok(false) };
     for (name, blob) in r.outputs.iter().filter(|(n, _)| wanted.contains(n)) {
         if !store.has_blob(*blob).await? {
             debug!(output = %name, "memoized target is not in storage");
@@ -400,8 +394,10 @@ async fn submit(
 /// seconds' or entries' worth of thunks run again next time.
 struct MemoLog {
     store: Option<Store>,
-    pending: Vec<(Id, Vec<(String, Id)>)>,
+    pending: Vec<(Id, MemoRecord)>,
     writes: JoinSet<Result<(), StoreError>>,
+    /// Nodes a majority outvoted in this job: what they produced is forgotten at the end.
+    outvoted: BTreeSet<[u8; 32]>,
 }
 
 /// Entries that make a batch write at once.
@@ -413,10 +409,11 @@ pub const MEMO_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 impl MemoLog {
     /// A log writing to `store` (`None`: the memo cache is not written).
     fn new(store: Option<Store>) -> MemoLog {
-        MemoLog { store, pending: Vec::new(), writes: JoinSet::new() }
+        MemoLog { store, pending: Vec::new(), writes: JoinSet::new(), outvoted: BTreeSet::new() }
     }
 
-    /// Writes what is waiting and waits for every write.
+    /// Writes what is waiting and waits for every write; then forgets every entry of the nodes
+    /// that were outvoted.
     async fn finish(&mut self) {
         self.flush();
         while let Some(done) = self.writes.join_next().await {
@@ -424,15 +421,47 @@ impl MemoLog {
                 warn!(error = %e, "could not record memo entries");
             }
         }
+        let (Some(store), false) = (&self.store, self.outvoted.is_empty()) else { return };
+        let outvoted = &self.outvoted;
+        match store.forget_reductions(|r| r.producer.is_some_and(|p| outvoted.contains(&p))).await {
+            Ok(n) => warn!("forgot {n} memo entries produced by the outvoted node(s)"),
+            Err(e) => warn!(error = %e, "could not forget the outvoted nodes' memo entries"),
+        }
     }
 
-    fn record(&mut self, thunk: Id, outputs: Vec<(String, Id)>) {
+    fn record(&mut self, resolution: Resolution) {
         if self.store.is_none() {
             return;
         }
-        self.pending.push((thunk, outputs));
+        let Resolution { reduction, inputs, producer, .. } = resolution;
+        let producer = (producer != [0; 32]).then_some(producer);
+        let record = MemoRecord { outputs: reduction.outputs, inputs: Some(inputs), producer };
+        self.pending.push((reduction.thunk, record));
         if self.pending.len() >= MEMO_BATCH {
             self.flush();
+        }
+    }
+
+    /// A checked result differed: outvoted nodes are remembered, and both cases are said.
+    fn disagreed(&mut self, d: Disagreement) {
+        let hex = |nodes: &[[u8; 32]]| nodes.iter().map(hex::encode).collect::<Vec<_>>().join(", ");
+        if !d.outvoted.is_empty() {
+            warn!(
+                thunk = %d.thunk,
+                "node(s) {} gave a result for this thunk that the other nodes did not: the job fails and \
+                 every memo entry they produced is forgotten; keep them out with \
+                 `thunkmesh rendezvous --forbid-node FINGERPRINT`",
+                hex(&d.outvoted)
+            );
+            self.outvoted.extend(d.outvoted);
+        }
+        if !d.undecided.is_empty() {
+            warn!(
+                thunk = %d.thunk,
+                "nodes {} gave different results for this thunk and no third node could decide: it is \
+                 not recorded in the memo cache (the thunk is not deterministic, or a node lies)",
+                hex(&d.undecided)
+            );
         }
     }
 
@@ -510,9 +539,8 @@ async fn follow(
         };
         match msg {
             Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
-            Ok(Some(FromRendezvous::Resolved(resolved))) => {
-                resolved.into_iter().for_each(|r| log.record(r.reduction.thunk, r.reduction.outputs));
-            }
+            Ok(Some(FromRendezvous::Resolved(resolved))) => resolved.into_iter().for_each(|r| log.record(r)),
+            Ok(Some(FromRendezvous::Disagreed(d))) => log.disagreed(d),
             Ok(Some(FromRendezvous::JobDone(outcome))) => return Ok(outcome),
             Ok(Some(FromRendezvous::JobFailed(e))) if e.code == ErrorCode::TooLarge => {
                 return Err(RunError::OverLimit(e));

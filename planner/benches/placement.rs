@@ -56,6 +56,8 @@ fn planner() -> Planner {
         memo: vec![],
         require_direct: false,
         keep_going: false,
+        verify: 0,
+        verify_salt: 0,
     };
     p.submit(1, submission).expect("valid job");
     p

@@ -73,6 +73,21 @@ enum Wait {
     Upload(Id),
 }
 
+/// Who ran a thunk, and on what: the node and [`Id::digest_of`] its resolved inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ran {
+    pub(crate) node: NodeId,
+    pub(crate) inputs: [u8; 32],
+}
+
+/// A thunk whose outputs are final, to report for the memo cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Final {
+    pub(crate) name: String,
+    pub(crate) reduction: Reduction,
+    pub(crate) ran: Ran,
+}
+
 /// What a ref stands for right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Resolved {
@@ -139,7 +154,9 @@ pub(crate) struct Job {
     /// A thunk of the job returned a tail: outputs may be read through it by thunks that are
     /// not their producer's consumers, so none is dropped early.
     has_tails: bool,
-    resolved_out: Vec<(String, Reduction)>,
+    resolved_out: Vec<Final>,
+    /// Who ran each thunk done but not yet reported, and on what inputs.
+    ran: HashMap<Id, Ran>,
     executed: BTreeSet<Id>,
     pub(crate) upload_requested: BTreeSet<Id>,
     /// Target blobs known to be in the job's store from this job: the client found them there,
@@ -178,6 +195,12 @@ pub(crate) struct Job {
     pub(crate) kinds: HashMap<crate::speculate::Kind, Average>,
     /// A failed thunk does not end the job: what does not depend on it still runs.
     pub(crate) keep_going: bool,
+    /// One in how many thunks is checked on a second node, and the client's salt that picks
+    /// them.
+    pub(crate) verify: (u32, u64),
+    /// Thunks whose checked results differed undecided: done, but not reported for the memo
+    /// cache.
+    pub(crate) unrecorded: BTreeSet<Id>,
     /// Thunks that failed (a job that keeps going), each with why.
     failures: BTreeMap<Id, WireError>,
     /// Thunks not run because an input of theirs failed.
@@ -198,6 +221,7 @@ impl Job {
             producers: IdMap::default(),
             has_tails: false,
             resolved_out: Vec::new(),
+            ran: HashMap::new(),
             executed: BTreeSet::new(),
             upload_requested: BTreeSet::new(),
             confirmed_targets: BTreeSet::new(),
@@ -219,6 +243,8 @@ impl Job {
             output_bytes: Average::new(),
             kinds: HashMap::new(),
             keep_going: sub.keep_going,
+            verify: (sub.verify, sub.verify_salt),
+            unrecorded: BTreeSet::new(),
             failures: BTreeMap::new(),
             skipped: 0,
         };
@@ -615,7 +641,12 @@ impl Job {
     }
 
     /// Records a finished thunk's outputs; returns the blobs now held by the node that ran it.
-    pub(crate) fn complete(&mut self, thunk: Id, outputs: &[(String, OutputValue)]) -> Result<Vec<Id>, WireError> {
+    pub(crate) fn complete(
+        &mut self,
+        thunk: Id,
+        outputs: &[(String, OutputValue)],
+        ran: Ran,
+    ) -> Result<Vec<Id>, WireError> {
         let (name, declared) = match self.entries.get(&thunk) {
             Some(e) => (e.name.clone(), e.thunk.outputs.clone()),
             None => return Ok(Vec::new()),
@@ -648,6 +679,7 @@ impl Job {
             self.counts.set(&mut e.state, State::Done { outputs: values.into() });
         }
         self.executed.insert(thunk);
+        self.ran.insert(thunk, ran);
         self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
         self.watch.thunk_done(thunk);
         self.try_report(thunk);
@@ -702,7 +734,10 @@ impl Job {
         if let Some(e) = self.entries.get_mut(&thunk) {
             e.reported = true;
         }
-        self.resolved_out.push((name, Reduction { thunk, outputs }));
+        // A thunk done without running here (from the memo cache) is reported by nobody, and
+        // one whose checked results differed is not recorded.
+        let Some(ran) = self.ran.remove(&thunk).filter(|_| !self.unrecorded.contains(&thunk)) else { return };
+        self.resolved_out.push(Final { name, reduction: Reduction { thunk, outputs }, ran });
     }
 
     /// How many waiting registrations exist (each blocked thunk should hold one).
@@ -712,7 +747,7 @@ impl Job {
             + self.blob_waiters.values().map(BTreeSet::len).sum::<usize>()
     }
 
-    pub(crate) fn take_resolved(&mut self) -> Vec<(String, Reduction)> {
+    pub(crate) fn take_resolved(&mut self) -> Vec<Final> {
         std::mem::take(&mut self.resolved_out)
     }
 

@@ -15,6 +15,7 @@ mod idhash;
 mod job;
 pub mod place;
 mod speculate;
+mod verify;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -88,6 +89,22 @@ pub enum Decision {
         name: String,
         /// The memo entry.
         reduction: Reduction,
+        /// The node that ran it.
+        node: NodeId,
+        /// [`Id::digest_of`] the blobs its refs resolved to.
+        inputs: [u8; 32],
+    },
+    /// A thunk checked on other nodes gave different results (see `verify`); the job fails when
+    /// some node was outvoted, and goes on unrecorded when none could decide.
+    Disagreed {
+        /// The job.
+        job: JobId,
+        /// The thunk's name in the job.
+        name: String,
+        /// Nodes whose result the others outvoted.
+        outvoted: Vec<NodeId>,
+        /// Nodes whose results differ with none to decide.
+        undecided: Vec<NodeId>,
     },
     /// The job's targets are all in storage.
     JobDone {
@@ -294,6 +311,10 @@ pub struct Planner {
     stores: HashMap<String, StoreKey>,
     /// Slots of every node known (draining ones included).
     slots: u64,
+    /// Thunks whose results are being checked on other nodes (see `verify`).
+    checks: BTreeMap<(JobId, Id), verify::Check>,
+    /// Checks waiting for a free slot on a node that has not run their thunk.
+    check_queue: VecDeque<(JobId, Id)>,
 }
 
 impl Planner {
@@ -544,7 +565,22 @@ impl Planner {
                 job.output_bytes.add(blob.size as f64);
             }
         }
-        let placed = match job.complete(info.thunk, outputs) {
+        let checked;
+        let outputs = match self.judge(info.job, info.thunk, info.node, Some(outputs)) {
+            verify::Verdict::Unchecked => outputs,
+            verify::Verdict::Wait => return,
+            verify::Verdict::Fail => return self.fail(info.job, self.outvoted(&info, "gave different results")),
+            verify::Verdict::Complete { outputs, unrecorded } => {
+                if unrecorded && let Some(job) = self.jobs.get_mut(&info.job) {
+                    job.unrecorded.insert(info.thunk);
+                }
+                checked = outputs;
+                &checked
+            }
+        };
+        let Some(job) = self.jobs.get_mut(&info.job) else { return };
+        let ran = job::Ran { node: info.node, inputs: Id::digest_of(&info.inputs) };
+        let placed = match job.complete(info.thunk, outputs, ran) {
             Ok(placed) => placed,
             Err(error) => return self.fail(info.job, error),
         };
@@ -622,6 +658,16 @@ impl Planner {
         if twin_runs_on && !error.code.is_thunk_fault() {
             return;
         }
+        if error.code.is_thunk_fault() && self.checks.contains_key(&(info.job, info.thunk)) {
+            // It succeeded elsewhere: one of the nodes is wrong.
+            return match self.judge(info.job, info.thunk, info.node, None) {
+                verify::Verdict::Wait | verify::Verdict::Unchecked => {}
+                verify::Verdict::Complete { .. } | verify::Verdict::Fail => {
+                    self.fail(info.job, self.outvoted(&info, "succeeded on one node and failed on another"));
+                }
+            };
+        }
+        let Some(job) = self.jobs.get_mut(&info.job) else { return };
         let given_up = if error.code.is_thunk_fault() {
             Some(format!("thunk `{name}` failed: {}", error.message))
         } else if error.code == ErrorCode::StoreError {
@@ -726,6 +772,7 @@ impl Planner {
 
     /// Drops a job (its client went away); running tasks finish and are ignored.
     pub fn cancel(&mut self, job: JobId) {
+        self.drop_checks(job);
         self.jobs.remove(&job);
     }
 
@@ -776,7 +823,19 @@ impl Planner {
         Some(info)
     }
 
+    /// Why a job fails whose checked thunk `what` on different nodes ("gave different results",
+    /// "succeeded on one node and failed on another").
+    fn outvoted(&self, info: &TaskInfo, what: &str) -> WireError {
+        let name = self.jobs.get(&info.job).map_or("?", |j| j.name(info.thunk));
+        let message = format!(
+            "thunk `{name}` {what} when it was checked (--verify): a node reported what the thunk does not \
+             produce (or the thunk is not deterministic), so nothing that node did in this job can be trusted"
+        );
+        WireError::new(ErrorCode::NodeError, message)
+    }
+
     fn fail(&mut self, job: JobId, error: WireError) {
+        self.drop_checks(job);
         if self.jobs.remove(&job).is_some() {
             self.out.push_back(Decision::JobFailed { job, error });
         }
@@ -835,8 +894,9 @@ impl Planner {
             let store = job.store;
             let avail = |blob: &Id| self.avail(blob, store);
             let result = job.evaluate_pending(&avail);
-            for (name, reduction) in job.take_resolved() {
-                self.out.push_back(Decision::Resolved { job: id, name, reduction });
+            for done in job.take_resolved() {
+                let (name, reduction, node, inputs) = (done.name, done.reduction, done.ran.node, done.ran.inputs);
+                self.out.push_back(Decision::Resolved { job: id, name, reduction, node, inputs });
             }
             if let Err(error) = result {
                 self.out.push_back(Decision::JobFailed { job: id, error });
@@ -910,6 +970,7 @@ impl Planner {
     /// Hands ready thunks to nodes with free slots: first those held for a node that freed up,
     /// then those whose wait ran out, then the ready queues.
     fn assign(&mut self) {
+        self.start_checks();
         self.assign_held();
         self.expire_holds();
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();

@@ -42,6 +42,8 @@ pub(crate) fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: V
         memo: vec![],
         require_direct: false,
         keep_going: false,
+        verify: 0,
+        verify_salt: 0,
     }
 }
 

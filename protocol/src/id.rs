@@ -45,6 +45,18 @@ impl Id {
         Id::new(Kind::Blob, bytes)
     }
 
+    /// One digest of a list of ids (a thunk's inputs as they resolved, in the order of its refs):
+    /// equal lists, equal digests.
+    pub fn digest_of(ids: &[Id]) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        for id in ids {
+            hasher.update(&[id.kind as u8]);
+            hasher.update(&id.hash);
+            hasher.update(&id.size.to_le_bytes());
+        }
+        *hasher.finalize().as_bytes()
+    }
+
     /// The id of `bytes` taken as `kind`.
     pub fn new(kind: Kind, bytes: &[u8]) -> Id {
         Id { kind, hash: *blake3::hash(bytes).as_bytes(), size: bytes.len() as u64 }

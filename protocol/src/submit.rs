@@ -44,6 +44,8 @@ pub fn pieces(sub: &Submission) -> impl Iterator<Item = Result<Vec<u8>, ThunkToo
         mode: sub.mode,
         require_direct: sub.require_direct,
         keep_going: sub.keep_going,
+        verify: sub.verify,
+        verify_salt: sub.verify_salt,
     });
     let items = sub
         .memo
@@ -151,7 +153,7 @@ pub struct Assembler {
 impl Assembler {
     /// A job that begins with `header`.
     pub fn new(header: JobHeader, limits: JobLimits) -> Assembler {
-        let JobHeader { store, mode, require_direct, keep_going } = header;
+        let JobHeader { store, mode, require_direct, keep_going, verify, verify_salt } = header;
         let sub = Submission {
             store,
             mode,
@@ -161,6 +163,8 @@ impl Assembler {
             memo: Vec::new(),
             require_direct,
             keep_going,
+            verify,
+            verify_salt,
         };
         Assembler { sub, interner: Interner::default(), limits, bytes: 0 }
     }
@@ -278,6 +282,8 @@ mod tests {
             memo: vec![],
             require_direct: false,
             keep_going: true,
+            verify: 0,
+            verify_salt: 0,
         }
     }
 

@@ -60,6 +60,8 @@ pub fn compile_job(thunks: usize, program: &Program) -> Submission {
         memo: Vec::new(),
         require_direct: false,
         keep_going: false,
+        verify: 0,
+        verify_salt: 0,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 12;
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -159,6 +159,9 @@ pub struct NodeStatus {
     pub running: u32,
     /// How it isolates programs.
     pub isolation: String,
+    /// SHA-256 of its certificate: its identity in memo entries (`thunkmesh memo forget --node`)
+    /// and for `thunkmesh rendezvous --forbid-node`.
+    pub fingerprint: [u8; 32],
 }
 
 /// What `thunkmesh status` shows of a rendezvous.
@@ -210,6 +213,8 @@ pub enum FromRendezvous {
     /// Thunks of the job resolved (to a client): every one resolved since the last such message,
     /// so that a burst of completions is one message, not thousands.
     Resolved(Vec<Resolution>),
+    /// A result checked on another node differed (to a client).
+    Disagreed(Disagreement),
     /// Counts of the job's thunks (to a client).
     Progress(Progress),
     /// The job is complete (to a client).
@@ -276,6 +281,12 @@ pub struct Submission {
     /// A failed thunk does not end the job: every thunk that does not depend on it still runs,
     /// and the outcome lists the failures.
     pub keep_going: bool,
+    /// One in how many results is run again on another node and compared before it is final
+    /// (0: none, 1: every one); see `docs/reliability.md`.
+    pub verify: u32,
+    /// The client's secret choice of which results are checked: a node cannot tell which of its
+    /// results will be.
+    pub verify_salt: u64,
 }
 
 /// How a job runs: the first message of a submission.
@@ -289,6 +300,10 @@ pub struct JobHeader {
     pub require_direct: bool,
     /// See [`Submission::keep_going`].
     pub keep_going: bool,
+    /// See [`Submission::verify`].
+    pub verify: u32,
+    /// See [`Submission::verify_salt`].
+    pub verify_salt: u64,
 }
 
 /// A piece of a job's content; any number of each, in any order, before `JobEnd`.
@@ -489,6 +504,25 @@ pub struct Resolution {
     pub name: String,
     /// Whether it ran in this job (false: it came from the memo cache).
     pub executed: bool,
+    /// [`crate::Id::digest_of`] the blobs its refs resolved to when it ran: a memo entry is
+    /// reused only while its inputs still resolve to these.
+    pub inputs: [u8; 32],
+    /// The certificate fingerprint of the node that ran it.
+    pub producer: [u8; 32],
+}
+
+/// Nodes whose results for one thunk differed when it was run again to check (see
+/// [`Submission::verify`]).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The thunk's name.
+    pub thunk: String,
+    /// Nodes a majority of others outvoted: the job fails, and the client forgets every memo
+    /// entry they produced.
+    pub outvoted: Vec<[u8; 32]>,
+    /// Two nodes that differ with no third to decide: the thunk is not memoized, and the job
+    /// goes on with the first result.
+    pub undecided: Vec<[u8; 32]>,
 }
 
 /// Counts of a job's thunks.
@@ -759,7 +793,9 @@ mod tests {
                         store,
                         mode: Mode::Storage,
                         require_direct: true,
-                        keep_going: false
+                        keep_going: false,
+                        verify: 16,
+                        verify_salt: 7,
                     }),
                     1 => ToRendezvous::JobPart(JobPart::Targets(targets)),
                     2 => ToRendezvous::JobPart(JobPart::Stored(stored)),
@@ -858,6 +894,7 @@ mod tests {
                     slots,
                     running,
                     isolation: "namespaces".into(),
+                    fingerprint: [5; 32],
                 };
                 let job = JobStatus {
                     session: u64::from(running),
@@ -876,9 +913,14 @@ mod tests {
                 blob,
                 store
             })),
-            (reduction, ".{0,8}", any::<bool>()).prop_map(|(reduction, name, executed)| FromRendezvous::Resolved(
-                vec![Resolution { reduction, name, executed }]
-            )),
+            (reduction, ".{0,8}", any::<bool>(), any::<[u8; 32]>()).prop_map(|(reduction, name, executed, inputs)| {
+                FromRendezvous::Resolved(vec![Resolution { reduction, name, executed, inputs, producer: [3; 32] }])
+            }),
+            (".{0,8}", any::<[u8; 32]>()).prop_map(|(thunk, node)| FromRendezvous::Disagreed(Disagreement {
+                thunk,
+                outvoted: vec![node],
+                undecided: Vec::new()
+            })),
             progress.prop_map(FromRendezvous::Progress),
             outcome.prop_map(FromRendezvous::JobDone),
             arb_error().prop_map(FromRendezvous::JobFailed),

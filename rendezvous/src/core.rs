@@ -17,8 +17,8 @@ use thunkmesh_planner::{Decision, Place, Planner};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::submit::{Assembler, JobLimits};
 use thunkmesh_protocol::wire::{
-    Assignment, ErrorCode, FromRendezvous, InputSource, JobHeader, JobPart, JobStatus, MeshStatus, Mode, NatKind,
-    NodeHello, NodeStatus, Progress, Resolution, Source, ToRendezvous, UploadRequest, WireError,
+    Assignment, Disagreement, ErrorCode, FromRendezvous, InputSource, JobHeader, JobPart, JobStatus, MeshStatus, Mode,
+    NatKind, NodeHello, NodeStatus, Progress, Resolution, Source, ToRendezvous, UploadRequest, WireError,
 };
 use tracing::{info, warn};
 
@@ -136,6 +136,9 @@ enum Incoming {
 /// beyond it is not counted on for placement.
 pub(crate) const MAX_HOLDS_PER_NODE: u64 = 1 << 18;
 
+/// Nodes that left whose fingerprints are kept for their late results.
+const MAX_REMEMBERED_FINGERPRINTS: usize = 1 << 16;
+
 #[derive(Debug)]
 pub(crate) struct Core {
     planner: Planner,
@@ -145,6 +148,10 @@ pub(crate) struct Core {
     nodes: HashMap<u64, NodeEntry>,
     clients: HashMap<u64, ClientEntry>,
     out: VecDeque<Action>,
+    /// Nodes refused at their hello: prefixes of certificate fingerprints, in lowercase hex.
+    forbidden: Vec<String>,
+    /// Fingerprints of nodes, kept after they leave, for results reported later.
+    fingerprints: HashMap<u64, [u8; 32]>,
     /// The time of the event being handled, since the core started.
     now: Duration,
     /// A session left or a job was dropped since [`Core::take_released`] was last asked.
@@ -160,6 +167,8 @@ impl Default for Core {
             nodes: HashMap::new(),
             clients: HashMap::new(),
             out: VecDeque::new(),
+            forbidden: Vec::new(),
+            fingerprints: HashMap::new(),
             now: Duration::ZERO,
             released: false,
         }
@@ -167,9 +176,16 @@ impl Default for Core {
 }
 
 impl Core {
-    /// A core that takes jobs within `limits`.
-    pub(crate) fn new(limits: JobLimits) -> Core {
-        Core { limits, ..Core::default() }
+    /// A core that takes jobs within `limits` and refuses the nodes whose fingerprints begin
+    /// with one of `forbidden` (lowercase hex).
+    pub(crate) fn new(limits: JobLimits, forbidden: &[String]) -> Core {
+        Core { limits, forbidden: forbidden.to_vec(), ..Core::default() }
+    }
+
+    /// The fingerprint of `node`, in the registry or as it was when it left (zeros if never seen).
+    fn fingerprint_of(&self, node: u64) -> [u8; 32] {
+        let registered = self.nodes.get(&node).map(|n| n.fingerprint);
+        registered.or_else(|| self.fingerprints.get(&node).copied()).unwrap_or_default()
     }
 
     /// A core that lets a node announce at most `max_holds` objects.
@@ -232,6 +248,14 @@ impl Core {
     fn apply(&mut self, event: Event) {
         match event {
             Event::NodeJoined { node, hello, addr } => {
+                let id = hex::encode(hello.fingerprint);
+                if self.forbidden.iter().any(|prefix| id.starts_with(prefix.as_str())) {
+                    warn!(node, name = %hello.name, "refusing a forbidden node");
+                    let message = "this node is forbidden here (`thunkmesh rendezvous --forbid-node`)";
+                    let msg = FromRendezvous::Refused(WireError::new(ErrorCode::Unauthorized, message));
+                    // Not registered, so not through `send`: the refusal closes its connection.
+                    return self.out.push_back(Action::Send { to: node, msg });
+                }
                 let local = hello.local.parse().ok();
                 if local.is_none() {
                     warn!(node, local = %hello.local, "node sent a local address that is not ip:port");
@@ -316,6 +340,12 @@ impl Core {
     fn left(&mut self, session: u64) {
         self.released = true;
         if let Some(node) = self.nodes.remove(&session) {
+            if self.fingerprints.len() >= MAX_REMEMBERED_FINGERPRINTS {
+                // Results are reported within moments of their node's last message; a bound
+                // keeps a rendezvous that outlives many nodes from growing.
+                self.fingerprints.clear();
+            }
+            self.fingerprints.insert(session, node.fingerprint);
             info!(node = session, "node left");
             if node.awaited.is_none() {
                 self.out.push_back(Action::Nodes(self.ready_nodes()));
@@ -501,8 +531,11 @@ impl Core {
                     let store = self.store(job);
                     self.send(node, FromRendezvous::Upload(UploadRequest { job, blob, store }));
                 }
-                Decision::Resolved { job, name, reduction } => {
-                    resolved.entry(job).or_default().push(Resolution { reduction, name, executed: true });
+                Decision::Resolved { job, name, reduction, node, inputs } => {
+                    // A node that left since is named by what it said it was.
+                    let producer = self.fingerprint_of(node);
+                    let resolution = Resolution { reduction, name, executed: true, inputs, producer };
+                    resolved.entry(job).or_default().push(resolution);
                 }
                 Decision::JobDone { job, outcome } => {
                     info!(job, executed = outcome.executed, cached = outcome.cached, "job done");
@@ -511,6 +544,12 @@ impl Core {
                     self.send(job, FromRendezvous::JobDone(outcome));
                 }
                 Decision::Drained { node } => self.send(node, FromRendezvous::Drained),
+                Decision::Disagreed { job, name, outvoted, undecided } => {
+                    let ids = |nodes: Vec<u64>| nodes.into_iter().map(|n| self.fingerprint_of(n)).collect();
+                    let disagreement = Disagreement { thunk: name, outvoted: ids(outvoted), undecided: ids(undecided) };
+                    warn!(job, thunk = %disagreement.thunk, "a checked result differed between nodes");
+                    self.send(job, FromRendezvous::Disagreed(disagreement));
+                }
                 Decision::Cancel { node, task } => self.send(node, FromRendezvous::Cancel { task }),
                 Decision::Drop { node, blobs } => self.send(node, FromRendezvous::Drop(blobs)),
                 Decision::JobFailed { job, error } => {
@@ -564,6 +603,7 @@ impl Core {
                 slots: n.slots,
                 running: u32::try_from(self.planner.running(id)).unwrap_or(u32::MAX),
                 isolation: n.isolation.clone(),
+                fingerprint: n.fingerprint,
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));

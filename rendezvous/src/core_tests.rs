@@ -101,6 +101,8 @@ fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
         memo: vec![],
         require_direct: false,
         keep_going: false,
+        verify: 0,
+        verify_salt: 0,
     };
     (submission, thunks)
 }
@@ -502,7 +504,14 @@ fn status_lists_the_nodes_and_the_jobs_with_their_age() {
 
 /// A client that begins a job and sends `parts` pieces of `ids` stored ids each, never ending it.
 fn send_unfinished(core: &mut Core, now: Duration, job: u64, parts: u64, ids: u64) {
-    let header = JobHeader { store: "file:///s".into(), mode: Mode::P2p, require_direct: false, keep_going: false };
+    let header = JobHeader {
+        store: "file:///s".into(),
+        mode: Mode::P2p,
+        require_direct: false,
+        keep_going: false,
+        verify: 0,
+        verify_salt: 0,
+    };
     core.handle(now, Event::ClientJoined { job });
     core.handle(now, Event::Message { from: job, msg: ToRendezvous::Submit(header) });
     for part in 0..parts {
@@ -527,7 +536,7 @@ fn refusals(core: &mut Core) -> Vec<(u64, String)> {
 #[test]
 fn jobs_being_received_share_one_budget_and_the_largest_goes_first() {
     let limits = JobLimits { unfinished: 100 * REF_WEIGHT, ..JobLimits::default() };
-    let mut core = Core::new(limits);
+    let mut core = Core::new(limits, &[]);
     send_unfinished(&mut core, Duration::ZERO, 1, 4, 10);
     send_unfinished(&mut core, Duration::ZERO, 2, 5, 10);
     assert!(refusals(&mut core).is_empty(), "90 ids are within the budget of 100");
@@ -545,7 +554,7 @@ fn jobs_being_received_share_one_budget_and_the_largest_goes_first() {
 #[test]
 fn a_submission_that_never_ends_is_refused_in_time() {
     let limits = JobLimits { submit_within: Duration::from_secs(10), ..JobLimits::default() };
-    let mut core = Core::new(limits);
+    let mut core = Core::new(limits, &[]);
     send_unfinished(&mut core, Duration::ZERO, 1, 1, 10);
     send_unfinished(&mut core, Duration::from_secs(8), 2, 1, 10);
     core.tick(Duration::from_secs(10));
@@ -556,4 +565,21 @@ fn a_submission_that_never_ends_is_refused_in_time() {
     assert!(refused[0].1.contains("not whole within 10s"), "{}", refused[0].1);
     core.handle(Duration::from_millis(10_300), Event::Message { from: 1, msg: ToRendezvous::JobEnd });
     assert!(refusals(&mut core).is_empty(), "the rest of a refused job is ignored");
+}
+
+/// Issue 28, finding 2: a node whose fingerprint begins with a forbidden prefix is refused at
+/// its hello and never counted; another is welcome.
+#[test]
+fn a_forbidden_node_is_refused_at_its_hello() {
+    let mut core = Core::new(JobLimits::default(), &["07070707".into()]);
+    core.handle(Duration::ZERO, Event::NodeJoined { node: 1, hello: hello("liar"), addr: addr(1) });
+    let honest = NodeHello { fingerprint: [8; 32], ..hello("honest") };
+    core.handle(Duration::ZERO, Event::NodeJoined { node: 2, hello: honest, addr: addr(2) });
+    let actions: Vec<Action> = std::iter::from_fn(|| core.poll()).collect();
+    let refused = actions.iter().any(
+        |a| matches!(a, Action::Send { to: 1, msg: FromRendezvous::Refused(e) } if e.message.contains("--forbid-node")),
+    );
+    assert!(refused, "{actions:?}");
+    assert!(actions.contains(&Action::Nodes(1)), "only the honest node counts: {actions:?}");
+    assert!(!actions.contains(&Action::Nodes(2)), "{actions:?}");
 }

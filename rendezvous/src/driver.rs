@@ -27,9 +27,14 @@ impl From<Event> for Inbound {
 }
 
 /// Runs the core until every connection's sender is gone; publishes the node count on `nodes`.
-pub(crate) async fn run(mut inbox: mpsc::Receiver<Inbound>, nodes: watch::Sender<usize>, limits: JobLimits) {
+pub(crate) async fn run(
+    mut inbox: mpsc::Receiver<Inbound>,
+    nodes: watch::Sender<usize>,
+    limits: JobLimits,
+    forbidden: Vec<String>,
+) {
     let started = tokio::time::Instant::now();
-    let mut core = Core::new(limits);
+    let mut core = Core::new(limits, &forbidden);
     let mut outboxes: HashMap<u64, mpsc::Sender<FromRendezvous>> = HashMap::new();
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     loop {

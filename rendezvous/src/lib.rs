@@ -38,6 +38,8 @@ pub struct Config {
     pub identity: Identity,
     /// The largest job it takes.
     pub limits: JobLimits,
+    /// Nodes it refuses: prefixes of their certificate fingerprints, in lowercase hex.
+    pub forbidden: Vec<String>,
 }
 
 /// A failure to start the server.
@@ -73,8 +75,19 @@ pub fn spawn(bind: SocketAddr, config: Config) -> Result<Running, RendezvousErro
     let addr = endpoint.local_addr().map_err(|source| NetError::Io { path: bind.to_string(), source })?;
     let fingerprint = config.identity.fingerprint();
     let (count, nodes) = watch::channel(0);
-    let task = tokio::spawn(serve_counting(endpoint, None, config.token, config.limits, std::future::pending(), count));
+    let rules = Rules { limits: config.limits, forbidden: config.forbidden };
+    let task = tokio::spawn(serve_counting(endpoint, None, config.token, rules, std::future::pending(), count));
     Ok(Running { addr, fingerprint, nodes, _task: AbortOnDrop(task) })
+}
+
+/// What the server takes and whom it refuses.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// The largest job it takes, and what jobs being sent may hold.
+    pub limits: JobLimits,
+    /// Nodes it refuses at their hello: prefixes of their certificate fingerprints, in
+    /// lowercase hex.
+    pub forbidden: Vec<String>,
 }
 
 /// Serves on `endpoint` until `shutdown` completes, then closes every connection. A `probe`
@@ -83,17 +96,17 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     probe: Option<quinn::Endpoint>,
     token: String,
-    limits: JobLimits,
+    rules: Rules,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_counting(endpoint, probe, token, limits, shutdown, watch::channel(0).0).await;
+    serve_counting(endpoint, probe, token, rules, shutdown, watch::channel(0).0).await;
 }
 
 async fn serve_counting(
     endpoint: quinn::Endpoint,
     probe: Option<quinn::Endpoint>,
     token: String,
-    limits: JobLimits,
+    rules: Rules,
     shutdown: impl Future<Output = ()>,
     nodes: watch::Sender<usize>,
 ) {
@@ -102,7 +115,7 @@ async fn serve_counting(
     let relay = relay::Relay::new(token.clone());
     let strangers = thunkmesh_net::Strangers::default();
     let mut tasks = JoinSet::new();
-    tasks.spawn(driver::run(inbox, nodes, limits));
+    tasks.spawn(driver::run(inbox, nodes, rules.limits, rules.forbidden));
     let probe_port = probe.as_ref().and_then(|p| p.local_addr().ok()).map_or(0, |a| a.port());
     if let Some(probe) = probe.clone() {
         tasks.spawn(probe::serve(probe));

@@ -39,13 +39,27 @@ use thunkmesh_protocol::wire::TransferStats;
 use tokio::io::AsyncReadExt;
 
 const REDUCTION_HEADER: &str = "thunkmesh-reduction v1";
-const BATCH_HEADER: &str = "thunkmesh-reductions v1";
+/// Batches before entries named their inputs and producer: read, never reused (see [`MemoRecord`]).
+const BATCH_HEADER_V1: &str = "thunkmesh-reductions v1";
+const BATCH_HEADER: &str = "thunkmesh-reductions v2";
 
 /// Batches of memo entries read at a lookup past which they are merged into one.
 pub const COMPACT_AFTER: usize = 8;
 
-/// Memo entries: thunk -> its outputs, by name.
-pub type Reductions = std::collections::HashMap<Id, Vec<(String, Id)>>;
+/// A memo entry: what a thunk's outputs were, the inputs it ran on, and who ran it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoRecord {
+    /// Each output's final blob, by name.
+    pub outputs: Vec<(String, Id)>,
+    /// [`Id::digest_of`] the blobs the thunk's refs resolved to when it ran: the entry holds only
+    /// while they resolve to the same blobs (`None`: recorded before entries said, never reused).
+    pub inputs: Option<[u8; 32]>,
+    /// The certificate fingerprint of the node that ran it (`None`: not recorded).
+    pub producer: Option<[u8; 32]>,
+}
+
+/// Memo entries by thunk.
+pub type Reductions = std::collections::HashMap<Id, MemoRecord>;
 
 /// Objects larger than this are uploaded in parts, streamed from their file.
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
@@ -302,11 +316,13 @@ impl Store {
         Ok(true)
     }
 
-    /// The memo entry of a thunk, if one was recorded.
-    pub async fn get_reduction(&self, thunk: Id) -> Result<Option<Vec<(String, Id)>>, StoreError> {
+    /// The memo entry of a thunk recorded on its own (as clients before batches did), if any.
+    pub async fn get_reduction(&self, thunk: Id) -> Result<Option<MemoRecord>, StoreError> {
         let key = reduction_key(thunk);
         let Some(bytes) = self.get_small(&key).await? else { return Ok(None) };
-        parse_reduction(&bytes).map(Some).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })
+        let outputs =
+            parse_reduction(&bytes).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })?;
+        Ok(Some(MemoRecord { outputs, inputs: None, producer: None }))
     }
 
     /// The thunks that have a memo entry, found by listing `reductions/`; `None`, after at most
@@ -343,22 +359,38 @@ impl Store {
     }
 
     /// Records many thunks' memo entries in one new batch (one PUT).
-    pub async fn put_reductions(&self, entries: &[(Id, Vec<(String, Id)>)]) -> Result<(), StoreError> {
-        let mut text = format!("{BATCH_HEADER}\n");
-        for (thunk, outputs) in entries {
-            text.push_str(&format!("thunk {thunk}\n"));
-            for (name, id) in outputs {
-                text.push_str(&format!("{id} {name}\n"));
-            }
-        }
+    pub async fn put_reductions(&self, entries: &[(Id, MemoRecord)]) -> Result<(), StoreError> {
         let key = Path::from(format!("memo/{:032x}", rand::random::<u128>()));
-        self.put(key, Bytes::from(text)).await
+        self.put(key, Bytes::from(format_batch(entries))).await
     }
 
     /// Every memo entry recorded in batches: one listing request per 1,000 batches and one GET
     /// per batch. Past [`COMPACT_AFTER`] batches they are merged into one new batch and the old
     /// ones deleted (a PUT and a request per batch), so lookups stay a few requests.
     pub async fn batched_reductions(&self) -> Result<Reductions, StoreError> {
+        let (keys, all) = self.read_batches().await?;
+        if keys.len() > COMPACT_AFTER {
+            self.replace_batches(&keys, &all).await?;
+        }
+        Ok(all)
+    }
+
+    /// Removes every batched memo entry `forget` picks (a node's, say): the rest are written as
+    /// one new batch and the old batches deleted. Returns how many were removed; with none,
+    /// nothing is written.
+    pub async fn forget_reductions(&self, forget: impl Fn(&MemoRecord) -> bool) -> Result<u64, StoreError> {
+        let (keys, mut all) = self.read_batches().await?;
+        let before = all.len();
+        all.retain(|_, record| !forget(record));
+        let removed = (before - all.len()) as u64;
+        if removed > 0 {
+            self.replace_batches(&keys, &all).await?;
+        }
+        Ok(removed)
+    }
+
+    /// The keys of every batch and their entries merged.
+    async fn read_batches(&self) -> Result<(Vec<Path>, Reductions), StoreError> {
         let keys = self.list_keys(&Path::from("memo"), u64::MAX).await?.unwrap_or_default();
         let reads = keys.iter().map(|key| async move { (key, self.get_small(key).await) });
         let mut all = Reductions::new();
@@ -369,18 +401,21 @@ impl Store {
                 parse_batch(&bytes).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })?;
             all.extend(entries);
         }
-        if keys.len() > COMPACT_AFTER {
-            let merged: Vec<(Id, Vec<(String, Id)>)> = all.iter().map(|(t, o)| (*t, o.clone())).collect();
-            self.put_reductions(&merged).await?;
-            for key in &keys {
-                self.counters.puts.fetch_add(1, Ordering::Relaxed);
-                self.latency.wait(0).await;
-                if let Err(e) = self.inner.delete(key).await {
-                    tracing::warn!(%key, error = %e, "cannot delete a merged memo batch");
-                }
+        Ok((keys, all))
+    }
+
+    /// Writes `all` as one batch, then deletes the batches at `keys`.
+    async fn replace_batches(&self, keys: &[Path], all: &Reductions) -> Result<(), StoreError> {
+        let merged: Vec<(Id, MemoRecord)> = all.iter().map(|(t, r)| (*t, r.clone())).collect();
+        self.put_reductions(&merged).await?;
+        for key in keys {
+            self.counters.puts.fetch_add(1, Ordering::Relaxed);
+            self.latency.wait(0).await;
+            if let Err(e) = self.inner.delete(key).await {
+                tracing::warn!(%key, error = %e, "cannot delete a merged memo batch");
             }
         }
-        Ok(all)
+        Ok(())
     }
 
     /// A small object's bytes, counted as one GET; `None` if there is none.
@@ -493,26 +528,64 @@ fn output_line(line: &str) -> Option<(String, Id)> {
     Some((name.to_owned(), id.parse().ok()?))
 }
 
-/// Parses a batch of reduction records; the error is the first bad line, 1-based.
+/// A batch's text: per entry a `thunk <thunk id> <inputs> <producer>` line (64 hex digits each,
+/// `-` for a producer not known), then a `<blob id> <output name>` line per output.
+fn format_batch(entries: &[(Id, MemoRecord)]) -> String {
+    let hex_or_dash = |bytes: Option<[u8; 32]>| bytes.map_or_else(|| "-".to_owned(), hex::encode);
+    let mut text = format!("{BATCH_HEADER}\n");
+    for (thunk, record) in entries {
+        // An entry without inputs is never reused: there is no point keeping it.
+        let Some(inputs) = record.inputs else { continue };
+        text.push_str(&format!("thunk {thunk} {} {}\n", hex::encode(inputs), hex_or_dash(record.producer)));
+        for (name, id) in &record.outputs {
+            text.push_str(&format!("{id} {name}\n"));
+        }
+    }
+    text
+}
+
+/// Parses a batch of reduction records (v1 entries have neither inputs nor producer); the
+/// error is the first bad line, 1-based.
 fn parse_batch(bytes: &[u8]) -> Result<Reductions, usize> {
     let text = std::str::from_utf8(bytes).map_err(|_| 1usize)?;
     let mut lines = text.lines();
-    if lines.next() != Some(BATCH_HEADER) {
-        return Err(1);
-    }
+    let v2 = match lines.next() {
+        Some(BATCH_HEADER) => true,
+        Some(BATCH_HEADER_V1) => false,
+        _ => return Err(1),
+    };
     let mut all = Reductions::new();
     let mut current: Option<Id> = None;
     for (i, line) in lines.enumerate() {
-        if let Some(thunk) = line.strip_prefix("thunk ") {
-            let thunk: Id = thunk.parse().map_err(|_| i + 2)?;
-            all.insert(thunk, Vec::new());
+        if let Some(rest) = line.strip_prefix("thunk ") {
+            let (thunk, record) = entry_line(rest, v2).ok_or(i + 2)?;
+            all.insert(thunk, record);
             current = Some(thunk);
             continue;
         }
         let output = output_line(line).ok_or(i + 2)?;
-        current.and_then(|t| all.get_mut(&t)).ok_or(i + 2)?.push(output);
+        current.and_then(|t| all.get_mut(&t)).ok_or(i + 2)?.outputs.push(output);
     }
     Ok(all)
+}
+
+/// What follows `thunk ` on an entry's first line.
+fn entry_line(rest: &str, v2: bool) -> Option<(Id, MemoRecord)> {
+    let thirty_two = |hex: &str| <[u8; 32]>::try_from(hex::decode(hex).ok()?).ok();
+    let mut fields = rest.split(' ');
+    let thunk: Id = fields.next()?.parse().ok()?;
+    let (inputs, producer) = match v2 {
+        true => {
+            let inputs = thirty_two(fields.next()?)?;
+            let producer = match fields.next()? {
+                "-" => None,
+                hex => Some(thirty_two(hex)?),
+            };
+            (Some(inputs), producer)
+        }
+        false => (None, None),
+    };
+    fields.next().is_none().then_some((thunk, MemoRecord { outputs: Vec::new(), inputs, producer }))
 }
 
 #[cfg(test)]
@@ -554,10 +627,6 @@ mod tests {
     #[tokio::test]
     async fn batches_of_reductions_round_trip_and_are_merged_past_the_limit() {
         let store = Store::open("memory://").expect("open");
-        let entry = |n: u8| {
-            let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, &[n]);
-            (thunk, vec![("out dir/a b".to_owned(), Id::of_blob(&[n])), ("log".to_owned(), Id::of_blob(b""))])
-        };
         for n in 0..=COMPACT_AFTER as u8 {
             store.put_reductions(&[entry(2 * n), entry(2 * n + 1)]).await.expect("put");
         }
@@ -573,6 +642,40 @@ mod tests {
         assert_eq!(store.stats().storage_gets - read.storage_gets, 2, "a listing and one batch");
         assert_eq!(parse_batch(b"thunkmesh-reductions v1\nBnot-an-id out\n"), Err(2));
         assert_eq!(parse_batch(b"thunkmesh-reductions v1\nthunk T1\n"), Err(2));
+        assert_eq!(parse_batch(format!("{BATCH_HEADER}\nthunk {} 00 -\n", entry(1).0).as_bytes()), Err(2));
+    }
+
+    /// A memo entry of thunk `n`, with inputs, by node `n % 2`.
+    fn entry(n: u8) -> (Id, MemoRecord) {
+        let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, &[n]);
+        let outputs = vec![("out dir/a b".to_owned(), Id::of_blob(&[n])), ("log".to_owned(), Id::of_blob(b""))];
+        (thunk, MemoRecord { outputs, inputs: Some([n; 32]), producer: Some([n % 2; 32]) })
+    }
+
+    /// Issue 28, finding 2: what one node produced can be purged from the memo cache; the rest
+    /// stays, v1 entries are read without inputs or producer, and an entry without inputs is
+    /// not written.
+    #[tokio::test]
+    async fn a_nodes_entries_are_forgotten_and_the_rest_kept() {
+        let store = Store::open("memory://").expect("open");
+        store.put_reductions(&[entry(1), entry(2)]).await.expect("put");
+        store.put_reductions(&[entry(3), entry(4)]).await.expect("put");
+        let forgotten = store.forget_reductions(|r| r.producer == Some([1; 32])).await.expect("forget");
+        assert_eq!(forgotten, 2);
+        let left = store.batched_reductions().await.expect("read");
+        assert_eq!(left.keys().copied().collect::<std::collections::BTreeSet<_>>(), [entry(2).0, entry(4).0].into());
+        assert_eq!(store.forget_reductions(|r| r.producer == Some([1; 32])).await.expect("again"), 0);
+        let v1 = format!("{BATCH_HEADER_V1}\nthunk {}\n{} o\n", entry(7).0, Id::of_blob(b"o"));
+        let old = parse_batch(v1.as_bytes()).expect("a v1 batch");
+        assert_eq!(
+            old[&entry(7).0],
+            MemoRecord { outputs: vec![("o".into(), Id::of_blob(b"o"))], inputs: None, producer: None }
+        );
+        let unusable = MemoRecord { inputs: None, ..entry(8).1 };
+        assert!(
+            !format_batch(&[(entry(8).0, unusable)]).contains("\nthunk "),
+            "an entry without inputs is not written"
+        );
     }
 
     #[tokio::test]
@@ -582,7 +685,8 @@ mod tests {
         assert_eq!(store.get_reduction(thunk).await.expect("get"), None);
         let outputs = vec![("out dir/a b.txt".to_owned(), Id::of_blob(b"a"))];
         store.put_reduction(thunk, &outputs).await.expect("put");
-        assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(outputs));
+        let record = MemoRecord { outputs, inputs: None, producer: None };
+        assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(record));
         assert_eq!(parse_reduction(b"thunkmesh-reduction v1\nnot-an-id x\n"), Err(2));
         assert_eq!(store.memoized(0).await.expect("list"), None, "no budget, no request");
         assert_eq!(store.memoized(1).await.expect("list"), Some(HashSet::from([thunk])));
@@ -632,7 +736,8 @@ mod tests {
         }
         let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, b"t");
         store.put_reduction(thunk, &[("out".into(), small_id)]).await.expect("put reduction");
-        assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(vec![("out".to_owned(), small_id)]));
+        let outputs = store.get_reduction(thunk).await.expect("get").map(|r| r.outputs);
+        assert_eq!(outputs, Some(vec![("out".to_owned(), small_id)]));
         assert_eq!(store.memoized(1).await.expect("list"), Some(HashSet::from([thunk])));
         assert!(dir.path().join("s3/jobs/run-1/blobs").join(big_id.to_string()).exists(), "keys live under the prefix");
     }

@@ -60,6 +60,7 @@ fn a_job_built_in_code_runs_on_the_embedded_mesh() {
             memo: Memo::Off,
             require_direct: false,
             keep_going: false,
+            verify: 0,
             out_dir: &out,
         };
         let mut heard = Heard::default();

@@ -12,6 +12,7 @@ mod failures;
 mod flood;
 mod infer;
 mod lambda;
+mod liars;
 mod library;
 mod local_files;
 mod members;

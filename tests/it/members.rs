@@ -6,11 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use thunkmesh_net::{Identity, Trust, client_config, connect, parse_fingerprint, send_msg};
+use thunkmesh_net::send_msg;
 use thunkmesh_protocol::Id;
-use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, Hello, JobHeader, JobPart, Mode, NodeHello, PROTOCOL_VERSION, Role, ToRendezvous,
-};
+use thunkmesh_protocol::wire::{JobHeader, JobPart, Mode, NodeHello, Role, ToRendezvous};
 
 use crate::util::{SelfHosted, write};
 
@@ -37,15 +35,7 @@ async fn flood(
     mut next: impl FnMut(u64) -> ToRendezvous,
     until: Instant,
 ) -> u64 {
-    let endpoint = thunkmesh_net::endpoint("127.0.0.1:0".parse().expect("addr"), &Identity::generate().expect("id"))
-        .expect("endpoint");
-    let trust = Trust::Pinned(parse_fingerprint(&fingerprint).expect("fingerprint"));
-    let config = client_config(&trust, ALPN_RENDEZVOUS).expect("config");
-    let conn =
-        connect(&endpoint, config, rdv_addr.parse().expect("addr"), thunkmesh_net::SERVER_NAME).await.expect("connect");
-    let (mut send, _recv) = conn.open_bi().await.expect("stream");
-    let hello = Hello { version: PROTOCOL_VERSION, token, role };
-    send_msg(&mut send, &hello).await.expect("hello");
+    let (_endpoint, conn, mut send, _recv) = crate::util::member(&rdv_addr, &fingerprint, token, role).await;
     let mut sent = 0;
     while Instant::now() < until {
         let left = until.saturating_duration_since(Instant::now());
@@ -130,6 +120,8 @@ fn clients_that_never_end_their_jobs_cannot_exhaust_the_rendezvous() {
                         mode: Mode::P2p,
                         require_direct: false,
                         keep_going: false,
+                        verify: 0,
+                        verify_salt: 0,
                     };
                     let mut header = Some(header);
                     let next = move |seq| match header.take() {

@@ -22,7 +22,10 @@ pub fn thunkmesh_in(ns: Option<&str>) -> Command {
         }
         None => Command::new(binary),
     };
-    cmd.env_remove("THUNKMESH_TOKEN").env("RUST_LOG", "warn");
+    // The tests count fetches, placements and runs exactly: checking a random one in 16
+    // results on another node (a self-hosted run's default) would change them. The tests of
+    // checks pass --verify.
+    cmd.env_remove("THUNKMESH_TOKEN").env("RUST_LOG", "warn").env("THUNKMESH_VERIFY", "0");
     cmd
 }
 
@@ -382,3 +385,25 @@ outputs = ["out"]
 [targets]
 "big.bin" = "big#out"
 "#;
+
+/// A raw connection to a rendezvous at `addr` (trusted by `fingerprint`) that said hello with
+/// `token` as `role`: for tests that speak the protocol as a misbehaving member would. The
+/// endpoint is returned too: the connection lives as long as it does.
+pub async fn member(
+    addr: &str,
+    fingerprint: &str,
+    token: String,
+    role: thunkmesh_protocol::wire::Role,
+) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    use thunkmesh_net::{Identity, Trust, client_config, connect, parse_fingerprint, send_msg};
+    use thunkmesh_protocol::wire::{ALPN_RENDEZVOUS, Hello, PROTOCOL_VERSION};
+    let endpoint = thunkmesh_net::endpoint("127.0.0.1:0".parse().expect("addr"), &Identity::generate().expect("id"))
+        .expect("endpoint");
+    let trust = Trust::Pinned(parse_fingerprint(fingerprint).expect("fingerprint"));
+    let config = client_config(&trust, ALPN_RENDEZVOUS).expect("config");
+    let conn =
+        connect(&endpoint, config, addr.parse().expect("addr"), thunkmesh_net::SERVER_NAME).await.expect("connect");
+    let (mut send, recv) = conn.open_bi().await.expect("stream");
+    send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token, role }).await.expect("hello");
+    (endpoint, conn, send, recv)
+}

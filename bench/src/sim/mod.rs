@@ -269,7 +269,7 @@ impl<'a> Sim<'a> {
                 Decision::Resolved { .. } => self.out.memo_records += 1,
                 Decision::JobDone { .. } => return Ok(true),
                 Decision::JobFailed { error, .. } => bail!("the job failed: {}", error.message),
-                Decision::Drained { .. } | Decision::Drop { .. } => {}
+                Decision::Drained { .. } | Decision::Drop { .. } | Decision::Disagreed { .. } => {}
                 Decision::Cancel { task, .. } => {
                     self.cancelled.insert(task);
                 }
@@ -338,6 +338,8 @@ pub fn submission(job: &SimJob, mode: Mode) -> Submission {
         memo: Vec::new(),
         require_direct: false,
         keep_going: false,
+        verify: 0,
+        verify_salt: 0,
     }
 }
 
