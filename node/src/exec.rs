@@ -626,7 +626,10 @@ async fn execute(
         },
     );
     // Until it is reaped, dropping this (a cancelled task) kills the program and what it started.
-    let mut child = started.map_err(|e| Fail::new(ErrorCode::ExitStatus, format!("cannot start the program: {e}")))?;
+    let mut child = started.map_err(|e| match e {
+        crate::jail::StartError::Program(_) => Fail::new(ErrorCode::ExitStatus, e.to_string()),
+        crate::jail::StartError::Sandbox(_) => Fail::new(ErrorCode::NodeError, e.to_string()),
+    })?;
     let mut output = OutputTail::default();
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(Fail::node)?;
     let timeout = a.thunk.timeout();

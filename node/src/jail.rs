@@ -198,7 +198,7 @@ impl Jail {
         let args = [LAUNCHER_ARG.to_owned(), PROBE_ARG.to_owned()];
         let exec =
             Exec::new(Path::new(JAIL_PROGRAM), &args, std::iter::empty(), [dev_null()?, dev_null()?, dev_null()?])?;
-        plan.spawn(&exec, &self.launcher)?.wait_blocking()
+        plan.spawn(&exec, &self.launcher).map_err(std::io::Error::other)?.wait_blocking()
     }
 
     /// How programs are isolated.
@@ -213,11 +213,12 @@ impl Jail {
     }
 
     /// Starts `program` in a private root (namespaces) or through the launcher (process tree).
-    fn start(&self, program: Program<'_>) -> std::io::Result<Running> {
+    fn start(&self, program: Program<'_>) -> Result<Running, StartError> {
         if self.isolation != Isolation::Namespaces {
+            // The launcher's own failures (the program's included) come back as its exit status.
             let mut command = tokio::process::Command::new(&self.launcher);
             command.arg(LAUNCHER_ARG).arg("--").arg(program.path);
-            return start_plain(command, program);
+            return start_plain(command, program).map_err(StartError::Sandbox);
         }
         self.orphans.reap();
         let shipped = program.shipped.then_some(program.path);
@@ -229,14 +230,16 @@ impl Jail {
             program.own_root,
             program.network,
             self.shared.clone(),
-        )?;
+        )
+        .map_err(StartError::Sandbox)?;
         if let Some(dir) = program.dir {
-            plan.cwd = c(&Path::new(JAIL_WORK).join(dir))?;
+            plan.cwd = c(&Path::new(JAIL_WORK).join(dir)).map_err(StartError::Program)?;
         }
         let path = if program.shipped { Path::new(JAIL_PROGRAM) } else { program.path };
-        let streams = [dev_null()?, program.stdout, program.stderr];
-        let exec = Exec::new(path, program.args, program.env, streams)?;
-        Ok(Running::Jailed(plan.spawn(&exec, program.path)?.watch(self.orphans.clone())?))
+        let streams = [dev_null().map_err(StartError::Sandbox)?, program.stdout, program.stderr];
+        let exec = Exec::new(path, program.args, program.env, streams).map_err(StartError::Program)?;
+        let started = plan.spawn(&exec, program.path)?;
+        Ok(Running::Jailed(started.watch(self.orphans.clone()).map_err(StartError::Sandbox)?))
     }
 }
 
@@ -271,10 +274,33 @@ pub(crate) struct Program<'a> {
 
 /// Starts `program` isolated by `jail`, or (none) as a plain child of the node in a process
 /// group of its own.
-pub(crate) fn start(jail: Option<&Jail>, program: Program<'_>) -> std::io::Result<Running> {
+pub(crate) fn start(jail: Option<&Jail>, program: Program<'_>) -> Result<Running, StartError> {
     match jail {
         Some(jail) => jail.start(program),
-        None => start_plain(tokio::process::Command::new(program.path), program),
+        None => start_plain(tokio::process::Command::new(program.path), program).map_err(StartError::Program),
+    }
+}
+
+/// Why a program did not start, and so whose fault that is.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The program itself cannot be run (not in the private root, not executable, a NUL in an
+    /// argument): the thunk's fault, the same on any node.
+    #[error("cannot start the program: {0}")]
+    Program(std::io::Error),
+    /// The sandbox around it could not be built (a namespace, a mount, no process to spare): the
+    /// node's fault; another node may run the thunk.
+    #[error("the sandbox could not be set up: {0}")]
+    Sandbox(std::io::Error),
+}
+
+impl StartError {
+    /// A failed step of the sandboxed child: its exec is the program's, the rest the sandbox's.
+    fn of_step(failed: &Failed, error: std::io::Error) -> StartError {
+        match failed.what == spawn::EXEC {
+            true => StartError::Program(error),
+            false => StartError::Sandbox(error),
+        }
     }
 }
 
@@ -613,8 +639,9 @@ impl Plan {
 
     /// Clones the program's process in the plan's namespaces, builds its root and execs `exec`
     /// (`program` as the job names it, for errors).
-    fn spawn(&self, exec: &Exec, program: &Path) -> std::io::Result<spawn::Started> {
-        spawn::spawn(exec, self.namespaces(), &|| enter(self)).map_err(|f| self.explain(f, program))
+    fn spawn(&self, exec: &Exec, program: &Path) -> Result<spawn::Started, StartError> {
+        spawn::spawn(exec, self.namespaces(), &|| enter(self))
+            .map_err(|f| StartError::of_step(&f, self.explain(f, program)))
     }
 
     /// A failure of the child's setup or exec of `program`, with the path it concerned.
@@ -631,7 +658,7 @@ impl Plan {
             true => format!("exec {}: {}", program.display(), std::io::Error::from(failed.errno)),
             false => failed.in_steps(&self.steps).to_string(),
         };
-        std::io::Error::new(kind, format!("sandbox: {message}"))
+        std::io::Error::new(kind, message)
     }
 }
 
@@ -828,4 +855,64 @@ fn children_of(parent: rustix::process::Pid) -> Vec<rustix::process::Pid> {
         })
         .filter_map(rustix::process::Pid::from_raw)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A namespace jail without a probe (the node's binary is not at hand in a unit test).
+    fn jail() -> Option<Jail> {
+        if !rustix::process::getuid().is_root() {
+            eprintln!("skipped: building private roots needs root here (CI runs as root)");
+            return None;
+        }
+        let host = HostLayout::find();
+        Some(Jail {
+            launcher: "/bin/true".into(),
+            isolation: Isolation::Namespaces,
+            host,
+            shared: None,
+            orphans: Arc::default(),
+        })
+    }
+
+    fn program<'a>(path: &'a Path, work: &'a Path, root: &'a Path, env: &'a BTreeMap<String, String>) -> Program<'a> {
+        let null = || dev_null().expect("/dev/null");
+        Program {
+            path,
+            shipped: false,
+            args: &[],
+            env,
+            work,
+            dir: None,
+            root,
+            stdout: null(),
+            stderr: null(),
+            network: false,
+            own_root: None,
+        }
+    }
+
+    /// Issue 28's code fault: a sandbox that cannot be built was reported as the thunk's exit
+    /// status, so the job failed instead of the thunk moving to another node. A program missing
+    /// from the private root is the thunk's fault; a root that cannot be built is the node's.
+    #[tokio::test]
+    async fn a_missing_program_is_the_thunks_fault_and_a_broken_sandbox_the_nodes() {
+        let Some(jail) = jail() else { return };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (work, root, file) = (dir.path().join("work"), dir.path().join("root"), dir.path().join("a-file"));
+        for folder in [&work, &root] {
+            std::fs::create_dir(folder).expect("folder");
+        }
+        std::fs::write(&file, "not a folder").expect("file");
+        let env = BTreeMap::new();
+        let missing = jail.start(program(Path::new("/no/such/program"), &work, &root, &env));
+        assert!(matches!(missing, Err(StartError::Program(_))), "{missing:?}");
+        let broken = jail.start(program(Path::new("/bin/true"), &work, &file, &env));
+        assert!(matches!(broken, Err(StartError::Sandbox(_))), "{broken:?}");
+        let fine = jail.start(program(Path::new("/bin/true"), &work, &root, &env));
+        let status = fine.expect("a program in a good sandbox starts").wait().await.expect("wait");
+        assert!(status.success(), "{status:?}");
+    }
 }

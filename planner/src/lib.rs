@@ -38,6 +38,22 @@ pub type JobId = u64;
 /// One attempt at forcing one thunk.
 pub type TaskId = u64;
 
+/// How long a node has to answer a request to upload an object: [`UPLOAD_GRACE`], plus the
+/// object at [`UPLOAD_FLOOR_RATE`], at most [`UPLOAD_MOST`].
+pub fn upload_allowance(size: u64) -> Duration {
+    (UPLOAD_GRACE + Duration::from_secs(size / UPLOAD_FLOOR_RATE)).min(UPLOAD_MOST)
+}
+
+/// What any upload is allowed beyond its bytes: a store's first-byte latency many times over.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(10);
+
+/// The slowest upload rate allowed for, in bytes a second.
+pub const UPLOAD_FLOOR_RATE: u64 = 4_000_000;
+
+/// The longest any upload is waited for (a node that says it holds 1 TiB is not waited for three
+/// days).
+pub const UPLOAD_MOST: Duration = Duration::from_secs(3600);
+
 /// Attempts at one thunk that fail for reasons outside the thunk before the job gives up.
 pub const MAX_ATTEMPTS: u32 = 5;
 
@@ -315,6 +331,8 @@ pub struct Planner {
     checks: BTreeMap<(JobId, Id), verify::Check>,
     /// Checks waiting for a free slot on a node that has not run their thunk.
     check_queue: VecDeque<(JobId, Id)>,
+    /// When each upload asked of a node counts as failed if the node has not answered.
+    upload_deadlines: BinaryHeap<Reverse<(Duration, NodeId, JobId, Id)>>,
 }
 
 impl Planner {
@@ -338,10 +356,8 @@ impl Planner {
     /// else happens (a held thunk's wait runs out).
     pub fn next_deadline(&self) -> Option<Duration> {
         let hold = self.deadlines.peek().map(|Reverse((at, ..))| *at);
-        match (hold, self.next_straggler_check()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let upload = self.upload_deadlines.peek().map(|Reverse((at, ..))| *at);
+        [hold, upload, self.next_straggler_check()].into_iter().flatten().min()
     }
 
     /// The longest any thunk has waited for a busy node so far.
@@ -451,7 +467,25 @@ impl Planner {
         if let Some(state) = self.nodes.get_mut(&node) {
             state.uploads.insert((job, blob));
         }
+        self.upload_deadlines.push(Reverse((self.now + upload_allowance(blob.size), node, job, blob)));
         self.out.push_back(Decision::Upload { node, job, blob });
+    }
+
+    /// Uploads whose node did not answer in time count as failed (the node is no longer
+    /// counted on for the object, which is made again): a node that never answers, or lied about
+    /// an object it does not have, cannot make a job wait for ever.
+    fn expire_uploads(&mut self) {
+        while let Some(&Reverse((at, node, job, blob))) = self.upload_deadlines.peek() {
+            if at > self.now {
+                break;
+            }
+            self.upload_deadlines.pop();
+            if self.nodes.get(&node).is_some_and(|s| s.uploads.contains(&(job, blob))) {
+                let allowed = upload_allowance(blob.size).as_secs();
+                let message = format!("the node did not answer a request to upload it within {allowed} s");
+                self.stored(node, job, blob, Some(&WireError::new(ErrorCode::NodeError, message)), Default::default());
+            }
+        }
     }
 
     /// Releases a draining node once it runs nothing and owes no upload (once).
@@ -970,6 +1004,7 @@ impl Planner {
     /// Hands ready thunks to nodes with free slots: first those held for a node that freed up,
     /// then those whose wait ran out, then the ready queues.
     fn assign(&mut self) {
+        self.expire_uploads();
         self.start_checks();
         self.assign_held();
         self.expire_holds();

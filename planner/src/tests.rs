@@ -843,3 +843,38 @@ fn a_node_lost_while_it_owes_a_target_upload_does_not_stall_the_job() {
     answer_uploads(&mut p, &ds);
     assert!(job_done(&drain(&mut p)).is_some(), "the target reaches storage from node 2");
 }
+
+/// Issue 28, finding 3: a node that never answers a request to upload a target (it lied about
+/// an object it does not have, or hangs) does not make the job wait for ever: at the deadline the
+/// upload counts as failed, the target's producer runs again, and a job whose uploads keep
+/// going unanswered fails naming why.
+#[test]
+fn an_upload_nobody_answers_runs_the_producer_again_and_then_fails_the_job() {
+    let mut p = Planner::new();
+    p.node_joined(1, 1, &[]);
+    let a = thunk("a", &[]);
+    p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
+    let mut reruns = 0;
+    let mut failed = None;
+    for _ in 0..=MAX_ATTEMPTS + 2 {
+        let ds = drain(&mut p);
+        if let Some(run) = assigns(&ds).pop() {
+            reruns += 1;
+            p.task_done(run.node, run.task, &blob_output(b"A"), TransferStats::default());
+            let asked = drain(&mut p);
+            assert!(asked.iter().any(|d| matches!(d, Decision::Upload { .. })), "{asked:?}");
+        }
+        failed = failed.or_else(|| {
+            ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None })
+        });
+        if failed.is_some() {
+            break;
+        }
+        let due = p.now + crate::upload_allowance(1);
+        assert!(p.next_deadline().is_some_and(|at| at <= due), "the driver is woken by then");
+        p.advance(due);
+    }
+    let failed = failed.expect("the job failed instead of waiting for ever");
+    assert!(failed.message.contains("did not answer a request to upload it within 10 s"), "{failed:?}");
+    assert!(reruns > 1, "the producer ran again: {reruns}");
+}

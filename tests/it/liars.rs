@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use thunkmesh_net::{recv_msg, send_msg};
 use thunkmesh_protocol::Id;
-use thunkmesh_protocol::wire::{FromRendezvous, NodeHello, OutputValue, Role, TaskDone, ToRendezvous, TransferStats};
+use thunkmesh_protocol::wire::{
+    FromRendezvous, Mode, NodeHello, OutputValue, Role, TaskDone, ToRendezvous, TransferStats,
+};
 
 use crate::util::{Proc, SelfHosted, thunkmesh, write};
 
@@ -18,8 +20,9 @@ const FORGED: &[u8] = b"forged result\n";
 /// The liar's identity.
 const LIAR: [u8; 32] = [0x11; 32];
 
-/// Joins `rdv` as a node and answers every assignment with [`FORGED`] for each output, written
-/// into the job's store first, until the rendezvous closes the connection.
+/// Joins `rdv` as a node and answers every assignment with [`FORGED`] for each output (written
+/// into the job's store first in storage mode), until the rendezvous closes the connection. It
+/// never answers a request to upload.
 async fn lie(addr: String, fingerprint: String, token: String) {
     let hello = NodeHello {
         name: "liar".into(),
@@ -34,8 +37,10 @@ async fn lie(addr: String, fingerprint: String, token: String) {
     let forged = Id::of_blob(FORGED);
     while let Ok(Some(msg)) = recv_msg::<FromRendezvous>(&mut recv).await {
         let FromRendezvous::Assign(a) = msg else { continue };
-        let store = thunkmesh_store::Store::open(&a.store).expect("the job's store");
-        store.put_blob(forged, FORGED.to_vec().into()).await.expect("write the forged output");
+        if a.mode == Mode::Storage {
+            let store = thunkmesh_store::Store::open(&a.store).expect("the job's store");
+            store.put_blob(forged, FORGED.to_vec().into()).await.expect("write the forged output");
+        }
         let outputs = a.thunk.outputs.iter().map(|name| (name.clone(), OutputValue::Blob(forged))).collect();
         let done = TaskDone { task: a.task, outputs, stats: TransferStats::default() };
         if send_msg(&mut send, &ToRendezvous::Done(done)).await.is_err() {
@@ -146,4 +151,40 @@ fn a_lie_checked_on_two_honest_nodes_fails_the_job_and_is_forgotten() {
     rerun.ok();
     assert_eq!(rerun.out("all.txt"), expected(), "nothing the liar said was reused");
     drop(honest);
+}
+
+/// Issue 28, finding 3: a node that reports a target and never uploads it (here the liar, in
+/// p2p mode, where a target lives in its producer's cache until asked for) made the run sit at
+/// "thunks done, 0 running" for ever. Now each request to upload has a deadline (10 s for a
+/// small object): the producer runs again, on the honest node that joined meanwhile or on the
+/// liar, and the run ends either with the honest answer or, after five unanswered requests,
+/// with an error that says so. Bounded: 100 s.
+#[test]
+fn a_target_its_node_never_uploads_does_not_make_the_run_wait_for_ever() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _liar = runtime.spawn(lie(rdv.addr.clone(), rdv.fingerprint.clone(), rdv.token.clone()));
+    wait_for_nodes(&rdv, 1);
+    let job = write(
+        dir.path(),
+        &[(
+            "job.toml",
+            "[[thunk]]\nname = \"t\"\nprogram = { host = \"/bin/sh\" }\nargs = [\"-c\", \"echo honest > o\"]\noutputs = [\"o\"]\n[targets]\n\"o\" = \"t#o\"\n",
+        )],
+    );
+    let started = Instant::now();
+    let runner = rdv.run_in_background(dir.path(), &job);
+    std::thread::sleep(Duration::from_secs(2));
+    let _honest = rdv.node(&dir.path().join("node"), "honest");
+    while !runner.is_finished() {
+        assert!(started.elapsed() < Duration::from_secs(100), "the run still waits after 100 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let run = runner.join().expect("the run");
+    eprintln!("ended after {:?} with {:?}", started.elapsed(), run.code);
+    match run.code {
+        Some(0) => assert_eq!(run.out("o"), b"honest\n", "a target the liar never uploaded is made again"),
+        _ => assert!(run.stderr.contains("did not answer a request to upload it within 10 s"), "{}", run.stderr),
+    }
 }
