@@ -271,13 +271,29 @@ impl Bar {
 
     fn line(&mut self, p: Progress) {
         let seconds = self.1.started.elapsed().as_secs_f64();
-        eprintln!("[{seconds:6.1}s] {}/{} thunks done, {} running on {} node(s)", p.done, p.total, p.running, p.nodes);
+        let waits = waits(&p);
+        eprintln!(
+            "[{seconds:6.1}s] {}/{} thunks done, {} running on {} node(s){waits}",
+            p.done, p.total, p.running, p.nodes
+        );
         self.1.last = Some(Instant::now());
     }
 
     fn line_due(&self) -> bool {
         self.1.on && self.1.last.is_none_or(|t| t.elapsed() >= self.1.every)
     }
+}
+
+/// What a job waits for besides running thunks, for the progress line (empty when nothing).
+fn waits(p: &Progress) -> String {
+    let mut waits = String::new();
+    if p.uploads > 0 {
+        waits.push_str(&format!(", waiting for {} upload(s) to storage", p.uploads));
+    }
+    if p.checking > 0 {
+        waits.push_str(&format!(", {} result(s) being checked on another node", p.checking));
+    }
+    waits
 }
 
 impl Reporter for Bar {
@@ -291,7 +307,7 @@ impl Reporter for Bar {
     fn progress(&mut self, p: Progress) {
         self.0.set_length(p.total);
         self.0.set_position(p.done);
-        self.0.set_message(format!("{} running", p.running));
+        self.0.set_message(format!("{} running{}", p.running, waits(&p)));
         self.1.latest = Some(p);
         if self.line_due() {
             self.line(p);

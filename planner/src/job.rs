@@ -753,7 +753,8 @@ impl Job {
 
     pub(crate) fn progress(&self) -> Progress {
         let StateCounts { done, running, ready } = self.counts;
-        Progress { total: self.entries.len() as u64, done, running, ready, nodes: 0 }
+        let uploads = self.upload_requested.len() as u64;
+        Progress { total: self.entries.len() as u64, done, running, ready, nodes: 0, uploads, checking: 0 }
     }
 
     /// Panics if the counts kept for progress differ from a count of the states.

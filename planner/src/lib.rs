@@ -813,7 +813,8 @@ impl Planner {
     /// Counts for a job's progress display.
     pub fn progress(&self, job: JobId) -> Option<thunkmesh_protocol::wire::Progress> {
         let nodes = self.nodes.values().filter(|s| !s.draining).count() as u64;
-        self.jobs.get(&job).map(|j| thunkmesh_protocol::wire::Progress { nodes, ..j.progress() })
+        let checking = self.checks.keys().filter(|(j, _)| *j == job).count() as u64;
+        self.jobs.get(&job).map(|j| thunkmesh_protocol::wire::Progress { nodes, checking, ..j.progress() })
     }
 
     /// Checks that every job's progress counts are what its thunks' states say (for tests).

@@ -539,6 +539,10 @@ pub struct Progress {
     pub ready: u64,
     /// Nodes registered that take work (0: the job waits for one to join).
     pub nodes: u64,
+    /// Objects the job waits for nodes to upload (targets that live only in a cache).
+    pub uploads: u64,
+    /// Results held until another node has run their thunk too (`--verify`).
+    pub checking: u64,
 }
 
 /// The end of a successful job.
@@ -850,7 +854,9 @@ mod tests {
     fn arb_from_rendezvous() -> impl Strategy<Value = FromRendezvous> {
         let reduction = (arb_id(), proptest::collection::vec(("[a-z]{1,4}", arb_id()), 0..3))
             .prop_map(|(thunk, outputs)| Reduction { thunk, outputs });
-        let progress = any::<[u64; 5]>().prop_map(|[total, done, running, ready, nodes]| Progress {
+        let progress = any::<[u64; 7]>().prop_map(|[total, done, running, ready, nodes, uploads, checking]| Progress {
+            uploads,
+            checking,
             total,
             done,
             running,

@@ -182,7 +182,8 @@ fn a_target_its_node_never_uploads_does_not_make_the_run_wait_for_ever() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let run = runner.join().expect("the run");
-    eprintln!("ended after {:?} with {:?}", started.elapsed(), run.code);
+    eprintln!("ended after {:?} with {:?}:\n{}", started.elapsed(), run.code, run.stderr);
+    assert!(run.stderr.contains("waiting for 1 upload(s) to storage"), "the wait is named: {}", run.stderr);
     match run.code {
         Some(0) => assert_eq!(run.out("o"), b"honest\n", "a target the liar never uploaded is made again"),
         _ => assert!(run.stderr.contains("did not answer a request to upload it within 10 s"), "{}", run.stderr),
