@@ -14,8 +14,8 @@ use crate::session::lock_state;
 /// (an entry downstream of one removed is not reused either: its inputs no longer resolve).
 pub async fn memo(command: MemoCommand) -> Result<()> {
     let MemoCommand::Forget(args) = command;
-    let prefix = crate::commands::node_id_prefix("--node", &args.node)?;
-    let store = crate::commands::open_store(args.memo.store.as_deref(), &args.memo.state_dir, &args.memo.aws).await?;
+    let prefix = crate::mesh::node_id_prefix("--node", &args.node)?;
+    let store = crate::mesh::open_store(args.memo.store.as_deref(), &args.memo.state_dir, &args.memo.aws).await?;
     let produced = |r: &thunkmesh_store::MemoRecord| r.producer.is_some_and(|p| hex::encode(p).starts_with(&prefix));
     let forgotten =
         store.forget_reductions(produced).await.with_context(|| format!("forgetting in {}", store.url()))?;

@@ -12,7 +12,8 @@ use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
 use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
 
 use crate::cli::{DescribeArgs, ForceArgs, Global, HashArgs, InferArgs, RunFlags, WrapArgs};
-use crate::commands::{UsageError, failed, open_store};
+use crate::exit::{UsageError, failed};
+use crate::mesh::open_store;
 use crate::session::{Done, Session};
 
 /// Says why and exits 2: the input, not the run, was wrong.

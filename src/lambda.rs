@@ -10,7 +10,7 @@ use thunkmesh_protocol::wire::Progress;
 use tokio::sync::watch;
 
 use crate::cli::{DeployArgs, RendezvousArgs, RunFlags};
-use crate::commands::UsageError;
+use crate::exit::UsageError;
 
 /// Beyond the idle time, how long a finished job waits for its workers' reports (a drain may
 /// upload).
@@ -183,7 +183,7 @@ pub fn pool_spec(args: &RendezvousArgs, fingerprint: &str, token: &str) -> Resul
 /// Serves the rendezvous while keeping its pool of Lambda workers; a pool whose function keeps
 /// failing stops the rendezvous with that error.
 pub async fn with_pool(
-    serve: impl std::future::Future<Output = ()>,
+    serve: impl std::future::Future<Output = Result<(), thunkmesh_rendezvous::RendezvousError>>,
     spec: &LaunchSpec,
     aws: &crate::cli::AwsArgs,
 ) -> Result<()> {
@@ -191,7 +191,7 @@ pub async fn with_pool(
     let (_keep, wants) = watch::channel(Demand::Pool);
     eprintln!("keeping {} Lambda workers of `{}` joined", spec.workers, spec.function);
     tokio::select! {
-        () = serve => Ok(()),
+        served = serve => Ok(served?),
         launched = thunkmesh_lambda::launch(&client, spec, wants) => match launched {
             Err(e) => bail!("the warm pool stopped: {e}"),
             Ok(_) => bail!("the warm pool stopped"),

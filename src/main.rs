@@ -4,8 +4,10 @@ mod cache;
 mod cli;
 mod commands;
 mod config;
+mod exit;
 mod infer;
 mod lambda;
+mod mesh;
 mod session;
 
 use std::process::ExitCode;

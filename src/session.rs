@@ -14,19 +14,11 @@ use thunkmesh_client::{LoadedJob, Memo, Reporter, Summary};
 use thunkmesh_protocol::wire::Progress;
 
 use crate::cli::{EngineArg, Global, ModeArg, RunFlags};
-use crate::commands::{UsageError, exit_status, failed};
+use crate::exit::{Interrupted, UsageError, exit_status, failed};
 
 /// The version of the summary JSON's layout (docs/jobs.md); it changes when a field is removed
 /// or changes meaning, not when one is added.
 pub const SCHEMA_VERSION: u32 = 1;
-
-/// Ctrl-C during a run (exit status 130, as for a shell command killed by SIGINT).
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted{}", if *.memo { "; thunks whose results reached the memo cache are not run again" } else { "" })]
-pub struct Interrupted {
-    /// Whether the run was recording results in the memo cache.
-    pub memo: bool,
-}
 
 /// Thunks failed in a job that kept going.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +99,7 @@ impl Session {
     ) -> Result<(Summary, Option<thunkmesh_lambda::Launched>)> {
         let memo = self.memo == Memo::On;
         tokio::select! {
-            r = crate::commands::execute(flags, job, out, &mut self.bar, self.started) => r,
+            r = crate::mesh::execute(flags, job, out, &mut self.bar, self.started) => r,
             _ = tokio::signal::ctrl_c() => Err(Interrupted { memo }.into()),
         }
     }

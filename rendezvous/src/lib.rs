@@ -24,7 +24,7 @@ use thunkmesh_net::{AbortOnDrop, Identity, NetError};
 pub use thunkmesh_protocol::submit::JobLimits;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// How many events connections may queue for the core before they wait.
 const EVENT_QUEUE: usize = 4096;
@@ -49,6 +49,10 @@ pub enum RendezvousError {
     /// The endpoint could not be bound.
     #[error("cannot start the rendezvous: {0}")]
     Bind(#[from] NetError),
+    /// The core that decides stopped (a bug): serving on would welcome nodes and clients with
+    /// nothing behind them, so the server stops (a supervisor restarts it; nodes redial).
+    #[error("the rendezvous stopped: {0}")]
+    CoreStopped(String),
 }
 
 /// A rendezvous running in this process (the embedded default); stops when dropped.
@@ -76,7 +80,12 @@ pub fn spawn(bind: SocketAddr, config: Config) -> Result<Running, RendezvousErro
     let fingerprint = config.identity.fingerprint();
     let (count, nodes) = watch::channel(0);
     let rules = Rules { limits: config.limits, forbidden: config.forbidden };
-    let task = tokio::spawn(serve_counting(endpoint, None, config.token, rules, std::future::pending(), count));
+    let serving = serve_counting(endpoint, None, config.token, rules, std::future::pending(), count);
+    let task = tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            error!(error = %e, "the embedded rendezvous stopped");
+        }
+    });
     Ok(Running { addr, fingerprint, nodes, _task: AbortOnDrop(task) })
 }
 
@@ -98,8 +107,8 @@ pub async fn serve(
     token: String,
     rules: Rules,
     shutdown: impl Future<Output = ()>,
-) {
-    serve_counting(endpoint, probe, token, rules, shutdown, watch::channel(0).0).await;
+) -> Result<(), RendezvousError> {
+    serve_counting(endpoint, probe, token, rules, shutdown, watch::channel(0).0).await
 }
 
 async fn serve_counting(
@@ -109,13 +118,29 @@ async fn serve_counting(
     rules: Rules,
     shutdown: impl Future<Output = ()>,
     nodes: watch::Sender<usize>,
-) {
+) -> Result<(), RendezvousError> {
     let (events, inbox) = mpsc::channel(EVENT_QUEUE);
+    let core = driver::run(inbox, nodes, rules.limits, rules.forbidden);
+    accept(endpoint, probe, token, events, core, shutdown).await
+}
+
+/// Admits connections on `endpoint`, each feeding `events`, while `core` (the driver that reads
+/// them) runs. The core runs apart from the connections: a connection that ends abnormally is
+/// logged and the server goes on, but the server does not outlive its core.
+async fn accept(
+    endpoint: quinn::Endpoint,
+    probe: Option<quinn::Endpoint>,
+    token: String,
+    events: mpsc::Sender<driver::Inbound>,
+    core: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RendezvousError> {
     let token: Arc<str> = token.into();
     let relay = relay::Relay::new(token.clone());
     let strangers = thunkmesh_net::Strangers::default();
+    let mut core = AbortOnDrop(tokio::spawn(core));
+    let mut stopped = None;
     let mut tasks = JoinSet::new();
-    tasks.spawn(driver::run(inbox, nodes, rules.limits, rules.forbidden));
     let probe_port = probe.as_ref().and_then(|p| p.local_addr().ok()).map_or(0, |a| a.port());
     if let Some(probe) = probe.clone() {
         tasks.spawn(probe::serve(probe));
@@ -136,6 +161,16 @@ async fn serve_counting(
                     warn!(error = %e, "a connection task ended abnormally");
                 }
             }
+            ended = &mut core.0 => {
+                let why = match ended {
+                    Err(e) if e.is_panic() => "its core panicked".to_owned(),
+                    Err(e) => format!("its core ended: {e}"),
+                    Ok(()) => "its core ended".to_owned(),
+                };
+                error!(why, "the rendezvous stops");
+                stopped = Some(why);
+                break;
+            }
         }
     }
     endpoint.close(0u32.into(), b"rendezvous shutting down");
@@ -143,4 +178,23 @@ async fn serve_counting(
         probe.close(0u32.into(), b"rendezvous shutting down");
     }
     tasks.shutdown().await;
+    stopped.map_or(Ok(()), |why| Err(RendezvousError::CoreStopped(why)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 29: the core's driver shared the connections' tasks, so a panic in it was logged as
+    /// a connection's and the server went on welcoming nodes and clients with nothing behind it.
+    #[tokio::test]
+    async fn the_server_stops_when_its_core_panics() {
+        let identity = Identity::generate().expect("identity");
+        let endpoint = thunkmesh_net::endpoint("127.0.0.1:0".parse().expect("addr"), &identity).expect("endpoint");
+        let (events, _inbox) = mpsc::channel(1);
+        let core = async { panic!("a bug in the core") };
+        let served = accept(endpoint, None, "t".into(), events, core, std::future::pending()).await;
+        let error = served.expect_err("the server stops");
+        assert_eq!(error.to_string(), "the rendezvous stopped: its core panicked");
+    }
 }

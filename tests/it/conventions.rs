@@ -244,3 +244,48 @@ fn the_common_flags_come_from_the_environment() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(dir.path().join("out/o")).expect("target"), "slept\n");
 }
+
+/// Issue 29: the binary's modules import each other without a circle (`commands`, `session`,
+/// `infer`, `lambda` and `cache` used to, each through the others).
+#[test]
+fn the_binarys_modules_import_each_other_without_a_circle() {
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for entry in std::fs::read_dir(crate::util::repo("src")).expect("src") {
+        let path = entry.expect("entry").path();
+        let Some(module) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+        let text = std::fs::read_to_string(&path).expect("a module");
+        let used: Vec<String> = text
+            .split("crate::")
+            .skip(1)
+            .filter_map(|rest| {
+                let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                (!name.is_empty() && name != module).then_some(name)
+            })
+            .collect();
+        edges.entry(module).or_default().extend(used);
+    }
+    // Depth first, with the path so far: a module met again on its own path closes a circle.
+    fn visit(
+        module: &str,
+        edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) {
+        if let Some(at) = path.iter().position(|m| m == module) {
+            panic!("modules import each other in a circle: {} -> {module}", path[at..].join(" -> "));
+        }
+        if !done.insert(module.to_owned()) {
+            return;
+        }
+        path.push(module.to_owned());
+        for next in edges.get(module).into_iter().flatten() {
+            visit(next, edges, path, done);
+        }
+        path.pop();
+    }
+    assert!(edges.len() > 5, "the binary's modules were found: {edges:?}");
+    let mut done = std::collections::BTreeSet::new();
+    for module in edges.keys() {
+        visit(module, &edges, &mut Vec::new(), &mut done);
+    }
+}
