@@ -265,7 +265,7 @@ pub struct StatusArgs {
 }
 
 /// A `host:port` address: the port is required (a rendezvous has no default port to guess).
-pub fn host_port(text: &str) -> Result<String, String> {
+fn host_port(text: &str) -> Result<String, String> {
     let port = text.rsplit_once(':').map(|(host, port)| (host.trim_matches(['[', ']']), port));
     match port {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(text.to_owned()),

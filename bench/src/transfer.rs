@@ -128,7 +128,7 @@ fn sizes(args: &TransferArgs, mesh: &Mesh, out: &std::path::Path) -> Result<Vec<
         "size", "MiB/s", "file MiB/s", "CPU s/GiB recv", "CPU s/GiB send", "peak MiB recv/send"
     );
     for text in &args.sizes {
-        let size = thunkmesh_node::parse_size(text).map_err(anyhow::Error::msg)?;
+        let size = thunkmesh_node::parse_size(text)?;
         let mut fetches = Vec::new();
         for rep in 0..args.reps {
             fetches.push(fetch_once(mesh, size, &format!("{text}-{rep}"))?);

@@ -89,18 +89,33 @@ pub fn in_namespace(command: &mut std::process::Command, exe: &Path, tools: &[Pa
 /// Goes back to the mount namespace `infer` runs in, if this process was started in the build's
 /// ([`HOST_NS_ENV`]), and into the folder it was started in. Call it first, while the process
 /// has one thread.
-pub fn leave() -> Result<(), String> {
+pub fn leave() -> Result<(), LeaveError> {
     let Some(host) = std::env::var_os(HOST_NS_ENV) else { return Ok(()) };
     let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
     if ours.is_some() && ours == std::fs::read_link(&host).ok() {
         return Ok(());
     }
-    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
-    let ns = std::fs::File::open(&host).map_err(|e| format!("{}: {e}", Path::new(&host).display()))?;
+    let at = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| LeaveError { path, source }
+    };
+    let cwd = std::env::current_dir().map_err(at(Path::new(".")))?;
+    let ns = std::fs::File::open(&host).map_err(at(Path::new(&host)))?;
     use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
     move_into_link_name_space(std::os::fd::AsFd::as_fd(&ns), Some(LinkNameSpaceType::Mount))
-        .map_err(|e| format!("cannot go back to the mount namespace of infer: {e}"))?;
-    std::env::set_current_dir(&cwd).map_err(|e| format!("{}: {e}", cwd.display()))
+        .map_err(|e| at(Path::new(&host))(e.into()))?;
+    std::env::set_current_dir(&cwd).map_err(at(&cwd))
+}
+
+/// Going back to infer's mount namespace failed, at `path` (the namespace, or the folder to
+/// return to).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot go back to the mount namespace of infer: {path}: {source}")]
+pub struct LeaveError {
+    /// The file or folder.
+    pub path: String,
+    /// Why.
+    pub source: std::io::Error,
 }
 
 #[cfg(test)]

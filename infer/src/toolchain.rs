@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use crate::state::State;
+use crate::state::{State, StateError};
 
 /// The search path of every modelled tool on the nodes (and where its helpers are looked up).
 pub(crate) const TOOL_PATH: &str = "/usr/bin:/bin";
@@ -56,8 +56,62 @@ pub(crate) fn normal(path: &Path) -> PathBuf {
     out
 }
 
+/// Why a tool's hermetic root could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ToolchainError {
+    /// The state folder, where what was found is kept.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A program (the driver, `ldd`) could not be started.
+    #[error("cannot run {program}: {source}")]
+    Run {
+        /// What was run, and what for.
+        program: String,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// The driver failed to answer a `-print-*` question.
+    #[error("{driver} {question} failed: {stderr}")]
+    Question {
+        /// The driver.
+        driver: String,
+        /// The question.
+        question: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// Linking a stub to find what a link reads failed.
+    #[error("linking a stub with {options} to find what the link reads failed: {stderr}")]
+    Link {
+        /// The link's options.
+        options: String,
+        /// What the driver said.
+        stderr: String,
+    },
+    /// A program needs a shared library the loader does not find.
+    #[error("{program} needs {library}, which the loader does not find")]
+    MissingLibrary {
+        /// The program.
+        program: String,
+        /// The library, as `ldd` names it.
+        library: String,
+    },
+    /// A scratch file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A driver that does not find its LTO plugin (`gcc-ar` needs it).
+    #[error("{0} does not find its LTO plugin")]
+    NoLtoPlugin(String),
+}
+
 /// The root a program needs: itself, its shared libraries and their loader.
-pub(crate) fn program(state: &State, path: &Path) -> Result<Root, String> {
+pub(crate) fn program(state: &State, path: &Path) -> Result<Root, ToolchainError> {
     let path = normal(path);
     let files = found_once(state, "program", &path, "", || {
         let mut files = vec![path.display().to_string()];
@@ -76,26 +130,25 @@ fn found_once(
     what: &str,
     program: &Path,
     detail: &str,
-    find: impl FnOnce() -> Result<Vec<String>, String>,
-) -> Result<Vec<String>, String> {
-    let id = state.add_system_file(program).map_err(|e| e.to_string())?;
+    find: impl FnOnce() -> Result<Vec<String>, ToolchainError>,
+) -> Result<Vec<String>, ToolchainError> {
+    let id = state.add_system_file(program)?;
     let key = format!("{what} {} {id} {detail}", program.display());
     if let Some(kept) = state.list(&key) {
         return Ok(kept);
     }
     let found = find()?;
-    state.keep_list(&key, &found).map_err(|e| e.to_string())?;
+    state.keep_list(&key, &found)?;
     Ok(found)
 }
 
 /// The shared libraries and loader of `path`, as `ldd` finds them; none for a program that is not
 /// dynamically linked (a script, a static program).
-fn libraries(path: &Path) -> Result<Vec<PathBuf>, String> {
-    let output = Command::new("ldd")
-        .arg(path)
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| format!("cannot run ldd to find the libraries of {}: {e}", path.display()))?;
+fn libraries(path: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
+    let output = Command::new("ldd").arg(path).env("LC_ALL", "C").output().map_err(|source| ToolchainError::Run {
+        program: format!("ldd to find the libraries of {}", path.display()),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Ok(Vec::new());
@@ -104,7 +157,8 @@ fn libraries(path: &Path) -> Result<Vec<PathBuf>, String> {
     for line in text.lines().map(str::trim) {
         let named = match line.split_once("=>") {
             Some((name, rest)) if rest.trim() == "not found" => {
-                return Err(format!("{} needs {}, which the loader does not find", path.display(), name.trim()));
+                let (program, library) = (path.display().to_string(), name.trim().to_owned());
+                return Err(ToolchainError::MissingLibrary { program, library });
             }
             Some((_, rest)) => rest.trim(),
             None => line,
@@ -143,7 +197,7 @@ pub(crate) fn helpers_for(compiles: &[&str], links: bool, lto: bool, fuse_ld: Op
 
 /// The root of a C compiler driver's helpers `names` ([`helpers_for`]): each where the driver
 /// finds it, with its libraries (the driver's own root is [`program`]'s).
-pub(crate) fn driver(state: &State, driver: &Path, names: &[String]) -> Result<Root, String> {
+pub(crate) fn driver(state: &State, driver: &Path, names: &[String]) -> Result<Root, ToolchainError> {
     let programs = found_once(state, "driver", driver, &names.join(" "), || helpers(driver, names))?;
     let mut root = Root::default();
     for helper in &programs {
@@ -155,7 +209,7 @@ pub(crate) fn driver(state: &State, driver: &Path, names: &[String]) -> Result<R
 /// Where the driver finds each of its helpers `names` (with an absolute path), or for those it
 /// leaves to the search path (`as`, `ld`), where [`TOOL_PATH`] has them; helpers it has not are
 /// left out (it will not find them on the node either).
-fn helpers(driver: &Path, names: &[String]) -> Result<Vec<String>, String> {
+fn helpers(driver: &Path, names: &[String]) -> Result<Vec<String>, ToolchainError> {
     let mut found = Vec::new();
     for name in names {
         let question = match name.ends_with(".so") {
@@ -168,21 +222,25 @@ fn helpers(driver: &Path, names: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// What the driver answers to one `-print-*` question.
-pub(crate) fn ask(driver: &Path, question: &str) -> Result<String, String> {
+pub(crate) fn ask(driver: &Path, question: &str) -> Result<String, ToolchainError> {
     let answer = run_driver(driver, Path::new("/"), &[question.to_owned()])?;
-    answer.map(|out| out.trim().to_owned()).map_err(|err| format!("{} {question} failed: {err}", driver.display()))
+    answer.map(|out| out.trim().to_owned()).map_err(|stderr| ToolchainError::Question {
+        driver: driver.display().to_string(),
+        question: question.to_owned(),
+        stderr,
+    })
 }
 
 /// Runs the driver with `args` in `dir`, as the models do: its standard output, or (inner error)
 /// its standard error when it fails.
-fn run_driver(driver: &Path, dir: &Path, args: &[String]) -> Result<Result<String, String>, String> {
+fn run_driver(driver: &Path, dir: &Path, args: &[String]) -> Result<Result<String, String>, ToolchainError> {
     let output = Command::new(driver)
         .args(args)
         .current_dir(dir)
         .env("PATH", TOOL_PATH)
         .env("LC_ALL", "C")
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", driver.display()))?;
+        .map_err(|source| ToolchainError::Run { program: driver.display().to_string(), source })?;
     Ok(match output.status.success() {
         true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
         false => Err(String::from_utf8_lossy(&output.stderr).trim().to_owned()),
@@ -262,28 +320,28 @@ pub(crate) fn link_options(
 
 /// The system's files a link with `options` ([`link_options`]) reads, found by linking a stub
 /// program with them and `-Wl,-t`.
-pub(crate) fn link(state: &State, driver: &Path, options: &[String]) -> Result<Root, String> {
+pub(crate) fn link(state: &State, driver: &Path, options: &[String]) -> Result<Root, ToolchainError> {
     let files = found_once(state, "link", driver, &options.join(" "), || trace_link(driver, options))?;
     let mut root = Root::default();
     files.iter().for_each(|f| root.add(Path::new(f)));
     Ok(root)
 }
 
-fn trace_link(driver: &Path, options: &[String]) -> Result<Vec<String>, String> {
+fn trace_link(driver: &Path, options: &[String]) -> Result<Vec<String>, ToolchainError> {
     let dir = std::env::temp_dir().join(format!("thunkmesh-link-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| ToolchainError::Io { path: dir.display().to_string(), source })?;
     let traced = trace_link_in(&dir, driver, options);
     let _ = std::fs::remove_dir_all(&dir);
     traced
 }
 
-fn trace_link_in(dir: &Path, driver: &Path, options: &[String]) -> Result<Vec<String>, String> {
+fn trace_link_in(dir: &Path, driver: &Path, options: &[String]) -> Result<Vec<String>, ToolchainError> {
     let stub = dir.join("stub.c");
-    std::fs::write(&stub, "int main(void) { return 0; }\n").map_err(|e| format!("{}: {e}", stub.display()))?;
-    let run = |args: &[&str], extra: &[String]| -> Result<String, String> {
+    std::fs::write(&stub, "int main(void) { return 0; }\n")
+        .map_err(|source| ToolchainError::Io { path: stub.display().to_string(), source })?;
+    let run = |args: &[&str], extra: &[String]| -> Result<String, ToolchainError> {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).chain(extra.iter().cloned()).collect();
-        run_driver(driver, dir, &args)?
-            .map_err(|err| format!("linking a stub with {} to find what the link reads failed: {err}", extra.join(" ")))
+        run_driver(driver, dir, &args)?.map_err(|stderr| ToolchainError::Link { options: extra.join(" "), stderr })
     };
     run(&["-fPIC", "-c", "stub.c", "-o", "stub.o"], &[])?;
     let trace = run(&["stub.o", "-o", "stub", "-Wl,-t"], options)?;

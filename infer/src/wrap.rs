@@ -48,7 +48,7 @@ pub enum WrapError {
     Forcing(String),
     /// The tool's own root could not be made.
     #[error("cannot make the tool's hermetic root ({0}); `infer --toolchain host` runs the nodes' own tools instead")]
-    Toolchain(String),
+    Toolchain(#[from] crate::toolchain::ToolchainError),
 }
 
 /// One call to record.

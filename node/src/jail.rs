@@ -807,15 +807,16 @@ fn bind(host: &CStr, at: &CStr, device: bool, read_only: bool) -> rustix::io::Re
 
 /// Gives the sandbox's folders to `nobody`, so the program can create its outputs; the cached
 /// inputs linked into them, and the thunk's own root, stay root's and read only.
-pub(crate) fn hand_over(root: &Path) -> Result<(), String> {
+pub(crate) fn hand_over(root: &Path) -> std::io::Result<()> {
     hand_over_below(root, &|name| name == thunkmesh_protocol::thunk::ROOT_DIR)
 }
 
-fn hand_over_below(dir: &Path, keep: &dyn Fn(&std::ffi::OsStr) -> bool) -> Result<(), String> {
+fn hand_over_below(dir: &Path, keep: &dyn Fn(&std::ffi::OsStr) -> bool) -> std::io::Result<()> {
     let nobody = Some(rustix::fs::Uid::from_raw(NOBODY));
     let group = Some(rustix::fs::Gid::from_raw(NOBODY));
-    rustix::fs::chown(dir, nobody, group).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?.flatten() {
+    let at = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+    rustix::fs::chown(dir, nobody, group).map_err(|e| at(e.into()))?;
+    for entry in std::fs::read_dir(dir).map_err(at)?.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) && !keep(&entry.file_name()) {
             hand_over_below(&entry.path(), &|_| false)?;
         }

@@ -238,20 +238,39 @@ impl Node<'_> {
 
 /// Reads a size such as `512MiB`, `10GiB`, `64KiB` or plain bytes (units: B, KiB, MiB, GiB,
 /// TiB; also K, M, G, T for the same binary units).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size such as 512MiB or 10GiB"))?;
+    let n: u64 = digits.parse().map_err(|_| SizeError::NotASize(text.to_owned()))?;
     let shift = match unit.trim() {
         "" | "B" => 0,
         "K" | "KiB" => 10,
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
         "T" | "TiB" => 40,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB, TiB)")),
+        other => return Err(SizeError::Unit { text: text.to_owned(), unit: other.to_owned() }),
     };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(1 << shift).ok_or_else(|| SizeError::TooLarge(text.to_owned()))
+}
+
+/// A size that [`parse_size`] does not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// No number first.
+    #[error("`{0}` is not a size such as 512MiB or 10GiB")]
+    NotASize(String),
+    /// A unit it does not know.
+    #[error("`{text}`: unknown unit `{unit}` (B, KiB, MiB, GiB, TiB)")]
+    Unit {
+        /// The whole size.
+        text: String,
+        /// The unit.
+        unit: String,
+    },
+    /// More than 2^64 bytes.
+    #[error("`{0}` is too large")]
+    TooLarge(String),
 }
 
 /// The least default cache budget, however full the disk.
@@ -498,8 +517,8 @@ mod tests {
         assert_eq!(super::parse_size("10G"), Ok(10 << 30));
         assert_eq!(super::parse_size("4096"), Ok(4096));
         assert_eq!(super::parse_size("3 KiB"), Ok(3 << 10));
-        assert!(super::parse_size("1GB").expect_err("decimal unit").contains("unknown unit `GB`"));
-        assert!(super::parse_size("MiB").expect_err("no number").contains("is not a size"));
-        assert!(super::parse_size("99999999999TiB").expect_err("overflow").contains("too large"));
+        assert!(super::parse_size("1GB").expect_err("decimal unit").to_string().contains("unknown unit `GB`"));
+        assert!(super::parse_size("MiB").expect_err("no number").to_string().contains("is not a size"));
+        assert!(super::parse_size("99999999999TiB").expect_err("overflow").to_string().contains("too large"));
     }
 }

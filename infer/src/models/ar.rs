@@ -103,9 +103,9 @@ fn archiver(call: &Call) -> Result<(PathBuf, Vec<String>, Root), WrapError> {
         return Ok((call.program.clone(), Vec::new(), Root::default()));
     }
     let driver = call.real(&name.replace("gcc-ar", "gcc"))?;
-    let plugin = toolchain::ask(&driver, "-print-file-name=liblto_plugin.so").map_err(WrapError::Toolchain)?;
+    let plugin = toolchain::ask(&driver, "-print-file-name=liblto_plugin.so")?;
     if !Path::new(&plugin).is_absolute() {
-        return Err(WrapError::Toolchain(format!("{} does not find its LTO plugin", driver.display())));
+        return Err(toolchain::ToolchainError::NoLtoPlugin(driver.display().to_string()).into());
     }
     let mut root = Root::default();
     root.add(Path::new(&plugin));
@@ -270,7 +270,7 @@ fn in_place(
     let system = match call.hermetic() {
         true => {
             let mut root = call.programs_root(&["cp", "chmod"])?;
-            root.extend(&toolchain::program(&call.state, real).map_err(WrapError::Toolchain)?);
+            root.extend(&toolchain::program(&call.state, real)?);
             root.extend(extra);
             root
         }

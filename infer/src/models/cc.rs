@@ -292,12 +292,12 @@ fn system_root(call: &Call, args: &Args, headers: &[String], link_options: &[Str
     let lto = args.flags.iter().any(|f| f == "-flto" || f.starts_with("-flto="));
     let sources: Vec<&str> = args.operands.iter().map(String::as_str).filter(|o| is_source(o)).collect();
     let helpers = toolchain::helpers_for(&sources, !args.compile, lto, fuse_ld);
-    let mut root = toolchain::driver(&call.state, driver, &helpers).map_err(WrapError::Toolchain)?;
+    let mut root = toolchain::driver(&call.state, driver, &helpers)?;
     headers.iter().for_each(|h| root.add(Path::new(h)));
     if !args.compile {
-        root.extend(&toolchain::link(&call.state, driver, link_options).map_err(WrapError::Toolchain)?);
+        root.extend(&toolchain::link(&call.state, driver, link_options)?);
         for spec in spec_files(&args.flags) {
-            let found = toolchain::ask(driver, &format!("-print-file-name={spec}")).map_err(WrapError::Toolchain)?;
+            let found = toolchain::ask(driver, &format!("-print-file-name={spec}"))?;
             if Path::new(&found).is_absolute() {
                 root.add(Path::new(&found));
             }

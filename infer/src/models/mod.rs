@@ -249,7 +249,7 @@ impl Call {
         let run = match self.hermetic() {
             false => Run::Host,
             true => {
-                let mut root = toolchain::program(&self.state, program).map_err(WrapError::Toolchain)?;
+                let mut root = toolchain::program(&self.state, program)?;
                 root.extend(system);
                 Run::Rooted(root)
             }
@@ -288,7 +288,7 @@ impl Call {
         let mut root = Root::default();
         for name in names {
             let path = find_program(Path::new("/"), OsStr::new(name), Some(OsStr::new(toolchain::TOOL_PATH)))?;
-            root.extend(&toolchain::program(&self.state, &path).map_err(WrapError::Toolchain)?);
+            root.extend(&toolchain::program(&self.state, &path)?);
         }
         Ok(root)
     }
