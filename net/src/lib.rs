@@ -278,6 +278,14 @@ pub async fn first<T>(what: &'static str, read: impl Future<Output = Result<T, N
     tokio::time::timeout(HELLO_TIMEOUT, read).await.map_err(|_| NetError::Timeout { what, after: HELLO_TIMEOUT })?
 }
 
+/// Sleeps until `at`, or for ever without one: a pure core's next deadline in a `select!`.
+pub async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Compares two tokens in time that does not depend on where they differ (`blake3::Hash`
 /// equality is constant-time).
 pub fn same_token(given: &str, expected: &str) -> bool {

@@ -12,6 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cache;
+mod core;
 mod exec;
 pub mod jail;
 pub mod lambda;
@@ -347,75 +348,87 @@ struct Working<'a, F> {
 }
 
 impl<F: Future<Output = ()>> Working<'_, F> {
-    /// Runs assignments from `recv` until drained or the session fails.
+    /// Runs assignments from `recv` until drained or the session fails: what happens goes to the
+    /// session's [`core::Core`], and what it decides is carried out here.
     async fn run(self, recv: quinn::RecvStream) -> Result<(), NodeError> {
         let Working { ctx, mut send, shutdown, idle_exit, progress, worked } = self;
         let (_reader, mut inbox) = thunkmesh_net::reader::<FromRendezvous>(recv);
         let mut tasks = Tasks::default();
-        let mut busy_at = tokio::time::Instant::now();
+        let started = tokio::time::Instant::now();
+        let mut core = core::Core::new(Duration::ZERO, idle_exit);
         tokio::pin!(shutdown);
-        loop {
-            let draining = progress.draining;
-            let idle_at = busy_at + idle_exit.unwrap_or_default();
-            let may_idle = idle_exit.is_some() && !draining && tasks.set.is_empty();
+        let result = loop {
+            let wake = thunkmesh_net::until(core.next_deadline().map(|at| started + at));
             tokio::select! {
-                () = &mut shutdown, if !draining => {
-                    info!(running = tasks.set.len(), "draining: finishing running tasks and uploading what others need");
-                    progress.draining = true;
-                    send_msg(&mut send, &ToRendezvous::Drain).await?;
-                }
-                () = tokio::time::sleep_until(idle_at), if may_idle => {
-                    info!(idle = ?idle_exit, "nothing to run: draining");
-                    (progress.draining, worked.idled) = (true, true);
-                    send_msg(&mut send, &ToRendezvous::Drain).await?;
-                }
+                () = &mut shutdown, if !core.draining() => core.handle(started.elapsed(), core::Event::Shutdown),
+                () = wake => core.wake(started.elapsed()),
                 msg = inbox.recv() => match msg {
-                    None => return Err(NodeError::Disconnected),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(FromRendezvous::Drained)) => {
-                        info!("drained");
-                        return Ok(());
-                    }
-                    Some(Ok(msg)) => {
-                        busy_at = tokio::time::Instant::now();
-                        tasks.start(&ctx, msg);
-                    }
+                    None => break Err(NodeError::Disconnected),
+                    Some(Err(e)) => break Err(e.into()),
+                    Some(Ok(msg)) => core.handle(started.elapsed(), core::Event::Message(msg)),
                 },
                 Some(_) = tasks.punches.join_next() => {}
-                Some(done) = tasks.set.join_next() => match done {
-                    Ok((report, pinned)) => {
-                        if let ToRendezvous::Done(done) = &report {
-                            let s = &done.stats;
-                            worked.thunks += 1;
-                            worked.fetched_bytes += s.peer_bytes + s.relay_bytes + s.storage_bytes_read;
+                Some(done) = tasks.set.join_next() => {
+                    let event = match done {
+                        Ok((report, pinned)) => {
+                            tasks.finished(&report);
+                            drop(pinned);
+                            core::Event::Ended { report, disk_full: ctx.disk_is_full() }
                         }
-                        tasks.finished(&report);
-                        // Drain before the failure is reported, so its retry goes to another node.
-                        if ctx.disk_is_full() && !draining {
-                            warn!("the disk holding the cache is full: draining");
-                            (progress.draining, worked.disk_full) = (true, true);
-                            send_msg(&mut send, &ToRendezvous::Drain).await?;
+                        Err(e) if e.is_cancelled() => core::Event::Cancelled,
+                        Err(e) => {
+                            warn!(error = %e, "a task panicked");
+                            core::Event::Panicked(tasks.panicked(&e))
                         }
-                        send_msg(&mut send, &report).await?;
-                        drop(pinned);
-                        let evicted = ctx.cache.evict();
-                        for ids in evicted.chunks(HOLDS_PER_MESSAGE) {
-                            send_msg(&mut send, &ToRendezvous::Dropped(ids.to_vec())).await?;
-                        }
-                        busy_at = tokio::time::Instant::now();
-                    }
-                    Err(e) if e.is_cancelled() => {}
-                    Err(e) => {
-                        warn!(error = %e, "a task panicked");
-                        // The rendezvous hears of it, so the thunk runs elsewhere and the job goes on.
-                        if let Some(report) = tasks.panicked(&e) {
-                            send_msg(&mut send, &report).await?;
-                        }
-                    }
-                },
+                    };
+                    core.handle(started.elapsed(), event);
+                }
             }
+            progress.draining = core.draining();
+            if let Some(ended) = carry_out(&mut core, &ctx, &mut tasks, &mut send).await {
+                break ended;
+            }
+        };
+        let done = core.worked();
+        worked.thunks += done.thunks;
+        worked.fetched_bytes += done.fetched_bytes;
+        worked.idled |= done.idled;
+        worked.disk_full |= done.disk_full;
+        result
+    }
+}
+
+/// Does what the core decided until it decides nothing more; `Some` when the session is over.
+async fn carry_out(
+    core: &mut core::Core,
+    ctx: &Arc<Ctx>,
+    tasks: &mut Tasks,
+    send: &mut quinn::SendStream,
+) -> Option<Result<(), NodeError>> {
+    while let Some(action) = core.poll() {
+        let sent = match action {
+            core::Action::Send(msg) => send_msg(send, &msg).await,
+            core::Action::Act(msg) => {
+                tasks.start(ctx, msg);
+                Ok(())
+            }
+            core::Action::Evict => evict(ctx, send).await,
+            core::Action::Drained => return Some(Ok(())),
+        };
+        if let Err(e) = sent {
+            return Some(Err(e.into()));
         }
     }
+    None
+}
+
+/// Removes what the cache's budget no longer holds and tells the rendezvous.
+async fn evict(ctx: &Ctx, send: &mut quinn::SendStream) -> Result<(), NetError> {
+    let evicted = ctx.cache.evict();
+    for ids in evicted.chunks(HOLDS_PER_MESSAGE) {
+        send_msg(send, &ToRendezvous::Dropped(ids.to_vec())).await?;
+    }
+    Ok(())
 }
 
 /// What the node is doing: forced thunks (cancellable by task id), uploads, and dials to peers

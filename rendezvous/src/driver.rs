@@ -39,13 +39,7 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     loop {
         // A thunk held for a busy node stops waiting at its deadline even if nothing happens.
-        let deadline = core.next_deadline().map(|at| started + at);
-        let wake = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let wake = thunkmesh_net::until(core.next_deadline().map(|at| started + at));
         tokio::select! {
             inbound = inbox.recv() => {
                 let Some(Inbound { event, outbox }) = inbound else { return };
