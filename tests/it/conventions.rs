@@ -3,7 +3,7 @@
 //! JSON on failure too, exit statuses 2 and 130, completions, and the cache commands.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -33,10 +33,7 @@ fn two_runs_in_one_state_folder_both_succeed_the_second_waiting_and_saying_so() 
     let first = run_command(dir.path(), &["--out", "out1"]).stderr(Stdio::piped()).spawn().expect("first run");
     // The first holds the lock once its state folder exists.
     let lock = dir.path().join(".thunkmesh/lock");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::util::wait_until(Duration::from_secs(10), || lock.exists().then_some(()), || "no lock was taken".into());
     std::thread::sleep(Duration::from_millis(300));
     let second = run_command(dir.path(), &["--out", "out2"]).output().expect("second run");
     let first = first.wait_with_output().expect("first run ends");

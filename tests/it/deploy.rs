@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::{Proc, repo, thunkmesh, write};
 
@@ -94,15 +94,9 @@ fn start_rendezvous(args: &[String]) -> (Proc, String) {
 fn terminate(mut proc: Proc, what: &str, within: Duration) {
     let pid = proc.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = proc.0.try_wait().expect("wait") {
-            assert!(status.success(), "{what} exited with {status} on SIGTERM");
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} did not stop within {within:?} of SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let exited = || proc.0.try_wait().expect("wait");
+    let status = crate::util::wait_until(within, exited, || format!("{what} did not stop on SIGTERM"));
+    assert!(status.success(), "{what} exited with {status} on SIGTERM");
 }
 
 #[test]

@@ -157,14 +157,9 @@ fn a_node_whose_disk_fills_up_drains_and_its_task_runs_on_another() {
     // The only node at first keeps its cache (and sandboxes) on 4 MB: `big` fails there.
     let mut cramped = rdv.node(&small.0.join("cache"), "cramped");
     let runner = rdv.run_in_background(dir.path(), &job);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = cramped.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "the cramped node did not stop");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let exited = || cramped.0.try_wait().expect("wait");
+    let status =
+        crate::util::wait_until(std::time::Duration::from_secs(30), exited, || "the cramped node did not stop".into());
     let log = std::fs::read_to_string(small.0.join("cache.log")).unwrap_or_default();
     assert!(!status.success(), "a node stopped by a full disk exits non-zero");
     assert!(log.contains("the disk holding its cache") && log.contains("is full"), "{log}");
@@ -276,11 +271,9 @@ fn a_client_killed_mid_job_keeps_the_memo_entries_of_what_finished() {
         .spawn()
         .expect("start");
     let batches = dir.path().join(".thunkmesh/store/memo");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_dir(&batches).map_or(0, |d| d.count()) == 0 {
-        assert!(std::time::Instant::now() < deadline, "no batch of memo entries was written while `all` ran");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let written = || (std::fs::read_dir(&batches).map_or(0, |d| d.count()) > 0).then_some(());
+    let what = || "no batch of memo entries was written while `all` ran".into();
+    crate::util::wait_until(std::time::Duration::from_secs(30), written, what);
     client.kill().expect("kill");
     client.wait().expect("wait");
     // The orphaned node leaves when its rendezvous (in the killed client) is silent for 4 s.

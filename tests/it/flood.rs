@@ -122,15 +122,12 @@ fn memory(pid: u32, field: &str) -> u64 {
 
 /// The node's peer address, as the rendezvous reports it.
 fn node_addr(rdv: &SelfHosted, name: &str) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let listed = || {
         let status = rdv.status();
-        if let Some(line) = status.lines().find(|l| l.starts_with(name)) {
-            return line.split_whitespace().nth(1).expect("observed column").parse().expect("address");
-        }
-        assert!(Instant::now() < deadline, "the node never registered: {status}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        Some(line.split_whitespace().nth(1).expect("observed column").parse().expect("address"))
+    };
+    crate::util::wait_until(Duration::from_secs(20), listed, || format!("{name} never registered: {}", rdv.status()))
 }
 
 #[test]

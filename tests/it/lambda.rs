@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use thunkmesh_s3_fixture::S3Server;
 
@@ -38,11 +38,10 @@ impl Emulator {
             .spawn()
             .expect("start cargo lambda watch");
         let emulator = Emulator { _proc: Proc(child), port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "cargo lambda watch did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let listening = || TcpStream::connect(("127.0.0.1", port)).ok();
+        crate::util::wait_until(Duration::from_secs(30), listening, || {
+            format!("cargo lambda watch did not listen on {port}")
+        });
         emulator
     }
 
@@ -146,11 +145,8 @@ fn a_lambda_worker_at_its_deadline_hands_its_outputs_over_and_the_job_completes(
     let job = crate::util::write(dir.path(), &[("job.toml", &text)]);
     let worker = Worker::invoke(&emulator, &rdv, dir.path(), 2);
     let runner = rdv.run_in_background(dir.path(), &job);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "`slow` never started:\n{}", worker.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let started = || marker.exists().then_some(());
+    crate::util::wait_until(Duration::from_secs(30), started, || format!("`slow` never started:\n{}", worker.log()));
     // A node that outlives the worker; `second` can only run there.
     let _node = rdv.node(&dir.path().join("node"), "survivor");
     let run = runner.join().expect("run thread");
@@ -358,15 +354,9 @@ fn a_rendezvous_keeps_a_warm_pool_of_lambda_workers_that_run_jobs() {
         ("AWS_SECRET_ACCESS_KEY", "test"),
     ];
     let rdv = SelfHosted::start_on(&dir.path().join("rdv"), &addr, &pool, &aws);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = rdv.status();
-        if status.matches("lambda-").count() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the pool did not join:\n{status}\n{}", logs(&functions));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let joined = || (rdv.status().matches("lambda-").count() == 2).then_some(());
+    let what = || format!("the pool did not join:\n{}\n{}", rdv.status(), logs(&functions));
+    crate::util::wait_until(Duration::from_secs(30), joined, what);
     // A plain run on the rendezvous: the pool's workers are its only nodes.
     let run = rdv.run(dir.path(), &repo("examples/wordfreq/job.toml"), &rdv.token);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stderr, logs(&functions));

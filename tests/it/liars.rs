@@ -71,15 +71,6 @@ fn expected() -> Vec<u8> {
     (0..6).map(|i| format!("leaf {i}\n")).collect::<String>().into_bytes()
 }
 
-/// Waits until `rdv` lists `n` nodes.
-fn wait_for_nodes(rdv: &SelfHosted, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !rdv.status().contains(&format!("\n{n} node(s), ")) {
-        assert!(Instant::now() < deadline, "{n} nodes did not register:\n{}", rdv.status());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The store every run of the test shares.
 fn store_url(dir: &std::path::Path) -> String {
     format!("file://{}", dir.join("store").display())
@@ -91,7 +82,7 @@ fn what_a_lying_node_recorded_is_forgotten_with_everything_computed_from_it() {
     let rdv = SelfHosted::start(&dir.path().join("rdv"));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let liar = runtime.spawn(lie(rdv.addr.clone(), rdv.fingerprint.clone(), rdv.token.clone()));
-    wait_for_nodes(&rdv, 1);
+    rdv.wait_for_nodes(1, Duration::from_secs(20));
     let job = wide_job(dir.path());
     let store = store_url(dir.path());
     let flags = ["--mode", "storage", "--verify", "0", "--store", &store];
@@ -102,7 +93,7 @@ fn what_a_lying_node_recorded_is_forgotten_with_everything_computed_from_it() {
 
     let _honest: Vec<Proc> =
         (0..2).map(|i| rdv.node(&dir.path().join(format!("node-{i}")), &format!("n{i}"))).collect();
-    wait_for_nodes(&rdv, 2);
+    rdv.wait_for_nodes(2, Duration::from_secs(20));
     let cached = rdv.run_with(dir.path(), &job, &flags);
     cached.ok();
     assert_eq!(
@@ -136,7 +127,7 @@ fn a_lie_checked_on_two_honest_nodes_fails_the_job_and_is_forgotten() {
     let honest: Vec<Proc> = (0..2).map(|i| rdv.node(&dir.path().join(format!("node-{i}")), &format!("n{i}"))).collect();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let liar = runtime.spawn(lie(rdv.addr.clone(), rdv.fingerprint.clone(), rdv.token.clone()));
-    wait_for_nodes(&rdv, 3);
+    rdv.wait_for_nodes(3, Duration::from_secs(20));
     let job = wide_job(dir.path());
     let store = store_url(dir.path());
     let checked = rdv.run_with(dir.path(), &job, &["--mode", "storage", "--verify", "1", "--store", &store]);
@@ -165,7 +156,7 @@ fn a_target_its_node_never_uploads_does_not_make_the_run_wait_for_ever() {
     let rdv = SelfHosted::start(&dir.path().join("rdv"));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let _liar = runtime.spawn(lie(rdv.addr.clone(), rdv.fingerprint.clone(), rdv.token.clone()));
-    wait_for_nodes(&rdv, 1);
+    rdv.wait_for_nodes(1, Duration::from_secs(20));
     let job = write(
         dir.path(),
         &[(

@@ -62,11 +62,7 @@ fn under_flood(
     let dir = tempfile::tempdir().expect("tempdir");
     let rdv = SelfHosted::start(&dir.path().join("rdv"));
     let _node = rdv.node(&dir.path().join("node"), "honest");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !rdv.status().contains("\n1 node(s), ") {
-        assert!(Instant::now() < deadline, "the node did not register");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rdv.wait_for_nodes(1, Duration::from_secs(20));
     let pid = rdv.pid();
     let idle = memory(pid, "VmRSS:");
     // 5: start the peak from what the process holds now (proc(5), clear_refs).

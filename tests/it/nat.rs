@@ -2,7 +2,7 @@
 //! the two kinds that matter, and jobs whose intermediates must cross between them. Each case
 //! asserts the target's bytes and how every fetch went: direct, or through storage. Needs root.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::{Proc, Run, SelfHosted, write};
 use thunkmesh_netlab::{Host, Lab, Mapping};
@@ -87,16 +87,11 @@ impl Mesh {
     }
 
     fn wait_for_registration(&self, nodes: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            // A node logs "registered" once it has classified its NAT too.
-            let registered = (0..nodes).filter(|i| self.log(*i).contains("registered")).count();
-            if registered == nodes {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nodes did not register:\n{}", (0..nodes).map(|i| self.log(i)).collect::<Vec<_>>().join("\n"));
+        // A node logs "registered" once it has classified its NAT too.
+        let registered = || (0..nodes).all(|i| self.log(i).contains("registered")).then_some(());
+        let logs =
+            || format!("nodes did not register:\n{}", (0..nodes).map(|i| self.log(i)).collect::<Vec<_>>().join("\n"));
+        crate::util::wait_until(Duration::from_secs(20), registered, logs);
     }
 
     fn log(&self, node: usize) -> String {

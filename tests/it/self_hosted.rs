@@ -152,11 +152,11 @@ fn a_producer_that_leaves_gracefully_hands_its_outputs_over_through_storage() {
     let runner = rdv.run_in_background(dir.path(), &job);
     // `first` is done and `slow` runs on the only node when a second node joins and the first is
     // asked to stop: it finishes `slow`, uploads both outputs that `second` needs, and leaves.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(std::time::Instant::now() < deadline, "`slow` never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::util::wait_until(
+        Duration::from_secs(30),
+        || marker.exists().then_some(()),
+        || "`slow` never started".into(),
+    );
     let _staying = rdv.node(&dir.path().join("node-b"), "staying");
     let pid = leaving.0.id().to_string();
     let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
@@ -228,11 +228,7 @@ fn an_object_larger_than_the_nodes_memory_moves_between_them() {
     for node in &nodes {
         cgroup.add(node.0.id());
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !rdv.status().contains("\n2 node(s), ") {
-        assert!(std::time::Instant::now() < deadline, "the nodes did not register");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rdv.wait_for_nodes(2, Duration::from_secs(30));
     let before: Vec<u64> = nodes
         .iter()
         .map(|n| {
@@ -269,20 +265,6 @@ fn an_object_larger_than_the_nodes_memory_moves_between_them() {
     drop(cgroup);
 }
 
-/// Waits until the rendezvous' status lists `nodes` nodes.
-fn wait_for_nodes(rdv: &SelfHosted, nodes: usize, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    let want = format!("\n{nodes} node(s), ");
-    loop {
-        let status = format!("\n{}", rdv.status());
-        if status.contains(&want) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "not {nodes} node(s) within {within:?}: {status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A node dials a rendezvous that is not up yet until it is, and dials it again after it
 /// restarts (same state folder and port: same certificate and token); a job cut by the restart
 /// fails with one clear line, and the next job runs on the node that came back (issue 16).
@@ -311,7 +293,7 @@ fn a_node_survives_a_rendezvous_restart_and_waits_for_one_not_up_yet() {
     std::thread::sleep(Duration::from_secs(3));
     let rdv = SelfHosted::start_on(&state, &addr, &[], &[]);
     assert_eq!(rdv.fingerprint, fingerprint);
-    wait_for_nodes(&rdv, 1, Duration::from_secs(10));
+    rdv.wait_for_nodes(1, Duration::from_secs(10));
 
     let job = write(dir.path(), &[("job.toml", &slow_fan_in(1).replace("sleep 1", "sleep 30"))]);
     let cut = rdv.run_in_background(dir.path(), &job);
@@ -322,7 +304,7 @@ fn a_node_survives_a_rendezvous_restart_and_waits_for_one_not_up_yet() {
     assert!(cut.stderr.contains("the rendezvous closed the connection before the job ended"), "{}", cut.stderr);
 
     let rdv = SelfHosted::start_on(&state, &addr, &[], &[]);
-    wait_for_nodes(&rdv, 1, Duration::from_secs(20));
+    rdv.wait_for_nodes(1, Duration::from_secs(20));
     let run = rdv.run(dir.path(), &echo_job(dir.path(), "back"), &rdv.token);
     run.ok();
     assert_eq!(run.out("o"), b"back\n");
@@ -337,20 +319,14 @@ fn status_shows_the_running_jobs_and_their_queues() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rdv = SelfHosted::start(&dir.path().join("rdv"));
     let _node = rdv.node(&dir.path().join("node"), "n0");
-    wait_for_nodes(&rdv, 1, Duration::from_secs(10));
+    rdv.wait_for_nodes(1, Duration::from_secs(10));
     // Three slow thunks on one slot: one runs, two wait.
     let job = write(dir.path(), &[("job.toml", &slow_fan_in(3))]);
     let run = rdv.run_in_background(dir.path(), &job);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let job = loop {
-        let status = rdv.status_json();
-        let running = status["jobs"].get(0).filter(|j| j["thunks_running"] == 1).cloned();
-        if let Some(job) = running {
-            break job;
-        }
-        assert!(std::time::Instant::now() < deadline, "no running job in {status}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let running = || rdv.status_json()["jobs"].get(0).filter(|j| j["thunks_running"] == 1).cloned();
+    let job = crate::util::wait_until(Duration::from_secs(10), running, || {
+        format!("no running job in {}", rdv.status_json())
+    });
     assert_eq!((job["thunks_total"].as_u64(), job["thunks_queued"].as_u64()), (Some(4), Some(2)), "{job}");
     assert_eq!(job["mode"], "p2p");
     assert!(job["running_ms"].as_u64() > Some(0), "{job}");

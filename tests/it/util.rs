@@ -246,6 +246,13 @@ impl SelfHosted {
         Proc(child)
     }
 
+    /// Waits until exactly `nodes` nodes are registered, for at most `within`.
+    pub fn wait_for_nodes(&self, nodes: usize, within: Duration) {
+        let want = format!("\n{nodes} node(s), ");
+        let registered = || format!("\n{}", self.status()).contains(&want).then_some(());
+        wait_until(within, registered, || format!("not {nodes} node(s) registered:\n{}", self.status()));
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self._proc.0.id()
@@ -406,4 +413,17 @@ pub async fn member(
     let (mut send, recv) = conn.open_bi().await.expect("stream");
     send_msg(&mut send, &Hello { version: PROTOCOL_VERSION, token, role }).await.expect("hello");
     (endpoint, conn, send, recv)
+}
+
+/// Polls `check` every 50 ms until it gives a value, and returns that; after `within`, fails the
+/// test with what `what` says (asked only then, so it can show the latest status or logs).
+pub fn wait_until<T>(within: Duration, mut check: impl FnMut() -> Option<T>, what: impl FnOnce() -> String) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{} (waited {within:?})", what());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
