@@ -194,7 +194,15 @@ impl Jail {
     /// `work` as its sandbox (`__jail --probe`, which only exits 0): it needs nothing of the
     /// host's but the libraries the node itself loads.
     fn run_probe(&self, root: &Path, work: &Path) -> std::io::Result<std::process::ExitStatus> {
-        let plan = Plan::new(&self.host, root, work, Some(&self.launcher), None, false, self.shared.clone())?;
+        let plan = Plan::new(Layout {
+            host: &self.host,
+            root,
+            work,
+            program: Some(&self.launcher),
+            own_root: None,
+            network: false,
+            shared: self.shared.clone(),
+        })?;
         let args = [LAUNCHER_ARG.to_owned(), PROBE_ARG.to_owned()];
         let exec =
             Exec::new(Path::new(JAIL_PROGRAM), &args, std::iter::empty(), [dev_null()?, dev_null()?, dev_null()?])?;
@@ -222,15 +230,15 @@ impl Jail {
         }
         self.orphans.reap();
         let shipped = program.shipped.then_some(program.path);
-        let mut plan = Plan::new(
-            &self.host,
-            program.root,
-            program.work,
-            shipped,
-            program.own_root,
-            program.network,
-            self.shared.clone(),
-        )
+        let mut plan = Plan::new(Layout {
+            host: &self.host,
+            root: program.root,
+            work: program.work,
+            program: shipped,
+            own_root: program.own_root,
+            network: program.network,
+            shared: self.shared.clone(),
+        })
         .map_err(StartError::Sandbox)?;
         if let Some(dir) = program.dir {
             plan.cwd = c(&Path::new(JAIL_WORK).join(dir)).map_err(StartError::Program)?;
@@ -485,6 +493,24 @@ impl HostLayout {
 /// Everything the forked child needs, prepared before the fork: after it, the child may not
 /// allocate (another thread of the node may have held the allocator's lock).
 #[derive(Debug)]
+/// What a private root is made of, by name: the plan's input.
+struct Layout<'a> {
+    /// The host's folders and files that go in.
+    host: &'a HostLayout,
+    /// An empty folder to build it in (unused when the shared template serves).
+    root: &'a Path,
+    /// The sandbox folder, bound read-write at [`JAIL_WORK`].
+    work: &'a Path,
+    /// A program shipped with the job, bound read-only at [`JAIL_PROGRAM`].
+    program: Option<&'a Path>,
+    /// The thunk's own root, used instead of the host's folders.
+    own_root: Option<&'a Path>,
+    /// The program keeps the node's network.
+    network: bool,
+    /// The node's shared namespaces and template root, if it made them.
+    shared: Option<Arc<Shared>>,
+}
+
 struct Plan {
     root: CString,
     steps: Vec<Step>,
@@ -575,15 +601,8 @@ impl Plan {
     /// The plan for a program in the sandbox `work` (and `program`, if shipped): in a copy of
     /// the shared template, or in a root to build at `root`, an empty folder (always, for a
     /// program with its own root).
-    fn new(
-        host: &HostLayout,
-        root: &Path,
-        work: &Path,
-        program: Option<&Path>,
-        own: Option<&Path>,
-        network: bool,
-        shared: Option<Arc<Shared>>,
-    ) -> std::io::Result<Plan> {
+    fn new(layout: Layout<'_>) -> std::io::Result<Plan> {
+        let Layout { host, root, work, program, own_root: own, network, shared } = layout;
         let own_root = own.is_some();
         let fresh = shared.is_none() || own_root;
         let root = match (&shared, fresh) {
@@ -893,6 +912,51 @@ mod tests {
             network: false,
             own_root: None,
         }
+    }
+
+    /// The binds a plan makes, as (where inside the root, read only).
+    fn binds(plan: &Plan) -> Vec<(String, bool)> {
+        let root = plan.root.to_string_lossy().into_owned();
+        let inside = |at: &CString| at.to_string_lossy().trim_start_matches(root.as_str()).to_owned();
+        plan.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Bind { at, read_only, .. } => Some((inside(at), *read_only)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Issue 29: the plan is built and checked apart from the clone that carries it out.
+    #[test]
+    fn a_plan_binds_the_sandbox_writable_the_program_read_only_and_the_network_only_when_asked() {
+        let host = HostLayout::find();
+        let (root, work, program) = (Path::new("/r"), Path::new("/w"), Path::new("/p"));
+        let layout = |network: bool| Layout {
+            host: &host,
+            root,
+            work,
+            program: Some(program),
+            own_root: None,
+            network,
+            shared: None,
+        };
+        let plan = Plan::new(layout(false)).expect("a plan");
+        let bound = binds(&plan);
+        assert!(bound.contains(&(JAIL_WORK.to_owned(), false)), "{bound:?}");
+        assert!(bound.contains(&(JAIL_PROGRAM.to_owned(), true)), "{bound:?}");
+        assert!(bound.iter().any(|(at, ro)| at == "/usr" && *ro), "the host's /usr, read only: {bound:?}");
+        assert!(plan.steps.iter().any(|s| matches!(s, Step::Tmpfs(at) if at.to_string_lossy() == "/r/tmp")));
+        assert_ne!(plan.namespaces() & libc::CLONE_NEWNET, 0, "no network: a namespace of its own");
+        assert!(!bound.iter().any(|(at, _)| at.ends_with("resolv.conf")), "{bound:?}");
+        let networked = Plan::new(layout(true)).expect("a plan");
+        assert_eq!(networked.namespaces() & libc::CLONE_NEWNET, 0, "the node's network");
+        assert!(binds(&networked).len() > bound.len(), "the network's files are bound too");
+        let own_tree = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(own_tree.path().join("bin")).expect("a folder of the own root");
+        let own = Layout { own_root: Some(own_tree.path()), ..layout(true) };
+        let own = Plan::new(own).expect("a plan");
+        assert!(!binds(&own).iter().any(|(at, _)| at == "/usr"), "an own root has no host folders");
     }
 
     /// Issue 28's code fault: a sandbox that cannot be built was reported as the thunk's exit
