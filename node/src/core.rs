@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use thunkmesh_protocol::wire::{FromRendezvous, ToRendezvous};
+use thunkmesh_protocol::wire::{FromRendezvous, ToRendezvous, WireError};
 use tracing::{info, warn};
 
 use crate::Worked;
@@ -41,6 +41,9 @@ pub(crate) enum Action {
     Evict,
     /// The rendezvous released the drained node: the session is over.
     Drained,
+    /// The rendezvous refused the node (a forbidden node): the session is over, and dialling
+    /// again would only be refused again.
+    Refused(WireError),
 }
 
 /// One session's state.
@@ -100,6 +103,7 @@ impl Core {
                 info!("drained");
                 self.out.push_back(Action::Drained);
             }
+            Event::Message(FromRendezvous::Refused(error)) => self.out.push_back(Action::Refused(error)),
             Event::Message(msg) => {
                 self.busy_at = now;
                 if matches!(msg, FromRendezvous::Assign(_) | FromRendezvous::Upload(_)) {
@@ -146,7 +150,7 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use thunkmesh_protocol::wire::{ErrorCode, TaskDone, TaskFailed, TransferStats, UploadRequest, WireError};
+    use thunkmesh_protocol::wire::{ErrorCode, TaskDone, TaskFailed, TransferStats, UploadRequest};
     use thunkmesh_protocol::{Id, Program, Thunk};
 
     use super::*;
@@ -207,6 +211,14 @@ mod tests {
         assert!(core.draining());
         core.handle(secs(2.0), Event::Message(FromRendezvous::Drained));
         assert_eq!(actions(&mut core), [Action::Drained]);
+    }
+
+    #[test]
+    fn a_refusal_ends_the_session_with_its_reason() {
+        let mut core = Core::new(secs(0.0), None);
+        let forbidden = WireError::new(ErrorCode::Unauthorized, "this node is forbidden here");
+        core.handle(secs(1.0), Event::Message(FromRendezvous::Refused(forbidden.clone())));
+        assert_eq!(actions(&mut core), [Action::Refused(forbidden)]);
     }
 
     #[test]

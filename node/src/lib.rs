@@ -115,7 +115,9 @@ pub struct Worked {
 /// longer than its `retry_for`.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<Worked, NodeError> {
     use futures::future::FusedFuture;
-    let identity = Identity::generate()?;
+    // The node's identity lives with its cache: memo entries name it, and a node that restarts
+    // on the same cache is the same node (`thunkmesh memo forget --node`, `--forbid-node`).
+    let identity = Identity::load_or_create(&config.cache_dir.join("identity"))?;
     let endpoint = thunkmesh_net::endpoint(config.bind, &identity)?;
     std::fs::create_dir_all(&config.cache_dir)
         .map_err(|source| CacheError { path: config.cache_dir.clone(), source })?;
@@ -414,6 +416,7 @@ async fn carry_out(
             }
             core::Action::Evict => evict(ctx, send).await,
             core::Action::Drained => return Some(Ok(())),
+            core::Action::Refused(e) => return Some(Err(NodeError::Refused(e))),
         };
         if let Err(e) = sent {
             return Some(Err(e.into()));
