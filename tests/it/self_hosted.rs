@@ -336,3 +336,24 @@ fn status_shows_the_running_jobs_and_their_queues() {
     run.join().expect("client").ok();
     assert_eq!(rdv.status_json()["jobs"].as_array().map(Vec::len), Some(0));
 }
+
+/// A node restarted on the same cache is the same node: its identity, which memo entries name
+/// and `--forbid-node` refuses, lives in its cache folder (each node process used to get a new
+/// one, so forbidding a node missed it once it restarted).
+#[test]
+fn a_node_restarted_on_its_cache_keeps_its_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = SelfHosted::start(&dir.path().join("rdv"));
+    let cache = dir.path().join("node");
+    let identity = |rdv: &SelfHosted| rdv.status_json()["nodes"][0]["fingerprint"].as_str().map(str::to_owned);
+    let first = {
+        let _node = rdv.node(&cache, "n");
+        rdv.wait_for_nodes(1, Duration::from_secs(20));
+        identity(&rdv).expect("a fingerprint")
+    };
+    rdv.wait_for_nodes(0, Duration::from_secs(20));
+    let _again = rdv.node(&cache, "n");
+    rdv.wait_for_nodes(1, Duration::from_secs(20));
+    assert_eq!(identity(&rdv).expect("a fingerprint"), first);
+    assert_eq!(first.len(), 64);
+}
