@@ -70,6 +70,11 @@ fn answer_uploads(p: &mut Planner, ds: &[Decision]) {
     }
 }
 
+/// Why the job failed, if it did.
+pub(crate) fn job_failed(ds: &[Decision]) -> Option<WireError> {
+    ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None })
+}
+
 fn job_done(ds: &[Decision]) -> Option<&crate::JobOutcome> {
     ds.iter().find_map(|d| if let Decision::JobDone { outcome, .. } = d { Some(outcome) } else { None })
 }
@@ -677,12 +682,7 @@ fn a_store_that_refuses_a_target_fails_the_job_with_its_cause_and_reruns_nothing
     for _ in 0..=MAX_ATTEMPTS + 1 {
         let ds = drain(&mut p);
         assert!(assigns(&ds).is_empty(), "nothing runs again: {ds:?}");
-        failed = failed.or_else(|| {
-            ds.iter().find_map(|d| match d {
-                Decision::JobFailed { error, .. } => Some(error.clone()),
-                _ => None,
-            })
-        });
+        failed = failed.or_else(|| job_failed(&ds));
         for d in &ds {
             if let Decision::Upload { node, job, blob } = d {
                 uploads += 1;
@@ -864,9 +864,7 @@ fn an_upload_nobody_answers_runs_the_producer_again_and_then_fails_the_job() {
             let asked = drain(&mut p);
             assert!(asked.iter().any(|d| matches!(d, Decision::Upload { .. })), "{asked:?}");
         }
-        failed = failed.or_else(|| {
-            ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None })
-        });
+        failed = failed.or_else(|| job_failed(&ds));
         if failed.is_some() {
             break;
         }

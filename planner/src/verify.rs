@@ -144,7 +144,7 @@ impl Planner {
 mod tests {
     use thunkmesh_protocol::wire::TransferStats;
 
-    use crate::tests::{assigns, blob_output, drain, out, program, submission, thunk};
+    use crate::tests::{assigns, blob_output, drain, job_failed, out, program, submission, thunk};
     use crate::{Decision, Planner};
 
     const JOB: u64 = 3;
@@ -212,7 +212,7 @@ mod tests {
             _ => None,
         });
         assert_eq!(outvoted, Some(vec![liar]), "{decisions:?}");
-        assert!(decisions.iter().any(|d| matches!(d, Decision::JobFailed { .. })), "{decisions:?}");
+        assert!(job_failed(&decisions).is_some(), "{decisions:?}");
         assert!(!resolved(&decisions, "a"), "nothing of the thunk is recorded");
     }
 

@@ -11,7 +11,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use thunkmesh_protocol::wire::{ALPN_PEER, ALPN_RENDEZVOUS};
 
-use crate::util::{SelfHosted, write};
+use crate::util::{SelfHosted, memory, reset_peak, write};
 
 /// How much a process may grow under the flood.
 const CEILING: u64 = 64 << 20;
@@ -110,14 +110,7 @@ async fn silent_one(addr: SocketAddr, until: Instant) {
 
 /// Resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
-    memory(pid, "VmRSS:")
-}
-
-/// A memory figure of a process (`VmRSS:`, `VmHWM:`), in bytes.
-fn memory(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    let kib = status.lines().find_map(|l| l.strip_prefix(field)).expect(field);
-    kib.trim().trim_end_matches("kB").trim().parse::<u64>().expect("number") * 1024
+    memory(pid, "VmRSS")
 }
 
 /// The node's peer address, as the rendezvous reports it.
@@ -213,8 +206,7 @@ fn silent_strangers_cannot_lock_members_out() {
     let pids: Vec<u32> = std::iter::once(rdv.pid()).chain(nodes.iter().map(|n| n.0.id())).collect();
     let idle: Vec<u64> = pids.iter().map(|&p| rss(p)).collect();
     for pid in &pids {
-        // 5: start the peak from what the process holds now (proc(5), clear_refs).
-        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak");
+        reset_peak(*pid);
     }
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -251,7 +243,7 @@ fn silent_strangers_cannot_lock_members_out() {
         )],
     );
     let run = rdv.run_with(dir.path(), &job, &["--memo", "off"]);
-    let peak: Vec<u64> = pids.iter().map(|&p| memory(p, "VmHWM:")).collect();
+    let peak: Vec<u64> = pids.iter().map(|&p| memory(p, "VmHWM")).collect();
     let made = runtime.block_on(flood).expect("flood");
     eprintln!("{made} silent connections; slowest status {slowest:?}; memory {idle:?} -> {peak:?}");
     assert!(made > 3 * HELD as u64, "the flood made only {made} connections");

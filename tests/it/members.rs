@@ -10,20 +10,13 @@ use thunkmesh_net::send_msg;
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::{JobHeader, JobPart, Mode, NodeHello, Role, ToRendezvous};
 
-use crate::util::{SelfHosted, write};
+use crate::util::{SelfHosted, memory, reset_peak, write};
 
 /// How far the rendezvous' peak memory may rise above idle under a flood.
 const CEILING: u64 = 256 << 20;
 
 /// How long each flood lasts.
 const FLOOD: Duration = Duration::from_secs(8);
-
-/// A memory figure of a process (`VmRSS:`, `VmHWM:`), in bytes.
-fn memory(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    let kib = status.lines().find_map(|l| l.strip_prefix(field)).expect(field);
-    kib.trim().trim_end_matches("kB").trim().parse::<u64>().expect("number") * 1024
-}
 
 /// Connects to `rdv` with its token as `role` and sends `next()`'s messages until `until` or
 /// until the rendezvous stops reading; returns how many were sent.
@@ -64,9 +57,8 @@ fn under_flood(
     let _node = rdv.node(&dir.path().join("node"), "honest");
     rdv.wait_for_nodes(1, Duration::from_secs(20));
     let pid = rdv.pid();
-    let idle = memory(pid, "VmRSS:");
-    // 5: start the peak from what the process holds now (proc(5), clear_refs).
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak");
+    let idle = memory(pid, "VmRSS");
+    reset_peak(pid);
     let until = Instant::now() + FLOOD;
     let floods = {
         let _entered = runtime.enter();
@@ -82,13 +74,13 @@ fn under_flood(
     );
     let run = rdv.run_with(dir.path(), &job, &["--memo", "off"]);
     let sent: u64 = floods.into_iter().map(|f| runtime.block_on(f).expect("flooder")).sum();
-    let peak = memory(pid, "VmHWM:");
+    let peak = memory(pid, "VmHWM");
     // What the flood left queued is worked off first: on a loaded machine that takes a while.
     let settle = Instant::now() + Duration::from_secs(15);
-    let mut after = memory(pid, "VmRSS:");
+    let mut after = memory(pid, "VmRSS");
     while after >= idle + (64 << 20) && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(250));
-        after = memory(pid, "VmRSS:");
+        after = memory(pid, "VmRSS");
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     eprintln!(

@@ -427,3 +427,15 @@ pub fn wait_until<T>(within: Duration, mut check: impl FnMut() -> Option<T>, wha
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A memory figure of a process from `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+pub fn memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).expect(field);
+    line.trim().trim_end_matches("kB").trim().parse::<u64>().expect("a number") * 1024
+}
+
+/// Starts a process's peak memory (`VmHWM`) afresh from what it holds now (proc(5), clear_refs).
+pub fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak");
+}
