@@ -40,7 +40,7 @@ struct Stats {
     state_dir: String,
     /// Blobs in the state folder's store: inputs, targets, and outputs recorded by the memo cache.
     store_blobs: Usage,
-    /// Memo entries: one file per thunk, and batches of entries.
+    /// Memo entries, in their batches.
     memo_entries: u64,
     memo_batches: u64,
     /// Each local node's cache (`nodes/<n>`), and their sum.
@@ -72,7 +72,7 @@ fn stats(args: &CacheArgs) -> Result<()> {
     let stats = Stats {
         state_dir: dir.display().to_string(),
         store_blobs: usage(&store.join("blobs"))?,
-        memo_entries: usage(&store.join("reductions"))?.files + batch_entries(&batches)?,
+        memo_entries: batch_entries(&batches)?,
         memo_batches: usage(&batches)?.files,
         node_caches,
         node_cache_total,

@@ -347,10 +347,7 @@ fn what_to_describe(args: &DescribeArgs) -> Result<(Id, Thunk)> {
 
 async fn print_description(args: &DescribeArgs, (id, thunk): &(Id, Thunk)) -> Result<()> {
     let store = open_store(args.memo.store.as_deref(), &args.memo.state_dir, &args.memo.aws).await?;
-    let memo = match store.get_reduction(*id).await? {
-        Some(record) => Some(record.outputs),
-        None => store.batched_reductions().await?.remove(id).map(|r| r.outputs),
-    };
+    let memo = store.batched_reductions().await?.remove(id).map(|r| r.outputs);
     let source = |r: &Ref| match r {
         Ref::Blob(_) => "a file's bytes, recorded",
         Ref::Output { .. } => "an output of another recorded thunk",

@@ -4,13 +4,13 @@
 //! request is counted for the job summary, every blob read is verified against its id, and large
 //! objects stream to and from files rather than sit whole in memory.
 //!
-//! Keys: `blobs/<blob id>` holds the bytes; `reductions/<thunk id>` holds a small text record,
-//! `thunkmesh-reduction v1` then one `<blob id> <output name>` line per output. Many memo
-//! entries are found at once by listing `reductions/` (one request per 1,000 keys, counted with
-//! the GETs) rather than asking for each. A client records a job's entries in batches instead
-//! (`memo/<random>`: `thunkmesh-reductions v1`, then per thunk a `thunk <thunk id>` line and its
-//! output lines), one PUT per batch rather than per thunk; every batch is read when a job looks
-//! its thunks up, and once there are more than [`COMPACT_AFTER`] they are merged into one.
+//! Keys: `blobs/<blob id>` holds the bytes. A client records a job's memo entries in batches
+//! (`memo/<random>`: `thunkmesh-reductions v2`, then per thunk a `thunk <thunk id> <inputs>
+//! <producer>` line and its `<blob id> <output name>` lines), one PUT per batch rather than per
+//! thunk; every batch is read when a job looks its thunks up (one listing request per 1,000
+//! batches, counted with the GETs), and once there are more than [`COMPACT_AFTER`] they are merged
+//! into one. Batches of v1 (no inputs, no producer) are read and never reused; single-entry
+//! records under `reductions/`, which earlier versions wrote, are not read at all.
 //!
 //! URL parameters: `?endpoint=http://host:port` points `s3://` at an S3-compatible server (or
 //! set `AWS_ENDPOINT_URL`); `?latency=s3-standard|s3-express|none` adds the first-byte latency and
@@ -25,7 +25,6 @@ pub use aws::AwsSettings;
 pub use latency::Latency;
 pub use sink::{BLOCK, BlobSink};
 
-use std::collections::HashSet;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +37,6 @@ use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::TransferStats;
 use tokio::io::AsyncReadExt;
 
-const REDUCTION_HEADER: &str = "thunkmesh-reduction v1";
 /// Batches before entries named their inputs and producer: read, never reused (see [`MemoRecord`]).
 const BATCH_HEADER_V1: &str = "thunkmesh-reductions v1";
 const BATCH_HEADER: &str = "thunkmesh-reductions v2";
@@ -316,43 +314,19 @@ impl Store {
         Ok(true)
     }
 
-    /// The memo entry of a thunk recorded on its own (as clients before batches did), if any.
-    pub async fn get_reduction(&self, thunk: Id) -> Result<Option<MemoRecord>, StoreError> {
-        let key = reduction_key(thunk);
-        let Some(bytes) = self.get_small(&key).await? else { return Ok(None) };
-        let outputs =
-            parse_reduction(&bytes).map_err(|line| StoreError::MalformedReduction { key: key.to_string(), line })?;
-        Ok(Some(MemoRecord { outputs, inputs: None, producer: None }))
-    }
-
-    /// The thunks that have a memo entry, found by listing `reductions/`; `None`, after at most
-    /// `max_pages` requests, if there are more entries than that many pages hold (the caller then
-    /// asks per thunk). With `max_pages` 0 nothing is asked.
-    pub async fn memoized(&self, max_pages: u64) -> Result<Option<HashSet<Id>>, StoreError> {
-        let keys = self.list_keys(&Path::from("reductions"), max_pages).await?;
-        Ok(keys.map(|keys| keys.iter().filter_map(|key| key.filename().and_then(|name| name.parse().ok())).collect()))
-    }
-
-    /// The keys under `prefix`, counted as one request per [`LIST_PAGE`] keys; `None`, after
-    /// `max_pages` requests, if there are more (with `max_pages` 0 nothing is asked).
-    async fn list_keys(&self, prefix: &Path, max_pages: u64) -> Result<Option<Vec<Path>>, StoreError> {
-        if max_pages == 0 {
-            return Ok(None);
-        }
+    /// The keys under `prefix`, counted as one request per [`LIST_PAGE`] keys.
+    async fn list_keys(&self, prefix: &Path) -> Result<Vec<Path>, StoreError> {
         let backend = |error| StoreError::Backend { key: format!("{prefix}/"), error };
         let mut keys = Vec::new();
         let mut listing = self.inner.list(Some(prefix));
         loop {
             if (keys.len() as u64).is_multiple_of(LIST_PAGE) {
                 // The next key, if any, comes in a new page: one more request.
-                if keys.len() as u64 / LIST_PAGE == max_pages {
-                    return Ok(None);
-                }
                 self.counters.gets.fetch_add(1, Ordering::Relaxed);
                 self.latency.wait(0).await;
             }
             match listing.next().await {
-                None | Some(Err(object_store::Error::NotFound { .. })) => return Ok(Some(keys)),
+                None | Some(Err(object_store::Error::NotFound { .. })) => return Ok(keys),
                 Some(meta) => keys.push(meta.map_err(backend)?.location),
             }
         }
@@ -391,7 +365,7 @@ impl Store {
 
     /// The keys of every batch and their entries merged.
     async fn read_batches(&self) -> Result<(Vec<Path>, Reductions), StoreError> {
-        let keys = self.list_keys(&Path::from("memo"), u64::MAX).await?.unwrap_or_default();
+        let keys = self.list_keys(&Path::from("memo")).await?;
         let reads = keys.iter().map(|key| async move { (key, self.get_small(key).await) });
         let mut all = Reductions::new();
         for (key, bytes) in futures::future::join_all(reads).await {
@@ -430,17 +404,6 @@ impl Store {
         };
         self.counters.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(Some(bytes))
-    }
-
-    /// Records a thunk's memo entry as a single record, as clients before batches did (read by
-    /// [`Store::get_reduction`] and [`Store::memoized`]).
-    #[cfg(test)]
-    pub async fn put_reduction(&self, thunk: Id, outputs: &[(String, Id)]) -> Result<(), StoreError> {
-        let mut text = format!("{REDUCTION_HEADER}\n");
-        for (name, id) in outputs {
-            text.push_str(&format!("{id} {name}\n"));
-        }
-        self.put(reduction_key(thunk), Bytes::from(text)).await
     }
 
     async fn put(&self, key: Path, bytes: Bytes) -> Result<(), StoreError> {
@@ -506,20 +469,6 @@ fn open_s3(
 
 fn blob_key(id: Id) -> Path {
     Path::from(format!("blobs/{id}"))
-}
-
-fn reduction_key(thunk: Id) -> Path {
-    Path::from(format!("reductions/{thunk}"))
-}
-
-/// Parses a reduction record; the error is the first bad line, 1-based.
-fn parse_reduction(bytes: &[u8]) -> Result<Vec<(String, Id)>, usize> {
-    let text = std::str::from_utf8(bytes).map_err(|_| 1usize)?;
-    let mut lines = text.lines();
-    if lines.next() != Some(REDUCTION_HEADER) {
-        return Err(1);
-    }
-    lines.enumerate().map(|(i, line)| output_line(line).ok_or(i + 2)).collect()
 }
 
 /// `<blob id> <output name>`: the output's name and its blob.
@@ -679,36 +628,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reductions_round_trip_and_malformed_ones_name_the_line() {
-        let store = Store::open("memory://").expect("open");
-        let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, b"t");
-        assert_eq!(store.get_reduction(thunk).await.expect("get"), None);
-        let outputs = vec![("out dir/a b.txt".to_owned(), Id::of_blob(b"a"))];
-        store.put_reduction(thunk, &outputs).await.expect("put");
-        let record = MemoRecord { outputs, inputs: None, producer: None };
-        assert_eq!(store.get_reduction(thunk).await.expect("get"), Some(record));
-        assert_eq!(parse_reduction(b"thunkmesh-reduction v1\nnot-an-id x\n"), Err(2));
-        assert_eq!(store.memoized(0).await.expect("list"), None, "no budget, no request");
-        assert_eq!(store.memoized(1).await.expect("list"), Some(HashSet::from([thunk])));
-        assert_eq!(parse_reduction(b"something else\n"), Err(1));
-    }
-
-    #[tokio::test]
-    async fn listing_memo_entries_stops_at_its_page_budget() {
-        let store = Store::open("memory://").expect("open");
-        let thunks: HashSet<Id> =
-            (0..=LIST_PAGE).map(|i| Id::new(thunkmesh_protocol::Kind::Thunk, &i.to_le_bytes())).collect();
-        for &thunk in &thunks {
-            store.put_reduction(thunk, &[("out".into(), Id::of_blob(b""))]).await.expect("put");
-        }
-        let before = store.stats().storage_gets;
-        assert_eq!(store.memoized(1).await.expect("list"), None, "1,001 entries need two pages");
-        assert_eq!(store.stats().storage_gets - before, 1);
-        assert_eq!(store.memoized(2).await.expect("list"), Some(thunks));
-        assert_eq!(store.stats().storage_gets - before, 3);
-    }
-
-    #[tokio::test]
     async fn blobs_large_and_small_round_trip_through_a_real_s3_server() {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = thunkmesh_s3_fixture::S3Server::start(&dir.path().join("s3"), &["jobs"]).expect("s3 server");
@@ -734,11 +653,9 @@ mod tests {
             assert!(store.get_blob_to_file(id, &dest).await.expect("get"));
             assert_eq!(std::fs::read(&dest).expect("read"), bytes);
         }
-        let thunk = Id::new(thunkmesh_protocol::Kind::Thunk, b"t");
-        store.put_reduction(thunk, &[("out".into(), small_id)]).await.expect("put reduction");
-        let outputs = store.get_reduction(thunk).await.expect("get").map(|r| r.outputs);
-        assert_eq!(outputs, Some(vec![("out".to_owned(), small_id)]));
-        assert_eq!(store.memoized(1).await.expect("list"), Some(HashSet::from([thunk])));
+        let (thunk, record) = entry(3);
+        store.put_reductions(&[(thunk, record.clone())]).await.expect("put reductions");
+        assert_eq!(store.batched_reductions().await.expect("read").get(&thunk), Some(&record));
         assert!(dir.path().join("s3/jobs/run-1/blobs").join(big_id.to_string()).exists(), "keys live under the prefix");
     }
 
