@@ -173,6 +173,9 @@ pub(crate) struct Job {
     pub(crate) require_direct: bool,
     /// Objects a peer could not (or will no longer) serve: read from storage once uploaded.
     pub(crate) peer_failed: BTreeSet<Id>,
+    /// Nodes where a thunk failed for the node's own fault (its sandbox, its disk): the thunk
+    /// goes to another node while there is one.
+    pub(crate) faulted_on: BTreeMap<Id, Vec<NodeId>>,
     /// Objects uploaded because their producer could not serve them.
     pub(crate) storage_fallbacks: u64,
     /// Straggler copies started.
@@ -232,6 +235,7 @@ impl Job {
             store: 0,
             require_direct: sub.require_direct,
             peer_failed: BTreeSet::new(),
+            faulted_on: BTreeMap::new(),
             storage_fallbacks: 0,
             copies: 0,
             blob_waiters: IdMap::default(),
@@ -662,6 +666,9 @@ impl Job {
             let value = match value {
                 OutputValue::Blob(blob) => {
                     self.producers.insert(*blob, thunk);
+                    // A new copy on the node that made it: the peer that failed to serve the old
+                    // one (or left before it uploaded it) is not this one.
+                    self.peer_failed.remove(blob);
                     placed.push(*blob);
                     Value::Blob(*blob)
                 }
@@ -679,6 +686,7 @@ impl Job {
             self.counts.set(&mut e.state, State::Done { outputs: values.into() });
         }
         self.executed.insert(thunk);
+        self.faulted_on.remove(&thunk);
         self.ran.insert(thunk, ran);
         self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
         self.watch.thunk_done(thunk);

@@ -702,6 +702,10 @@ impl Planner {
             };
         }
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
+        if error.code == ErrorCode::NodeError {
+            // Its sandbox or disk failed, not the thunk: the thunk goes elsewhere if it can.
+            job.faulted_on.entry(info.thunk).or_default().push(info.node);
+        }
         let given_up = if error.code.is_thunk_fault() {
             Some(format!("thunk `{name}` failed: {}", error.message))
         } else if error.code == ErrorCode::StoreError {
@@ -1091,17 +1095,23 @@ impl Planner {
 
     fn choose(&self, job_id: JobId, thunk: Id, resolved: &[Id], may_wait: bool) -> Choice {
         let Some(job) = self.jobs.get(&job_id) else { return Choice::Later };
+        let avoid = self.avoided(job, thunk);
+        let first_free = || {
+            let mut free = self.free.iter().map(|&(_, _, n)| n);
+            free.find(|n| !avoid.contains(n)).map_or(Choice::Later, Choice::Run)
+        };
         if self.config.policy == Policy::LeastLoaded {
             // Data is ignored: nothing to price.
-            return self.any_least_loaded().map_or(Choice::Later, Choice::Run);
+            let least = self.any_least_loaded().filter(|n| !avoid.contains(n));
+            return least.map_or_else(first_free, Choice::Run);
         }
         let transfers = self.transfers(job, resolved);
-        let first_free = || self.free.first().map_or(Choice::Later, |&(_, _, n)| Choice::Run(n));
         match self.config.policy {
             // LeastLoaded returned above.
-            Policy::Locality | Policy::LeastLoaded => self.locality(job, thunk, &transfers, may_wait),
+            Policy::Locality | Policy::LeastLoaded => self.locality(job, thunk, &transfers, avoid, may_wait),
             Policy::MostBytes => {
-                let most = transfers.holders().filter(|n| self.nodes.get(n).is_some_and(|s| !s.draining));
+                let takes_work = |n: &NodeId| self.nodes.get(n).is_some_and(|s| !s.draining) && !avoid.contains(n);
+                let most = transfers.holders().filter(takes_work);
                 let best = most.max_by_key(|&n| (transfers.local_bytes(n), Reverse(self.order(n))));
                 match best.filter(|&n| transfers.local_bytes(n) > 0) {
                     Some(n) if self.has_free_slot(n) => Choice::Run(n),
@@ -1126,12 +1136,23 @@ impl Planner {
         Transfers::new(&inputs, job.mode, self.estimates, &self.unreachable)
     }
 
-    /// The candidate with the earliest estimated start; see [`place`].
-    fn locality(&self, job: &Job, thunk: Id, transfers: &Transfers<'_>, may_wait: bool) -> Choice {
+    /// The nodes `thunk` of `job` should not go to: where it failed for the node's own fault,
+    /// unless no other node takes work.
+    fn avoided<'a>(&self, job: &'a Job, thunk: Id) -> &'a [NodeId] {
+        let Some(nodes) = job.faulted_on.get(&thunk) else { return &[] };
+        let elsewhere = self.nodes.iter().any(|(id, state)| !state.draining && !nodes.contains(id));
+        if elsewhere { nodes } else { &[] }
+    }
+
+    /// The candidate with the earliest estimated start, other than the nodes to `avoid`; see
+    /// [`place`].
+    fn locality(&self, job: &Job, thunk: Id, transfers: &Transfers<'_>, avoid: &[NodeId], may_wait: bool) -> Choice {
         let mut candidates: BTreeSet<NodeId> = transfers.holders().collect();
         let siblings = self.siblings(job, thunk);
         candidates.extend(siblings.iter().copied());
-        candidates.extend(self.free.iter().take(LEAST_LOADED).map(|&(_, _, n)| n));
+        let free = self.free.iter().map(|&(_, _, n)| n).filter(|n| !avoid.contains(n));
+        candidates.extend(free.take(LEAST_LOADED));
+        candidates.retain(|n| !avoid.contains(n));
         // Co-locating with siblings saves moving this thunk's output to their consumer; and while
         // the job has more ready thunks than the mesh has slots, every slot stays busy anyway,
         // so waiting for a sibling's node delays this thunk by less than the wait (the slack).

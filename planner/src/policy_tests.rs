@@ -441,3 +441,27 @@ fn nothing_is_copied_before_a_task_of_the_job_has_finished() {
         assert!(assigns(&drain(&mut p)).is_empty(), "no average to call it a straggler at {s} s");
     }
 }
+
+/// A thunk that failed for a node's own fault (a sandbox that could not be set up, a full disk)
+/// goes to another node under every policy, even one that data or load would send back; with
+/// no other node, it is tried there again.
+#[test]
+fn a_thunk_that_failed_for_the_nodes_fault_goes_to_another_node() {
+    use thunkmesh_protocol::wire::{ErrorCode, WireError};
+    let sandbox = WireError::new(ErrorCode::NodeError, "the sandbox could not be set up");
+    for policy in [Policy::Locality, Policy::MostBytes, Policy::LeastLoaded] {
+        let mut p = planner(policy, 0.1);
+        p.node_joined(1, 1, &[]);
+        p.node_joined(2, 1, &[]);
+        let a = thunk("a", &[]);
+        p.submit(1, submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("valid job");
+        let first = assigns(&drain(&mut p)).remove(0);
+        p.task_failed(first.node, first.task, &sandbox, &[], TransferStats::default());
+        let again = assigns(&drain(&mut p));
+        assert_eq!(again.len(), 1, "{policy:?}");
+        assert_ne!(again[0].node, first.node, "{policy:?}: placed again where its sandbox failed");
+        p.task_failed(again[0].node, again[0].task, &sandbox, &[], TransferStats::default());
+        let third = assigns(&drain(&mut p));
+        assert_eq!(third.len(), 1, "{policy:?}: failed on both, it is tried again rather than stuck");
+    }
+}

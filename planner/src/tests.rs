@@ -589,6 +589,27 @@ fn a_draining_node_uploads_what_others_need_then_may_go() {
     assert_eq!((outcome.storage_fallbacks, outcome.nodes_lost, outcome.executed), (1, 0, 3), "nothing recomputed");
 }
 
+/// Found by the whole-mesh simulation (issue 29): a draining node asked to upload what only it
+/// holds left before it did. The object was made again elsewhere, but the job still took it for
+/// one no peer can serve, asked nobody to upload the new copy, and ran its producer again and
+/// again for ever.
+#[test]
+fn an_object_made_again_after_its_drained_holder_left_is_served_by_its_new_holder() {
+    let mut p = Planner::new();
+    let (a_run, b_run, c) = producer_done_consumer_waiting(&mut p);
+    let a_blob = Id::of_blob(b"A");
+    p.node_draining(a_run.node);
+    assert!(drain(&mut p).contains(&Decision::Upload { node: a_run.node, job: JOB, blob: a_blob }));
+    p.node_left(a_run.node);
+    p.task_done(b_run.node, b_run.task, &blob_output(b"B"), TransferStats::default());
+    let again = assigns(&drain(&mut p));
+    let [a_again] = again.as_slice() else { panic!("a runs again: {again:?}") };
+    assert_eq!(a_again.node, b_run.node);
+    p.task_done(a_again.node, a_again.task, &blob_output(b"A"), TransferStats::default());
+    let next = assigns(&drain(&mut p));
+    assert_eq!(next.iter().map(|x| x.thunk).collect::<Vec<_>>(), [c.id()], "c runs, not a once more");
+}
+
 #[test]
 fn a_draining_node_gets_no_new_work() {
     let mut p = Planner::new();
