@@ -170,6 +170,49 @@ fn a_node_whose_disk_fills_up_drains_and_its_task_runs_on_another() {
     assert_eq!(run.out("big.bin"), vec![0; 6 << 20]);
 }
 
+/// A node whose sandbox cannot be set up (here its own binary, the process-tree launcher, was
+/// removed under it, as an upgrade in place might) reports each such task as its own fault, not
+/// the thunk's: the thunk runs on another node, and the job completes.
+#[test]
+fn a_thunk_whose_sandbox_cannot_be_set_up_runs_on_another_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rdv = crate::util::SelfHosted::start(&dir.path().join("rdv"));
+    let binary = dir.path().join("thunkmesh-removed-later");
+    std::fs::copy(env!("CARGO_BIN_EXE_thunkmesh"), &binary).expect("copy the binary");
+    let cache = dir.path().join("broken");
+    let log = std::fs::File::create(cache.with_extension("log")).expect("log file");
+    let broken = std::process::Command::new(&binary)
+        .args(["node", "--rendezvous", &rdv.addr, "--bind", "127.0.0.1:0", "--sandbox", "process-tree"])
+        .args(&rdv.trust)
+        .args(["--name", "broken", "--cache-dir"])
+        .arg(&cache)
+        .env("THUNKMESH_TOKEN", &rdv.token)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .expect("start the node");
+    let _broken = crate::util::Proc(broken);
+    let _healthy = rdv.node(&dir.path().join("healthy"), "healthy");
+    rdv.wait_for_nodes(2, std::time::Duration::from_secs(30));
+    std::fs::remove_file(&binary).expect("remove the binary");
+    let thunks: String = (0..4)
+        .map(|i| {
+            format!(
+                "[[thunk]]\nname = \"t{i}\"\nprogram = {{ host = \"/bin/sh\" }}\nargs = [\"-c\", \"echo {i} > out\"]\noutputs = [\"out\"]\n\n"
+            )
+        })
+        .collect();
+    let targets: String = (0..4).map(|i| format!("\"t{i}.txt\" = \"t{i}#out\"\n")).collect();
+    let job = write(dir.path(), &[("job.toml", &format!("{thunks}[targets]\n{targets}"))]);
+    let run = rdv.run(dir.path(), &job, &rdv.token);
+    run.ok();
+    for i in 0..4 {
+        assert_eq!(run.out(&format!("t{i}.txt")), format!("{i}\n").into_bytes());
+    }
+    let said = std::fs::read_to_string(cache.with_extension("log")).unwrap_or_default();
+    assert!(said.contains("the sandbox could not be set up") && said.contains("this node's fault"), "{said}");
+}
+
 /// `--keep-going`, as a test suite wants it: a failing test does not stop the others, the one
 /// that needs its output is skipped, the targets that could be made are written, and the
 /// summary names the failure with its output and ends with the counts (exit status 1).

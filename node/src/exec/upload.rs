@@ -1,0 +1,64 @@
+//! The upload step: outputs written to the job's store in storage mode, and objects put there
+//! when the rendezvous asks. A store that refuses a write is the store's fault; a node that
+//! lacks the object or cannot open the store, the node's.
+
+use super::*;
+
+/// Storage mode: writes every output to storage (with a tail, the tail and the files it names)
+/// before the task is reported done.
+pub(super) async fn store_outputs(
+    ctx: &Ctx,
+    a: &Assignment,
+    outputs: &[(String, OutputValue)],
+    stats: &mut TransferStats,
+) -> Result<(), TaskError> {
+    let mut blobs = Vec::new();
+    for (_, value) in outputs {
+        match value {
+            OutputValue::Blob(id) => blobs.push(*id),
+            OutputValue::Tail { blob, thunks, .. } => {
+                blobs.push(*blob);
+                let values = thunks.iter().flat_map(|t| t.thunk.refs());
+                blobs.extend(values.filter_map(|r| if let Ref::Blob(b) = r { Some(*b) } else { None }));
+            }
+        }
+    }
+    blobs.sort();
+    blobs.dedup();
+    let store = ctx.store(&a.store).await.map_err(TaskError::node)?;
+    let refused = |e| TaskError::new(Fault::Store, format!("cannot write an output to {}: {e}", a.store));
+    for blob in blobs.into_iter().filter(|b| ctx.cache.has(*b)) {
+        stats.storage_puts += 1;
+        store.put_file(blob, &ctx.cache.path(blob)).await.map_err(refused)?;
+        stats.storage_bytes_written += blob.size;
+    }
+    Ok(())
+}
+
+/// Puts a cached object into storage, as the rendezvous asked.
+pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> (ToRendezvous, Pinned) {
+    let pinned = ctx.cache.pin(&[req.blob]);
+    let mut stats = TransferStats::default();
+    let error = match put(ctx, req, &mut stats).await {
+        Ok(()) => None,
+        Err(e) => {
+            warn!(blob = %req.blob, error = %e, "upload failed");
+            Some(e.into_wire())
+        }
+    };
+    (ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, error, stats }), pinned)
+}
+
+/// Puts the object into the job's store: a failure of the store itself is `StoreError`, naming
+/// the store and the cause; a node that lacks the object or cannot open the store, `NodeError`.
+pub(super) async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<(), TaskError> {
+    if !ctx.cache.has(req.blob) {
+        return Err(TaskError::node("not in this node's cache"));
+    }
+    let store = ctx.store(&req.store).await.map_err(TaskError::node)?;
+    stats.storage_puts += 1;
+    let written = store.put_file(req.blob, &ctx.cache.path(req.blob)).await;
+    written.map_err(|e| TaskError::new(Fault::Store, format!("{}: {e}", req.store)))?;
+    stats.storage_bytes_written += req.blob.size;
+    Ok(())
+}
