@@ -12,7 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cache;
-mod core;
+pub mod core;
 mod exec;
 pub mod jail;
 pub mod lambda;
@@ -71,12 +71,6 @@ pub struct NodeConfig {
     pub retry_for: Duration,
 }
 
-/// The first wait before dialling the rendezvous again; it doubles after each failure.
-const FIRST_RETRY: Duration = Duration::from_millis(250);
-
-/// The longest wait between two dials of the rendezvous.
-const LONGEST_RETRY: Duration = Duration::from_secs(15);
-
 /// Why a node stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -134,39 +128,23 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let node = Node { config: &config, identity: &identity, endpoint: &endpoint, tls, cache, jail, isolation, server };
     let shutdown = futures::FutureExt::fuse(shutdown);
     tokio::pin!(shutdown);
-    let mut worked = Worked::default();
-    let mut failing_since = None;
-    let mut wait = FIRST_RETRY;
+    let started = tokio::time::Instant::now();
+    let mut core = core::Core::new(Duration::ZERO, config.idle_exit, config.retry_for, rand::random());
     let result = loop {
-        let mut session = Session::default();
-        let ended = node.session(&mut session, shutdown.as_mut(), &mut worked).await;
-        let lost = match ended {
+        let lost = match node.session(&mut core, started, shutdown.as_mut()).await {
             Ok(()) => break Ok(()),
-            Err(e @ (NodeError::Disconnected | NodeError::Net(_))) if !session.draining => e,
+            Err(e @ (NodeError::Disconnected | NodeError::Net(_))) => e,
             Err(e) => break Err(e),
         };
-        if session.registered {
-            (failing_since, wait) = (None, FIRST_RETRY);
-        }
-        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-        if since.elapsed() >= config.retry_for {
-            break Err(lost);
-        }
+        let core::Redial::After(wait) = core.lost(started.elapsed()) else { break Err(lost) };
         warn!(error = %lost, retry_in = ?wait, "the rendezvous is unreachable; dialling it again");
         tokio::select! {
-            () = tokio::time::sleep(jittered(wait)) => {}
+            () = tokio::time::sleep(wait) => {}
             () = &mut shutdown, if !shutdown.is_terminated() => break Ok(()),
         }
-        wait = (wait * 2).min(LONGEST_RETRY);
     };
     endpoint.close(0u32.into(), b"node stopping");
-    result.map(|()| Worked { served_bytes: node.server.served_bytes(), ..worked })
-}
-
-/// `wait`, give or take a fifth, so that nodes that lost the same rendezvous do not all dial it
-/// at once.
-fn jittered(wait: Duration) -> Duration {
-    wait.mul_f64(rand::random_range(0.8..1.2))
+    result.map(|()| Worked { served_bytes: node.server.served_bytes(), ..*core.worked() })
 }
 
 /// What a node keeps from one session with the rendezvous to the next.
@@ -181,22 +159,13 @@ struct Node<'a> {
     server: Arc<peer::Server>,
 }
 
-/// How far one session got.
-#[derive(Debug, Default)]
-struct Session {
-    /// The rendezvous welcomed the node.
-    registered: bool,
-    /// The node was draining when it ended.
-    draining: bool,
-}
-
 impl Node<'_> {
     /// Dials the rendezvous, registers, and works until drained (`Ok`) or the session fails.
     async fn session(
         &self,
-        progress: &mut Session,
+        core: &mut core::Core,
+        started: tokio::time::Instant,
         shutdown: impl Future<Output = ()>,
-        worked: &mut Worked,
     ) -> Result<(), NodeError> {
         let config = self.config;
         let addr = thunkmesh_net::resolve(&config.rendezvous).await?;
@@ -221,7 +190,7 @@ impl Node<'_> {
             Some(FromRendezvous::Refused(e)) => return Err(NodeError::Refused(e)),
             _ => return Err(NodeError::Disconnected),
         };
-        progress.registered = true;
+        core.handle(started.elapsed(), core::Event::Registered);
         let nat = classify_nat(self.endpoint, config, local, &observed, SocketAddr::new(addr.ip(), probe_port)).await;
         info!(session, rendezvous = %addr, %local, %observed, %nat, "registered");
         send_msg(&mut send, &ToRendezvous::Nat(nat)).await?;
@@ -232,7 +201,7 @@ impl Node<'_> {
         let _relayed = AbortOnDrop(tokio::spawn(peer::serve_streams(conn.clone(), None, self.server.clone())));
         let peers = Peers::new(self.endpoint.clone(), config.token.clone()).timed_by(conn.clone());
         let ctx = Arc::new(Ctx::new(self.cache.clone(), peers, self.jail.clone()));
-        let working = Working { ctx, send, shutdown, idle_exit: config.idle_exit, progress, worked };
+        let working = Working { ctx, send, shutdown, core, started };
         let result = working.run(recv).instrument(info_span!("node", session)).await;
         conn.close(0u32.into(), b"node stopping");
         result
@@ -339,68 +308,48 @@ fn local_ip(bound: SocketAddr, rendezvous: SocketAddr) -> std::net::IpAddr {
         .map_or(bound.ip(), |a| a.ip())
 }
 
-/// One session's work: its control stream, what it counts, and how it ends.
+/// One session's work: its control stream, the node's core, and how it ends.
 struct Working<'a, F> {
     ctx: Arc<Ctx>,
     send: quinn::SendStream,
     shutdown: F,
-    idle_exit: Option<Duration>,
-    progress: &'a mut Session,
-    worked: &'a mut Worked,
+    core: &'a mut core::Core,
+    started: tokio::time::Instant,
 }
 
 impl<F: Future<Output = ()>> Working<'_, F> {
     /// Runs assignments from `recv` until drained or the session fails: what happens goes to the
-    /// session's [`core::Core`], and what it decides is carried out here.
+    /// node's [`core::Core`], and what it decides is carried out here.
     async fn run(self, recv: quinn::RecvStream) -> Result<(), NodeError> {
-        let Working { ctx, mut send, shutdown, idle_exit, progress, worked } = self;
+        let Working { ctx, mut send, shutdown, core, started } = self;
         let (_reader, mut inbox) = thunkmesh_net::reader::<FromRendezvous>(recv);
         let mut tasks = Tasks::default();
-        let started = tokio::time::Instant::now();
-        let mut core = core::Core::new(Duration::ZERO, idle_exit);
         tokio::pin!(shutdown);
-        let result = loop {
+        loop {
             let wake = thunkmesh_net::until(core.next_deadline().map(|at| started + at));
             tokio::select! {
                 () = &mut shutdown, if !core.draining() => core.handle(started.elapsed(), core::Event::Shutdown),
                 () = wake => core.wake(started.elapsed()),
                 msg = inbox.recv() => match msg {
-                    None => break Err(NodeError::Disconnected),
-                    Some(Err(e)) => break Err(e.into()),
+                    None => return Err(NodeError::Disconnected),
+                    Some(Err(e)) => return Err(e.into()),
                     Some(Ok(msg)) => core.handle(started.elapsed(), core::Event::Message(msg)),
                 },
                 Some(_) = tasks.punches.join_next() => {}
-                Some(done) = tasks.set.join_next() => {
-                    let event = match done {
-                        Ok((report, pinned)) => {
-                            tasks.finished(&report);
-                            drop(pinned);
-                            core::Event::Ended { report, disk_full: ctx.disk_is_full() }
-                        }
-                        Err(e) if e.is_cancelled() => core::Event::Cancelled,
-                        Err(e) => {
-                            warn!(error = %e, "a task panicked");
-                            core::Event::Panicked(tasks.panicked(&e))
-                        }
-                    };
-                    core.handle(started.elapsed(), event);
+                Some(joined) = tasks.set.join_next() => {
+                    if let Some(event) = tasks.ended(joined, || ctx.disk_is_full()) {
+                        core.handle(started.elapsed(), event);
+                    }
                 }
             }
-            progress.draining = core.draining();
-            if let Some(ended) = carry_out(&mut core, &ctx, &mut tasks, &mut send).await {
-                break ended;
+            if let Some(ended) = carry_out(core, &ctx, &mut tasks, &mut send).await {
+                return ended;
             }
-        };
-        let done = core.worked();
-        worked.thunks += done.thunks;
-        worked.fetched_bytes += done.fetched_bytes;
-        worked.idled |= done.idled;
-        worked.disk_full |= done.disk_full;
-        result
+        }
     }
 }
 
-/// Does what the core decided until it decides nothing more; `Some` when the session is over.
+/// Does what the core decided until it decides nothing more; `Some` when the node is done.
 async fn carry_out(
     core: &mut core::Core,
     ctx: &Arc<Ctx>,
@@ -410,8 +359,12 @@ async fn carry_out(
     while let Some(action) = core.poll() {
         let sent = match action {
             core::Action::Send(msg) => send_msg(send, &msg).await,
-            core::Action::Act(msg) => {
+            core::Action::Start(msg) => {
                 tasks.start(ctx, msg);
+                Ok(())
+            }
+            core::Action::Cancel(task) => {
+                tasks.cancel(task);
                 Ok(())
             }
             core::Action::Evict => evict(ctx, send).await,
@@ -435,7 +388,7 @@ async fn evict(ctx: &Ctx, send: &mut quinn::SendStream) -> Result<(), NetError> 
 }
 
 /// What the node is doing: forced thunks (cancellable by task id), uploads, and dials to peers
-/// the rendezvous introduced.
+/// the rendezvous introduced. Which of them to start or stop is the core's to say.
 #[derive(Default)]
 struct Tasks {
     set: JoinSet<(ToRendezvous, cache::Pinned)>,
@@ -465,41 +418,42 @@ impl Tasks {
                 let removed = ctx.cache.discard(&blobs);
                 debug!(asked = blobs.len(), removed, "dropped objects no thunk will read again");
             }
-            FromRendezvous::Cancel { task } => {
-                // The program is killed with its process group; the sandbox is emptied for reuse.
-                if let Some(handle) = self.forcing.remove(&task) {
-                    info!(task, "cancelled: a copy finished first");
-                    handle.abort();
-                }
-            }
-            other => warn!(message = ?std::mem::discriminant(&other), "ignoring a message meant for clients"),
+            other => warn!(message = ?std::mem::discriminant(&other), "the core started what no task does"),
         }
     }
 
-    /// The failure to report for a forced thunk whose task panicked (`e`): the node's fault, so
-    /// the thunk is placed again; none for another kind of task.
-    fn panicked(&mut self, e: &tokio::task::JoinError) -> Option<ToRendezvous> {
-        let task = self.forcing.iter().find(|(_, handle)| handle.id() == e.id()).map(|(task, _)| *task)?;
-        self.forcing.remove(&task);
-        let message = format!("the node's task for this thunk panicked: {e}");
-        Some(ToRendezvous::Failed(thunkmesh_protocol::wire::TaskFailed {
-            task,
-            error: thunkmesh_protocol::wire::WireError {
-                code: thunkmesh_protocol::wire::ErrorCode::NodeError,
-                message,
-                detail: String::new(),
-            },
-            unavailable: Vec::new(),
-            stats: Default::default(),
-        }))
+    /// Kills the program with its process group; the sandbox is emptied for reuse.
+    fn cancel(&mut self, task: u64) {
+        if let Some(handle) = self.forcing.remove(&task) {
+            handle.abort();
+        }
     }
 
-    fn finished(&mut self, report: &ToRendezvous) {
-        match report {
-            ToRendezvous::Done(d) => self.forcing.remove(&d.task),
-            ToRendezvous::Failed(f) => self.forcing.remove(&f.task),
-            _ => None,
-        };
+    /// What a task's end means to the core: its report, or its panic (`None`: it was cancelled).
+    fn ended(
+        &mut self,
+        joined: Result<(ToRendezvous, cache::Pinned), tokio::task::JoinError>,
+        disk_is_full: impl FnOnce() -> bool,
+    ) -> Option<core::Event> {
+        match joined {
+            Ok((report, pinned)) => {
+                let task = match &report {
+                    ToRendezvous::Done(d) => Some(d.task),
+                    ToRendezvous::Failed(f) => Some(f.task),
+                    _ => None,
+                };
+                task.map(|t| self.forcing.remove(&t));
+                drop(pinned);
+                Some(core::Event::Ended { report, disk_full: disk_is_full() })
+            }
+            Err(e) if e.is_cancelled() => None,
+            Err(e) => {
+                warn!(error = %e, "a task panicked");
+                let task = self.forcing.iter().find(|(_, handle)| handle.id() == e.id()).map(|(task, _)| *task);
+                task.map(|t| self.forcing.remove(&t));
+                Some(core::Event::Panicked(task))
+            }
+        }
     }
 }
 
@@ -511,19 +465,18 @@ mod tests {
     /// only logged, and the job waited for ever); another task's panic reports nothing.
     #[tokio::test]
     async fn a_task_that_panics_is_reported_as_the_nodes_failure() {
+        let mut core = core::Core::new(Duration::ZERO, None, Duration::ZERO, 0);
         let mut tasks = Tasks::default();
         let handle = tasks.set.spawn(async { panic!("a bug") });
         tasks.forcing.insert(7, handle);
         tasks.set.spawn(async { panic!("an upload's bug") });
-        let mut reports = Vec::new();
         while let Some(joined) = tasks.set.join_next().await {
-            let e = joined.expect_err("both panicked");
-            reports.push(tasks.panicked(&e));
+            let event = tasks.ended(joined, || false).expect("a panic is an event");
+            core.handle(Duration::ZERO, event);
         }
-        let failed: Vec<_> = reports.into_iter().flatten().collect();
-        let [ToRendezvous::Failed(f)] = failed.as_slice() else { panic!("one failure: {failed:?}") };
-        assert_eq!((f.task, f.error.code), (7, thunkmesh_protocol::wire::ErrorCode::NodeError));
-        assert!(f.error.message.contains("panicked"), "{}", f.error.message);
+        let said: Vec<_> = std::iter::from_fn(|| core.poll()).collect();
+        let [core::Action::Send(ToRendezvous::Failed(f))] = said.as_slice() else { panic!("one failure: {said:?}") };
+        assert_eq!(f.task, 7);
         assert!(tasks.forcing.is_empty());
     }
 

@@ -18,10 +18,10 @@ use thunkmesh_protocol::{Id, Program, Ref, Thunk};
 use crate::core::{Action, Core, Event};
 
 /// A small seeded generator (SplitMix64): the same seed, the same schedule.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -29,16 +29,16 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
-    fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
         (!items.is_empty()).then(|| items[self.below(items.len() as u64) as usize])
     }
 }
 
-fn hello(name: &str) -> NodeHello {
+pub(crate) fn hello(name: &str) -> NodeHello {
     NodeHello {
         name: name.into(),
         slots: 2,
@@ -49,12 +49,12 @@ fn hello(name: &str) -> NodeHello {
     }
 }
 
-fn addr(session: u64) -> SocketAddr {
+pub(crate) fn addr(session: u64) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 10_000 + (session % 50_000) as u16))
 }
 
 /// The blob an honest node produces for `thunk`'s output `name`: the same every time.
-fn produced(thunk: &Thunk, name: &str) -> Id {
+pub(crate) fn produced(thunk: &Thunk, name: &str) -> Id {
     Id::of_blob(format!("{}#{name}", thunk.id()).as_bytes())
 }
 
@@ -65,7 +65,7 @@ pub(crate) fn submission_messages(sub: &Submission) -> Vec<ToRendezvous> {
     frames.map(|f| decode_body(&f[FRAME_HEADER..]).expect("a frame we made")).collect()
 }
 
-fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
+pub(crate) fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
     let n = 1 + rng.below(5) as usize;
     let mut thunks: Vec<Thunk> = Vec::new();
     for i in 0..n {
@@ -156,23 +156,14 @@ impl Sim {
             let Action::Send { to, msg } = action else { continue };
             assert!(!self.gone.contains(&to), "sent {msg:?} to session {to}, which had left");
             if let Some(node) = self.nodes.get_mut(&to) {
+                node_receives(&msg);
                 match msg {
                     FromRendezvous::Assign(a) => node.tasks.push(a),
                     FromRendezvous::Upload(u) => node.uploads.push(u),
-                    FromRendezvous::JobDone(_) | FromRendezvous::JobFailed(_) | FromRendezvous::Progress(_) => {
-                        panic!("a node was sent a client's message: {msg:?}")
-                    }
                     _ => {}
                 }
             } else if let Some(job) = self.jobs.get_mut(&to) {
-                match msg {
-                    FromRendezvous::Assign(_) | FromRendezvous::Upload(_) => panic!("a client was sent work: {msg:?}"),
-                    FromRendezvous::JobDone(_) | FromRendezvous::JobFailed(_) => {
-                        assert!(job.ended.is_none(), "job {to} ended twice: {:?} then {msg:?}", job.ended);
-                        job.ended = Some(msg);
-                    }
-                    _ => {}
-                }
+                client_receives(&mut job.ended, to, msg);
             } else {
                 panic!("sent {msg:?} to session {to}, which never joined");
             }
@@ -357,6 +348,25 @@ impl Sim {
             }
         }
     }
+}
+
+/// Checks what a client is sent: no work, and its job's end once (kept in `ended`).
+pub(crate) fn client_receives(ended: &mut Option<FromRendezvous>, job: u64, msg: FromRendezvous) {
+    match msg {
+        FromRendezvous::Assign(_) | FromRendezvous::Upload(_) => panic!("a client was sent work: {msg:?}"),
+        FromRendezvous::JobDone(_) | FromRendezvous::JobFailed(_) => {
+            assert!(ended.is_none(), "job {job} ended twice: {ended:?} then {msg:?}");
+            *ended = Some(msg);
+        }
+        _ => {}
+    }
+}
+
+/// Checks what a node is sent: nothing meant for a client.
+pub(crate) fn node_receives(msg: &FromRendezvous) {
+    let for_clients =
+        matches!(msg, FromRendezvous::JobDone(_) | FromRendezvous::JobFailed(_) | FromRendezvous::Progress(_));
+    assert!(!for_clients, "a node was sent a client's message: {msg:?}");
 }
 
 /// An event without its bulky parts, for the schedule's log.

@@ -11,6 +11,8 @@ mod core;
 #[cfg(test)]
 mod core_tests;
 mod driver;
+#[cfg(test)]
+mod mesh_sim;
 mod probe;
 mod relay;
 
