@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use crate::exit::Result;
 use thunkmesh_client::summary::bytes;
 
 use crate::cli::{CacheArgs, CacheCommand, CleanArgs, MemoCommand};
@@ -112,7 +114,7 @@ fn remove(path: &Path) -> Result<u64> {
     let held = usage(path)?.bytes;
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            Err(e).with_context(|| format!("cannot remove {}", path.display())).map_err(Into::into)
         }
         _ => Ok(held),
     }
@@ -126,7 +128,7 @@ fn usage(path: &Path) -> Result<Usage> {
         let entries = match std::fs::read_dir(&folder) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", folder.display())),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", folder.display())).map_err(Into::into),
         };
         for entry in entries.flatten() {
             let Ok(meta) = entry.path().symlink_metadata() else { continue };

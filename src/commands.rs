@@ -5,14 +5,16 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Context;
+
+use crate::exit::Result;
 use thunkmesh_client::load_job;
 use thunkmesh_net::Identity;
 use thunkmesh_node::NodeConfig;
 use thunkmesh_rendezvous::JobLimits;
 
 use crate::cli::{Command, Global, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, SandboxArg, StatusArgs};
-use crate::exit::failed;
+use crate::exit::{Failure, failed};
 use crate::mesh::{TOKEN_ENV, node_id_prefix, remote_target, server_name, token, trust};
 use crate::session::{Done, Session};
 
@@ -48,7 +50,7 @@ async fn run(args: RunArgs, global: &Global) -> ExitCode {
         Err(e) => return failed(&e),
     };
     let result = async {
-        let job = load_job(&args.job)?;
+        let job = load_job(&args.job).map_err(Failure::bad_job)?;
         session.lock(&args.flags.state_dir).await?;
         let (summary, launched) = session.execute(&args.flags, &job, &args.out).await?;
         let said = format!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
@@ -214,7 +216,12 @@ async fn node(args: NodeArgs) -> Result<()> {
     };
     let worked = thunkmesh_node::run(config, stop_requested()).await?;
     if worked.disk_full {
-        bail!("node stopped after {} thunks: the disk holding its cache ({}) is full", worked.thunks, cache.display());
+        return Err(anyhow::anyhow!(
+            "node stopped after {} thunks: the disk holding its cache ({}) is full",
+            worked.thunks,
+            cache.display()
+        )
+        .into());
     }
     eprintln!("node stopped after {} thunks", worked.thunks);
     Ok(())

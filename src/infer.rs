@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use crate::exit::Result;
 use thunkmesh_infer::{Placeholder, State};
 use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
 use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
@@ -47,7 +49,7 @@ fn try_infer(args: &InferArgs, verbose: bool) -> Result<ExitCode> {
         CALL_LOG_ENV, PATHS_ENV, REAL_PATH_ENV, STATE_ENV, TOOLCHAIN_ENV, TOP_ENV, VERBOSE_ENV,
     };
     if let Some(why) = thunkmesh_infer::build::configure_step(&args.command) {
-        anyhow::bail!(why);
+        return Err(anyhow::anyhow!(why).into());
     }
     let state = State::open(&args.state_dir)?;
     let exe = std::env::current_exe().context("cannot find this program's own path")?;
@@ -289,7 +291,7 @@ fn plan_force(args: &ForceArgs) -> Result<(Option<Planned>, Vec<std::path::PathB
         true => (thunkmesh_infer::placeholders_under(Path::new("."), &args.flags.state_dir)?, Vec::new()),
         false => {
             if let Some(missing) = args.files.iter().find(|f| !f.exists()) {
-                anyhow::bail!("{}: no such file (nothing recorded makes it)", missing.display());
+                return Err(anyhow::anyhow!("{}: no such file (nothing recorded makes it)", missing.display()).into());
             }
             // A link to a placeholder (libtool's `libx.so` -> `libx.so.1.2.3`) forces the file it
             // names, and stays a link.
@@ -307,7 +309,7 @@ fn plan_force(args: &ForceArgs) -> Result<(Option<Planned>, Vec<std::path::PathB
     let out = state.dir().join("forced");
     match std::fs::remove_dir_all(&out) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot empty {}", out.display()));
+            return Err(e).with_context(|| format!("cannot empty {}", out.display())).map_err(Into::into);
         }
         _ => {}
     }
@@ -335,11 +337,17 @@ fn what_to_describe(args: &DescribeArgs) -> Result<(Id, Thunk)> {
                 let thunk_of = state.thunk_with_output(thunk, &name).with_context(|| args.what.clone())?;
                 return Ok((thunk, thunk_of));
             }
-            _ => anyhow::bail!("{}: is not a placeholder", args.what),
+            _ => return Err(anyhow::anyhow!("{}: is not a placeholder", args.what).into()),
         },
         false => match args.what.split_once('#').map_or(args.what.as_str(), |(id, _)| id).parse::<Id>() {
             Ok(id) if id.kind == Kind::Thunk => id,
-            _ => anyhow::bail!("{}: is neither a file nor a thunk id (T...) or output (T...#name)", args.what),
+            _ => {
+                return Err(anyhow::anyhow!(
+                    "{}: is neither a file nor a thunk id (T...) or output (T...#name)",
+                    args.what
+                )
+                .into());
+            }
         },
     };
     Ok((id, state.thunk(id).with_context(|| args.what.clone())?))

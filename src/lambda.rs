@@ -3,14 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Context;
+
+use crate::exit::Result;
 use thunkmesh_client::{JobRun, Reporter, Summary, Target, run_job};
 use thunkmesh_lambda::{Arch, Demand, FunctionSpec, Invocation, LaunchSpec, Launched};
 use thunkmesh_protocol::wire::Progress;
 use tokio::sync::watch;
 
 use crate::cli::{DeployArgs, RendezvousArgs, RunFlags};
-use crate::exit::UsageError;
+use crate::exit::{Failure, Interrupted, UsageError};
 
 /// Beyond the idle time, how long a finished job waits for its workers' reports (a drain may
 /// upload).
@@ -38,7 +40,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
         return Ok(());
     }
     let Some(role) = args.role.clone() else {
-        bail!(UsageError("--role ARN is needed to deploy (or --package-only FILE)".into()));
+        return Err(UsageError("--role ARN is needed to deploy (or --package-only FILE)".into()).into());
     };
     let spec = FunctionSpec {
         name: args.function.clone(),
@@ -57,7 +59,7 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
 
 /// The launch for `thunkmesh run --engine lambda`, checked against the other flags.
 pub fn launch_spec(args: &RunFlags, store_url: &str, target: &Target) -> Result<LaunchSpec> {
-    let usage = |m: &str| anyhow::Error::new(UsageError(m.into()));
+    let usage = |m: &str| Failure::from(UsageError(m.into()));
     let function = args.function.clone().ok_or_else(|| usage("--engine lambda needs --function NAME"))?;
     let workers = args.workers.ok_or_else(|| usage("--engine lambda needs --workers N (the most alive at once)"))?;
     if workers == 0 {
@@ -128,12 +130,12 @@ pub async fn run(
         let mut demanding = Demanding { inner: &mut *reporter, demand: &demand };
         let job = run_job(run, target, &mut demanding, started);
         tokio::select! {
-            r = job => r?,
+            r = job => r.map_err(Failure::run)?,
             l = &mut launcher => match l {
-                Err(e) => bail!("{e}; completed thunks are in the memo cache"),
-                Ok(_) => bail!("the Lambda launcher stopped before the job ended"),
+                Err(e) => return Err(anyhow::anyhow!("{e}; completed thunks are in the memo cache").into()),
+                Ok(_) => return Err(anyhow::anyhow!("the Lambda launcher stopped before the job ended").into()),
             },
-            _ = tokio::signal::ctrl_c() => bail!("interrupted; completed thunks are in the memo cache"),
+            _ = tokio::signal::ctrl_c() => return Err(Interrupted { memo: true }.into()),
         }
     };
     demand.send_replace(Demand::Ended);
@@ -163,7 +165,7 @@ pub fn pool_spec(args: &RendezvousArgs, fingerprint: &str, token: &str) -> Resul
         return Ok(None);
     };
     if workers == 0 {
-        bail!(UsageError("--lambda-pool must be at least 1".into()));
+        return Err(UsageError("--lambda-pool must be at least 1".into()).into());
     }
     Ok(Some(LaunchSpec {
         function: function.clone(),
@@ -193,8 +195,8 @@ pub async fn with_pool(
     tokio::select! {
         served = serve => Ok(served?),
         launched = thunkmesh_lambda::launch(&client, spec, wants) => match launched {
-            Err(e) => bail!("the warm pool stopped: {e}"),
-            Ok(_) => bail!("the warm pool stopped"),
+            Err(e) => Err(anyhow::anyhow!("the warm pool stopped: {e}").into()),
+            Ok(_) => Err(anyhow::anyhow!("the warm pool stopped").into()),
         },
     }
 }

@@ -4,13 +4,15 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use crate::exit::Result;
 use thunkmesh_client::{JobRun, LocalMesh, Reporter, RunError, Summary, Target, run_job};
 use thunkmesh_net::{Trust, parse_fingerprint};
 use thunkmesh_store::{Store, StoreError};
 
 use crate::cli::{AwsArgs, EngineArg, RunFlags, TrustArgs};
-use crate::exit::UsageError;
+use crate::exit::{Failure, UsageError};
 
 /// The environment variable that carries the mesh token.
 pub const TOKEN_ENV: &str = "THUNKMESH_TOKEN";
@@ -36,7 +38,7 @@ pub async fn open_store(store: Option<&str>, state_dir: &Path, aws: &AwsArgs) ->
     };
     Store::connect(&url, &aws.settings()).await.map_err(|e| match e {
         StoreError::Unsupported(_) | StoreError::BadUrl { .. } | StoreError::NoCredentials { .. } => {
-            anyhow::Error::new(UsageError(e.to_string()))
+            Failure::from(UsageError(e.to_string()))
         }
         other => other.into(),
     })
@@ -80,7 +82,7 @@ pub async fn execute(
                 "--workers starts local nodes or Lambda workers; a self-hosted rendezvous' own nodes are started there";
             return Err(UsageError(why.into()).into());
         }
-        return Ok((run_job(run, &target, bar, started).await?, None));
+        return Ok((run_job(run, &target, bar, started).await.map_err(Failure::run)?, None));
     }
     if args.engine == EngineArg::Lambda {
         let why = "--engine lambda needs --rendezvous HOST:PORT: the self-hosted rendezvous Lambda workers dial";
@@ -98,7 +100,7 @@ pub async fn execute(
     let target = mesh.target();
     let logs = mesh.logs().display().to_string();
     tokio::select! {
-        r = run_job(run, &target, bar, started) => Ok((r?, None)),
+        r = run_job(run, &target, bar, started) => Ok((r.map_err(Failure::run)?, None)),
         () = mesh.all_exited() => Err(RunError::NodesExited(logs).into()),
     }
 }

@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Context;
+
+use crate::exit::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use thunkmesh_client::{LoadedJob, Memo, Reporter, Summary};
 use thunkmesh_protocol::wire::Progress;
 
 use crate::cli::{EngineArg, Global, ModeArg, RunFlags};
-use crate::exit::{Interrupted, UsageError, exit_status, failed};
+use crate::exit::{Failure, Interrupted, UsageError, failed};
 
 /// The version of the summary JSON's layout (docs/jobs.md); it changes when a field is removed
 /// or changes meaning, not when one is added.
@@ -111,7 +113,7 @@ impl Session {
             Ok(done) => {
                 self.print(&done);
                 let failed = done.summary.as_ref().map_or(0, |s| s.thunks_failed);
-                let error = (failed > 0).then(|| anyhow::Error::new(ThunksFailed(failed)));
+                let error = (failed > 0).then(|| Failure::from(ThunksFailed(failed)));
                 (done.summary, done.launched, error)
             }
             Err(e) => (None, None, Some(e)),
@@ -145,19 +147,19 @@ impl Session {
         &mut self,
         summary: Option<&Summary>,
         launched: Option<&thunkmesh_lambda::Launched>,
-        error: Option<&anyhow::Error>,
+        error: Option<&Failure>,
     ) -> Result<()> {
         let Some(out) = &mut self.json else { return Ok(()) };
         let status = match error {
             None => "succeeded",
-            Some(e) if e.downcast_ref::<Interrupted>().is_some() => "interrupted",
+            Some(Failure::Interrupted(_)) => "interrupted",
             Some(_) => "failed",
         };
         let mut json = serde_json::json!({
             "schema_version": SCHEMA_VERSION,
             "status": status,
-            "exit_status": error.map_or(0, exit_status),
-            "error": error.map(|e| format!("{e:#}")),
+            "exit_status": error.map_or(0, Failure::exit_status),
+            "error": error.map(ToString::to_string),
             "job": self.job,
             "mode": thunkmesh_protocol::wire::Mode::from(self.mode).name(),
             "engine": self.engine.name(),
@@ -173,9 +175,9 @@ impl Session {
         }
         let text = serde_json::to_string_pretty(&json)? + "\n";
         match out {
-            JsonOut::Stdout => std::io::stdout().write_all(text.as_bytes()).context("cannot write the summary"),
+            JsonOut::Stdout => Ok(std::io::stdout().write_all(text.as_bytes()).context("cannot write the summary")?),
             JsonOut::File(path, file) => {
-                file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+                Ok(file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?)
             }
         }
     }
@@ -203,11 +205,11 @@ pub async fn lock_state(state_dir: &Path) -> Result<File> {
             );
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            return Err(e).with_context(|| format!("cannot lock {}", path.display())).map_err(Into::into);
         }
     }
     let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await?;
-    locked.with_context(|| format!("cannot lock {}", path.display()))
+    Ok(locked.with_context(|| format!("cannot lock {}", path.display()))?)
 }
 
 /// Progress: a bar on a terminal; without one (CI, a pipe, a file) a line when the phase
