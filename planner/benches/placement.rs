@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use thunkmesh_planner::{Decision, Planner, PlannerConfig};
+use thunkmesh_planner::{Decision, JobId, NodeId, Planner, PlannerConfig};
 use thunkmesh_protocol::wire::{Mode, OutputValue, Submission, SubmittedThunk, TransferStats};
 use thunkmesh_protocol::{Id, Program, Ref, Thunk};
 
@@ -23,7 +23,7 @@ fn planner() -> Planner {
     let mut p = Planner::with_config(PlannerConfig { seed: 7, ..PlannerConfig::default() });
     for n in 0..NODES {
         let held: Vec<Id> = (0..VALUES).filter(|v| v % NODES == n).map(value).collect();
-        p.node_joined(n, 2, &held);
+        p.node_joined(NodeId(n), 2, &held);
     }
     let program = Id::of_blob(b"bench");
     let thunks = (0..THUNKS)
@@ -59,7 +59,7 @@ fn planner() -> Planner {
         verify: 0,
         verify_salt: 0,
     };
-    p.submit(1, submission).expect("valid job");
+    p.submit(JobId(1), submission).expect("valid job");
     p
 }
 

@@ -31,10 +31,25 @@ use job::{Job, Resolved, State};
 pub use place::{Estimates, Link, PlannerConfig, Policy};
 use place::{Input, LEAST_LOADED, Transfers};
 
-/// A node, as numbered by its driver.
-pub type NodeId = u64;
-/// A job, as numbered by its driver.
-pub type JobId = u64;
+/// A node, as numbered by its driver (the rendezvous numbers it by its session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NodeId(pub u64);
+
+/// A job, as numbered by its driver (the rendezvous numbers it by its client's session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct JobId(pub u64);
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {}", self.0)
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {}", self.0)
+    }
+}
 /// One attempt at forcing one thunk.
 pub type TaskId = u64;
 
@@ -384,7 +399,7 @@ impl Planner {
 
     /// A node is ready with `slots` and already holds `inventory`.
     pub fn node_joined(&mut self, node: NodeId, slots: u32, inventory: &[Id]) {
-        let order = place::mix(self.config.seed, node);
+        let order = place::mix(self.config.seed, node.0);
         let state = self.nodes.entry(node).or_default();
         self.slots = self.slots - u64::from(state.slots) + u64::from(slots);
         state.slots = slots;

@@ -10,7 +10,7 @@ use thunkmesh_protocol::wire::{OutputValue, TransferStats};
 use thunkmesh_protocol::{Id, Ref};
 
 use crate::tests::{assigns, drain, out, submission, thunk};
-use crate::{Decision, Estimates, Place, Planner, PlannerConfig, Policy};
+use crate::{Decision, Estimates, JobId, NodeId, Place, Planner, PlannerConfig, Policy};
 
 const MIB: u64 = 1 << 20;
 
@@ -31,21 +31,21 @@ fn at(ms: u64) -> Duration {
 /// Returns the planner, the consumer's id and the task running on node 1.
 fn busy_producer() -> (Planner, Id, u64) {
     let mut p = planner(Policy::Locality, 0.1);
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
-    p.submit(7, submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![crate::tests::program()])).expect("job");
+    p.submit(JobId(7), submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![crate::tests::program()])).expect("job");
     let first = assigns(&drain(&mut p));
     assert_eq!(first[0].thunk, a.id());
     let c = thunk("c", &[]);
-    p.submit(1, submission(&[("c", &c)], vec![out(&c)], vec![crate::tests::program()])).expect("job");
+    p.submit(JobId(1), submission(&[("c", &c)], vec![out(&c)], vec![crate::tests::program()])).expect("job");
     p.advance(at(100));
     let output = vec![("out".into(), OutputValue::Blob(big("a-out", 100 * MIB)))];
-    p.task_done(1, first[0].task, &output, TransferStats::default());
+    p.task_done(NodeId(1), first[0].task, &output, TransferStats::default());
     let second = assigns(&drain(&mut p));
-    assert_eq!((second.len(), second[0].thunk, second[0].node), (1, c.id(), 1), "c takes node 1's slot");
+    assert_eq!((second.len(), second[0].thunk, second[0].node), (1, c.id(), NodeId(1)), "c takes node 1's slot");
     p.advance(at(150));
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     (p, b.id(), second[0].task)
 }
 
@@ -56,9 +56,9 @@ fn a_thunk_waits_briefly_for_the_busy_node_that_holds_its_large_input() {
     assert_eq!(p.held(), 1);
     assert_eq!(p.next_deadline(), Some(at(650)), "held at most the delay bound (500 ms)");
     p.advance(at(200));
-    p.task_done(1, c_task, &crate::tests::blob_output(b"c"), TransferStats::default());
+    p.task_done(NodeId(1), c_task, &crate::tests::blob_output(b"c"), TransferStats::default());
     let started = assigns(&drain(&mut p));
-    assert_eq!((started.len(), started[0].thunk, started[0].node), (1, b, 1));
+    assert_eq!((started.len(), started[0].thunk, started[0].node), (1, b, NodeId(1)));
     // Only the small program, which the node is not counted as holding (it is in storage), is
     // offered, from storage; the large input is there already.
     assert!(started[0].sources.iter().all(|(blob, places)| blob.size < MIB && places == &[Place::Storage]));
@@ -72,9 +72,9 @@ fn a_held_thunk_goes_to_an_idle_node_when_the_delay_bound_passes() {
     assert!(assigns(&drain(&mut p)).is_empty(), "still within the bound");
     p.advance(at(650));
     let moved = assigns(&drain(&mut p));
-    assert_eq!((moved.len(), moved[0].thunk, moved[0].node), (1, b, 2), "node 2 is idle: it takes it");
+    assert_eq!((moved.len(), moved[0].thunk, moved[0].node), (1, b, NodeId(2)), "node 2 is idle: it takes it");
     let input = moved[0].sources.iter().find(|(blob, _)| *blob == big("a-out", 100 * MIB));
-    assert_eq!(input.map(|(_, places)| places.clone()), Some(vec![Place::Node(1)]), "from the producer's node");
+    assert_eq!(input.map(|(_, places)| places.clone()), Some(vec![Place::Node(NodeId(1))]), "from the producer's node");
     assert_eq!(p.longest_hold(), Duration::from_millis(500));
 }
 
@@ -82,15 +82,15 @@ fn a_held_thunk_goes_to_an_idle_node_when_the_delay_bound_passes() {
 fn one_hot_object(policy: Policy) -> Vec<crate::Assign> {
     let mut p = planner(policy, 2.0);
     let hot = big("hot", 100 * MIB);
-    p.node_joined(1, 1, &[hot]);
+    p.node_joined(NodeId(1), 1, &[hot]);
     for n in 2..=4 {
-        p.node_joined(n, 1, &[]);
+        p.node_joined(NodeId(n), 1, &[]);
     }
     let readers: Vec<_> = (0..4).map(|i| thunk(&format!("r{i}"), &[("in", Ref::Blob(hot))])).collect();
     let named: Vec<(String, _)> = readers.iter().enumerate().map(|(i, t)| (format!("r{i}"), t)).collect();
     let refs: Vec<(&str, _)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     let targets = readers.iter().map(out).collect();
-    p.submit(7, submission(&refs, targets, vec![crate::tests::program()])).expect("job");
+    p.submit(JobId(7), submission(&refs, targets, vec![crate::tests::program()])).expect("job");
     assigns(&drain(&mut p))
 }
 
@@ -100,7 +100,7 @@ fn most_bytes_piles_work_on_the_holder_while_locality_spreads_it() {
     let piled = one_hot_object(Policy::MostBytes);
     assert_eq!(piled.len(), 1, "most-bytes queues three readers behind node 1");
     let spread = one_hot_object(Policy::Locality);
-    let nodes: BTreeSet<u64> = spread.iter().map(|a| a.node).collect();
+    let nodes: BTreeSet<NodeId> = spread.iter().map(|a| a.node).collect();
     assert_eq!(nodes.len(), 4, "waiting 2 s for node 1 costs more than fetching 100 MiB (1.3 s)");
 }
 
@@ -110,7 +110,7 @@ fn an_input_every_node_holds_does_not_decide_or_pile_up_placement() {
     let mut p = planner(Policy::Locality, 1.0);
     let shared = big("headers", 50 * MIB);
     for n in 1..=10 {
-        p.node_joined(n, 1, &[shared]);
+        p.node_joined(NodeId(n), 1, &[shared]);
     }
     let compiles: Vec<_> = (0..10)
         .map(|i| thunk(&format!("cc{i}"), &[("h", Ref::Blob(shared)), ("src", Ref::Blob(big(&format!("s{i}"), 1000)))]))
@@ -119,9 +119,9 @@ fn an_input_every_node_holds_does_not_decide_or_pile_up_placement() {
     let refs: Vec<(&str, _)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     let mut stored: Vec<Id> = (0..10).map(|i| big(&format!("s{i}"), 1000)).collect();
     stored.push(crate::tests::program());
-    p.submit(7, submission(&refs, compiles.iter().map(out).collect(), stored)).expect("job");
+    p.submit(JobId(7), submission(&refs, compiles.iter().map(out).collect(), stored)).expect("job");
     let started = assigns(&drain(&mut p));
-    let nodes: BTreeSet<u64> = started.iter().map(|a| a.node).collect();
+    let nodes: BTreeSet<NodeId> = started.iter().map(|a| a.node).collect();
     assert_eq!((started.len(), nodes.len()), (10, 10), "one compile per node, none queued");
     assert!(started.iter().all(|a| a.sources.iter().all(|(b, _)| *b != shared)), "nobody fetches the shared input");
 }
@@ -130,18 +130,19 @@ fn an_input_every_node_holds_does_not_decide_or_pile_up_placement() {
 fn a_reducer_runs_where_its_partitions_are_not_on_the_least_busy_node() {
     // dask/distributed#4962: shuffle output pulled away from the node holding it.
     let parts: Vec<Id> = (0..3).map(|i| big(&format!("part{i}"), 30 * MIB)).collect();
-    for (policy, expect) in [(Policy::Locality, 3), (Policy::LeastLoaded, 1)] {
+    for (policy, expect) in [(Policy::Locality, NodeId(3)), (Policy::LeastLoaded, NodeId(1))] {
         let mut p = planner(policy, 1.0);
-        p.node_joined(3, 2, &parts);
+        p.node_joined(NodeId(3), 2, &parts);
         let busy = thunk("busy", &[]);
-        p.submit(1, submission(&[("busy", &busy)], vec![out(&busy)], vec![crate::tests::program()])).expect("job");
-        assert_eq!(assigns(&drain(&mut p))[0].node, 3, "node 3 runs one task and has one slot left");
-        p.node_joined(1, 2, &[]);
+        p.submit(JobId(1), submission(&[("busy", &busy)], vec![out(&busy)], vec![crate::tests::program()]))
+            .expect("job");
+        assert_eq!(assigns(&drain(&mut p))[0].node, NodeId(3), "node 3 runs one task and has one slot left");
+        p.node_joined(NodeId(1), 2, &[]);
         let inputs: Vec<(String, Ref)> =
             parts.iter().enumerate().map(|(i, b)| (format!("p{i}"), Ref::Blob(*b))).collect();
         let inputs: Vec<(&str, Ref)> = inputs.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
         let reduce = thunk("reduce", &inputs);
-        p.submit(7, submission(&[("reduce", &reduce)], vec![out(&reduce)], vec![crate::tests::program()]))
+        p.submit(JobId(7), submission(&[("reduce", &reduce)], vec![out(&reduce)], vec![crate::tests::program()]))
             .expect("job");
         let placed = assigns(&drain(&mut p));
         assert_eq!(placed[0].node, expect, "{policy:?}");
@@ -188,12 +189,12 @@ mod invariants {
             let config = PlannerConfig { policy, seed, ..PlannerConfig::default() };
             let mut p = Planner::with_config(config);
             for (n, &s) in slots.iter().enumerate() {
-                p.node_joined(n as u64, s, &[]);
+                p.node_joined(NodeId(n as u64), s, &[]);
             }
             let last = thunks.last().map(out).into_iter().collect();
-            p.submit(7, submission(&refs, last, vec![crate::tests::program()])).expect("job");
+            p.submit(JobId(7), submission(&refs, last, vec![crate::tests::program()])).expect("job");
             let mut running: Vec<crate::Assign> = Vec::new();
-            let mut held_at: std::collections::BTreeMap<Id, BTreeSet<u64>> = Default::default();
+            let mut held_at: std::collections::BTreeMap<Id, BTreeSet<NodeId>> = Default::default();
             let mut losses = losses.into_iter();
             let mut next_node = slots.len() as u64;
             let mut now = 0u64;
@@ -217,7 +218,7 @@ mod invariants {
                     }
                 }
                 for (n, &s) in slots.iter().enumerate() {
-                    prop_assert!(p.running(n as u64) <= s as usize, "node {n} over its {s} slots");
+                    prop_assert!(p.running(NodeId(n as u64)) <= s as usize, "node {n} over its {s} slots");
                 }
                 // Every few steps a node is lost and a fresh one joins.
                 if step % 7 == 3 && let Some(which) = losses.next() {
@@ -226,7 +227,7 @@ mod invariants {
                         p.node_left(victim);
                         running.retain(|a| a.node != victim);
                         held_at.values_mut().for_each(|h| { h.remove(&victim); });
-                        p.node_joined(next_node, 2, &[]);
+                        p.node_joined(NodeId(next_node), 2, &[]);
                         next_node += 1;
                         continue;
                     }
@@ -251,11 +252,11 @@ mod invariants {
 /// 100 ms (so the kind has an average), the long one runs on.
 fn one_long_thunk() -> (Planner, crate::Assign) {
     let mut p = planner(Policy::Locality, 1.0);
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let (a, q) = (thunk("a", &[]), thunk("q", &[]));
     let sub = submission(&[("a", &a), ("q", &q)], vec![out(&a), out(&q)], vec![crate::tests::program()]);
-    p.submit(7, sub).expect("job");
+    p.submit(JobId(7), sub).expect("job");
     let started = assigns(&drain(&mut p));
     assert_eq!(started.len(), 2);
     let long = started.iter().find(|s| s.thunk == a.id()).expect("a runs").clone();
@@ -323,7 +324,7 @@ fn submit_fan_in(p: &mut Planner, producers: usize, per: usize) -> Vec<thunkmesh
     let named: Vec<(&str, &thunkmesh_protocol::Thunk)> =
         names.iter().map(String::as_str).zip(producers.iter().chain(&consumers)).collect();
     let targets = consumers.iter().map(out).collect();
-    p.submit(7, submission(&named, targets, vec![crate::tests::program()])).expect("job");
+    p.submit(JobId(7), submission(&named, targets, vec![crate::tests::program()])).expect("job");
     consumers
 }
 
@@ -334,8 +335,8 @@ fn submit_fan_in(p: &mut Planner, producers: usize, per: usize) -> Vec<thunkmesh
 #[test]
 fn producers_of_one_consumer_are_kept_on_one_node() {
     let mut p = planner(Policy::Locality, 1.0);
-    p.node_joined(1, 2, &[]);
-    p.node_joined(2, 2, &[]);
+    p.node_joined(NodeId(1), 2, &[]);
+    p.node_joined(NodeId(2), 2, &[]);
     let reducers = submit_fan_in(&mut p, 64, 8);
     let (mut clock, mut reduced, mut fetched) = (0, 0, 0u64);
     let mut running = Vec::new();
@@ -366,8 +367,8 @@ fn producers_of_one_consumer_are_kept_on_one_node() {
 #[test]
 fn a_thunk_of_a_kind_of_its_own_is_never_copied() {
     let mut p = planner(Policy::Locality, 0.05);
-    p.node_joined(1, 2, &[]);
-    p.node_joined(2, 2, &[]);
+    p.node_joined(NodeId(1), 2, &[]);
+    p.node_joined(NodeId(2), 2, &[]);
     let total = submit_fan_in(&mut p, 8, 8).remove(0);
     let (mut clock, mut final_task) = (0, None);
     while final_task.is_none() {
@@ -396,7 +397,7 @@ fn a_thunk_of_a_kind_of_its_own_is_never_copied() {
 #[test]
 fn a_copy_is_made_only_when_it_saves_more_than_its_fetch_costs() {
     let mut p = planner(Policy::Locality, 1.0);
-    p.node_joined(1, 2, &[]);
+    p.node_joined(NodeId(1), 2, &[]);
     let source = thunk("source", &[]);
     let (c1, c2) = (thunk("c1", &[("in", out(&source))]), thunk("c2", &[("in", out(&source))]));
     let sub = submission(
@@ -404,14 +405,14 @@ fn a_copy_is_made_only_when_it_saves_more_than_its_fetch_costs() {
         vec![out(&c1), out(&c2)],
         vec![crate::tests::program()],
     );
-    p.submit(7, sub).expect("job");
+    p.submit(JobId(7), sub).expect("job");
     let first = assigns(&drain(&mut p));
     p.advance(at(1000));
     let output = vec![("out".into(), OutputValue::Blob(big("source-out", 1024 * MIB)))];
     p.task_done(first[0].node, first[0].task, &output, TransferStats::default());
     let consumers = assigns(&drain(&mut p));
     assert_eq!(consumers.len(), 2, "both consumers run where their input is");
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     p.advance(at(2000));
     p.task_done(consumers[0].node, consumers[0].task, &crate::tests::blob_output(b"c"), TransferStats::default());
     for d in drain(&mut p) {
@@ -425,16 +426,16 @@ fn a_copy_is_made_only_when_it_saves_more_than_its_fetch_costs() {
     p.advance(at(17_000));
     let copy = assigns(&drain(&mut p));
     assert_eq!(copy.len(), 1, "after 16 s of running, a copy (fetch ~13.4 s + 1 s) is expected to win");
-    assert_eq!((copy[0].thunk, copy[0].node), (consumers[1].thunk, 2));
+    assert_eq!((copy[0].thunk, copy[0].node), (consumers[1].thunk, NodeId(2)));
 }
 
 #[test]
 fn nothing_is_copied_before_a_task_of_the_job_has_finished() {
     let mut p = planner(Policy::Locality, 1.0);
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let a = thunk("a", &[]);
-    p.submit(7, submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("job");
+    p.submit(JobId(7), submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("job");
     assert_eq!(assigns(&drain(&mut p)).len(), 1);
     for s in 1..=10 {
         p.advance(at(s * 1000));
@@ -451,10 +452,10 @@ fn a_thunk_that_failed_for_the_nodes_fault_goes_to_another_node() {
     let sandbox = WireError::new(ErrorCode::NodeError, "the sandbox could not be set up");
     for policy in [Policy::Locality, Policy::MostBytes, Policy::LeastLoaded] {
         let mut p = planner(policy, 0.1);
-        p.node_joined(1, 1, &[]);
-        p.node_joined(2, 1, &[]);
+        p.node_joined(NodeId(1), 1, &[]);
+        p.node_joined(NodeId(2), 1, &[]);
         let a = thunk("a", &[]);
-        p.submit(1, submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("valid job");
+        p.submit(JobId(1), submission(&[("a", &a)], vec![out(&a)], vec![crate::tests::program()])).expect("valid job");
         let first = assigns(&drain(&mut p)).remove(0);
         p.task_failed(first.node, first.task, &sandbox, &[], TransferStats::default());
         let again = assigns(&drain(&mut p));

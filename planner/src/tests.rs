@@ -6,9 +6,9 @@ use thunkmesh_protocol::wire::{
 };
 use thunkmesh_protocol::{Id, Program, Ref, Thunk};
 
-use crate::{Assign, Decision, JobId, MAX_ATTEMPTS, Place, Planner};
+use crate::{Assign, Decision, JobId, MAX_ATTEMPTS, NodeId, Place, Planner};
 
-const JOB: JobId = 7;
+const JOB: JobId = JobId(7);
 
 pub(crate) fn program() -> Id {
     Id::of_blob(b"#!/bin/sh\n")
@@ -82,8 +82,8 @@ fn job_done(ds: &[Decision]) -> Option<&crate::JobOutcome> {
 #[test]
 fn consumer_runs_where_its_input_was_produced() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
     p.submit(JOB, submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
@@ -101,8 +101,8 @@ fn consumer_runs_where_its_input_was_produced() {
 #[test]
 fn a_consumer_elsewhere_is_told_which_peer_holds_its_input() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[]);
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
@@ -124,8 +124,8 @@ fn a_consumer_elsewhere_is_told_which_peer_holds_its_input() {
 /// Two nodes running `a` and `b` at once, whose outputs `c` reads; returns the thunks and the
 /// assignments of `a` and `b`.
 fn two_producers_one_consumer(p: &mut Planner) -> ([Thunk; 3], Assign, Assign) {
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[]);
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
@@ -157,23 +157,23 @@ fn an_object_a_node_dropped_is_fetched_from_another_holder() {
 #[test]
 fn a_consumer_sent_for_an_evicted_object_makes_the_planner_rerun_its_producer() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
     p.submit(JOB, submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()])).expect("job");
     let first = assigns(&drain(&mut p)).remove(0);
-    p.task_done(1, first.task, &blob_output(b"A"), TransferStats::default());
+    p.task_done(NodeId(1), first.task, &blob_output(b"A"), TransferStats::default());
     let consumer = assigns(&drain(&mut p)).remove(0);
     assert_eq!(consumer.thunk, b.id());
     let gone = WireError::new(ErrorCode::InputUnavailable, "no longer in this node's cache");
-    p.task_failed(1, consumer.task, &gone, &[Id::of_blob(b"A")], TransferStats::default());
+    p.task_failed(NodeId(1), consumer.task, &gone, &[Id::of_blob(b"A")], TransferStats::default());
     let again = assigns(&drain(&mut p));
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].thunk, a.id(), "the producer runs again: no node holds its output");
-    p.task_done(1, again[0].task, &blob_output(b"A"), TransferStats::default());
+    p.task_done(NodeId(1), again[0].task, &blob_output(b"A"), TransferStats::default());
     let retried = assigns(&drain(&mut p)).remove(0);
     assert_eq!(retried.thunk, b.id());
-    p.task_done(1, retried.task, &blob_output(b"B"), TransferStats::default());
+    p.task_done(NodeId(1), retried.task, &blob_output(b"B"), TransferStats::default());
     let ds = drain(&mut p);
     assert!(!ds.iter().any(|d| matches!(d, Decision::JobFailed { .. })), "{ds:?}");
 }
@@ -183,7 +183,7 @@ fn a_consumer_sent_for_an_evicted_object_makes_the_planner_rerun_its_producer() 
 #[test]
 fn a_large_object_no_thunk_will_read_is_dropped_from_its_node() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
     let c = thunk("c", &[("in", out(&b))]);
@@ -194,7 +194,7 @@ fn a_large_object_no_thunk_will_read_is_dropped_from_its_node() {
     for (thunk, output) in [(&a, large), (&b, small), (&c, large)] {
         let run = assigns(&ds).remove(0);
         assert_eq!(run.thunk, thunk.id());
-        p.task_done(1, run.task, &[("out".into(), OutputValue::Blob(output))], TransferStats::default());
+        p.task_done(NodeId(1), run.task, &[("out".into(), OutputValue::Blob(output))], TransferStats::default());
         ds = drain(&mut p);
         let dropped = ds.iter().filter_map(|d| match d {
             Decision::Drop { node, blobs } => Some((*node, blobs.clone())),
@@ -203,13 +203,17 @@ fn a_large_object_no_thunk_will_read_is_dropped_from_its_node() {
         drops.extend(dropped);
     }
     answer_uploads(&mut p, &ds);
-    assert_eq!(drops, vec![(1, vec![large])], "a's output once b is done; not b's (small), not c's (the target)");
+    assert_eq!(
+        drops,
+        vec![(NodeId(1), vec![large])],
+        "a's output once b is done; not b's (small), not c's (the target)"
+    );
 }
 
 #[test]
 fn slots_are_never_exceeded() {
     let mut p = Planner::new();
-    p.node_joined(1, 2, &[]);
+    p.node_joined(NodeId(1), 2, &[]);
     let thunks: Vec<Thunk> = (0..5).map(|i| thunk(&i.to_string(), &[])).collect();
     let named: Vec<(&str, &Thunk)> = thunks.iter().map(|t| ("t", t)).collect();
     p.submit(JOB, submission(&named, thunks.iter().map(out).collect(), vec![program()])).expect("valid job");
@@ -222,13 +226,13 @@ fn slots_are_never_exceeded() {
 #[test]
 fn targets_living_only_in_a_cache_are_uploaded_then_the_job_is_done() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p))[0].task;
-    p.task_done(1, task, &blob_output(b"A"), TransferStats { peer_bytes: 3, ..Default::default() });
+    p.task_done(NodeId(1), task, &blob_output(b"A"), TransferStats { peer_bytes: 3, ..Default::default() });
     let ds = drain(&mut p);
-    assert!(ds.contains(&Decision::Upload { node: 1, job: JOB, blob: Id::of_blob(b"A") }));
+    assert!(ds.contains(&Decision::Upload { node: NodeId(1), job: JOB, blob: Id::of_blob(b"A") }));
     assert!(ds.iter().any(|d| matches!(d, Decision::Resolved { name, .. } if name == "a")));
     assert!(job_done(&ds).is_none(), "not done before the target is stored");
     answer_uploads(&mut p, &ds);
@@ -265,15 +269,15 @@ fn lost_node_output_is_recomputed_from_its_thunk() {
 #[test]
 fn running_task_of_a_lost_node_is_planned_again() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let first = assigns(&drain(&mut p));
-    p.node_left(1);
+    p.node_left(NodeId(1));
     assert!(assigns(&drain(&mut p)).is_empty(), "no node left to run it");
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let again = assigns(&drain(&mut p));
-    assert_eq!((again[0].thunk, again[0].node), (a.id(), 2));
+    assert_eq!((again[0].thunk, again[0].node), (a.id(), NodeId(2)));
     p.task_done(first[0].node, first[0].task, &blob_output(b"stale"), TransferStats::default());
     assert!(p.resolve(JOB, &out(&a)).is_none(), "an answer for a lost task is ignored");
 }
@@ -281,11 +285,11 @@ fn running_task_of_a_lost_node_is_planned_again() {
 #[test]
 fn a_failing_thunk_fails_the_job_with_its_name_and_the_rest_goes_on() {
     let mut p = Planner::new();
-    p.node_joined(1, 2, &[]);
+    p.node_joined(NodeId(1), 2, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
-    p.submit(JOB + 1, submission(&[("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
+    p.submit(JobId(JOB.0 + 1), submission(&[("b", &b)], vec![out(&b)], vec![program()])).expect("valid job");
     let tasks = assigns(&drain(&mut p));
     let mut error = WireError::new(ErrorCode::ExitStatus, "exit status 3");
     error.detail = "stderr: boom".into();
@@ -298,7 +302,7 @@ fn a_failing_thunk_fails_the_job_with_its_name_and_the_rest_goes_on() {
     assert_eq!(error.message, "thunk `a` failed: exit status 3");
     assert_eq!(error.detail, "stderr: boom");
     p.task_done(tasks[1].node, tasks[1].task, &blob_output(b"B"), TransferStats::default());
-    assert_eq!(p.resolve(JOB + 1, &out(&b)), Some(Id::of_blob(b"B")), "the other job goes on");
+    assert_eq!(p.resolve(JobId(JOB.0 + 1), &out(&b)), Some(Id::of_blob(b"B")), "the other job goes on");
 }
 
 /// A job that keeps going: `a` fails, so `b` (which reads it) is skipped, while `c` (which does
@@ -306,7 +310,7 @@ fn a_failing_thunk_fails_the_job_with_its_name_and_the_rest_goes_on() {
 #[test]
 fn a_job_that_keeps_going_runs_what_does_not_depend_on_a_failed_thunk() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
     let c = thunk("c", &[]);
@@ -347,16 +351,16 @@ fn a_job_that_keeps_going_runs_what_does_not_depend_on_a_failed_thunk() {
 #[test]
 fn an_unavailable_input_reruns_its_producer_and_gives_up_after_repeated_node_errors() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let error = WireError::new(ErrorCode::NodeError, "disk full");
     for _ in 0..MAX_ATTEMPTS {
         let task = assigns(&drain(&mut p))[0].task;
-        p.task_failed(1, task, &error, &[], TransferStats::default());
+        p.task_failed(NodeId(1), task, &error, &[], TransferStats::default());
     }
     let task = assigns(&drain(&mut p))[0].task;
-    p.task_failed(1, task, &error, &[], TransferStats::default());
+    p.task_failed(NodeId(1), task, &error, &[], TransferStats::default());
     let ds = drain(&mut p);
     assert!(ds.iter().any(|d| matches!(d, Decision::JobFailed { error, .. } if error.message.contains("could not run after 5 attempts: disk full"))));
 }
@@ -364,7 +368,7 @@ fn an_unavailable_input_reruns_its_producer_and_gives_up_after_repeated_node_err
 #[test]
 fn a_memoized_target_in_storage_runs_nothing() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
     let mut sub = submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program(), Id::of_blob(b"B")]);
@@ -384,13 +388,13 @@ fn a_memoized_intermediate_in_a_cache_is_reused_and_one_nowhere_is_recomputed() 
     sub.memo = vec![Reduction { thunk: a.id(), outputs: vec![("out".into(), Id::of_blob(b"A"))] }];
 
     let mut cached = Planner::new();
-    cached.node_joined(1, 1, &[Id::of_blob(b"A")]);
+    cached.node_joined(NodeId(1), 1, &[Id::of_blob(b"A")]);
     cached.submit(JOB, sub.clone()).expect("valid job");
     let runs = assigns(&drain(&mut cached));
     assert_eq!(runs.iter().map(|a| a.thunk).collect::<Vec<_>>(), vec![b.id()]);
 
     let mut lost = Planner::new();
-    lost.node_joined(1, 1, &[]);
+    lost.node_joined(NodeId(1), 1, &[]);
     lost.submit(JOB, sub).expect("valid job");
     let runs = assigns(&drain(&mut lost));
     assert_eq!(runs.iter().map(|a| a.thunk).collect::<Vec<_>>(), vec![a.id()]);
@@ -399,7 +403,7 @@ fn a_memoized_intermediate_in_a_cache_is_reused_and_one_nowhere_is_recomputed() 
 #[test]
 fn a_tail_call_adds_thunks_and_the_output_resolves_to_their_result() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let fib = thunk("fib", &[]);
     let inner = thunk("inner", &[("seed", Ref::Blob(Id::of_blob(b"seed")))]);
     p.submit(JOB, submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
@@ -409,7 +413,7 @@ fn a_tail_call_adds_thunks_and_the_output_resolves_to_their_result() {
         thunks: vec![SubmittedThunk { name: "inner".into(), thunk: inner.clone() }],
         result: out(&inner),
     };
-    p.task_done(1, task, &[("out".into(), tail)], TransferStats::default());
+    p.task_done(NodeId(1), task, &[("out".into(), tail)], TransferStats::default());
     let ds = drain(&mut p);
     let next = assigns(&ds);
     assert_eq!(next[0].thunk, inner.id());
@@ -429,12 +433,12 @@ fn a_tail_call_adds_thunks_and_the_output_resolves_to_their_result() {
 /// how the job failed.
 fn failure_of_a_tail_returning(result: impl FnOnce(&Thunk) -> Ref) -> WireError {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let fib = thunk("fib", &[]);
     p.submit(JOB, submission(&[("fib", &fib)], vec![out(&fib)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p))[0].task;
     let tail = OutputValue::Tail { blob: Id::of_blob(b"t"), thunks: vec![], result: result(&fib) };
-    p.task_done(1, task, &[("out".into(), tail)], TransferStats::default());
+    p.task_done(NodeId(1), task, &[("out".into(), tail)], TransferStats::default());
     let ds = drain(&mut p);
     let error =
         ds.iter().find_map(|d| if let Decision::JobFailed { error, .. } = d { Some(error.clone()) } else { None });
@@ -468,7 +472,7 @@ fn a_submission_with_a_dangling_ref_is_refused() {
 #[test]
 fn an_input_nowhere_with_no_producer_fails_the_job() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![])).expect("valid job");
     let ds = drain(&mut p);
@@ -478,12 +482,12 @@ fn an_input_nowhere_with_no_producer_fails_the_job() {
 #[test]
 fn an_answer_from_a_node_the_task_was_not_given_to_is_ignored() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let task = assigns(&drain(&mut p)).remove(0);
-    let other = if task.node == 1 { 2 } else { 1 };
+    let other = if task.node == NodeId(1) { NodeId(2) } else { NodeId(1) };
     p.task_done(other, task.task, &blob_output(b"forged"), TransferStats::default());
     assert_eq!(p.resolve(JOB, &out(&a)), None);
     p.task_done(task.node, task.task, &blob_output(b"real"), TransferStats::default());
@@ -512,8 +516,8 @@ fn a_target_that_lives_nowhere_fails_the_job_instead_of_waiting() {
 #[test]
 fn storage_mode_reads_every_input_from_storage_and_needs_no_uploads() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[("in", out(&a))]);
     let mut sub = submission(&[("a", &a), ("b", &b)], vec![out(&b)], vec![program()]);
@@ -538,7 +542,7 @@ fn storage_mode_does_not_count_a_cached_copy_as_available() {
     sub.memo = vec![Reduction { thunk: a.id(), outputs: vec![("out".into(), Id::of_blob(b"A"))] }];
     sub.mode = Mode::Storage;
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[Id::of_blob(b"A")]);
+    p.node_joined(NodeId(1), 1, &[Id::of_blob(b"A")]);
     p.submit(JOB, sub).expect("valid job");
     let runs = assigns(&drain(&mut p));
     assert_eq!(runs.iter().map(|x| x.thunk).collect::<Vec<_>>(), vec![a.id()], "a runs again to put A in storage");
@@ -550,8 +554,8 @@ fn producer_done_consumer_waiting(p: &mut Planner) -> (Assign, Assign, Thunk) {
 }
 
 fn producer_done_consumer_waiting_with(p: &mut Planner, require_direct: bool) -> (Assign, Assign, Thunk) {
-    p.node_joined(1, 1, &[]);
-    p.node_joined(2, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_joined(NodeId(2), 1, &[]);
     let a = thunk("a", &[]);
     let b = thunk("b", &[]);
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
@@ -613,9 +617,9 @@ fn an_object_made_again_after_its_drained_holder_left_is_served_by_its_new_holde
 #[test]
 fn a_draining_node_gets_no_new_work() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
-    p.node_draining(1);
-    assert!(drain(&mut p).contains(&Decision::Drained { node: 1 }));
+    p.node_joined(NodeId(1), 1, &[]);
+    p.node_draining(NodeId(1));
+    assert!(drain(&mut p).contains(&Decision::Drained { node: NodeId(1) }));
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     assert!(assigns(&drain(&mut p)).is_empty());
@@ -663,7 +667,7 @@ fn a_job_that_requires_direct_transfers_fails_instead_of_falling_back() {
 #[test]
 fn a_target_an_earlier_job_stored_is_uploaded_again_unless_this_job_found_it() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     let blob = Id::of_blob(b"A");
     let mut run_job = |job: JobId| {
@@ -676,12 +680,12 @@ fn a_target_an_earlier_job_stored_is_uploaded_again_unless_this_job_found_it() {
         assert!(job_done(&drain(&mut p)).is_some() || job_done(&ds).is_some(), "job {job} is done");
         uploaded
     };
-    assert!(run_job(1), "the first job uploads its target");
-    assert!(run_job(2), "the second, whose client did not find it in the store, too");
+    assert!(run_job(JobId(1)), "the first job uploads its target");
+    assert!(run_job(JobId(2)), "the second, whose client did not find it in the store, too");
     // The client of a third knows the result from the memo cache and found it in the store.
     let mut sub = submission(&[("a", &a)], vec![out(&a)], vec![program(), blob]);
     sub.memo = vec![thunkmesh_protocol::wire::Reduction { thunk: a.id(), outputs: vec![("out".into(), blob)] }];
-    p.submit(3, sub).expect("valid job");
+    p.submit(JobId(3), sub).expect("valid job");
     let ds = drain(&mut p);
     assert!(assigns(&ds).is_empty() && !ds.iter().any(|d| matches!(d, Decision::Upload { .. })), "{ds:?}");
     assert!(job_done(&ds).is_some(), "{ds:?}");
@@ -693,7 +697,7 @@ fn a_target_an_earlier_job_stored_is_uploaded_again_unless_this_job_found_it() {
 #[test]
 fn a_store_that_refuses_a_target_fails_the_job_with_its_cause_and_reruns_nothing() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let run = assigns(&drain(&mut p)).remove(0);
@@ -760,7 +764,7 @@ fn output_finished_while_draining_is_uploaded_before_the_node_goes() {
 #[test]
 fn a_thunk_with_thousands_of_inputs_waits_on_one_at_a_time() {
     let mut p = Planner::new();
-    p.node_joined(1, 8, &[]);
+    p.node_joined(NodeId(1), 8, &[]);
     let producers: Vec<Thunk> = (0..2000).map(|i| thunk(&format!("p{i}"), &[])).collect();
     let inputs: Vec<(String, Ref)> = producers.iter().enumerate().map(|(i, t)| (format!("d/{i}"), out(t))).collect();
     let inputs: Vec<(&str, Ref)> = inputs.iter().map(|(n, r)| (n.as_str(), r.clone())).collect();
@@ -787,28 +791,28 @@ fn what_only_an_unreachable_node_holds_is_priced_as_an_upload_and_a_read() {
     use std::collections::BTreeSet;
     let size = 100 << 20;
     let blob = Id::blob([7; 32], size);
-    let holders = BTreeSet::from([1]);
+    let holders = BTreeSet::from([NodeId(1)]);
     let inputs = [Input { blob, holders: Some(&holders) }];
     let e = Estimates::default();
     let none = BTreeSet::new();
-    let direct = Transfers::new(&inputs, Mode::P2p, e, &none).seconds(2);
-    let unreachable = BTreeSet::from([1]);
+    let direct = Transfers::new(&inputs, Mode::P2p, e, &none).seconds(NodeId(2));
+    let unreachable = BTreeSet::from([NodeId(1)]);
     let stranded = Transfers::new(&inputs, Mode::P2p, e, &unreachable);
-    assert_eq!(stranded.seconds(1), 0.0, "on its holder nothing moves");
+    assert_eq!(stranded.seconds(NodeId(1)), 0.0, "on its holder nothing moves");
     let through_storage = 2.0 * e.storage.latency + 2.0 * size as f64 / e.storage.bandwidth;
-    assert!((stranded.seconds(2) - through_storage).abs() < 1e-9, "{}", stranded.seconds(2));
-    assert!(stranded.seconds(2) > 2.0 * direct, "{} vs {direct}", stranded.seconds(2));
-    assert_eq!(stranded.holders().collect::<Vec<_>>(), vec![1], "its holder stays a candidate");
+    assert!((stranded.seconds(NodeId(2)) - through_storage).abs() < 1e-9, "{}", stranded.seconds(NodeId(2)));
+    assert!(stranded.seconds(NodeId(2)) > 2.0 * direct, "{} vs {direct}", stranded.seconds(NodeId(2)));
+    assert_eq!(stranded.holders().collect::<Vec<_>>(), vec![NodeId(1)], "its holder stays a candidate");
     // A node that cannot be reached fetches through storage too.
-    let consumer_unreachable = BTreeSet::from([2]);
-    let from_there = Transfers::new(&inputs, Mode::P2p, e, &consumer_unreachable).seconds(2);
+    let consumer_unreachable = BTreeSet::from([NodeId(2)]);
+    let from_there = Transfers::new(&inputs, Mode::P2p, e, &consumer_unreachable).seconds(NodeId(2));
     assert!((from_there - through_storage).abs() < 1e-9, "{from_there}");
 }
 
 #[test]
 fn progress_counts_what_could_run_now_apart_from_what_waits_for_inputs() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let (a, b) = (thunk("a", &[]), thunk("b", &[]));
     let c = thunk("c", &[("x", out(&a)), ("y", out(&b))]);
     p.submit(JOB, submission(&[("a", &a), ("b", &b), ("c", &c)], vec![out(&c)], vec![program()])).expect("valid job");
@@ -822,24 +826,25 @@ fn progress_counts_what_could_run_now_apart_from_what_waits_for_inputs() {
 #[test]
 fn storage_facts_belong_to_one_store() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     let on =
         |store: &str| Submission { store: store.into(), ..submission(&[("a", &a)], vec![out(&a)], vec![program()]) };
-    p.submit(1, on("file:///a")).expect("valid job");
+    p.submit(JobId(1), on("file:///a")).expect("valid job");
     let run = assigns(&drain(&mut p)).remove(0);
-    p.task_done(1, run.task, &blob_output(b"A"), TransferStats::default());
+    p.task_done(NodeId(1), run.task, &blob_output(b"A"), TransferStats::default());
     let ds = drain(&mut p);
     answer_uploads(&mut p, &ds);
     assert!(job_done(&drain(&mut p)).is_some(), "the target reached store a");
 
     // Lies about a job that does not exist, and an upload nobody asked of job 2.
-    p.stored(1, 99, Id::of_blob(b"A"), None, TransferStats::default());
-    p.submit(2, on("file:///b")).expect("valid job");
-    p.stored(1, 2, Id::of_blob(b"A"), None, TransferStats::default());
+    p.stored(NodeId(1), JobId(99), Id::of_blob(b"A"), None, TransferStats::default());
+    p.submit(JobId(2), on("file:///b")).expect("valid job");
+    p.stored(NodeId(1), JobId(2), Id::of_blob(b"A"), None, TransferStats::default());
     let ds = drain(&mut p);
     assert!(job_done(&ds).is_none(), "store b does not hold the target yet: {ds:?}");
-    let upload = ds.iter().any(|d| matches!(d, Decision::Upload { job: 2, blob, .. } if *blob == Id::of_blob(b"A")));
+    let upload =
+        ds.iter().any(|d| matches!(d, Decision::Upload { job: JobId(2), blob, .. } if *blob == Id::of_blob(b"A")));
     assert!(upload || !assigns(&ds).is_empty(), "the target is uploaded to b or computed again: {ds:?}");
 }
 
@@ -848,18 +853,18 @@ fn storage_facts_belong_to_one_store() {
 #[test]
 fn a_node_lost_while_it_owes_a_target_upload_does_not_stall_the_job() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let run = assigns(&drain(&mut p)).remove(0);
-    p.task_done(1, run.task, &blob_output(b"A"), TransferStats::default());
+    p.task_done(NodeId(1), run.task, &blob_output(b"A"), TransferStats::default());
     let asked = drain(&mut p);
-    assert!(asked.iter().any(|d| matches!(d, Decision::Upload { node: 1, .. })), "{asked:?}");
-    p.node_joined(2, 1, &[]);
-    p.node_left(1);
+    assert!(asked.iter().any(|d| matches!(d, Decision::Upload { node: NodeId(1), .. })), "{asked:?}");
+    p.node_joined(NodeId(2), 1, &[]);
+    p.node_left(NodeId(1));
     let rerun = assigns(&drain(&mut p));
     assert_eq!(rerun.len(), 1, "the only copy was lost: `a` runs again");
-    p.task_done(2, rerun[0].task, &blob_output(b"A"), TransferStats::default());
+    p.task_done(NodeId(2), rerun[0].task, &blob_output(b"A"), TransferStats::default());
     let ds = drain(&mut p);
     answer_uploads(&mut p, &ds);
     assert!(job_done(&drain(&mut p)).is_some(), "the target reaches storage from node 2");
@@ -872,7 +877,7 @@ fn a_node_lost_while_it_owes_a_target_upload_does_not_stall_the_job() {
 #[test]
 fn an_upload_nobody_answers_runs_the_producer_again_and_then_fails_the_job() {
     let mut p = Planner::new();
-    p.node_joined(1, 1, &[]);
+    p.node_joined(NodeId(1), 1, &[]);
     let a = thunk("a", &[]);
     p.submit(JOB, submission(&[("a", &a)], vec![out(&a)], vec![program()])).expect("valid job");
     let mut reruns = 0;

@@ -145,15 +145,15 @@ mod tests {
     use thunkmesh_protocol::wire::TransferStats;
 
     use crate::tests::{assigns, blob_output, drain, job_failed, out, program, submission, thunk};
-    use crate::{Decision, Planner};
+    use crate::{Decision, JobId, NodeId, Planner};
 
-    const JOB: u64 = 3;
+    const JOB: JobId = JobId(3);
 
     /// A job of `a` -> `b`, every result checked, on `nodes` nodes of one slot.
     fn checked_chain(nodes: u64) -> (Planner, [thunkmesh_protocol::Thunk; 2]) {
         let mut p = Planner::new();
         for n in 1..=nodes {
-            p.node_joined(n, 1, &[]);
+            p.node_joined(NodeId(n), 1, &[]);
         }
         let a = thunk("a", &[]);
         let b = thunk("b", &[("in", out(&a))]);
@@ -164,7 +164,7 @@ mod tests {
     }
 
     /// Runs the assignment of `thunk` now due and reports `bytes` as its output; returns the node.
-    fn run(p: &mut Planner, thunk: &thunkmesh_protocol::Thunk, bytes: &[u8]) -> (u64, Vec<Decision>) {
+    fn run(p: &mut Planner, thunk: &thunkmesh_protocol::Thunk, bytes: &[u8]) -> (NodeId, Vec<Decision>) {
         let ds = drain(p);
         let a = assigns(&ds).into_iter().find(|a| a.thunk == thunk.id()).expect("an assignment of the thunk");
         p.task_done(a.node, a.task, &blob_output(bytes), TransferStats::default());
@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn a_node_the_others_outvote_fails_the_job_and_is_named() {
         let (mut p, [a, _]) = checked_chain(3);
-        let liar = 1;
+        let liar = NodeId(1);
         let ds = drain(&mut p);
         let first = assigns(&ds).remove(0);
         let lie = if first.node == liar { b"forged".as_slice() } else { b"A".as_slice() };
@@ -237,8 +237,8 @@ mod tests {
         let (_, ds) = run(&mut p, &a, b"A");
         assert!(resolved(&ds, "a"), "{ds:?}");
         let mut p = Planner::new();
-        p.node_joined(1, 1, &[]);
-        p.node_joined(2, 1, &[]);
+        p.node_joined(NodeId(1), 1, &[]);
+        p.node_joined(NodeId(2), 1, &[]);
         let t = thunk("t", &[]);
         p.submit(JOB, submission(&[("t", &t)], vec![out(&t)], vec![program()])).expect("valid job");
         let (_, ds) = run(&mut p, &t, b"T");

@@ -9,7 +9,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use thunkmesh_planner::{Decision, Planner};
+use thunkmesh_planner::{Decision, JobId, NodeId, Planner};
 use thunkmesh_protocol::synthetic::{compile_job, values};
 use thunkmesh_protocol::wire::{OutputValue, TransferStats};
 use thunkmesh_protocol::{Id, Program};
@@ -70,9 +70,9 @@ fn the_planner_holds_at_most_its_ceilings_per_thunk_of_a_compile_shaped_job() {
     let thunks = sub.thunks.len();
     let mut planner = Planner::new();
     for node in 0..NODES {
-        planner.node_joined(node, 4, &[]);
+        planner.node_joined(NodeId(node), 4, &[]);
     }
-    planner.submit(1, sub).expect("a valid job");
+    planner.submit(JobId(1), sub).expect("a valid job");
     let per_thunk = |now: isize| usize::try_from(now - before).expect("the planner holds something") / thunks;
     let submitted = per_thunk(live());
     let (ran, peak) = run_to_the_end(&mut planner, || per_thunk(live()));

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use thunkmesh_planner::{Decision, Place, Planner};
+use thunkmesh_planner::{Decision, JobId, NodeId, Place, Planner};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::submit::{Assembler, JobLimits};
 use thunkmesh_protocol::wire::{
@@ -68,7 +68,7 @@ struct NodeEntry {
     /// (`None`: it has it already).
     awaited: Option<Awaited>,
     /// Consumers this node was told to dial.
-    introduced: HashSet<u64>,
+    introduced: HashSet<NodeId>,
     /// How many objects it announced that it holds (at most the core's `max_holds` count).
     announced: u64,
 }
@@ -145,13 +145,13 @@ pub(crate) struct Core {
     limits: JobLimits,
     /// [`MAX_HOLDS_PER_NODE`], or less in tests.
     max_holds: u64,
-    nodes: HashMap<u64, NodeEntry>,
-    clients: HashMap<u64, ClientEntry>,
+    nodes: HashMap<NodeId, NodeEntry>,
+    clients: HashMap<JobId, ClientEntry>,
     out: VecDeque<Action>,
     /// Nodes refused at their hello: prefixes of certificate fingerprints, in lowercase hex.
     forbidden: Vec<String>,
     /// Fingerprints of nodes, kept after they leave, for results reported later.
-    fingerprints: HashMap<u64, [u8; 32]>,
+    fingerprints: HashMap<NodeId, [u8; 32]>,
     /// The time of the event being handled, since the core started.
     now: Duration,
     /// A session left or a job was dropped since [`Core::take_released`] was last asked.
@@ -183,7 +183,7 @@ impl Core {
     }
 
     /// The fingerprint of `node`, in the registry or as it was when it left (zeros if never seen).
-    fn fingerprint_of(&self, node: u64) -> [u8; 32] {
+    fn fingerprint_of(&self, node: NodeId) -> [u8; 32] {
         let registered = self.nodes.get(&node).map(|n| n.fingerprint);
         registered.or_else(|| self.fingerprints.get(&node).copied()).unwrap_or_default()
     }
@@ -196,8 +196,8 @@ impl Core {
 
     /// How many objects `node` announced that count.
     #[cfg(test)]
-    pub(crate) fn announced(&self, node: u64) -> Option<u64> {
-        self.nodes.get(&node).map(|n| n.announced)
+    pub(crate) fn announced(&self, session: u64) -> Option<u64> {
+        self.nodes.get(&NodeId(session)).map(|n| n.announced)
     }
 
     /// Takes one event at `now` (time since the core started).
@@ -237,7 +237,7 @@ impl Core {
     /// A job's progress, for tests.
     #[cfg(test)]
     pub(crate) fn progress(&self, job: u64) -> Option<Progress> {
-        self.planner.progress(job)
+        self.planner.progress(JobId(job))
     }
 
     /// The next thing to do.
@@ -247,18 +247,19 @@ impl Core {
 
     fn apply(&mut self, event: Event) {
         match event {
-            Event::NodeJoined { node, hello, addr } => {
+            Event::NodeJoined { node: session, hello, addr } => {
+                let node = NodeId(session);
                 let id = hex::encode(hello.fingerprint);
                 if self.forbidden.iter().any(|prefix| id.starts_with(prefix.as_str())) {
-                    warn!(node, name = %hello.name, "refusing a forbidden node");
+                    warn!(node = session, name = %hello.name, "refusing a forbidden node");
                     let message = "this node is forbidden here (`thunkmesh rendezvous --forbid-node`)";
                     let msg = FromRendezvous::Refused(WireError::new(ErrorCode::Unauthorized, message));
                     // Not registered, so not through `send`: the refusal closes its connection.
-                    return self.out.push_back(Action::Send { to: node, msg });
+                    return self.out.push_back(Action::Send { to: session, msg });
                 }
                 let local = hello.local.parse().ok();
                 if local.is_none() {
-                    warn!(node, local = %hello.local, "node sent a local address that is not ip:port");
+                    warn!(node = session, local = %hello.local, "node sent a local address that is not ip:port");
                 }
                 let entry = NodeEntry {
                     name: hello.name.clone(),
@@ -277,7 +278,7 @@ impl Core {
             }
             Event::ClientJoined { job } => {
                 self.clients.insert(
-                    job,
+                    JobId(job),
                     ClientEntry {
                         job: Incoming::None,
                         store: None,
@@ -287,7 +288,7 @@ impl Core {
                     },
                 );
             }
-            Event::Moved { session, addr } => self.moved(session, addr),
+            Event::Moved { session, addr } => self.moved(NodeId(session), addr),
             Event::Left { session } => self.left(session),
             Event::Message { from, msg } => self.message(from, msg),
         }
@@ -295,7 +296,7 @@ impl Core {
 
     /// A node's NAT mapped it anew: consumers dial it at its new address, and every pair it is in
     /// is introduced again (the old holes point at the old address).
-    fn moved(&mut self, node: u64, addr: SocketAddr) {
+    fn moved(&mut self, node: NodeId, addr: SocketAddr) {
         let Some(entry) = self.nodes.get_mut(&node) else { return };
         entry.addr = addr;
         entry.introduced.clear();
@@ -303,14 +304,14 @@ impl Core {
     }
 
     /// Part of a node's cache: kept until all it announced arrived, then the node is ready.
-    fn holds(&mut self, node: u64, mut held: Vec<Id>) {
+    fn holds(&mut self, node: NodeId, mut held: Vec<Id>) {
         let Some(entry) = self.nodes.get_mut(&node) else { return };
         let room = self.max_holds.saturating_sub(entry.announced);
         if held.len() as u64 > room {
             // Said once, when the node crosses the limit.
             if room > 0 {
                 warn!(
-                    node,
+                    node = node.0,
                     limit = self.max_holds,
                     "a node announced more objects than it may; the rest are not counted"
                 );
@@ -339,51 +340,56 @@ impl Core {
 
     fn left(&mut self, session: u64) {
         self.released = true;
-        if let Some(node) = self.nodes.remove(&session) {
+        let (id, job) = (NodeId(session), JobId(session));
+        if let Some(node) = self.nodes.remove(&id) {
             if self.fingerprints.len() >= MAX_REMEMBERED_FINGERPRINTS {
                 // Results are reported within moments of their node's last message; a bound
                 // keeps a rendezvous that outlives many nodes from growing.
                 self.fingerprints.clear();
             }
-            self.fingerprints.insert(session, node.fingerprint);
+            self.fingerprints.insert(id, node.fingerprint);
             info!(node = session, "node left");
             if node.awaited.is_none() {
                 self.out.push_back(Action::Nodes(self.ready_nodes()));
-                self.planner.node_left(session);
+                self.planner.node_left(id);
             }
         }
-        if self.clients.remove(&session).is_some() {
-            self.planner.cancel(session);
+        if self.clients.remove(&job).is_some() {
+            self.planner.cancel(job);
         }
     }
 
     fn message(&mut self, from: u64, msg: ToRendezvous) {
-        let is_node = self.nodes.contains_key(&from);
+        // A session is a node's or a client's connection: which one, its registration says.
+        let (node, job) = (NodeId(from), JobId(from));
+        let is_node = self.nodes.contains_key(&node);
         match msg {
-            ToRendezvous::Submit(header) => self.begin_job(from, header),
-            ToRendezvous::JobPart(part) => self.job_part(from, part),
-            ToRendezvous::JobEnd => self.end_job(from),
-            ToRendezvous::Holds(held) if is_node => self.holds(from, held),
-            ToRendezvous::Dropped(dropped) if is_node => self.planner.node_dropped(from, &dropped),
-            ToRendezvous::Done(d) if is_node => self.planner.task_done(from, d.task, &d.outputs, d.stats),
+            ToRendezvous::Submit(header) => self.begin_job(job, header),
+            ToRendezvous::JobPart(part) => self.job_part(job, part),
+            ToRendezvous::JobEnd => self.end_job(job),
+            ToRendezvous::Holds(held) if is_node => self.holds(node, held),
+            ToRendezvous::Dropped(dropped) if is_node => self.planner.node_dropped(node, &dropped),
+            ToRendezvous::Done(d) if is_node => self.planner.task_done(node, d.task, &d.outputs, d.stats),
             ToRendezvous::Failed(f) if is_node => {
                 if f.error.code == ErrorCode::InputUnavailable {
                     // A path may have closed (a NAT forgot it): the next attempt introduces again.
-                    self.nodes.values_mut().for_each(|n| _ = n.introduced.remove(&from));
+                    self.nodes.values_mut().for_each(|n| _ = n.introduced.remove(&node));
                 }
-                self.planner.task_failed(from, f.task, &f.error, &f.unavailable, f.stats);
+                self.planner.task_failed(node, f.task, &f.error, &f.unavailable, f.stats);
             }
-            ToRendezvous::Stored(s) if is_node => self.planner.stored(from, s.job, s.blob, s.error.as_ref(), s.stats),
+            ToRendezvous::Stored(s) if is_node => {
+                self.planner.stored(node, JobId(s.job), s.blob, s.error.as_ref(), s.stats);
+            }
             ToRendezvous::Drain if is_node => {
                 info!(node = from, "node draining");
-                self.planner.node_draining(from);
+                self.planner.node_draining(node);
             }
             ToRendezvous::Nat(kind) if is_node => {
                 info!(node = from, nat = %kind, "node classified its NAT");
-                if let Some(node) = self.nodes.get_mut(&from) {
-                    node.nat = kind;
+                if let Some(entry) = self.nodes.get_mut(&node) {
+                    entry.nat = kind;
                 }
-                self.planner.node_reachable(from, kind != NatKind::EndpointDependent);
+                self.planner.node_reachable(node, kind != NatKind::EndpointDependent);
             }
             ToRendezvous::Status if !is_node => self.send(from, FromRendezvous::Status(self.status())),
             _ => self.refuse(from, "a client may only submit or ask for status, and only nodes report tasks"),
@@ -391,12 +397,12 @@ impl Core {
     }
 
     /// A client begins its job (one per connection).
-    fn begin_job(&mut self, job: u64, header: JobHeader) {
+    fn begin_job(&mut self, job: JobId, header: JobHeader) {
         let Some(client) = self.clients.get_mut(&job) else {
-            return self.refuse(job, "only clients submit jobs");
+            return self.refuse(job.0, "only clients submit jobs");
         };
         if !matches!(client.job, Incoming::None) {
-            return self.refuse(job, "one job per client connection");
+            return self.refuse(job.0, "one job per client connection");
         }
         client.store = Some(header.store.clone());
         client.mode = header.mode;
@@ -405,7 +411,7 @@ impl Core {
     }
 
     /// More of a job; one over the limits fails at once, and what it sends after is ignored.
-    fn job_part(&mut self, job: u64, part: JobPart) {
+    fn job_part(&mut self, job: JobId, part: JobPart) {
         let Some(building) = self.building(job, "a job part must follow the job's Submit and come before its JobEnd")
         else {
             return;
@@ -442,20 +448,20 @@ impl Core {
 
     /// Refuses a job being received: the client is told why, what it holds is dropped, and what
     /// it sends after is ignored.
-    fn refuse_job(&mut self, job: u64, error: WireError) {
+    fn refuse_job(&mut self, job: JobId, error: WireError) {
         let Some(client) = self.clients.get_mut(&job) else { return };
         if let Incoming::Building(building, _) = &client.job {
-            warn!(job, thunks = building.thunks(), bytes = building.bytes(), error = %error.message, "job refused");
+            warn!(job = job.0, thunks = building.thunks(), bytes = building.bytes(), error = %error.message, "job refused");
         }
         client.job = Incoming::Refused;
         self.released = true;
-        self.send(job, FromRendezvous::JobFailed(error));
+        self.send(job.0, FromRendezvous::JobFailed(error));
     }
 
     /// Refuses the jobs whose submission has not ended within [`JobLimits::submit_within`].
     fn refuse_late_submissions(&mut self) {
         let within = self.limits.submit_within;
-        let late: Vec<u64> = self
+        let late: Vec<JobId> = self
             .clients
             .iter()
             .filter(|(_, c)| matches!(c.job, Incoming::Building(_, begun) if self.now.saturating_sub(begun) > within))
@@ -471,7 +477,7 @@ impl Core {
     }
 
     /// The job is whole: the planner takes it.
-    fn end_job(&mut self, job: u64) {
+    fn end_job(&mut self, job: JobId) {
         let now = self.now;
         if self.building(job, "JobEnd without a job being sent").is_none() {
             return;
@@ -482,15 +488,15 @@ impl Core {
             return;
         };
         let sub = building.finish();
-        info!(job, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
+        info!(job = job.0, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
         if let Err(e) = self.planner.submit(job, sub) {
-            self.send(job, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));
+            self.send(job.0, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));
         }
     }
 
     /// The job `job`'s client is sending; refuses the message (saying `out_of_place`) when it
     /// sends none, except the rest of a job refused for its size, which is ignored.
-    fn building(&mut self, job: u64, out_of_place: &str) -> Option<&mut Assembler> {
+    fn building(&mut self, job: JobId, out_of_place: &str) -> Option<&mut Assembler> {
         let why = match self.clients.get(&job).map(|c| &c.job) {
             Some(Incoming::Building(..)) => None,
             Some(Incoming::Refused) => return None,
@@ -498,7 +504,7 @@ impl Core {
             None => Some("only clients submit jobs"),
         };
         if let Some(why) = why {
-            self.refuse(job, why);
+            self.refuse(job.0, why);
             return None;
         }
         match self.clients.get_mut(&job).map(|c| &mut c.job) {
@@ -514,7 +520,7 @@ impl Core {
 
     /// Sends a message to a connection that is still registered.
     fn send(&mut self, session: u64, msg: FromRendezvous) {
-        if self.nodes.contains_key(&session) || self.clients.contains_key(&session) {
+        if self.nodes.contains_key(&NodeId(session)) || self.clients.contains_key(&JobId(session)) {
             self.out.push_back(Action::Send { to: session, msg });
         }
     }
@@ -523,13 +529,13 @@ impl Core {
     /// message (before its job's end, if the job ended): a client is sent one message per event
     /// at most, however many thunks an event resolved, and so keeps up.
     fn dispatch(&mut self) {
-        let mut resolved: BTreeMap<u64, Vec<Resolution>> = BTreeMap::new();
+        let mut resolved: BTreeMap<JobId, Vec<Resolution>> = BTreeMap::new();
         while let Some(decision) = self.planner.poll() {
             match decision {
                 Decision::Assign(a) => self.assign(a),
                 Decision::Upload { node, job, blob } => {
                     let store = self.store(job);
-                    self.send(node, FromRendezvous::Upload(UploadRequest { job, blob, store }));
+                    self.send(node.0, FromRendezvous::Upload(UploadRequest { job: job.0, blob, store }));
                 }
                 Decision::Resolved { job, name, reduction, node, inputs } => {
                     // A node that left since is named by what it said it was.
@@ -538,24 +544,24 @@ impl Core {
                     resolved.entry(job).or_default().push(resolution);
                 }
                 Decision::JobDone { job, outcome } => {
-                    info!(job, executed = outcome.executed, cached = outcome.cached, "job done");
+                    info!(job = job.0, executed = outcome.executed, cached = outcome.cached, "job done");
                     self.send_resolved(job, resolved.remove(&job));
                     self.send_progress();
-                    self.send(job, FromRendezvous::JobDone(outcome));
+                    self.send(job.0, FromRendezvous::JobDone(outcome));
                 }
-                Decision::Drained { node } => self.send(node, FromRendezvous::Drained),
+                Decision::Drained { node } => self.send(node.0, FromRendezvous::Drained),
                 Decision::Disagreed { job, name, outvoted, undecided } => {
-                    let ids = |nodes: Vec<u64>| nodes.into_iter().map(|n| self.fingerprint_of(n)).collect();
+                    let ids = |nodes: Vec<NodeId>| nodes.into_iter().map(|n| self.fingerprint_of(n)).collect();
                     let disagreement = Disagreement { thunk: name, outvoted: ids(outvoted), undecided: ids(undecided) };
-                    warn!(job, thunk = %disagreement.thunk, "a checked result differed between nodes");
-                    self.send(job, FromRendezvous::Disagreed(disagreement));
+                    warn!(job = job.0, thunk = %disagreement.thunk, "a checked result differed between nodes");
+                    self.send(job.0, FromRendezvous::Disagreed(disagreement));
                 }
-                Decision::Cancel { node, task } => self.send(node, FromRendezvous::Cancel { task }),
-                Decision::Drop { node, blobs } => self.send(node, FromRendezvous::Drop(blobs)),
+                Decision::Cancel { node, task } => self.send(node.0, FromRendezvous::Cancel { task }),
+                Decision::Drop { node, blobs } => self.send(node.0, FromRendezvous::Drop(blobs)),
                 Decision::JobFailed { job, error } => {
-                    info!(job, error = %error.message, "job failed");
+                    info!(job = job.0, error = %error.message, "job failed");
                     self.send_resolved(job, resolved.remove(&job));
-                    self.send(job, FromRendezvous::JobFailed(error));
+                    self.send(job.0, FromRendezvous::JobFailed(error));
                 }
             }
         }
@@ -564,9 +570,9 @@ impl Core {
         }
     }
 
-    fn send_resolved(&mut self, job: u64, resolutions: Option<Vec<Resolution>>) {
+    fn send_resolved(&mut self, job: JobId, resolutions: Option<Vec<Resolution>>) {
         if let Some(resolutions) = resolutions {
-            self.send(job, FromRendezvous::Resolved(resolutions));
+            self.send(job.0, FromRendezvous::Resolved(resolutions));
         }
     }
 
@@ -576,14 +582,14 @@ impl Core {
         let mut jobs: Vec<JobStatus> = self
             .clients
             .iter()
-            .filter_map(|(&session, c)| {
+            .filter_map(|(&job, c)| {
                 let running_ms = match c.job {
                     Incoming::Building(..) => 0,
                     Incoming::Planned(since) => millis(self.now.saturating_sub(since)).max(1),
                     Incoming::None | Incoming::Refused => return None,
                 };
-                let progress = self.planner.progress(session).unwrap_or(c.progress);
-                Some(JobStatus { session, progress, running_ms, mode: c.mode })
+                let progress = self.planner.progress(job).unwrap_or(c.progress);
+                Some(JobStatus { session: job.0, progress, running_ms, mode: c.mode })
             })
             .collect();
         jobs.sort_by_key(|j| (std::cmp::Reverse(j.running_ms), j.session));
@@ -610,12 +616,12 @@ impl Core {
         nodes
     }
 
-    fn store(&self, job: u64) -> String {
+    fn store(&self, job: JobId) -> String {
         self.clients.get(&job).and_then(|c| c.store.clone()).unwrap_or_default()
     }
 
     fn assign(&mut self, a: thunkmesh_planner::Assign) {
-        let producers: HashSet<u64> = a
+        let producers: HashSet<NodeId> = a
             .sources
             .iter()
             .flat_map(|(_, places)| places)
@@ -639,7 +645,7 @@ impl Core {
             store: self.store(a.job),
             mode: self.clients.get(&a.job).map_or(Mode::P2p, |c| c.mode),
         };
-        self.send(a.node, FromRendezvous::Assign(assignment));
+        self.send(a.node.0, FromRendezvous::Assign(assignment));
     }
 
     /// Where `consumer` can get `blob`, best first. A node holding it is offered directly where a
@@ -647,7 +653,7 @@ impl Core {
     /// the relay, for when the direct path does not form. A source that cannot work is left out:
     /// with none left, the consumer reports the input unavailable at once and it comes through
     /// storage.
-    fn sources(&self, blob: Id, places: &[Place], consumer: u64, relay: bool) -> Vec<Source> {
+    fn sources(&self, blob: Id, places: &[Place], consumer: NodeId, relay: bool) -> Vec<Source> {
         let consumer = self.nodes.get(&consumer);
         let mut sources = Vec::new();
         for place in places {
@@ -668,14 +674,14 @@ impl Core {
             }
             let natted = node.behind_nat() || consumer.is_some_and(NodeEntry::behind_nat);
             if relay && natted && blob.size <= crate::relay::RELAY_MAX_BYTES {
-                sources.push(Source::Relay { node: id });
+                sources.push(Source::Relay { node: id.0 });
             }
         }
         sources
     }
 
     /// Tells a producer behind a NAT to dial a consumer it has not been introduced to.
-    fn introduce(&mut self, producer: u64, consumer: u64) {
+    fn introduce(&mut self, producer: NodeId, consumer: NodeId) {
         let (Some(p), Some(c)) = (self.nodes.get(&producer), self.nodes.get(&consumer)) else { return };
         let useless = !p.behind_nat() || p.addr.ip() == c.addr.ip() || !p.direct_path_from(c);
         if producer == consumer || useless || p.introduced.contains(&consumer) {
@@ -685,7 +691,7 @@ impl Core {
         if let Some(p) = self.nodes.get_mut(&producer) {
             p.introduced.insert(consumer);
         }
-        self.send(producer, msg);
+        self.send(producer.0, msg);
     }
 
     fn send_progress(&mut self) {
@@ -697,7 +703,7 @@ impl Core {
             }
         }
         for (job, p) in updates {
-            self.send(job, FromRendezvous::Progress(p));
+            self.send(job.0, FromRendezvous::Progress(p));
         }
     }
 }

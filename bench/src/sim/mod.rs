@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde::Serialize;
-use thunkmesh_planner::{Decision, Estimates, Link, Place, Planner, PlannerConfig, Policy};
+use thunkmesh_planner::{Decision, Estimates, JobId, Link, NodeId, Place, Planner, PlannerConfig, Policy};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::wire::{Mode, OutputValue, Submission, SubmittedThunk, TransferStats};
 
@@ -136,8 +136,8 @@ pub struct Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     WorkerUp(u64),
-    TaskDone { node: u64, task: u64, thunk: Id, busy_micros: u64 },
-    Stored { node: u64, blob: Id },
+    TaskDone { node: NodeId, task: u64, thunk: Id, busy_micros: u64 },
+    Stored { node: NodeId, blob: Id },
     Tick,
 }
 
@@ -161,7 +161,7 @@ struct Sim<'a> {
     planner_time: Duration,
 }
 
-const JOB: u64 = 1;
+const JOB: JobId = JobId(1);
 
 fn micros(secs: f64) -> u64 {
     (secs * 1e6).round() as u64
@@ -232,7 +232,7 @@ impl<'a> Sim<'a> {
 
     fn apply(&mut self, event: Event) {
         match event {
-            Event::WorkerUp(w) => self.planner.node_joined(w, self.cloud.slots, &[]),
+            Event::WorkerUp(w) => self.planner.node_joined(NodeId(w), self.cloud.slots, &[]),
             Event::TaskDone { node, task, thunk, busy_micros } => {
                 let cost = self.costs[&thunk];
                 let outputs: Vec<(String, OutputValue)> = cost
@@ -315,7 +315,7 @@ impl<'a> Sim<'a> {
         };
         self.out.peer_bytes += peer_bytes;
         self.out.storage_bytes += storage_bytes;
-        let slow = unit(self.cloud.seed ^ 0x51_0E, a.node) < self.cloud.slow_workers;
+        let slow = unit(self.cloud.seed ^ 0x51_0E, a.node.0) < self.cloud.slow_workers;
         let seconds = if slow { cost.seconds * SLOWDOWN } else { cost.seconds };
         let busy = micros(fetch + seconds + store);
         let event = Event::TaskDone { node: a.node, task: a.task, thunk: a.thunk, busy_micros: busy };
