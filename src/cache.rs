@@ -10,7 +10,7 @@ use crate::exit::Result;
 use thunkmesh_client::summary::bytes;
 
 use crate::cli::{CacheArgs, CacheCommand, CleanArgs, MemoCommand};
-use crate::session::lock_state;
+use crate::invocation::lock_state;
 
 /// `thunkmesh memo forget --node ID`: removes the node's entries from the store's memo batches
 /// (an entry downstream of one removed is not reused either: its inputs no longer resolve).

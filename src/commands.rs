@@ -15,8 +15,8 @@ use thunkmesh_rendezvous::JobLimits;
 
 use crate::cli::{Command, Global, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, SandboxArg, StatusArgs};
 use crate::exit::{Failure, failed};
+use crate::invocation::{Done, Invocation};
 use crate::mesh::{TOKEN_ENV, node_id_prefix, remote_target, server_name, token, trust};
-use crate::session::{Done, Session};
 
 pub async fn dispatch(command: Command, global: Global) -> ExitCode {
     let result = match command {
@@ -45,19 +45,19 @@ pub async fn dispatch(command: Command, global: Global) -> ExitCode {
 }
 
 async fn run(args: RunArgs, global: &Global) -> ExitCode {
-    let mut session = match Session::begin(&args.flags, global, &args.job) {
-        Ok(session) => session,
+    let mut invocation = match Invocation::begin(&args.flags, global, &args.job) {
+        Ok(invocation) => invocation,
         Err(e) => return failed(&e),
     };
     let result = async {
         let job = load_job(&args.job).map_err(Failure::bad_job)?;
-        session.lock(&args.flags.state_dir).await?;
-        let (summary, launched) = session.execute(&args.flags, &job, &args.out).await?;
+        invocation.lock(&args.flags.state_dir).await?;
+        let (summary, launched) = invocation.execute(&args.flags, &job, &args.out).await?;
         let said = format!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
         Ok(Done { said, summary: Some(summary), launched })
     }
     .await;
-    session.finish(result)
+    invocation.finish(result)
 }
 
 async fn rendezvous(args: RendezvousArgs) -> Result<()> {

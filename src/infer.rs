@@ -15,8 +15,8 @@ use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
 
 use crate::cli::{DescribeArgs, ForceArgs, Global, HashArgs, InferArgs, RunFlags, WrapArgs};
 use crate::exit::{UsageError, failed};
+use crate::invocation::{Done, Invocation};
 use crate::mesh::open_store;
-use crate::session::{Done, Session};
 
 /// Says why and exits 2: the input, not the run, was wrong.
 fn refused(e: impl std::fmt::Display) -> ExitCode {
@@ -228,12 +228,12 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
 /// one runs (as `make -k`), each file that was made replaces its placeholder, and a named file
 /// that is already built is up to date.
 pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
-    let mut session = match Session::begin(&args.flags, global, &args.flags.state_dir.join("thunks")) {
-        Ok(session) => session,
+    let mut invocation = match Invocation::begin(&args.flags, global, &args.flags.state_dir.join("thunks")) {
+        Ok(invocation) => invocation,
         Err(e) => return failed(&e),
     };
     let result = async {
-        session.lock(&args.flags.state_dir).await?;
+        invocation.lock(&args.flags.state_dir).await?;
         let (forcing, up_to_date) = plan_force(&args).map_err(|e| UsageError(format!("{e:#}")))?;
         let Some(forcing) = forcing else {
             let said = match up_to_date.as_slice() {
@@ -244,7 +244,7 @@ pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
         };
         let out = forcing.out.clone();
         let flags = RunFlags { keep_going: true, ..args.flags.clone() };
-        let (mut summary, launched) = session.execute(&flags, &forcing.it.job, &out).await?;
+        let (mut summary, launched) = invocation.execute(&flags, &forcing.it.job, &out).await?;
         summary.keep_going = args.flags.keep_going;
         let placed = thunkmesh_infer::put_in_place(&out, &forcing.it.places)?;
         // The job's targets are numbered; the summary names the files they became.
@@ -265,7 +265,7 @@ pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
         Ok(Done { said, summary: Some(summary), launched })
     }
     .await;
-    session.finish(result)
+    invocation.finish(result)
 }
 
 /// Files named in a message: the first few.

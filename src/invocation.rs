@@ -39,7 +39,7 @@ pub struct Done {
 }
 
 /// One run or force, from taking the state folder's lock to the exit status.
-pub struct Session {
+pub struct Invocation {
     started: Instant,
     quiet: bool,
     json: Option<JsonOut>,
@@ -49,7 +49,7 @@ pub struct Session {
     memo: Memo,
     /// Progress, drawn or as lines.
     pub bar: Bar,
-    /// The state folder's lock, held until the session ends: another run in this state folder
+    /// The state folder's lock, held until the invocation ends: another run in this state folder
     /// waits for it.
     lock: Option<File>,
 }
@@ -60,9 +60,9 @@ enum JsonOut {
     File(PathBuf, File),
 }
 
-impl Session {
+impl Invocation {
     /// Opens the summary file, so that an unwritable path fails now rather than after the job.
-    pub fn begin(flags: &RunFlags, global: &Global, job: &Path) -> Result<Session> {
+    pub fn begin(flags: &RunFlags, global: &Global, job: &Path) -> Result<Invocation> {
         let started = Instant::now();
         let json = match flags.summary_json.as_deref() {
             None => None,
@@ -73,7 +73,7 @@ impl Session {
                     .map_err(|e| UsageError(format!("--summary-json: cannot write {}: {e}", p.display())))?,
             )),
         };
-        Ok(Session {
+        Ok(Invocation {
             started,
             quiet: global.quiet,
             json,

@@ -6,9 +6,9 @@ mod commands;
 mod config;
 mod exit;
 mod infer;
+mod invocation;
 mod lambda;
 mod mesh;
-mod session;
 
 use std::process::ExitCode;
 

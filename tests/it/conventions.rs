@@ -242,8 +242,8 @@ fn the_common_flags_come_from_the_environment() {
     assert_eq!(std::fs::read_to_string(dir.path().join("out/o")).expect("target"), "slept\n");
 }
 
-/// Issue 29: the binary's modules import each other without a circle (`commands`, `session`,
-/// `infer`, `lambda` and `cache` used to, each through the others).
+/// Issue 29: the binary's modules import each other without a circle (`commands`, `session` (now
+/// `invocation`), `infer`, `lambda` and `cache` used to, each through the others).
 #[test]
 fn the_binarys_modules_import_each_other_without_a_circle() {
     let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
