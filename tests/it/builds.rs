@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::infer::{force, tm};
-use crate::util::{Run, is_root};
+use crate::util::Run;
 
 /// Writes `files` into `dir`.
 fn project(dir: &Path, files: &[(&str, &str)]) {
@@ -111,8 +111,10 @@ fn archives_version_scripts_response_files_and_debug_info_come_out_as_make_makes
 /// other builds name a versioned compiler. The mount namespace of `infer` catches them all.
 #[test]
 fn tools_called_by_absolute_and_versioned_names_are_caught() {
-    if !is_root() {
-        eprintln!("skipped: catching calls by path takes a mount namespace (root, as in CI)");
+    if !crate::util::root_or_skip(
+        "builds::tools_called_by_absolute_and_versioned_names_are_caught",
+        "catching calls by path takes a mount namespace (root, as in CI)",
+    ) {
         return;
     }
     let versioned = std::fs::read_dir("/usr/bin")
@@ -208,8 +210,10 @@ fn assembler_sources_fast_math_and_startup_files_named_by_path_are_in_the_thunks
 /// `libgomp.spec`): both in the thunks' roots (pixman failed on each).
 #[test]
 fn gcc_ar_and_openmp_links_bring_their_plugin_and_spec() {
-    if !is_root() {
-        eprintln!("skipped: gcc-ar is caught by path, which takes a mount namespace (root, as in CI)");
+    if !crate::util::root_or_skip(
+        "builds::gcc_ar_and_openmp_links_bring_their_plugin_and_spec",
+        "gcc-ar is caught by path, which takes a mount namespace (root, as in CI)",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

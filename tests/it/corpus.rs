@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::infer::tm;
-use crate::util::is_root;
 
 /// How one project is configured, built and tried.
 struct Project {
@@ -97,8 +96,10 @@ fn same_bytes_through_infer(project: &Project) {
 /// CMake's generators call `/usr/bin/cc` and `/usr/bin/ar` by path: only the mount namespace
 /// catches them.
 fn json_c(generator: &'static [&'static str], build: &'static [&'static str], clean: &'static [&'static str]) {
-    if !is_root() {
-        eprintln!("skipped: CMake calls its tools by path, which takes a mount namespace (root, as in CI)");
+    if !crate::util::root_or_skip(
+        "corpus::json_c",
+        "CMake calls its tools by path, which takes a mount namespace (root, as in CI)",
+    ) {
         return;
     }
     let configure: &'static [&'static [&'static str]] = match generator {

@@ -333,8 +333,10 @@ fn a_client_killed_mid_job_keeps_the_memo_entries_of_what_finished() {
 /// and again), and nothing runs twice.
 #[test]
 fn a_full_store_ends_the_run_at_once_with_its_cause() {
-    if !crate::util::is_root() {
-        eprintln!("skipped: a full store is a small tmpfs, which takes root (as in CI)");
+    if !crate::util::root_or_skip(
+        "failures::a_full_store_ends_the_run_at_once_with_its_cause",
+        "a full store is a small tmpfs, which takes root (as in CI)",
+    ) {
         return;
     }
     for mode in ["p2p", "storage"] {

@@ -289,8 +289,10 @@ fn force_without_a_compiler(dir: &Path, extra: &[&str]) -> Run {
 /// with `--toolchain host` instead, the same node refuses to run the host's compiler it lacks.
 #[test]
 fn a_node_without_a_compiler_builds_zlib_into_the_same_bytes() {
-    if !crate::util::is_root() {
-        eprintln!("skipped: hiding the compiler takes a mount namespace (root, as in CI)");
+    if !crate::util::root_or_skip(
+        "infer::a_node_without_a_compiler_builds_zlib_into_the_same_bytes",
+        "hiding the compiler takes a mount namespace (root, as in CI)",
+    ) {
         return;
     }
     let (direct, inferred) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));

@@ -134,8 +134,10 @@ fn an_output_behind_a_link_out_of_the_sandbox_is_refused_and_nothing_is_moved() 
 /// starts the job as `nobody`).
 #[test]
 fn a_node_that_is_not_root_isolates_programs_in_a_user_namespace() {
-    if !crate::util::is_root() {
-        eprintln!("skipped: needs root to start a job as another user");
+    if !crate::util::root_or_skip(
+        "sandbox::a_node_that_is_not_root_isolates_programs_in_a_user_namespace",
+        "needs root to start a job as another user",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -176,7 +178,8 @@ fn own_root_job(dir: &Path, script: &str) -> std::path::PathBuf {
 #[test]
 fn a_thunk_with_its_own_root_sees_only_that_root() {
     if !Path::new("/lib/x86_64-linux-gnu/libc.so.6").exists() {
-        eprintln!("skipped: the root below is made for x86-64 glibc systems");
+        let test = "sandbox::a_thunk_with_its_own_root_sees_only_that_root";
+        crate::util::skipped(test, "the root below is made for x86-64 glibc systems");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

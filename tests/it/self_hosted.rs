@@ -210,8 +210,10 @@ impl Drop for MemoryCgroup {
 #[test]
 fn an_object_larger_than_the_nodes_memory_moves_between_them() {
     const SIZE: u64 = 256 << 20;
-    if !crate::util::is_root() {
-        eprintln!("skipped: a memory cgroup needs root (CI runs as root)");
+    if !crate::util::root_or_skip(
+        "self_hosted::an_object_larger_than_the_nodes_memory_moves_between_them",
+        "a memory cgroup needs root (CI runs as root)",
+    ) {
         return;
     }
     let cgroup = MemoryCgroup::new(128 << 20);

@@ -35,6 +35,27 @@ pub fn is_root() -> bool {
     uid.trim_ascii() == b"0"
 }
 
+/// Whether a test that needs root may run; when it may not (a developer's machine; CI runs as
+/// root), it is [`skipped`].
+pub fn root_or_skip(test: &str, why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    skipped(test, why);
+    false
+}
+
+/// Notes that `test` did not run, and why: on stderr and in `target/skipped-tests.txt`, which
+/// `scripts/test` prints at the end, so a skipped test is seen, not passed in silence.
+pub fn skipped(test: &str, why: &str) {
+    eprintln!("skipped: {why}");
+    let line = format!("{test}: {why}\n");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(repo("target/skipped-tests.txt"));
+    if let Err(e) = log.and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes())) {
+        eprintln!("cannot note the skip in target/skipped-tests.txt: {e}");
+    }
+}
+
 /// A file or folder of the repository.
 pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
