@@ -711,9 +711,11 @@ impl Planner {
             // It succeeded elsewhere: one of the nodes is wrong.
             return match self.judge(info.job, info.thunk, info.node, None) {
                 verify::Verdict::Wait | verify::Verdict::Unchecked => {}
-                verify::Verdict::Complete { .. } | verify::Verdict::Fail => {
+                verify::Verdict::Fail => {
                     self.fail(info.job, self.outvoted(&info, "succeeded on one node and failed on another"));
                 }
+                // No third node to decide (the rendezvous heard `Disagreed` with both undecided).
+                verify::Verdict::Complete { .. } => self.fail(info.job, self.undecided(&info)),
             };
         }
         let Some(job) = self.jobs.get_mut(&info.job) else { return };
@@ -884,6 +886,18 @@ impl Planner {
         let message = format!(
             "thunk `{name}` {what} when it was checked (--verify): a node reported what the thunk does not \
              produce (or the thunk is not deterministic), so nothing that node did in this job can be trusted"
+        );
+        WireError::new(ErrorCode::NodeError, message)
+    }
+
+    /// Why a job fails whose checked thunk succeeded on one node and failed on another, with no
+    /// third node to decide which was right.
+    fn undecided(&self, info: &TaskInfo) -> WireError {
+        let name = self.jobs.get(&info.job).map_or("?", |j| j.name(info.thunk));
+        let message = format!(
+            "thunk `{name}` succeeded on one node and failed on another when it was checked (--verify), and no \
+             third node was there to decide which was right: the thunk may not be deterministic, or a node may \
+             not tell the truth (with three nodes or more, the one outvoted is named)"
         );
         WireError::new(ErrorCode::NodeError, message)
     }

@@ -231,6 +231,26 @@ mod tests {
         assert!(assigns(&ds).iter().any(|x| x.thunk == b.id()), "the job goes on with the first result: {ds:?}");
     }
 
+    /// The check failed where the first run succeeded, and no third node can decide: the job
+    /// fails saying just that (it used to blame a node as outvoted while the rendezvous told
+    /// the client that nothing was decided).
+    #[test]
+    fn a_thunk_that_succeeds_on_one_node_and_fails_on_the_other_with_none_to_decide_says_so() {
+        let (mut p, [a, _]) = checked_chain(2);
+        let (_, held) = run(&mut p, &a, b"A");
+        let again = assigns(&held).remove(0);
+        let error = thunkmesh_protocol::wire::WireError::new(thunkmesh_protocol::wire::ErrorCode::ExitStatus, "exit 1");
+        p.task_failed(again.node, again.task, &error, &[], TransferStats::default());
+        let ds = drain(&mut p);
+        assert!(
+            ds.iter().any(|d| matches!(d, Decision::Disagreed { outvoted, undecided, .. } if outvoted.is_empty() && undecided.len() == 2)),
+            "{ds:?}"
+        );
+        let failed = job_failed(&ds).expect("the job fails");
+        assert!(failed.message.contains("no third node was there to decide"), "{}", failed.message);
+        assert!(!failed.message.contains("nothing that node did"), "{}", failed.message);
+    }
+
     #[test]
     fn with_one_node_nothing_is_checked_and_with_verify_off_nothing_either() {
         let (mut p, [a, _]) = checked_chain(1);

@@ -286,3 +286,43 @@ fn the_binarys_modules_import_each_other_without_a_circle() {
         visit(module, &edges, &mut Vec::new(), &mut done);
     }
 }
+
+/// Every test or function the docs cite by its file and name (`` `path.rs` `name` ``) is in that
+/// file: a test renamed or moved cannot leave a document pointing at nothing.
+#[test]
+fn what_the_docs_cite_by_file_and_name_is_there() {
+    let mut docs: Vec<std::path::PathBuf> = std::fs::read_dir(crate::util::repo("docs"))
+        .expect("docs")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.push(crate::util::repo("README.md"));
+    let mut cited = 0;
+    let mut missing = Vec::new();
+    for doc in &docs {
+        // Code fences would pair every later backtick wrongly.
+        let text = std::fs::read_to_string(doc).expect("a document").replace("```", "");
+        // Backticked spans in order: a `.rs` path followed (across spaces only) by a name.
+        let spans: Vec<(usize, usize)> = {
+            let ticks: Vec<usize> = text.match_indices('`').map(|(i, _)| i).collect();
+            ticks.chunks_exact(2).map(|pair| (pair[0] + 1, pair[1])).collect()
+        };
+        for pair in spans.windows(2) {
+            let (path, name) = (&text[pair[0].0..pair[0].1], &text[pair[1].0..pair[1].1]);
+            let between = &text[pair[0].1 + 1..pair[1].0 - 1];
+            let is_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !path.ends_with(".rs") || !between.trim().is_empty() || !is_name {
+                continue;
+            }
+            cited += 1;
+            let file = crate::util::repo(path);
+            let holds = std::fs::read_to_string(&file).is_ok_and(|code| code.contains(&format!("fn {name}")));
+            if !holds {
+                missing.push(format!("{}: `{path}` `{name}`", doc.file_name().unwrap_or_default().to_string_lossy()));
+            }
+        }
+    }
+    assert!(cited > 20, "the docs cite {cited} tests by file and name; the pattern no longer finds them");
+    assert!(missing.is_empty(), "cited but not there:\n{}", missing.join("\n"));
+}
