@@ -51,7 +51,7 @@ struct Machine {
     uploads: Vec<UploadRequest>,
     /// What it produced, announced when it registers again.
     cache: BTreeSet<Id>,
-    /// Reports it sent, to send again.
+    /// Reports it sent this session, to send again.
     reports: Vec<TaskDone>,
     stopped: Option<Stop>,
 }
@@ -84,6 +84,7 @@ struct Tally {
     refused: u64,
     panics: u64,
     disk_full: u64,
+    restarts: u64,
 }
 
 /// Something on its way through a connection.
@@ -110,6 +111,7 @@ struct Mesh {
     liars: bool,
     redials: u64,
     panics: u64,
+    restarts: u64,
     log: Vec<String>,
 }
 
@@ -128,6 +130,7 @@ impl Mesh {
             liars,
             redials: 0,
             panics: 0,
+            restarts: 0,
             log: Vec::new(),
         }
     }
@@ -295,19 +298,48 @@ impl Mesh {
 
     /// A machine's connection breaks: both sides see it, and the node decides when to dial.
     fn lose(&mut self, index: usize) {
+        if let Some(session) = self.cut(index) {
+            self.queue.push_back(Delivery::ToRendezvous(Event::Left { session }));
+            self.flow();
+        }
+    }
+
+    /// The node side of a broken connection: what ran went with it, and the core picks when to
+    /// dial again (or gives up). Returns the session that ended.
+    fn cut(&mut self, index: usize) -> Option<u64> {
         let now = self.now;
         let machine = &mut self.machines[index];
-        let Some(session) = machine.session.take() else { return };
+        let session = machine.session.take()?;
         self.sessions.remove(&session);
         self.gone.insert(session);
         machine.running.clear();
         machine.uploads.clear();
+        // A report goes out on its session's connection only: a node's tasks end with it.
+        machine.reports.clear();
         match machine.core.lost(now) {
             Redial::After(wait) => machine.redial_at = Some(now + wait),
             Redial::GiveUp => machine.stopped = Some(Stop::GaveUp),
         }
-        self.queue.push_back(Delivery::ToRendezvous(Event::Left { session }));
-        self.flow();
+        Some(session)
+    }
+
+    /// The rendezvous restarts with nothing of before: every connection breaks (what was on its
+    /// way is lost, clients see their runs fail), and the nodes dial the new one when their
+    /// cores say, announcing what their caches hold.
+    fn restart_rendezvous(&mut self) {
+        self.log.push("the rendezvous restarts".into());
+        self.queue.clear();
+        for index in self.live() {
+            self.cut(index);
+        }
+        let waiting: Vec<u64> = self.jobs.iter().filter(|(_, j)| j.ended.is_none()).map(|(&id, _)| id).collect();
+        for job in waiting {
+            self.jobs.remove(&job);
+            self.gone.insert(job);
+        }
+        self.draining.clear();
+        self.rendezvous = Core::new(JobLimits::default(), &[FORBIDDEN.to_owned()]);
+        self.restarts += 1;
     }
 
     fn submit(&mut self, rng: &mut Rng) {
@@ -483,6 +515,7 @@ impl Mesh {
                 }
             }
             9..=11 => self.pass(Duration::from_millis(rng.below(400))),
+            12 if rng.below(10) == 0 => self.restart_rendezvous(),
             _ => {
                 if let Some(m) = machine {
                     self.complete(m, rng);
@@ -550,7 +583,10 @@ impl Mesh {
                     let could_check = !job.lied_during || job.min_nodes >= TO_OUTVOTE;
                     assert!(
                         targets == vec![job.target] || !could_check,
-                        "job {id} took a lie for its result with {} nodes to check it",
+                        "job {id} resolved its target to {targets:?}, not {} (a liar reported during it: {}; \
+                         nodes to check it: {})",
+                        job.target,
+                        job.lied_during,
                         job.min_nodes
                     );
                     tally.done += 1;
@@ -597,6 +633,7 @@ fn run_schedule(seed: u64, tally: &mut Tally) {
         }
         tally.redials += mesh.redials;
         tally.panics += mesh.panics;
+        tally.restarts += mesh.restarts;
     }));
     if let Err(e) = result {
         if let Ok(path) = std::env::var("MESH_LOG") {
@@ -621,7 +658,8 @@ fn thousands_of_random_schedules_of_the_whole_mesh_keep_it_honest() {
         run_schedule(seed, &mut tally);
     }
     eprintln!("{tally:?}");
-    let Tally { done, failed, outvoted, lies_caught, redials, gave_up, drained, refused, panics, disk_full } = tally;
+    let Tally { done, failed, outvoted, lies_caught, redials, gave_up, drained, refused, panics, disk_full, restarts } =
+        tally;
     for (what, n) in [
         ("jobs done", done),
         ("jobs failed", failed),
@@ -633,6 +671,7 @@ fn thousands_of_random_schedules_of_the_whole_mesh_keep_it_honest() {
         ("refusals", refused),
         ("panics", panics),
         ("full disks", disk_full),
+        ("rendezvous restarts", restarts),
     ] {
         assert!(n > 0, "no schedule had {what}: {tally:?}");
     }
