@@ -30,12 +30,7 @@ pub(super) async fn fetch_inputs(ctx: &Ctx, a: &Assignment, stats: &mut Transfer
 }
 
 /// Tries each source in turn; returns the blob, the outcome and what was moved.
-pub(super) async fn fetch_one(
-    ctx: &Ctx,
-    blob: Id,
-    sources: &[Source],
-    store: &str,
-) -> (Id, Result<(), String>, TransferStats) {
+async fn fetch_one(ctx: &Ctx, blob: Id, sources: &[Source], store: &str) -> (Id, Result<(), String>, TransferStats) {
     let mut moved = TransferStats::default();
     let mut errors = Vec::new();
     for source in sources {
@@ -55,7 +50,7 @@ pub(super) async fn fetch_one(
     (blob, Err(format!("{blob}: {}", errors.join("; "))), moved)
 }
 
-pub(super) async fn fetch_from_peer(
+async fn fetch_from_peer(
     ctx: &Ctx,
     blob: Id,
     addr: &str,
@@ -71,7 +66,7 @@ pub(super) async fn fetch_from_peer(
     Ok(())
 }
 
-pub(super) async fn fetch_via_relay(ctx: &Ctx, blob: Id, from: u64, moved: &mut TransferStats) -> Result<(), String> {
+async fn fetch_via_relay(ctx: &Ctx, blob: Id, from: u64, moved: &mut TransferStats) -> Result<(), String> {
     let started = Instant::now();
     let bytes = ctx.peers.fetch_relayed(from, blob, &ctx.cache).await.map_err(|e| format!("relay: {e}"))?;
     moved.relay_fetches += 1;
@@ -80,12 +75,7 @@ pub(super) async fn fetch_via_relay(ctx: &Ctx, blob: Id, from: u64, moved: &mut 
     Ok(())
 }
 
-pub(super) async fn fetch_from_storage(
-    ctx: &Ctx,
-    blob: Id,
-    url: &str,
-    moved: &mut TransferStats,
-) -> Result<(), String> {
+async fn fetch_from_storage(ctx: &Ctx, blob: Id, url: &str, moved: &mut TransferStats) -> Result<(), String> {
     let store = ctx.store(url).await.map_err(|e| e.to_string())?;
     let tmp = ctx.cache.temp_path();
     moved.storage_gets += 1;

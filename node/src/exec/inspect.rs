@@ -5,10 +5,10 @@
 use super::*;
 
 /// Largest tail a thunk may write.
-pub(super) const MAX_TAIL_BYTES: u64 = 1 << 20;
+const MAX_TAIL_BYTES: u64 = 1 << 20;
 
 /// Most thunks one tail may define.
-pub(super) const MAX_TAIL_THUNKS: usize = 10_000;
+const MAX_TAIL_THUNKS: usize = 10_000;
 
 /// What the sandbox held after the program: each wanted output, and whether the sandbox was
 /// emptied already (it is, unless an output is a tail whose files are still to be read).
@@ -47,7 +47,7 @@ pub(super) async fn finish(
 /// The first input the program wrote to, if any; such objects leave the cache. Only the linked
 /// file itself counts: if the cache entry was replaced meanwhile (a concurrent fetch of the same
 /// object), the program did not write it.
-pub(super) fn written_input(cache: &Cache, linked: &[Linked]) -> Option<String> {
+fn written_input(cache: &Cache, linked: &[Linked]) -> Option<String> {
     let changed = |l: &Linked| {
         let meta = std::fs::metadata(cache.path(l.blob));
         meta.is_ok_and(|m| m.ino() == l.inode && (m.len() != l.blob.size || m.modified().ok() != Some(l.mtime)))
@@ -73,7 +73,7 @@ pub(super) enum Inspected {
 
 /// Reads an output once: checks it is a regular file, recognises a tail by its first bytes, and
 /// otherwise hashes it and moves it into the cache (blocking).
-pub(super) fn inspect_output(cache: &Cache, root: &Path, name: &str) -> std::io::Result<Inspected> {
+fn inspect_output(cache: &Cache, root: &Path, name: &str) -> std::io::Result<Inspected> {
     use std::io::Read;
     let path = &in_sandbox(root, name)?;
     let meta = std::fs::symlink_metadata(path)?;
@@ -101,7 +101,7 @@ pub(super) fn inspect_output(cache: &Cache, root: &Path, name: &str) -> std::io:
 /// program replaced by a link (to anywhere on the node) is refused with `NotADirectory`, and so
 /// is any `..` or absolute part. The node reads outputs in its own view of the file system, where
 /// such a link would lead outside the sandbox.
-pub(super) fn in_sandbox(root: &Path, rel: &str) -> std::io::Result<PathBuf> {
+fn in_sandbox(root: &Path, rel: &str) -> std::io::Result<PathBuf> {
     use std::path::Component;
     let mut path = root.to_owned();
     let parts: Vec<Component<'_>> = Path::new(rel).components().collect();
@@ -156,4 +156,41 @@ pub(super) async fn read_tail_output(
     let thunks = resolved.thunks.into_iter().map(|t| SubmittedThunk { name: t.name, thunk: t.thunk }).collect();
     let result = resolved.result.ok_or_else(|| bad(format!("{label}: no result")))?;
     Ok(OutputValue::Tail { blob, thunks, result })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output is read only through real folders of the sandbox: `..`, an absolute path, or a
+    /// folder the program replaced by a link (to anywhere) is refused, as not a folder.
+    #[test]
+    fn an_output_is_reached_through_real_folders_of_the_sandbox_only() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("out/sub")).expect("folders");
+        std::os::unix::fs::symlink("/etc", root.path().join("linked")).expect("link");
+        let reached = in_sandbox(root.path(), "out/sub/o.txt").expect("a real folder");
+        assert_eq!(reached, root.path().join("out/sub/o.txt"));
+        for refused in ["../o.txt", "/etc/passwd", "out/../../o.txt", "linked/passwd"] {
+            let e = in_sandbox(root.path(), refused).expect_err(refused);
+            assert_eq!(e.kind(), std::io::ErrorKind::NotADirectory, "{refused}");
+        }
+    }
+
+    /// A tail is recognised by its first bytes; any other output is hashed into the cache.
+    #[test]
+    fn an_output_is_a_tail_by_its_first_bytes_and_otherwise_a_cached_blob() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(&dir.path().join("cache"), 1 << 30).expect("cache");
+        let root = dir.path().join("sandbox");
+        std::fs::create_dir_all(&root).expect("sandbox");
+        std::fs::write(root.join("plain"), b"plain bytes").expect("write");
+        std::fs::write(root.join("tail"), format!("{TAIL_MARKER}\n")).expect("write");
+        let Ok(Inspected::Blob(id)) = inspect_output(&cache, &root, "plain") else { panic!("a blob") };
+        assert_eq!(id, Id::of_blob(b"plain bytes"));
+        assert!(cache.has(id), "moved into the cache");
+        assert!(matches!(inspect_output(&cache, &root, "tail"), Ok(Inspected::Tail(_))));
+        let missing = inspect_output(&cache, &root, "absent").map(|_| ()).expect_err("absent");
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
 }

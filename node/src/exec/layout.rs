@@ -92,7 +92,7 @@ pub(super) struct Placed {
 
 /// A thunk with its own root (a hermetic toolchain) needs a private root made of its files: only
 /// a node whose kernel allows namespaces can give it one.
-pub(super) fn own_root_possible(jail: Option<&Jail>) -> Result<(), TaskError> {
+fn own_root_possible(jail: Option<&Jail>) -> Result<(), TaskError> {
     let isolation = jail.map(Jail::isolation);
     if isolation == Some(&crate::jail::Isolation::Namespaces) {
         return Ok(());
@@ -105,7 +105,7 @@ pub(super) fn own_root_possible(jail: Option<&Jail>) -> Result<(), TaskError> {
 }
 
 /// Hard-links (or, where that fails, copies) cached objects into a sandbox (blocking).
-pub(super) fn link_inputs(cache: &Cache, places: Vec<(Id, String, PathBuf)>) -> std::io::Result<Vec<Linked>> {
+fn link_inputs(cache: &Cache, places: Vec<(Id, String, PathBuf)>) -> std::io::Result<Vec<Linked>> {
     let mut linked = Vec::with_capacity(places.len());
     for (blob, label, to) in places {
         if let Some(parent) = to.parent() {

@@ -5,7 +5,7 @@
 use super::*;
 
 /// How much of a failed program's output (stdout and stderr) is reported.
-pub(super) const OUTPUT_TAIL: usize = 2048;
+const OUTPUT_TAIL: usize = 2048;
 
 /// Runs the program under the thunk's timeout; returns its status and the tail of its output.
 pub(super) async fn execute(
@@ -116,7 +116,7 @@ impl OutputTail {
 }
 
 /// The last `len` bytes of a file (all of a shorter one).
-pub(super) fn file_tail(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+fn file_tail(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
@@ -124,4 +124,25 @@ pub(super) fn file_tail(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
     let mut tail = Vec::with_capacity(len);
     file.take(len as u64).read_to_end(&mut tail)?;
     Ok(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a failure reports of a program's output: its last bytes only, in the order written.
+    #[test]
+    fn the_output_kept_is_its_last_bytes_in_order() {
+        let mut tail = OutputTail::default();
+        assert_eq!(tail.detail(), "", "nothing printed, nothing said");
+        tail.push(b"thunkmesh jail: no such program\n");
+        assert!(tail.starts_with(crate::jail::LAUNCHER_FAILED));
+        tail.push(&vec![b'x'; OUTPUT_TAIL]);
+        tail.push(b"the end");
+        let detail = tail.detail();
+        assert!(detail.starts_with(&format!("output (last {OUTPUT_TAIL} bytes):\n")), "{detail}");
+        assert!(detail.ends_with("xthe end"), "{detail}");
+        assert_eq!(tail.bytes.len(), OUTPUT_TAIL);
+        assert!(!tail.starts_with(crate::jail::LAUNCHER_FAILED), "the launcher's words scrolled away");
+    }
 }

@@ -51,7 +51,7 @@ pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> (ToRendezvous, Pin
 
 /// Puts the object into the job's store: a failure of the store itself is `StoreError`, naming
 /// the store and the cause; a node that lacks the object or cannot open the store, `NodeError`.
-pub(super) async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<(), TaskError> {
+async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<(), TaskError> {
     if !ctx.cache.has(req.blob) {
         return Err(TaskError::node("not in this node's cache"));
     }
