@@ -259,10 +259,13 @@ async fn throttled_invocations_back_off_and_then_run() {
         }
     })
     .await;
-    // The job ends once the worker has been invoked for real.
+    // The job ends once the worker has been invoked for real (the launcher may invoke it once
+    // more before it hears that the job ended: the end is polled every 5 ms).
     let launched = launch_until_seen(&double, 1, THROTTLES + 1).await;
-    assert_eq!((launched.invocations, launched.throttled, launched.reports), (4, 3, 1), "{launched:?}");
-    assert_eq!((launched.thunks, launched.cold_starts), (4, 1));
+    let ran = launched.invocations - THROTTLES as u64;
+    assert_eq!(launched.throttled, THROTTLES as u64, "{launched:?}");
+    assert!((1..=2).contains(&ran) && launched.reports == ran, "{launched:?}");
+    assert_eq!((launched.thunks, launched.cold_starts), (4 * ran, ran), "{launched:?}");
     let seen = double.seen();
     assert!(seen.iter().all(|s| s.method == "POST" && s.path == "/2015-03-31/functions/tm/invocations"));
     let payload: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("JSON payload");
