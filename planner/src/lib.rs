@@ -358,7 +358,7 @@ impl Planner {
 
     /// An empty planner with these knobs.
     pub fn with_config(config: PlannerConfig) -> Planner {
-        Planner { config, estimates: config.estimates, ..Planner::default() }
+        Planner { config, estimates: config.estimates, next_task: config.first_task, ..Planner::default() }
     }
 
     /// Time passed: `now` is the driver's clock (any fixed origin). Held thunks whose wait ran

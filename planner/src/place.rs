@@ -133,6 +133,9 @@ pub struct PlannerConfig {
     /// about its size) gets a copy elsewhere, when the copy pays for its fetches
     /// (0: never).
     pub speculate_after: f64,
+    /// The id of the first task; the rest follow it. A rendezvous starts from a random one, so
+    /// that a report from before it restarted names no task of this run.
+    pub first_task: u64,
 }
 
 impl Default for PlannerConfig {
@@ -143,6 +146,7 @@ impl Default for PlannerConfig {
             delay: Duration::from_millis(500),
             estimates: Estimates::default(),
             speculate_after: 3.0,
+            first_task: 0,
         }
     }
 }

@@ -176,10 +176,12 @@ impl Default for Core {
 }
 
 impl Core {
-    /// A core that takes jobs within `limits` and refuses the nodes whose fingerprints begin
-    /// with one of `forbidden` (lowercase hex).
-    pub(crate) fn new(limits: JobLimits, forbidden: &[String]) -> Core {
-        Core { limits, forbidden: forbidden.to_vec(), ..Core::default() }
+    /// A core that takes jobs within `limits`, refuses the nodes whose fingerprints begin with
+    /// one of `forbidden` (lowercase hex), and numbers tasks from `first_task` (the driver picks
+    /// it at random: a node's report from before a restart then names no task of this run).
+    pub(crate) fn new(limits: JobLimits, forbidden: &[String], first_task: u64) -> Core {
+        let planner = Planner::with_config(thunkmesh_planner::PlannerConfig { first_task, ..Default::default() });
+        Core { limits, forbidden: forbidden.to_vec(), planner, ..Core::default() }
     }
 
     /// The fingerprint of `node`, in the registry or as it was when it left (zeros if never seen).

@@ -546,7 +546,7 @@ fn refusals(core: &mut Core) -> Vec<(u64, String)> {
 #[test]
 fn jobs_being_received_share_one_budget_and_the_largest_goes_first() {
     let limits = JobLimits { unfinished: 100 * REF_WEIGHT, ..JobLimits::default() };
-    let mut core = Core::new(limits, &[]);
+    let mut core = Core::new(limits, &[], 0);
     send_unfinished(&mut core, Duration::ZERO, 1, 4, 10);
     send_unfinished(&mut core, Duration::ZERO, 2, 5, 10);
     assert!(refusals(&mut core).is_empty(), "90 ids are within the budget of 100");
@@ -564,7 +564,7 @@ fn jobs_being_received_share_one_budget_and_the_largest_goes_first() {
 #[test]
 fn a_submission_that_never_ends_is_refused_in_time() {
     let limits = JobLimits { submit_within: Duration::from_secs(10), ..JobLimits::default() };
-    let mut core = Core::new(limits, &[]);
+    let mut core = Core::new(limits, &[], 0);
     send_unfinished(&mut core, Duration::ZERO, 1, 1, 10);
     send_unfinished(&mut core, Duration::from_secs(8), 2, 1, 10);
     core.tick(Duration::from_secs(10));
@@ -581,7 +581,7 @@ fn a_submission_that_never_ends_is_refused_in_time() {
 /// its hello and never counted; another is welcome.
 #[test]
 fn a_forbidden_node_is_refused_at_its_hello() {
-    let mut core = Core::new(JobLimits::default(), &["07070707".into()]);
+    let mut core = Core::new(JobLimits::default(), &["07070707".into()], 0);
     core.handle(Duration::ZERO, Event::NodeJoined { node: 1, hello: hello("liar"), addr: addr(1) });
     let honest = NodeHello { fingerprint: [8; 32], ..hello("honest") };
     core.handle(Duration::ZERO, Event::NodeJoined { node: 2, hello: honest, addr: addr(2) });

@@ -51,7 +51,7 @@ struct Machine {
     uploads: Vec<UploadRequest>,
     /// What it produced, announced when it registers again.
     cache: BTreeSet<Id>,
-    /// Reports it sent this session, to send again.
+    /// Reports it sent, to send again (also on a later session, or to a restarted rendezvous).
     reports: Vec<TaskDone>,
     stopped: Option<Stop>,
 }
@@ -118,7 +118,7 @@ struct Mesh {
 impl Mesh {
     fn new(liars: bool) -> Mesh {
         Mesh {
-            rendezvous: Core::new(JobLimits::default(), &[FORBIDDEN.to_owned()]),
+            rendezvous: Core::new(JobLimits::default(), &[FORBIDDEN.to_owned()], 0),
             now: Duration::ZERO,
             next_session: 1,
             machines: Vec::new(),
@@ -314,8 +314,6 @@ impl Mesh {
         self.gone.insert(session);
         machine.running.clear();
         machine.uploads.clear();
-        // A report goes out on its session's connection only: a node's tasks end with it.
-        machine.reports.clear();
         match machine.core.lost(now) {
             Redial::After(wait) => machine.redial_at = Some(now + wait),
             Redial::GiveUp => machine.stopped = Some(Stop::GaveUp),
@@ -338,8 +336,10 @@ impl Mesh {
             self.gone.insert(job);
         }
         self.draining.clear();
-        self.rendezvous = Core::new(JobLimits::default(), &[FORBIDDEN.to_owned()]);
         self.restarts += 1;
+        // As the driver does, from another first task id: a report sent twice across the
+        // restart names no task of the new run.
+        self.rendezvous = Core::new(JobLimits::default(), &[FORBIDDEN.to_owned()], self.restarts << 40);
     }
 
     fn submit(&mut self, rng: &mut Rng) {

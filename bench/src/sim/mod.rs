@@ -176,6 +176,7 @@ impl<'a> Sim<'a> {
             delay: cloud.delay,
             estimates,
             speculate_after: cloud.speculate_after,
+            ..PlannerConfig::default()
         };
         let costs = job.thunks.iter().map(|(_, t, c)| (t.id(), c)).collect();
         Sim {
