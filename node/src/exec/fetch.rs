@@ -2,7 +2,12 @@
 //! the relay, storage), in turn; an input no source gives is the input's fault, named with the
 //! reason each source gave.
 
-use super::*;
+use std::time::Instant;
+
+use thunkmesh_protocol::Id;
+use thunkmesh_protocol::wire::{Assignment, Mode, Source, TransferStats};
+
+use super::{Ctx, TaskError, micros_since};
 
 pub(super) async fn fetch_inputs(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<(), TaskError> {
     // Storage mode is the baseline: every input comes from storage, cached or not.

@@ -2,7 +2,18 @@
 //! output is checked to be a regular file of the sandbox, hashed and moved into the cache, or
 //! parsed as a tail.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use thunkmesh_protocol::Id;
+use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
+use thunkmesh_protocol::wire::{Assignment, OutputValue, SubmittedThunk};
+
+use super::layout::Linked;
+use super::{Ctx, TaskError, ThunkFault};
+use crate::cache::{Cache, hash_reader};
+use crate::sandbox::Sandbox;
 
 /// Largest tail a thunk may write.
 const MAX_TAIL_BYTES: u64 = 1 << 20;

@@ -2,7 +2,18 @@
 //! sandbox, the folders of the outputs made, a host program checked against its pin. What fails
 //! here is the node's fault.
 
-use super::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use thunkmesh_protocol::thunk::in_root;
+use thunkmesh_protocol::wire::Assignment;
+use thunkmesh_protocol::{Id, Program};
+
+use super::{Ctx, TaskError};
+use crate::cache::Cache;
+use crate::jail::Jail;
+use crate::sandbox::Sandbox;
 
 /// An input hard-linked from the cache: its file (inode) and modification time when linked.
 pub(super) struct Linked {

@@ -3,20 +3,15 @@
 //! hash and cache the outputs. An output that starts with the tail marker is parsed as a tail
 //! and reported as more thunks to force.
 
-use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
-use thunkmesh_protocol::thunk::{STDOUT_OUTPUT, in_root};
-use thunkmesh_protocol::wire::{
-    Assignment, Mode, OutputValue, Source, Stored, SubmittedThunk, TaskDone, ToRendezvous, TransferStats, UploadRequest,
-};
-use thunkmesh_protocol::{Id, Program, Ref};
+use thunkmesh_protocol::Id;
+use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
+use thunkmesh_protocol::wire::{Assignment, Mode, OutputValue, TaskDone, ToRendezvous, TransferStats};
 use thunkmesh_store::Store;
-use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -33,11 +28,11 @@ pub(crate) use upload::upload;
 
 use fetch::fetch_inputs;
 use inspect::{Inspected, finish, read_tail_output};
-use layout::{Linked, Placed, place_inputs};
+use layout::{Placed, place_inputs};
 use program::execute;
 use upload::store_outputs;
 
-use crate::cache::{Cache, Pinned, hash_file_blocking, hash_reader};
+use crate::cache::{Cache, Pinned, hash_file_blocking};
 use crate::jail::Jail;
 use crate::peer::Peers;
 use crate::sandbox::{Sandbox, Sandboxes};

@@ -2,7 +2,15 @@
 //! end kept for the report, killed at its timeout. A program that cannot start is the thunk's
 //! fault; a sandbox that cannot be set up, the node's.
 
-use super::*;
+use std::path::Path;
+
+use thunkmesh_protocol::Program;
+use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
+use thunkmesh_protocol::wire::Assignment;
+use tokio::io::AsyncReadExt;
+
+use super::{Ctx, TaskError, ThunkFault};
+use crate::sandbox::Sandbox;
 
 /// How much of a failed program's output (stdout and stderr) is reported.
 const OUTPUT_TAIL: usize = 2048;

@@ -2,7 +2,12 @@
 //! when the rendezvous asks. A store that refuses a write is the store's fault; a node that
 //! lacks the object or cannot open the store, the node's.
 
-use super::*;
+use thunkmesh_protocol::Ref;
+use thunkmesh_protocol::wire::{Assignment, OutputValue, Stored, ToRendezvous, TransferStats, UploadRequest};
+use tracing::warn;
+
+use super::{Ctx, Fault, TaskError};
+use crate::cache::Pinned;
 
 /// Storage mode: writes every output to storage (with a tail, the tail and the files it names)
 /// before the task is reported done.
