@@ -5,11 +5,10 @@
 use std::path::Path;
 
 use anyhow::Context;
-
-use crate::exit::Result;
 use thunkmesh_client::summary::bytes;
 
 use crate::cli::{CacheArgs, CacheCommand, CleanArgs, MemoCommand};
+use crate::exit::Result;
 use crate::invocation::lock_state;
 
 /// `thunkmesh memo forget --node ID`: removes the node's entries from the store's memo batches

@@ -6,15 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-
-use crate::exit::Result;
 use thunkmesh_client::load_job;
 use thunkmesh_net::Identity;
 use thunkmesh_node::NodeConfig;
 use thunkmesh_rendezvous::JobLimits;
 
 use crate::cli::{Command, Global, LambdaCommand, NodeArgs, RendezvousArgs, RunArgs, SandboxArg, StatusArgs};
-use crate::exit::{Failure, failed};
+use crate::exit::{Failure, Result, failed};
 use crate::invocation::{Done, Invocation};
 use crate::mesh::{TOKEN_ENV, node_id_prefix, remote_target, server_name, token, trust};
 

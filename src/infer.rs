@@ -7,14 +7,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-
-use crate::exit::Result;
 use thunkmesh_infer::{Placeholder, State};
 use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
 use thunkmesh_protocol::{Id, Kind, Program, Ref, Thunk};
 
 use crate::cli::{DescribeArgs, ForceArgs, Global, HashArgs, InferArgs, RunFlags, WrapArgs};
-use crate::exit::{UsageError, failed};
+use crate::exit::{Result, UsageError, failed};
 use crate::invocation::{Done, Invocation};
 use crate::mesh::open_store;
 

@@ -9,14 +9,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-
-use crate::exit::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use thunkmesh_client::{LoadedJob, Memo, Reporter, Summary};
 use thunkmesh_protocol::wire::Progress;
 
 use crate::cli::{EngineArg, Global, ModeArg, RunFlags};
-use crate::exit::{Failure, Interrupted, UsageError, failed};
+use crate::exit::{Failure, Interrupted, Result, UsageError, failed};
 
 /// The version of the summary JSON's layout (docs/jobs.md); it changes when a field is removed
 /// or changes meaning, not when one is added.

@@ -4,15 +4,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-
-use crate::exit::Result;
 use thunkmesh_client::{JobRun, Reporter, Summary, Target, run_job};
 use thunkmesh_lambda::{Arch, Demand, FunctionSpec, Invocation, LaunchSpec, Launched};
 use thunkmesh_protocol::wire::Progress;
 use tokio::sync::watch;
 
 use crate::cli::{DeployArgs, RendezvousArgs, RunFlags};
-use crate::exit::{Failure, Interrupted, UsageError};
+use crate::exit::{Failure, Interrupted, Result, UsageError};
 
 /// Beyond the idle time, how long a finished job waits for its workers' reports (a drain may
 /// upload).

@@ -5,14 +5,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-
-use crate::exit::Result;
 use thunkmesh_client::{JobRun, LocalMesh, Reporter, RunError, Summary, Target, run_job};
 use thunkmesh_net::{Trust, parse_fingerprint};
 use thunkmesh_store::{Store, StoreError};
 
 use crate::cli::{AwsArgs, EngineArg, RunFlags, TrustArgs};
-use crate::exit::{Failure, UsageError};
+use crate::exit::{Failure, Result, UsageError};
 
 /// The environment variable that carries the mesh token.
 pub const TOKEN_ENV: &str = "THUNKMESH_TOKEN";

@@ -222,12 +222,7 @@ impl Core {
     }
 
     fn ended(&mut self, now: Duration, report: ToRendezvous, disk_full: bool) {
-        let task = match &report {
-            ToRendezvous::Done(d) => Some(d.task),
-            ToRendezvous::Failed(f) => Some(f.task),
-            _ => None,
-        };
-        match task {
+        match report.ended_task() {
             // A task cancelled as it ended still reports: the rendezvous ignores what it no
             // longer waits for.
             Some(task) => _ = self.forcing.remove(&task),

@@ -490,9 +490,6 @@ impl HostLayout {
     }
 }
 
-/// Everything the forked child needs, prepared before the fork: after it, the child may not
-/// allocate (another thread of the node may have held the allocator's lock).
-#[derive(Debug)]
 /// What a private root is made of, by name: the plan's input.
 struct Layout<'a> {
     /// The host's folders and files that go in.
@@ -511,6 +508,9 @@ struct Layout<'a> {
     shared: Option<Arc<Shared>>,
 }
 
+/// Everything the forked child needs, prepared before the fork: after it, the child may not
+/// allocate (another thread of the node may have held the allocator's lock).
+#[derive(Debug)]
 struct Plan {
     root: CString,
     steps: Vec<Step>,

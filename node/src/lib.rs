@@ -437,12 +437,9 @@ impl Tasks {
     ) -> Option<core::Event> {
         match joined {
             Ok((report, pinned)) => {
-                let task = match &report {
-                    ToRendezvous::Done(d) => Some(d.task),
-                    ToRendezvous::Failed(f) => Some(f.task),
-                    _ => None,
-                };
-                task.map(|t| self.forcing.remove(&t));
+                if let Some(task) = report.ended_task() {
+                    self.forcing.remove(&task);
+                }
                 drop(pinned);
                 Some(core::Event::Ended { report, disk_full: disk_is_full() })
             }
@@ -450,7 +447,9 @@ impl Tasks {
             Err(e) => {
                 warn!(error = %e, "a task panicked");
                 let task = self.forcing.iter().find(|(_, handle)| handle.id() == e.id()).map(|(task, _)| *task);
-                task.map(|t| self.forcing.remove(&t));
+                if let Some(task) = task {
+                    self.forcing.remove(&task);
+                }
                 Some(core::Event::Panicked(task))
             }
         }

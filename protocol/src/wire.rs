@@ -109,6 +109,17 @@ pub enum ToRendezvous {
     Dropped(Vec<Id>),
 }
 
+impl ToRendezvous {
+    /// The task a node's report ends ([`ToRendezvous::Done`], [`ToRendezvous::Failed`]).
+    pub fn ended_task(&self) -> Option<u64> {
+        match self {
+            ToRendezvous::Done(done) => Some(done.task),
+            ToRendezvous::Failed(failed) => Some(failed.task),
+            _ => None,
+        }
+    }
+}
+
 /// How a node's NAT (if any) maps its one UDP socket to public addresses, learned from what two
 /// rendezvous ports observe.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]

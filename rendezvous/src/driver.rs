@@ -35,7 +35,7 @@ pub(crate) async fn run(
 ) {
     let started = tokio::time::Instant::now();
     // Task ids from a random start, below 2^62 so they never wrap.
-    let first_task = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8) >> 2;
+    let first_task = rand::random::<u64>() >> 2;
     let mut core = Core::new(limits, &forbidden, first_task);
     let mut outboxes: HashMap<u64, mpsc::Sender<FromRendezvous>> = HashMap::new();
     let mut tick = tokio::time::interval(PROGRESS_EVERY);

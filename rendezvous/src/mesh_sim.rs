@@ -224,40 +224,9 @@ impl Mesh {
     fn start_machine(&mut self, rng: &mut Rng, liar: bool) {
         let n = self.machines.len() as u8;
         let forbidden = rng.below(12) == 0;
-        let fingerprint = [
-            if forbidden { 0xee } else { n % 0xe0 },
-            n,
-            1,
-            2,
-            3,
-            4,
-            5,
-            6,
-            7,
-            8,
-            9,
-            10,
-            11,
-            12,
-            13,
-            14,
-            15,
-            16,
-            17,
-            18,
-            19,
-            20,
-            21,
-            22,
-            23,
-            24,
-            25,
-            26,
-            27,
-            28,
-            29,
-            30,
-        ];
+        // Its own, beginning with the forbidden prefix for a forbidden machine.
+        let mut fingerprint = [n; 32];
+        fingerprint[0] = if forbidden { 0xee } else { n % 0xe0 };
         let idle_exit = (rng.below(3) == 0).then(|| Duration::from_millis(500 + rng.below(3_000)));
         let retry_for = Duration::from_secs(rng.below(30));
         let core = NodeCore::new(self.now, idle_exit, retry_for, rng.next());

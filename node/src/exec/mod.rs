@@ -140,8 +140,9 @@ impl HostPins {
 }
 
 /// Forces an assignment and says how it went, in the message the rendezvous expects; its inputs
-/// and outputs stay pinned in the cache until the guard returned with it is dropped (once the
-/// report is sent), so that no eviction races the rendezvous' view of this node.
+/// and outputs stay pinned in the cache until the guard returned with it is dropped (when the
+/// node's core takes the task's end; the core evicts only after the report is sent), so that no
+/// eviction races the rendezvous' view of this node.
 pub(crate) async fn force(ctx: &Ctx, a: &Assignment) -> (ToRendezvous, Pinned) {
     let mut pinned = ctx.cache.pin(&a.resolved);
     let report = force_pinned(ctx, a, &mut pinned).await;
