@@ -96,6 +96,11 @@ pub enum Command {
     /// `make -k` would: what does not depend on a failure is built and put in place; a named
     /// file that is already built is up to date.
     Force(ForceArgs),
+    /// Run a test suite one test per thunk: a googletest binary's tests (`-- ./build/tests`) or a
+    /// CTest project's (`-- ctest --test-dir build`). Every test runs, each failure is named with
+    /// its output, the counts are of tests; a test that passed is not run again until its program
+    /// or inputs change (see docs/tests.md).
+    Test(TestArgs),
     /// Show what a placeholder or recorded thunk runs, reads and writes, and whether the memo
     /// cache has it.
     Describe(DescribeArgs),
@@ -284,6 +289,20 @@ pub struct RunArgs {
     /// How the job runs.
     #[command(flatten)]
     pub flags: RunFlags,
+}
+
+/// Flags of `thunkmesh test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Also write each test's verdict as JUnit XML to FILE (what CI systems read).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// How the tests run (every test runs: --keep-going is implied).
+    #[command(flatten)]
+    pub flags: RunFlags,
+    /// The suite: a googletest binary and its arguments, or `ctest` and its own arguments.
+    #[arg(last = true, required = true, value_name = "SUITE")]
+    pub command: Vec<String>,
 }
 
 /// Flags of `thunkmesh force`.

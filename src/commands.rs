@@ -25,6 +25,7 @@ pub async fn dispatch(command: Command, global: Global) -> ExitCode {
         Command::Infer(args) => return crate::infer::infer(&args, &global),
         Command::Wrap(args) => return crate::infer::wrap(&args),
         Command::Force(args) => return crate::infer::force(args, &global).await,
+        Command::Test(args) => return crate::test::test(args, &global).await,
         Command::Describe(args) => return crate::infer::describe(&args).await,
         Command::Hash(args) => return crate::infer::hash(&args),
         Command::Lambda(LambdaCommand::Deploy(args)) => crate::lambda::deploy(args).await,
@@ -52,7 +53,7 @@ async fn run(args: RunArgs, global: &Global) -> ExitCode {
         invocation.lock(&args.flags.state_dir).await?;
         let (summary, launched) = invocation.execute(&args.flags, &job, &args.out).await?;
         let said = format!("wrote {} target(s) to {}", summary.targets.len(), args.out.display());
-        Ok(Done { said, summary: Some(summary), launched })
+        Ok(Done { said, summary: Some(summary), launched, verdict: None })
     }
     .await;
     invocation.finish(result)

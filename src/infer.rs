@@ -238,7 +238,7 @@ pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
                 [] => "nothing to force: no placeholder under the current folder".to_owned(),
                 files => format!("nothing to force: {} up to date (not a placeholder)", shown(files)),
             };
-            return Ok(Done { said, summary: None, launched: None });
+            return Ok(Done { said, summary: None, launched: None, verdict: None });
         };
         let out = forcing.out.clone();
         let flags = RunFlags { keep_going: true, ..args.flags.clone() };
@@ -260,7 +260,7 @@ pub async fn force(args: ForceArgs, global: &Global) -> ExitCode {
         if !up_to_date.is_empty() {
             said.push_str(&format!("; {} up to date (not a placeholder)", shown(&up_to_date)));
         }
-        Ok(Done { said, summary: Some(summary), launched })
+        Ok(Done { said, summary: Some(summary), launched, verdict: None })
     }
     .await;
     invocation.finish(result)

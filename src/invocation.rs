@@ -34,6 +34,18 @@ pub struct Done {
     pub summary: Option<Summary>,
     /// The Lambda workers, when the job ran on them.
     pub launched: Option<thunkmesh_lambda::Launched>,
+    /// What decides the outcome instead of the thunks that failed (a test run's report).
+    pub verdict: Option<Verdict>,
+}
+
+/// A verdict of the command's own on a job that ran: printed after the summary's figures in
+/// place of its failures, and the failure the command ends with, if any.
+#[derive(Debug)]
+pub struct Verdict {
+    /// What is printed last.
+    pub report: String,
+    /// The failure, if the verdict is one.
+    pub failed: Option<Failure>,
 }
 
 /// One run or force, from taking the state folder's lock to the exit status.
@@ -110,8 +122,13 @@ impl Invocation {
         let (summary, launched, error) = match result {
             Ok(done) => {
                 self.print(&done);
-                let failed = done.summary.as_ref().map_or(0, |s| s.thunks_failed);
-                let error = (failed > 0).then(|| Failure::from(ThunksFailed(failed)));
+                let error = match done.verdict {
+                    Some(verdict) => verdict.failed,
+                    None => {
+                        let failed = done.summary.as_ref().map_or(0, |s| s.thunks_failed);
+                        (failed > 0).then(|| Failure::from(ThunksFailed(failed)))
+                    }
+                };
                 (done.summary, done.launched, error)
             }
             Err(e) => (None, None, Some(e)),
@@ -128,8 +145,11 @@ impl Invocation {
             return;
         }
         let mut text = format!("{}\n", done.said);
-        if let Some(summary) = &done.summary {
-            text += &format!("{summary}\n");
+        match (&done.summary, &done.verdict) {
+            (Some(summary), Some(verdict)) => text += &format!("{}\n\n{}\n", summary.figures(), verdict.report),
+            (None, Some(verdict)) => text += &format!("{}\n", verdict.report),
+            (Some(summary), None) => text += &format!("{summary}\n"),
+            (None, None) => {}
         }
         if let Some(launched) = &done.launched {
             text += &format!("{}\n", crate::lambda::describe(launched));

@@ -9,6 +9,7 @@ mod infer;
 mod invocation;
 mod lambda;
 mod mesh;
+mod test;
 
 use std::process::ExitCode;
 

@@ -118,8 +118,43 @@ impl Summary {
     }
 }
 
+/// A summary's figures without its failures ([`Summary::figures`]).
+#[derive(Debug)]
+pub struct Figures<'a>(&'a Summary);
+
+impl Summary {
+    /// The figures alone (what ran, moved, and how long it took), for a command that reports
+    /// the failures its own way.
+    pub fn figures(&self) -> Figures<'_> {
+        Figures(self)
+    }
+}
+
+impl fmt::Display for Figures<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Figures(summary) = self;
+        summary.fmt_figures(f)
+    }
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_figures(f)?;
+        if self.keep_going || self.thunks_failed + self.thunks_skipped > 0 {
+            for failure in &self.failures {
+                write!(f, "\n\nFAILED {failure}")?;
+            }
+            write!(f, "\n\n{} passed, {} failed", self.passed(), self.thunks_failed)?;
+            if self.thunks_skipped > 0 {
+                write!(f, ", {} skipped", self.thunks_skipped)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Summary {
+    fn fmt_figures(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "thunks    {} total, {} executed, {} cached",
@@ -160,17 +195,7 @@ impl fmt::Display for Summary {
             "wall      {:.3} s ({:.3} s for the job itself)",
             self.wall_ms as f64 / 1000.0,
             self.job_ms as f64 / 1000.0
-        )?;
-        if self.keep_going || self.thunks_failed + self.thunks_skipped > 0 {
-            for failure in &self.failures {
-                write!(f, "\n\nFAILED {failure}")?;
-            }
-            write!(f, "\n\n{} passed, {} failed", self.passed(), self.thunks_failed)?;
-            if self.thunks_skipped > 0 {
-                write!(f, ", {} skipped", self.thunks_skipped)?;
-            }
-        }
-        Ok(())
+        )
     }
 }
 

@@ -12,6 +12,7 @@ pub mod intercept;
 pub mod models;
 pub mod placeholder;
 pub mod state;
+pub mod suite;
 pub mod toolchain;
 pub mod wrap;
 

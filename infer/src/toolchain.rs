@@ -144,7 +144,7 @@ fn found_once(
 
 /// The shared libraries and loader of `path`, as `ldd` finds them; none for a program that is not
 /// dynamically linked (a script, a static program).
-fn libraries(path: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
+pub(crate) fn libraries(path: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
     let output = Command::new("ldd").arg(path).env("LC_ALL", "C").output().map_err(|source| ToolchainError::Run {
         program: format!("ldd to find the libraries of {}", path.display()),
         source,
