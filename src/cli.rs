@@ -343,6 +343,11 @@ pub struct WrapArgs {
     /// The outputs are programs: their placeholders, and so the forced files, get mode 0755.
     #[arg(long)]
     pub executable: bool,
+    /// Ship FILE (a program, with its shared libraries; a folder, whole) as part of the thunk's
+    /// own root, so a node without it runs the thunk; the program itself is shipped with them and
+    /// runs from that root (see docs/jobs.md, "Shipping programs").
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub ship: Vec<PathBuf>,
     /// The program's environment, one NAME=VALUE each; nothing else is inherited, and PATH is
     /// /usr/bin:/bin unless given.
     #[arg(long = "env", value_name = "NAME=VALUE")]

@@ -3,6 +3,7 @@
 //! placeholder, a placeholder the state folder does not know) ends with one line and exit code 2.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -179,6 +180,22 @@ pub fn run_placeholder(args: Vec<std::ffi::OsString>) -> ExitCode {
     refused(format_args!("cannot run {}: {e}", Path::new(file).display()))
 }
 
+/// How a wrapped program reaches the nodes: by its bytes, or with `--ship` as the program of its
+/// own root, which holds it, what it needs to start and the files named.
+fn shipped(args: &WrapArgs, program: &OsStr, cwd: &Path, path: Option<&String>) -> Result<thunkmesh_infer::Run> {
+    use thunkmesh_protocol::job::ShipSpec;
+    if args.ship.is_empty() {
+        return Ok(thunkmesh_infer::Run::Shipped);
+    }
+    let found = thunkmesh_infer::wrap::find_program(cwd, program, path.map(OsStr::new))?;
+    let mut files = std::collections::BTreeSet::new();
+    for item in args.ship.iter().map(|p| cwd.join(p)).chain([found]) {
+        let item = ShipSpec::Path(thunkmesh_client::ship::normal(&item).display().to_string());
+        files.extend(thunkmesh_client::ship::files(&item)?);
+    }
+    Ok(thunkmesh_infer::Run::Rooted(thunkmesh_infer::toolchain::Root::of(files)))
+}
+
 pub fn wrap(args: &WrapArgs) -> ExitCode {
     match try_wrap(args) {
         Ok(()) => ExitCode::from(args.status),
@@ -210,7 +227,7 @@ fn try_wrap(args: &WrapArgs) -> Result<()> {
         env: env.clone(),
         timeout: args.timeout,
         mode: if args.executable { 0o755 } else { 0o644 },
-        run: thunkmesh_infer::Run::Shipped,
+        run: shipped(args, program.as_ref(), &cwd, env.get("PATH"))?,
     };
     let id = thunkmesh_infer::wrap(&state, &call)?;
     thunkmesh_infer::models::log_call("wrap", "recorded", "");

@@ -52,7 +52,8 @@ pub fn load_spec(spec: &JobSpec, base: &Path, file: &str) -> Result<LoadedJob, J
             .map_err(|reason| JobError::new(&file, "", JobProblem::HostProgram { path: host.to_owned(), reason }))?;
         hosts.insert(host.to_owned(), id);
     }
-    let job = spec.resolve(&ids, &hosts).map_err(|problem| JobError::new(&file, "", problem))?;
+    let roots = shipped(spec, &file, &mut values)?;
+    let job = spec.resolve_shipped(&ids, &hosts, &roots).map_err(|problem| JobError::new(&file, "", problem))?;
     Ok(LoadedJob { file, job, values })
 }
 
@@ -86,6 +87,41 @@ pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         true => Err(too_large()),
         false => Ok(bytes),
     }
+}
+
+/// The files each thunk ships (`crate::ship`), hashed: by thunk name, each file's path and blob;
+/// every file joins `values`, to be uploaded with them.
+fn shipped(
+    spec: &JobSpec,
+    file: &str,
+    values: &mut BTreeMap<Id, PathBuf>,
+) -> Result<BTreeMap<String, BTreeMap<String, Id>>, JobError> {
+    let shipping = spec.thunks.iter().filter(|t| !t.ship.is_empty()).map(|t| (t.name.as_str(), t.ship.as_slice()));
+    let place = |name: &str| format!("thunk `{name}`, key `ship`: ");
+    let roots = crate::ship::roots(shipping).map_err(|e| JobError::new(file, "", JobProblem::Path(e.to_string())))?;
+    let mut hashed: BTreeMap<PathBuf, Id> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (name, files) in roots {
+        let mut root = BTreeMap::new();
+        for path in files {
+            let id = match hashed.get(&path) {
+                Some(id) => *id,
+                None => {
+                    let problem = |e: std::io::Error| JobProblem::File {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    };
+                    let id = hash_file(&path).map_err(|e| JobError::new(file, place(&name), problem(e)))?;
+                    hashed.insert(path.clone(), id);
+                    values.insert(id, path.clone());
+                    id
+                }
+            };
+            root.insert(path.display().to_string(), id);
+        }
+        out.insert(name, root);
+    }
+    Ok(out)
 }
 
 fn pin_host(path: &Path) -> Result<Id, String> {

@@ -9,7 +9,7 @@
 //! by the bytes of the program it was found for, so each is found once per state folder.
 
 use std::collections::BTreeSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::state::{State, StateError};
@@ -24,6 +24,13 @@ pub struct Root {
 }
 
 impl Root {
+    /// The root of `files` (absolute paths here).
+    pub fn of(files: impl IntoIterator<Item = PathBuf>) -> Root {
+        let mut root = Root::default();
+        files.into_iter().for_each(|f| root.add(&f));
+        root
+    }
+
     /// Adds `path` (lexically normalized: the tools name files like
     /// `/usr/lib/gcc/x86_64-linux-gnu/12/../../../x86_64-linux-gnu/crt1.o`).
     pub(crate) fn add(&mut self, path: &Path) {
@@ -41,20 +48,7 @@ impl Root {
     }
 }
 
-/// `path` with `.` and `..` resolved by name (a `..` above `/` stays at `/`).
-pub(crate) fn normal(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
-}
+pub(crate) use thunkmesh_client::ship::normal;
 
 /// Why a tool's hermetic root could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -145,29 +139,15 @@ fn found_once(
 /// The shared libraries and loader of `path`, as `ldd` finds them; none for a program that is not
 /// dynamically linked (a script, a static program).
 pub(crate) fn libraries(path: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
-    let output = Command::new("ldd").arg(path).env("LC_ALL", "C").output().map_err(|source| ToolchainError::Run {
-        program: format!("ldd to find the libraries of {}", path.display()),
-        source,
-    })?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        return Ok(Vec::new());
-    }
-    let mut found = Vec::new();
-    for line in text.lines().map(str::trim) {
-        let named = match line.split_once("=>") {
-            Some((name, rest)) if rest.trim() == "not found" => {
-                let (program, library) = (path.display().to_string(), name.trim().to_owned());
-                return Err(ToolchainError::MissingLibrary { program, library });
-            }
-            Some((_, rest)) => rest.trim(),
-            None => line,
-        };
-        if let Some(file) = named.split_whitespace().next().filter(|f| f.starts_with('/')) {
-            found.push(PathBuf::from(file));
-        }
-    }
-    Ok(found)
+    use thunkmesh_client::ship::{self, ShipError};
+    ship::libraries(path).map_err(|e| match e {
+        ShipError::MissingLibrary { program, library } => ToolchainError::MissingLibrary { program, library },
+        ShipError::Run { program, error } => ToolchainError::Run { program, source: error },
+        other => ToolchainError::Run {
+            program: format!("ldd on {}", path.display()),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// The helper programs of a C compiler driver a call uses, by the names the driver knows them by.

@@ -16,6 +16,7 @@ pub mod core;
 mod exec;
 pub mod jail;
 pub mod lambda;
+mod loader;
 mod lru;
 pub mod peer;
 mod roots;

@@ -14,7 +14,7 @@
 //! assert_eq!(spec.thunks.len(), 1);
 //! ```
 
-use crate::job::{JobError, JobSpec, RawHost, RawJob, RawProgram, RawThunk};
+use crate::job::{JobError, JobSpec, RawHost, RawJob, RawProgram, RawPython, RawShip, RawThunk};
 
 /// What errors of a built job name as their file.
 pub const BUILT_JOB: &str = "the built job";
@@ -95,6 +95,7 @@ impl ThunkBuilder {
                 network: false,
                 stdout: false,
                 dir: None,
+                ship: Vec::new(),
             },
         }
     }
@@ -150,6 +151,24 @@ impl ThunkBuilder {
     /// The folder of the sandbox the program starts in.
     pub fn dir(mut self, dir: impl Into<String>) -> ThunkBuilder {
         self.raw.dir = Some(dir.into());
+        self
+    }
+
+    /// Ships the file or folder at the absolute `path` as part of the thunk's own root (a program
+    /// with its shared libraries).
+    pub fn ship(mut self, path: impl Into<String>) -> ThunkBuilder {
+        self.raw.ship.push(RawShip::Path(path.into()));
+        self
+    }
+
+    /// Ships the Python interpreter at `python` with `modules` and what they import.
+    pub fn ship_python<S: Into<String>>(
+        mut self,
+        python: impl Into<String>,
+        modules: impl IntoIterator<Item = S>,
+    ) -> ThunkBuilder {
+        let modules = modules.into_iter().map(Into::into).collect();
+        self.raw.ship.push(RawShip::Python(RawPython { python: python.into(), modules }));
         self
     }
 }

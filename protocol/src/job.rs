@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
-use crate::thunk::{Program, Ref, STDOUT_OUTPUT, Thunk, check_sandbox_path, check_sandbox_paths};
+use crate::thunk::{
+    Program, ROOT_DIR, ROOT_RESERVED, Ref, STDOUT_OUTPUT, Thunk, check_sandbox_path, check_sandbox_paths,
+};
 
 /// The first line of a thunk output that is a tail call (a dynamic thunk).
 pub const TAIL_MARKER: &str = "# thunkmesh-tail v1\n";
@@ -128,6 +130,24 @@ pub enum ProgramSpec {
     Host(String),
 }
 
+/// What a thunk ships as its own root (its `ship` key): files that travel with the job, so a node
+/// without them runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShipSpec {
+    /// A file or folder by its absolute path. In a job, on the client's disk: a program with the
+    /// shared libraries it loads, a folder with every file under it. In a tail, in the own root of
+    /// the thunk that wrote it: the files at or under the path (`/` for all of them).
+    Path(String),
+    /// A Python interpreter with the modules a step imports (and what they import), found by
+    /// importing them on the client's disk. Jobs only.
+    Python {
+        /// The interpreter, by its absolute path.
+        interpreter: String,
+        /// Module names, such as `cv2` or `xml.etree.ElementTree`.
+        modules: Vec<String>,
+    },
+}
+
 /// One validated thunk of a job, still by names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThunkSpec {
@@ -151,6 +171,8 @@ pub struct ThunkSpec {
     pub stdout: bool,
     /// The folder of the sandbox the program starts in (its top when `None`).
     pub dir: Option<String>,
+    /// What it brings as its own root, besides its `.root/` inputs.
+    pub ship: Vec<ShipSpec>,
 }
 
 /// Whether the text is a job file (values on the client's disk, targets) or a tail (values in
@@ -236,6 +258,23 @@ pub(crate) struct RawThunk {
     pub(crate) stdout: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) ship: Vec<RawShip>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub(crate) enum RawShip {
+    Path(String),
+    Python(RawPython),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPython {
+    pub(crate) python: String,
+    #[serde(default)]
+    pub(crate) modules: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -283,6 +322,19 @@ impl JobSpec {
         values: &BTreeMap<String, Id>,
         hosts: &BTreeMap<String, Id>,
     ) -> Result<ResolvedJob, JobProblem> {
+        self.resolve_shipped(values, hosts, &BTreeMap::new())
+    }
+
+    /// [`JobSpec::resolve`] for a job whose thunks ship files: `roots` holds, by thunk name, each
+    /// file its `ship` brings (absolute path in its root -> blob), which become its inputs under
+    /// `.root/`. A thunk that ships and has no entry is an error, as is a shipped file that is
+    /// also an input.
+    pub fn resolve_shipped(
+        &self,
+        values: &BTreeMap<String, Id>,
+        hosts: &BTreeMap<String, Id>,
+        roots: &BTreeMap<String, BTreeMap<String, Id>>,
+    ) -> Result<ResolvedJob, JobProblem> {
         let mut outputs: HashMap<&str, Id> = HashMap::new();
         let mut thunks = Vec::with_capacity(self.thunks.len());
         for spec in &self.thunks {
@@ -297,12 +349,14 @@ impl JobSpec {
                     Program::Host { path: path.clone(), pin: *pin }
                 }
             };
-            let inputs: Result<_, _> = spec.inputs.iter().map(|(p, r)| Ok((p.clone(), to_ref(r)?))).collect();
+            let mut inputs: BTreeMap<String, Ref> =
+                spec.inputs.iter().map(|(p, r)| Ok((p.clone(), to_ref(r)?))).collect::<Result<_, _>>()?;
+            shipped_inputs(spec, roots, &mut inputs)?;
             let thunk = Thunk {
                 program,
                 args: spec.args.clone(),
                 env: Arc::new(spec.env.clone()),
-                inputs: inputs?,
+                inputs: inputs.into_iter().collect(),
                 outputs: spec.outputs.clone(),
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
                 network: spec.network,
@@ -331,6 +385,29 @@ impl JobSpec {
             })
             .collect()
     }
+}
+
+/// Adds to `inputs` the files `roots` has for `spec`'s `ship`, under [`ROOT_DIR`].
+fn shipped_inputs(
+    spec: &ThunkSpec,
+    roots: &BTreeMap<String, BTreeMap<String, Id>>,
+    inputs: &mut BTreeMap<String, Ref>,
+) -> Result<(), JobProblem> {
+    if spec.ship.is_empty() {
+        return Ok(());
+    }
+    let files = roots
+        .get(&spec.name)
+        .ok_or_else(|| JobProblem::Missing(format!("thunk `{}` ships files, and none were found for it", spec.name)))?;
+    for (path, id) in files {
+        let input = format!("{ROOT_DIR}{path}");
+        if inputs.get(&input).is_some_and(|r| *r != Ref::Blob(*id)) {
+            let why = format!("thunk `{}`: `{input}` is both an input and a shipped file, with other bytes", spec.name);
+            return Err(JobProblem::Path(why));
+        }
+        inputs.insert(input, Ref::Blob(*id));
+    }
+    Ok(())
 }
 
 /// `r` with ids; a value without an id, or an output of a thunk not resolved before (thunks are
@@ -444,6 +521,15 @@ impl Checker<'_> {
                 .filter(|d| *d >= Duration::from_millis(1))
                 .ok_or_else(|| self.err(place("timeout"), JobProblem::Timeout(s.clone())))?,
         };
+        let ship = t.ship.iter().map(|item| self.check_ship(item)).collect::<Result<Vec<_>, _>>();
+        let ship = ship.map_err(|problem| self.err(place("ship"), problem))?;
+        if let (ProgramSpec::Host(path), false) = (&program, ship.is_empty())
+            && !ship.iter().any(|item| ships(item, path))
+            && !inputs.contains_key(&format!("{ROOT_DIR}{path}"))
+        {
+            let reason = "is not shipped: list it (or a folder holding it) in `ship`".to_owned();
+            return Err(self.err(place("program"), JobProblem::HostProgram { path: path.clone(), reason }));
+        }
         let spec = ThunkSpec {
             name: t.name.clone(),
             program,
@@ -455,9 +541,50 @@ impl Checker<'_> {
             network: t.network,
             stdout: t.stdout,
             dir: t.dir.clone(),
+            ship,
         };
         self.check_strings(&spec)?;
         Ok(spec)
+    }
+
+    /// One item of `ship`: an absolute, normal path outside the folders the sandbox provides (in a
+    /// tail, `/` too); a Python interpreter and module names (jobs only).
+    fn check_ship(&self, item: &RawShip) -> Result<ShipSpec, JobProblem> {
+        let path_problem = |path: &str, why: &str| JobProblem::Path(format!("cannot ship `{path}`: {why}"));
+        let check_path = |path: &str| -> Result<(), JobProblem> {
+            let parts: Vec<&str> =
+                path.strip_prefix('/').ok_or_else(|| path_problem(path, "not an absolute path"))?.split('/').collect();
+            if path == "/" {
+                return match self.kind {
+                    SpecKind::Tail => Ok(()),
+                    SpecKind::Job => Err(path_problem(path, "the whole file system is not a root")),
+                };
+            }
+            if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+                return Err(path_problem(path, "not a normal path (no `.`, `..`, `//` or trailing `/`)"));
+            }
+            if ROOT_RESERVED.contains(&parts[0]) {
+                return Err(path_problem(path, "the sandbox provides /dev, /tmp, /thunk and /.program itself"));
+            }
+            Ok(())
+        };
+        match item {
+            RawShip::Path(path) => check_path(path).map(|()| ShipSpec::Path(path.clone())),
+            RawShip::Python(_) if self.kind == SpecKind::Tail => Err(JobProblem::Syntax(
+                "a tail ships files of its writer's own root by path; a Python interpreter ships from a job".into(),
+            )),
+            RawShip::Python(RawPython { python, modules }) => {
+                check_path(python)?;
+                let module_name = |m: &String| {
+                    !m.is_empty()
+                        && m.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+                };
+                if let Some(bad) = modules.iter().find(|m| !module_name(m)) {
+                    return Err(JobProblem::Syntax(format!("`{bad}` is not a Python module name")));
+                }
+                Ok(ShipSpec::Python { interpreter: python.clone(), modules: modules.clone() })
+            }
+        }
     }
 
     /// Runs the thunk-level rules (env names, NUL bytes) on a stand-in with dummy refs.
@@ -527,6 +654,17 @@ impl Checker<'_> {
         }
         let mut slots: Vec<Option<ThunkSpec>> = thunks.into_iter().map(Some).collect();
         Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+    }
+}
+
+/// Whether `item` brings the file at `path` (it is the file, or a folder above it).
+fn ships(item: &ShipSpec, path: &str) -> bool {
+    let covers = |shipped: &str| {
+        shipped == "/" || path == shipped || path.strip_prefix(shipped).is_some_and(|rest| rest.starts_with('/'))
+    };
+    match item {
+        ShipSpec::Path(shipped) => covers(shipped),
+        ShipSpec::Python { interpreter, .. } => path == interpreter,
     }
 }
 
@@ -755,6 +893,35 @@ timeout = "30s"
         assert!(error(cut).contains("the job has no `[targets]`"));
         let tail = JobSpec::parse(cut, "tail", SpecKind::Tail).expect_err("no result");
         assert!(tail.to_string().contains("a tail needs `result"));
+    }
+
+    #[test]
+    fn shipped_files_are_absolute_normal_and_hold_the_host_program() {
+        let job = |ship: &str, kind: SpecKind| {
+            let text = format!(
+                "{}[[thunk]]\nname = \"t\"\nprogram = {{ host = \"/usr/bin/ffmpeg\" }}\nship = {ship}\nstdout = true\n{}",
+                if kind == SpecKind::Tail { "result = \"t#stdout\"\n" } else { "" },
+                if kind == SpecKind::Job { "[targets]\n\"o\" = \"t#stdout\"\n" } else { "" },
+            );
+            JobSpec::parse(&text, "job.toml", kind)
+        };
+        let spec =
+            job(r#"["/usr/bin/ffmpeg", { python = "/usr/bin/python3", modules = ["cv2", "xml.dom"] }]"#, SpecKind::Job)
+                .expect("valid");
+        assert_eq!(spec.thunks[0].ship.len(), 2);
+        let refused = |ship: &str, kind: SpecKind, says: &str| {
+            let e = job(ship, kind).expect_err(ship).to_string();
+            assert!(e.contains("key `") && e.contains(says), "{ship}: {e}");
+        };
+        refused(r#"["usr/bin/ffmpeg"]"#, SpecKind::Job, "not an absolute path");
+        refused(r#"["/usr/bin/../bin/ffmpeg"]"#, SpecKind::Job, "not a normal path");
+        refused(r#"["/tmp/ffmpeg", "/usr/bin/ffmpeg"]"#, SpecKind::Job, "the sandbox provides");
+        refused(r#"["/"]"#, SpecKind::Job, "the whole file system");
+        refused(r#"["/usr/bin/ffprobe"]"#, SpecKind::Job, "is not shipped");
+        refused(r#"[{ python = "/usr/bin/python3", modules = ["no-dash"] }]"#, SpecKind::Job, "not a Python module");
+        refused(r#"[{ python = "/usr/bin/python3" }]"#, SpecKind::Tail, "a tail ships");
+        assert!(job(r#"["/"]"#, SpecKind::Tail).is_ok(), "a tail takes its writer's whole root");
+        assert!(job(r#"["/usr"]"#, SpecKind::Job).is_ok(), "a folder holding the program ships it");
     }
 
     #[test]

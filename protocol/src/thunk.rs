@@ -43,7 +43,7 @@ pub const SANDBOX_DIR: &str = "/thunk";
 
 /// The top-level folders of a private root that the sandbox provides itself, which a thunk's own
 /// root may not hold.
-const ROOT_RESERVED: [&str; 4] = ["dev", "tmp", "thunk", ".program"];
+pub const ROOT_RESERVED: [&str; 4] = ["dev", "tmp", "thunk", ".program"];
 
 /// Longest sandbox path, argument, or environment entry accepted.
 pub const MAX_STRING: usize = 64 * 1024;

@@ -63,6 +63,17 @@ class RunsJobs(unittest.TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertTrue(done.stdout.startswith("500 words; 6 thunk(s) ran"), done.stdout)
 
+    @unittest.skipUnless(os.geteuid() == 0, "an own root needs namespaces (root, as in CI)")
+    def test_a_shipped_program_runs_in_its_own_root(self):
+        job = Job()
+        probe = "if command -v tr >/dev/null; then echo host; else echo shipped; fi"
+        t = job.thunk("t", host="/bin/sh", args=["-c", probe], stdout=True, ship=["/bin/sh"])
+        job.target("o.txt", t["stdout"])
+        self.assertEqual(job.to_dict()["thunk"][0]["ship"], ["/bin/sh"])
+        job.run(out="out", args=["--memo", "off"])
+        with open("out/o.txt") as f:
+            self.assertEqual(f.read(), "shipped\n", "the root holds the shell and nothing else")
+
     def test_the_json_job_is_a_file_the_binary_takes(self):
         job = Job()
         t = job.thunk("t", host="/bin/sh", args=["-c", "echo hi > o"], outputs=["o"])

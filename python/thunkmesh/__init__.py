@@ -113,8 +113,14 @@ class Job:
         network: bool = False,
         stdout: bool = False,
         dir: str | None = None,
+        ship: Iterable[str | Mapping[str, Any]] = (),
     ) -> Thunk:
-        """A thunk running the node's program `host` (an absolute path) or `program` (a ref)."""
+        """A thunk running the node's program `host` (an absolute path) or `program` (a ref).
+
+        `ship` lists what the thunk brings as its own root, so a node without it runs the thunk:
+        absolute paths of programs (with their shared libraries) and folders, and
+        `{"python": "/usr/bin/python3", "modules": ["cv2"]}` for an interpreter with the modules a
+        step imports (docs/jobs.md, "Shipping programs")."""
         if (host is None) == (program is None):
             raise ValueError(f"thunk {name!r}: give exactly one of host= and program=")
         spec: dict[str, Any] = {
@@ -125,7 +131,14 @@ class Job:
             "inputs": {path: _ref(source) for path, source in (inputs or {}).items()},
             "outputs": list(outputs),
         }
-        optional = {"timeout": timeout, "network": network or None, "stdout": stdout or None, "dir": dir}
+        shipped = [dict(item) if isinstance(item, Mapping) else str(item) for item in ship]
+        optional = {
+            "timeout": timeout,
+            "network": network or None,
+            "stdout": stdout or None,
+            "dir": dir,
+            "ship": shipped or None,
+        }
         spec.update({key: value for key, value in optional.items() if value is not None})
         self._thunks.append(spec)
         return Thunk(name, spec)

@@ -1,6 +1,6 @@
-//! The Python package (`python/`): its unit tests run a job built in Python, a bad job and a
-//! failing thunk against this binary, and its example counts words (issue 16). `scripts/test`
-//! installs the package into the venv `target/py-venv`.
+//! The Python package (`python/`): its unit tests run a job built in Python, a bad job, a failing
+//! thunk and a shipped program in its own root against this binary, and its example counts words
+//! (issues 16 and 30). `scripts/test` installs the package into the venv `target/py-venv`.
 
 use std::process::Command;
 
@@ -19,5 +19,5 @@ fn the_python_package_builds_and_runs_jobs() {
         .expect("python");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("Ran 5 tests") && said.trim_end().ends_with("OK"), "{said}");
+    assert!(said.contains("Ran 6 tests") && said.trim_end().ends_with("OK"), "{said}");
 }

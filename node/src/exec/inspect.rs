@@ -7,7 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use thunkmesh_protocol::Id;
-use thunkmesh_protocol::job::{JobSpec, SpecKind, TAIL_MARKER, is_tail};
+use thunkmesh_protocol::job::{JobSpec, ShipSpec, SpecKind, TAIL_MARKER, is_tail};
+use thunkmesh_protocol::thunk::in_root;
 use thunkmesh_protocol::wire::{Assignment, OutputValue, SubmittedThunk};
 
 use super::layout::Linked;
@@ -157,16 +158,52 @@ pub(super) async fn read_tail_output(
         let id = ctx.cache.copy_in(&file).await.map_err(|e| fail(&e))?;
         values.insert(value.clone(), id);
     }
+    let roots = shipped_roots(a, &spec).map_err(|why| bad(format!("{label}: {why}")))?;
     let mut hosts = BTreeMap::new();
     for host in spec.host_programs() {
-        let id = ctx.host_pin(Path::new(host)).await.map_err(|e| bad(format!("{label}: host program {host}: {e}")))?;
+        // A program the tail's thunks ship is pinned by the blob they ship, not by this node's file.
+        let id = match roots.values().find_map(|root| root.get(host)) {
+            Some(id) => *id,
+            None => {
+                ctx.host_pin(Path::new(host)).await.map_err(|e| bad(format!("{label}: host program {host}: {e}")))?
+            }
+        };
         hosts.insert(host.to_owned(), id);
     }
-    let resolved = spec.resolve(&values, &hosts).map_err(|e| bad(format!("{label}: {e}")))?;
+    let resolved = spec.resolve_shipped(&values, &hosts, &roots).map_err(|e| bad(format!("{label}: {e}")))?;
     let blob = ctx.cache.adopt_hashed(path).await.map_err(TaskError::node)?;
     let thunks = resolved.thunks.into_iter().map(|t| SubmittedThunk { name: t.name, thunk: t.thunk }).collect();
     let result = resolved.result.ok_or_else(|| bad(format!("{label}: no result")))?;
     Ok(OutputValue::Tail { blob, thunks, result })
+}
+
+/// What each thunk of a tail ships: the files of the own root of the thunk that wrote it (`a`)
+/// at or under each path its `ship` names, by thunk name.
+fn shipped_roots(a: &Assignment, spec: &JobSpec) -> Result<BTreeMap<String, BTreeMap<String, Id>>, String> {
+    let program = usize::from(matches!(a.thunk.program, thunkmesh_protocol::Program::Ref(_)));
+    let blobs = a.thunk.inputs.keys().zip(a.resolved.iter().skip(program));
+    let writer: BTreeMap<&str, Id> = blobs.filter_map(|(path, blob)| Some((in_root(path)?, *blob))).collect();
+    let mut roots = BTreeMap::new();
+    for thunk in spec.thunks.iter().filter(|t| !t.ship.is_empty()) {
+        let mut root = BTreeMap::new();
+        for item in &thunk.ship {
+            let ShipSpec::Path(shipped) = item else {
+                return Err(format!("thunk `{}` ships a Python interpreter: a tail ships by path", thunk.name));
+            };
+            let under = |path: &str| shipped == "/" || path == shipped || path.starts_with(&format!("{shipped}/"));
+            let held: Vec<(String, Id)> =
+                writer.iter().filter(|(path, _)| under(path)).map(|(path, blob)| ((*path).to_owned(), *blob)).collect();
+            if held.is_empty() {
+                return Err(format!(
+                    "thunk `{}` ships `{shipped}`, which the writer's own root does not hold",
+                    thunk.name
+                ));
+            }
+            root.extend(held);
+        }
+        roots.insert(thunk.name.clone(), root);
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]

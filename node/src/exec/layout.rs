@@ -30,6 +30,7 @@ pub(super) async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -
     let root = sandbox.root();
     let mut resolved = a.resolved.iter().copied();
     let mut places = Vec::with_capacity(a.thunk.inputs.len() + 1);
+    let shipped = matches!(a.thunk.program, Program::Ref(_));
     let (program, host) = match &a.thunk.program {
         Program::Ref(_) => {
             let blob = resolved.next().ok_or_else(|| TaskError::node("no blob for the program"))?;
@@ -41,9 +42,7 @@ pub(super) async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -
         Program::Host { path, .. } if a.thunk.has_root() => (PathBuf::from(path), None),
         Program::Host { path, pin } => (PathBuf::from(path), Some((PathBuf::from(path), *pin))),
     };
-    if a.thunk.has_root() {
-        own_root_possible(ctx.jail.as_deref())?;
-    }
+    let namespaces = ctx.jail.as_deref().map(Jail::isolation) == Some(&crate::jail::Isolation::Namespaces);
     // The files of an own root go to the node's tree of that root, made once (`roots.rs`).
     let mut root_files = Vec::new();
     for (path, blob) in a.thunk.inputs.keys().zip(resolved) {
@@ -63,7 +62,7 @@ pub(super) async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -
         .collect();
     let (cache, pins) = (ctx.cache.clone(), ctx.host_pins.clone());
     let nobody = ctx.jail.as_deref().is_some_and(Jail::as_nobody).then_some(root.clone());
-    let layout = move || -> Result<(Vec<Linked>, Option<PathBuf>), TaskError> {
+    let layout = move || -> Result<(Vec<Linked>, Started), TaskError> {
         if let Some((path, pin)) = host {
             let shown = path.display();
             let actual = pins.pin(&path).map_err(|e| TaskError::node(format!("host program {shown}: {e}")))?;
@@ -78,6 +77,23 @@ pub(super) async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -
             true => None,
             false => Some(crate::roots::tree(&cache, &root_files).map_err(TaskError::node)?),
         };
+        // Without namespaces, the root's own loader starts the program (`loader.rs`).
+        let started = match (&own_root, namespaces) {
+            (Some(tree), false) => {
+                let target = match shipped {
+                    true => program.clone(),
+                    false => tree.join(program.strip_prefix("/").unwrap_or(&program)),
+                };
+                let (loader, prefix) =
+                    crate::loader::command(tree, &target, &program.display().to_string()).map_err(|why| {
+                        TaskError::node(format!(
+                            "the thunk brings its own root, and this node has no namespaces to give it one: {why}"
+                        ))
+                    })?;
+                Started { program: loader, prefix, shipped: false, own_root: None }
+            }
+            _ => Started { program: program.clone(), prefix: Vec::new(), shipped, own_root },
+        };
         // The folders of the declared outputs (and the one it starts in) exist, as they did
         // where the call was recorded.
         for folder in &output_folders {
@@ -87,32 +103,26 @@ pub(super) async fn place_inputs(ctx: &Ctx, a: &Assignment, sandbox: &Sandbox) -
         if let Some(root) = &nobody {
             crate::jail::hand_over(root).map_err(TaskError::node)?;
         }
-        Ok((linked, own_root))
+        Ok((linked, started))
     };
-    let (linked, own_root) = tokio::task::spawn_blocking(layout).await.map_err(TaskError::node)??;
-    Ok(Placed { program, linked, own_root })
+    let (linked, started) = tokio::task::spawn_blocking(layout).await.map_err(TaskError::node)??;
+    Ok(Placed { started, linked })
 }
 
-/// A laid-out sandbox: the program to run, the inputs linked from the cache, and the tree of
-/// the thunk's own root, if it brings one.
+/// A laid-out sandbox: how to start the program, and the inputs linked from the cache.
 pub(super) struct Placed {
-    pub(super) program: PathBuf,
+    pub(super) started: Started,
     pub(super) linked: Vec<Linked>,
-    pub(super) own_root: Option<PathBuf>,
 }
 
-/// A thunk with its own root (a hermetic toolchain) needs a private root made of its files: only
-/// a node whose kernel allows namespaces can give it one.
-fn own_root_possible(jail: Option<&Jail>) -> Result<(), TaskError> {
-    let isolation = jail.map(Jail::isolation);
-    if isolation == Some(&crate::jail::Isolation::Namespaces) {
-        return Ok(());
-    }
-    let here = isolation.map_or_else(|| "off".to_owned(), ToString::to_string);
-    Err(TaskError::node(format!(
-        "the thunk brings its own root file system (`.root/` inputs, such as a hermetic toolchain), which \
-         only a node with namespaces can give it; this node's sandbox is {here}"
-    )))
+/// How the program starts: its path, the arguments before the thunk's own, whether it is the
+/// shipped program of the sandbox, and the tree of the thunk's own root to make its private root
+/// of (with namespaces; without, the root's loader is the program).
+pub(super) struct Started {
+    pub(super) program: PathBuf,
+    pub(super) prefix: Vec<String>,
+    pub(super) shipped: bool,
+    pub(super) own_root: Option<PathBuf>,
 }
 
 /// Hard-links (or, where that fails, copies) cached objects into a sandbox (blocking).

@@ -227,9 +227,9 @@ async fn run_in(
     stats: &mut TransferStats,
 ) -> Result<Vec<(String, OutputValue)>, TaskError> {
     let root = lease.sandbox().root();
-    let Placed { program, linked, own_root } = place_inputs(ctx, a, lease.sandbox()).await?;
+    let Placed { started: how, linked } = place_inputs(ctx, a, lease.sandbox()).await?;
     let started = Instant::now();
-    let mut ran = execute(ctx, a, &program, own_root.as_deref(), lease.sandbox()).await;
+    let mut ran = execute(ctx, a, &how, lease.sandbox()).await;
     stats.program_micros += micros_since(started);
     let succeeded = matches!(&ran, Ok((status, _)) if status.success());
     if let (Ok((_, output)), true, false) = (&mut ran, a.thunk.stdout, succeeded) {

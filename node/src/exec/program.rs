@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use thunkmesh_protocol::Program;
 use thunkmesh_protocol::thunk::STDOUT_OUTPUT;
 use thunkmesh_protocol::wire::Assignment;
 use tokio::io::AsyncReadExt;
 
+use super::layout::Started;
 use super::{Ctx, TaskError, ThunkFault};
 use crate::sandbox::Sandbox;
 
@@ -19,8 +19,7 @@ const OUTPUT_TAIL: usize = 2048;
 pub(super) async fn execute(
     ctx: &Ctx,
     a: &Assignment,
-    program: &Path,
-    own_root: Option<&Path>,
+    started: &Started,
     sandbox: &Sandbox,
 ) -> Result<(std::process::ExitStatus, OutputTail), TaskError> {
     let (reader, writer) = std::io::pipe().map_err(TaskError::node)?;
@@ -29,12 +28,13 @@ pub(super) async fn execute(
         true => std::fs::File::create_new(root.join(STDOUT_OUTPUT)).map_err(TaskError::node)?.into(),
         false => writer.try_clone().map_err(TaskError::node)?.into(),
     };
+    let args: Vec<String> = started.prefix.iter().chain(&a.thunk.args).cloned().collect();
     let started = crate::jail::start(
         ctx.jail.as_deref(),
         crate::jail::Program {
-            path: program,
-            shipped: matches!(a.thunk.program, Program::Ref(_)),
-            args: &a.thunk.args,
+            path: &started.program,
+            shipped: started.shipped,
+            args: &args,
             env: &a.thunk.env,
             work: &root,
             dir: a.thunk.dir.as_deref(),
@@ -42,7 +42,7 @@ pub(super) async fn execute(
             stdout,
             stderr: writer.into(),
             network: a.thunk.network,
-            own_root,
+            own_root: started.own_root.as_deref(),
         },
     );
     // Until it is reaped, dropping this (a cancelled task) kills the program and what it started.
