@@ -15,6 +15,7 @@ mod lambda;
 mod liars;
 mod library;
 mod local_files;
+mod media;
 mod members;
 mod nat;
 mod python;

@@ -223,3 +223,30 @@ fn fmtlib_s_googletest_and_ctest_suites_run_one_test_per_thunk() {
     assert_eq!((rerun.code, rerun.num("thunks_executed"), rerun.num("thunks_failed")), (Some(1), 0, 1));
     assert!(rerun.stdout.contains("expected 2 widgets, made 1"), "the failure ran again: {}", rerun.stdout);
 }
+
+/// `examples/tests`, built and run by its `expected.sh` (CMake, Ninja, CTest, googletest's own
+/// XML): `thunkmesh test` through CTest and through the googletest binary gives every test the
+/// verdict CTest and googletest give it, the skipped one included (CTest's
+/// SKIP_REGULAR_EXPRESSION, googletest's GTEST_SKIP).
+#[test]
+fn the_tests_example_gives_ctest_s_and_googletest_s_verdicts() {
+    if !crate::util::root_or_skip(
+        "test_suites::the_tests_example_gives_ctest_s_and_googletest_s_verdicts",
+        "a test's own root needs mount namespaces (root, as in CI)",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let build = dir.path().join("build");
+    crate::util::shell(&crate::util::repo("examples/tests/expected.sh"), &[&build]);
+    for (suite, own, names_only) in [("ctest", "ctest.xml", true), ("./stats_test", "gtest.xml", false)] {
+        let ours = dir.path().join(format!("{own}.ours"));
+        let run = tm(
+            &build,
+            &["test", "--summary-json", "summary.json", "--junit", ours.to_str().expect("utf-8"), "--", suite],
+        );
+        run.ok();
+        assert!(run.stdout.trim_end().ends_with("9 tests passed, 0 failed, 1 skipped"), "{suite}: {}", run.stdout);
+        assert_eq!(verdicts(&ours, names_only), verdicts(&build.join(own), names_only), "{suite}");
+    }
+}

@@ -267,6 +267,25 @@ impl SelfHosted {
         Proc(child)
     }
 
+    /// A node (with `extra` flags) started by `sh -c SCRIPT` in a mount namespace of its own:
+    /// `script` hides what the node must do without (it ends with `exec "$0" "$@"`, which starts
+    /// the node, and exits 98 if it could not hide something).
+    pub fn node_hiding(&self, script: &str, cache: &Path, name: &str, extra: &[&str]) -> Proc {
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script, env!("CARGO_BIN_EXE_thunkmesh")])
+            .args(["node", "--rendezvous", &self.addr, "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .args(&self.trust)
+            .args(["--name", name, "--cache-dir"])
+            .arg(cache)
+            .env("THUNKMESH_TOKEN", &self.token)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(cache.with_extension("log")).map_or(Stdio::null(), Stdio::from))
+            .spawn()
+            .expect("start unshare");
+        Proc(child)
+    }
+
     /// Waits until exactly `nodes` nodes are registered, for at most `within`.
     pub fn wait_for_nodes(&self, nodes: usize, within: Duration) {
         let want = format!("\n{nodes} node(s), ");

@@ -71,6 +71,7 @@ fn case(test: Test, dir: &Path) -> Result<Case, String> {
             "REQUIRED_FILES" => run.required.extend(strings(&value).ok_or_else(wrong)?.into_iter().map(PathBuf::from)),
             "PASS_REGULAR_EXPRESSION" => run.pass_patterns = strings(&value).ok_or_else(wrong)?,
             "FAIL_REGULAR_EXPRESSION" => run.fail_patterns = strings(&value).ok_or_else(wrong)?,
+            "SKIP_REGULAR_EXPRESSION" => run.skip_patterns = strings(&value).ok_or_else(wrong)?,
             _ => {}
         }
     }

@@ -118,6 +118,8 @@ pub struct TestRun {
     pub pass_patterns: Vec<String>,
     /// It fails when its output matches one of these.
     pub fail_patterns: Vec<String>,
+    /// It is skipped when its output matches one of these, whatever its status.
+    pub skip_patterns: Vec<String>,
 }
 
 impl TestRun {
@@ -133,6 +135,7 @@ impl TestRun {
             required: Vec::new(),
             pass_patterns: Vec::new(),
             fail_patterns: Vec::new(),
+            skip_patterns: Vec::new(),
         }
     }
 

@@ -77,7 +77,10 @@ pub(super) fn judge(suite: &Suite, failures: &[String], out: &Path) -> Report {
         .map(|(index, case)| {
             let (outcome, millis, output) = match (case.disabled, failed.get(&index)) {
                 (true, _) => (Outcome::Skipped("disabled".into()), None, String::new()),
-                (false, Some((why, output))) => (Outcome::Failed((*why).to_owned()), None, (*output).to_owned()),
+                (false, Some((why, output))) => match first_match(&case.run.skip_patterns, output) {
+                    Ok(Some(pattern)) => (skipped_by(&pattern), None, (*output).to_owned()),
+                    _ => (Outcome::Failed((*why).to_owned()), None, (*output).to_owned()),
+                },
                 (false, None) => match std::fs::read(out.join(target(index))) {
                     Ok(bytes) => {
                         let output = String::from_utf8_lossy(&bytes).into_owned();
@@ -113,25 +116,34 @@ fn passed(case: &Case, output: &str) -> (Outcome, Option<u64>) {
     if let Some(line) = output.lines().find(|l| l.starts_with(SKIPPED_LINE)) {
         return (Outcome::Skipped(line.trim_start_matches("thunkmesh test: skipped: ").to_owned()), None);
     }
-    let matches = |patterns: &[String]| -> Result<Option<String>, String> {
-        for pattern in patterns {
-            let regex = regex::Regex::new(pattern).map_err(|e| format!("pattern `{pattern}`: {e}"))?;
-            if regex.is_match(output) {
-                return Ok(Some(pattern.clone()));
-            }
-        }
-        Ok(None)
-    };
     let run = &case.run;
-    let verdict = match (matches(&run.fail_patterns), matches(&run.pass_patterns)) {
-        (Err(e), _) | (_, Err(e)) => Outcome::Failed(format!("cannot judge its output: {e}")),
-        (Ok(Some(p)), _) => Outcome::Failed(format!("its output matches FAIL_REGULAR_EXPRESSION `{p}`")),
-        (Ok(None), Ok(None)) if !run.pass_patterns.is_empty() => {
+    let matches = |patterns: &[String]| first_match(patterns, output);
+    let verdict = match (matches(&run.skip_patterns), matches(&run.fail_patterns), matches(&run.pass_patterns)) {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Outcome::Failed(format!("cannot judge its output: {e}")),
+        (Ok(Some(p)), _, _) => skipped_by(&p),
+        (_, Ok(Some(p)), _) => Outcome::Failed(format!("its output matches FAIL_REGULAR_EXPRESSION `{p}`")),
+        (_, Ok(None), Ok(None)) if !run.pass_patterns.is_empty() => {
             Outcome::Failed("its output matches no PASS_REGULAR_EXPRESSION".into())
         }
         _ => Outcome::Passed,
     };
     (verdict, None)
+}
+
+/// The first of `patterns` (CTest's regular expressions, which Rust's `regex` reads) that
+/// `output` matches.
+fn first_match(patterns: &[String], output: &str) -> Result<Option<String>, String> {
+    for pattern in patterns {
+        let regex = regex::Regex::new(pattern).map_err(|e| format!("pattern `{pattern}`: {e}"))?;
+        if regex.is_match(output) {
+            return Ok(Some(pattern.clone()));
+        }
+    }
+    Ok(None)
+}
+
+fn skipped_by(pattern: &str) -> Outcome {
+    Outcome::Skipped(format!("its output matches SKIP_REGULAR_EXPRESSION `{pattern}`"))
 }
 
 #[cfg(test)]
