@@ -23,6 +23,7 @@ mod swarm;
 mod swarm_nodes;
 mod transfer;
 mod versus;
+mod video;
 mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,8 @@ enum Sub {
     Transfer(transfer::TransferArgs),
     /// The data-heavy workloads by thunkmesh, a shell pipeline, Dask and Ray, side by side.
     Versus(versus::VersusArgs),
+    /// `examples/video` (chunked x264) against one ffmpeg with as many threads as workers.
+    Video(video::VideoArgs),
     /// Writes a job file of tens of thousands of compile-like thunks (a mid-size build).
     BigJob(big_job::BigJobArgs),
     /// Thousands of synthetic node sessions over real QUIC against a real rendezvous: sessions
@@ -127,6 +130,7 @@ fn main() -> Result<()> {
         Some(Sub::Infer(args)) => infer::main(&args),
         Some(Sub::Transfer(args)) => transfer::main(&args),
         Some(Sub::Versus(args)) => versus::main(&args),
+        Some(Sub::Video(args)) => video::main(&args),
         Some(Sub::DelayLine(args)) => delay::main(&args),
         Some(Sub::Swarm(args)) => swarm::main(&args),
         Some(Sub::BigJob(args)) => big_job::main(&args),

@@ -39,6 +39,13 @@ pub struct SimArgs {
     /// Mean size of a job file's outputs, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     job_output_bytes: u64,
+    /// Chunks of the video workload's 10-minute 1080p source.
+    #[arg(long, default_value_t = 1000)]
+    video_chunks: usize,
+    /// Milliseconds x264 takes per 1080p frame on one thread (`thunkmesh-bench video` measures
+    /// it: 40.4 on the 2-core machine of docs/benchmarks.md).
+    #[arg(long, default_value_t = 40.4)]
+    video_frame_ms: f64,
     /// Mappers in the shuffle workload (reducers: a tenth of that).
     #[arg(long, default_value_t = 2000)]
     mappers: usize,
@@ -114,8 +121,12 @@ pub fn main(args: &SimArgs) -> Result<()> {
     let shapes = if args.workloads.is_empty() { Shape::ALL.to_vec() } else { args.workloads.clone() };
     let mut jobs: Vec<(String, SimJob)> = Vec::new();
     for shape in shapes {
-        let size = if shape == Shape::Shuffle { args.mappers } else { args.compile_thunks };
-        jobs.push((shape.name().to_owned(), shape.build(size, args.seed)));
+        let size = match shape {
+            Shape::Shuffle => args.mappers,
+            Shape::Video => args.video_chunks,
+            _ => args.compile_thunks,
+        };
+        jobs.push((shape.name().to_owned(), shape.build(size, args.video_frame_ms / 1000.0, args.seed)));
     }
     if let Some(path) = &args.job {
         let job = from_job_file(path, args.job_seconds, args.job_output_bytes, args.seed)

@@ -161,7 +161,10 @@ impl Found {
         if !self.linked.insert(path.to_owned()) {
             return Ok(());
         }
-        for library in libraries(path)? {
+        // `ldd` names every library the file loads, theirs included: none needs asking again.
+        let found = libraries(path)?;
+        self.linked.extend(found.iter().cloned());
+        for library in found {
             let meta = std::fs::metadata(&library)
                 .map_err(|error| ShipError::Io { path: library.display().to_string(), error })?;
             self.add(&library, meta.len(), path)?;

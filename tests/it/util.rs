@@ -253,36 +253,33 @@ impl SelfHosted {
     /// A node inside network namespace `ns` (if given), bound to every address there.
     pub fn node_in(&self, ns: Option<&str>, cache: &Path, name: &str, extra: &[&str]) -> Proc {
         let bind = if ns.is_some() { "0.0.0.0:0" } else { "127.0.0.1:0" };
-        let child = thunkmesh_in(ns)
-            .args(["node", "--rendezvous", &self.addr, "--bind", bind])
-            .args(extra)
-            .args(&self.trust)
-            .args(["--name", name, "--cache-dir"])
-            .arg(cache)
-            .env("THUNKMESH_TOKEN", &self.token)
-            .env("RUST_LOG", "info,thunkmesh_node::peer=debug")
-            .stderr(std::fs::File::create(cache.with_extension("log")).map_or(Stdio::null(), Stdio::from))
-            .spawn()
-            .expect("start node");
-        Proc(child)
+        let log = "info,thunkmesh_node::peer=debug";
+        self.join(thunkmesh_in(ns), bind, cache, name, extra, log)
     }
 
     /// A node (with `extra` flags) started by `sh -c SCRIPT` in a mount namespace of its own:
     /// `script` hides what the node must do without (it ends with `exec "$0" "$@"`, which starts
     /// the node, and exits 98 if it could not hide something).
     pub fn node_hiding(&self, script: &str, cache: &Path, name: &str, extra: &[&str]) -> Proc {
-        let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", script, env!("CARGO_BIN_EXE_thunkmesh")])
-            .args(["node", "--rendezvous", &self.addr, "--bind", "127.0.0.1:0"])
+        let mut unshare = Command::new("unshare");
+        unshare.args(["--mount", "--propagation", "private", "sh", "-c", script, env!("CARGO_BIN_EXE_thunkmesh")]);
+        self.join(unshare, "127.0.0.1:0", cache, name, extra, "info")
+    }
+
+    /// Starts `command` with the arguments of a node joining this rendezvous; its log goes next
+    /// to its cache.
+    fn join(&self, mut command: Command, bind: &str, cache: &Path, name: &str, extra: &[&str], log: &str) -> Proc {
+        let child = command
+            .args(["node", "--rendezvous", &self.addr, "--bind", bind])
             .args(extra)
             .args(&self.trust)
             .args(["--name", name, "--cache-dir"])
             .arg(cache)
             .env("THUNKMESH_TOKEN", &self.token)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log)
             .stderr(std::fs::File::create(cache.with_extension("log")).map_or(Stdio::null(), Stdio::from))
             .spawn()
-            .expect("start unshare");
+            .expect("start node");
         Proc(child)
     }
 

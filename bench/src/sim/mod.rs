@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(Scaling::LAMBDA.start(999), 0.0);
         assert_eq!(Scaling::LAMBDA.start(1000), 10.0);
         assert_eq!(Scaling::LAMBDA.start(9_999), 90.0);
-        let job = Shape::Compile.build(2_000, 3);
+        let job = Shape::Compile.build(2_000, 0.0, 3);
         let at_once = Cloud { workers: 40, ..cloud() };
         let step = Cloud { scaling: Some(Scaling { step: 10, every: 5.0 }), ..at_once };
         let (all, stepped) = (run(&job, &at_once, Variant::ALL[0]), run(&job, &step, Variant::ALL[0]));
@@ -382,7 +382,7 @@ mod tests {
 
     #[test]
     fn every_variant_finishes_a_chain_and_only_storage_mode_stores_intermediates() {
-        let job = Shape::Chain.build(0, 3);
+        let job = Shape::Chain.build(0, 0.0, 3);
         let runs: Vec<Outcome> = Variant::ALL.iter().map(|&v| run(&job, &cloud(), v).expect("finishes")).collect();
         for (variant, o) in Variant::ALL.iter().zip(&runs) {
             assert_eq!(o.memo_records, 1000, "{}", variant.name());
@@ -392,6 +392,20 @@ mod tests {
         assert_eq!(runs[0].storage_requests, 2, "the seed in, the target out");
         assert!(runs[3].storage_requests >= 2 * 1000, "storage mode: a GET and a PUT per step");
         assert!(runs[3].makespan > 5.0 * runs[0].makespan, "150 ms per request, twice per 50 ms step");
+    }
+
+    /// The video shape: probe, plan, split, one encode per chunk taking its frames' time, a
+    /// stitch; every worker that encodes fetches ffmpeg's root, so p2p moves it once per worker.
+    #[test]
+    fn the_video_shape_encodes_each_chunk_for_its_frames() {
+        let job = Shape::Video.build(100, 0.04, 3);
+        assert_eq!(job.thunks.len(), 3 + 100 + 1);
+        let encodes: Vec<f64> =
+            job.thunks.iter().filter(|(n, _, _)| n.starts_with("encode/")).map(|(_, _, c)| c.seconds).collect();
+        let mean = encodes.iter().sum::<f64>() / encodes.len() as f64;
+        assert!((mean - 180.0 * 0.04).abs() < 0.2 * 180.0 * 0.04, "180 frames of 40 ms each, jittered: {mean}");
+        let o = run(&job, &Cloud { workers: 20, ..cloud() }, Variant::ALL[0]).expect("finishes");
+        assert!(o.peer_bytes >= 19 * 240 * (1 << 20), "the root reaches the workers peer to peer: {}", o.peer_bytes);
     }
 
     #[test]

@@ -46,11 +46,16 @@ pub enum Shape {
     /// The benchmark's fan-in: 64 producers of 4 MiB, 8 reducers each concatenating 8 of them,
     /// one final thunk reading the 8 results.
     FanIn,
+    /// `examples/video` at scale, ExCamera's shape: a 10-minute 1080p source (18,000 frames,
+    /// 600 MiB) probed, planned, split at keyframes into chunks without re-encoding, one x264
+    /// encode per chunk, a stitch; every thunk brings ffmpeg's shipped root (240 MiB).
+    Video,
 }
 
 impl Shape {
     /// Every shape.
-    pub const ALL: [Shape; 5] = [Shape::Compile, Shape::Shuffle, Shape::Chain, Shape::Fanout, Shape::FanIn];
+    pub const ALL: [Shape; 6] =
+        [Shape::Compile, Shape::Shuffle, Shape::Chain, Shape::Fanout, Shape::FanIn, Shape::Video];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -60,11 +65,13 @@ impl Shape {
             Shape::Chain => "chain",
             Shape::Fanout => "fanout",
             Shape::FanIn => "fan-in",
+            Shape::Video => "video",
         }
     }
 
-    /// Builds the job; `size` scales it (thunks for `compile`, mappers for `shuffle`).
-    pub fn build(self, size: usize, seed: u64) -> SimJob {
+    /// Builds the job; `size` scales it (thunks for `compile`, mappers for `shuffle`, chunks for
+    /// `video`, whose frames each take `frame_seconds` to encode on one thread).
+    pub fn build(self, size: usize, frame_seconds: f64, seed: u64) -> SimJob {
         let mut b = Builder { job: SimJob::default(), seed, n: 0 };
         match self {
             Shape::Compile => b.compile(size),
@@ -72,6 +79,7 @@ impl Shape {
             Shape::Chain => b.chain(1000),
             Shape::Fanout => b.fanout(12),
             Shape::FanIn => b.fan_in(64, 8),
+            Shape::Video => b.video(size, frame_seconds),
         }
         b.job
     }
@@ -143,6 +151,34 @@ impl Builder {
         }
         let link = self.one("link".into(), libs, 64 * MIB, 5.0);
         self.job.targets.push(link);
+    }
+
+    /// The video shape in `chunks` chunks (see [`Shape::Video`]). A chunk's encode takes its
+    /// frames times `frame_seconds`, jittered for the footage's complexity; its output is half
+    /// its input (x264 `veryfast`, CRF 23, against an 8 Mbit/s camera file).
+    fn video(&mut self, chunks: usize, frame_seconds: f64) {
+        const FRAMES: usize = 18_000;
+        let chunks = chunks.clamp(1, FRAMES);
+        let source_bytes = 600 * MIB;
+        let source = self.value("source.mp4", source_bytes);
+        let ffmpeg = self.value("ffmpeg's root", 240 * MIB);
+        let probe = self.one("probe".into(), vec![source.clone(), ffmpeg.clone()], 64 * KIB, 2.0);
+        let plan = self.one("plan".into(), vec![probe, ffmpeg.clone()], 256 * KIB, 0.1);
+        let names: Vec<String> = (0..chunks).map(|c| format!("c{c}")).collect();
+        let piece = source_bytes / chunks as u64;
+        let outputs: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), piece)).collect();
+        let pieces = self.thunk("split".into(), vec![source, ffmpeg.clone(), plan], &outputs, 3.0);
+        let frames = (FRAMES / chunks) as f64;
+        let encoded: Vec<Ref> = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(c, piece_ref)| {
+                let seconds = self.jitter(frames * frame_seconds);
+                self.one(format!("encode/{c}"), vec![piece_ref, ffmpeg.clone()], piece / 2, seconds)
+            })
+            .collect();
+        let stitch = self.one("stitch".into(), [encoded, vec![ffmpeg]].concat(), source_bytes / 2, 2.0);
+        self.job.targets.push(stitch);
     }
 
     fn shuffle(&mut self, mappers: usize) {
