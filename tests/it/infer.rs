@@ -72,6 +72,31 @@ fn wrapped_calls_are_forced_into_the_real_files_once() {
     );
 }
 
+/// `wrap --ship` records the program as the program of its own root, which holds it and what
+/// it needs to start: forced, it finds nothing else of the machine (no `tr` beside the shell).
+/// Without `--ship`, the same call sees the node's programs.
+#[test]
+fn a_wrapped_program_shipped_with_its_libraries_sees_only_its_root() {
+    if !crate::util::root_or_skip(
+        "infer::a_wrapped_program_shipped_with_its_libraries_sees_only_its_root",
+        "an own root needs mount namespaces (root, as in CI)",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = "if command -v tr >/dev/null; then echo host; else echo shipped; fi";
+    for (file, ship) in [("shipped.txt", &["--ship", "/bin/sh"][..]), ("plain.txt", &[][..])] {
+        let script = format!("{{ {probe}; }} > {file}");
+        let wrap = [&["wrap", "--out", file][..], ship, &["--", "sh", "-c", &script]].concat();
+        tm(dir.path(), &wrap).ok();
+    }
+    let described = tm(dir.path(), &["describe", "shipped.txt"]);
+    assert!(described.stdout.contains("from the thunk's own root"), "{}", described.stdout);
+    force(dir.path(), &["--all"]).ok();
+    assert_eq!(std::fs::read_to_string(dir.path().join("shipped.txt")).expect("read"), "shipped\n");
+    assert_eq!(std::fs::read_to_string(dir.path().join("plain.txt")).expect("read"), "host\n");
+}
+
 /// The same build recorded in two folders gives the same thunks, and storage mode the same
 /// bytes.
 #[test]
