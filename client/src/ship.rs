@@ -6,7 +6,7 @@
 //! and uploaded like any value, so a node that has none of them runs the thunk, and two thunks
 //! that ship the same program share every blob.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
@@ -83,16 +83,15 @@ pub fn files(item: &ShipSpec) -> Result<BTreeSet<PathBuf>, ShipError> {
 pub fn roots<'a>(
     thunks: impl IntoIterator<Item = (&'a str, &'a [ShipSpec])>,
 ) -> Result<BTreeMap<String, BTreeSet<PathBuf>>, ShipError> {
-    let mut seen: BTreeMap<String, BTreeSet<PathBuf>> = BTreeMap::new();
+    let mut seen: HashMap<&ShipSpec, BTreeSet<PathBuf>> = HashMap::new();
     let mut roots = BTreeMap::new();
     for (name, items) in thunks {
         let mut root = BTreeSet::new();
         for item in items {
-            let key = format!("{item:?}");
-            if !seen.contains_key(&key) {
-                seen.insert(key.clone(), files(item)?);
+            if !seen.contains_key(item) {
+                seen.insert(item, files(item)?);
             }
-            root.extend(seen[&key].iter().cloned());
+            root.extend(seen[item].iter().cloned());
         }
         roots.insert(name.to_owned(), root);
     }
@@ -141,19 +140,13 @@ impl Found {
             return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a regular file")));
         }
         self.add(path, meta.len(), path)?;
-        let mut head = [0u8; 256];
-        let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(io)?;
-        let head = &head[..read];
-        if head.starts_with(b"\x7fELF") {
-            return self.libraries(path);
-        }
-        if let Some(line) = head.strip_prefix(b"#!") {
-            let line = String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
-            if let Some(interpreter) = line.split_whitespace().next().filter(|i| i.starts_with('/')) {
-                return self.program(Path::new(interpreter));
+        match file_kind(path).map_err(io)? {
+            FileKind::Elf => self.libraries(path),
+            FileKind::Script { interpreter, .. } if interpreter.starts_with('/') => {
+                self.program(Path::new(&interpreter))
             }
+            FileKind::Script { .. } | FileKind::Other => Ok(()),
         }
-        Ok(())
     }
 
     /// The shared libraries and loader of the ELF file at `path`.
@@ -221,7 +214,7 @@ for module in list(sys.modules.values()):
         if path.extension().is_some_and(|e| e == "so") || path.to_string_lossy().contains(".so.") {
             // A library that an extension or plugin is loaded as: its own libraries too.
             let linked = self.linked.contains(path);
-            if !linked && is_elf(path) {
+            if !linked && matches!(file_kind(path), Ok(FileKind::Elf)) {
                 self.libraries(path)?;
             }
         }
@@ -229,9 +222,35 @@ for module in list(sys.modules.values()):
     }
 }
 
-fn is_elf(path: &Path) -> bool {
-    let mut head = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == *b"\x7fELF"
+/// What a file is, by its first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKind {
+    /// An ELF program or library.
+    Elf,
+    /// A script: the interpreter its `#!` line names, and the one argument it may give.
+    Script {
+        /// The interpreter, as written (empty if the line names none).
+        interpreter: String,
+        /// Its argument.
+        arg: Option<String>,
+    },
+    /// Anything else.
+    Other,
+}
+
+/// What the file at `path` is, from its first 256 bytes.
+pub fn file_kind(path: &Path) -> std::io::Result<FileKind> {
+    let mut head = [0u8; 256];
+    let read = std::fs::File::open(path)?.read(&mut head)?;
+    let head = &head[..read];
+    if head.starts_with(b"\x7fELF") {
+        return Ok(FileKind::Elf);
+    }
+    let Some(line) = head.strip_prefix(b"#!") else { return Ok(FileKind::Other) };
+    let line = String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+    let mut words = line.split_whitespace();
+    let interpreter = words.next().unwrap_or_default().to_owned();
+    Ok(FileKind::Script { interpreter, arg: words.next().map(str::to_owned) })
 }
 
 /// Whether `path` lies in a folder the sandbox provides.

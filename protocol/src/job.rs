@@ -132,7 +132,7 @@ pub enum ProgramSpec {
 
 /// What a thunk ships as its own root (its `ship` key): files that travel with the job, so a node
 /// without them runs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ShipSpec {
     /// A file or folder by its absolute path. In a job, on the client's disk: a program with the
     /// shared libraries it loads, a folder with every file under it. In a tail, in the own root of

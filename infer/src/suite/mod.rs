@@ -14,7 +14,6 @@ pub mod junit;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -174,12 +173,8 @@ pub fn list(command: &[String], cwd: &Path) -> Result<Suite, SuiteError> {
 
 /// `program` as a shell finds it: a path (relative to `cwd`) when it has a `/`, else on `PATH`.
 fn find(program: &str, cwd: &Path) -> Option<PathBuf> {
-    if program.contains('/') {
-        let path = normal(&cwd.join(program));
-        return path.is_file().then_some(path);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+    let path = std::env::var_os("PATH");
+    crate::wrap::find_program(cwd, program.as_ref(), path.as_deref()).ok().map(|found| normal(&found))
 }
 
 /// The name of the target that holds what test `index` printed.
@@ -404,27 +399,21 @@ enum Kind {
 }
 
 fn program_kind(path: &Path) -> Result<Kind, String> {
-    let mut head = [0u8; 256];
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let read = file.read(&mut head).map_err(|e| e.to_string())?;
-    let head = &head[..read];
-    if head.starts_with(b"\x7fELF") {
-        return Ok(Kind::Elf);
-    }
-    let Some(line) = head.strip_prefix(b"#!") else {
-        return Err("neither an ELF program nor a script with a `#!` line".into());
-    };
-    let line = String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
-    let mut words = line.split_whitespace();
-    let interpreter = words.next().ok_or("its `#!` line names no interpreter")?;
-    let arg = words.next().map(str::to_owned);
-    match (interpreter, arg) {
+    use thunkmesh_client::ship::{FileKind, file_kind};
+    match file_kind(path).map_err(|e| e.to_string())? {
+        FileKind::Elf => Ok(Kind::Elf),
+        FileKind::Other => Err("neither an ELF program nor a script with a `#!` line".into()),
+        FileKind::Script { interpreter, .. } if interpreter.is_empty() => {
+            Err("its `#!` line names no interpreter".into())
+        }
         // `#!/usr/bin/env NAME`: NAME as the search path finds it here.
-        ("/usr/bin/env" | "/bin/env", Some(name)) => {
+        FileKind::Script { interpreter, arg: Some(name) }
+            if matches!(interpreter.as_str(), "/usr/bin/env" | "/bin/env") =>
+        {
             let found = find(&name, Path::new("/")).ok_or(format!("its interpreter `{name}` is not on PATH"))?;
             Ok(Kind::Script { interpreter: found, arg: None })
         }
-        (interpreter, arg) => Ok(Kind::Script { interpreter: PathBuf::from(interpreter), arg }),
+        FileKind::Script { interpreter, arg } => Ok(Kind::Script { interpreter: PathBuf::from(interpreter), arg }),
     }
 }
 

@@ -180,10 +180,13 @@ pub(super) async fn read_tail_output(
 /// What each thunk of a tail ships: the files of the own root of the thunk that wrote it (`a`)
 /// at or under each path its `ship` names, by thunk name.
 fn shipped_roots(a: &Assignment, spec: &JobSpec) -> Result<BTreeMap<String, BTreeMap<String, Id>>, String> {
+    let mut roots = BTreeMap::new();
+    if spec.thunks.iter().all(|t| t.ship.is_empty()) {
+        return Ok(roots);
+    }
     let program = usize::from(matches!(a.thunk.program, thunkmesh_protocol::Program::Ref(_)));
     let blobs = a.thunk.inputs.keys().zip(a.resolved.iter().skip(program));
     let writer: BTreeMap<&str, Id> = blobs.filter_map(|(path, blob)| Some((in_root(path)?, *blob))).collect();
-    let mut roots = BTreeMap::new();
     for thunk in spec.thunks.iter().filter(|t| !t.ship.is_empty()) {
         let mut root = BTreeMap::new();
         for item in &thunk.ship {
