@@ -485,6 +485,19 @@ pub struct RunFlags {
     /// Without a terminal, print a progress line this often (on a terminal a bar is drawn).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub progress_every: Duration,
+    /// Write a report of the run to this HTML page, in the manner of `cargo build --timings`:
+    /// a time line per node, the critical path, the slowest thunks, the bytes on each edge
+    /// (docs/operations.md, "Seeing the mesh work").
+    #[arg(long, value_name = "FILE.html")]
+    pub timings: Option<PathBuf>,
+    /// Write the run's tasks to this file in the Chrome trace event format, which Perfetto
+    /// (ui.perfetto.dev) and chrome://tracing open: one process per node, one bar per task.
+    #[arg(long, value_name = "FILE.json")]
+    pub trace: Option<PathBuf>,
+    /// Serve the local mesh's live web view while the job runs, at this address (TCP,
+    /// loopback by default) and print where to open it.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    pub ui: Option<SocketAddr>,
     /// Submit to this self-hosted rendezvous (host:port) instead of starting a local mesh;
     /// the token comes from THUNKMESH_TOKEN. Lambda workers dial this address too.
     #[arg(long, env = "THUNKMESH_RENDEZVOUS", value_parser = host_port)]
@@ -579,6 +592,11 @@ pub struct RendezvousArgs {
     /// Refuse a job not whole within this time of its first message (such as 30s or 10m).
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub submit_within: std::time::Duration,
+    /// Serve the live web view and its JSON API (/api/status, /api/journal, /api/events) on
+    /// this TCP address [default when given alone: 127.0.0.1:7780]. It opens with the mesh's
+    /// token, or THUNKMESH_VIEW_TOKEN if set: open http://ADDR/?token=TOKEN once (docs/operations.md).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:7780")]
+    pub http: Option<SocketAddr>,
     /// Refuse the node whose certificate fingerprint begins with these hex digits (8 or more, as
     /// `thunkmesh status` shows them); repeat for more. For a node that lied: see `thunkmesh memo
     /// forget`.

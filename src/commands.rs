@@ -89,7 +89,12 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
     };
     let forbidden = args.forbid_nodes.iter().map(|n| node_id_prefix("--forbid-node", n)).collect::<Result<_>>()?;
     let rules = thunkmesh_rendezvous::Rules { limits, forbidden };
-    let serve = thunkmesh_rendezvous::serve(endpoint, probe, token, rules, shutdown);
+    let web = args.http.map(|addr| thunkmesh_rendezvous::Web::bind(addr, view_token())).transpose()?;
+    if let Some(addr) = web.as_ref().and_then(thunkmesh_rendezvous::Web::local_addr) {
+        let which = if view_token().is_some() { VIEW_TOKEN_ENV } else { "the mesh token" };
+        eprintln!("web view on http://{addr}/ (open http://{addr}/?token=TOKEN once, with {which})");
+    }
+    let serve = thunkmesh_rendezvous::serve(endpoint, probe, web, token, rules, shutdown);
     match pool {
         None => serve.await?,
         Some(spec) => crate::lambda::with_pool(serve, &spec, &args.aws).await?,
@@ -97,11 +102,19 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
     Ok(())
 }
 
+/// The environment variable of a token that opens the web view and nothing else.
+const VIEW_TOKEN_ENV: &str = "THUNKMESH_VIEW_TOKEN";
+
+/// The view token from the environment, if one is set.
+fn view_token() -> Option<String> {
+    std::env::var(VIEW_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty())
+}
+
 async fn status(args: StatusArgs) -> Result<()> {
     let target = remote_target(&args.rendezvous, &args.trust)?;
     let status = thunkmesh_client::status(&target).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
+        println!("{}", serde_json::to_string_pretty(&thunkmesh_rendezvous::web::status_json(&status))?);
         return Ok(());
     }
     let header = ("NODE", "OBSERVED", "LOCAL", "NAT", "SLOTS", "RUNNING", "ID", "SANDBOX");
@@ -123,7 +136,7 @@ async fn status(args: StatusArgs) -> Result<()> {
         );
         for j in &status.jobs {
             let p = j.progress;
-            let (age, rate) = (j.running_ms as f64 / 1000.0, throughput(j));
+            let (age, rate) = (j.running_ms as f64 / 1000.0, thunkmesh_rendezvous::web::throughput(j));
             let mode = j.mode.name();
             println!(
                 "{:<8} {mode:<7} {:>9} {:>9} {:>8} {:>8} {:>8.1}s {rate:>10.1}",
@@ -136,41 +149,8 @@ async fn status(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-/// Thunks a job resolved per second so far.
-fn throughput(job: &thunkmesh_protocol::wire::JobStatus) -> f64 {
-    if job.running_ms == 0 { 0.0 } else { job.progress.done as f64 * 1000.0 / job.running_ms as f64 }
-}
-
 fn uptime(ms: u64) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_secs(ms / 1000))
-}
-
-/// `status --json`: its layout is documented in docs/operations.md.
-fn status_json(status: &thunkmesh_protocol::wire::MeshStatus) -> serde_json::Value {
-    let nodes: Vec<_> = status
-        .nodes
-        .iter()
-        .map(|n| {
-            serde_json::json!({
-                "name": n.name, "observed": n.observed, "local": n.local, "nat": n.nat.to_string(),
-                "slots": n.slots, "running": n.running, "sandbox": n.isolation,
-                "fingerprint": hex::encode(n.fingerprint),
-            })
-        })
-        .collect();
-    let jobs: Vec<_> = status
-        .jobs
-        .iter()
-        .map(|j| {
-            let p = j.progress;
-            serde_json::json!({
-                "session": j.session, "mode": j.mode.name(), "thunks_total": p.total,
-                "thunks_done": p.done, "thunks_running": p.running, "thunks_queued": p.ready,
-                "running_ms": j.running_ms, "thunks_per_second": throughput(j),
-            })
-        })
-        .collect();
-    serde_json::json!({ "schema_version": 1, "uptime_ms": status.uptime_ms, "nodes": nodes, "jobs": jobs })
 }
 
 /// The token in `state_dir/token`, generated (readable by the owner only) on first use.

@@ -1,6 +1,7 @@
 //! What `run` and `force` share around a job: the state folder's lock, the summary file opened
 //! before anything runs, progress on a terminal or as lines without one, Ctrl-C, the printed
-//! summary, the summary JSON (on success and on failure) and the exit status.
+//! summary, the summary JSON (on success and on failure), the `--timings` and `--trace` reports,
+//! and the exit status.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use thunkmesh_client::report::Timeline;
 use thunkmesh_client::{LoadedJob, Memo, Reporter, Summary};
-use thunkmesh_protocol::wire::Progress;
+use thunkmesh_protocol::wire::{Progress, TaskReport};
 
 use crate::cli::{EngineArg, Global, ModeArg, RunFlags};
 use crate::exit::{Failure, Interrupted, Result, UsageError, failed};
@@ -110,10 +112,16 @@ impl Invocation {
         out: &Path,
     ) -> Result<(Summary, Option<thunkmesh_lambda::Launched>)> {
         let memo = self.memo == Memo::On;
-        tokio::select! {
-            r = crate::mesh::execute(flags, job, out, &mut self.bar, self.started) => r,
+        let reports = Reports::open(flags)?;
+        let mut recording = Recording { bar: &mut self.bar, tasks: reports.wanted().then(Vec::new) };
+        let result = tokio::select! {
+            r = crate::mesh::execute(flags, job, out, &mut recording, self.started) => r,
             _ = tokio::signal::ctrl_c() => Err(Interrupted { memo }.into()),
+        };
+        if let Some(tasks) = recording.tasks {
+            reports.write(&tasks, job)?;
         }
+        result
     }
 
     /// Prints the outcome, writes the summary JSON and gives the exit status.
@@ -333,6 +341,76 @@ impl Reporter for Bar {
     fn tick(&mut self) {
         if let Some(p) = self.1.latest.filter(|_| self.line_due()) {
             self.line(p);
+        }
+    }
+}
+
+/// The `--timings` and `--trace` files, created before the job runs (so that an unwritable
+/// path fails at once) and written when it ends, failed or not.
+struct Reports {
+    timings: Option<(PathBuf, File)>,
+    trace: Option<(PathBuf, File)>,
+    title: String,
+}
+
+impl Reports {
+    fn open(flags: &RunFlags) -> Result<Reports> {
+        let create = |flag: &str, path: &Option<PathBuf>| -> Result<Option<(PathBuf, File)>> {
+            let Some(path) = path else { return Ok(None) };
+            let file =
+                File::create(path).map_err(|e| UsageError(format!("{flag}: cannot write {}: {e}", path.display())))?;
+            Ok(Some((path.clone(), file)))
+        };
+        let title = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+        Ok(Reports { timings: create("--timings", &flags.timings)?, trace: create("--trace", &flags.trace)?, title })
+    }
+
+    fn wanted(&self) -> bool {
+        self.timings.is_some() || self.trace.is_some()
+    }
+
+    fn write(self, tasks: &[TaskReport], job: &LoadedJob) -> Result<()> {
+        let timeline = Timeline::new(tasks, &job.job);
+        let write = |(path, mut file): (PathBuf, File), text: String| -> Result<()> {
+            file.write_all(text.as_bytes()).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            Ok(())
+        };
+        if let Some(out) = self.timings {
+            write(out, timeline.timings_html(&self.title))?;
+        }
+        if let Some(out) = self.trace {
+            write(out, timeline.trace_json().to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// The progress display, keeping the reports of the tasks that ended when they are wanted.
+struct Recording<'a> {
+    bar: &'a mut Bar,
+    tasks: Option<Vec<TaskReport>>,
+}
+
+impl Reporter for Recording<'_> {
+    fn phase(&mut self, what: &str) {
+        self.bar.phase(what);
+    }
+
+    fn progress(&mut self, p: Progress) {
+        self.bar.progress(p);
+    }
+
+    fn tick(&mut self) {
+        self.bar.tick();
+    }
+
+    fn wants_tasks(&self) -> bool {
+        self.tasks.is_some()
+    }
+
+    fn tasks(&mut self, reports: Vec<TaskReport>) {
+        if let Some(tasks) = &mut self.tasks {
+            tasks.extend(reports);
         }
     }
 }

@@ -69,6 +69,10 @@ pub async fn execute(
         out_dir,
     };
     if let Some(addr) = &args.rendezvous {
+        if args.ui.is_some() {
+            let why = "--ui serves the local mesh's view; a self-hosted rendezvous serves its own (`thunkmesh rendezvous --http`)";
+            return Err(UsageError(why.into()).into());
+        }
         let target = remote_target(addr, &args.trust)?;
         if args.engine == EngineArg::Lambda {
             let spec = crate::lambda::launch_spec(args, store.url(), &target)?;
@@ -94,8 +98,13 @@ pub async fn execute(
     // Local nodes read an s3:// store with the client's profile and region.
     let aws = [("AWS_PROFILE", &args.aws.profile), ("AWS_REGION", &args.aws.region)];
     let env: Vec<(&str, &str)> = aws.iter().filter_map(|(k, v)| Some((*k, v.as_deref()?))).collect();
-    let mut mesh = LocalMesh::start_with_env(workers, args.slots, args.cache_size, &exe, &args.state_dir, &env).await?;
+    let web = args.ui.map(|addr| thunkmesh_rendezvous::Web::bind(addr, None)).transpose()?;
+    let mut mesh =
+        LocalMesh::start_with_env(workers, args.slots, args.cache_size, &exe, &args.state_dir, &env, web).await?;
     let target = mesh.target();
+    if let Some(addr) = mesh.web() {
+        eprintln!("live view: http://{addr}/?token={} (while the job runs)", target.token);
+    }
     let logs = mesh.logs().display().to_string();
     tokio::select! {
         r = run_job(run, &target, bar, started) => Ok((r.map_err(Failure::run)?, None)),

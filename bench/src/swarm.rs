@@ -179,6 +179,7 @@ fn chains(chains: usize, length: usize, program: &Program) -> Submission {
         keep_going: false,
         verify: 0,
         verify_salt: 0,
+        report_tasks: false,
     }
 }
 

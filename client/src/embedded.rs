@@ -61,11 +61,12 @@ impl LocalMesh {
         exe: &Path,
         state_dir: &Path,
     ) -> Result<LocalMesh, MeshError> {
-        LocalMesh::start_with_env(workers, slots, cache_size, exe, state_dir, &[]).await
+        LocalMesh::start_with_env(workers, slots, cache_size, exe, state_dir, &[], None).await
     }
 
     /// Like [`LocalMesh::start`], with `env` set in each node's environment (such as
-    /// `AWS_PROFILE`).
+    /// `AWS_PROFILE`), and the rendezvous serving its web view on `web` if given.
+    #[allow(clippy::too_many_arguments, reason = "each is one setting of the mesh; all are plain values")]
     pub async fn start_with_env(
         workers: usize,
         slots: u32,
@@ -73,6 +74,7 @@ impl LocalMesh {
         exe: &Path,
         state_dir: &Path,
         env: &[(&str, &str)],
+        web: Option<thunkmesh_rendezvous::Web>,
     ) -> Result<LocalMesh, MeshError> {
         let workers = workers.max(1);
         let token = format!("{:032x}", rand::random::<u128>());
@@ -81,6 +83,7 @@ impl LocalMesh {
             identity: Identity::generate()?,
             limits: embedded_limits(),
             forbidden: Vec::new(),
+            web,
         };
         let rendezvous = thunkmesh_rendezvous::spawn(([127, 0, 0, 1], 0).into(), config)?;
         let logs = state_dir.join("nodes");
@@ -115,6 +118,11 @@ impl LocalMesh {
             trust: Trust::Pinned(self.rendezvous.fingerprint),
             token: self.token.clone(),
         }
+    }
+
+    /// Where the rendezvous serves its web view, if it does.
+    pub fn web(&self) -> Option<std::net::SocketAddr> {
+        self.rendezvous.web
     }
 
     /// Where node logs are.

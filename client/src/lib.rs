@@ -4,6 +4,7 @@
 
 pub mod embedded;
 pub mod load;
+pub mod report;
 pub mod ship;
 pub mod submit;
 pub mod summary;

@@ -12,7 +12,7 @@ use thunkmesh_protocol::job::NamedThunk;
 use thunkmesh_protocol::submit::{ThunkTooLarge, check_fits, pieces};
 use thunkmesh_protocol::wire::{
     ALPN_RENDEZVOUS, Disagreement, ErrorCode, FromRendezvous, Hello, JobOutcome, MeshStatus, Mode, PROTOCOL_VERSION,
-    Progress, Reduction, Resolution, Role, Submission, SubmittedThunk, ToRendezvous, WireError,
+    Progress, Reduction, Resolution, Role, Submission, SubmittedThunk, TaskReport, ToRendezvous, WireError,
 };
 use thunkmesh_protocol::{Id, Ref};
 use thunkmesh_store::{MemoRecord, Reductions, Store, StoreError};
@@ -89,6 +89,12 @@ pub trait Reporter: Send {
     fn progress(&mut self, p: Progress);
     /// Called every [`TICK`] while the job runs, whether or not counts changed.
     fn tick(&mut self) {}
+    /// Whether it wants a [`TaskReport`] of each task (`--timings`, `--trace`).
+    fn wants_tasks(&self) -> bool {
+        false
+    }
+    /// Tasks that ended, when it wants them.
+    fn tasks(&mut self, _reports: Vec<TaskReport>) {}
 }
 
 /// What the memo cache said about the job.
@@ -193,6 +199,7 @@ async fn run_once(
         keep_going,
         verify,
         verify_salt: rand::random(),
+        report_tasks: reporter.wants_tasks(),
     };
     share(submission.thunks.iter_mut().map(|t| &mut t.thunk));
     check_fits(&submission.thunks)?;
@@ -539,6 +546,7 @@ async fn follow(
         };
         match msg {
             Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
+            Ok(Some(FromRendezvous::Tasks(reports))) => reporter.tasks(reports),
             Ok(Some(FromRendezvous::Resolved(resolved))) => resolved.into_iter().for_each(|r| log.record(r)),
             Ok(Some(FromRendezvous::Disagreed(d))) => log.disagreed(d),
             Ok(Some(FromRendezvous::JobDone(outcome))) => return Ok(outcome),

@@ -58,6 +58,7 @@ fn planner() -> Planner {
         keep_going: false,
         verify: 0,
         verify_salt: 0,
+        report_tasks: false,
     };
     p.submit(JobId(1), submission).expect("valid job");
     p

@@ -44,6 +44,7 @@ pub(crate) fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: V
         keep_going: false,
         verify: 0,
         verify_salt: 0,
+        report_tasks: false,
     }
 }
 

@@ -46,6 +46,7 @@ pub fn pieces(sub: &Submission) -> impl Iterator<Item = Result<Vec<u8>, ThunkToo
         keep_going: sub.keep_going,
         verify: sub.verify,
         verify_salt: sub.verify_salt,
+        report_tasks: sub.report_tasks,
     });
     let items = sub
         .memo
@@ -153,7 +154,7 @@ pub struct Assembler {
 impl Assembler {
     /// A job that begins with `header`.
     pub fn new(header: JobHeader, limits: JobLimits) -> Assembler {
-        let JobHeader { store, mode, require_direct, keep_going, verify, verify_salt } = header;
+        let JobHeader { store, mode, require_direct, keep_going, verify, verify_salt, report_tasks } = header;
         let sub = Submission {
             store,
             mode,
@@ -165,6 +166,7 @@ impl Assembler {
             keep_going,
             verify,
             verify_salt,
+            report_tasks,
         };
         Assembler { sub, interner: Interner::default(), limits, bytes: 0 }
     }
@@ -284,6 +286,7 @@ mod tests {
             keep_going: true,
             verify: 0,
             verify_salt: 0,
+            report_tasks: false,
         }
     }
 

@@ -62,6 +62,7 @@ pub fn compile_job(thunks: usize, program: &Program) -> Submission {
         keep_going: false,
         verify: 0,
         verify_salt: 0,
+        report_tasks: false,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 13;
+pub const PROTOCOL_VERSION: u32 = 14;
 
 /// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -173,6 +173,10 @@ pub struct NodeStatus {
     /// SHA-256 of its certificate: its identity in memo entries (`thunkmesh memo forget --node`)
     /// and for `thunkmesh rendezvous --forbid-node`.
     pub fingerprint: [u8; 32],
+    /// Objects in its cache, as it announced them (a node announces at most a bounded number).
+    pub held: u64,
+    /// Milliseconds since it joined.
+    pub connected_ms: u64,
 }
 
 /// What `thunkmesh status` shows of a rendezvous.
@@ -228,6 +232,9 @@ pub enum FromRendezvous {
     Disagreed(Disagreement),
     /// Counts of the job's thunks (to a client).
     Progress(Progress),
+    /// Tasks of the job that ended, when the job asked for them ([`Submission::report_tasks`]),
+    /// batched as [`FromRendezvous::Resolved`] is (to a client).
+    Tasks(Vec<TaskReport>),
     /// The job is complete (to a client).
     JobDone(JobOutcome),
     /// The job failed (to a client).
@@ -298,6 +305,8 @@ pub struct Submission {
     /// The client's secret choice of which results are checked: a node cannot tell which of its
     /// results will be.
     pub verify_salt: u64,
+    /// Send the client a [`TaskReport`] of each task that ends (`run --timings`, `--trace`).
+    pub report_tasks: bool,
 }
 
 /// How a job runs: the first message of a submission.
@@ -315,6 +324,8 @@ pub struct JobHeader {
     pub verify: u32,
     /// See [`Submission::verify_salt`].
     pub verify_salt: u64,
+    /// See [`Submission::report_tasks`].
+    pub report_tasks: bool,
 }
 
 /// A piece of a job's content; any number of each, in any order, before `JobEnd`.
@@ -465,6 +476,41 @@ pub struct TaskDone {
     /// Output name -> value, for every declared output.
     pub outputs: Vec<(String, OutputValue)>,
     /// What the task moved, and how long its program ran.
+    pub stats: TransferStats,
+}
+
+/// Where a task's input came from, as the rendezvous planned it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum InputFrom {
+    /// The node held it already.
+    Local,
+    /// From the cache of this node (by name), directly or through the relay; storage if that
+    /// failed (the task's [`TransferStats`] tell).
+    Peer(String),
+    /// From storage.
+    Storage,
+}
+
+/// One task of a job that ended: who ran it, when, why there, and what it moved.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TaskReport {
+    /// The thunk's name in the job.
+    pub name: String,
+    /// The node that ran it (its name).
+    pub node: String,
+    /// Its program's file name.
+    pub program: String,
+    /// When it was assigned, in milliseconds since the job's planning began.
+    pub started_ms: u64,
+    /// When the node reported it, on the same clock.
+    pub ended_ms: u64,
+    /// Whether it succeeded (false: it failed, or was a copy cancelled or lost with its node).
+    pub ok: bool,
+    /// Why the planner placed it on that node.
+    pub why: String,
+    /// Each input blob and where it came from.
+    pub inputs: Vec<(Id, InputFrom)>,
+    /// What it moved, and how long its program ran.
     pub stats: TransferStats,
 }
 
@@ -811,6 +857,7 @@ mod tests {
                         keep_going: false,
                         verify: 16,
                         verify_salt: 7,
+                        report_tasks: false,
                     }),
                     1 => ToRendezvous::JobPart(JobPart::Targets(targets)),
                     2 => ToRendezvous::JobPart(JobPart::Stored(stored)),
@@ -912,6 +959,8 @@ mod tests {
                     running,
                     isolation: "namespaces".into(),
                     fingerprint: [5; 32],
+                    held: u64::from(slots),
+                    connected_ms: u64::from(running),
                 };
                 let job = JobStatus {
                     session: u64::from(running),
@@ -939,6 +988,23 @@ mod tests {
                 undecided: Vec::new()
             })),
             progress.prop_map(FromRendezvous::Progress),
+            (".{0,8}", ".{0,8}", any::<u64>(), any::<bool>()).prop_map(|(name, node, started_ms, ok)| {
+                let inputs =
+                    vec![(Id::of_blob(b"i"), InputFrom::Peer(node.clone())), (Id::of_blob(b"j"), InputFrom::Local)];
+                let stats = TransferStats { peer_bytes: started_ms / 2, ..TransferStats::default() };
+                let (program, why, ended_ms) = ("sh".into(), "it held".into(), started_ms.saturating_add(1));
+                FromRendezvous::Tasks(vec![TaskReport {
+                    name,
+                    node,
+                    program,
+                    started_ms,
+                    ended_ms,
+                    ok,
+                    why,
+                    inputs,
+                    stats,
+                }])
+            }),
             outcome.prop_map(FromRendezvous::JobDone),
             arb_error().prop_map(FromRendezvous::JobFailed),
             Just(FromRendezvous::Drained),

@@ -17,10 +17,13 @@ use thunkmesh_planner::{Decision, JobId, NodeId, Place, Planner};
 use thunkmesh_protocol::Id;
 use thunkmesh_protocol::submit::{Assembler, JobLimits};
 use thunkmesh_protocol::wire::{
-    Assignment, Disagreement, ErrorCode, FromRendezvous, InputSource, JobHeader, JobPart, JobStatus, MeshStatus, Mode,
-    NatKind, NodeHello, NodeStatus, Progress, Resolution, Source, ToRendezvous, UploadRequest, WireError,
+    Assignment, Disagreement, ErrorCode, FromRendezvous, InputFrom, InputSource, JobHeader, JobPart, JobStatus,
+    MeshStatus, Mode, NatKind, NodeHello, NodeStatus, Progress, Resolution, Source, TaskReport, ToRendezvous,
+    TransferStats, UploadRequest, WireError,
 };
 use tracing::{info, warn};
+
+use crate::journal::{Assigned, Entry, Journal, millis};
 
 /// How often clients hear about progress (when it changed).
 pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -71,6 +74,8 @@ struct NodeEntry {
     introduced: HashSet<NodeId>,
     /// How many objects it announced that it holds (at most the core's `max_holds` count).
     announced: u64,
+    /// When it joined, on the core's clock.
+    joined: Duration,
 }
 
 impl NodeEntry {
@@ -112,6 +117,8 @@ struct ClientEntry {
     store: Option<String>,
     mode: Mode,
     require_direct: bool,
+    /// It asked for a [`TaskReport`] of each task.
+    report_tasks: bool,
     progress: Progress,
 }
 
@@ -156,6 +163,10 @@ pub(crate) struct Core {
     now: Duration,
     /// A session left or a job was dropped since [`Core::take_released`] was last asked.
     released: bool,
+    /// What tasks ran where, for the web view and the clients that ask.
+    journal: Journal,
+    /// Reports of ended tasks not yet sent to their clients.
+    reports: BTreeMap<JobId, Vec<TaskReport>>,
 }
 
 impl Default for Core {
@@ -171,6 +182,8 @@ impl Default for Core {
             fingerprints: HashMap::new(),
             now: Duration::ZERO,
             released: false,
+            journal: Journal::default(),
+            reports: BTreeMap::new(),
         }
     }
 }
@@ -274,6 +287,7 @@ impl Core {
                     introduced: HashSet::new(),
                     awaited: Some(Awaited { left: hello.holds.min(self.max_holds), held: Vec::new() }),
                     announced: 0,
+                    joined: self.now,
                 };
                 self.nodes.insert(node, entry);
                 self.holds(node, Vec::new());
@@ -286,6 +300,7 @@ impl Core {
                         store: None,
                         mode: Mode::P2p,
                         require_direct: false,
+                        report_tasks: false,
                         progress: Progress::default(),
                     },
                 );
@@ -355,9 +370,12 @@ impl Core {
                 self.out.push_back(Action::Nodes(self.ready_nodes()));
                 self.planner.node_left(id);
             }
+            self.close_tasks(Some(id), None);
         }
         if self.clients.remove(&job).is_some() {
             self.planner.cancel(job);
+            self.close_tasks(None, Some(job));
+            self.reports.remove(&job);
         }
     }
 
@@ -371,8 +389,12 @@ impl Core {
             ToRendezvous::JobEnd => self.end_job(job),
             ToRendezvous::Holds(held) if is_node => self.holds(node, held),
             ToRendezvous::Dropped(dropped) if is_node => self.planner.node_dropped(node, &dropped),
-            ToRendezvous::Done(d) if is_node => self.planner.task_done(node, d.task, &d.outputs, d.stats),
+            ToRendezvous::Done(d) if is_node => {
+                self.task_ended(d.task, true, d.stats);
+                self.planner.task_done(node, d.task, &d.outputs, d.stats);
+            }
             ToRendezvous::Failed(f) if is_node => {
+                self.task_ended(f.task, false, f.stats);
                 if f.error.code == ErrorCode::InputUnavailable {
                     // A path may have closed (a NAT forgot it): the next attempt introduces again.
                     self.nodes.values_mut().for_each(|n| _ = n.introduced.remove(&node));
@@ -409,6 +431,7 @@ impl Core {
         client.store = Some(header.store.clone());
         client.mode = header.mode;
         client.require_direct = header.require_direct;
+        client.report_tasks = header.report_tasks;
         client.job = Incoming::Building(Box::new(Assembler::new(header, self.limits)), self.now);
     }
 
@@ -547,6 +570,7 @@ impl Core {
                 }
                 Decision::JobDone { job, outcome } => {
                     info!(job = job.0, executed = outcome.executed, cached = outcome.cached, "job done");
+                    self.send_reports(job);
                     self.send_resolved(job, resolved.remove(&job));
                     self.send_progress();
                     self.send(job.0, FromRendezvous::JobDone(outcome));
@@ -558,18 +582,50 @@ impl Core {
                     warn!(job = job.0, thunk = %disagreement.thunk, "a checked result differed between nodes");
                     self.send(job.0, FromRendezvous::Disagreed(disagreement));
                 }
-                Decision::Cancel { node, task } => self.send(node.0, FromRendezvous::Cancel { task }),
+                Decision::Cancel { node, task } => {
+                    self.task_ended(task, false, TransferStats::default());
+                    self.send(node.0, FromRendezvous::Cancel { task });
+                }
                 Decision::Drop { node, blobs } => self.send(node.0, FromRendezvous::Drop(blobs)),
                 Decision::JobFailed { job, error } => {
                     info!(job = job.0, error = %error.message, "job failed");
+                    self.send_reports(job);
                     self.send_resolved(job, resolved.remove(&job));
                     self.send(job.0, FromRendezvous::JobFailed(error));
                 }
             }
         }
+        for (job, reports) in std::mem::take(&mut self.reports) {
+            self.send(job.0, FromRendezvous::Tasks(reports));
+        }
         for (job, resolutions) in resolved {
             self.send_resolved(job, Some(resolutions));
         }
+    }
+
+    /// A task ended: the journal closes it, and its report waits for its client if it asked.
+    fn task_ended(&mut self, task: u64, ok: bool, stats: TransferStats) {
+        if let Some((job, report)) = self.journal.ended(task, self.now, ok, stats) {
+            self.reports.entry(job).or_default().push(report);
+        }
+    }
+
+    /// Closes the open tasks of a node that left or a job that was dropped.
+    fn close_tasks(&mut self, node: Option<NodeId>, job: Option<JobId>) {
+        for (job, report) in self.journal.close_where(self.now, node, job) {
+            self.reports.entry(job).or_default().push(report);
+        }
+    }
+
+    fn send_reports(&mut self, job: JobId) {
+        if let Some(reports) = self.reports.remove(&job) {
+            self.send(job.0, FromRendezvous::Tasks(reports));
+        }
+    }
+
+    /// The journal's entries after `seq`, at most `max`, and the number of its last entry.
+    pub(crate) fn journal(&self, seq: u64, max: usize) -> (Vec<Entry>, u64) {
+        self.journal.since(seq, max)
     }
 
     fn send_resolved(&mut self, job: JobId, resolutions: Option<Vec<Resolution>>) {
@@ -579,8 +635,7 @@ impl Core {
     }
 
     /// The registered nodes by name, and the jobs oldest first.
-    fn status(&self) -> MeshStatus {
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    pub(crate) fn status(&self) -> MeshStatus {
         let mut jobs: Vec<JobStatus> = self
             .clients
             .iter()
@@ -612,6 +667,8 @@ impl Core {
                 running: u32::try_from(self.planner.running(id)).unwrap_or(u32::MAX),
                 isolation: n.isolation.clone(),
                 fingerprint: n.fingerprint,
+                held: n.announced,
+                connected_ms: millis(self.now.saturating_sub(n.joined)),
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -634,20 +691,66 @@ impl Core {
         }
         let Some((name, thunk)) = self.planner.thunk(a.job, a.thunk) else { return };
         let relay = !self.clients.get(&a.job).is_some_and(|c| c.require_direct);
-        let sources = a
+        let sources: Vec<InputSource> = a
             .sources
             .iter()
-            .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node, relay) });
+            .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node, relay) })
+            .collect();
+        let journaled = self.assigned(&a, name, thunk, &sources);
         let assignment = Assignment {
             task: a.task,
             name: name.to_owned(),
             thunk: thunk.clone(),
             resolved: a.resolved.clone(),
-            sources: sources.collect(),
+            sources,
             store: self.store(a.job),
             mode: self.clients.get(&a.job).map_or(Mode::P2p, |c| c.mode),
         };
+        self.journal.started(journaled);
         self.send(a.node.0, FromRendezvous::Assign(assignment));
+    }
+
+    /// What the journal keeps of an assignment: where each input comes from, and why the node.
+    fn assigned(
+        &self,
+        a: &thunkmesh_planner::Assign,
+        name: &str,
+        thunk: &thunkmesh_protocol::Thunk,
+        sources: &[InputSource],
+    ) -> Assigned {
+        let lacking: HashMap<Id, &[Source]> = sources.iter().map(|s| (s.blob, s.sources.as_slice())).collect();
+        let from = |blob: &Id| match lacking.get(blob).and_then(|s| s.first()) {
+            None => InputFrom::Local,
+            Some(Source::Storage) => InputFrom::Storage,
+            Some(Source::Peer { fingerprint, .. }) => InputFrom::Peer(self.name_of(fingerprint)),
+            Some(Source::Relay { node }) => {
+                InputFrom::Peer(self.nodes.get(&NodeId(*node)).map_or_else(|| "?".into(), |n| n.name.clone()))
+            }
+        };
+        let inputs: Vec<(Id, InputFrom)> = a.resolved.iter().map(|blob| (*blob, from(blob))).collect();
+        let client = self.clients.get(&a.job);
+        Assigned {
+            task: a.task,
+            job: a.job,
+            node: a.node,
+            node_name: self.nodes.get(&a.node).map_or_else(|| "?".into(), |n| n.name.clone()),
+            name: name.to_owned(),
+            program: program_name(thunk),
+            why: why_here(&inputs),
+            inputs,
+            at: self.now,
+            job_began: match client.map(|c| &c.job) {
+                Some(Incoming::Planned(since)) => *since,
+                _ => self.now,
+            },
+            report: client.is_some_and(|c| c.report_tasks),
+        }
+    }
+
+    /// The name of the node with this certificate ("?" if none is registered).
+    fn name_of(&self, fingerprint: &[u8; 32]) -> String {
+        let node = self.nodes.values().find(|n| &n.fingerprint == fingerprint);
+        node.map_or_else(|| "?".into(), |n| n.name.clone())
     }
 
     /// Where `consumer` can get `blob`, best first. A node holding it is offered directly where a
@@ -707,5 +810,29 @@ impl Core {
         for (job, p) in updates {
             self.send(job.0, FromRendezvous::Progress(p));
         }
+    }
+}
+
+/// The file name of what a thunk runs, for the view's colours.
+fn program_name(thunk: &thunkmesh_protocol::Thunk) -> String {
+    match &thunk.program {
+        thunkmesh_protocol::Program::Host { path, .. } => path.rsplit('/').next().unwrap_or(path).to_owned(),
+        thunkmesh_protocol::Program::Ref(thunkmesh_protocol::Ref::Blob(id)) => format!("program {}", &id.hex()[..8]),
+        thunkmesh_protocol::Program::Ref(thunkmesh_protocol::Ref::Output { name, .. }) => {
+            name.rsplit('/').next().unwrap_or(name).to_owned()
+        }
+    }
+}
+
+/// Why the planner placed a task where it did, as far as its inputs tell: the planner runs each
+/// thunk where the most of its input bytes are.
+fn why_here(inputs: &[(Id, InputFrom)]) -> String {
+    let total: u64 = inputs.iter().map(|(b, _)| b.size).sum();
+    let held: Vec<_> = inputs.iter().filter(|(_, f)| *f == InputFrom::Local).collect();
+    let held_bytes: u64 = held.iter().map(|(b, _)| b.size).sum();
+    match inputs.len() {
+        0 => "no inputs: the first free slot".to_owned(),
+        n if held.len() == n => format!("it held all {n} inputs ({held_bytes} bytes): nothing to fetch"),
+        n => format!("it held {} of {n} inputs ({held_bytes} of {total} bytes) when a slot was free", held.len()),
     }
 }

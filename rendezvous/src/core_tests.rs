@@ -103,6 +103,7 @@ pub(crate) fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
         keep_going: false,
         verify: 0,
         verify_salt: 0,
+        report_tasks: false,
     };
     (submission, thunks)
 }
@@ -521,6 +522,7 @@ fn send_unfinished(core: &mut Core, now: Duration, job: u64, parts: u64, ids: u6
         keep_going: false,
         verify: 0,
         verify_salt: 0,
+        report_tasks: false,
     };
     core.handle(now, Event::ClientJoined { job });
     core.handle(now, Event::Message { from: job, msg: ToRendezvous::Submit(header) });

@@ -7,11 +7,21 @@
 use std::collections::HashMap;
 
 use thunkmesh_protocol::submit::JobLimits;
-use thunkmesh_protocol::wire::FromRendezvous;
-use tokio::sync::{mpsc, watch};
+use thunkmesh_protocol::wire::{FromRendezvous, MeshStatus};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use crate::core::{Action, Core, Event, PROGRESS_EVERY};
+use crate::journal::Entry;
+
+/// What the web view asks the core (answered at once, between events).
+#[derive(Debug)]
+pub(crate) enum Query {
+    /// The nodes and jobs, as `thunkmesh status` shows them.
+    Status(oneshot::Sender<MeshStatus>),
+    /// The journal's entries after `since`, at most `max`, and the number of its last entry.
+    Journal { since: u64, max: usize, reply: oneshot::Sender<(Vec<Entry>, u64)> },
+}
 
 /// An event from a connection, with the outbox of a connection that just joined.
 #[derive(Debug)]
@@ -26,9 +36,11 @@ impl From<Event> for Inbound {
     }
 }
 
-/// Runs the core until every connection's sender is gone; publishes the node count on `nodes`.
+/// Runs the core until every connection's sender is gone; publishes the node count on `nodes`
+/// and answers the web view's `queries`.
 pub(crate) async fn run(
     mut inbox: mpsc::Receiver<Inbound>,
+    mut queries: mpsc::Receiver<Query>,
     nodes: watch::Sender<usize>,
     limits: JobLimits,
     forbidden: Vec<String>,
@@ -53,6 +65,10 @@ pub(crate) async fn run(
                 }
                 core.handle(started.elapsed(), event);
             }
+            Some(query) = queries.recv() => {
+                answer(&core, query);
+                continue;
+            }
             () = wake => core.wake(started.elapsed()),
             _ = tick.tick() => {
                 core.tick(started.elapsed());
@@ -62,6 +78,14 @@ pub(crate) async fn run(
             }
         }
         carry_out(&mut core, &mut outboxes, &nodes, started);
+    }
+}
+
+/// Answers a query; a web request that went away meanwhile is not an error.
+fn answer(core: &Core, query: Query) {
+    match query {
+        Query::Status(reply) => _ = reply.send(core.status()),
+        Query::Journal { since, max, reply } => _ = reply.send(core.journal(since, max)),
     }
 }
 

@@ -11,10 +11,12 @@ mod core;
 #[cfg(test)]
 mod core_tests;
 mod driver;
+pub mod journal;
 #[cfg(test)]
 mod mesh_sim;
 mod probe;
 mod relay;
+pub mod web;
 
 pub use relay::{RELAY_BYTES_PER_SECOND, RELAY_MAX_BYTES};
 
@@ -24,12 +26,15 @@ use std::sync::Arc;
 
 use thunkmesh_net::{AbortOnDrop, Identity, NetError};
 pub use thunkmesh_protocol::submit::JobLimits;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 /// How many events connections may queue for the core before they wait.
 const EVENT_QUEUE: usize = 4096;
+/// How many web requests may wait for the core's answer at once.
+const QUERY_QUEUE: usize = 64;
 
 /// What the server needs to run.
 #[derive(Debug)]
@@ -42,6 +47,31 @@ pub struct Config {
     pub limits: JobLimits,
     /// Nodes it refuses: prefixes of their certificate fingerprints, in lowercase hex.
     pub forbidden: Vec<String>,
+    /// The web view, if it serves one.
+    pub web: Option<Web>,
+}
+
+/// Where the web view listens, and the token that opens it besides the mesh's.
+#[derive(Debug)]
+pub struct Web {
+    listener: TcpListener,
+    view_token: Option<String>,
+}
+
+impl Web {
+    /// Binds `addr` (TCP) for the view; `view_token`, if given, opens it too (the mesh token
+    /// always does). Call within a tokio runtime.
+    pub fn bind(addr: SocketAddr, view_token: Option<String>) -> Result<Web, RendezvousError> {
+        let io = |source| RendezvousError::Bind(NetError::Io { path: format!("{addr} (TCP, the web view)"), source });
+        let listener = std::net::TcpListener::bind(addr).map_err(io)?;
+        listener.set_nonblocking(true).map_err(io)?;
+        Ok(Web { listener: TcpListener::from_std(listener).map_err(io)?, view_token })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
 }
 
 /// A failure to start the server.
@@ -64,6 +94,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// SHA-256 of its certificate.
     pub fingerprint: [u8; 32],
+    /// Where its web view listens, if it serves one.
+    pub web: Option<SocketAddr>,
     nodes: watch::Receiver<usize>,
     _task: AbortOnDrop<()>,
 }
@@ -82,13 +114,14 @@ pub fn spawn(bind: SocketAddr, config: Config) -> Result<Running, RendezvousErro
     let fingerprint = config.identity.fingerprint();
     let (count, nodes) = watch::channel(0);
     let rules = Rules { limits: config.limits, forbidden: config.forbidden };
-    let serving = serve_counting(endpoint, None, config.token, rules, std::future::pending(), count);
+    let web = config.web.as_ref().and_then(Web::local_addr);
+    let serving = serve_counting(endpoint, None, config.web, config.token, rules, std::future::pending(), count);
     let task = tokio::spawn(async move {
         if let Err(e) = serving.await {
             error!(error = %e, "the embedded rendezvous stopped");
         }
     });
-    Ok(Running { addr, fingerprint, nodes, _task: AbortOnDrop(task) })
+    Ok(Running { addr, fingerprint, web, nodes, _task: AbortOnDrop(task) })
 }
 
 /// What the server takes and whom it refuses.
@@ -102,28 +135,35 @@ pub struct Rules {
 }
 
 /// Serves on `endpoint` until `shutdown` completes, then closes every connection. A `probe`
-/// endpoint (a second UDP port) answers nodes classifying their NAT.
+/// endpoint (a second UDP port) answers nodes classifying their NAT; `web` serves the view.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     probe: Option<quinn::Endpoint>,
+    web: Option<Web>,
     token: String,
     rules: Rules,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RendezvousError> {
-    serve_counting(endpoint, probe, token, rules, shutdown, watch::channel(0).0).await
+    serve_counting(endpoint, probe, web, token, rules, shutdown, watch::channel(0).0).await
 }
 
 async fn serve_counting(
     endpoint: quinn::Endpoint,
     probe: Option<quinn::Endpoint>,
+    web: Option<Web>,
     token: String,
     rules: Rules,
     shutdown: impl Future<Output = ()>,
     nodes: watch::Sender<usize>,
 ) -> Result<(), RendezvousError> {
     let (events, inbox) = mpsc::channel(EVENT_QUEUE);
-    let core = driver::run(inbox, nodes, rules.limits, rules.forbidden);
-    accept(endpoint, probe, token, events, core, shutdown).await
+    let (queries, asked) = mpsc::channel(QUERY_QUEUE);
+    let core = driver::run(inbox, asked, nodes, rules.limits, rules.forbidden);
+    let web = web.map(|Web { listener, view_token }| {
+        let tokens = std::iter::once(token.clone()).chain(view_token).collect();
+        web::serve(listener, tokens, queries)
+    });
+    accept(endpoint, probe, web, token, events, core, shutdown).await
 }
 
 /// Admits connections on `endpoint`, each feeding `events`, while `core` (the driver that reads
@@ -132,6 +172,7 @@ async fn serve_counting(
 async fn accept(
     endpoint: quinn::Endpoint,
     probe: Option<quinn::Endpoint>,
+    web: Option<impl Future<Output = ()> + Send + 'static>,
     token: String,
     events: mpsc::Sender<driver::Inbound>,
     core: impl Future<Output = ()> + Send + 'static,
@@ -146,6 +187,9 @@ async fn accept(
     let probe_port = probe.as_ref().and_then(|p| p.local_addr().ok()).map_or(0, |a| a.port());
     if let Some(probe) = probe.clone() {
         tasks.spawn(probe::serve(probe));
+    }
+    if let Some(web) = web {
+        tasks.spawn(web);
     }
     tokio::pin!(shutdown);
     info!(addr = ?endpoint.local_addr().ok(), "rendezvous listening");
@@ -195,7 +239,9 @@ mod tests {
         let endpoint = thunkmesh_net::endpoint("127.0.0.1:0".parse().expect("addr"), &identity).expect("endpoint");
         let (events, _inbox) = mpsc::channel(1);
         let core = async { panic!("a bug in the core") };
-        let served = accept(endpoint, None, "t".into(), events, core, std::future::pending()).await;
+        let served =
+            accept(endpoint, None, None::<std::future::Pending<()>>, "t".into(), events, core, std::future::pending())
+                .await;
         let error = served.expect_err("the server stops");
         assert_eq!(error.to_string(), "the rendezvous stopped: its core panicked");
     }

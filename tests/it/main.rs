@@ -26,3 +26,4 @@ mod self_hosted;
 mod test_suites;
 mod trust;
 mod util;
+mod web;

@@ -120,6 +120,7 @@ fn clients_that_never_end_their_jobs_cannot_exhaust_the_rendezvous() {
                         keep_going: false,
                         verify: 0,
                         verify_salt: 0,
+                        report_tasks: false,
                     };
                     let mut header = Some(header);
                     let next = move |seq| match header.take() {

@@ -341,6 +341,7 @@ pub fn submission(job: &SimJob, mode: Mode) -> Submission {
         keep_going: false,
         verify: 0,
         verify_salt: 0,
+        report_tasks: false,
     }
 }
 
