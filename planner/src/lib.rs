@@ -96,6 +96,27 @@ pub struct Assign {
     pub resolved: Vec<Id>,
     /// For each blob the node lacks, where it can be had (peers first, then storage).
     pub sources: Vec<(Id, Vec<Place>)>,
+    /// Why this node.
+    pub why: Why,
+}
+
+/// Why a task went to the node it went to (for the web view and the reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The policy's choice among the nodes when it became ready (under `locality`: the soonest
+    /// expected start there plus the time to fetch what the node lacks).
+    Chosen,
+    /// It was held for this busy node, which holds its inputs, until a slot there was free.
+    Waited {
+        /// How long it was held.
+        held: Duration,
+    },
+    /// Its wait for a busy node ran out: the policy chose again among the nodes with a free slot.
+    WaitedInVain,
+    /// A copy of a straggling task, on another node.
+    Copy,
+    /// Run again on another node to check a result (`verify`).
+    Check,
 }
 
 /// What the driver must do.
@@ -211,11 +232,25 @@ struct NodeState {
     order: u64,
     /// Its key in the free-slot index, while it has one.
     indexed: Option<(u32, u64, NodeId)>,
+    /// The bytes of what `holds` holds.
+    held_bytes: u64,
 }
 
 impl NodeState {
     fn free_slots(&self) -> u32 {
         if self.draining { 0 } else { self.slots.saturating_sub(self.running.len() as u32) }
+    }
+
+    fn hold(&mut self, blob: Id) {
+        if self.holds.insert(blob) {
+            self.held_bytes += blob.size;
+        }
+    }
+
+    fn let_go(&mut self, blob: Id) {
+        if self.holds.remove(&blob) {
+            self.held_bytes -= blob.size;
+        }
     }
 }
 
@@ -412,7 +447,7 @@ impl Planner {
     pub fn node_holds(&mut self, node: NodeId, inventory: &[Id]) {
         let Some(state) = self.nodes.get_mut(&node) else { return };
         for &blob in inventory {
-            state.holds.insert(blob);
+            state.hold(blob);
             self.objects.entry(blob).or_default().nodes.insert(node);
         }
         // Only objects it brings can make a waiting thunk ready.
@@ -861,6 +896,12 @@ impl Planner {
         self.nodes.get(&node).map_or(0, |s| s.running.len())
     }
 
+    /// The objects the planner counts in a node's cache (announced, made or fetched there), and
+    /// their bytes.
+    pub fn cache_use(&self, node: NodeId) -> (u64, u64) {
+        self.nodes.get(&node).map_or((0, 0), |s| (s.holds.len() as u64, s.held_bytes))
+    }
+
     /// Thunks held for busy nodes (waiting at most the delay bound under `locality`).
     pub fn held(&self) -> usize {
         self.held.values().map(VecDeque::len).sum()
@@ -911,7 +952,7 @@ impl Planner {
 
     fn place(&mut self, blob: Id, node: NodeId) {
         if let Some(state) = self.nodes.get_mut(&node) {
-            state.holds.insert(blob);
+            state.hold(blob);
             self.objects.entry(blob).or_default().nodes.insert(node);
         }
     }
@@ -934,7 +975,7 @@ impl Planner {
 
     fn unplace(&mut self, blob: Id, node: NodeId) {
         if let Some(state) = self.nodes.get_mut(&node) {
-            state.holds.remove(&blob);
+            state.let_go(blob);
         }
         forget_holder(&mut self.objects, blob, node);
     }
@@ -1062,7 +1103,8 @@ impl Planner {
                 self.end_hold(&held);
                 if self.jobs.get(&held.job).is_some_and(|j| j.is_ready(held.thunk)) {
                     let resolved = self.jobs.get(&held.job).map(|j| j.resolved_inputs(held.thunk)).unwrap_or_default();
-                    self.start(held.job, held.thunk, node, resolved);
+                    let why = Why::Waited { held: self.now.saturating_sub(held.since) };
+                    self.start(held.job, held.thunk, node, resolved, why);
                 }
             }
             if self.held.get(&node).is_some_and(VecDeque::is_empty) {
@@ -1105,7 +1147,10 @@ impl Planner {
         let Some(resolved) = self.jobs.get(&job).map(|j| j.resolved_inputs(thunk)) else { return false };
         let choice = self.choose(job, thunk, &resolved, may_wait);
         match choice {
-            Choice::Run(node) => self.start(job, thunk, node, resolved),
+            Choice::Run(node) => {
+                let why = if may_wait { Why::Chosen } else { Why::WaitedInVain };
+                self.start(job, thunk, node, resolved, why);
+            }
             Choice::Wait(node, deadline) => {
                 self.held.entry(node).or_default().push_back(Held { job, thunk, since: self.now });
                 if let Some(at) = deadline {
@@ -1283,7 +1328,7 @@ impl Planner {
         soonest + held as f64 * self.estimates.duration / f64::from(state.slots.max(1))
     }
 
-    fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>) {
+    fn start(&mut self, job: JobId, thunk: Id, node: NodeId, resolved: Vec<Id>, why: Why) {
         let Some(mode) = self.jobs.get(&job).map(|j| j.mode) else { return };
         let task = self.next_task;
         self.next_task += 1;
@@ -1310,7 +1355,7 @@ impl Planner {
             TaskInfo { job, thunk, node, started: self.now, inputs: resolved.clone(), fetched, from_storage, kind };
         self.tasks.insert(task, info);
         self.watch_straggler(task);
-        self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources }));
+        self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources, why }));
     }
 
     /// Peers first, then storage; only storage for objects a peer already failed to serve.

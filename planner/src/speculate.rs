@@ -124,7 +124,7 @@ impl Planner {
             if let Some(job) = self.jobs.get_mut(&info.job) {
                 job.copies += 1;
             }
-            self.start(info.job, info.thunk, node, info.inputs.clone());
+            self.start(info.job, info.thunk, node, info.inputs.clone(), crate::Why::Copy);
         }
     }
 

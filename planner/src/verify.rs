@@ -125,7 +125,7 @@ impl Planner {
             match free {
                 Some(node) => {
                     let resolved = j.resolved_inputs(thunk);
-                    self.start(job, thunk, node, resolved);
+                    self.start(job, thunk, node, resolved, crate::Why::Check);
                 }
                 None => waiting.push_back(key),
             }

@@ -173,8 +173,10 @@ pub struct NodeStatus {
     /// SHA-256 of its certificate: its identity in memo entries (`thunkmesh memo forget --node`)
     /// and for `thunkmesh rendezvous --forbid-node`.
     pub fingerprint: [u8; 32],
-    /// Objects in its cache, as it announced them (a node announces at most a bounded number).
+    /// Objects the planner counts in its cache (announced, made or fetched there).
     pub held: u64,
+    /// Their bytes.
+    pub held_bytes: u64,
     /// Milliseconds since it joined.
     pub connected_ms: u64,
 }
@@ -960,6 +962,7 @@ mod tests {
                     isolation: "namespaces".into(),
                     fingerprint: [5; 32],
                     held: u64::from(slots),
+                    held_bytes: u64::from(slots) << 20,
                     connected_ms: u64::from(running),
                 };
                 let job = JobStatus {

@@ -605,15 +605,23 @@ impl Core {
 
     /// A task ended: the journal closes it, and its report waits for its client if it asked.
     fn task_ended(&mut self, task: u64, ok: bool, stats: TransferStats) {
-        if let Some((job, report)) = self.journal.ended(task, self.now, ok, stats) {
-            self.reports.entry(job).or_default().push(report);
-        }
+        let report = self.journal.ended(task, self.now, ok, stats);
+        self.keep_reports(report);
     }
 
     /// Closes the open tasks of a node that left or a job that was dropped.
     fn close_tasks(&mut self, node: Option<NodeId>, job: Option<JobId>) {
-        for (job, report) in self.journal.close_where(self.now, node, job) {
-            self.reports.entry(job).or_default().push(report);
+        let reports = self.journal.close_where(self.now, node, job);
+        self.keep_reports(reports);
+    }
+
+    /// Keeps reports for their clients, but none of a job that has ended (a straggler's copy
+    /// cancelled, or a late answer): its client was told the end already.
+    fn keep_reports(&mut self, reports: impl IntoIterator<Item = (JobId, TaskReport)>) {
+        for (job, report) in reports {
+            if self.planner.progress(job).is_some() {
+                self.reports.entry(job).or_default().push(report);
+            }
         }
     }
 
@@ -667,7 +675,8 @@ impl Core {
                 running: u32::try_from(self.planner.running(id)).unwrap_or(u32::MAX),
                 isolation: n.isolation.clone(),
                 fingerprint: n.fingerprint,
-                held: n.announced,
+                held: self.planner.cache_use(id).0,
+                held_bytes: self.planner.cache_use(id).1,
                 connected_ms: millis(self.now.saturating_sub(n.joined)),
             })
             .collect();
@@ -736,7 +745,7 @@ impl Core {
             node_name: self.nodes.get(&a.node).map_or_else(|| "?".into(), |n| n.name.clone()),
             name: name.to_owned(),
             program: program_name(thunk),
-            why: why_here(&inputs),
+            why: why_here(a.why, &inputs),
             inputs,
             at: self.now,
             job_began: match client.map(|c| &c.job) {
@@ -824,15 +833,25 @@ fn program_name(thunk: &thunkmesh_protocol::Thunk) -> String {
     }
 }
 
-/// Why the planner placed a task where it did, as far as its inputs tell: the planner runs each
-/// thunk where the most of its input bytes are.
-fn why_here(inputs: &[(Id, InputFrom)]) -> String {
+/// Why the planner placed a task where it did: its reason, and what of the inputs the node held.
+fn why_here(why: thunkmesh_planner::Why, inputs: &[(Id, InputFrom)]) -> String {
+    use thunkmesh_planner::Why;
+    let reason = match why {
+        Why::Chosen => "the planner's choice when it became ready (the soonest start there plus fetching)".to_owned(),
+        Why::Waited { held } => {
+            format!("held {} ms for this busy node, which holds its inputs, until a slot was free", held.as_millis())
+        }
+        Why::WaitedInVain => "its wait for a busy node ran out; the best node with a free slot then".to_owned(),
+        Why::Copy => "a copy of a straggling task, on another node".to_owned(),
+        Why::Check => "run again on another node to check a result (--verify)".to_owned(),
+    };
     let total: u64 = inputs.iter().map(|(b, _)| b.size).sum();
     let held: Vec<_> = inputs.iter().filter(|(_, f)| *f == InputFrom::Local).collect();
     let held_bytes: u64 = held.iter().map(|(b, _)| b.size).sum();
-    match inputs.len() {
-        0 => "no inputs: the first free slot".to_owned(),
-        n if held.len() == n => format!("it held all {n} inputs ({held_bytes} bytes): nothing to fetch"),
-        n => format!("it held {} of {n} inputs ({held_bytes} of {total} bytes) when a slot was free", held.len()),
-    }
+    let holding = match inputs.len() {
+        0 => "no inputs".to_owned(),
+        n if held.len() == n => format!("it held all {n} inputs ({held_bytes} bytes)"),
+        n => format!("it held {} of {n} inputs ({held_bytes} of {total} bytes)", held.len()),
+    };
+    format!("{reason}; {holding}")
 }

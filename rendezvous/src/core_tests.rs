@@ -103,7 +103,7 @@ pub(crate) fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
         keep_going: false,
         verify: 0,
         verify_salt: 0,
-        report_tasks: false,
+        report_tasks: rng.below(2) == 0,
     };
     (submission, thunks)
 }
@@ -359,14 +359,23 @@ pub(crate) fn client_receives(ended: &mut Option<FromRendezvous>, job: u64, msg:
             assert!(ended.is_none(), "job {job} ended twice: {ended:?} then {msg:?}");
             *ended = Some(msg);
         }
+        FromRendezvous::Tasks(reports) => {
+            assert!(ended.is_none(), "job {job} was sent task reports after its end: {reports:?}");
+            assert!(reports.iter().all(|r| r.started_ms <= r.ended_ms), "{reports:?}");
+        }
         _ => {}
     }
 }
 
 /// Checks what a node is sent: nothing meant for a client.
 pub(crate) fn node_receives(msg: &FromRendezvous) {
-    let for_clients =
-        matches!(msg, FromRendezvous::JobDone(_) | FromRendezvous::JobFailed(_) | FromRendezvous::Progress(_));
+    let for_clients = matches!(
+        msg,
+        FromRendezvous::JobDone(_)
+            | FromRendezvous::JobFailed(_)
+            | FromRendezvous::Progress(_)
+            | FromRendezvous::Tasks(_)
+    );
     assert!(!for_clients, "a node was sent a client's message: {msg:?}");
 }
 

@@ -234,7 +234,7 @@ pub fn status_json(status: &MeshStatus) -> serde_json::Value {
             serde_json::json!({
                 "name": n.name, "observed": n.observed, "local": n.local, "nat": n.nat.to_string(),
                 "slots": n.slots, "running": n.running, "sandbox": n.isolation,
-                "fingerprint": hex::encode(n.fingerprint), "cached_objects": n.held,
+                "fingerprint": hex::encode(n.fingerprint), "cached_objects": n.held, "cached_bytes": n.held_bytes,
                 "connected_ms": n.connected_ms,
             })
         })

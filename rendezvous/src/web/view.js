@@ -89,7 +89,7 @@ function draw() {
 function drawNodes() {
   $("nodes").tBodies[0].innerHTML = status.nodes.map((n) =>
     "<tr><td>" + esc(n.name) + "</td><td>" + esc(n.nat) + "</td><td>" + n.slots + "</td><td>" + n.running +
-    "</td><td>" + n.cached_objects + "</td><td>" + seconds(n.connected_ms) + " ago</td><td>" + esc(n.sandbox) + "</td></tr>"
+    "</td><td>" + n.cached_objects + " (" + bytes(n.cached_bytes) + ")</td><td>" + seconds(n.connected_ms) + " ago</td><td>" + esc(n.sandbox) + "</td></tr>"
   ).join("");
 }
 
