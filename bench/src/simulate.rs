@@ -17,7 +17,8 @@ pub struct SimArgs {
     /// Workloads (comma-separated) [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<Shape>,
-    /// Policies (comma-separated): locality, most-bytes, least-loaded, storage [default: all].
+    /// Policies (comma-separated): locality, most-bytes, least-loaded, storage, and fifo
+    /// (locality with a first-in, first-out ready queue) [default: all but fifo].
     #[arg(long, value_delimiter = ',')]
     policies: Vec<String>,
     /// Workers launched for the job.
@@ -97,8 +98,8 @@ fn variants(names: &[String]) -> Result<Vec<Variant>> {
     names
         .iter()
         .map(|n| {
-            let found = Variant::ALL.into_iter().find(|v| v.name() == n);
-            found.with_context(|| format!("no policy `{n}` (use locality, most-bytes, least-loaded or storage)"))
+            let found = Variant::NAMED.into_iter().find(|v| v.name() == n);
+            found.with_context(|| format!("no policy `{n}` (use locality, most-bytes, least-loaded, storage or fifo)"))
         })
         .collect()
 }

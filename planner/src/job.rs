@@ -1,7 +1,7 @@
 //! One job's graph: the state of each thunk, what waits for what, how refs resolve through tail
 //! calls, and which thunk produced each blob (for lineage).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use thunkmesh_protocol::wire::{
     ErrorCode, JobOutcome, Mode, OutputValue, Progress, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
@@ -105,7 +105,30 @@ struct Entry {
     state: State,
     needed: bool,
     attempts: u32,
+    /// Its bottom level: the thunks on the longest path from it to the end of the graph, itself
+    /// included (0: not yet known). The ready queue serves the highest first.
+    level: u32,
     reported: bool,
+}
+
+/// A ready thunk in the queue: the highest `level` first, then the highest `order` (the
+/// earliest ready: first in, first out among equals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Ready {
+    level: u32,
+    order: u64,
+    thunk: Id,
+}
+
+/// How the ready queue is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// The thunk with the longest chain of thunks after it first (its bottom level), ties first
+    /// in, first out: a thunk that unblocks a long chain does not wait behind leaves.
+    #[default]
+    CriticalPath,
+    /// First in, first out.
+    Fifo,
 }
 
 /// The job's targets, looked at again only when something they wait for changed: a thunk
@@ -146,7 +169,10 @@ pub(crate) struct Job {
     /// pointer rather than a whole entry.
     entries: IdMap<Box<Entry>>,
     pub(crate) targets: Vec<Ref>,
-    ready: VecDeque<Id>,
+    ready: BinaryHeap<Ready>,
+    /// Numbers the thunks that became ready, for first in, first out among equals.
+    readied: u64,
+    order: Order,
     pending: Vec<Id>,
     waiters: IdMap<BTreeSet<Id>>,
     resolve_waiters: IdMap<Vec<Id>>,
@@ -212,12 +238,14 @@ pub(crate) struct Job {
 
 impl Job {
     /// The job of `sub`, whose thunks it keeps (moved, not copied).
-    pub(crate) fn new(sub: Submission) -> Result<Job, PlanError> {
+    pub(crate) fn new(sub: Submission, order: Order) -> Result<Job, PlanError> {
         let targets = sub.targets.len();
         let mut job = Job {
             entries: IdMap::with_capacity_and_hasher(sub.thunks.len(), Default::default()),
             targets: sub.targets,
-            ready: VecDeque::new(),
+            ready: BinaryHeap::new(),
+            readied: 0,
+            order,
             pending: Vec::new(),
             waiters: IdMap::default(),
             resolve_waiters: IdMap::default(),
@@ -264,6 +292,7 @@ impl Job {
     }
 
     fn add_thunks(&mut self, thunks: impl IntoIterator<Item = SubmittedThunk>, prefix: &str) -> Result<(), PlanError> {
+        let mut added = Vec::new();
         for t in thunks {
             let name = if prefix.is_empty() { t.name } else { format!("{prefix}{}", t.name) };
             t.thunk.validate().map_err(|e| PlanError::InvalidThunk { name: name.clone(), reason: e.to_string() })?;
@@ -277,10 +306,61 @@ impl Job {
                     self.consumers.entry(*thunk).or_insert_with(|| Vec::with_capacity(1)).push(id);
                 }
             }
-            let entry = Entry { name, thunk: t.thunk, state: State::Idle, needed: false, attempts: 0, reported: false };
+            let entry = Entry {
+                name,
+                thunk: t.thunk,
+                state: State::Idle,
+                needed: false,
+                attempts: 0,
+                level: 0,
+                reported: false,
+            };
             self.entries.insert(id, Box::new(entry));
+            added.push(id);
         }
+        self.set_levels(added);
         Ok(())
+    }
+
+    /// Gives each of `thunks` (just added) its bottom level, from the levels of its consumers
+    /// (depth first, without recursion: a chain may be a hundred thousand long). A thunk a tail
+    /// adds later does not raise the levels of the thunks it reads.
+    fn set_levels(&mut self, thunks: Vec<Id>) {
+        let level = |job: &Job, id: &Id| job.entries.get(id).map_or(1, |e| e.level);
+        let mut stack: Vec<(Id, bool)> = thunks.into_iter().map(|t| (t, false)).collect();
+        while let Some((id, expanded)) = stack.pop() {
+            if level(self, &id) != 0 {
+                continue;
+            }
+            let consumers = self.consumers(id);
+            if expanded {
+                let below = consumers.iter().map(|c| level(self, c)).max().unwrap_or(0);
+                if let Some(entry) = self.entries.get_mut(&id) {
+                    entry.level = below.saturating_add(1);
+                }
+            } else {
+                let unknown: Vec<Id> = consumers.iter().copied().filter(|c| level(self, c) == 0).collect();
+                stack.push((id, true));
+                stack.extend(unknown.into_iter().map(|c| (c, false)));
+            }
+        }
+    }
+
+    /// The bottom level of `thunk` (0 if unknown).
+    #[cfg(test)]
+    pub(crate) fn level(&self, thunk: Id) -> u32 {
+        self.entries.get(&thunk).map_or(0, |e| e.level)
+    }
+
+    /// Queues a ready thunk; `first` puts it before every other of its level.
+    fn push_ready(&mut self, thunk: Id, first: bool) {
+        let level = match self.order {
+            Order::CriticalPath => self.entries.get(&thunk).map_or(0, |e| e.level),
+            Order::Fifo => 0,
+        };
+        self.readied += 1;
+        let order = if first { u64::MAX } else { u64::MAX - self.readied };
+        self.ready.push(Ready { level, order, thunk });
     }
 
     /// Whether no thunk of the job will read `blob` any more: its producer's consumers are all
@@ -333,9 +413,9 @@ impl Job {
         self.entries.get(&thunk).is_some_and(|e| matches!(e.state, State::Ready))
     }
 
-    /// Puts a ready thunk back at the head of the queue (no node could take it yet).
+    /// Puts a ready thunk back at the head of its level's queue (no node could take it yet).
     pub(crate) fn unready(&mut self, thunk: Id) {
-        self.ready.push_front(thunk);
+        self.push_ready(thunk, true);
     }
 
     fn check_refs<'a>(&self, refs: impl IntoIterator<Item = &'a Ref>) -> Result<(), PlanError> {
@@ -548,7 +628,7 @@ impl Job {
             if let Some(entry) = self.entries.get_mut(&thunk) {
                 self.counts.set(&mut entry.state, State::Ready);
             }
-            self.ready.push_back(thunk);
+            self.push_ready(thunk, false);
         }
         Ok(())
     }
@@ -587,7 +667,7 @@ impl Job {
     }
 
     pub(crate) fn next_ready(&mut self) -> Option<Id> {
-        while let Some(thunk) = self.ready.pop_front() {
+        while let Some(Ready { thunk, .. }) = self.ready.pop() {
             if self.entries.get(&thunk).is_some_and(|e| matches!(e.state, State::Ready)) {
                 return Some(thunk);
             }

@@ -27,6 +27,7 @@ use thunkmesh_protocol::wire::{
 use thunkmesh_protocol::{Id, Ref};
 
 use idhash::{IdMap, IdSet};
+pub use job::Order;
 use job::{Job, Resolved, State};
 pub use place::{Estimates, Link, PlannerConfig, Policy};
 use place::{Input, LEAST_LOADED, Transfers};
@@ -608,7 +609,7 @@ impl Planner {
         }
         let store = std::mem::take(&mut sub.store);
         let mut stored = std::mem::take(&mut sub.stored);
-        let mut job = Job::new(sub)?;
+        let mut job = Job::new(sub, self.config.order)?;
         let next = StoreKey::try_from(self.stores.len()).unwrap_or(StoreKey::MAX);
         job.store = *self.stores.entry(store).or_insert(next);
         stored.sort_unstable();

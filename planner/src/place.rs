@@ -136,6 +136,8 @@ pub struct PlannerConfig {
     /// The id of the first task; the rest follow it. A rendezvous starts from a random one, so
     /// that a report from before it restarted names no task of this run.
     pub first_task: u64,
+    /// Which ready thunk is served first.
+    pub order: crate::Order,
 }
 
 impl Default for PlannerConfig {
@@ -147,6 +149,7 @@ impl Default for PlannerConfig {
             estimates: Estimates::default(),
             speculate_after: 3.0,
             first_task: 0,
+            order: crate::Order::CriticalPath,
         }
     }
 }

@@ -903,3 +903,50 @@ fn an_upload_nobody_answers_runs_the_producer_again_and_then_fails_the_job() {
     assert!(failed.message.contains("did not answer a request to upload it within 10 s"), "{failed:?}");
     assert!(reruns > 1, "the producer ran again: {reruns}");
 }
+
+/// Leaves, and a generator that starts a chain of four: with one slot, the generator runs
+/// first and each link of the chain as soon as it is ready while a longer chain than the leaves'
+/// (none) follows it; the last link ties with the leaves, which were ready before it. First in,
+/// first out runs a leaf before the generator.
+#[test]
+fn the_thunk_that_starts_the_longest_chain_runs_first_and_fifo_is_kept_among_equals() {
+    let leaves: Vec<Thunk> = (0..3).map(|i| thunk(&format!("leaf{i}"), &[])).collect();
+    let generate = thunk("generate", &[]);
+    let compile = thunk("compile", &[("gen", out(&generate))]);
+    let archive = thunk("archive", &[("obj", out(&compile))]);
+    let link = thunk("link", &[("lib", out(&archive))]);
+    let names = ["leaf0", "leaf1", "leaf2", "generate", "compile", "archive", "link"];
+    let all: Vec<&Thunk> = leaves.iter().chain([&generate, &compile, &archive, &link]).collect();
+    let targets: Vec<Ref> = leaves.iter().chain([&link]).map(out).collect();
+    let run_order = |order: crate::Order| {
+        let config = crate::PlannerConfig { order, ..crate::PlannerConfig::default() };
+        let mut p = Planner::with_config(config);
+        p.node_joined(NodeId(1), 1, &[]);
+        let thunks: Vec<(&str, &Thunk)> = names.iter().copied().zip(all.iter().copied()).collect();
+        p.submit(JOB, submission(&thunks, targets.clone(), vec![program()])).expect("valid job");
+        let mut ran = Vec::new();
+        while let Some(a) = assigns(&drain(&mut p)).pop() {
+            ran.push(names[all.iter().position(|t| t.id() == a.thunk).expect("a thunk of the job")]);
+            p.task_done(a.node, a.task, &blob_output(ran.last().expect("one").as_bytes()), TransferStats::default());
+        }
+        ran
+    };
+    let critical = run_order(crate::Order::CriticalPath);
+    assert_eq!(critical[..3], ["generate", "compile", "archive"], "{critical:?}");
+    assert_eq!(critical.len(), 7);
+    let fifo = run_order(crate::Order::Fifo);
+    assert!(fifo[0].starts_with("leaf"), "{fifo:?}");
+    assert_eq!(fifo.len(), 7);
+}
+
+#[test]
+fn a_thunks_bottom_level_counts_the_longest_chain_after_it() {
+    let a = thunk("a", &[]);
+    let b = thunk("b", &[("a", out(&a))]);
+    let c = thunk("c", &[("b", out(&b))]);
+    let d = thunk("d", &[("a", out(&a)), ("c", out(&c))]);
+    let sub = submission(&[("d", &d), ("c", &c), ("b", &b), ("a", &a)], vec![out(&d)], vec![program()]);
+    let job = crate::job::Job::new(sub, crate::Order::CriticalPath).expect("valid job");
+    let levels: Vec<u32> = [&a, &b, &c, &d].iter().map(|t| job.level(t.id())).collect();
+    assert_eq!(levels, [4, 3, 2, 1]);
+}

@@ -50,12 +50,19 @@ pub enum Shape {
     /// 600 MiB) probed, planned, split at keyframes into chunks without re-encoding, one x264
     /// encode per chunk, a stitch; every thunk brings ffmpeg's shipped root (240 MiB).
     Video,
+    /// A build with a long link tail: a generator whose header 200 compiles of a core library
+    /// need, that library archived, then 20 links one after another (each needs the core
+    /// library and the link before it); beside it the rest of the thunks compile tests, run by
+    /// 100 (a 16 KiB report each), and a last thunk packages the reports with the last link. The
+    /// generator starts the longest chain: served first in, first out, it waits behind the test
+    /// compiles.
+    Build,
 }
 
 impl Shape {
     /// Every shape.
-    pub const ALL: [Shape; 6] =
-        [Shape::Compile, Shape::Shuffle, Shape::Chain, Shape::Fanout, Shape::FanIn, Shape::Video];
+    pub const ALL: [Shape; 7] =
+        [Shape::Compile, Shape::Shuffle, Shape::Chain, Shape::Fanout, Shape::FanIn, Shape::Video, Shape::Build];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -66,6 +73,7 @@ impl Shape {
             Shape::Fanout => "fanout",
             Shape::FanIn => "fan-in",
             Shape::Video => "video",
+            Shape::Build => "build",
         }
     }
 
@@ -80,6 +88,7 @@ impl Shape {
             Shape::Fanout => b.fanout(12),
             Shape::FanIn => b.fan_in(64, 8),
             Shape::Video => b.video(size, frame_seconds),
+            Shape::Build => b.build(size),
         }
         b.job
     }
@@ -151,6 +160,42 @@ impl Builder {
         }
         let link = self.one("link".into(), libs, 64 * MIB, 5.0);
         self.job.targets.push(link);
+    }
+
+    /// The build shape in about `thunks` thunks (see [`Shape::Build`]).
+    fn build(&mut self, thunks: usize) {
+        const CORE: usize = 200;
+        const LINKS: usize = 20;
+        const PER_BUNDLE: usize = 100;
+        let headers = self.value("include", 4 * MIB);
+        let tests = thunks.saturating_sub(CORE + LINKS + 3).max(1) * PER_BUNDLE / (PER_BUNDLE + 1);
+        let mut bundles = Vec::new();
+        for b in 0..tests.div_ceil(PER_BUNDLE) {
+            let mut objects = Vec::new();
+            for t in (b * PER_BUNDLE)..((b + 1) * PER_BUNDLE).min(tests) {
+                let source = self.value(&format!("tests/{t}.c"), 20 * KIB);
+                let seconds = self.jitter(1.0);
+                objects.push(self.one(format!("cc/tests/{t}"), vec![source, headers.clone()], 64 * KIB, seconds));
+            }
+            let seconds = self.jitter(0.5);
+            bundles.push(self.one(format!("test/{b}"), objects, 16 * KIB, seconds));
+        }
+        let schema = self.value("schema.in", 64 * KIB);
+        let generated = self.one("generate".into(), vec![schema], MIB, 3.0);
+        let mut objects = Vec::new();
+        for c in 0..CORE {
+            let source = self.value(&format!("core/{c}.c"), 20 * KIB);
+            let seconds = self.jitter(1.0);
+            let inputs = vec![source, headers.clone(), generated.clone()];
+            objects.push(self.one(format!("cc/core/{c}"), inputs, 64 * KIB, seconds));
+        }
+        let core = self.one("ar/core".into(), objects, CORE as u64 * 64 * KIB, 1.0);
+        let mut last = core.clone();
+        for l in 0..LINKS {
+            last = self.one(format!("link/{l}"), vec![core.clone(), last], 32 * MIB, 4.0);
+        }
+        let package = self.one("package".into(), [bundles, vec![last]].concat(), 256 * MIB, 2.0);
+        self.job.targets.push(package);
     }
 
     /// The video shape in `chunks` chunks (see [`Shape::Video`]). A chunk's encode takes its
