@@ -205,7 +205,8 @@ impl Journal {
     pub(crate) fn since(&self, seq: u64, max: usize) -> (Vec<Entry>, u64) {
         let first = self.ring.front().map_or(0, |e| e.seq);
         let skip = usize::try_from(seq.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
-        (self.ring.iter().skip(skip).take(max).cloned().collect(), self.next)
+        let skip = skip.min(self.ring.len());
+        (self.ring.range(skip..).take(max).cloned().collect(), self.next)
     }
 
     fn push(&mut self, what: What) {

@@ -1,7 +1,8 @@
 //! The live web view and its JSON API (`thunkmesh rendezvous --http ADDR`, `thunkmesh run --ui`),
 //! served over plain HTTP/1.1 by axum on a TCP listener beside the QUIC endpoint.
 //!
-//! Every path answers only a request that carries the mesh's token or the view token: as
+//! Every path answers only a request that carries the mesh's token or the view token (any other
+//! is refused with 401 and its connection closed): as
 //! `Authorization: Bearer TOKEN`, or the cookie that opening `/?token=TOKEN` once sets (the page
 //! then drops the token from its address). The page and its script are embedded in the binary;
 //! nothing is fetched from elsewhere. Handlers ask the core through the driver's query channel
@@ -43,7 +44,7 @@ use crate::journal::Entry;
 pub const MAX_CONNECTIONS: usize = 64;
 /// The most a request's line and headers may take.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// How long a connection has to send a request's head.
+/// How long a connection has to send a request's head, and may stay idle between requests.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the event stream looks for news.
 pub const EVENT_EVERY: Duration = Duration::from_millis(250);
@@ -73,7 +74,15 @@ pub(crate) async fn serve(listener: TcpListener, tokens: Vec<String>, queries: m
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, most likely: wait rather than spin.
+                        debug!(error = %e, "cannot accept a web connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let Ok(place) = admitted.clone().try_acquire_owned() else {
                     debug!(%peer, "too many web connections: closing one");
                     continue;
@@ -123,7 +132,9 @@ impl Shared {
 fn refused() -> Response {
     let why = "this rendezvous' view needs its token: open the address it printed (`/?token=...`), or send \
                `Authorization: Bearer TOKEN`\n";
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], why).into_response()
+    // Closed after the answer: a stranger keeps no connection of the view's budget open.
+    let headers = [(header::WWW_AUTHENTICATE, "Bearer"), (header::CONNECTION, "close")];
+    (StatusCode::UNAUTHORIZED, headers, why).into_response()
 }
 
 async fn admit(State(shared): State<Shared>, request: Request, next: Next) -> Response {

@@ -65,16 +65,20 @@ fn slow_job(dir: &Path) -> PathBuf {
     write(dir, &[("slow.toml", &(text + &targets))])
 }
 
-/// A raw HTTP/1.1 request to `addr`; the status code, or 0 if the server closed the
-/// connection without one.
-fn http_status(addr: &str, head: &str) -> u16 {
+/// A raw HTTP/1.1 request to `addr`; the answer as read until the server closed the
+/// connection (or 20 s passed).
+fn http(addr: &str, head: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("connect to the view");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let _ = stream.write_all(head.as_bytes());
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
-    answer.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of [`http`]'s answer, or 0 if the server closed the connection without one.
+fn http_status(addr: &str, head: &str) -> u16 {
+    http(addr, head).split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
 }
 
 #[test]
@@ -94,6 +98,8 @@ fn the_live_view_follows_a_job_in_a_real_browser_and_refuses_strangers() {
     assert_eq!(http_status(&view, &get("/api/status", "")), 401);
     assert_eq!(http_status(&view, &get("/api/status", "Authorization: Bearer nope\r\n")), 401);
     assert_eq!(http_status(&view, &get("/?token=nope", "")), 401);
+    let kept_alive = http(&view, "GET /api/journal HTTP/1.1\r\nHost: x\r\n\r\n").to_ascii_lowercase();
+    assert!(kept_alive.starts_with("http/1.1 401") && kept_alive.contains("connection: close"), "{kept_alive}");
     let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(64 * 1024));
     assert_ne!(http_status(&view, &huge), 200);
     // With it, /api/status answers what `status --json` prints.
