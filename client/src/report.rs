@@ -174,10 +174,11 @@ impl<'a> Timeline<'a> {
         let axis = rows * ROW + 16;
         for tick in 0..=4 {
             let ms = end * tick / 4;
+            let anchor = ["start", "middle", "middle", "middle", "end"][tick as usize];
             let _ = writeln!(
                 page,
-                "<text x=\"{:.1}\" y=\"{axis}\" class=\"axis\">{:.2} s</text>",
-                x(ms) - 10.0,
+                "<text x=\"{:.1}\" y=\"{axis}\" text-anchor=\"{anchor}\" class=\"axis\">{:.2} s</text>",
+                x(ms),
                 ms as f64 / 1000.0
             );
         }
@@ -255,7 +256,8 @@ impl<'a> Timeline<'a> {
 }
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
-table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}\
+table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left;\
+white-space:nowrap}td:last-child{white-space:normal}\
 svg text{font:11px monospace;fill:#333}rect.task{stroke:#fff;stroke-width:.5}\
 rect.critical{stroke:#d00;stroke-width:2}rect.failed{fill:#999;stroke:#000;stroke-dasharray:2}";
 

@@ -155,7 +155,8 @@ function drawStream() {
   }
   for (let i = 0; i <= 4; i++) {
     const ms = first + span * i / 4;
-    parts.push("<text x=\"" + (x(ms) - 12).toFixed(1) + "\" y=\"" + (y + 12) + "\">" + seconds(ms - first) + "</text>");
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    parts.push("<text x=\"" + x(ms).toFixed(1) + "\" y=\"" + (y + 12) + "\" text-anchor=\"" + anchor + "\">" + seconds(ms - first) + "</text>");
   }
   svg.setAttribute("height", y + 18);
   svg.innerHTML = parts.join("");
