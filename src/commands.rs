@@ -89,9 +89,10 @@ async fn rendezvous(args: RendezvousArgs) -> Result<()> {
     };
     let forbidden = args.forbid_nodes.iter().map(|n| node_id_prefix("--forbid-node", n)).collect::<Result<_>>()?;
     let rules = thunkmesh_rendezvous::Rules { limits, forbidden };
-    let web = args.http.map(|addr| thunkmesh_rendezvous::Web::bind(addr, view_token())).transpose()?;
+    let view_token = view_token();
+    let which = if view_token.is_some() { VIEW_TOKEN_ENV } else { "the mesh token" };
+    let web = args.http.map(|addr| thunkmesh_rendezvous::Web::bind(addr, view_token)).transpose()?;
     if let Some(addr) = web.as_ref().and_then(thunkmesh_rendezvous::Web::local_addr) {
-        let which = if view_token().is_some() { VIEW_TOKEN_ENV } else { "the mesh token" };
         eprintln!("web view on http://{addr}/ (open http://{addr}/?token=TOKEN once, with {which})");
     }
     let serve = thunkmesh_rendezvous::serve(endpoint, probe, web, token, rules, shutdown);

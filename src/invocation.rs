@@ -118,10 +118,9 @@ impl Invocation {
             r = crate::mesh::execute(flags, job, out, &mut recording, self.started) => r,
             _ = tokio::signal::ctrl_c() => Err(Interrupted { memo }.into()),
         };
-        if let Some(tasks) = recording.tasks {
-            reports.write(&tasks, job)?;
-        }
-        result
+        let written = recording.tasks.map_or(Ok(()), |tasks| reports.write(&tasks, job));
+        // The job's own error, if it failed, says more than a report that could not be written.
+        result.and_then(|done| written.map(|()| done))
     }
 
     /// Prints the outcome, writes the summary JSON and gives the exit status.

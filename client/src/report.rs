@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use thunkmesh_protocol::Ref;
 use thunkmesh_protocol::job::ResolvedJob;
-use thunkmesh_protocol::wire::{InputFrom, TaskReport};
+use thunkmesh_protocol::wire::TaskReport;
 
 /// A task placed on its node's lane (a node runs as many tasks at once as it has slots).
 #[derive(Debug, Clone, Copy)]
@@ -69,8 +69,9 @@ impl<'a> Timeline<'a> {
             placed.push(Placed { task, node, lane });
         }
         let lanes = ends.iter().map(|l| l.len().max(1)).collect();
-        let edges = edges(tasks, job);
-        let critical = critical_path(tasks, &edges);
+        let done = last_successes(tasks);
+        let edges = edges(&done, job);
+        let critical = critical_path(&done, &edges);
         Timeline { tasks: placed, nodes, lanes, edges, critical }
     }
 
@@ -263,20 +264,16 @@ rect.critical{stroke:#d00;stroke-width:2}rect.failed{fill:#999;stroke:#000;strok
 
 /// Each thunk's input that another thunk of `job` made, with the bytes of its last successful
 /// task's copy, the most bytes first.
-fn edges(tasks: &[TaskReport], job: &ResolvedJob) -> Vec<Edge> {
+fn edges(done: &BTreeMap<&str, &TaskReport>, job: &ResolvedJob) -> Vec<Edge> {
     let names: HashMap<_, &str> = job.thunks.iter().map(|t| (t.id, t.name.as_str())).collect();
     let thunks: HashMap<&str, _> = job.thunks.iter().map(|t| (t.name.as_str(), &t.thunk)).collect();
     let mut edges = Vec::new();
-    for task in last_successes(tasks).into_values() {
+    for task in done.values() {
         let Some(thunk) = thunks.get(task.name.as_str()) else { continue };
         for (r, (blob, from)) in thunk.refs().zip(&task.inputs) {
             let Ref::Output { thunk: producer, .. } = r else { continue };
             let Some(producer) = names.get(producer) else { continue };
-            let via = match from {
-                InputFrom::Local => "local".to_owned(),
-                InputFrom::Peer(node) => format!("peer {node}"),
-                InputFrom::Storage => "storage".to_owned(),
-            };
+            let via = from.to_string();
             edges.push(Edge { from: (*producer).to_owned(), to: task.name.clone(), bytes: blob.size, via });
         }
     }
@@ -298,8 +295,7 @@ fn last_successes(tasks: &[TaskReport]) -> BTreeMap<&str, &TaskReport> {
 
 /// From the task that ended last, back through the input whose maker ended last, to a thunk
 /// with no maker among the job's.
-fn critical_path<'a>(tasks: &'a [TaskReport], edges: &[Edge]) -> Vec<&'a TaskReport> {
-    let done = last_successes(tasks);
+fn critical_path<'a>(done: &BTreeMap<&str, &'a TaskReport>, edges: &[Edge]) -> Vec<&'a TaskReport> {
     let mut makers: HashMap<&str, Vec<&str>> = HashMap::new();
     for e in edges {
         makers.entry(e.to.as_str()).or_default().push(e.from.as_str());
@@ -355,7 +351,7 @@ mod tests {
     use std::sync::Arc;
 
     use thunkmesh_protocol::job::NamedThunk;
-    use thunkmesh_protocol::wire::TransferStats;
+    use thunkmesh_protocol::wire::{InputFrom, TransferStats};
     use thunkmesh_protocol::{Id, Inputs, Program, Thunk};
 
     use super::*;

@@ -339,9 +339,8 @@ impl Job {
                     entry.level = below.saturating_add(1);
                 }
             } else {
-                let unknown: Vec<Id> = consumers.iter().copied().filter(|c| level(self, c) == 0).collect();
                 stack.push((id, true));
-                stack.extend(unknown.into_iter().map(|c| (c, false)));
+                stack.extend(consumers.iter().filter(|c| level(self, c) == 0).map(|&c| (c, false)));
             }
         }
     }

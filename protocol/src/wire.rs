@@ -493,6 +493,17 @@ pub enum InputFrom {
     Storage,
 }
 
+/// As the view and the reports show it: `local`, `peer NODE` or `storage`.
+impl std::fmt::Display for InputFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputFrom::Local => f.write_str("local"),
+            InputFrom::Peer(node) => write!(f, "peer {node}"),
+            InputFrom::Storage => f.write_str("storage"),
+        }
+    }
+}
+
 /// One task of a job that ended: who ran it, when, why there, and what it moved.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct TaskReport {

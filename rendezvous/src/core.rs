@@ -23,7 +23,7 @@ use thunkmesh_protocol::wire::{
 };
 use tracing::{info, warn};
 
-use crate::journal::{Assigned, Entry, Journal, millis};
+use crate::journal::{Assigned, Entry, INPUTS_SHOWN, Journal, millis};
 
 /// How often clients hear about progress (when it changed).
 pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -666,18 +666,21 @@ impl Core {
         let mut nodes: Vec<NodeStatus> = self
             .nodes
             .iter()
-            .map(|(&id, n)| NodeStatus {
-                name: n.name.clone(),
-                observed: n.addr.to_string(),
-                local: n.local.map_or_else(|| "?".to_owned(), |a| a.to_string()),
-                nat: n.nat,
-                slots: n.slots,
-                running: u32::try_from(self.planner.running(id)).unwrap_or(u32::MAX),
-                isolation: n.isolation.clone(),
-                fingerprint: n.fingerprint,
-                held: self.planner.cache_use(id).0,
-                held_bytes: self.planner.cache_use(id).1,
-                connected_ms: millis(self.now.saturating_sub(n.joined)),
+            .map(|(&id, n)| {
+                let cache = self.planner.cache_use(id);
+                NodeStatus {
+                    name: n.name.clone(),
+                    observed: n.addr.to_string(),
+                    local: n.local.map_or_else(|| "?".to_owned(), |a| a.to_string()),
+                    nat: n.nat,
+                    slots: n.slots,
+                    running: u32::try_from(self.planner.running(id)).unwrap_or(u32::MAX),
+                    isolation: n.isolation.clone(),
+                    fingerprint: n.fingerprint,
+                    held: cache.0,
+                    held_bytes: cache.1,
+                    connected_ms: millis(self.now.saturating_sub(n.joined)),
+                }
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -700,18 +703,17 @@ impl Core {
         }
         let Some((name, thunk)) = self.planner.thunk(a.job, a.thunk) else { return };
         let relay = !self.clients.get(&a.job).is_some_and(|c| c.require_direct);
-        let sources: Vec<InputSource> = a
+        let sources = a
             .sources
             .iter()
-            .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node, relay) })
-            .collect();
-        let journaled = self.assigned(&a, name, thunk, &sources);
+            .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node, relay) });
+        let journaled = self.assigned(&a, name, thunk);
         let assignment = Assignment {
             task: a.task,
             name: name.to_owned(),
             thunk: thunk.clone(),
             resolved: a.resolved.clone(),
-            sources,
+            sources: sources.collect(),
             store: self.store(a.job),
             mode: self.clients.get(&a.job).map_or(Mode::P2p, |c| c.mode),
         };
@@ -719,47 +721,41 @@ impl Core {
         self.send(a.node.0, FromRendezvous::Assign(assignment));
     }
 
-    /// What the journal keeps of an assignment: where each input comes from, and why the node.
-    fn assigned(
-        &self,
-        a: &thunkmesh_planner::Assign,
-        name: &str,
-        thunk: &thunkmesh_protocol::Thunk,
-        sources: &[InputSource],
-    ) -> Assigned {
-        let lacking: HashMap<Id, &[Source]> = sources.iter().map(|s| (s.blob, s.sources.as_slice())).collect();
-        let from = |blob: &Id| match lacking.get(blob).and_then(|s| s.first()) {
+    /// What the journal keeps of an assignment: where its inputs come from (the planner's first
+    /// place for each the node lacks; all of them only for a client that asked for reports, so
+    /// that a 100-input compile costs little more when nobody asked), and why the node.
+    fn assigned(&self, a: &thunkmesh_planner::Assign, name: &str, thunk: &thunkmesh_protocol::Thunk) -> Assigned {
+        let lacking: HashMap<Id, Option<&Place>> = a.sources.iter().map(|(b, places)| (*b, places.first())).collect();
+        let from = |blob: &Id| match lacking.get(blob) {
             None => InputFrom::Local,
-            Some(Source::Storage) => InputFrom::Storage,
-            Some(Source::Peer { fingerprint, .. }) => InputFrom::Peer(self.name_of(fingerprint)),
-            Some(Source::Relay { node }) => {
-                InputFrom::Peer(self.nodes.get(&NodeId(*node)).map_or_else(|| "?".into(), |n| n.name.clone()))
-            }
+            Some(Some(Place::Node(n))) => InputFrom::Peer(self.node_name(*n)),
+            Some(_) => InputFrom::Storage,
         };
-        let inputs: Vec<(Id, InputFrom)> = a.resolved.iter().map(|blob| (*blob, from(blob))).collect();
         let client = self.clients.get(&a.job);
+        let report = client.is_some_and(|c| c.report_tasks);
+        let kept = if report { a.resolved.len() } else { INPUTS_SHOWN };
         Assigned {
             task: a.task,
             job: a.job,
             node: a.node,
-            node_name: self.nodes.get(&a.node).map_or_else(|| "?".into(), |n| n.name.clone()),
+            node_name: self.node_name(a.node),
             name: name.to_owned(),
             program: program_name(thunk),
-            why: why_here(a.why, &inputs),
-            inputs,
+            why: why_here(a.why, &a.resolved, |blob| !lacking.contains_key(blob)),
+            inputs: a.resolved.iter().take(kept).map(|blob| (*blob, from(blob))).collect(),
+            inputs_total: a.resolved.len(),
             at: self.now,
             job_began: match client.map(|c| &c.job) {
                 Some(Incoming::Planned(since)) => *since,
                 _ => self.now,
             },
-            report: client.is_some_and(|c| c.report_tasks),
+            report,
         }
     }
 
-    /// The name of the node with this certificate ("?" if none is registered).
-    fn name_of(&self, fingerprint: &[u8; 32]) -> String {
-        let node = self.nodes.values().find(|n| &n.fingerprint == fingerprint);
-        node.map_or_else(|| "?".into(), |n| n.name.clone())
+    /// A registered node's name ("?" if it is not registered).
+    fn node_name(&self, node: NodeId) -> String {
+        self.nodes.get(&node).map_or_else(|| "?".into(), |n| n.name.clone())
     }
 
     /// Where `consumer` can get `blob`, best first. A node holding it is offered directly where a
@@ -833,8 +829,9 @@ fn program_name(thunk: &thunkmesh_protocol::Thunk) -> String {
     }
 }
 
-/// Why the planner placed a task where it did: its reason, and what of the inputs the node held.
-fn why_here(why: thunkmesh_planner::Why, inputs: &[(Id, InputFrom)]) -> String {
+/// Why the planner placed a task where it did: its reason, and what of its `inputs` the node
+/// held.
+fn why_here(why: thunkmesh_planner::Why, inputs: &[Id], held_there: impl Fn(&Id) -> bool) -> String {
     use thunkmesh_planner::Why;
     let reason = match why {
         Why::Chosen => "the planner's choice when it became ready (the soonest start there plus fetching)".to_owned(),
@@ -845,13 +842,13 @@ fn why_here(why: thunkmesh_planner::Why, inputs: &[(Id, InputFrom)]) -> String {
         Why::Copy => "a copy of a straggling task, on another node".to_owned(),
         Why::Check => "run again on another node to check a result (--verify)".to_owned(),
     };
-    let total: u64 = inputs.iter().map(|(b, _)| b.size).sum();
-    let held: Vec<_> = inputs.iter().filter(|(_, f)| *f == InputFrom::Local).collect();
-    let held_bytes: u64 = held.iter().map(|(b, _)| b.size).sum();
+    let total: u64 = inputs.iter().map(|b| b.size).sum();
+    let (held, held_bytes) =
+        inputs.iter().filter(|b| held_there(b)).fold((0, 0), |(n, bytes), b| (n + 1, bytes + b.size));
     let holding = match inputs.len() {
         0 => "no inputs".to_owned(),
-        n if held.len() == n => format!("it held all {n} inputs ({held_bytes} bytes)"),
-        n => format!("it held {} of {n} inputs ({held_bytes} of {total} bytes)", held.len()),
+        n if held == n => format!("it held all {n} inputs ({held_bytes} bytes)"),
+        n => format!("it held {held} of {n} inputs ({held_bytes} of {total} bytes)"),
     };
     format!("{reason}; {holding}")
 }

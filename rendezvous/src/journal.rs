@@ -32,7 +32,11 @@ pub(crate) struct Assigned {
     pub(crate) name: String,
     pub(crate) program: String,
     pub(crate) why: String,
+    /// Its inputs and where each came from: every one for a client that asked for reports, the
+    /// first [`INPUTS_SHOWN`] otherwise.
     pub(crate) inputs: Vec<(Id, InputFrom)>,
+    /// How many inputs it has in all.
+    pub(crate) inputs_total: usize,
     /// When, on the core's clock.
     pub(crate) at: Duration,
     /// When its job's planning began, on the same clock (for the client's report).
@@ -129,7 +133,7 @@ impl Journal {
         let shown = a.inputs.iter().take(INPUTS_SHOWN).map(|(blob, from)| InputShown {
             blob: blob.to_string(),
             bytes: blob.size,
-            from: describe(from),
+            from: from.to_string(),
         });
         let what = What::Started {
             task: a.task,
@@ -140,7 +144,7 @@ impl Journal {
             at_ms: millis(a.at),
             why: a.why.clone(),
             inputs: shown.collect(),
-            inputs_total: a.inputs.len(),
+            inputs_total: a.inputs_total,
         };
         self.push(what);
         self.open.insert(a.task, a);
@@ -222,15 +226,6 @@ fn decimal<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(n)
 }
 
-/// How the view names where an input came from.
-fn describe(from: &InputFrom) -> String {
-    match from {
-        InputFrom::Local => "local".to_owned(),
-        InputFrom::Peer(node) => format!("peer {node}"),
-        InputFrom::Storage => "storage".to_owned(),
-    }
-}
-
 /// Milliseconds of `d`, saturating.
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -250,6 +245,7 @@ mod tests {
             program: "sh".into(),
             why: "it held 1 of 1 inputs".into(),
             inputs: vec![(Id::of_blob(b"x"), InputFrom::Local)],
+            inputs_total: 1,
             at: Duration::from_millis(at_ms),
             job_began: Duration::from_millis(100),
             report,
