@@ -1,14 +1,21 @@
 //! One job's graph: the state of each thunk, what waits for what, how refs resolve through tail
 //! calls, and which thunk produced each blob (for lineage).
+//!
+//! Thunks are held in one table in the order they were added, and the job refers to a thunk by
+//! its place there (a [`Slot`], four bytes) wherever it keeps many: a producer's consumers, the
+//! ready queue, the producer of each blob. Only the table itself is keyed by the 48-byte id.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::hash::BuildHasherDefault;
+
+use indexmap::IndexMap;
 
 use thunkmesh_protocol::wire::{
     ErrorCode, JobOutcome, Mode, OutputValue, Progress, Reduction, Submission, SubmittedThunk, TransferStats, WireError,
 };
 use thunkmesh_protocol::{Id, Ref, Thunk};
 
-use crate::idhash::IdMap;
+use crate::idhash::{IdHasher, IdMap};
 use crate::place::Average;
 use crate::{Avail, NodeId, PlanError};
 
@@ -98,26 +105,41 @@ pub(crate) enum Resolved {
     Broken(String),
 }
 
+/// A thunk's place in its job's table (thunks are never removed, so a place stays its own).
+type Slot = u32;
+
 #[derive(Debug)]
-struct Entry {
-    name: String,
+pub(crate) struct Entry {
+    name: Box<str>,
     thunk: Thunk,
     state: State,
-    needed: bool,
+    /// The thunks that read one of its outputs.
+    consumers: Vec<Slot>,
+    /// Blocked: how many of its refs were found available (examination resumes there).
+    scanned: Option<u32>,
     attempts: u32,
     /// Its bottom level: the thunks on the longest path from it to the end of the graph, itself
     /// included (0: not yet known). The ready queue serves the highest first.
     level: u32,
+    needed: bool,
     reported: bool,
+    /// It ran here (rather than being found in the memo cache) at least once.
+    executed: bool,
+}
+
+/// The slot of the entry at `index` (the table holds fewer than `Slot::MAX`: see `add_thunks`).
+fn slot(index: usize) -> Slot {
+    index as Slot
 }
 
 /// A ready thunk in the queue: the highest `level` first, then the highest `order` (the
-/// earliest ready: first in, first out among equals).
+/// earliest ready: first in, first out among equals). Twelve bytes: the queue may hold every
+/// thunk of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Ready {
     level: u32,
-    order: u64,
-    thunk: Id,
+    order: u32,
+    slot: Slot,
 }
 
 /// How the ready queue is ordered.
@@ -165,25 +187,30 @@ impl TargetWatch {
 
 #[derive(Debug)]
 pub(crate) struct Job {
-    /// Boxed: a table of 50,000 entries has room for 65,536, and an empty slot then costs a
-    /// pointer rather than a whole entry.
-    entries: IdMap<Box<Entry>>,
+    /// Every thunk, in the order added: entries lie in one vector, beside an index of their
+    /// places by id (an empty place in the index costs eight bytes, not an entry).
+    entries: IndexMap<Id, Entry, BuildHasherDefault<IdHasher>>,
     pub(crate) targets: Vec<Ref>,
     ready: BinaryHeap<Ready>,
-    /// Numbers the thunks that became ready, for first in, first out among equals.
-    readied: u64,
+    /// Numbers the thunks that became ready, for first in, first out among equals (it stops
+    /// at `u32::MAX`; past four billion readied, equals leave in any order).
+    readied: u32,
     order: Order,
-    pending: Vec<Id>,
-    waiters: IdMap<BTreeSet<Id>>,
+    /// Thunks to examine (a stack).
+    pending: Vec<Slot>,
+    /// Thunk -> the thunks blocked until it is done.
+    waiters: IdMap<BTreeSet<Slot>>,
     resolve_waiters: IdMap<Vec<Id>>,
-    producers: IdMap<Id>,
+    /// Blob -> the thunk that made it.
+    producers: IdMap<Slot>,
     /// A thunk of the job returned a tail: outputs may be read through it by thunks that are
     /// not their producer's consumers, so none is dropped early.
     has_tails: bool,
     resolved_out: Vec<Final>,
     /// Who ran each thunk done but not yet reported, and on what inputs.
     ran: HashMap<Id, Ran>,
-    executed: BTreeSet<Id>,
+    /// Thunks that ran here at least once.
+    executed: u64,
     pub(crate) upload_requested: BTreeSet<Id>,
     /// Target blobs known to be in the job's store from this job: the client found them there,
     /// or a node stored them for it. An older belief that a target is stored is not enough (the
@@ -207,11 +234,7 @@ pub(crate) struct Job {
     /// Straggler copies started.
     pub(crate) copies: u64,
     /// Thunks waiting for an object to reach storage.
-    blob_waiters: IdMap<BTreeSet<Id>>,
-    /// Thunk -> the thunks that read one of its outputs.
-    consumers: IdMap<Vec<Id>>,
-    /// Blocked thunk -> how many of its refs were found available (examination resumes there).
-    scanned: IdMap<usize>,
+    blob_waiters: IdMap<BTreeSet<Slot>>,
     /// Which targets need looking at, and what the others wait for.
     watch: TargetWatch,
     /// Thunks per state, for progress.
@@ -241,7 +264,7 @@ impl Job {
     pub(crate) fn new(sub: Submission, order: Order) -> Result<Job, PlanError> {
         let targets = sub.targets.len();
         let mut job = Job {
-            entries: IdMap::with_capacity_and_hasher(sub.thunks.len(), Default::default()),
+            entries: IndexMap::with_capacity_and_hasher(sub.thunks.len(), Default::default()),
             targets: sub.targets,
             ready: BinaryHeap::new(),
             readied: 0,
@@ -253,7 +276,7 @@ impl Job {
             has_tails: false,
             resolved_out: Vec::new(),
             ran: HashMap::new(),
-            executed: BTreeSet::new(),
+            executed: 0,
             upload_requested: BTreeSet::new(),
             confirmed_targets: BTreeSet::new(),
             upload_failures: 0,
@@ -267,8 +290,6 @@ impl Job {
             storage_fallbacks: 0,
             copies: 0,
             blob_waiters: IdMap::default(),
-            consumers: IdMap::default(),
-            scanned: IdMap::default(),
             watch: TargetWatch::new(targets),
             counts: StateCounts::default(),
             durations: Average::new(),
@@ -292,31 +313,39 @@ impl Job {
     }
 
     fn add_thunks(&mut self, thunks: impl IntoIterator<Item = SubmittedThunk>, prefix: &str) -> Result<(), PlanError> {
-        let mut added = Vec::new();
+        let first = self.entries.len();
         for t in thunks {
             let name = if prefix.is_empty() { t.name } else { format!("{prefix}{}", t.name) };
             t.thunk.validate().map_err(|e| PlanError::InvalidThunk { name: name.clone(), reason: e.to_string() })?;
-            let id = t.thunk.id();
-            if self.entries.contains_key(&id) {
-                continue;
-            }
-            for r in t.thunk.refs() {
-                if let Ref::Output { thunk, .. } = r {
-                    // Most producers have one consumer: no room for four (a vector's first growth).
-                    self.consumers.entry(*thunk).or_insert_with(|| Vec::with_capacity(1)).push(id);
-                }
+            if self.entries.len() >= Slot::MAX as usize {
+                let reason = format!("a job holds at most {} thunks", Slot::MAX);
+                return Err(PlanError::InvalidThunk { name, reason });
             }
             let entry = Entry {
-                name,
+                name: name.into_boxed_str(),
                 thunk: t.thunk,
                 state: State::Idle,
-                needed: false,
+                consumers: Vec::new(),
+                scanned: None,
                 attempts: 0,
                 level: 0,
+                needed: false,
                 reported: false,
+                executed: false,
             };
-            self.entries.insert(id, Box::new(entry));
-            added.push(id);
+            self.entries.entry(entry.thunk.id()).or_insert(entry);
+        }
+        let added = slot(first)..slot(self.entries.len());
+        for consumer in added.clone() {
+            let producers: Vec<Slot> = self.producer_slots(consumer).collect();
+            for producer in producers {
+                let list = &mut self.entries[producer as usize].consumers;
+                if list.last() != Some(&consumer) {
+                    // Most producers have one consumer: no room for four (a vector's first growth).
+                    list.reserve_exact(1);
+                    list.push(consumer);
+                }
+            }
         }
         self.set_levels(added);
         Ok(())
@@ -325,22 +354,22 @@ impl Job {
     /// Gives each of `thunks` (just added) its bottom level, from the levels of its consumers
     /// (depth first, without recursion: a chain may be a hundred thousand long). A thunk a tail
     /// adds later does not raise the levels of the thunks it reads.
-    fn set_levels(&mut self, thunks: Vec<Id>) {
-        let level = |job: &Job, id: &Id| job.entries.get(id).map_or(1, |e| e.level);
-        let mut stack: Vec<(Id, bool)> = thunks.into_iter().map(|t| (t, false)).collect();
-        while let Some((id, expanded)) = stack.pop() {
-            if level(self, &id) != 0 {
+    fn set_levels(&mut self, thunks: std::ops::Range<Slot>) {
+        let mut stack: Vec<(Slot, bool)> = thunks.rev().map(|t| (t, false)).collect();
+        while let Some((at, expanded)) = stack.pop() {
+            let entry = &self.entries[at as usize];
+            if entry.level != 0 {
                 continue;
             }
-            let consumers = self.consumers(id);
+            let levels = entry.consumers.iter().map(|&c| (c, self.entries[c as usize].level));
             if expanded {
-                let below = consumers.iter().map(|c| level(self, c)).max().unwrap_or(0);
-                if let Some(entry) = self.entries.get_mut(&id) {
-                    entry.level = below.saturating_add(1);
-                }
+                let below = levels.map(|(_, level)| level).max().unwrap_or(0);
+                self.entries[at as usize].level = below.saturating_add(1);
             } else {
-                stack.push((id, true));
-                stack.extend(consumers.iter().filter(|c| level(self, c) == 0).map(|&c| (c, false)));
+                let unknown: Vec<(Slot, bool)> =
+                    levels.filter(|&(_, level)| level == 0).map(|(c, _)| (c, false)).collect();
+                stack.push((at, true));
+                stack.extend(unknown);
             }
         }
     }
@@ -351,25 +380,30 @@ impl Job {
         self.entries.get(&thunk).map_or(0, |e| e.level)
     }
 
+    /// The id of the thunk at `slot`.
+    fn id(&self, slot: Slot) -> Id {
+        *self.entries.get_index(slot as usize).expect("a slot of this job").0
+    }
+
     /// Queues a ready thunk; `first` puts it before every other of its level.
     fn push_ready(&mut self, thunk: Id, first: bool) {
+        let Some((at, _, entry)) = self.entries.get_full(&thunk) else { return };
         let level = match self.order {
-            Order::CriticalPath => self.entries.get(&thunk).map_or(0, |e| e.level),
+            Order::CriticalPath => entry.level,
             Order::Fifo => 0,
         };
-        self.readied += 1;
-        let order = if first { u64::MAX } else { u64::MAX - self.readied };
-        self.ready.push(Ready { level, order, thunk });
+        self.readied = self.readied.saturating_add(1);
+        let order = if first { u32::MAX } else { u32::MAX - self.readied };
+        self.ready.push(Ready { level, order, slot: slot(at) });
     }
 
     /// Whether no thunk of the job will read `blob` any more: its producer's consumers are all
     /// done or given up, and no target is it. Unknown for a job with tails (`false`).
     pub(crate) fn no_longer_needs(&self, blob: Id) -> bool {
         let Some(&producer) = self.producers.get(&blob) else { return false };
-        let finished =
-            |t: &Id| self.entries.get(t).is_some_and(|e| matches!(e.state, State::Done { .. } | State::Failed));
+        let finished = |&c: &Slot| matches!(self.entries[c as usize].state, State::Done { .. } | State::Failed);
         !self.has_tails
-            && self.consumers(producer).iter().all(finished)
+            && self.entries[producer as usize].consumers.iter().all(finished)
             && !self.targets.iter().any(|t| matches!(self.resolve(t), Resolved::Blob(b) if b == blob))
     }
 
@@ -379,14 +413,24 @@ impl Job {
     }
 
     /// The thunks that read an output of `thunk`.
-    pub(crate) fn consumers(&self, thunk: Id) -> &[Id] {
-        self.consumers.get(&thunk).map_or(&[], Vec::as_slice)
+    pub(crate) fn consumers(&self, thunk: Id) -> impl Iterator<Item = Id> + '_ {
+        let consumers = self.entries.get(&thunk).map_or(&[][..], |e| e.consumers.as_slice());
+        consumers.iter().map(|&c| self.id(c))
     }
 
     /// The thunks whose outputs `thunk` reads.
     pub(crate) fn producers(&self, thunk: Id) -> impl Iterator<Item = Id> + '_ {
         let refs = self.entries.get(&thunk).into_iter().flat_map(|e| e.thunk.refs());
         refs.filter_map(|r| if let Ref::Output { thunk, .. } = r { Some(*thunk) } else { None })
+    }
+
+    /// The places of the thunks whose outputs the thunk at `at` reads (those the job has).
+    fn producer_slots(&self, at: Slot) -> impl Iterator<Item = Slot> + '_ {
+        let refs = self.entries[at as usize].thunk.refs();
+        refs.filter_map(|r| match r {
+            Ref::Output { thunk, .. } => self.entries.get_index_of(thunk).map(slot),
+            Ref::Blob(_) => None,
+        })
     }
 
     /// Where a thunk runs, if it does.
@@ -430,7 +474,7 @@ impl Job {
     }
 
     fn apply_memo(&mut self, reduction: &Reduction) {
-        let Some(entry) = self.entries.get_mut(&reduction.thunk) else { return };
+        let Some((at, _, entry)) = self.entries.get_full_mut(&reduction.thunk) else { return };
         let names: Vec<&String> = reduction.outputs.iter().map(|(n, _)| n).collect();
         if names != entry.thunk.outputs.iter().collect::<Vec<_>>() {
             return;
@@ -439,16 +483,16 @@ impl Job {
         self.counts.set(&mut entry.state, State::Done { outputs });
         entry.reported = true;
         for (_, blob) in &reduction.outputs {
-            self.producers.insert(*blob, reduction.thunk);
+            self.producers.insert(*blob, slot(at));
         }
     }
 
     pub(crate) fn name(&self, thunk: Id) -> &str {
-        self.entries.get(&thunk).map_or("?", |e| e.name.as_str())
+        self.entries.get(&thunk).map_or("?", |e| &e.name)
     }
 
     pub(crate) fn thunk(&self, thunk: Id) -> Option<(&str, &Thunk)> {
-        self.entries.get(&thunk).map(|e| (e.name.as_str(), &e.thunk))
+        self.entries.get(&thunk).map(|e| (&*e.name, &e.thunk))
     }
 
     pub(crate) fn resolve(&self, r: &Ref) -> Resolved {
@@ -478,11 +522,11 @@ impl Job {
     }
 
     fn demand(&mut self, thunk: Id) {
-        let Some(entry) = self.entries.get_mut(&thunk) else { return };
+        let Some((at, _, entry)) = self.entries.get_full_mut(&thunk) else { return };
         if !entry.needed {
             entry.needed = true;
             if matches!(entry.state, State::Idle) {
-                self.pending.push(thunk);
+                self.pending.push(slot(at));
             }
         }
     }
@@ -500,7 +544,7 @@ impl Job {
     /// Runs again the thunk that produced `blob`, and returns it; `None` if no thunk of this
     /// job did.
     pub(crate) fn demand_producer_of(&mut self, blob: Id) -> Option<Id> {
-        let p = *self.producers.get(&blob)?;
+        let p = self.id(*self.producers.get(&blob)?);
         self.rerun(p);
         Some(p)
     }
@@ -510,8 +554,12 @@ impl Job {
     }
 
     pub(crate) fn evaluate_pending(&mut self, avail: &dyn Fn(&Id) -> Avail) -> Result<(), WireError> {
-        while let Some(thunk) = self.pending.pop() {
-            self.evaluate(thunk, avail)?;
+        while let Some(at) = self.pending.pop() {
+            self.evaluate(at, avail)?;
+        }
+        // Examining a whole job at its start leaves room for all of it: not kept.
+        if self.pending.capacity() > 1024 {
+            self.pending = Vec::new();
         }
         Ok(())
     }
@@ -572,8 +620,8 @@ impl Job {
         refs.filter_map(|r| if let Resolved::Blob(b) = self.resolve(r) { Some(b) } else { None }).collect()
     }
 
-    fn evaluate(&mut self, thunk: Id, avail: &dyn Fn(&Id) -> Avail) -> Result<(), WireError> {
-        let Some(entry) = self.entries.get(&thunk) else { return Ok(()) };
+    fn evaluate(&mut self, at: Slot, avail: &dyn Fn(&Id) -> Avail) -> Result<(), WireError> {
+        let Some((&thunk, entry)) = self.entries.get_index(at as usize) else { return Ok(()) };
         if !entry.needed || !matches!(entry.state, State::Idle) {
             return Ok(());
         }
@@ -581,7 +629,7 @@ impl Job {
         // the thunk waits on the first one only; when that one is done, the examination resumes
         // where it stopped (what was before it stays available until a loss resets every
         // examination). A thunk with n inputs is thus examined in O(n) in all, not per completion.
-        let resume = self.scanned.get(&thunk).copied();
+        let resume = entry.scanned.map(|n| n as usize);
         let start = resume.unwrap_or(0);
         let refs: Vec<Ref> = entry.thunk.refs().skip(start).cloned().collect();
         let mut blocked = false;
@@ -593,7 +641,7 @@ impl Job {
                 Resolved::Blob(blob) => match self.usable(&blob, avail(&blob)) {
                     Some(true) => continue,
                     None => Wait::Upload(blob),
-                    Some(false) => match self.producers.get(&blob).copied() {
+                    Some(false) => match self.producers.get(&blob).map(|&p| self.id(p)) {
                         Some(producer) => {
                             self.rerun(producer);
                             Wait::Thunk(producer)
@@ -613,18 +661,21 @@ impl Job {
                 Resolved::Broken(why) => return Err(WireError::new(ErrorCode::BadTail, why)),
             };
             if !blocked {
-                self.scanned.insert(thunk, start + i);
+                if let Some(entry) = self.entries.get_mut(&thunk) {
+                    // Below `u32::MAX`: a thunk's refs are bounded by its size (16 MiB).
+                    entry.scanned = Some((start + i) as u32);
+                }
                 let waiting = match wait {
                     Wait::Thunk(p) => self.waiters.entry(p).or_default(),
                     Wait::Upload(b) => self.blob_waiters.entry(b).or_default(),
                 };
-                waiting.insert(thunk);
+                waiting.insert(at);
                 blocked = true;
             }
         }
         if !blocked {
-            self.scanned.remove(&thunk);
             if let Some(entry) = self.entries.get_mut(&thunk) {
+                entry.scanned = None;
                 self.counts.set(&mut entry.state, State::Ready);
             }
             self.push_ready(thunk, false);
@@ -666,8 +717,9 @@ impl Job {
     }
 
     pub(crate) fn next_ready(&mut self) -> Option<Id> {
-        while let Some(Ready { thunk, .. }) = self.ready.pop() {
-            if self.entries.get(&thunk).is_some_and(|e| matches!(e.state, State::Ready)) {
+        while let Some(Ready { slot, .. }) = self.ready.pop() {
+            let (&thunk, entry) = self.entries.get_index(slot as usize)?;
+            if matches!(entry.state, State::Ready) {
                 return Some(thunk);
             }
         }
@@ -695,28 +747,30 @@ impl Job {
     /// A running thunk goes back to waiting (its node left or the attempt failed); returns its
     /// attempt count.
     pub(crate) fn requeue(&mut self, thunk: Id) -> u32 {
-        let Some(entry) = self.entries.get_mut(&thunk) else { return 0 };
+        let Some((at, _, entry)) = self.entries.get_full_mut(&thunk) else { return 0 };
         if matches!(entry.state, State::Running { .. }) {
             self.counts.set(&mut entry.state, State::Idle);
         }
         entry.attempts += 1;
         if entry.needed {
-            self.pending.push(thunk);
+            self.pending.push(slot(at));
         }
         entry.attempts
     }
 
-    /// After a loss: every waiting or ready thunk is examined again.
+    /// After a loss, and when the job starts: every waiting or ready thunk is examined again,
+    /// in the job's order (the pending stack is pushed from the end), so that among thunks
+    /// ready at once the first in the job is the first in line.
     pub(crate) fn reset_ready(&mut self) {
         self.ready.clear();
-        self.scanned.clear();
         self.watch.all_dirty();
-        for (id, e) in &mut self.entries {
+        for (at, e) in self.entries.values_mut().enumerate().rev() {
+            e.scanned = None;
             if matches!(e.state, State::Ready) {
                 self.counts.set(&mut e.state, State::Idle);
             }
             if e.needed && matches!(e.state, State::Idle) {
-                self.pending.push(*id);
+                self.pending.push(slot(at));
             }
         }
         let targets = self.targets.clone();
@@ -730,8 +784,8 @@ impl Job {
         outputs: &[(String, OutputValue)],
         ran: Ran,
     ) -> Result<Vec<Id>, WireError> {
-        let (name, declared) = match self.entries.get(&thunk) {
-            Some(e) => (e.name.clone(), e.thunk.outputs.clone()),
+        let (at, name, declared) = match self.entries.get_full(&thunk) {
+            Some((at, _, e)) => (slot(at), e.name.to_string(), e.thunk.outputs.clone()),
             None => return Ok(Vec::new()),
         };
         let reported: Vec<&String> = outputs.iter().map(|(n, _)| n).collect();
@@ -744,7 +798,7 @@ impl Job {
         for (out, value) in outputs {
             let value = match value {
                 OutputValue::Blob(blob) => {
-                    self.producers.insert(*blob, thunk);
+                    self.producers.insert(*blob, at);
                     // A new copy on the node that made it: the peer that failed to serve the old
                     // one (or left before it uploaded it) is not this one.
                     self.peer_failed.remove(blob);
@@ -763,8 +817,8 @@ impl Job {
         }
         if let Some(e) = self.entries.get_mut(&thunk) {
             self.counts.set(&mut e.state, State::Done { outputs: values.into() });
+            self.executed += u64::from(!std::mem::replace(&mut e.executed, true));
         }
-        self.executed.insert(thunk);
         self.faulted_on.remove(&thunk);
         self.ran.insert(thunk, ran);
         self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
@@ -817,7 +871,7 @@ impl Job {
                 Resolved::Broken(_) => return,
             }
         }
-        let name = entry.name.clone();
+        let name = entry.name.to_string();
         if let Some(e) = self.entries.get_mut(&thunk) {
             e.reported = true;
         }
@@ -855,7 +909,7 @@ impl Job {
 
     pub(crate) fn outcome(&self, targets: Vec<(Ref, Id)>) -> JobOutcome {
         let total = self.entries.len() as u64;
-        let executed = self.executed.len() as u64;
+        let executed = self.executed;
         let failed = self.failures.len() as u64;
         let mut failures: Vec<WireError> = self.failures.values().cloned().collect();
         failures.sort_by(|a, b| a.message.cmp(&b.message));

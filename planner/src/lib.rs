@@ -282,8 +282,9 @@ fn forget_holder(objects: &mut IdMap<Places>, blob: Id, node: NodeId) {
 
 #[derive(Debug, Default)]
 struct Places {
-    /// The stores known to hold it (a few at most: a list is a quarter of a set's memory).
-    stores: Vec<StoreKey>,
+    /// The stores known to hold it: a few at most, and most objects are in one, so an exact
+    /// list (made anew when it changes) rather than a vector with room to grow.
+    stores: Box<[StoreKey]>,
     nodes: BTreeSet<NodeId>,
 }
 
@@ -294,12 +295,14 @@ impl Places {
 
     fn stored_in(&mut self, store: StoreKey) {
         if !self.in_store(store) {
-            self.stores.push(store);
+            self.stores = self.stores.iter().copied().chain([store]).collect();
         }
     }
 
     fn forget_store(&mut self, store: StoreKey) {
-        self.stores.retain(|s| *s != store);
+        if self.in_store(store) {
+            self.stores = self.stores.iter().copied().filter(|s| *s != store).collect();
+        }
     }
 }
 
@@ -1278,7 +1281,7 @@ impl Planner {
     /// Nodes where the other producers for this thunk's consumers run, or left their outputs.
     fn siblings(&self, job: &Job, thunk: Id) -> BTreeSet<NodeId> {
         let mut nodes = BTreeSet::new();
-        for &consumer in job.consumers(thunk).iter().take(2) {
+        for consumer in job.consumers(thunk).take(2) {
             for producer in job.producers(consumer).filter(|&p| p != thunk).take(place::SIBLINGS) {
                 if let Some(n) = job.running_on(producer) {
                     nodes.insert(n);
