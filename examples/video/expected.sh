@@ -19,8 +19,10 @@ ffmpeg -v error -y -i source.mp4 -map 0:v -c copy -f segment ${cuts:+-segment_fr
 mkdir -p encoded
 while read -r _ name; do
     name=${name#\'} name=${name%\'}
+    # -nostdin: ffmpeg reads keys from its standard input, which is list.txt in this loop; it
+    # would eat the lines still to be read (now and then, as timing has it).
     # shellcheck disable=SC2086
-    ffmpeg -v error -y -i "$name" -c:v libx264 -preset veryfast -crf 23 -pix_fmt yuv420p -threads 1 \
+    ffmpeg -nostdin -v error -y -i "$name" -c:v libx264 -preset veryfast -crf 23 -pix_fmt yuv420p -threads 1 \
         $exact "encoded/$name"
 done < list.txt
 cp list.txt source.mp4 encoded/

@@ -158,9 +158,10 @@ pub fn memo_batches(run: &Run, others: u64) -> u64 {
     batches
 }
 
-/// Runs a shell script of an example and returns its stdout.
+/// Runs a shell script of an example and returns its stdout; a failure shows the script's trace
+/// (`sh -x`), which goes to its standard error.
 pub fn shell(script: &Path, args: &[&Path]) -> Vec<u8> {
-    let out = Command::new("sh").arg(script).args(args).output().expect("run sh");
+    let out = Command::new("sh").arg("-x").arg(script).args(args).output().expect("run sh");
     assert!(out.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
