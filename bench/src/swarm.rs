@@ -180,6 +180,7 @@ fn chains(chains: usize, length: usize, program: &Program) -> Submission {
         verify: 0,
         verify_salt: 0,
         report_tasks: false,
+        carried: Vec::new(),
     }
 }
 

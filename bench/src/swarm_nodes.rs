@@ -259,7 +259,8 @@ impl Session {
             FromRendezvous::Assign(a) => Some(self.assigned(a).await),
             FromRendezvous::Upload(u) => {
                 self.tally.uploads.fetch_add(1, Ordering::Relaxed);
-                let stored = Stored { job: u.job, blob: u.blob, error: None, stats: TransferStats::default() };
+                let stored =
+                    Stored { job: u.job, blob: u.blob, error: None, stats: TransferStats::default(), bytes: None };
                 Some((ToRendezvous::Stored(stored), None))
             }
             _ => None,

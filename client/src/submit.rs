@@ -1,5 +1,6 @@
-//! Running a loaded job on a mesh: consult the memo cache, upload the inputs storage lacks,
-//! submit, follow progress, record reductions as they arrive, and fetch the targets.
+//! Running a loaded job on a mesh: consult the memo cache, upload the inputs storage lacks (in
+//! p2p mode the small ones ride with the job instead), submit, follow progress, record
+//! reductions as they arrive, and fetch the targets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -11,8 +12,9 @@ use thunkmesh_protocol::inputs::share;
 use thunkmesh_protocol::job::NamedThunk;
 use thunkmesh_protocol::submit::{ThunkTooLarge, check_fits, pieces};
 use thunkmesh_protocol::wire::{
-    ALPN_RENDEZVOUS, Disagreement, ErrorCode, FromRendezvous, Hello, JobOutcome, MeshStatus, Mode, PROTOCOL_VERSION,
-    Progress, Reduction, Resolution, Role, Submission, SubmittedThunk, TaskReport, ToRendezvous, WireError,
+    ALPN_RENDEZVOUS, CARRIED_JOB_BYTES, CARRIED_VALUE_BYTES, Carried, Disagreement, ErrorCode, FromRendezvous, Hello,
+    JobOutcome, MeshStatus, Mode, PROTOCOL_VERSION, Progress, Reduction, Resolution, Role, Submission, SubmittedThunk,
+    TaskReport, ToRendezvous, WireError,
 };
 use thunkmesh_protocol::{Id, Ref};
 use thunkmesh_store::{MemoRecord, Reductions, Store, StoreError};
@@ -55,6 +57,12 @@ pub enum RunError {
         "the rendezvous closed the connection before the job ended (it stopped or restarted); a rerun reuses every result the memo cache recorded"
     )]
     Disconnected,
+    /// An input file's bytes are no longer those the job was loaded with.
+    #[error("input file {path} changed after the job was read; run again")]
+    InputChanged {
+        /// The file.
+        path: PathBuf,
+    },
     /// The local nodes all exited.
     #[error("all local nodes exited; their logs are in {0}")]
     NodesExited(String),
@@ -200,11 +208,16 @@ async fn run_once(
         verify,
         verify_salt: rand::random(),
         report_tasks: reporter.wants_tasks(),
+        carried: match mode {
+            Mode::P2p => carry(job, &scan).await?,
+            Mode::Storage => Vec::new(),
+        },
     };
     share(submission.thunks.iter_mut().map(|t| &mut t.thunk));
     check_fits(&submission.thunks)?;
     reporter.phase("uploading inputs");
-    let uploaded = upload_values(job, store, &scan).await?;
+    let carried: HashSet<Id> = submission.carried.iter().map(|c| c.blob).collect();
+    let uploaded = upload_values(job, store, &scan, &carried).await?;
     submission.stored = uploaded.into_iter().chain(scan.stored).collect();
     reporter.phase("waiting for nodes");
     let mut log = MemoLog::new((memo == Memo::On).then(|| store.clone()));
@@ -355,10 +368,49 @@ async fn targets_stored(
     Ok(true)
 }
 
-/// Uploads the values thunks may read that storage lacks (asking storage, never an index).
-async fn upload_values(job: &LoadedJob, store: &Store, scan: &MemoScan) -> Result<Vec<Id>, StoreError> {
-    let needed: Vec<(Id, &PathBuf)> =
-        job.values.iter().filter(|(id, _)| scan.values_needed.contains(id)).map(|(id, p)| (*id, p)).collect();
+/// The values thunks may read that the job carries itself rather than through storage (p2p
+/// mode): each of at most `CARRIED_VALUE_BYTES`, together at most `CARRIED_JOB_BYTES`, the
+/// smallest first, none that is itself a target (a target must be in storage).
+async fn carry(job: &LoadedJob, scan: &MemoScan) -> Result<Vec<Carried>, RunError> {
+    let targets: HashSet<&Id> =
+        job.job.targets.values().filter_map(|r| if let Ref::Blob(b) = r { Some(b) } else { None }).collect();
+    let mut small: Vec<(Id, &PathBuf)> = job
+        .values
+        .iter()
+        .filter(|(id, _)| scan.values_needed.contains(id) && id.size <= CARRIED_VALUE_BYTES && !targets.contains(id))
+        .map(|(id, p)| (*id, p))
+        .collect();
+    small.sort_by_key(|(id, _)| id.size);
+    let mut total = 0;
+    let mut carried = Vec::new();
+    for (blob, path) in small.into_iter().take_while(|(id, _)| {
+        total += id.size;
+        total <= CARRIED_JOB_BYTES
+    }) {
+        let bytes = tokio::fs::read(path).await.map_err(|error| StoreError::Local { path: path.clone(), error })?;
+        let value = Carried { blob, bytes };
+        if !value.is_intact() {
+            return Err(RunError::InputChanged { path: path.clone() });
+        }
+        carried.push(value);
+    }
+    Ok(carried)
+}
+
+/// Uploads the values thunks may read that storage lacks and the job does not carry (asking
+/// storage, never an index).
+async fn upload_values(
+    job: &LoadedJob,
+    store: &Store,
+    scan: &MemoScan,
+    carried: &HashSet<Id>,
+) -> Result<Vec<Id>, StoreError> {
+    let needed: Vec<(Id, &PathBuf)> = job
+        .values
+        .iter()
+        .filter(|(id, _)| scan.values_needed.contains(id) && !carried.contains(id))
+        .map(|(id, p)| (*id, p))
+        .collect();
     let uploads = futures::stream::iter(needed)
         .map(|(id, path)| async move {
             if !store.has_blob(id).await? {
@@ -545,7 +597,14 @@ async fn follow(
             }
         };
         match msg {
-            Ok(Some(FromRendezvous::Progress(p))) => reporter.progress(p),
+            Ok(Some(FromRendezvous::Progress(p))) => {
+                // Every thunk is done, its entry received: the entries go to storage while the
+                // targets are stored, rather than after.
+                if p.total > 0 && p.done == p.total {
+                    log.flush();
+                }
+                reporter.progress(p);
+            }
             Ok(Some(FromRendezvous::Tasks(reports))) => reporter.tasks(reports),
             Ok(Some(FromRendezvous::Resolved(resolved))) => resolved.into_iter().for_each(|r| log.record(r)),
             Ok(Some(FromRendezvous::Disagreed(d))) => log.disagreed(d),
@@ -562,7 +621,8 @@ async fn follow(
     }
 }
 
-/// Copies each target from storage into `out_dir`; returns file -> blob id.
+/// Writes each target into `out_dir`: a small one from the bytes that came with the outcome
+/// (if they are its blob), the others read from storage, all at once; returns file -> blob id.
 async fn write_targets(
     job: &LoadedJob,
     store: &Store,
@@ -570,25 +630,43 @@ async fn write_targets(
     out_dir: &Path,
 ) -> Result<BTreeMap<String, Id>, RunError> {
     let blobs: HashMap<&Ref, Id> = outcome.targets.iter().map(|(r, b)| (r, *b)).collect();
-    let mut written = BTreeMap::new();
+    let carried: HashMap<Id, &Carried> =
+        outcome.carried.iter().filter(|c| c.is_intact()).map(|c| (c.blob, c)).collect();
+    let mut wanted = Vec::new();
     for (file, r) in &job.job.targets {
-        let dest = out_dir.join(file);
-        let fail = |reason: String| RunError::Output { path: dest.clone(), reason };
-        let Some(&blob) = blobs.get(r) else {
+        match blobs.get(r) {
+            Some(&blob) => wanted.push((file.clone(), blob)),
             // A job that kept going leaves out the targets whose thunks failed.
-            if !outcome.failures.is_empty() {
-                continue;
+            None if !outcome.failures.is_empty() => {}
+            None => {
+                let reason = "the rendezvous did not report it".into();
+                return Err(RunError::Output { path: out_dir.join(file), reason });
             }
-            return Err(fail("the rendezvous did not report it".into()));
-        };
-        let parent = dest.parent().unwrap_or(out_dir);
-        tokio::fs::create_dir_all(parent).await.map_err(|e| fail(e.to_string()))?;
-        let partial = parent.join(format!(".{}.partial", blob.hex()));
-        if !store.get_blob_to_file(blob, &partial).await? {
+        }
+    }
+    let writes = futures::stream::iter(wanted)
+        .map(|(file, blob)| {
+            let value = carried.get(&blob).copied();
+            async move { write_target(store, &out_dir.join(&file), blob, value).await.map(|()| (file, blob)) }
+        })
+        .buffer_unordered(PARALLEL_REQUESTS);
+    writes.collect::<Vec<_>>().await.into_iter().collect()
+}
+
+/// Writes one target to `dest`, through a partial file beside it renamed into place.
+async fn write_target(store: &Store, dest: &Path, blob: Id, carried: Option<&Carried>) -> Result<(), RunError> {
+    let fail = |reason: String| RunError::Output { path: dest.to_owned(), reason };
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Err(fail("not a file's path".into()));
+    };
+    tokio::fs::create_dir_all(parent).await.map_err(|e| fail(e.to_string()))?;
+    let partial = parent.join(format!(".{}.partial", name.to_string_lossy()));
+    match carried {
+        Some(value) => tokio::fs::write(&partial, &value.bytes).await.map_err(|e| fail(e.to_string()))?,
+        None if !store.get_blob_to_file(blob, &partial).await? => {
             return Err(fail(format!("{blob} is not in storage")));
         }
-        tokio::fs::rename(&partial, &dest).await.map_err(|e| fail(e.to_string()))?;
-        written.insert(file.clone(), blob);
+        None => {}
     }
-    Ok(written)
+    tokio::fs::rename(&partial, dest).await.map_err(|e| fail(e.to_string()))
 }

@@ -228,6 +228,7 @@ mod tests {
             copies: 0,
             failures: vec![],
             skipped: 0,
+            carried: vec![],
         };
         let client =
             TransferStats { storage_gets: 4, storage_puts: 2, storage_bytes_written: 10, ..Default::default() };

@@ -276,7 +276,13 @@ mod tests {
     }
 
     fn stored() -> ToRendezvous {
-        ToRendezvous::Stored(Stored { job: 1, blob: Id::of_blob(b"x"), error: None, stats: TransferStats::default() })
+        ToRendezvous::Stored(Stored {
+            job: 1,
+            blob: Id::of_blob(b"x"),
+            error: None,
+            stats: TransferStats::default(),
+            bytes: None,
+        })
     }
 
     fn assign(task: u64) -> FromRendezvous {
@@ -299,6 +305,7 @@ mod tests {
             sources: vec![],
             store: "memory://".into(),
             mode: thunkmesh_protocol::wire::Mode::P2p,
+            carried: Vec::new(),
         })
     }
 

@@ -59,6 +59,7 @@ fn planner() -> Planner {
         verify: 0,
         verify_salt: 0,
         report_tasks: false,
+        carried: Vec::new(),
     };
     p.submit(JobId(1), submission).expect("valid job");
     p

@@ -15,7 +15,7 @@ use thunkmesh_protocol::wire::{
 };
 use thunkmesh_protocol::{Id, Ref, Thunk};
 
-use crate::idhash::{IdHasher, IdMap};
+use crate::idhash::{IdHasher, IdMap, IdSet};
 use crate::place::Average;
 use crate::{Avail, NodeId, PlanError};
 
@@ -224,6 +224,9 @@ pub(crate) struct Job {
     pub(crate) store: u32,
     /// Fail rather than move an object between nodes through storage.
     pub(crate) require_direct: bool,
+    /// Values the job carries (p2p mode only): available to every task, whatever the nodes
+    /// and the store hold.
+    carried: IdSet,
     /// Objects a peer could not (or will no longer) serve: read from storage once uploaded.
     pub(crate) peer_failed: BTreeSet<Id>,
     /// Nodes where a thunk failed for the node's own fault (its sandbox, its disk): the thunk
@@ -285,6 +288,10 @@ impl Job {
             mode: sub.mode,
             store: 0,
             require_direct: sub.require_direct,
+            carried: match sub.mode {
+                Mode::P2p => sub.carried.iter().map(|c| c.blob).collect(),
+                Mode::Storage => IdSet::default(),
+            },
             peer_failed: BTreeSet::new(),
             faulted_on: BTreeMap::new(),
             storage_fallbacks: 0,
@@ -564,8 +571,16 @@ impl Job {
         Ok(())
     }
 
+    /// Whether the job carries `blob` (an assignment brings it to the node).
+    pub(crate) fn carries(&self, blob: &Id) -> bool {
+        self.carried.contains(blob)
+    }
+
     /// Whether a task of this job can get `blob` now; `None` when it must wait for an upload.
     fn usable(&self, blob: &Id, avail: Avail) -> Option<bool> {
+        if self.carries(blob) {
+            return Some(true);
+        }
         match avail {
             Avail::Stored => Some(true),
             Avail::Cached if self.mode == Mode::P2p && !self.peer_failed.contains(blob) => Some(true),
@@ -924,6 +939,7 @@ impl Job {
             nodes_lost: self.nodes_lost,
             storage_fallbacks: self.storage_fallbacks,
             copies: self.copies,
+            carried: Vec::new(),
         }
     }
 }

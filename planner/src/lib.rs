@@ -80,6 +80,8 @@ pub enum Place {
     Node(NodeId),
     /// In the job's storage.
     Storage,
+    /// Carried by the job (`Submission::carried`): the assignment brings its bytes.
+    Carried,
 }
 
 /// Run a thunk on a node.
@@ -1336,10 +1338,9 @@ impl Planner {
         let Some(mode) = self.jobs.get(&job).map(|j| j.mode) else { return };
         let task = self.next_task;
         self.next_task += 1;
-        let none = BTreeSet::new();
-        let (peer_failed, store) = self.jobs.get(&job).map_or((&none, 0), |j| (&j.peer_failed, j.store));
+        let Some(j) = self.jobs.get(&job) else { return };
         let sources = match mode {
-            Mode::P2p => self.sources(node, &resolved, peer_failed, store),
+            Mode::P2p => self.sources(node, &resolved, j),
             Mode::Storage => {
                 resolved.iter().collect::<BTreeSet<_>>().into_iter().map(|b| (*b, vec![Place::Storage])).collect()
             }
@@ -1362,24 +1363,25 @@ impl Planner {
         self.out.push_back(Decision::Assign(Assign { node, job, task, thunk, resolved, sources, why }));
     }
 
-    /// Peers first, then storage; only storage for objects a peer already failed to serve.
-    fn sources(
-        &self,
-        node: NodeId,
-        resolved: &[Id],
-        peer_failed: &BTreeSet<Id>,
-        store: StoreKey,
-    ) -> Vec<(Id, Vec<Place>)> {
+    /// Where `node` gets each of `resolved` that it lacks: what the job carries with the
+    /// assignment itself, else peers first, then storage; only storage for objects a peer
+    /// already failed to serve.
+    fn sources(&self, node: NodeId, resolved: &[Id], job: &Job) -> Vec<(Id, Vec<Place>)> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for blob in resolved {
-            let Some(p) = self.objects.get(blob) else { continue };
-            if p.nodes.contains(&node) || !seen.insert(*blob) {
+            let places = self.objects.get(blob);
+            if places.is_some_and(|p| p.nodes.contains(&node)) || !seen.insert(*blob) {
                 continue;
             }
-            let peers = p.nodes.iter().filter(|_| !peer_failed.contains(blob));
+            if job.carries(blob) {
+                out.push((*blob, vec![Place::Carried]));
+                continue;
+            }
+            let Some(p) = places else { continue };
+            let peers = p.nodes.iter().filter(|_| !job.peer_failed.contains(blob));
             let mut places: Vec<Place> = peers.map(|&n| Place::Node(n)).collect();
-            if p.in_store(store) {
+            if p.in_store(job.store) {
                 places.push(Place::Storage);
             }
             out.push((*blob, places));

@@ -45,6 +45,7 @@ pub(crate) fn submission(thunks: &[(&str, &Thunk)], targets: Vec<Ref>, stored: V
         verify: 0,
         verify_salt: 0,
         report_tasks: false,
+        carried: Vec::new(),
     }
 }
 
@@ -949,4 +950,36 @@ fn a_thunks_bottom_level_counts_the_longest_chain_after_it() {
     let job = crate::job::Job::new(sub, crate::Order::CriticalPath).expect("valid job");
     let levels: Vec<u32> = [&a, &b, &c, &d].iter().map(|t| job.level(t.id())).collect();
     assert_eq!(levels, [4, 3, 2, 1]);
+}
+
+/// A value the job carries is there for every task without storage or a node holding it: the
+/// thunk reading it is ready at once and its assignment brings it; a node that ran it holds it,
+/// and is not sent it again. A job in storage mode carries nothing (the value is nowhere).
+#[test]
+fn a_carried_value_rides_with_the_assignment_until_the_node_holds_it() {
+    let seed = Id::of_blob(b"seed");
+    let first = thunk("first", &[("seed", Ref::Blob(seed))]);
+    let second = thunk("second", &[("seed", Ref::Blob(seed)), ("prev", out(&first))]);
+    let carry = |mode: Mode| {
+        let mut sub = submission(&[("first", &first), ("second", &second)], vec![out(&second)], vec![program()]);
+        sub.mode = mode;
+        sub.carried = vec![thunkmesh_protocol::wire::Carried { blob: seed, bytes: Vec::new() }];
+        sub
+    };
+    let mut p = Planner::new();
+    p.node_joined(NodeId(1), 1, &[program()]);
+    p.submit(JOB, carry(Mode::P2p)).expect("valid job");
+    let a = assigns(&drain(&mut p)).pop().expect("the first thunk is ready without storage");
+    assert_eq!(a.thunk, first.id());
+    assert_eq!(a.sources, vec![(seed, vec![Place::Carried])]);
+    p.task_done(a.node, a.task, &blob_output(b"1"), TransferStats::default());
+    let b = assigns(&drain(&mut p)).pop().expect("the second thunk");
+    assert_eq!(b.thunk, second.id());
+    assert!(b.sources.is_empty(), "the node holds the seed and the first output: {:?}", b.sources);
+
+    let mut p = Planner::new();
+    p.node_joined(NodeId(1), 1, &[program()]);
+    p.submit(JOB, carry(Mode::Storage)).expect("valid job");
+    let failed = job_failed(&drain(&mut p)).expect("nothing carries the seed in storage mode");
+    assert!(failed.message.contains(&seed.to_string()), "{failed:?}");
 }

@@ -11,8 +11,8 @@
 
 use crate::inputs::Interner;
 use crate::wire::{
-    ErrorCode, FRAME_HEADER, JobHeader, JobPart, MAX_FRAME, Submission, SubmittedThunk, ToRendezvous, WireError,
-    encode_frame,
+    CARRIED_JOB_BYTES, CARRIED_VALUE_BYTES, Carried, ErrorCode, FRAME_HEADER, JobHeader, JobPart, MAX_FRAME, Mode,
+    Submission, SubmittedThunk, ToRendezvous, WireError, encode_frame,
 };
 
 /// Frame size a piece of a job aims to stay under.
@@ -36,8 +36,11 @@ pub struct ThunkTooLarge {
     pub limit: usize,
 }
 
+/// Carried values' bytes per message.
+const CARRIED_PER_PART: u64 = 1 << 20;
+
 /// The frames that submit `sub`, in order: header, thunk batches, memo entries, stored ids,
-/// targets, end. Made one at a time, so a large job is never held encoded all at once.
+/// targets, carried values, end. Made one at a time, so a large job is never held encoded all at once.
 pub fn pieces(sub: &Submission) -> impl Iterator<Item = Result<Vec<u8>, ThunkTooLarge>> + '_ {
     let header = ToRendezvous::Submit(JobHeader {
         store: sub.store.clone(),
@@ -54,11 +57,32 @@ pub fn pieces(sub: &Submission) -> impl Iterator<Item = Result<Vec<u8>, ThunkToo
         .map(|c| JobPart::Memo(c.to_vec()))
         .chain(sub.stored.chunks(ITEMS_PER_PART).map(|c| JobPart::Stored(c.to_vec())))
         .chain(sub.targets.chunks(ITEMS_PER_PART).map(|c| JobPart::Targets(c.to_vec())))
+        .chain(carried_parts(&sub.carried))
         .map(|part| Ok(encode_frame(&ToRendezvous::JobPart(part))));
     std::iter::once(Ok(encode_frame(&header)))
         .chain(ThunkBatches { rest: &sub.thunks, size: FIRST_BATCH })
         .chain(items)
         .chain(std::iter::once(Ok(encode_frame(&ToRendezvous::JobEnd))))
+}
+
+/// Carried values in parts of about [`CARRIED_PER_PART`] bytes.
+fn carried_parts(carried: &[Carried]) -> impl Iterator<Item = JobPart> + '_ {
+    let mut rest = carried;
+    std::iter::from_fn(move || {
+        let mut bytes = 0;
+        let take = rest
+            .iter()
+            .take_while(|c| {
+                bytes += c.bytes.len() as u64;
+                bytes <= CARRIED_PER_PART
+            })
+            .count()
+            .max(1)
+            .min(rest.len());
+        let (part, after) = rest.split_at(take);
+        rest = after;
+        (!part.is_empty()).then(|| JobPart::Carried(part.to_vec()))
+    })
 }
 
 /// Finds a thunk too large for a frame of its own without encoding the others (the client
@@ -149,6 +173,8 @@ pub struct Assembler {
     interner: Interner,
     limits: JobLimits,
     bytes: u64,
+    /// Bytes of the values carried so far.
+    carried: u64,
 }
 
 impl Assembler {
@@ -167,8 +193,9 @@ impl Assembler {
             verify,
             verify_salt,
             report_tasks,
+            carried: Vec::new(),
         };
-        Assembler { sub, interner: Interner::default(), limits, bytes: 0 }
+        Assembler { sub, interner: Interner::default(), limits, bytes: 0, carried: 0 }
     }
 
     /// Adds a part; an error says which limit the job went over (and nothing more is taken).
@@ -199,11 +226,43 @@ impl Assembler {
                 self.bytes += REF_WEIGHT * (memo.len() + outputs) as u64;
                 self.sub.memo.extend(memo);
             }
+            JobPart::Carried(values) => self.carry(values)?,
         }
         match self.bytes > self.limits.bytes {
             true => Err(over(format!("{} bytes", self.limits.bytes), "--max-job-bytes")),
             false => Ok(()),
         }
+    }
+
+    /// Takes carried values: each must be the blob it names and small, the job's together under
+    /// [`CARRIED_JOB_BYTES`], and the job in p2p mode (in storage mode every input is read from
+    /// storage).
+    fn carry(&mut self, values: Vec<Carried>) -> Result<(), WireError> {
+        let bad = |message: String| WireError::new(ErrorCode::BadMessage, message);
+        if self.sub.mode != Mode::P2p {
+            return Err(bad("a job in storage mode cannot carry values: every input is read from storage".into()));
+        }
+        for value in values {
+            let size = value.bytes.len() as u64;
+            if size > CARRIED_VALUE_BYTES {
+                return Err(bad(format!(
+                    "carried value {} is {size} bytes, over the {CARRIED_VALUE_BYTES}-byte limit of one",
+                    value.blob
+                )));
+            }
+            if !value.is_intact() {
+                return Err(bad(format!("carried value {}: its bytes are not that blob", value.blob)));
+            }
+            self.carried += size;
+            if self.carried > CARRIED_JOB_BYTES {
+                let message =
+                    format!("the job carries more than {CARRIED_JOB_BYTES} bytes of values, the most one may");
+                return Err(WireError::new(ErrorCode::TooLarge, message));
+            }
+            self.bytes += REF_WEIGHT + size;
+            self.sub.carried.push(value);
+        }
+        Ok(())
     }
 
     /// Bytes held so far, as [`JobLimits::bytes`] counts them.
@@ -287,6 +346,7 @@ mod tests {
             verify: 0,
             verify_salt: 0,
             report_tasks: false,
+            carried: Vec::new(),
         }
     }
 
@@ -352,5 +412,42 @@ mod tests {
         assert_eq!(check_fits(&sub.thunks), Err(e));
         sub.thunks[1].thunk.args.truncate(200);
         assert_eq!(check_fits(&sub.thunks), Ok(()));
+    }
+
+    fn carried(bytes: Vec<u8>) -> Carried {
+        Carried { blob: Id::of_blob(&bytes), bytes }
+    }
+
+    #[test]
+    fn carried_values_arrive_whole_in_parts_and_the_job_may_carry_at_most_its_budget() {
+        let mut sub = compiles(10, 2);
+        let value = |i: u8| carried(vec![i; CARRIED_VALUE_BYTES as usize]);
+        sub.carried = (0..(CARRIED_JOB_BYTES / CARRIED_VALUE_BYTES) as u8).map(value).collect();
+        let parts = pieces(&sub).filter(|f| f.as_ref().is_ok_and(|f| f.len() > CARRIED_PER_PART as usize / 2)).count();
+        assert_eq!(parts, (CARRIED_JOB_BYTES / CARRIED_PER_PART) as usize, "carried values go in parts of 1 MiB");
+        assert_eq!(assemble(&sub, JobLimits::default()).expect("within the budget"), sub);
+        sub.carried.push(carried(b"one byte too many".to_vec()));
+        let e = assemble(&sub, JobLimits::default()).expect_err("over the budget");
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        assert!(e.message.contains(&format!("more than {CARRIED_JOB_BYTES} bytes of values")), "{e}");
+    }
+
+    #[test]
+    fn a_carried_value_that_is_not_its_blob_too_large_or_in_storage_mode_is_refused_by_name() {
+        let mut sub = compiles(2, 1);
+        let mut lie = carried(b"the real bytes".to_vec());
+        lie.bytes = b"other bytes".to_vec();
+        sub.carried = vec![carried(b"fine".to_vec()), lie.clone()];
+        let e = assemble(&sub, JobLimits::default()).expect_err("a lie");
+        assert_eq!(e.code, ErrorCode::BadMessage);
+        assert_eq!(e.message, format!("carried value {}: its bytes are not that blob", lie.blob));
+        let big = carried(vec![7; CARRIED_VALUE_BYTES as usize + 1]);
+        sub.carried = vec![big.clone()];
+        let e = assemble(&sub, JobLimits::default()).expect_err("too large");
+        assert!(e.message.contains(&big.blob.to_string()) && e.message.contains("over the 65536-byte limit"), "{e}");
+        sub.carried = vec![carried(b"fine".to_vec())];
+        sub.mode = Mode::Storage;
+        let e = assemble(&sub, JobLimits::default()).expect_err("storage mode");
+        assert!(e.message.contains("storage mode cannot carry values"), "{e}");
     }
 }

@@ -63,6 +63,7 @@ pub fn compile_job(thunks: usize, program: &Program) -> Submission {
         verify: 0,
         verify_salt: 0,
         report_tasks: false,
+        carried: Vec::new(),
     }
 }
 

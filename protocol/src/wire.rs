@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::thunk::{Ref, Thunk};
 
 /// Version of the messages below; a peer with another version is refused at hello.
-pub const PROTOCOL_VERSION: u32 = 14;
+pub const PROTOCOL_VERSION: u32 = 15;
 
 /// Largest frame accepted from an authenticated peer, in bytes (the length prefix not included).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -31,6 +31,12 @@ pub const HOLDS_PER_MESSAGE: usize = 65_536;
 
 /// Length of the frame header.
 pub const FRAME_HEADER: usize = 4;
+
+/// Largest value a job may carry ([`Carried`]).
+pub const CARRIED_VALUE_BYTES: u64 = 64 << 10;
+
+/// Most bytes of values one job may carry, together: at most this rides with any assignment.
+pub const CARRIED_JOB_BYTES: u64 = 4 << 20;
 
 /// ALPN of the control connections to the rendezvous.
 pub const ALPN_RENDEZVOUS: &[u8] = b"thunkmesh-rdv/1";
@@ -309,6 +315,28 @@ pub struct Submission {
     pub verify_salt: u64,
     /// Send the client a [`TaskReport`] of each task that ends (`run --timings`, `--trace`).
     pub report_tasks: bool,
+    /// Small values the job brings with it (p2p mode): the rendezvous holds them for the job's
+    /// life and sends each with the assignments that read it, so no storage round trip stands
+    /// before the first task. The planner reads only their ids.
+    pub carried: Vec<Carried>,
+}
+
+/// A value a job carries itself rather than through storage: at most [`CARRIED_VALUE_BYTES`],
+/// and [`CARRIED_JOB_BYTES`] for a whole job. Whoever receives one checks that the bytes are the
+/// blob before using them.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    /// The blob.
+    pub blob: Id,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Carried {
+    /// Whether `bytes` are the blob.
+    pub fn is_intact(&self) -> bool {
+        Id::of_blob(&self.bytes) == self.blob
+    }
 }
 
 /// How a job runs: the first message of a submission.
@@ -341,6 +369,8 @@ pub enum JobPart {
     Stored(Vec<Id>),
     /// Reductions found in the memo cache.
     Memo(Vec<Reduction>),
+    /// Values the job carries (see [`Submission::carried`]).
+    Carried(Vec<Carried>),
 }
 
 /// A thunk with the name the job gave it.
@@ -406,6 +436,8 @@ pub struct Assignment {
     pub store: String,
     /// In storage mode the node reads every input from storage and writes every output there.
     pub mode: Mode,
+    /// Inputs the node lacks that the job carries: here, with their bytes (not in `sources`).
+    pub carried: Vec<Carried>,
 }
 
 /// An output of a forced thunk.
@@ -491,15 +523,18 @@ pub enum InputFrom {
     Peer(String),
     /// From storage.
     Storage,
+    /// With the assignment: a value the job carries.
+    Carried,
 }
 
-/// As the view and the reports show it: `local`, `peer NODE` or `storage`.
+/// As the view and the reports show it: `local`, `peer NODE`, `storage` or `with the job`.
 impl std::fmt::Display for InputFrom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InputFrom::Local => f.write_str("local"),
             InputFrom::Peer(node) => write!(f, "peer {node}"),
             InputFrom::Storage => f.write_str("storage"),
+            InputFrom::Carried => f.write_str("with the job"),
         }
     }
 }
@@ -552,6 +587,10 @@ pub struct Stored {
     pub error: Option<WireError>,
     /// What the upload moved.
     pub stats: TransferStats,
+    /// The object's bytes, when the upload succeeded and it is at most [`CARRIED_VALUE_BYTES`]:
+    /// the rendezvous may hand them to the client with the outcome (a target), saving it a read
+    /// from storage. Checked against the id by whoever uses them.
+    pub bytes: Option<Vec<u8>>,
 }
 
 /// Ask a node to put an object it holds into storage.
@@ -640,6 +679,10 @@ pub struct JobOutcome {
     pub failures: Vec<WireError>,
     /// Thunks not run because an input of theirs failed.
     pub skipped: u64,
+    /// Bytes of small targets, from the nodes that stored them (at most [`CARRIED_JOB_BYTES`]
+    /// together): the client writes these without reading them back from storage, once it has
+    /// checked them against their ids.
+    pub carried: Vec<Carried>,
 }
 
 /// Why something failed, as it crosses the wire: a code and a message.
@@ -889,10 +932,17 @@ mod tests {
                     })
                 }
             ),
-            (any::<u64>(), arb_id(), proptest::option::of(".{0,40}"), arb_stats()).prop_map(|(job, blob, m, stats)| {
-                let error = m.map(|m| WireError::new(ErrorCode::StoreError, m));
-                ToRendezvous::Stored(Stored { job, blob, error, stats })
-            }),
+            (
+                any::<u64>(),
+                arb_id(),
+                proptest::option::of(".{0,40}"),
+                arb_stats(),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+            )
+                .prop_map(|(job, blob, m, stats, bytes)| {
+                    let error = m.map(|m| WireError::new(ErrorCode::StoreError, m));
+                    ToRendezvous::Stored(Stored { job, blob, error, stats, bytes })
+                }),
             Just(ToRendezvous::Drain),
             Just(ToRendezvous::Status),
             proptest::collection::vec(arb_id(), 0..4).prop_map(ToRendezvous::Holds),
@@ -935,14 +985,19 @@ mod tests {
             nodes,
         });
         let failures = proptest::collection::vec(arb_error(), 0..2);
+        let carried = proptest::collection::vec(
+            (arb_id(), proptest::collection::vec(any::<u8>(), 0..16)).prop_map(|(blob, bytes)| Carried { blob, bytes }),
+            0..2,
+        );
         let outcome =
-            (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 7]>(), failures)
+            (proptest::collection::vec((arb_ref(), arb_id()), 0..3), arb_stats(), any::<[u64; 7]>(), failures, carried)
                 .prop_map(
                     |(
                         targets,
                         stats,
                         [executed, cached, total, nodes_lost, storage_fallbacks, copies, skipped],
                         failures,
+                        carried,
                     )| {
                         JobOutcome {
                             targets,
@@ -955,6 +1010,7 @@ mod tests {
                             copies,
                             failures,
                             skipped,
+                            carried,
                         }
                     },
                 );
@@ -1064,7 +1120,7 @@ mod tests {
         fn assignments_round_trip(task in any::<u64>(), thunk in arb_thunk(), blobs in proptest::collection::vec(arb_id(), 0..4), fp in any::<[u8; 32]>(), storage in any::<bool>()) {
             let sources = blobs.iter().map(|&blob| InputSource { blob, sources: vec![Source::Peer { addr: "127.0.0.1:9".into(), fingerprint: fp }, Source::Storage] }).collect();
             let mode = if storage { Mode::Storage } else { Mode::P2p };
-            let msg = FromRendezvous::Assign(Assignment { task, name: "t".into(), thunk, resolved: blobs, sources, store: "file:///x".into(), mode });
+            let msg = FromRendezvous::Assign(Assignment { task, name: "t".into(), thunk, resolved: blobs, sources, store: "file:///x".into(), mode, carried: Vec::new() });
             prop_assert_eq!(round_trip(&msg), msg);
         }
 

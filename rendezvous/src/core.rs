@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use thunkmesh_planner::{Decision, JobId, NodeId, Place, Planner};
 use thunkmesh_protocol::Id;
-use thunkmesh_protocol::submit::{Assembler, JobLimits};
+use thunkmesh_protocol::submit::{Assembler, JobLimits, REF_WEIGHT};
 use thunkmesh_protocol::wire::{
-    Assignment, Disagreement, ErrorCode, FromRendezvous, InputFrom, InputSource, JobHeader, JobPart, JobStatus,
-    MeshStatus, Mode, NatKind, NodeHello, NodeStatus, Progress, Resolution, Source, TaskReport, ToRendezvous,
-    TransferStats, UploadRequest, WireError,
+    Assignment, CARRIED_JOB_BYTES, Carried, Disagreement, ErrorCode, FromRendezvous, InputFrom, InputSource, JobHeader,
+    JobPart, JobStatus, MeshStatus, Mode, NatKind, NodeHello, NodeStatus, Progress, Resolution, Source, TaskReport,
+    ToRendezvous, TransferStats, UploadRequest, WireError,
 };
 use tracing::{info, warn};
 
@@ -120,6 +120,15 @@ struct ClientEntry {
     /// It asked for a [`TaskReport`] of each task.
     report_tasks: bool,
     progress: Progress,
+    /// The bytes of the values its job carries, held while the job lives (at most
+    /// `CARRIED_JOB_BYTES`, checked as they arrived).
+    carried: HashMap<Id, Vec<u8>>,
+    /// Small objects nodes stored for its job, with their bytes (checked): its targets among
+    /// them go to it with the outcome.
+    returned: HashMap<Id, Vec<u8>>,
+    /// What `returned` holds, counting 64 bytes an object besides its own: at most
+    /// `CARRIED_JOB_BYTES`.
+    returned_bytes: u64,
 }
 
 /// A client's job as its pieces arrive.
@@ -302,6 +311,9 @@ impl Core {
                         require_direct: false,
                         report_tasks: false,
                         progress: Progress::default(),
+                        carried: HashMap::new(),
+                        returned: HashMap::new(),
+                        returned_bytes: 0,
                     },
                 );
             }
@@ -403,6 +415,9 @@ impl Core {
             }
             ToRendezvous::Stored(s) if is_node => {
                 self.planner.stored(node, JobId(s.job), s.blob, s.error.as_ref(), s.stats);
+                if let Some(bytes) = s.bytes.filter(|_| s.error.is_none()) {
+                    self.returned(JobId(s.job), Carried { blob: s.blob, bytes });
+                }
             }
             ToRendezvous::Drain if is_node => {
                 info!(node = from, "node draining");
@@ -512,11 +527,39 @@ impl Core {
         else {
             return;
         };
-        let sub = building.finish();
+        let mut sub = building.finish();
+        // The planner reads only the carried values' ids; their bytes stay here.
+        let carried = sub.carried.iter_mut().map(|c| (c.blob, std::mem::take(&mut c.bytes))).collect();
+        if let Some(client) = self.clients.get_mut(&job) {
+            client.carried = carried;
+        }
         info!(job = job.0, thunks = sub.thunks.len(), targets = sub.targets.len(), "job submitted");
         if let Err(e) = self.planner.submit(job, sub) {
             self.send(job.0, FromRendezvous::JobFailed(WireError::new(ErrorCode::BadMessage, e.to_string())));
         }
+    }
+
+    /// Keeps the bytes a node sent with an object it stored for `job`, if they are that object
+    /// and within the job's budget (else the client reads it from storage, as it would anyway).
+    fn returned(&mut self, job: JobId, value: Carried) {
+        let Some(client) = self.clients.get_mut(&job) else { return };
+        let weight = REF_WEIGHT + value.bytes.len() as u64;
+        let fits = client.returned_bytes + weight <= CARRIED_JOB_BYTES;
+        if fits && !client.returned.contains_key(&value.blob) && value.is_intact() {
+            client.returned_bytes += weight;
+            client.returned.insert(value.blob, value.bytes);
+        }
+    }
+
+    /// The bytes the rendezvous holds of `targets`, for the outcome.
+    fn returned_targets(&mut self, job: JobId, targets: &[(thunkmesh_protocol::Ref, Id)]) -> Vec<Carried> {
+        let Some(client) = self.clients.get_mut(&job) else { return Vec::new() };
+        let returned = std::mem::take(&mut client.returned);
+        client.returned_bytes = 0;
+        let mut blobs: Vec<Id> = targets.iter().map(|(_, blob)| *blob).collect();
+        blobs.sort_unstable();
+        blobs.dedup();
+        blobs.into_iter().filter_map(|blob| returned.get(&blob).map(|b| Carried { blob, bytes: b.clone() })).collect()
     }
 
     /// The job `job`'s client is sending; refuses the message (saying `out_of_place`) when it
@@ -568,8 +611,9 @@ impl Core {
                     let resolution = Resolution { reduction, name, executed: true, inputs, producer };
                     resolved.entry(job).or_default().push(resolution);
                 }
-                Decision::JobDone { job, outcome } => {
+                Decision::JobDone { job, mut outcome } => {
                     info!(job = job.0, executed = outcome.executed, cached = outcome.cached, "job done");
+                    outcome.carried = self.returned_targets(job, &outcome.targets);
                     self.send_reports(job);
                     self.send_resolved(job, resolved.remove(&job));
                     self.send_progress();
@@ -600,7 +644,17 @@ impl Core {
         }
         for (job, resolutions) in resolved {
             self.send_resolved(job, Some(resolutions));
+            self.send_progress_if_all_done(job);
         }
+    }
+
+    /// Tells a client at once when every thunk of its job is done (not at the next tick): what
+    /// is left is storing its targets, and it writes its memo entries meanwhile.
+    fn send_progress_if_all_done(&mut self, job: JobId) {
+        let Some(client) = self.clients.get_mut(&job) else { return };
+        let Some(p) = self.planner.progress(job).filter(|p| p.done == p.total && *p != client.progress) else { return };
+        client.progress = p;
+        self.send(job.0, FromRendezvous::Progress(p));
     }
 
     /// A task ended: the journal closes it, and its report waits for its client if it asked.
@@ -702,20 +756,25 @@ impl Core {
             self.introduce(producer, a.node);
         }
         let Some((name, thunk)) = self.planner.thunk(a.job, a.thunk) else { return };
-        let relay = !self.clients.get(&a.job).is_some_and(|c| c.require_direct);
-        let sources = a
-            .sources
-            .iter()
-            .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node, relay) });
+        let client = self.clients.get(&a.job);
+        let relay = !client.is_some_and(|c| c.require_direct);
+        let bytes =
+            |blob: &Id| client.and_then(|c| c.carried.get(blob)).map(|b| Carried { blob: *blob, bytes: b.clone() });
+        let (carried, fetched): (Vec<_>, Vec<_>) =
+            a.sources.iter().partition(|(blob, places)| places == &[Place::Carried] && bytes(blob).is_some());
         let journaled = self.assigned(&a, name, thunk);
         let assignment = Assignment {
             task: a.task,
             name: name.to_owned(),
             thunk: thunk.clone(),
             resolved: a.resolved.clone(),
-            sources: sources.collect(),
+            sources: fetched
+                .into_iter()
+                .map(|(blob, places)| InputSource { blob: *blob, sources: self.sources(*blob, places, a.node, relay) })
+                .collect(),
             store: self.store(a.job),
-            mode: self.clients.get(&a.job).map_or(Mode::P2p, |c| c.mode),
+            mode: client.map_or(Mode::P2p, |c| c.mode),
+            carried: carried.iter().filter_map(|(blob, _)| bytes(blob)).collect(),
         };
         self.journal.started(journaled);
         self.send(a.node.0, FromRendezvous::Assign(assignment));
@@ -729,6 +788,7 @@ impl Core {
         let from = |blob: &Id| match lacking.get(blob) {
             None => InputFrom::Local,
             Some(Some(Place::Node(n))) => InputFrom::Peer(self.node_name(*n)),
+            Some(Some(Place::Carried)) => InputFrom::Carried,
             Some(_) => InputFrom::Storage,
         };
         let client = self.clients.get(&a.job);
@@ -772,6 +832,7 @@ impl Core {
                     sources.push(Source::Storage);
                     continue;
                 }
+                Place::Carried => continue,
                 Place::Node(n) => match self.nodes.get(n) {
                     Some(node) => (*n, node),
                     None => continue,

@@ -55,7 +55,12 @@ pub(crate) fn addr(session: u64) -> SocketAddr {
 
 /// The blob an honest node produces for `thunk`'s output `name`: the same every time.
 pub(crate) fn produced(thunk: &Thunk, name: &str) -> Id {
-    Id::of_blob(format!("{}#{name}", thunk.id()).as_bytes())
+    Id::of_blob(&produced_bytes(thunk, name))
+}
+
+/// The bytes of [`produced`].
+fn produced_bytes(thunk: &Thunk, name: &str) -> Vec<u8> {
+    format!("{}#{name}", thunk.id()).into_bytes()
 }
 
 /// A job of `n` thunks where each reads some earlier ones; the last is the target.
@@ -104,6 +109,7 @@ pub(crate) fn random_job(rng: &mut Rng, tag: u64) -> (Submission, Vec<Thunk>) {
         verify: 0,
         verify_salt: 0,
         report_tasks: rng.below(2) == 0,
+        carried: Vec::new(),
     };
     (submission, thunks)
 }
@@ -130,6 +136,8 @@ struct Sim {
     jobs: BTreeMap<u64, SimJob>,
     gone: BTreeSet<u64>,
     log: Vec<String>,
+    /// The bytes of what honest nodes made, which they send back with an upload.
+    made: BTreeMap<Id, Vec<u8>>,
 }
 
 impl Sim {
@@ -142,6 +150,7 @@ impl Sim {
             jobs: BTreeMap::new(),
             gone: BTreeSet::new(),
             log: Vec::new(),
+            made: BTreeMap::new(),
         }
     }
 
@@ -215,6 +224,9 @@ impl Sim {
             return false;
         }
         let a = state.tasks.remove(rng.below(state.tasks.len() as u64) as usize);
+        for o in &a.thunk.outputs {
+            self.made.insert(produced(&a.thunk, o), produced_bytes(&a.thunk, o));
+        }
         let outputs = a.thunk.outputs.iter().map(|o| (o.clone(), OutputValue::Blob(produced(&a.thunk, o)))).collect();
         let done = TaskDone { task: a.task, outputs, stats: TransferStats::default() };
         state.done.push(done.clone());
@@ -224,7 +236,8 @@ impl Sim {
 
     fn upload(&mut self, node: u64) -> bool {
         let Some(u) = self.nodes.get_mut(&node).and_then(|s| s.uploads.pop()) else { return false };
-        let stored = Stored { job: u.job, blob: u.blob, error: None, stats: TransferStats::default() };
+        let bytes = self.made.get(&u.blob).cloned();
+        let stored = Stored { job: u.job, blob: u.blob, error: None, stats: TransferStats::default(), bytes };
         self.message(node, ToRendezvous::Stored(stored));
         true
     }
@@ -281,6 +294,7 @@ impl Sim {
                             blob,
                             error: None,
                             stats: TransferStats::default(),
+                            bytes: Some(b"not the blob".to_vec()),
                         }),
                         2 => ToRendezvous::Holds(vec![blob]),
                         _ => submission_messages(&random_job(rng, 0).0).swap_remove(rng.below(3) as usize),
@@ -333,12 +347,19 @@ impl Sim {
         }
     }
 
-    fn check_outcomes(&self) {
+    /// Checks that every job ended, with its own target; returns how many outcomes brought their
+    /// target's bytes (never another object's, never bytes that are not the object).
+    fn check_outcomes(&self) -> usize {
+        let mut carried = 0;
         for (id, job) in &self.jobs {
             match &job.ended {
                 Some(FromRendezvous::JobDone(outcome)) => {
                     let targets: Vec<Id> = outcome.targets.iter().map(|(_, id)| *id).collect();
                     assert_eq!(targets, vec![job.target], "job {id} resolved its target to another object");
+                    for value in &outcome.carried {
+                        assert!(value.is_intact() && value.blob == job.target, "job {id} was sent {value:?}");
+                        carried += 1;
+                    }
                 }
                 Some(FromRendezvous::JobFailed(_)) => {}
                 other => panic!(
@@ -348,6 +369,7 @@ impl Sim {
                 ),
             }
         }
+        carried
     }
 }
 
@@ -390,7 +412,8 @@ fn short(event: &Event) -> String {
     }
 }
 
-fn run_schedule(seed: u64) {
+/// Runs one schedule; returns how many of its jobs' outcomes brought their target's bytes.
+fn run_schedule(seed: u64) -> usize {
     let mut rng = Rng(seed);
     let mut sim = Sim::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -398,24 +421,29 @@ fn run_schedule(seed: u64) {
             sim.step(&mut rng);
         }
         sim.settle(&mut rng);
-        sim.check_outcomes();
+        sim.check_outcomes()
     }));
-    if let Err(e) = result {
-        let tail: Vec<&String> = sim.log.iter().rev().take(12).collect();
-        panic!(
-            "schedule with seed {seed} failed (SIM_SEED={seed} replays it): {e:?}\nlast events, newest first: {tail:#?}"
-        );
+    match result {
+        Ok(carried) => carried,
+        Err(e) => {
+            let tail: Vec<&String> = sim.log.iter().rev().take(12).collect();
+            panic!(
+                "schedule with seed {seed} failed (SIM_SEED={seed} replays it): {e:?}\nlast events, newest first: {tail:#?}"
+            );
+        }
     }
 }
 
 #[test]
 fn thousands_of_random_fault_schedules_keep_the_core_honest() {
     if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        return run_schedule(seed);
-    }
-    for seed in 0..2_000 {
         run_schedule(seed);
+        return;
     }
+    let carried: usize = (0..2_000).map(run_schedule).sum();
+    // Lying nodes send bytes that are not the object with their uploads; honest ones, the
+    // object's: outcomes bring only the latter.
+    assert!(carried > 100, "only {carried} outcomes brought their target's bytes");
 }
 
 #[test]
@@ -425,7 +453,7 @@ fn a_job_runs_to_its_outcome_on_one_node() {
     sim.join_node();
     sim.submit(&mut rng);
     sim.settle(&mut rng);
-    sim.check_outcomes();
+    assert_eq!(sim.check_outcomes(), 1, "the target's bytes came with the outcome");
     assert!(matches!(sim.jobs.values().next().and_then(|j| j.ended.as_ref()), Some(FromRendezvous::JobDone(_))));
 }
 

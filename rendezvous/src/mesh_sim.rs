@@ -355,7 +355,7 @@ impl Mesh {
     /// A machine's program finishes: honest outputs, or made-up ones from a liar.
     fn complete(&mut self, index: usize, rng: &mut Rng) -> bool {
         if let Some(u) = self.machines[index].uploads.pop() {
-            let stored = Stored { job: u.job, blob: u.blob, error: None, stats: TransferStats::default() };
+            let stored = Stored { job: u.job, blob: u.blob, error: None, stats: TransferStats::default(), bytes: None };
             self.end_task(index, ToRendezvous::Stored(stored), false);
             return true;
         }

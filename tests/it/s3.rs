@@ -33,12 +33,16 @@ const FIB: Example =
     Example { job: "examples/fib/job.toml", target: "fib.txt", intermediate_edges: 38, outputs: 40, values: 3 };
 
 fn run_on(server: &S3Server, dir: &Path, example: &Example, mode: &str) -> Run {
+    run_job_on(server, dir, &repo(example.job), mode)
+}
+
+fn run_job_on(server: &S3Server, dir: &Path, job: &Path, mode: &str) -> Run {
     let work = dir.join(mode);
     std::fs::create_dir_all(&work).expect("mkdir");
     let mut cmd = thunkmesh();
     cmd.current_dir(&work)
         .arg("run")
-        .arg(repo(example.job))
+        .arg(job)
         .args(["--workers", "3", "--mode", mode, "--summary-json", "summary.json"])
         .args(["--store", &format!("s3://jobs/{mode}")])
         .envs(server.env());
@@ -64,11 +68,14 @@ fn both_modes_agree(example: &Example, expected: &[u8]) {
     assert_eq!(p2p.out(example.target), expected, "p2p matches the shell");
     assert_eq!(storage.out(example.target), expected, "storage mode matches the shell");
 
-    // p2p: only inputs and targets were written; one PUT per input and target, and the memo
-    // entries in a batch or two.
+    // p2p: only targets were written (the inputs are small: they ride with the job); one PUT
+    // per target, and the memo entries in a batch or two.
     let targets = p2p.summary["targets"].as_object().expect("targets").len();
-    assert_eq!(blobs_in_bucket(&root, "p2p").len(), example.values + targets, "{:?}", blobs_in_bucket(&root, "p2p"));
-    crate::util::memo_batches(&p2p, (example.values + targets) as u64);
+    assert_eq!(blobs_in_bucket(&root, "p2p").len(), targets, "{:?}", blobs_in_bucket(&root, "p2p"));
+    crate::util::memo_batches(&p2p, targets as u64);
+    // Nor read: no input and no target (small, it came back with the outcome), only the memo
+    // cache's listing.
+    assert_eq!(p2p.num("storage_get_requests"), 1, "storage reads in p2p mode");
 
     // storage: on top of what p2p needed, a PUT for every output that is not a target (targets
     // are stored in both modes) and a GET for every edge between thunks.
@@ -81,7 +88,49 @@ fn both_modes_agree(example: &Example, expected: &[u8]) {
         example.intermediate_edges
     );
     assert_eq!(storage.num("peer_bytes"), 0, "storage mode moves nothing peer to peer");
+    // storage: every input too, and every output (equal outputs are one blob).
+    assert!(
+        blobs_in_bucket(&root, "storage").len() >= example.values + targets,
+        "{:?}",
+        blobs_in_bucket(&root, "storage")
+    );
     assert!(blobs_in_bucket(&root, "storage").len() > blobs_in_bucket(&root, "p2p").len());
+}
+
+/// Small inputs ride with the job in p2p mode (issue 32): of a 20-byte value and a 100 KiB one,
+/// only the larger goes to the bucket (with the target, too large to come back with the
+/// outcome), and the job reads from storage only that value (HEAD, GET), the target and the memo
+/// cache's listing. In storage mode both values are stored, as every input is.
+#[test]
+fn small_inputs_ride_with_the_job_and_large_ones_go_through_storage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s3");
+    let server = S3Server::start(&root, &["jobs"]).expect("s3 server");
+    let big: String = (0..100 * 1024 / 8).map(|i| format!("{:07}\n", i % 10_000_000)).collect();
+    let job = crate::util::write(
+        dir.path(),
+        &[
+            (
+                "job.toml",
+                "[values]\nsmall = \"small.txt\"\nbig = \"big.txt\"\n\n[[thunk]]\nname = \"both\"\n\
+                 program = { host = \"/bin/cat\" }\nargs = [\"s\", \"b\"]\ninputs = { s = \"small\", b = \"big\" }\n\
+                 stdout = true\n\n[targets]\n\"both.txt\" = \"both#stdout\"\n",
+            ),
+            ("small.txt", "twenty bytes, small\n"),
+            ("big.txt", &big),
+        ],
+    );
+    let id = |text: &str| thunkmesh_protocol::Id::of_blob(text.as_bytes()).to_string();
+    let p2p = run_job_on(&server, dir.path(), &job, "p2p");
+    p2p.ok();
+    assert_eq!(p2p.out("both.txt"), format!("twenty bytes, small\n{big}").as_bytes());
+    let target = p2p.summary["targets"]["both.txt"].as_str().expect("target").to_owned();
+    assert_eq!(blobs_in_bucket(&root, "p2p"), BTreeSet::from([id(&big), target.clone()]));
+    crate::util::memo_batches(&p2p, 2);
+    assert_eq!(p2p.num("storage_get_requests"), 4, "the big value's HEAD and GET, the target's GET, the memo listing");
+    let storage = run_job_on(&server, dir.path(), &job, "storage");
+    storage.ok();
+    assert_eq!(blobs_in_bucket(&root, "storage"), BTreeSet::from([id("twenty bytes, small\n"), id(&big), target]));
 }
 
 #[test]

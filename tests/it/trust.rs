@@ -87,6 +87,8 @@ fn an_empty_token_is_refused_and_the_key_is_private() {
 /// Issue 28, finding 10: every object of the store damaged (the job's five inputs and its
 /// target), node caches gone: the nodes find the inputs corrupt and remove them, and the same
 /// `run` uploads the right bytes again and finishes (five corrupt inputs cost four failed runs).
+/// In storage mode, where every input is read from storage (in p2p mode inputs this small ride
+/// with the job and are never read from there).
 #[test]
 fn corrupt_inputs_in_the_store_are_uploaded_again_in_the_same_run() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -100,7 +102,7 @@ fn corrupt_inputs_in_the_store_are_uploaded_again_in_the_same_run() {
     let values: Vec<(String, String)> = (1..=5).map(|i| (format!("v{i}.txt"), format!("value {i}\n"))).collect();
     files.extend(values.iter().map(|(name, text)| (name.as_str(), text.as_str())));
     let job = write(dir.path(), &files);
-    crate::util::run_in(dir.path(), &job, &["--workers", "1"]).ok();
+    crate::util::run_in(dir.path(), &job, &["--workers", "1", "--mode", "storage"]).ok();
     let state = dir.path().join(".thunkmesh");
     for entry in std::fs::read_dir(state.join("store/blobs")).expect("blobs") {
         let path = entry.expect("entry").path();
@@ -109,7 +111,7 @@ fn corrupt_inputs_in_the_store_are_uploaded_again_in_the_same_run() {
     }
     // Fresh node caches, so the inputs must come from the store.
     std::fs::remove_dir_all(state.join("nodes")).expect("remove the nodes' caches");
-    let repaired = crate::util::run_in(dir.path(), &job, &["--workers", "1", "--memo", "off"]);
+    let repaired = crate::util::run_in(dir.path(), &job, &["--workers", "1", "--memo", "off", "--mode", "storage"]);
     repaired.ok();
     assert!(repaired.stderr.contains("was not in storage after all: uploading it again"), "{}", repaired.stderr);
     assert_eq!(repaired.out("all.txt"), b"value 1\nvalue 2\nvalue 3\nvalue 4\nvalue 5\n");

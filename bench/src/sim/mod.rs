@@ -352,6 +352,7 @@ pub fn submission(job: &SimJob, mode: Mode) -> Submission {
         verify: 0,
         verify_salt: 0,
         report_tasks: false,
+        carried: Vec::new(),
     }
 }
 

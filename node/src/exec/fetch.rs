@@ -1,15 +1,21 @@
-//! The fetch step: every input the node lacks, from the sources the rendezvous gave (a peer,
-//! the relay, storage), in turn; an input no source gives is the input's fault, named with the
-//! reason each source gave.
+//! The fetch step: every input the node lacks, from the assignment itself (a value the job
+//! carries, checked against its id) or from the sources the rendezvous gave (a peer, the relay,
+//! storage), in turn; an input no source gives is the input's fault, named with the reason each
+//! source gave.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use thunkmesh_protocol::Id;
-use thunkmesh_protocol::wire::{Assignment, Mode, Source, TransferStats};
+use thunkmesh_protocol::wire::{Assignment, Carried, Mode, Source, TransferStats};
 
 use super::{Ctx, TaskError, micros_since};
+use crate::cache::Cache;
 
 pub(super) async fn fetch_inputs(ctx: &Ctx, a: &Assignment, stats: &mut TransferStats) -> Result<(), TaskError> {
+    for value in a.carried.iter().filter(|c| !ctx.cache.has(c.blob)) {
+        take_carried(&ctx.cache, value).await.map_err(|e| TaskError::input(e, vec![value.blob]))?;
+    }
     // Storage mode is the baseline: every input comes from storage, cached or not.
     let wanted = a.sources.iter().filter(|s| a.mode == Mode::Storage || !ctx.cache.has(s.blob));
     let results = futures::future::join_all(wanted.map(|s| fetch_one(ctx, s.blob, &s.sources, &a.store))).await;
@@ -32,6 +38,17 @@ pub(super) async fn fetch_inputs(ctx: &Ctx, a: &Assignment, stats: &mut Transfer
         )),
         Some(e) => Err(TaskError::input(format!("could not fetch {} input(s): {e}", unavailable.len()), unavailable)),
     }
+}
+
+/// Puts a value the assignment carried into the cache, if its bytes are the blob it names.
+async fn take_carried(cache: &Arc<Cache>, value: &Carried) -> Result<(), String> {
+    if !value.is_intact() {
+        return Err(format!("carried value {}: its bytes are not that blob", value.blob));
+    }
+    let tmp = cache.temp_path();
+    let failed = |e: String| format!("carried value {}: {e}", value.blob);
+    tokio::fs::write(&tmp, &value.bytes).await.map_err(|e| failed(format!("{}: {e}", tmp.display())))?;
+    cache.adopt(&tmp, value.blob).await.map_err(|e| failed(e.to_string()))
 }
 
 /// Tries each source in turn; returns the blob, the outcome and what was moved.
@@ -94,5 +111,24 @@ async fn fetch_from_storage(ctx: &Ctx, blob: Id, url: &str, moved: &mut Transfer
         }
         Ok(false) => Err("not in storage".into()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_carried_value_enters_the_cache_only_if_its_bytes_are_its_blob() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = Arc::new(Cache::open(dir.path(), u64::MAX).expect("open"));
+        let good = Carried { blob: Id::of_blob(b"seed"), bytes: b"seed".to_vec() };
+        take_carried(&cache, &good).await.expect("intact");
+        assert!(cache.has(good.blob));
+        assert_eq!(std::fs::read(cache.path(good.blob)).expect("read"), b"seed");
+        let lie = Carried { blob: Id::of_blob(b"real"), bytes: b"fake".to_vec() };
+        let e = take_carried(&cache, &lie).await.expect_err("not its blob");
+        assert_eq!(e, format!("carried value {}: its bytes are not that blob", lie.blob));
+        assert!(!cache.has(lie.blob));
     }
 }

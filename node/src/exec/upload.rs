@@ -3,7 +3,9 @@
 //! lacks the object or cannot open the store, the node's.
 
 use thunkmesh_protocol::Ref;
-use thunkmesh_protocol::wire::{Assignment, OutputValue, Stored, ToRendezvous, TransferStats, UploadRequest};
+use thunkmesh_protocol::wire::{
+    Assignment, CARRIED_VALUE_BYTES, OutputValue, Stored, ToRendezvous, TransferStats, UploadRequest,
+};
 use tracing::warn;
 
 use super::{Ctx, Fault, TaskError};
@@ -40,18 +42,20 @@ pub(super) async fn store_outputs(
     Ok(())
 }
 
-/// Puts a cached object into storage, as the rendezvous asked.
+/// Puts a cached object into storage, as the rendezvous asked; a small one's bytes go back with
+/// the answer (a target the client then need not read from storage).
 pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> (ToRendezvous, Pinned) {
     let pinned = ctx.cache.pin(&[req.blob]);
     let mut stats = TransferStats::default();
-    let error = match put(ctx, req, &mut stats).await {
-        Ok(()) => None,
+    let (error, bytes) = match put(ctx, req, &mut stats).await {
+        Ok(()) if req.blob.size <= CARRIED_VALUE_BYTES => (None, tokio::fs::read(ctx.cache.path(req.blob)).await.ok()),
+        Ok(()) => (None, None),
         Err(e) => {
             warn!(blob = %req.blob, error = %e, "upload failed");
-            Some(e.into_wire())
+            (Some(e.into_wire()), None)
         }
     };
-    (ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, error, stats }), pinned)
+    (ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, error, stats, bytes }), pinned)
 }
 
 /// Puts the object into the job's store: a failure of the store itself is `StoreError`, naming
