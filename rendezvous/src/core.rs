@@ -758,10 +758,9 @@ impl Core {
         let Some((name, thunk)) = self.planner.thunk(a.job, a.thunk) else { return };
         let client = self.clients.get(&a.job);
         let relay = !client.is_some_and(|c| c.require_direct);
-        let bytes =
-            |blob: &Id| client.and_then(|c| c.carried.get(blob)).map(|b| Carried { blob: *blob, bytes: b.clone() });
+        let held = |blob: &Id| client.and_then(|c| c.carried.get(blob));
         let (carried, fetched): (Vec<_>, Vec<_>) =
-            a.sources.iter().partition(|(blob, places)| places == &[Place::Carried] && bytes(blob).is_some());
+            a.sources.iter().partition(|(blob, places)| places == &[Place::Carried] && held(blob).is_some());
         let journaled = self.assigned(&a, name, thunk);
         let assignment = Assignment {
             task: a.task,
@@ -774,7 +773,10 @@ impl Core {
                 .collect(),
             store: self.store(a.job),
             mode: client.map_or(Mode::P2p, |c| c.mode),
-            carried: carried.iter().filter_map(|(blob, _)| bytes(blob)).collect(),
+            carried: carried
+                .iter()
+                .filter_map(|(blob, _)| held(blob).map(|b| Carried { blob: *blob, bytes: b.clone() }))
+                .collect(),
         };
         self.journal.started(journaled);
         self.send(a.node.0, FromRendezvous::Assign(assignment));
