@@ -109,7 +109,7 @@ pub(crate) enum Resolved {
 type Slot = u32;
 
 #[derive(Debug)]
-pub(crate) struct Entry {
+struct Entry {
     name: Box<str>,
     thunk: Thunk,
     state: State,
@@ -209,8 +209,6 @@ pub(crate) struct Job {
     resolved_out: Vec<Final>,
     /// Who ran each thunk done but not yet reported, and on what inputs.
     ran: HashMap<Id, Ran>,
-    /// Thunks that ran here at least once.
-    executed: u64,
     pub(crate) upload_requested: BTreeSet<Id>,
     /// Target blobs known to be in the job's store from this job: the client found them there,
     /// or a node stored them for it. An older belief that a target is stored is not enough (the
@@ -279,7 +277,6 @@ impl Job {
             has_tails: false,
             resolved_out: Vec::new(),
             ran: HashMap::new(),
-            executed: 0,
             upload_requested: BTreeSet::new(),
             confirmed_targets: BTreeSet::new(),
             upload_failures: 0,
@@ -392,16 +389,15 @@ impl Job {
         *self.entries.get_index(slot as usize).expect("a slot of this job").0
     }
 
-    /// Queues a ready thunk; `first` puts it before every other of its level.
-    fn push_ready(&mut self, thunk: Id, first: bool) {
-        let Some((at, _, entry)) = self.entries.get_full(&thunk) else { return };
+    /// Queues the ready thunk at `at`; `first` puts it before every other of its level.
+    fn push_ready(&mut self, at: Slot, first: bool) {
         let level = match self.order {
-            Order::CriticalPath => entry.level,
+            Order::CriticalPath => self.entries[at as usize].level,
             Order::Fifo => 0,
         };
         self.readied = self.readied.saturating_add(1);
         let order = if first { u32::MAX } else { u32::MAX - self.readied };
-        self.ready.push(Ready { level, order, slot: slot(at) });
+        self.ready.push(Ready { level, order, slot: at });
     }
 
     /// Whether no thunk of the job will read `blob` any more: its producer's consumers are all
@@ -465,7 +461,9 @@ impl Job {
 
     /// Puts a ready thunk back at the head of its level's queue (no node could take it yet).
     pub(crate) fn unready(&mut self, thunk: Id) {
-        self.push_ready(thunk, true);
+        if let Some(at) = self.entries.get_index_of(&thunk) {
+            self.push_ready(slot(at), true);
+        }
     }
 
     fn check_refs<'a>(&self, refs: impl IntoIterator<Item = &'a Ref>) -> Result<(), PlanError> {
@@ -676,10 +674,8 @@ impl Job {
                 Resolved::Broken(why) => return Err(WireError::new(ErrorCode::BadTail, why)),
             };
             if !blocked {
-                if let Some(entry) = self.entries.get_mut(&thunk) {
-                    // Below `u32::MAX`: a thunk's refs are bounded by its size (16 MiB).
-                    entry.scanned = Some((start + i) as u32);
-                }
+                // Below `u32::MAX`: a thunk's refs are bounded by its size (16 MiB).
+                self.entries[at as usize].scanned = Some((start + i) as u32);
                 let waiting = match wait {
                     Wait::Thunk(p) => self.waiters.entry(p).or_default(),
                     Wait::Upload(b) => self.blob_waiters.entry(b).or_default(),
@@ -689,11 +685,10 @@ impl Job {
             }
         }
         if !blocked {
-            if let Some(entry) = self.entries.get_mut(&thunk) {
-                entry.scanned = None;
-                self.counts.set(&mut entry.state, State::Ready);
-            }
-            self.push_ready(thunk, false);
+            let entry = &mut self.entries[at as usize];
+            entry.scanned = None;
+            self.counts.set(&mut entry.state, State::Ready);
+            self.push_ready(at, false);
         }
         Ok(())
     }
@@ -830,10 +825,9 @@ impl Job {
             };
             values.push((out.clone(), value));
         }
-        if let Some(e) = self.entries.get_mut(&thunk) {
-            self.counts.set(&mut e.state, State::Done { outputs: values.into() });
-            self.executed += u64::from(!std::mem::replace(&mut e.executed, true));
-        }
+        let e = &mut self.entries[at as usize];
+        self.counts.set(&mut e.state, State::Done { outputs: values.into() });
+        e.executed = true;
         self.faulted_on.remove(&thunk);
         self.ran.insert(thunk, ran);
         self.pending.extend(self.waiters.remove(&thunk).unwrap_or_default());
@@ -924,7 +918,7 @@ impl Job {
 
     pub(crate) fn outcome(&self, targets: Vec<(Ref, Id)>) -> JobOutcome {
         let total = self.entries.len() as u64;
-        let executed = self.executed;
+        let executed = self.entries.values().filter(|e| e.executed).count() as u64;
         let failed = self.failures.len() as u64;
         let mut failures: Vec<WireError> = self.failures.values().cloned().collect();
         failures.sort_by(|a, b| a.message.cmp(&b.message));

@@ -250,9 +250,7 @@ impl Assembler {
                     value.blob
                 )));
             }
-            if !value.is_intact() {
-                return Err(bad(format!("carried value {}: its bytes are not that blob", value.blob)));
-            }
+            value.check().map_err(bad)?;
             self.carried += size;
             if self.carried > CARRIED_JOB_BYTES {
                 let message =

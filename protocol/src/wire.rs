@@ -337,6 +337,14 @@ impl Carried {
     pub fn is_intact(&self) -> bool {
         Id::of_blob(&self.bytes) == self.blob
     }
+
+    /// `Ok` if `bytes` are the blob, else the message that says they are not.
+    pub fn check(&self) -> Result<(), String> {
+        match self.is_intact() {
+            true => Ok(()),
+            false => Err(format!("carried value {}: its bytes are not that blob", self.blob)),
+        }
+    }
 }
 
 /// How a job runs: the first message of a submission.

@@ -42,9 +42,7 @@ pub(super) async fn fetch_inputs(ctx: &Ctx, a: &Assignment, stats: &mut Transfer
 
 /// Puts a value the assignment carried into the cache, if its bytes are the blob it names.
 async fn take_carried(cache: &Arc<Cache>, value: &Carried) -> Result<(), String> {
-    if !value.is_intact() {
-        return Err(format!("carried value {}: its bytes are not that blob", value.blob));
-    }
+    value.check()?;
     let tmp = cache.temp_path();
     let failed = |e: String| format!("carried value {}: {e}", value.blob);
     tokio::fs::write(&tmp, &value.bytes).await.map_err(|e| failed(format!("{}: {e}", tmp.display())))?;

@@ -48,8 +48,7 @@ pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> (ToRendezvous, Pin
     let pinned = ctx.cache.pin(&[req.blob]);
     let mut stats = TransferStats::default();
     let (error, bytes) = match put(ctx, req, &mut stats).await {
-        Ok(()) if req.blob.size <= CARRIED_VALUE_BYTES => (None, tokio::fs::read(ctx.cache.path(req.blob)).await.ok()),
-        Ok(()) => (None, None),
+        Ok(bytes) => (None, bytes),
         Err(e) => {
             warn!(blob = %req.blob, error = %e, "upload failed");
             (Some(e.into_wire()), None)
@@ -58,16 +57,28 @@ pub(crate) async fn upload(ctx: &Ctx, req: &UploadRequest) -> (ToRendezvous, Pin
     (ToRendezvous::Stored(Stored { job: req.job, blob: req.blob, error, stats, bytes }), pinned)
 }
 
-/// Puts the object into the job's store: a failure of the store itself is `StoreError`, naming
-/// the store and the cause; a node that lacks the object or cannot open the store, `NodeError`.
-async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<(), TaskError> {
+/// Puts the object into the job's store; returns its bytes if it is small (read once, for the
+/// store and the answer). A failure of the store itself is `StoreError`, naming the store and
+/// the cause; a node that lacks the object, cannot read it or cannot open the store, `NodeError`.
+async fn put(ctx: &Ctx, req: &UploadRequest, stats: &mut TransferStats) -> Result<Option<Vec<u8>>, TaskError> {
     if !ctx.cache.has(req.blob) {
         return Err(TaskError::node("not in this node's cache"));
     }
     let store = ctx.store(&req.store).await.map_err(TaskError::node)?;
+    let path = ctx.cache.path(req.blob);
+    let small = match req.blob.size <= CARRIED_VALUE_BYTES {
+        true => {
+            let read = tokio::fs::read(&path).await;
+            Some(bytes::Bytes::from(read.map_err(|e| TaskError::node(format!("{}: {e}", path.display())))?))
+        }
+        false => None,
+    };
     stats.storage_puts += 1;
-    let written = store.put_file(req.blob, &ctx.cache.path(req.blob)).await;
+    let written = match &small {
+        Some(bytes) => store.put_blob(req.blob, bytes.clone()).await,
+        None => store.put_file(req.blob, &path).await,
+    };
     written.map_err(|e| TaskError::new(Fault::Store, format!("{}: {e}", req.store)))?;
     stats.storage_bytes_written += req.blob.size;
-    Ok(())
+    Ok(small.map(Vec::from))
 }
